@@ -1,0 +1,3 @@
+from bulkgen_cli.cli import main
+
+main()

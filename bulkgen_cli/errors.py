@@ -1,0 +1,70 @@
+"""Exceptions raised by the library; the CLI maps each to one exit code (cli.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class BulkgenError(Exception):
+    """Root of every error bulkgen raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(BulkgenError):
+    """A flag, setting or argument is not acceptable; nothing was stored."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One located problem in an articles file."""
+
+    file: str
+    message: str
+    item: int | None = None  # 1-based position in the file
+    line: int | None = None
+    field: str | None = None
+
+    def __str__(self) -> str:
+        where = [self.file]
+        if self.item is not None:
+            where.append(f"item {self.item}" + (f" (line {self.line})" if self.line else ""))
+        elif self.line:
+            where.append(f"line {self.line}")
+        if self.field:
+            where.append(f"field '{self.field}'")
+        return ", ".join(where) + ": " + self.message
+
+
+class ManifestError(UsageError):
+    """The articles file is not acceptable; carries every problem found."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class NotFound(BulkgenError):
+    """No bulk job with that id is visible to this user."""
+
+    exit_code = 3
+
+
+class InvalidTransition(BulkgenError):
+    """The operation is not allowed in the bulk job's current state."""
+
+    exit_code = 4
+
+
+class StoreUnavailable(BulkgenError):
+    """The store cannot be opened or reached."""
+
+    exit_code = 5
+
+
+class ServiceUnavailable(BulkgenError):
+    """The content service stayed unreachable past the give-up time."""
+
+    exit_code = 5

@@ -1,0 +1,240 @@
+"""Statuses, allowed transitions, article fields and the two records.
+
+One definition of each: the stores, the processor and the CLI import from here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class BulkStatus(str, Enum):
+    #: submitted, no item started yet
+    queued = "queued"
+    #: at least one item has started and some are still pending
+    processing = "processing"
+    #: a user paused it: no new item of it starts until resumed
+    paused = "paused"
+    #: nothing is pending; the counters say how many items failed
+    completed = "completed"
+    #: a user cancelled it; final
+    cancelled = "cancelled"
+
+
+class ItemStatus(str, Enum):
+    #: waiting for its turn
+    queued = "queued"
+    #: a processor holds it and its request is in flight
+    processing = "processing"
+    #: the service returned an article
+    completed = "completed"
+    #: tries exhausted or a permanent error; kept for retry-failed
+    failed = "failed"
+    #: its bulk job was cancelled before it finished
+    cancelled = "cancelled"
+
+
+class Mode(str, Enum):
+    topic = "topic"
+    keywords = "keywords"
+    trends = "trends"
+    spin = "spin"
+
+
+#: Bulk-job transitions a user or processor may make (design §3).
+BULK_TRANSITIONS: dict[BulkStatus, frozenset[BulkStatus]] = {
+    BulkStatus.queued: frozenset({BulkStatus.processing, BulkStatus.paused, BulkStatus.cancelled}),
+    BulkStatus.processing: frozenset({BulkStatus.completed, BulkStatus.paused, BulkStatus.cancelled}),
+    BulkStatus.paused: frozenset(
+        {BulkStatus.queued, BulkStatus.processing, BulkStatus.cancelled, BulkStatus.completed}
+    ),
+    BulkStatus.completed: frozenset({BulkStatus.queued}),
+    BulkStatus.cancelled: frozenset(),
+}
+
+#: Bulk statuses whose items may be claimed.
+CLAIMABLE_BULK = (BulkStatus.queued, BulkStatus.processing)
+#: Bulk statuses that still have work to do (ETA, watch, idle checks).
+ACTIVE_BULK = (BulkStatus.queued, BulkStatus.processing, BulkStatus.paused)
+#: Item statuses that count as pending: the job is not over while any item has one.
+PENDING_ITEM = (ItemStatus.queued, ItemStatus.processing)
+
+#: Which field each mode requires; spin takes either of two.
+REQUIRED_FIELD: dict[Mode, tuple[str, ...]] = {
+    Mode.topic: ("topic",),
+    Mode.keywords: ("keywords",),
+    Mode.trends: ("trend",),
+    Mode.spin: ("source_text", "source_url"),
+}
+#: Fields every mode accepts (besides its required one).
+OPTIONAL_FIELDS = (
+    "word_count",
+    "tone",
+    "language",
+    "title",
+    "audience",
+    "instructions",
+    "id",
+    "extra",
+)
+#: Every article field an items file may hold, in display order.
+ARTICLE_FIELDS = ("topic", "keywords", "trend", "source_text", "source_url") + OPTIONAL_FIELDS
+DEFAULT_WORD_COUNT = 1000
+WORD_COUNT_RANGE = (100, 10_000)
+ITEMS_RANGE = (10, 50)
+MAX_KEYWORDS = 20
+#: Longest error_summary before the rest is folded into one line.
+ERROR_SUMMARY_CAP = 20
+
+
+def main_field(mode: str, article: dict[str, Any]) -> str:
+    """The human label of an article: its topic, keywords, trend or source."""
+    for name in REQUIRED_FIELD[Mode(mode)]:
+        value = article.get(name)
+        if value:
+            return ", ".join(value) if isinstance(value, list) else str(value)
+    return str(article.get("title") or "")
+
+
+def utcnow() -> dt.datetime:
+    """Now in UTC, to the millisecond: what MongoDB keeps, so both stores agree."""
+    now = dt.datetime.now(dt.timezone.utc)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def estimate_completion(
+    now: dt.datetime, pending: int, mean_seconds: float | None, seconds_between: float
+) -> dt.datetime | None:
+    """ETA: the mean duration of finished items, plus the delay, for each pending item."""
+    if not pending or mean_seconds is None:
+        return None
+    ms = round(pending * (mean_seconds + seconds_between) * 1000)
+    return now + dt.timedelta(milliseconds=ms)
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    """ISO 8601 UTC with milliseconds and a Z, or None."""
+    if value is None:
+        return None
+    return value.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_id_lock = threading.Lock()
+_id_counter = int.from_bytes(os.urandom(3), "big")
+_id_random = os.urandom(5)
+
+
+def new_id() -> str:
+    """A 24-hex id shaped like a MongoDB ObjectId (time, random, counter): sortable by age."""
+    global _id_counter
+    with _id_lock:
+        _id_counter = (_id_counter + 1) % 0xFFFFFF
+        count = _id_counter
+    return (int(time.time()).to_bytes(4, "big") + _id_random + count.to_bytes(3, "big")).hex()
+
+
+@dataclass
+class BulkJob:
+    id: str
+    userId: str
+    mode: str
+    name: str
+    status: str
+    total_items: int
+    completed_items: int = 0
+    failed_items: int = 0
+    cancelled_items: int = 0
+    created_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
+    estimated_completion: dt.datetime | None = None
+    error_summary: list[str] = field(default_factory=list)
+    notify: list[str] = field(default_factory=list)
+    notified_at: dt.datetime | None = None
+    idempotency_key: str | None = None
+
+    @property
+    def pending(self) -> int:
+        return self.total_items - self.completed_items - self.failed_items - self.cancelled_items
+
+    @property
+    def percentage(self) -> int:
+        """Share of items no longer pending (failed and cancelled count as done)."""
+        if not self.total_items:
+            return 100
+        return int((self.total_items - self.pending) * 100 // self.total_items)
+
+
+@dataclass
+class Item:
+    id: str
+    bulk_job_id: str
+    userId: str
+    mode: str
+    article: dict[str, Any]
+    status: str
+    queue_position: int
+    retry_count: int = 0
+    attempts: int = 0
+    error: str | None = None
+    result: dict[str, Any] | None = None
+    created_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
+    lease_owner: str | None = None
+    lease_expires_at: dt.datetime | None = None
+
+    @property
+    def label(self) -> str:
+        return main_field(self.mode, self.article)
+
+    @property
+    def item_id(self) -> str | None:
+        value = self.article.get("id")
+        return None if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one claimed item ended, as the processor reports it to the store."""
+
+    status: ItemStatus  # completed, failed or cancelled
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Items of one bulk job by status, and whether this refresh recorded its end."""
+
+    queued: int = 0
+    processing: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    ended_now: bool = False
+
+    @property
+    def pending(self) -> int:
+        return self.queued + self.processing
+
+
+def summarize_errors(items: list[Item]) -> list[str]:
+    """error_summary: one short line per failed item, capped."""
+    lines = []
+    failed = [i for i in items if i.status == ItemStatus.failed]
+    for item in failed[:ERROR_SUMMARY_CAP]:
+        label = item.label
+        if len(label) > 40:
+            label = label[:39] + "…"
+        reason = (item.error or "failed").splitlines()[0][:160]
+        lines.append(f"#{item.queue_position} {label}: {reason}")
+    if len(failed) > ERROR_SUMMARY_CAP:
+        lines.append(f"… and {len(failed) - ERROR_SUMMARY_CAP} more failed items")
+    return lines

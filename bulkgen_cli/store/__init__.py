@@ -1,0 +1,31 @@
+"""Backend choice happens here and nowhere else."""
+
+from __future__ import annotations
+
+from bulkgen_cli.errors import UsageError
+from bulkgen_cli.store.base import Store
+
+
+def open_store(url: str) -> Store:
+    """Open the store at `url`: `sqlite:///PATH`, a plain path, or `mongodb[+srv]://…`."""
+    if url.startswith(("mongodb://", "mongodb+srv://")):
+        from bulkgen_cli.store.mongo import MongoStore
+
+        return MongoStore.from_url(url)
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :]
+    elif "://" in url:
+        scheme = url.split("://", 1)[0]
+        raise UsageError(
+            f"unknown store scheme '{scheme}://': use sqlite:///PATH or mongodb://HOST/DB."
+        )
+    else:
+        path = url
+    if not path:
+        raise UsageError("the sqlite:/// store URL names no file: use sqlite:///PATH.")
+    from bulkgen_cli.store.sqlite import SqliteStore
+
+    return SqliteStore(path)
+
+
+__all__ = ["Store", "open_store"]

@@ -1,0 +1,158 @@
+"""The store contract: the queue's verbs, shared by the SQLite and MongoDB backends.
+
+Every method that changes state is atomic and conditional in the database
+itself: races between processes resolve there, never in Python. A method that
+loses a race changes nothing and says so in its return value. Times passed in
+are UTC datetimes to the millisecond (`model.utcnow()`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from bulkgen_cli.model import BulkJob, BulkStatus, Counts, Item, Outcome
+
+#: The one processor lease that makes the whole store sequential (design §4).
+PROCESSOR_LEASE = "processor"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who holds the processor lease, until when."""
+
+    owner: str
+    expires_at: dt.datetime
+    acquired_at: dt.datetime
+    host: str
+    pid: int
+
+
+class Store(ABC):
+    """A bulk-job queue. Backends: `sqlite.SqliteStore`, `mongo.MongoStore`."""
+
+    #: The store's address with any password masked, for messages.
+    display_url: str = ""
+
+    # -- submit and read ---------------------------------------------------
+
+    @abstractmethod
+    def create_bulk(self, bulk: BulkJob, articles: list[dict[str, Any]]) -> tuple[BulkJob, bool]:
+        """Store a bulk job and one queued item per article, all or nothing.
+
+        No half job is ever claimable: if anything fails, nothing is left that
+        a processor could start. When `bulk.idempotency_key` was already used
+        by the same user, store nothing and return (existing job, False);
+        otherwise (bulk, True).
+        """
+
+    @abstractmethod
+    def get_bulk(self, bulk_id: str) -> BulkJob | None:
+        """The bulk job, or None when there is none with that id."""
+
+    @abstractmethod
+    def list_bulks(
+        self,
+        user: str | None = None,
+        limit: int = 50,
+        statuses: Iterable[BulkStatus] | None = None,
+    ) -> list[BulkJob]:
+        """Bulk jobs, newest first; of one user unless `user` is None."""
+
+    @abstractmethod
+    def list_items(self, bulk_id: str) -> list[Item]:
+        """A bulk job's items in queue order."""
+
+    # -- the processor's verbs -----------------------------------------------
+
+    @abstractmethod
+    def claim_next(self, owner: str, lease_seconds: float, now: dt.datetime) -> Item | None:
+        """Atomically take the next item, or None when nothing is claimable.
+
+        Order (invariant 4): oldest bulk job first, then queue_position. Items of
+        paused and cancelled bulk jobs are never taken: a pause that committed
+        before the claim wins. The item becomes `processing` with a lease for
+        `owner`, its `attempts` grows by one, and its bulk job becomes
+        `processing` (with `started_at` set the first time).
+        """
+
+    @abstractmethod
+    def heartbeat(self, item_id: str, owner: str, lease_seconds: float, now: dt.datetime) -> bool:
+        """Extend the item's lease; False when `owner` no longer holds it."""
+
+    @abstractmethod
+    def begin_attempt(self, item_id: str, owner: str) -> bool:
+        """Count one more try of a held item (`attempts` and `retry_count` + 1)."""
+
+    @abstractmethod
+    def finish_item(self, item_id: str, owner: str, outcome: Outcome, now: dt.datetime) -> bool:
+        """Record a held item's end; False (nothing written) when `owner` lost it."""
+
+    @abstractmethod
+    def release_item(self, item_id: str, owner: str) -> bool:
+        """Put a held item back in the queue at its place, without charging its try.
+
+        For a service that cannot be reached, a stop signal, or a claim that found
+        its bulk job paused. False when `owner` no longer holds it.
+        """
+
+    @abstractmethod
+    def requeue_expired(self, now: dt.datetime, max_attempts: int) -> list[str]:
+        """Take back items whose lease expired (their processor died).
+
+        Each goes back to `queued` (its try stays counted, `retry_count` + 1), or to
+        `failed` once it has used `max_attempts` tries, or to `cancelled` when its
+        bulk job was cancelled meanwhile. Returns the ids of the bulk jobs touched,
+        whose counters the caller refreshes.
+        """
+
+    @abstractmethod
+    def refresh_counters(
+        self, bulk_id: str, now: dt.datetime, seconds_between_items: float = 0.0
+    ) -> Counts:
+        """Recompute a bulk job's counters, error_summary and ETA from its items.
+
+        Items are the truth (invariant 1): counters are never incremented. When
+        nothing is pending and the job is queued, processing or paused, it becomes
+        `completed` with `completed_at` set; exactly one caller sees
+        `ended_now=True` for that end (invariant 6).
+        """
+
+    @abstractmethod
+    def set_bulk_state(
+        self,
+        bulk_id: str,
+        allowed_from: Iterable[BulkStatus],
+        to: BulkStatus,
+        now: dt.datetime,
+    ) -> bool:
+        """Change the bulk job's status only if it is in `allowed_from`."""
+
+    # -- the processor lease ---------------------------------------------------
+
+    @abstractmethod
+    def acquire_processor_lease(
+        self, owner: str, seconds: float, now: dt.datetime, host: str, pid: int
+    ) -> bool:
+        """Take or renew the lease: True if it was free, expired, or `owner`'s."""
+
+    @abstractmethod
+    def release_processor_lease(self, owner: str) -> None:
+        """Give the lease up if `owner` holds it."""
+
+    @abstractmethod
+    def processor_lease(self) -> Lease | None:
+        """The current lease record (maybe expired), or None."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+def lease_lost_error(attempts: int) -> str:
+    """The error of an item whose processor died on each of its tries."""
+    return (
+        f"gave up after {attempts} tries: the processor holding it stopped each time "
+        "before recording a result (its lease expired)"
+    )

@@ -1,0 +1,577 @@
+"""The shared store: MongoDB, with the collections and field names of design §2.
+
+Races resolve in the database: claims are `find_one_and_update` on an indexed
+filter and sort, state changes are conditional updates. No multi-document
+transaction is used (a single mongod has none): `create_bulk` writes the items
+before the bulk job that makes them claimable, and counters are rewritten
+under a compare-and-set sequence number so a slow writer never leaves stale
+counts behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+from typing import Any, Callable, Iterable, TypeVar
+from urllib.parse import urlsplit
+
+import pymongo
+from bson import ObjectId
+from bson.errors import InvalidId
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from bulkgen_cli.errors import StoreUnavailable
+from bulkgen_cli.model import (
+    ACTIVE_BULK,
+    ARTICLE_FIELDS,
+    CLAIMABLE_BULK,
+    BulkJob,
+    BulkStatus,
+    Counts,
+    Item,
+    ItemStatus,
+    Outcome,
+    estimate_completion,
+    summarize_errors,
+)
+from bulkgen_cli.store.base import PROCESSOR_LEASE, Lease, Store, lease_lost_error
+
+BULK_JOBS = "bulk_jobs"
+GENERATION_JOBS = "generation_jobs"
+LEASES = "processor_leases"
+IDEMPOTENCY = "bulk_idempotency_keys"
+META = "bulkgen_meta"
+SCHEMA_VERSION = 1
+#: An idempotency claim whose bulk job never appeared is taken over after this.
+STALE_CLAIM = dt.timedelta(minutes=2)
+#: The file's own item id is stored as `item_id`: `id` reads too much like `_id`.
+ITEM_ID_FIELD = "item_id"
+
+T = TypeVar("T")
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _oid(value: str) -> ObjectId | None:
+    try:
+        return ObjectId(value)
+    except (InvalidId, TypeError):
+        return None
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    """pymongo hands back aware datetimes with tz_aware=True; be sure of it."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=dt.timezone.utc)
+
+
+def _unavailable(method: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(method)
+    def wrapper(self: MongoStore, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except PyMongoError as exc:
+            raise StoreUnavailable(
+                f"MongoDB store {self.display_url}: {self._scrub(str(exc))}"
+            ) from exc
+
+    return wrapper
+
+
+class MongoStore(Store):
+    def __init__(self, client: Any, db_name: str = "bulkgen", display_url: str = "mongodb://"):
+        self.client = client
+        self.display_url = mask_url(display_url)
+        self._password = urlsplit(display_url).password
+        db = client[db_name]
+        self.bulks = db[BULK_JOBS]
+        self.items = db[GENERATION_JOBS]
+        self.leases = db[LEASES]
+        self.keys = db[IDEMPOTENCY]
+        self.meta = db[META]
+        try:
+            self._ensure_indexes()
+        except PyMongoError as exc:
+            raise StoreUnavailable(
+                f"cannot reach the MongoDB store {self.display_url}: {self._scrub(str(exc))}"
+            ) from exc
+
+    @classmethod
+    def from_url(cls, url: str, timeout_ms: int = 5000) -> MongoStore:
+        try:
+            client = pymongo.MongoClient(
+                url, tz_aware=True, serverSelectionTimeoutMS=timeout_ms, appname="bulkgen"
+            )
+            db_name = client.get_default_database("bulkgen").name
+        except (PyMongoError, ValueError) as exc:
+            raise StoreUnavailable(f"bad MongoDB store URL {mask_url(url)}: {exc}") from exc
+        return cls(client, db_name, url)
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._password, "***") if self._password else text
+
+    def _ensure_indexes(self) -> None:
+        """Create the indexes once per database, idempotently (one read after that)."""
+        marker = self.meta.find_one({"_id": "schema"})
+        if marker and marker.get("version", 0) >= SCHEMA_VERSION:
+            return
+        self.bulks.create_index([("status", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)])
+        self.bulks.create_index([("userId", ASCENDING), ("created_at", DESCENDING)])
+        self.bulks.create_index([("created_at", DESCENDING)])
+        self.bulks.create_index([("userId", ASCENDING), ("idempotency_key", ASCENDING)])
+        self.items.create_index(
+            [("bulk_job_id", ASCENDING), ("status", ASCENDING), ("queue_position", ASCENDING)]
+        )
+        self.items.create_index([("status", ASCENDING), ("lease_expires_at", ASCENDING)])
+        self.meta.update_one(
+            {"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}}, upsert=True
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- documents -> records --------------------------------------------------
+
+    @staticmethod
+    def _bulk(doc: dict[str, Any]) -> BulkJob:
+        return BulkJob(
+            id=str(doc["_id"]),
+            userId=str(doc["userId"]),
+            mode=doc["mode"],
+            name=doc.get("name", ""),
+            status=doc["status"],
+            total_items=doc["total_items"],
+            completed_items=doc.get("completed_items", 0),
+            failed_items=doc.get("failed_items", 0),
+            cancelled_items=doc.get("cancelled_items", 0),
+            created_at=_aware(doc.get("created_at")),
+            started_at=_aware(doc.get("started_at")),
+            completed_at=_aware(doc.get("completed_at")),
+            estimated_completion=_aware(doc.get("estimated_completion")),
+            error_summary=list(doc.get("error_summary") or []),
+            notify=list(doc.get("notify") or []),
+            notified_at=_aware(doc.get("notified_at")),
+            idempotency_key=doc.get("idempotency_key"),
+        )
+
+    @staticmethod
+    def _item(doc: dict[str, Any]) -> Item:
+        article = {k: doc[k] for k in ARTICLE_FIELDS if k in doc and k != "id"}
+        if ITEM_ID_FIELD in doc:
+            article["id"] = doc[ITEM_ID_FIELD]
+        return Item(
+            id=str(doc["_id"]),
+            bulk_job_id=str(doc["bulk_job_id"]),
+            userId=str(doc["userId"]),
+            mode=doc["mode"],
+            article=article,
+            status=doc["status"],
+            queue_position=doc["queue_position"],
+            retry_count=doc.get("retry_count", 0),
+            attempts=doc.get("attempts", 0),
+            error=doc.get("error"),
+            result=doc.get("result"),
+            created_at=_aware(doc.get("created_at")),
+            started_at=_aware(doc.get("started_at")),
+            completed_at=_aware(doc.get("completed_at")),
+            lease_owner=doc.get("lease_owner"),
+            lease_expires_at=_aware(doc.get("lease_expires_at")),
+        )
+
+    # -- submit and read -------------------------------------------------------
+
+    @_unavailable
+    def create_bulk(self, bulk: BulkJob, articles: list[dict[str, Any]]) -> tuple[BulkJob, bool]:
+        oid = ObjectId(bulk.id)
+        if bulk.idempotency_key is not None:
+            existing = self._claim_idempotency_key(bulk, oid)
+            if existing is not None:
+                return existing, False
+        docs = []
+        for position, article in enumerate(articles, start=1):
+            doc = {k: v for k, v in article.items() if k != "id"}
+            if "id" in article:
+                doc[ITEM_ID_FIELD] = article["id"]
+            doc.update(
+                bulk_job_id=oid,
+                userId=bulk.userId,
+                mode=bulk.mode,
+                status=ItemStatus.queued.value,
+                queue_position=position,
+                retry_count=0,
+                attempts=0,
+                error=None,
+                result=None,
+                created_at=bulk.created_at,
+                started_at=None,
+                completed_at=None,
+            )
+            docs.append(doc)
+        bulk_doc = {
+            "_id": oid,
+            "userId": bulk.userId,
+            "mode": bulk.mode,
+            "name": bulk.name,
+            "status": bulk.status,
+            "total_items": bulk.total_items,
+            "completed_items": 0,
+            "failed_items": 0,
+            "cancelled_items": 0,
+            "created_at": bulk.created_at,
+            "started_at": None,
+            "completed_at": None,
+            "estimated_completion": None,
+            "error_summary": [],
+            "notify": list(bulk.notify),
+            "notified_at": None,
+            "refresh_seq": 0,
+        }
+        if bulk.idempotency_key is not None:
+            bulk_doc["idempotency_key"] = bulk.idempotency_key
+        # Items first: without their bulk job they are invisible and never claimed,
+        # so a failure between the two writes leaves nothing a processor could start.
+        try:
+            self.items.insert_many(docs, ordered=True)
+            self.bulks.insert_one(bulk_doc)
+        except PyMongoError:
+            self._undo_submit(oid, bulk)
+            raise
+        return bulk, True
+
+    def _undo_submit(self, oid: ObjectId, bulk: BulkJob) -> None:
+        try:
+            self.items.delete_many({"bulk_job_id": oid})
+            if bulk.idempotency_key is not None:
+                self.keys.delete_one({"_id": self._key_id(bulk), "bulk_job_id": oid})
+        except PyMongoError:
+            pass  # the connection is gone; orphan items stay invisible
+
+    @staticmethod
+    def _key_id(bulk: BulkJob) -> str:
+        raw = f"{bulk.userId}\x00{bulk.idempotency_key}".encode()
+        return hashlib.sha256(raw).hexdigest()
+
+    def _claim_idempotency_key(self, bulk: BulkJob, oid: ObjectId) -> BulkJob | None:
+        """Reserve the user's key for this bulk job, or return the job that has it."""
+        key_id = self._key_id(bulk)
+        for _ in range(3):
+            try:
+                self.keys.insert_one(
+                    {"_id": key_id, "bulk_job_id": oid, "created_at": bulk.created_at}
+                )
+                return None
+            except DuplicateKeyError:
+                claim = self.keys.find_one({"_id": key_id})
+                if claim is None:
+                    continue
+                doc = self.bulks.find_one({"_id": claim["bulk_job_id"]})
+                if doc is not None:
+                    return self._bulk(doc)
+                created = _aware(claim.get("created_at"))
+                if created is not None and bulk.created_at - created < STALE_CLAIM:  # type: ignore[operator]
+                    raise StoreUnavailable(
+                        "another submit with this idempotency key is still being stored; "
+                        "try again in a minute."
+                    )
+                # A submit that died before storing its bulk job: take its key over.
+                self.keys.delete_one({"_id": key_id, "bulk_job_id": claim["bulk_job_id"]})
+        raise StoreUnavailable("could not reserve the idempotency key; try again.")
+
+    @_unavailable
+    def get_bulk(self, bulk_id: str) -> BulkJob | None:
+        oid = _oid(bulk_id)
+        doc = None if oid is None else self.bulks.find_one({"_id": oid})
+        return None if doc is None else self._bulk(doc)
+
+    @_unavailable
+    def list_bulks(
+        self,
+        user: str | None = None,
+        limit: int = 50,
+        statuses: Iterable[BulkStatus] | None = None,
+    ) -> list[BulkJob]:
+        query: dict[str, Any] = {}
+        if user is not None:
+            query["userId"] = user
+        if statuses is not None:
+            query["status"] = {"$in": [BulkStatus(s).value for s in statuses]}
+        cursor = self.bulks.find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+        return [self._bulk(d) for d in cursor.limit(limit)]
+
+    @_unavailable
+    def list_items(self, bulk_id: str) -> list[Item]:
+        oid = _oid(bulk_id)
+        if oid is None:
+            return []
+        cursor = self.items.find({"bulk_job_id": oid}).sort("queue_position", ASCENDING)
+        return [self._item(d) for d in cursor]
+
+    # -- the processor's verbs -------------------------------------------------
+
+    @_unavailable
+    def claim_next(self, owner: str, lease_seconds: float, now: dt.datetime) -> Item | None:
+        expires = now + dt.timedelta(seconds=lease_seconds)
+        claimable = [s.value for s in CLAIMABLE_BULK]
+        bulks = self.bulks.find(
+            {"status": {"$in": claimable}}, {"_id": 1, "status": 1, "started_at": 1}
+        ).sort([("created_at", ASCENDING), ("_id", ASCENDING)])
+        for bulk in bulks:
+            doc = self.items.find_one_and_update(
+                {"bulk_job_id": bulk["_id"], "status": ItemStatus.queued.value},
+                {
+                    "$set": {
+                        "status": ItemStatus.processing.value,
+                        "lease_owner": owner,
+                        "lease_expires_at": expires,
+                        "started_at": now,
+                        "error": None,
+                    },
+                    "$inc": {"attempts": 1},
+                },
+                sort=[("queue_position", ASCENDING)],
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is None:
+                continue
+            if bulk["status"] == BulkStatus.queued.value:
+                self.bulks.update_one(
+                    {"_id": bulk["_id"], "status": BulkStatus.queued.value},
+                    {"$set": {"status": BulkStatus.processing.value}},
+                )
+            if bulk.get("started_at") is None:
+                self.bulks.update_one(
+                    {"_id": bulk["_id"], "started_at": None}, {"$set": {"started_at": now}}
+                )
+            # A pause or cancel may have committed between reading the bulk job and
+            # the claim: check again, and hand the item back untouched if so.
+            current = self.bulks.find_one({"_id": bulk["_id"]}, {"status": 1})
+            if current is None or current["status"] not in claimable:
+                self.release_item(str(doc["_id"]), owner)
+                continue
+            return self._item(doc)
+        return None
+
+    def _held(self, item_id: str, owner: str, update: dict[str, Any]) -> bool:
+        result = self.items.update_one(
+            {"_id": ObjectId(item_id), "status": ItemStatus.processing.value, "lease_owner": owner},
+            update,
+        )
+        return result.matched_count == 1
+
+    @_unavailable
+    def heartbeat(self, item_id: str, owner: str, lease_seconds: float, now: dt.datetime) -> bool:
+        expires = now + dt.timedelta(seconds=lease_seconds)
+        return self._held(item_id, owner, {"$set": {"lease_expires_at": expires}})
+
+    @_unavailable
+    def begin_attempt(self, item_id: str, owner: str) -> bool:
+        return self._held(item_id, owner, {"$inc": {"attempts": 1, "retry_count": 1}})
+
+    @_unavailable
+    def finish_item(self, item_id: str, owner: str, outcome: Outcome, now: dt.datetime) -> bool:
+        return self._held(
+            item_id,
+            owner,
+            {
+                "$set": {
+                    "status": ItemStatus(outcome.status).value,
+                    "result": outcome.result,
+                    "error": outcome.error,
+                    "completed_at": now,
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                }
+            },
+        )
+
+    @_unavailable
+    def release_item(self, item_id: str, owner: str) -> bool:
+        return self._held(
+            item_id,
+            owner,
+            {
+                "$set": {
+                    "status": ItemStatus.queued.value,
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                    "started_at": None,
+                },
+                "$inc": {"attempts": -1},
+            },
+        )
+
+    @_unavailable
+    def requeue_expired(self, now: dt.datetime, max_attempts: int) -> list[str]:
+        touched: set[str] = set()
+        expired = {"status": ItemStatus.processing.value, "lease_expires_at": {"$lt": now}}
+        for doc in self.items.find(expired, {"_id": 1, "bulk_job_id": 1, "attempts": 1}):
+            bulk = self.bulks.find_one({"_id": doc["bulk_job_id"]}, {"status": 1})
+            cleared = {"lease_owner": None, "lease_expires_at": None}
+            if bulk is not None and bulk["status"] == BulkStatus.cancelled.value:
+                update: dict[str, Any] = {
+                    "$set": {"status": ItemStatus.cancelled.value, "completed_at": now, **cleared}
+                }
+            elif doc.get("attempts", 0) >= max_attempts:
+                update = {
+                    "$set": {
+                        "status": ItemStatus.failed.value,
+                        "completed_at": now,
+                        "error": lease_lost_error(doc.get("attempts", 0)),
+                        **cleared,
+                    }
+                }
+            else:
+                update = {
+                    "$set": {"status": ItemStatus.queued.value, "started_at": None, **cleared},
+                    "$inc": {"retry_count": 1},
+                }
+            # Conditional on the lease still being expired: a late heartbeat wins.
+            if self.items.update_one({"_id": doc["_id"], **expired}, update).matched_count:
+                touched.add(str(doc["bulk_job_id"]))
+        return sorted(touched)
+
+    @_unavailable
+    def refresh_counters(
+        self, bulk_id: str, now: dt.datetime, seconds_between_items: float = 0.0
+    ) -> Counts:
+        oid = ObjectId(bulk_id)
+        for _ in range(50):
+            bulk = self.bulks.find_one({"_id": oid}, {"refresh_seq": 1})
+            if bulk is None:
+                return Counts()
+            seq = bulk.get("refresh_seq")
+            groups = self.items.aggregate(
+                [
+                    {"$match": {"bulk_job_id": oid}},
+                    {
+                        "$group": {
+                            "_id": "$status",
+                            "n": {"$sum": 1},
+                            "ms": {"$avg": {"$subtract": ["$completed_at", "$started_at"]}},
+                        }
+                    },
+                ]
+            )
+            by_status = {g["_id"]: g for g in groups}
+            counts = Counts(
+                **{s.value: by_status.get(s.value, {}).get("n", 0) for s in ItemStatus}
+            )
+            timed = [
+                by_status[s.value]
+                for s in (ItemStatus.completed, ItemStatus.failed)
+                if by_status.get(s.value, {}).get("ms") is not None
+            ]
+            mean = None
+            if timed:
+                mean = sum(g["ms"] * g["n"] for g in timed) / sum(g["n"] for g in timed) / 1000
+            eta = estimate_completion(now, counts.pending, mean, seconds_between_items)
+            failed = []
+            if counts.failed:
+                cursor = self.items.find(
+                    {"bulk_job_id": oid, "status": ItemStatus.failed.value}
+                ).sort("queue_position", ASCENDING)
+                failed = [self._item(d) for d in cursor]
+            seq_filter: Any = seq if seq is not None else {"$exists": False}
+            written = self.bulks.update_one(
+                {"_id": oid, "refresh_seq": seq_filter},
+                {
+                    "$set": {
+                        "completed_items": counts.completed,
+                        "failed_items": counts.failed,
+                        "cancelled_items": counts.cancelled,
+                        "error_summary": summarize_errors(failed),
+                        "estimated_completion": eta,
+                        "refresh_seq": (seq or 0) + 1,
+                    }
+                },
+            )
+            if written.matched_count:
+                break
+            # Someone refreshed meanwhile from a later snapshot: count again.
+        else:
+            raise StoreUnavailable(f"the counters of bulk job {bulk_id} kept changing; try again.")
+        ended = False
+        if counts.pending == 0:
+            ended = bool(
+                self.bulks.update_one(
+                    {"_id": oid, "status": {"$in": [s.value for s in ACTIVE_BULK]}},
+                    {"$set": {"status": BulkStatus.completed.value, "completed_at": now}},
+                ).matched_count
+            )
+        return Counts(**{**counts.__dict__, "ended_now": ended})
+
+    @_unavailable
+    def set_bulk_state(
+        self,
+        bulk_id: str,
+        allowed_from: Iterable[BulkStatus],
+        to: BulkStatus,
+        now: dt.datetime,
+    ) -> bool:
+        oid = _oid(bulk_id)
+        if oid is None:
+            return False
+        result = self.bulks.update_one(
+            {"_id": oid, "status": {"$in": [BulkStatus(s).value for s in allowed_from]}},
+            {"$set": {"status": BulkStatus(to).value}},
+        )
+        return result.matched_count == 1
+
+    # -- the processor lease ---------------------------------------------------
+
+    @_unavailable
+    def acquire_processor_lease(
+        self, owner: str, seconds: float, now: dt.datetime, host: str, pid: int
+    ) -> bool:
+        expires = now + dt.timedelta(seconds=seconds)
+        renewed = self.leases.update_one(
+            {"_id": PROCESSOR_LEASE, "owner": owner}, {"$set": {"expires_at": expires}}
+        )
+        if renewed.matched_count:
+            return True
+        try:
+            # Matches only a lease that expired; where none exists, the upsert
+            # creates it; where a live one exists, the upsert collides on _id.
+            self.leases.update_one(
+                {"_id": PROCESSOR_LEASE, "expires_at": {"$lt": now}},
+                {
+                    "$set": {
+                        "owner": owner,
+                        "expires_at": expires,
+                        "acquired_at": now,
+                        "host": host,
+                        "pid": pid,
+                    }
+                },
+                upsert=True,
+            )
+        except DuplicateKeyError:
+            return False
+        return True
+
+    @_unavailable
+    def release_processor_lease(self, owner: str) -> None:
+        self.leases.delete_one({"_id": PROCESSOR_LEASE, "owner": owner})
+
+    @_unavailable
+    def processor_lease(self) -> Lease | None:
+        doc = self.leases.find_one({"_id": PROCESSOR_LEASE})
+        if doc is None:
+            return None
+        return Lease(
+            owner=doc["owner"],
+            expires_at=_aware(doc["expires_at"]),  # type: ignore[arg-type]
+            acquired_at=_aware(doc["acquired_at"]),  # type: ignore[arg-type]
+            host=doc.get("host", ""),
+            pid=doc.get("pid", 0),
+        )

@@ -1,0 +1,511 @@
+"""The embedded store: one SQLite file, safe across processes.
+
+WAL lets readers run beside the one writer; every change runs inside
+`BEGIN IMMEDIATE` (the write lock is taken up front, so a read-then-write inside
+a transaction cannot interleave with another process's) and waits on a busy
+timeout rather than failing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import sqlite3
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from bulkgen_cli.errors import StoreUnavailable
+from bulkgen_cli.model import (
+    CLAIMABLE_BULK,
+    BulkJob,
+    BulkStatus,
+    Counts,
+    Item,
+    ItemStatus,
+    Outcome,
+    estimate_completion,
+    iso,
+    new_id,
+    summarize_errors,
+)
+from bulkgen_cli.store.base import PROCESSOR_LEASE, Lease, Store, lease_lost_error
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 30.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS bulk_jobs (
+    id TEXT PRIMARY KEY,
+    userId TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    total_items INTEGER NOT NULL,
+    completed_items INTEGER NOT NULL DEFAULT 0,
+    failed_items INTEGER NOT NULL DEFAULT 0,
+    cancelled_items INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    completed_at TEXT,
+    estimated_completion TEXT,
+    error_summary TEXT NOT NULL DEFAULT '[]',
+    notify TEXT NOT NULL DEFAULT '[]',
+    notified_at TEXT,
+    idempotency_key TEXT
+);
+CREATE INDEX IF NOT EXISTS bulk_jobs_status ON bulk_jobs (status, created_at, id);
+CREATE INDEX IF NOT EXISTS bulk_jobs_user ON bulk_jobs (userId, created_at);
+CREATE INDEX IF NOT EXISTS bulk_jobs_created ON bulk_jobs (created_at);
+CREATE UNIQUE INDEX IF NOT EXISTS bulk_jobs_idempotency
+    ON bulk_jobs (userId, idempotency_key) WHERE idempotency_key IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS generation_jobs (
+    id TEXT PRIMARY KEY,
+    bulk_job_id TEXT NOT NULL REFERENCES bulk_jobs (id),
+    userId TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    article TEXT NOT NULL,
+    status TEXT NOT NULL,
+    queue_position INTEGER NOT NULL,
+    retry_count INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    result TEXT,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    completed_at TEXT,
+    lease_owner TEXT,
+    lease_expires_at TEXT
+);
+CREATE INDEX IF NOT EXISTS generation_jobs_queue
+    ON generation_jobs (bulk_job_id, status, queue_position);
+CREATE INDEX IF NOT EXISTS generation_jobs_lease ON generation_jobs (status, lease_expires_at);
+
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    acquired_at TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL
+);
+"""
+
+T = TypeVar("T")
+
+
+def _ts(value: str | None) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromisoformat(value)
+
+
+def _unavailable(method: Callable[..., T]) -> Callable[..., T]:
+    """Turn SQLite's operational errors into StoreUnavailable with the file named."""
+
+    @functools.wraps(method)
+    def wrapper(self: SqliteStore, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"SQLite store {self.path}: {exc}.") from exc
+        except sqlite3.DatabaseError as exc:
+            raise StoreUnavailable(f"SQLite store {self.path} is not usable: {exc}.") from exc
+
+    return wrapper
+
+
+class SqliteStore(Store):
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.display_url = f"sqlite:///{self.path}"
+        self._lock = threading.RLock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            self.db.row_factory = sqlite3.Row
+            self.db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            if self.db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                self._create_schema()
+            self.db.execute("PRAGMA synchronous = NORMAL")
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"cannot open the SQLite store {self.path}: {exc}.") from exc
+
+    def _create_schema(self) -> None:
+        self.db.execute("PRAGMA journal_mode = WAL")
+        with self._tx() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreUnavailable(
+                    f"the SQLite store {self.path} was made by a newer bulkgen "
+                    f"(schema {version}); upgrade bulkgen."
+                )
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            else:
+                self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- rows -> records -------------------------------------------------------
+
+    @staticmethod
+    def _bulk(row: sqlite3.Row) -> BulkJob:
+        return BulkJob(
+            id=row["id"],
+            userId=row["userId"],
+            mode=row["mode"],
+            name=row["name"],
+            status=row["status"],
+            total_items=row["total_items"],
+            completed_items=row["completed_items"],
+            failed_items=row["failed_items"],
+            cancelled_items=row["cancelled_items"],
+            created_at=_ts(row["created_at"]),
+            started_at=_ts(row["started_at"]),
+            completed_at=_ts(row["completed_at"]),
+            estimated_completion=_ts(row["estimated_completion"]),
+            error_summary=json.loads(row["error_summary"]),
+            notify=json.loads(row["notify"]),
+            notified_at=_ts(row["notified_at"]),
+            idempotency_key=row["idempotency_key"],
+        )
+
+    @staticmethod
+    def _item(row: sqlite3.Row) -> Item:
+        return Item(
+            id=row["id"],
+            bulk_job_id=row["bulk_job_id"],
+            userId=row["userId"],
+            mode=row["mode"],
+            article=json.loads(row["article"]),
+            status=row["status"],
+            queue_position=row["queue_position"],
+            retry_count=row["retry_count"],
+            attempts=row["attempts"],
+            error=row["error"],
+            result=None if row["result"] is None else json.loads(row["result"]),
+            created_at=_ts(row["created_at"]),
+            started_at=_ts(row["started_at"]),
+            completed_at=_ts(row["completed_at"]),
+            lease_owner=row["lease_owner"],
+            lease_expires_at=_ts(row["lease_expires_at"]),
+        )
+
+    # -- submit and read -------------------------------------------------------
+
+    @_unavailable
+    def create_bulk(self, bulk: BulkJob, articles: list[dict[str, Any]]) -> tuple[BulkJob, bool]:
+        with self._tx() as db:
+            if bulk.idempotency_key is not None:
+                row = db.execute(
+                    "SELECT * FROM bulk_jobs WHERE userId = ? AND idempotency_key = ?",
+                    (bulk.userId, bulk.idempotency_key),
+                ).fetchone()
+                if row is not None:
+                    return self._bulk(row), False
+            db.execute(
+                "INSERT INTO bulk_jobs (id, userId, mode, name, status, total_items, created_at,"
+                " notify, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    bulk.id,
+                    bulk.userId,
+                    bulk.mode,
+                    bulk.name,
+                    bulk.status,
+                    bulk.total_items,
+                    iso(bulk.created_at),
+                    json.dumps(bulk.notify),
+                    bulk.idempotency_key,
+                ),
+            )
+            db.executemany(
+                "INSERT INTO generation_jobs (id, bulk_job_id, userId, mode, article, status,"
+                " queue_position, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        new_id(),
+                        bulk.id,
+                        bulk.userId,
+                        bulk.mode,
+                        json.dumps(article, ensure_ascii=False),
+                        ItemStatus.queued.value,
+                        position,
+                        iso(bulk.created_at),
+                    )
+                    for position, article in enumerate(articles, start=1)
+                ],
+            )
+        return bulk, True
+
+    @_unavailable
+    def get_bulk(self, bulk_id: str) -> BulkJob | None:
+        row = self.db.execute("SELECT * FROM bulk_jobs WHERE id = ?", (bulk_id,)).fetchone()
+        return None if row is None else self._bulk(row)
+
+    @_unavailable
+    def list_bulks(
+        self,
+        user: str | None = None,
+        limit: int = 50,
+        statuses: Iterable[BulkStatus] | None = None,
+    ) -> list[BulkJob]:
+        where, args = [], []
+        if user is not None:
+            where.append("userId = ?")
+            args.append(user)
+        if statuses is not None:
+            values = [BulkStatus(s).value for s in statuses]
+            where.append(f"status IN ({', '.join('?' * len(values))})")
+            args.extend(values)
+        sql = "SELECT * FROM bulk_jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        return [self._bulk(r) for r in self.db.execute(sql, (*args, limit))]
+
+    @_unavailable
+    def list_items(self, bulk_id: str) -> list[Item]:
+        rows = self.db.execute(
+            "SELECT * FROM generation_jobs WHERE bulk_job_id = ? ORDER BY queue_position",
+            (bulk_id,),
+        )
+        return [self._item(r) for r in rows]
+
+    # -- the processor's verbs -------------------------------------------------
+
+    @_unavailable
+    def claim_next(self, owner: str, lease_seconds: float, now: dt.datetime) -> Item | None:
+        claimable = tuple(s.value for s in CLAIMABLE_BULK)
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT i.id, i.bulk_job_id FROM bulk_jobs b"
+                " JOIN generation_jobs i ON i.bulk_job_id = b.id AND i.status = 'queued'"
+                " WHERE b.status IN (?, ?)"
+                " ORDER BY b.created_at, b.id, i.queue_position LIMIT 1",
+                claimable,
+            ).fetchone()
+            if row is None:
+                return None
+            expires = iso(now + dt.timedelta(seconds=lease_seconds))
+            db.execute(
+                "UPDATE generation_jobs SET status = 'processing', lease_owner = ?,"
+                " lease_expires_at = ?, started_at = ?, attempts = attempts + 1, error = NULL"
+                " WHERE id = ?",
+                (owner, expires, iso(now), row["id"]),
+            )
+            db.execute(
+                "UPDATE bulk_jobs SET status = 'processing', started_at = coalesce(started_at, ?)"
+                " WHERE id = ?",
+                (iso(now), row["bulk_job_id"]),
+            )
+            item = db.execute("SELECT * FROM generation_jobs WHERE id = ?", (row["id"],)).fetchone()
+        return self._item(item)
+
+    def _held(self, sql: str, args: tuple[Any, ...]) -> bool:
+        """Run an UPDATE on an item only while `owner` still holds it."""
+        with self._tx() as db:
+            cursor = db.execute(
+                sql + " WHERE id = ? AND status = 'processing' AND lease_owner = ?", args
+            )
+            return cursor.rowcount == 1
+
+    @_unavailable
+    def heartbeat(self, item_id: str, owner: str, lease_seconds: float, now: dt.datetime) -> bool:
+        expires = iso(now + dt.timedelta(seconds=lease_seconds))
+        return self._held(
+            "UPDATE generation_jobs SET lease_expires_at = ?", (expires, item_id, owner)
+        )
+
+    @_unavailable
+    def begin_attempt(self, item_id: str, owner: str) -> bool:
+        return self._held(
+            "UPDATE generation_jobs SET attempts = attempts + 1, retry_count = retry_count + 1",
+            (item_id, owner),
+        )
+
+    @_unavailable
+    def finish_item(self, item_id: str, owner: str, outcome: Outcome, now: dt.datetime) -> bool:
+        result = None if outcome.result is None else json.dumps(outcome.result, ensure_ascii=False)
+        return self._held(
+            "UPDATE generation_jobs SET status = ?, result = ?, error = ?, completed_at = ?,"
+            " lease_owner = NULL, lease_expires_at = NULL",
+            (ItemStatus(outcome.status).value, result, outcome.error, iso(now), item_id, owner),
+        )
+
+    @_unavailable
+    def release_item(self, item_id: str, owner: str) -> bool:
+        return self._held(
+            "UPDATE generation_jobs SET status = 'queued', attempts = max(attempts - 1, 0),"
+            " lease_owner = NULL, lease_expires_at = NULL, started_at = NULL",
+            (item_id, owner),
+        )
+
+    @_unavailable
+    def requeue_expired(self, now: dt.datetime, max_attempts: int) -> list[str]:
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT i.id, i.bulk_job_id, i.attempts, b.status AS bulk_status"
+                " FROM generation_jobs i JOIN bulk_jobs b ON b.id = i.bulk_job_id"
+                " WHERE i.status = 'processing' AND i.lease_expires_at < ?",
+                (iso(now),),
+            ).fetchall()
+            for row in rows:
+                if row["bulk_status"] == BulkStatus.cancelled.value:
+                    db.execute(
+                        "UPDATE generation_jobs SET status = 'cancelled', completed_at = ?,"
+                        " lease_owner = NULL, lease_expires_at = NULL WHERE id = ?",
+                        (iso(now), row["id"]),
+                    )
+                elif row["attempts"] >= max_attempts:
+                    db.execute(
+                        "UPDATE generation_jobs SET status = 'failed', completed_at = ?, error = ?,"
+                        " lease_owner = NULL, lease_expires_at = NULL WHERE id = ?",
+                        (iso(now), lease_lost_error(row["attempts"]), row["id"]),
+                    )
+                else:
+                    db.execute(
+                        "UPDATE generation_jobs SET status = 'queued', retry_count = retry_count + 1,"
+                        " lease_owner = NULL, lease_expires_at = NULL, started_at = NULL"
+                        " WHERE id = ?",
+                        (row["id"],),
+                    )
+        return sorted({row["bulk_job_id"] for row in rows})
+
+    @_unavailable
+    def refresh_counters(
+        self, bulk_id: str, now: dt.datetime, seconds_between_items: float = 0.0
+    ) -> Counts:
+        with self._tx() as db:
+            by_status = dict(
+                db.execute(
+                    "SELECT status, count(*) FROM generation_jobs WHERE bulk_job_id = ?"
+                    " GROUP BY status",
+                    (bulk_id,),
+                ).fetchall()
+            )
+            counts = Counts(**{s.value: by_status.get(s.value, 0) for s in ItemStatus})
+            failed = []
+            if counts.failed:
+                failed = [
+                    self._item(r)
+                    for r in db.execute(
+                        "SELECT * FROM generation_jobs WHERE bulk_job_id = ? AND status = 'failed'"
+                        " ORDER BY queue_position",
+                        (bulk_id,),
+                    )
+                ]
+            mean = db.execute(
+                "SELECT avg((julianday(completed_at) - julianday(started_at)) * 86400.0)"
+                " FROM generation_jobs WHERE bulk_job_id = ? AND status IN ('completed', 'failed')"
+                " AND started_at IS NOT NULL",
+                (bulk_id,),
+            ).fetchone()[0]
+            eta = estimate_completion(now, counts.pending, mean, seconds_between_items)
+            db.execute(
+                "UPDATE bulk_jobs SET completed_items = ?, failed_items = ?, cancelled_items = ?,"
+                " error_summary = ?, estimated_completion = ? WHERE id = ?",
+                (
+                    counts.completed,
+                    counts.failed,
+                    counts.cancelled,
+                    json.dumps(summarize_errors(failed), ensure_ascii=False),
+                    iso(eta),
+                    bulk_id,
+                ),
+            )
+            ended = False
+            if counts.pending == 0:
+                ended = (
+                    db.execute(
+                        "UPDATE bulk_jobs SET status = 'completed', completed_at = ?"
+                        " WHERE id = ? AND status IN ('queued', 'processing', 'paused')",
+                        (iso(now), bulk_id),
+                    ).rowcount
+                    == 1
+                )
+        return Counts(**{**counts.__dict__, "ended_now": ended})
+
+    @_unavailable
+    def set_bulk_state(
+        self,
+        bulk_id: str,
+        allowed_from: Iterable[BulkStatus],
+        to: BulkStatus,
+        now: dt.datetime,
+    ) -> bool:
+        values = [BulkStatus(s).value for s in allowed_from]
+        with self._tx() as db:
+            cursor = db.execute(
+                f"UPDATE bulk_jobs SET status = ? WHERE id = ?"
+                f" AND status IN ({', '.join('?' * len(values))})",
+                (BulkStatus(to).value, bulk_id, *values),
+            )
+            return cursor.rowcount == 1
+
+    # -- the processor lease ---------------------------------------------------
+
+    @_unavailable
+    def acquire_processor_lease(
+        self, owner: str, seconds: float, now: dt.datetime, host: str, pid: int
+    ) -> bool:
+        expires = iso(now + dt.timedelta(seconds=seconds))
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT owner, expires_at FROM leases WHERE name = ?", (PROCESSOR_LEASE,)
+            ).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO leases (name, owner, expires_at, acquired_at, host, pid)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (PROCESSOR_LEASE, owner, expires, iso(now), host, pid),
+                )
+                return True
+            if row["owner"] == owner:
+                db.execute(
+                    "UPDATE leases SET expires_at = ? WHERE name = ?", (expires, PROCESSOR_LEASE)
+                )
+                return True
+            if _ts(row["expires_at"]) < now:  # type: ignore[operator]
+                db.execute(
+                    "UPDATE leases SET owner = ?, expires_at = ?, acquired_at = ?, host = ?,"
+                    " pid = ? WHERE name = ?",
+                    (owner, expires, iso(now), host, pid, PROCESSOR_LEASE),
+                )
+                return True
+            return False
+
+    @_unavailable
+    def release_processor_lease(self, owner: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (PROCESSOR_LEASE, owner))
+
+    @_unavailable
+    def processor_lease(self) -> Lease | None:
+        row = self.db.execute("SELECT * FROM leases WHERE name = ?", (PROCESSOR_LEASE,)).fetchone()
+        if row is None:
+            return None
+        return Lease(
+            owner=row["owner"],
+            expires_at=_ts(row["expires_at"]),  # type: ignore[arg-type]
+            acquired_at=_ts(row["acquired_at"]),  # type: ignore[arg-type]
+            host=row["host"],
+            pid=row["pid"],
+        )
+

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from typing import Iterator
+
+import pytest
+
+from bulkgen_cli.model import BulkJob, BulkStatus, new_id, utcnow
+from bulkgen_cli.store.base import Store
+
+MONGO_URI = os.environ.get("BULKGEN_TEST_MONGO_URI")
+
+
+def make_store(kind: str, tmp_path) -> Iterator[Store]:
+    if kind == "sqlite":
+        from bulkgen_cli.store.sqlite import SqliteStore
+
+        store = SqliteStore(tmp_path / "store.db")
+        yield store
+        store.close()
+        return
+    from bulkgen_cli.store.mongo import MongoStore
+
+    if MONGO_URI:
+        import pymongo
+
+        client = pymongo.MongoClient(MONGO_URI, tz_aware=True, serverSelectionTimeoutMS=5000)
+        name = f"bulkgen_test_{uuid.uuid4().hex[:12]}"
+        yield MongoStore(client, name, MONGO_URI)
+        client.drop_database(name)
+        client.close()
+    else:
+        import mongomock
+
+        yield MongoStore(mongomock.MongoClient(tz_aware=True), "bulkgen", "mongodb://mock")
+
+
+@pytest.fixture(params=["sqlite", "mongo"])
+def store(request, tmp_path) -> Iterator[Store]:
+    yield from make_store(request.param, tmp_path)
+
+
+def articles(n: int = 10, prefix: str = "Topic") -> list[dict]:
+    return [{"topic": f"{prefix} {i}", "word_count": 500} for i in range(1, n + 1)]
+
+
+def submit(
+    store: Store,
+    n: int = 10,
+    user: str = "alice",
+    created_at: dt.datetime | None = None,
+    key: str | None = None,
+    prefix: str = "Topic",
+) -> BulkJob:
+    bulk = BulkJob(
+        id=new_id(),
+        userId=user,
+        mode="topic",
+        name=f"{prefix} job",
+        status=BulkStatus.queued.value,
+        total_items=n,
+        created_at=created_at or utcnow(),
+        idempotency_key=key,
+    )
+    stored, _ = store.create_bulk(bulk, articles(n, prefix))
+    return stored

@@ -1,0 +1,270 @@
+"""The store contract (store/base.py), run against SQLite and MongoDB alike."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from bulkgen_cli.model import BulkJob, BulkStatus, ItemStatus, Outcome, new_id, utcnow
+from tests.conftest import articles, submit
+
+LEASE = 30.0
+
+
+def counts_by_status(store, bulk_id):
+    out = {s.value: 0 for s in ItemStatus}
+    for item in store.list_items(bulk_id):
+        out[item.status] += 1
+    return out
+
+
+def test_create_and_read_back(store):
+    bulk = submit(store, 12)
+    got = store.get_bulk(bulk.id)
+    assert got.status == "queued" and got.total_items == 12 and got.userId == "alice"
+    assert got.created_at.tzinfo is not None
+    assert got.created_at == bulk.created_at
+    items = store.list_items(bulk.id)
+    assert [i.queue_position for i in items] == list(range(1, 13))
+    assert items[0].article == {"topic": "Topic 1", "word_count": 500}
+    assert all(i.status == "queued" and i.attempts == 0 for i in items)
+
+
+def test_unknown_id_is_none(store):
+    assert store.get_bulk(new_id()) is None
+    assert store.get_bulk("not-an-id") is None
+    assert store.list_items("not-an-id") == []
+
+
+def test_article_fields_round_trip(store):
+    art = articles(10)
+    art[0] = {
+        "topic": "Ünïcode ✓",
+        "keywords": ["a", "b"],
+        "id": "intro",
+        "extra": {"seo": {"slug": "x"}},
+        "word_count": 1200,
+    }
+    bulk = BulkJob(
+        id=new_id(), userId="bob", mode="topic", name="n", status="queued",
+        total_items=10, created_at=utcnow(),
+    )
+    store.create_bulk(bulk, art)
+    first = store.list_items(bulk.id)[0]
+    assert first.article == art[0]
+    assert first.item_id == "intro"
+
+
+def test_idempotency_key_returns_existing_job(store):
+    first = submit(store, 10, key="k1")
+    again = BulkJob(
+        id=new_id(), userId="alice", mode="topic", name="x", status="queued",
+        total_items=10, created_at=utcnow(), idempotency_key="k1",
+    )
+    got, created = store.create_bulk(again, articles(10))
+    assert not created and got.id == first.id
+    assert store.get_bulk(again.id) is None
+    assert len(store.list_bulks()) == 1
+    # The same key for another user is another job.
+    other = submit(store, 10, user="bob", key="k1")
+    assert other.id != first.id and len(store.list_bulks()) == 2
+
+
+def test_list_newest_first_and_by_user(store):
+    t0 = utcnow()
+    a = submit(store, created_at=t0, user="alice")
+    b = submit(store, created_at=t0 + dt.timedelta(seconds=1), user="bob")
+    c = submit(store, created_at=t0 + dt.timedelta(seconds=2), user="alice")
+    assert [j.id for j in store.list_bulks()] == [c.id, b.id, a.id]
+    assert [j.id for j in store.list_bulks(user="alice")] == [c.id, a.id]
+    assert [j.id for j in store.list_bulks(limit=1)] == [c.id]
+    assert [j.id for j in store.list_bulks(statuses=[BulkStatus.cancelled])] == []
+
+
+def test_claim_order_is_fifo_across_jobs(store):
+    t0 = utcnow()
+    newer = submit(store, 10, created_at=t0 + dt.timedelta(seconds=5), prefix="New")
+    older = submit(store, 10, created_at=t0, prefix="Old")
+    seen = []
+    for _ in range(20):
+        item = store.claim_next("p1", LEASE, utcnow())
+        assert item.status == "processing" and item.attempts == 1 and item.lease_owner == "p1"
+        seen.append((item.bulk_job_id, item.queue_position))
+        assert store.finish_item(item.id, "p1", Outcome(ItemStatus.completed, {"content": "x"}), utcnow())
+    assert seen == [(older.id, p) for p in range(1, 11)] + [(newer.id, p) for p in range(1, 11)]
+    assert store.claim_next("p1", LEASE, utcnow()) is None
+
+
+def test_claim_marks_bulk_processing_once(store):
+    bulk = submit(store)
+    now = utcnow()
+    item = store.claim_next("p1", LEASE, now)
+    got = store.get_bulk(bulk.id)
+    assert got.status == "processing" and got.started_at == now
+    store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), now)
+    store.claim_next("p1", LEASE, now + dt.timedelta(seconds=3))
+    assert store.get_bulk(bulk.id).started_at == now
+
+
+def test_claim_skips_paused_and_cancelled_jobs(store):
+    t0 = utcnow()
+    paused = submit(store, created_at=t0, prefix="P")
+    cancelled = submit(store, created_at=t0 + dt.timedelta(seconds=1), prefix="C")
+    live = submit(store, created_at=t0 + dt.timedelta(seconds=2), prefix="L")
+    assert store.set_bulk_state(paused.id, [BulkStatus.queued], BulkStatus.paused, t0)
+    assert store.set_bulk_state(cancelled.id, [BulkStatus.queued], BulkStatus.cancelled, t0)
+    item = store.claim_next("p1", LEASE, utcnow())
+    assert item.bulk_job_id == live.id
+    # Resumed, the paused job's items come first again: it is older.
+    assert store.set_bulk_state(paused.id, [BulkStatus.paused], BulkStatus.queued, t0)
+    assert store.claim_next("p1", LEASE, utcnow()).bulk_job_id == paused.id
+
+
+def test_set_bulk_state_is_conditional(store):
+    bulk = submit(store)
+    now = utcnow()
+    assert not store.set_bulk_state(bulk.id, [BulkStatus.paused], BulkStatus.queued, now)
+    assert store.get_bulk(bulk.id).status == "queued"
+    assert store.set_bulk_state(bulk.id, [BulkStatus.queued], BulkStatus.paused, now)
+    assert not store.set_bulk_state(bulk.id, [BulkStatus.queued], BulkStatus.paused, now)
+    assert not store.set_bulk_state(new_id(), [BulkStatus.queued], BulkStatus.paused, now)
+
+
+def test_only_the_owner_may_touch_a_held_item(store):
+    submit(store)
+    now = utcnow()
+    item = store.claim_next("p1", LEASE, now)
+    assert not store.heartbeat(item.id, "p2", LEASE, now)
+    assert not store.begin_attempt(item.id, "p2")
+    assert not store.finish_item(item.id, "p2", Outcome(ItemStatus.completed), now)
+    assert not store.release_item(item.id, "p2")
+    assert store.heartbeat(item.id, "p1", LEASE, now + dt.timedelta(seconds=10))
+    held = store.list_items(item.bulk_job_id)[0]
+    assert held.lease_expires_at == now + dt.timedelta(seconds=10 + LEASE)
+    assert store.begin_attempt(item.id, "p1")
+    held = store.list_items(item.bulk_job_id)[0]
+    assert held.attempts == 2 and held.retry_count == 1
+    assert store.finish_item(item.id, "p1", Outcome(ItemStatus.failed, error="boom"), now)
+    done = store.list_items(item.bulk_job_id)[0]
+    assert done.status == "failed" and done.error == "boom" and done.lease_owner is None
+    # Finished, it is no longer held: a second finish changes nothing.
+    assert not store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), now)
+    assert store.list_items(item.bulk_job_id)[0].status == "failed"
+
+
+def test_release_puts_item_back_at_its_place_uncharged(store):
+    bulk = submit(store)
+    item = store.claim_next("p1", LEASE, utcnow())
+    assert store.release_item(item.id, "p1")
+    back = store.list_items(bulk.id)[0]
+    assert back.status == "queued" and back.attempts == 0 and back.lease_owner is None
+    again = store.claim_next("p2", LEASE, utcnow())
+    assert again.id == item.id and again.attempts == 1
+
+
+def test_expired_lease_is_taken_back_counting_the_try(store):
+    bulk = submit(store)
+    t0 = utcnow()
+    item = store.claim_next("dead", LEASE, t0)
+    assert store.requeue_expired(t0 + dt.timedelta(seconds=LEASE - 1), 3) == []
+    assert store.list_items(bulk.id)[0].status == "processing"
+    touched = store.requeue_expired(t0 + dt.timedelta(seconds=LEASE + 1), 3)
+    assert touched == [bulk.id]
+    back = store.list_items(bulk.id)[0]
+    assert back.status == "queued" and back.attempts == 1 and back.retry_count == 1
+    # The dead owner can no longer record anything.
+    assert not store.finish_item(item.id, "dead", Outcome(ItemStatus.completed), t0)
+    again = store.claim_next("p2", LEASE, t0)
+    assert again.id == item.id and again.attempts == 2
+
+
+def test_expired_lease_past_the_limit_fails_the_item(store):
+    bulk = submit(store)
+    t = utcnow()
+    for _ in range(3):
+        store.claim_next("dead", LEASE, t)
+        t += dt.timedelta(seconds=LEASE + 1)
+        store.requeue_expired(t, 3)
+    item = store.list_items(bulk.id)[0]
+    assert item.status == "failed" and item.attempts == 3
+    assert "lease expired" in item.error
+    counts = store.refresh_counters(bulk.id, t)
+    assert counts.failed == 1 and counts.queued == 9
+    assert store.get_bulk(bulk.id).failed_items == 1
+
+
+def test_expired_lease_of_cancelled_job_is_cancelled(store):
+    bulk = submit(store)
+    t = utcnow()
+    store.claim_next("dead", LEASE, t)
+    store.set_bulk_state(bulk.id, [BulkStatus.processing], BulkStatus.cancelled, t)
+    store.requeue_expired(t + dt.timedelta(seconds=LEASE + 1), 3)
+    assert store.list_items(bulk.id)[0].status == "cancelled"
+
+
+def test_counters_follow_items_and_end_is_recorded_once(store):
+    bulk = submit(store, 10)
+    t = utcnow()
+    for n in range(10):
+        item = store.claim_next("p1", LEASE, t)
+        outcome = (
+            Outcome(ItemStatus.failed, error=f"HTTP 400: bad {n}")
+            if n % 4 == 0
+            else Outcome(ItemStatus.completed, {"content": "x"})
+        )
+        t += dt.timedelta(seconds=2)
+        store.finish_item(item.id, "p1", outcome, t)
+        counts = store.refresh_counters(bulk.id, t, seconds_between_items=1.0)
+        got = store.get_bulk(bulk.id)
+        truth = counts_by_status(store, bulk.id)
+        assert (got.completed_items, got.failed_items, got.cancelled_items) == (
+            truth["completed"], truth["failed"], truth["cancelled"],
+        )
+        assert counts.ended_now == (n == 9)
+        if n < 9:
+            assert got.status == "processing"
+            # 2 s per item plus 1 s between items, for each pending item.
+            assert got.estimated_completion == t + dt.timedelta(seconds=3 * (9 - n))
+    got = store.get_bulk(bulk.id)
+    assert got.status == "completed" and got.completed_at == t
+    assert got.failed_items == 3 and got.completed_items == 7
+    assert got.estimated_completion is None
+    assert got.error_summary == [
+        "#1 Topic 1: HTTP 400: bad 0",
+        "#5 Topic 5: HTTP 400: bad 4",
+        "#9 Topic 9: HTTP 400: bad 8",
+    ]
+    assert store.refresh_counters(bulk.id, t).ended_now is False
+
+
+def test_paused_job_whose_last_item_finishes_is_completed(store):
+    bulk = submit(store, 10)
+    t = utcnow()
+    for _ in range(9):
+        item = store.claim_next("p1", LEASE, t)
+        store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), t)
+    last = store.claim_next("p1", LEASE, t)
+    assert store.set_bulk_state(bulk.id, [BulkStatus.processing], BulkStatus.paused, t)
+    store.finish_item(last.id, "p1", Outcome(ItemStatus.completed), t)
+    assert store.refresh_counters(bulk.id, t).ended_now
+    assert store.get_bulk(bulk.id).status == "completed"
+
+
+def test_processor_lease(store):
+    t = utcnow()
+    assert store.processor_lease() is None
+    assert store.acquire_processor_lease("a", 10, t, "h", 1)
+    assert not store.acquire_processor_lease("b", 10, t + dt.timedelta(seconds=5), "h", 2)
+    assert store.acquire_processor_lease("a", 10, t + dt.timedelta(seconds=5), "h", 1)  # renew
+    lease = store.processor_lease()
+    assert lease.owner == "a" and lease.expires_at == t + dt.timedelta(seconds=15)
+    assert lease.acquired_at == t and lease.pid == 1
+    assert not store.acquire_processor_lease("b", 10, t + dt.timedelta(seconds=14), "h", 2)
+    assert store.acquire_processor_lease("b", 10, t + dt.timedelta(seconds=16), "h", 2)
+    assert store.processor_lease().owner == "b"
+    store.release_processor_lease("a")  # not a's any more: no effect
+    assert store.processor_lease().owner == "b"
+    store.release_processor_lease("b")
+    assert store.processor_lease() is None
+    assert store.acquire_processor_lease("a", 10, t, "h", 1)
