@@ -1,0 +1,545 @@
+"""Articles files (YAML or CSV) -> validated article specs, with located errors.
+
+YAML is read through PyYAML's safe loader only, as a node tree: the nodes carry
+line numbers for messages, and no tag outside the safe set is ever constructed.
+Every problem in the file is collected and raised together as one
+ManifestError; nothing here prints, exits or stores.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from bulkgen_cli.errors import ManifestError, Problem
+from bulkgen_cli.model import (
+    ARTICLE_FIELDS,
+    DEFAULT_WORD_COUNT,
+    ITEMS_RANGE,
+    MAX_KEYWORDS,
+    OPTIONAL_FIELDS,
+    REQUIRED_FIELD,
+    WORD_COUNT_RANGE,
+    Mode,
+)
+
+MAX_FILE_BYTES = 1024 * 1024
+#: Bounds on the YAML node tree: an alias "bomb" or a deep nest stops here.
+MAX_NODES = 100_000
+MAX_DEPTH = 32
+#: Beyond this many problems the rest are counted, not listed.
+MAX_PROBLEMS = 100
+TOP_KEYS = ("mode", "name", "defaults", "items")
+TEXT_LIMITS = {"source_text": 200_000, "instructions": 5_000}
+TEXT_LIMIT = 1_000
+TEXT_FIELDS = ("topic", "trend", "source_text", "tone", "language", "title", "audience", "instructions")
+MAP_TAG = "tag:yaml.org,2002:map"
+SEQ_TAG = "tag:yaml.org,2002:seq"
+MODE_OF_FIELD = {name: mode for mode, names in REQUIRED_FIELD.items() for name in names}
+
+
+@dataclass
+class Manifest:
+    """A validated articles file: one mode, 10-50 article specs in file order."""
+
+    path: str
+    mode: Mode
+    name: str
+    articles: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Field:
+    value: Any
+    line: int | None
+
+
+class _TooBig(Exception):
+    pass
+
+
+class _Problems:
+    def __init__(self, file: str):
+        self.file = file
+        self.items: list[Problem] = []
+
+    def add(self, message: str, item: int | None = None, line: int | None = None,
+            field: str | None = None) -> None:
+        self.items.append(Problem(self.file, message, item, line, field))
+
+    def raise_if_any(self) -> None:
+        if not self.items:
+            return
+        ordered = sorted(self.items, key=lambda p: p.item or 0)  # file order
+        shown = ordered[:MAX_PROBLEMS]
+        if len(self.items) > MAX_PROBLEMS:
+            shown.append(Problem(self.file, f"… and {len(self.items) - MAX_PROBLEMS} more problems."))
+        raise ManifestError(shown)
+
+
+def suggest(name: str, known: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else f"; known fields: {', '.join(known)}."
+
+
+def bad_key_reason(key: str) -> str | None:
+    """Why a mapping key is refused anywhere in the file (it would be a MongoDB operator or path)."""
+    if key.startswith("$"):
+        return f"key '{key}' starts with '$', which is not allowed (it would be read as a database operator)."
+    if "." in key:
+        return f"key '{key}' contains '.', which is not allowed (it would be read as a database path)."
+    return None
+
+
+def _read_text(path: Path, problems: _Problems) -> str | None:
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            problems.add(f"the file is {size:,} bytes; the limit is {MAX_FILE_BYTES:,} (1 MiB).")
+            return None
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        problems.add("no such file.")
+        return None
+    except IsADirectoryError:
+        problems.add("is a folder, not an articles file.")
+        return None
+    except OSError as exc:
+        problems.add(f"cannot be read: {exc.strerror or exc}.")
+        return None
+    if len(raw) > MAX_FILE_BYTES:
+        problems.add(f"the file is over {MAX_FILE_BYTES:,} bytes (1 MiB).")
+        return None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        problems.add(f"is not UTF-8 text (byte {exc.start} is {raw[exc.start]:#04x}); save it as UTF-8.", line=line)
+        return None
+
+
+def load(path: str | Path, mode: str | None = None) -> Manifest:
+    """Read and validate an articles file. Raises ManifestError with every problem found."""
+    path = Path(path)
+    problems = _Problems(str(path))
+    flag_mode = _parse_mode(mode, problems, "--mode") if mode is not None else None
+    problems.raise_if_any()
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".json", ".csv"):
+        problems.add("unknown file type: use .yaml, .yml, .json or .csv.")
+        problems.raise_if_any()
+    text = _read_text(path, problems)
+    problems.raise_if_any()
+    assert text is not None
+    reader = _read_csv if suffix == ".csv" else _read_yaml
+    file_mode, name, defaults, rows = reader(text, problems)
+    if not rows:
+        problems.raise_if_any()  # nothing readable: the count would only add noise
+    if flag_mode and file_mode and flag_mode != file_mode:
+        problems.add(f"the file says mode '{file_mode.value}' but --mode says '{flag_mode.value}'.")
+        problems.raise_if_any()
+    chosen = flag_mode or file_mode or Mode.topic
+    low, high = ITEMS_RANGE
+    if not low <= len(rows) <= high:
+        hint = " Split it into files of at most 50." if len(rows) > high else ""
+        problems.add(f"has {len(rows)} items; a bulk job takes {low} to {high}.{hint}")
+    defaults = _validate_defaults(defaults, chosen, problems)
+    articles = []
+    seen_ids: dict[str, int] = {}
+    for number, (line, fields) in enumerate(rows, start=1):
+        article = _validate_article({**defaults, **fields}, chosen, number, line, problems)
+        item_id = article.get("id")
+        if item_id is not None:
+            if item_id in seen_ids:
+                problems.add(
+                    f"id '{item_id}' is already used by item {seen_ids[item_id]}; ids must be unique.",
+                    number, fields["id"].line or line, "id",
+                )
+            else:
+                seen_ids[item_id] = number
+        articles.append(article)
+    problems.raise_if_any()
+    return Manifest(str(path), chosen, name or path.stem, articles)
+
+
+def _validate_defaults(defaults: dict[str, _Field], mode: Mode, problems: _Problems) -> dict[str, _Field]:
+    """Check `defaults:` once, so a bad default is one problem, not one per item."""
+    allowed = REQUIRED_FIELD[mode] + OPTIONAL_FIELDS
+    valid = {}
+    for key, fld in defaults.items():
+        if fld.value is None:
+            continue
+        if key == "id":
+            problems.add("in 'defaults': cannot set 'id'; ids are per item.", line=fld.line)
+        elif key not in allowed:
+            problems.add(f"in 'defaults': unknown field '{key}'{suggest(key, allowed)}", line=fld.line)
+        elif _validate_field(key, fld.value, problems, (None, fld.line, key)) is not None:
+            valid[key] = fld
+    return valid
+
+
+def _parse_mode(value: Any, problems: _Problems, where: str, line: int | None = None,
+                item: int | None = None) -> Mode | None:
+    modes = tuple(m.value for m in Mode)
+    if isinstance(value, str) and value.strip().lower() in modes:
+        return Mode(value.strip().lower())
+    problems.add(f"{where} must be one of {', '.join(modes)}, got {value!r}.", item, line,
+                 "mode" if where != "--mode" else None)
+    return None
+
+
+# -- YAML ---------------------------------------------------------------------
+
+
+def _line(node: Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _check_tags(root: Node | None) -> None:
+    """Refuse any collection tag beyond plain map and seq, anywhere, before use.
+
+    Each node is visited once, so aliases cost nothing here. Scalar tags are
+    checked when constructed (SafeConstructor refuses unknown ones).
+    """
+    seen: set[int] = set()
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, ScalarNode):
+            continue
+        if node.tag not in (SEQ_TAG, MAP_TAG):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"tag {node.tag} is not allowed", node.start_mark
+            )
+        if isinstance(node, SequenceNode):
+            stack.extend(node.value)
+        else:
+            for key, value in node.value:
+                stack.extend((key, value))
+
+
+class _Converter:
+    """Node tree -> plain values, refusing unsafe tags, bad keys, bombs and deep nests."""
+
+    def __init__(self, loader: yaml.SafeLoader, problems: _Problems):
+        self.loader = loader
+        self.problems = problems
+        self.budget = MAX_NODES
+
+    def mapping(self, node: MappingNode, item: int | None, fld: str | None) -> Iterator[tuple[str, Node]]:
+        """(key, value node) pairs of a mapping, merge keys applied; bad keys reported."""
+        if node.tag != MAP_TAG:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"tag {node.tag} is not allowed", node.start_mark
+            )
+        self.loader.flatten_mapping(node)
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, ScalarNode) else None
+            if not isinstance(key, str) or key_node.tag != "tag:yaml.org,2002:str":
+                self.problems.add("keys must be plain text.", item, _line(key_node), fld)
+                continue
+            reason = bad_key_reason(key)
+            if reason:
+                self.problems.add(reason, item, _line(key_node), fld)
+                continue
+            yield key, value_node
+
+    def value(self, node: Node, item: int | None, fld: str | None, depth: int = 0) -> Any:
+        self.budget -= 1
+        if self.budget < 0:
+            raise _TooBig(f"the file expands to more than {MAX_NODES:,} values (aliases?).")
+        if depth > MAX_DEPTH:
+            raise _TooBig(f"the file nests deeper than {MAX_DEPTH} levels.")
+        if isinstance(node, ScalarNode):
+            if node.tag == "tag:yaml.org,2002:timestamp":
+                return node.value  # a date stays the text the user wrote
+            return self.loader.construct_object(node, deep=True)
+        if node.tag not in (SEQ_TAG, MAP_TAG):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"tag {node.tag} is not allowed", node.start_mark
+            )
+        if isinstance(node, SequenceNode):
+            return [self.value(child, item, fld, depth + 1) for child in node.value]
+        assert isinstance(node, MappingNode)
+        out = {}
+        for key, child in self.mapping(node, item, fld):
+            out[key] = self.value(child, item, fld, depth + 1)
+        return out
+
+
+def _read_yaml(text: str, problems: _Problems) -> tuple[Mode | None, str | None, list[tuple[int | None, dict[str, _Field]]]]:
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # the reader refuses control characters up front
+        problems.add(f"is not valid YAML: {str(exc).splitlines()[0]}.")
+        return None, None, {}, []
+    try:
+        try:
+            root = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            problems.add(f"is not valid YAML: {exc.problem or exc.context}.",
+                         line=mark.line + 1 if mark else None)
+            return None, None, {}, []
+        except yaml.YAMLError as exc:
+            problems.add(f"is not valid YAML: {str(exc).splitlines()[0]}.")
+            return None, None, {}, []
+        conv = _Converter(loader, problems)
+        try:
+            _check_tags(root)
+            return _yaml_document(root, conv, problems)
+        except _TooBig as exc:
+            problems.add(str(exc))
+        except yaml.constructor.ConstructorError as exc:
+            mark = exc.problem_mark
+            problems.add(f"unsupported YAML: {exc.problem}.", line=mark.line + 1 if mark else None)
+        return None, None, {}, []
+    finally:
+        loader.dispose()
+
+
+def _yaml_document(root: Node | None, conv: _Converter, problems: _Problems):
+    shape = "an articles file is a mapping with 'items:' (and optional 'mode:', 'name:', 'defaults:') or a list of items"
+    if root is None:
+        problems.add(f"is empty; {shape}.")
+        return None, None, {}, []
+    mode = name = None
+    defaults: dict[str, _Field] = {}
+    items_node: Node | None = root
+    if isinstance(root, MappingNode):
+        top = dict(conv.mapping(root, None, None))
+        if "bulk_config" in top and isinstance(top["bulk_config"], MappingNode):
+            if len(top) > 1:
+                problems.add("'bulk_config' must be the only top-level key.", line=_line(root))
+            root = top["bulk_config"]
+            top = dict(conv.mapping(root, None, None))
+        for key, node in top.items():
+            if key not in TOP_KEYS:
+                problems.add(f"unknown top-level key '{key}'{suggest(key, TOP_KEYS)}", line=_line(node))
+        if "mode" in top:
+            mode = _parse_mode(conv.value(top["mode"], None, "mode"), problems, "mode", _line(top["mode"]))
+        if "name" in top:
+            value = conv.value(top["name"], None, "name")
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool) and str(value).strip():
+                name = str(value).strip()[:200]
+            else:
+                problems.add("'name' must be text.", line=_line(top["name"]))
+        if "defaults" in top:
+            node = top["defaults"]
+            if isinstance(node, MappingNode):
+                defaults = {k: _Field(conv.value(v, None, k), _line(v)) for k, v in conv.mapping(node, None, "defaults")}
+            elif not (isinstance(node, ScalarNode) and node.tag.endswith(":null")):
+                problems.add("'defaults' must be a mapping of article fields.", line=_line(node))
+        items_node = top.get("items")
+        if items_node is None:
+            problems.add(f"has no 'items:' list; {shape}.", line=_line(root))
+            return mode, name, defaults, []
+    if not isinstance(items_node, SequenceNode):
+        problems.add(f"'items' must be a list; {shape}.", line=_line(items_node))
+        return mode, name, defaults, []
+    rows: list[tuple[int | None, dict[str, _Field]]] = []
+    for number, node in enumerate(items_node.value, start=1):
+        if not isinstance(node, MappingNode):
+            problems.add("must be a mapping of article fields (topic: …, word_count: …).", number, _line(node))
+            rows.append((_line(node), {}))
+            continue
+        fields = dict(defaults)
+        for key, child in conv.mapping(node, number, None):
+            fields[key] = _Field(conv.value(child, number, key), _line(child))
+        rows.append((_line(node), fields))
+    return mode, name, defaults, rows
+
+
+# -- CSV ----------------------------------------------------------------------
+
+
+def _read_csv(text: str, problems: _Problems):
+    rows: list[tuple[int | None, dict[str, _Field]]] = []
+    mode: Mode | None = None
+    mode_line: int | None = None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            problems.add("is empty; a CSV articles file needs a header row (topic,word_count,…).")
+            return None, None, {}, []
+        columns = [h.strip() for h in header]
+        known = ARTICLE_FIELDS + ("mode",)
+        for index, column in enumerate(columns, start=1):
+            if len(problems.items) > MAX_PROBLEMS:
+                break
+            if not column:
+                problems.add(f"header column {index} is empty.", line=1)
+            elif reason := bad_key_reason(column):
+                problems.add(reason, line=1)
+            elif column not in known:
+                problems.add(f"unknown column '{column[:60]}'{suggest(column, known)}", line=1)
+            elif columns.index(column) != index - 1:
+                problems.add(f"column '{column}' appears twice.", line=1)
+        if problems.items:
+            return None, None, {}, []
+        start = reader.line_num + 1
+        for cells in reader:
+            line, start = start, reader.line_num + 1
+            if not any(c.strip() for c in cells):
+                continue
+            number = len(rows) + 1
+            if len(cells) > len(columns):
+                problems.add(f"has {len(cells)} cells but the header has {len(columns)}.", number, line)
+            fields: dict[str, _Field] = {}
+            for column, cell in zip(columns, cells):
+                cell = cell.strip()
+                if not cell:
+                    continue
+                if column == "mode":
+                    row_mode = _parse_mode(cell, problems, "mode", line, number)
+                    if row_mode and mode and row_mode != mode:
+                        problems.add(f"mode '{row_mode.value}' differs from mode '{mode.value}' on line {mode_line}; one mode per bulk job.", number, line, "mode")
+                    elif row_mode and not mode:
+                        mode, mode_line = row_mode, line
+                    continue
+                fields[column] = _Field(_csv_value(column, cell, problems, number, line), line)
+            rows.append((line, fields))
+    except csv.Error as exc:
+        problems.add(f"is not valid CSV: {exc}.", line=reader.line_num)
+        return None, None, {}, []
+    return mode, None, {}, rows
+
+
+def _csv_value(column: str, cell: str, problems: _Problems, number: int, line: int) -> Any:
+    if column == "keywords":
+        return [part.strip() for part in re.split(r"[;,]", cell)]
+    if column == "word_count":
+        return int(cell) if re.fullmatch(r"[+-]?\d+", cell) else cell
+    if column == "extra":
+        try:
+            value = json.loads(cell)
+        except ValueError:
+            problems.add("must be a JSON object in a CSV cell, like {\"seo\": true}.", number, line, "extra")
+            return {}
+        return value
+    return cell
+
+
+# -- one article ----------------------------------------------------------------
+
+
+def _check_keys(value: Any, problems: _Problems, number: int, line: int | None, depth: int = 0) -> None:
+    """Refuse '$' and '.' keys at any depth of a value (CSV extra; YAML checked on the way in)."""
+    if depth > MAX_DEPTH:
+        problems.add(f"nests deeper than {MAX_DEPTH} levels.", number, line, "extra")
+        return
+    if isinstance(value, dict):
+        for key, child in value.items():
+            reason = bad_key_reason(str(key))
+            if reason:
+                problems.add(reason, number, line, "extra")
+            _check_keys(child, problems, number, line, depth + 1)
+    elif isinstance(value, list):
+        for child in value:
+            _check_keys(child, problems, number, line, depth + 1)
+
+
+def _validate_article(fields: dict[str, _Field], mode: Mode, number: int, line: int | None,
+                      problems: _Problems) -> dict[str, Any]:
+    article: dict[str, Any] = {}
+    required = REQUIRED_FIELD[mode]
+    allowed = required + OPTIONAL_FIELDS
+    for key, fld in fields.items():
+        where = (number, fld.line or line, key)
+        if fld.value is None:
+            continue  # `tone:` with no value is the same as no tone
+        if key not in allowed:
+            if key in MODE_OF_FIELD:
+                problems.add(f"belongs to mode '{MODE_OF_FIELD[key].value}', but this bulk job's mode is "
+                             f"'{mode.value}' (set mode: {MODE_OF_FIELD[key].value} or --mode).", *where)
+            else:
+                problems.add(f"unknown field{suggest(key, allowed)}", *where)
+            continue
+        value = _validate_field(key, fld.value, problems, where)
+        if value is not None:
+            article[key] = value
+    if not any(name in article for name in required):
+        missing = " or ".join(f"'{n}'" for n in required)
+        if not any(name in fields for name in required):
+            problems.add(f"missing {missing} (required in {mode.value} mode).", number, line)
+    article.setdefault("word_count", DEFAULT_WORD_COUNT)
+    return {k: article[k] for k in ARTICLE_FIELDS if k in article}
+
+
+def _validate_field(key: str, value: Any, problems: _Problems, where: tuple[int | None, int | None, str]) -> Any:
+    if key == "word_count":
+        low, high = WORD_COUNT_RANGE
+        if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+            return value
+        problems.add(f"must be a whole number from {low} to {high}, got {_show(value)}.", *where)
+        return None
+    if key == "keywords":
+        if isinstance(value, str):
+            value = [part.strip() for part in re.split(r"[;,]", value)]
+        if not isinstance(value, list) or not all(isinstance(k, (str, int, float)) and not isinstance(k, bool) for k in value):
+            problems.add("must be a list of keywords (or one text with ';' or ',' between them).", *where)
+            return None
+        words = [str(k).strip() for k in value if str(k).strip()]
+        if not 1 <= len(words) <= MAX_KEYWORDS:
+            problems.add(f"needs 1 to {MAX_KEYWORDS} non-empty keywords, got {len(words)}.", *where)
+            return None
+        if any(len(w) > 100 for w in words):
+            problems.add("each keyword must be at most 100 characters.", *where)
+            return None
+        return words
+    if key == "extra":
+        if not isinstance(value, dict):
+            problems.add("must be a mapping, passed to the content service as is.", *where)
+            return None
+        _check_keys(value, problems, where[0], where[1])
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            problems.add("must hold only text, numbers, booleans, lists and mappings.", *where)
+            return None
+        return value
+    if key == "id":
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
+            text = str(value).strip()
+            if len(text) <= 100:
+                return text
+        problems.add(f"must be a short non-empty text or number (at most 100 characters), got {_show(value)}.", *where)
+        return None
+    if key == "source_url":
+        if isinstance(value, str) and re.match(r"https?://[^\s/]+", value.strip()):
+            return value.strip()
+        problems.add(f"must be an http:// or https:// URL, got {_show(value)}.", *where)
+        return None
+    # text fields
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        problems.add(f"must be non-empty text, got {_show(value)}.", *where)
+        return None
+    limit = TEXT_LIMITS.get(key, TEXT_LIMIT)
+    if len(value) > limit:
+        problems.add(f"is {len(value):,} characters; at most {limit:,} are allowed.", *where)
+        return None
+    if "\x00" in value:
+        problems.add("contains a NUL character.", *where)
+        return None
+    return value.strip()
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "…"
