@@ -179,6 +179,16 @@ def test_expired_lease_is_taken_back_counting_the_try(store):
     assert again.id == item.id and again.attempts == 2
 
 
+def test_next_lease_expiry(store):
+    submit(store)
+    t0 = utcnow()
+    assert store.next_lease_expiry() is None
+    item = store.claim_next("p1", LEASE, t0)
+    assert store.next_lease_expiry() == t0 + dt.timedelta(seconds=LEASE)
+    store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), t0)
+    assert store.next_lease_expiry() is None
+
+
 def test_expired_lease_past_the_limit_fails_the_item(store):
     bulk = submit(store)
     t = utcnow()

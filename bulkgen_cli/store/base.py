@@ -109,6 +109,10 @@ class Store(ABC):
         """
 
     @abstractmethod
+    def next_lease_expiry(self) -> dt.datetime | None:
+        """When the earliest lease of a `processing` item runs out, or None if none is held."""
+
+    @abstractmethod
     def refresh_counters(
         self, bulk_id: str, now: dt.datetime, seconds_between_items: float = 0.0
     ) -> Counts:

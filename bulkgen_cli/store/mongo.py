@@ -441,6 +441,15 @@ class MongoStore(Store):
         return sorted(touched)
 
     @_unavailable
+    def next_lease_expiry(self) -> dt.datetime | None:
+        doc = self.items.find_one(
+            {"status": ItemStatus.processing.value},
+            {"lease_expires_at": 1},
+            sort=[("lease_expires_at", ASCENDING)],
+        )
+        return None if doc is None else _aware(doc.get("lease_expires_at"))
+
+    @_unavailable
     def refresh_counters(
         self, bulk_id: str, now: dt.datetime, seconds_between_items: float = 0.0
     ) -> Counts:

@@ -389,6 +389,13 @@ class SqliteStore(Store):
         return sorted({row["bulk_job_id"] for row in rows})
 
     @_unavailable
+    def next_lease_expiry(self) -> dt.datetime | None:
+        row = self.db.execute(
+            "SELECT min(lease_expires_at) FROM generation_jobs WHERE status = 'processing'"
+        ).fetchone()
+        return _ts(row[0])
+
+    @_unavailable
     def refresh_counters(
         self, bulk_id: str, now: dt.datetime, seconds_between_items: float = 0.0
     ) -> Counts:

@@ -1,0 +1,357 @@
+"""The command line: parse, call, render. No queue logic lives here."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Iterator, NoReturn, Optional
+
+import typer
+
+from bulkgen_cli import __version__
+from bulkgen_cli.errors import BulkgenError, ManifestError, NotFound
+from bulkgen_cli.model import BulkJob, BulkStatus
+
+EXIT_CODES = """\
+Exit codes: 0 success; 1 a waited-for bulk job ended with failed or cancelled
+items; 2 bad input or usage, nothing stored; 3 no such bulk job; 4 not allowed
+in the job's current state; 5 store or content service unreachable;
+130/143 stopped by Ctrl-C / SIGTERM, store left consistent."""
+
+app = typer.Typer(
+    name="bulkgen",
+    help="Queue 10-50 articles as one bulk job; a content service generates them one at a time.",
+    epilog=EXIT_CODES,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# -- shared options -------------------------------------------------------------
+
+StoreOpt = Annotated[
+    Optional[str],
+    typer.Option("--store", help="Where jobs live: sqlite:///PATH or mongodb://HOST/DB. \\[env: BULKGEN_STORE; "
+                 "default: sqlite file under $XDG_DATA_HOME/bulkgen/]", show_default=False),
+]
+UserOpt = Annotated[
+    Optional[str],
+    typer.Option("--user", help="Who you are: jobs are stored and listed per user. \\[env: BULKGEN_USER; "
+                 "default: your login name]", show_default=False),
+]
+AllUsersOpt = Annotated[bool, typer.Option("--all-users", help="Act on any user's jobs, not only yours.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+ApiUrlOpt = Annotated[
+    Optional[str],
+    typer.Option("--api-url", help="Content service base URL. \\[env: BULKGEN_API_URL; default: none, "
+                 "offline drafts] The token comes only from BULKGEN_API_TOKEN.", show_default=False),
+]
+DelayOpt = Annotated[Optional[float], typer.Option("--delay", min=0, help="Seconds between two requests to the "
+                     "content service. \\[env: BULKGEN_DELAY; default: 5; none offline]", show_default=False)]
+TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", min=0.001, help="Seconds to wait for one "
+                       "generation. \\[env: BULKGEN_TIMEOUT; default: 300]", show_default=False)]
+RetriesOpt = Annotated[Optional[int], typer.Option("--max-retries", min=0, help="Retries of a transient "
+                       "failure per item. \\[env: BULKGEN_MAX_RETRIES; default: 2]", show_default=False)]
+BackoffOpt = Annotated[Optional[float], typer.Option("--backoff", min=0, help="First retry backoff in seconds, "
+                       "doubling, with jitter. \\[env: BULKGEN_BACKOFF; default: 2]", show_default=False)]
+LeaseOpt = Annotated[Optional[float], typer.Option("--lease", min=1, help="Seconds a processor's claim lasts "
+                     "unless renewed. \\[env: BULKGEN_LEASE_SECONDS; default: 60]", show_default=False)]
+GiveUpOpt = Annotated[Optional[float], typer.Option("--give-up", min=0, help="Exit 5 after the content service "
+                      "is unreachable this long. \\[env: BULKGEN_GIVE_UP; default: 600]", show_default=False)]
+
+
+def _stderr() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def note(message: str, style: str = "") -> None:
+    _stderr().print(message, style=style, markup=False)
+
+
+def _open(store_flag: str | None) -> Any:
+    from bulkgen_cli import settings
+    from bulkgen_cli.store import open_store
+
+    return open_store(settings.store_url(store_flag))
+
+
+def _visible_bulk(store: Any, bulk_id: str, user_flag: str | None, all_users: bool) -> BulkJob:
+    """The bulk job if it exists and the caller may see it; NotFound otherwise (exit 3)."""
+    from bulkgen_cli import settings
+
+    bulk = store.get_bulk(bulk_id)
+    if bulk is None or (not all_users and bulk.userId != settings.user(user_flag)):
+        raise NotFound(f"no bulk job {bulk_id!r} for this user (see `bulkgen list`; --all-users to look wider).")
+    return bulk
+
+
+# -- commands -----------------------------------------------------------------------
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"bulkgen {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Queue 10-50 articles as one bulk job; a content service generates them one at a time."""
+
+
+@app.command(epilog=EXIT_CODES)
+def submit(
+    file: Annotated[Path, typer.Argument(help="Articles file: .yaml/.yml/.json or .csv.", show_default=False)],
+    mode: Annotated[Optional[str], typer.Option("--mode", help="topic, keywords, trends or spin, when the file "
+                    "names none. \\[default: topic]", show_default=False)] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Name of the bulk job. \\[default: the file's "
+                    "name: or its file name]", show_default=False)] = None,
+    idempotency_key: Annotated[Optional[str], typer.Option("--idempotency-key", help="Submitting again with "
+                               "the same key (same user) prints the existing job's id and stores nothing.",
+                               show_default=False)] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Then process it (or attach to the running processor) "
+                    "until it ends; exit 0 if every item completed, 1 otherwise.")] = False,
+    store: StoreOpt = None,
+    user: UserOpt = None,
+    json_: JsonOpt = False,
+    api_url: ApiUrlOpt = None,
+    delay: DelayOpt = None,
+    timeout: TimeoutOpt = None,
+    max_retries: RetriesOpt = None,
+    backoff: BackoffOpt = None,
+    lease: LeaseOpt = None,
+    give_up: GiveUpOpt = None,
+) -> None:
+    """Validate an articles file and queue it as one bulk job; print its id.
+
+    Example: id=$(bulkgen submit examples/articles.yaml) && bulkgen status "$id"
+    """
+    from bulkgen_cli import manifest, settings
+    from bulkgen_cli.model import new_id, utcnow
+
+    parsed = manifest.load(file, mode)
+    run_settings = settings.RunSettings.resolve(api_url, delay, timeout, max_retries, backoff, lease, give_up) if wait else None
+    db = _open(store)
+    bulk = BulkJob(
+        id=new_id(),
+        userId=settings.user(user),
+        mode=parsed.mode.value,
+        name=(name or parsed.name).strip()[:200] or parsed.name,
+        status=BulkStatus.queued.value,
+        total_items=len(parsed.articles),
+        created_at=utcnow(),
+        idempotency_key=idempotency_key,
+    )
+    bulk, created = db.create_bulk(bulk, parsed.articles)
+    if created:
+        note(f"Queued bulk job {bulk.id}: {bulk.total_items} {bulk.mode} articles from {file}.")
+    else:
+        note(f"Idempotency key {idempotency_key!r} was already used: bulk job {bulk.id} exists; nothing new stored.")
+    if not wait:
+        if json_:
+            from bulkgen_cli.render import print_json
+
+            print_json({"bulk_job_id": bulk.id, "total_items": bulk.total_items, "status": bulk.status})
+        else:
+            print(bulk.id)
+            note(f"Next: `bulkgen run` processes it; `bulkgen status {bulk.id}` shows progress.", "dim")
+        return
+    if not json_:
+        print(bulk.id, flush=True)
+    assert run_settings is not None
+    final = _process(db, run_settings, until_bulk=bulk.id)
+    if json_:
+        from bulkgen_cli.render import print_json
+
+        print_json({"bulk_job_id": final.id, "total_items": final.total_items, "status": final.status,
+                    "completed_items": final.completed_items, "failed_items": final.failed_items,
+                    "cancelled_items": final.cancelled_items})
+    ok = final.status == BulkStatus.completed.value and final.completed_items == final.total_items
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command(epilog=EXIT_CODES)
+def run(
+    forever: Annotated[bool, typer.Option("--forever", help="Keep waiting for new work instead of exiting "
+                       "when the queue is empty.")] = False,
+    store: StoreOpt = None,
+    api_url: ApiUrlOpt = None,
+    delay: DelayOpt = None,
+    timeout: TimeoutOpt = None,
+    max_retries: RetriesOpt = None,
+    backoff: BackoffOpt = None,
+    lease: LeaseOpt = None,
+    give_up: GiveUpOpt = None,
+) -> None:
+    """Process queued items one at a time until none is left.
+
+    Only one processor works at a time across the whole store: a second
+    `bulkgen run` waits while another holds the lease, and takes over if that
+    one dies.
+
+    Example: BULKGEN_API_URL=http://127.0.0.1:8000 bulkgen run --delay 2
+    """
+    from bulkgen_cli import settings
+
+    run_settings = settings.RunSettings.resolve(api_url, delay, timeout, max_retries, backoff, lease, give_up)
+    _process(_open(store), run_settings, forever=forever)
+
+
+@app.command(epilog=EXIT_CODES)
+def status(
+    bulk_id: Annotated[str, typer.Argument(help="The bulk job's id (from submit or list).", show_default=False)],
+    items: Annotated[bool, typer.Option("--items", help="Also one row per item.")] = False,
+    store: StoreOpt = None,
+    user: UserOpt = None,
+    all_users: AllUsersOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Show a bulk job: X of Y completed, failed, remaining, ETA, errors.
+
+    Example: bulkgen status 6650c0ffee0123456789abcd --json
+    """
+    from bulkgen_cli import render
+
+    db = _open(store)
+    bulk = _visible_bulk(db, bulk_id, user, all_users)
+    if json_:
+        render.print_json(render.status_document(bulk, db.list_items(bulk.id)))
+        return
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    for part in render.status_renderables(bulk, db.list_items(bulk.id) if items else None):
+        console.print(part)
+
+
+@app.command("list", epilog=EXIT_CODES)
+def list_(
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000, help="How many, newest first.")] = 20,
+    status_filter: Annotated[Optional[BulkStatus], typer.Option("--status", help="Only jobs in this state.",
+                             show_default=False)] = None,
+    store: StoreOpt = None,
+    user: UserOpt = None,
+    all_users: AllUsersOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """List your bulk jobs, newest first.
+
+    Example: bulkgen list --status processing --json
+    """
+    from bulkgen_cli import render, settings
+
+    db = _open(store)
+    owner = None if all_users else settings.user(user)
+    bulks = db.list_bulks(owner, limit, [status_filter] if status_filter else None)
+    if json_:
+        render.print_json([render.bulk_dict(b) for b in bulks])
+        return
+    if not bulks:
+        note("No bulk jobs yet: `bulkgen submit examples/articles.yaml` queues one.")
+        return
+    from rich.console import Console
+
+    Console(highlight=False).print(render.list_table(bulks))
+
+
+# -- processing ---------------------------------------------------------------------
+
+
+class _Stopped(Exception):
+    def __init__(self, code: int):
+        self.code = code
+
+
+@contextmanager
+def _signals(processor: Any) -> Iterator[dict[str, int]]:
+    """SIGINT/SIGTERM ask the processor to stop; the exit code follows the signal."""
+    received: dict[str, int] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        received["code"] = 128 + signum
+        processor.stop()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _process(db: Any, run_settings: Any, forever: bool = False, until_bulk: str | None = None) -> BulkJob:
+    from bulkgen_cli.processor import Processor
+    from bulkgen_cli.render import run_view
+
+    if run_settings.api_url:
+        from bulkgen_cli.content.http import HttpGenerator
+
+        generator: Any = HttpGenerator(run_settings.api_url, run_settings.api_token, run_settings.timeout)
+        note(f"Content service: {run_settings.api_url}")
+    else:
+        from bulkgen_cli.content.offline import OfflineGenerator
+
+        generator = OfflineGenerator()
+        note("No content service set (--api-url / BULKGEN_API_URL): writing offline drafts.", "yellow")
+    ended = (BulkStatus.completed.value, BulkStatus.cancelled.value)
+
+    def bulk_over() -> bool:
+        bulk = db.get_bulk(until_bulk)
+        return bulk is None or bulk.status in ended
+
+    with run_view() as view:
+        processor = Processor(db, generator, run_settings, on_event=view)
+        with _signals(processor) as received:
+            try:
+                processor.run(until_idle=not forever, until=bulk_over if until_bulk else None)
+            finally:
+                generator.close()
+    if received:
+        note("Stopped; the item in flight went back to the queue.", "yellow")
+        raise _Stopped(received["code"])
+    if until_bulk:
+        final = db.get_bulk(until_bulk)
+        assert final is not None
+        return final
+    if view.items_done:
+        note(f"Processed {view.items_done} items; the queue is empty.")
+    else:
+        note("Nothing to process: the queue is empty.")
+    return None  # type: ignore[return-value]
+
+
+# -- entry point ----------------------------------------------------------------------
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    console = _stderr()
+    for number, line in enumerate(message.splitlines()):
+        console.print(("Error: " if number == 0 else "       ") + line, style="red" if number == 0 else "",
+                      markup=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def main() -> None:
+    # Outside processing (which installs its own handlers), a signal ends the
+    # command at once: SystemExit unwinds through open SQLite transactions,
+    # which roll back, so the store stays consistent.
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+    try:
+        app()  # standalone: usage errors print and exit 2
+    except ManifestError as exc:
+        count = len(exc.problems)
+        _fail(f"the articles file has {count} problem{'s' if count > 1 else ''}; nothing was stored.\n"
+              + "\n".join(str(p) for p in exc.problems), exc.exit_code)
+    except BulkgenError as exc:
+        _fail(str(exc), exc.exit_code)
+    except _Stopped as exc:
+        sys.exit(exc.code)

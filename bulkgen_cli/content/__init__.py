@@ -1,0 +1,74 @@
+"""Content generators: the HTTP service client and the offline draft writer.
+
+Each makes one try per call and sorts the result (`Reply.kind`); retries,
+backoff and leases are the processor's business.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+from bulkgen_cli.model import Item
+
+
+class ReplyKind(str, Enum):
+    #: an article came back
+    ok = "ok"
+    #: worth another try: timeout, 5xx, dropped connection
+    transient = "transient"
+    #: the item itself is refused: 4xx, success=false, a reply that is not the contract
+    permanent = "permanent"
+    #: 429: wait Retry-After, the try is not charged
+    rate_limited = "rate_limited"
+    #: the service cannot be reached at all; not the item's fault
+    unreachable = "unreachable"
+    #: the request was aborted on purpose (the item's bulk job was cancelled)
+    aborted = "aborted"
+
+
+@dataclass(frozen=True)
+class Reply:
+    kind: ReplyKind
+    content: Any = None
+    error: str | None = None
+    retry_after: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Generator(Protocol):
+    #: recorded on every result: "offline" or "http"
+    name: str
+    #: whether the inter-request delay applies (a remote service to spare)
+    remote: bool
+
+    def generate(self, item: Item) -> Reply:
+        """One try at the item's article."""
+
+    def abort(self) -> None:
+        """Close any request in flight from another thread (cancel)."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+def request_body(item: Item) -> dict[str, Any]:
+    """The JSON body of design §5: the article fields, mode, job_id, user_id."""
+    body = {k: v for k, v in item.article.items() if k != "id"}
+    if item.item_id is not None:
+        body["item_id"] = item.item_id
+    body.update(mode=item.mode, job_id=item.id, user_id=item.userId, bulk_job_id=item.bulk_job_id)
+    return body
+
+
+def content_text(content: Any) -> str:
+    """The article text of a reply's content: a string, or an object's body/content."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        for key in ("body", "content", "text", "markdown"):
+            value = content.get(key)
+            if isinstance(value, str):
+                return value
+    return ""

@@ -1,0 +1,358 @@
+"""The sequential processor (design §6): one item in flight in the whole store.
+
+Built like rq's worker: `run` repeats one step (`work_once`), which claims an
+item and hands it to `process`; failures are recorded on the item, never
+raised. The store, generator, clock and settings come in through the
+constructor, so tests hand in real ones on temporary paths. It never prints:
+it reports through `on_event`, and the CLI renders.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable
+
+from bulkgen_cli.content import Generator, Reply, ReplyKind, content_text
+from bulkgen_cli.errors import ServiceUnavailable
+from bulkgen_cli.model import BulkJob, Counts, Item, ItemStatus, Outcome, iso, utcnow
+from bulkgen_cli.settings import RunSettings
+from bulkgen_cli.store.base import Store
+
+#: Idle polling backs off from the first value to the second (seconds).
+POLL_MIN, POLL_MAX = 0.2, 5.0
+#: Waiting on a dead processor's lease or an unreachable service backs off to this.
+WAIT_MAX = 30.0
+#: How often a waiting request checks for a stop.
+STOP_POLL = 0.2
+
+
+# -- events: what the processor reports -----------------------------------------
+
+
+@dataclass(frozen=True)
+class ItemStarted:
+    item: Item
+    bulk: BulkJob
+
+
+@dataclass(frozen=True)
+class ItemFinished:
+    item: Item
+    bulk: BulkJob  # counters as refreshed after this item
+    outcome: Outcome
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ItemRetrying:
+    item: Item
+    error: str
+    wait: float
+    charged: bool  # False for a 429: the try is not counted
+
+
+@dataclass(frozen=True)
+class BulkEnded:
+    bulk: BulkJob
+
+
+@dataclass(frozen=True)
+class Waiting:
+    reason: str
+    seconds: float
+
+
+Event = ItemStarted | ItemFinished | ItemRetrying | BulkEnded | Waiting
+
+
+class Step(str, Enum):
+    #: an item was processed and recorded
+    done = "done"
+    #: nothing to claim right now
+    idle = "idle"
+    #: another processor holds the lease
+    busy = "busy"
+    #: the service could not be reached; the item went back uncharged
+    unreachable = "unreachable"
+    #: the item was lost to another processor (lease expired meanwhile) or stopped
+    released = "released"
+
+
+class Processor:
+    def __init__(
+        self,
+        store: Store,
+        generator: Generator,
+        settings: RunSettings,
+        on_event: Callable[[Event], None] | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+        owner: str | None = None,
+    ):
+        self.store = store
+        self.generator = generator
+        self.settings = settings
+        self.on_event = on_event or (lambda event: None)
+        self.clock = clock
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.owner = owner or f"{self.host}:{self.pid}:{uuid.uuid4().hex[:8]}"
+        self.holding = False
+        self._stop = threading.Event()
+        self._last_request_end: float | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._random = random.Random()
+
+    # -- control ---------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop taking work; the item in flight is handed back (safe from a signal handler)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _sleep(self, seconds: float) -> None:
+        self._stop.wait(max(seconds, 0.0))
+
+    # -- the loop --------------------------------------------------------------
+
+    def run(self, until_idle: bool = True, until: Callable[[], bool] | None = None) -> None:
+        """Process items until the queue is idle (or `until()` holds, or forever).
+
+        Raises ServiceUnavailable when the service stays unreachable past
+        `give_up` seconds (unless running forever).
+        """
+        idle_wait = POLL_MIN
+        unreachable_since: float | None = None
+        unreachable_wait = self.settings.backoff or 1.0
+        busy_reported = False
+        try:
+            while not self.stopping:
+                if until is not None and until():
+                    return
+                step = self.work_once()
+                if step is Step.done:
+                    idle_wait, unreachable_since, busy_reported = POLL_MIN, None, False
+                    continue
+                if step is Step.unreachable:
+                    started = unreachable_since = unreachable_since or time.monotonic()
+                    if until_idle and time.monotonic() - started > self.settings.give_up:
+                        raise ServiceUnavailable(
+                            f"the content service at {self.settings.api_url} could not be reached "
+                            f"for {self.settings.give_up:g} s; the item went back to the queue."
+                        )
+                    self.on_event(Waiting("the content service is unreachable", unreachable_wait))
+                    self._hold_for(unreachable_wait)
+                    unreachable_wait = min(unreachable_wait * 2, WAIT_MAX)
+                    continue
+                unreachable_wait = self.settings.backoff or 1.0
+                if step is Step.busy:
+                    if not busy_reported:
+                        lease = self.store.processor_lease()
+                        who = f"{lease.host} pid {lease.pid}" if lease else "another process"
+                        self.on_event(Waiting(f"another processor ({who}) is running", self._lease_poll()))
+                        busy_reported = True
+                    self._sleep(self._lease_poll())
+                    continue
+                if step is Step.idle:
+                    expiry = self.store.next_lease_expiry()
+                    if expiry is not None:
+                        # A dead processor's item: wait for its lease, then take it back.
+                        wait = (expiry - self.clock()).total_seconds() + 0.05
+                        self.on_event(Waiting("an item of a stopped processor waits for its lease to expire", wait))
+                        self._hold_for(min(max(wait, 0.05), WAIT_MAX))
+                        continue
+                    if until_idle and until is None:
+                        return
+                    self._hold_for(idle_wait)
+                    idle_wait = min(idle_wait * 2, POLL_MAX)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        if self.holding:
+            self.store.release_processor_lease(self.owner)
+            self.holding = False
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def _lease_poll(self) -> float:
+        return min(1.0, self.settings.lease / 4)
+
+    def _renew(self) -> bool:
+        self.holding = self.store.acquire_processor_lease(
+            self.owner, self.settings.lease, self.clock(), self.host, self.pid
+        )
+        return self.holding
+
+    def _hold_for(self, seconds: float) -> None:
+        """Wait, renewing the processor lease so that waiting never loses it."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._sleep(min(left, self.settings.lease / 3))
+            if self.holding and time.monotonic() < deadline:
+                self._renew()
+
+    def work_once(self) -> Step:
+        """One step: hold the lease, take back expired items, claim and process one."""
+        if not self._renew():
+            return Step.busy
+        now = self.clock()
+        for bulk_id in self.store.requeue_expired(now, self.settings.max_attempts):
+            self._refresh(bulk_id)
+        item = self.store.claim_next(self.owner, self.settings.lease, now)
+        if item is None:
+            return Step.idle
+        return self.process(item)
+
+    # -- one item ----------------------------------------------------------------
+
+    def process(self, item: Item) -> Step:
+        """Generate a claimed item with in-place retries, then record its end."""
+        bulk = self.store.get_bulk(item.bulk_job_id)
+        assert bulk is not None
+        self.on_event(ItemStarted(item, bulk))
+        started = time.monotonic()
+        attempt = item.attempts
+        rate_limited_for = 0.0
+        while True:
+            if self.stopping:
+                return self._hand_back(item)
+            self._pace()
+            reply = self._call(item)
+            if reply is None:
+                return Step.released  # the lease went to another processor
+            if reply.kind is ReplyKind.ok:
+                outcome = Outcome(ItemStatus.completed, result=self._result(reply, started))
+                break
+            if reply.kind is ReplyKind.permanent:
+                outcome = Outcome(ItemStatus.failed, error=reply.error)
+                break
+            if reply.kind is ReplyKind.aborted or self.stopping:
+                return self._hand_back(item)
+            if reply.kind is ReplyKind.unreachable:
+                self.store.release_item(item.id, self.owner)
+                return Step.unreachable
+            if reply.kind is ReplyKind.rate_limited:
+                wait = reply.retry_after if reply.retry_after is not None else self._backoff(1)
+                rate_limited_for += wait
+                if rate_limited_for > self.settings.give_up:
+                    self.store.release_item(item.id, self.owner)
+                    return Step.unreachable
+                self.on_event(ItemRetrying(item, reply.error or "rate limited", wait, charged=False))
+                if not self._wait_holding(item, wait):
+                    return Step.released
+                continue
+            # transient
+            if attempt >= self.settings.max_attempts:
+                outcome = Outcome(ItemStatus.failed, error=f"{reply.error} (gave up after {attempt} tries)")
+                break
+            wait = self._backoff(attempt)
+            self.on_event(ItemRetrying(item, reply.error or "transient error", wait, charged=True))
+            if not self._wait_holding(item, wait):
+                return Step.released
+            if not self.store.begin_attempt(item.id, self.owner):
+                return Step.released
+            attempt += 1
+        if not self.store.finish_item(item.id, self.owner, outcome, self.clock()):
+            return Step.released
+        self._refresh(item.bulk_job_id, finished=(item, outcome, time.monotonic() - started))
+        return Step.done
+
+    def _hand_back(self, item: Item) -> Step:
+        self.store.release_item(item.id, self.owner)
+        return Step.released
+
+    def _result(self, reply: Reply, started: float) -> dict:
+        return {
+            "content": reply.content,
+            "generator": self.generator.name,
+            "generated_at": iso(self.clock()),
+            "seconds": round(time.monotonic() - started, 3),
+            "words": len(content_text(reply.content).split()),
+        }
+
+    def _refresh(self, bulk_id: str, finished: tuple[Item, Outcome, float] | None = None) -> Counts:
+        between = self.settings.delay if self.generator.remote else 0.0
+        counts = self.store.refresh_counters(bulk_id, self.clock(), between)
+        if finished is not None or counts.ended_now:
+            bulk = self.store.get_bulk(bulk_id)
+            assert bulk is not None
+            if finished is not None:
+                item, outcome, seconds = finished
+                self.on_event(ItemFinished(item, bulk, outcome, seconds))
+            if counts.ended_now:
+                self.on_event(BulkEnded(bulk))
+        return counts
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with equal jitter: half fixed, half random."""
+        base = self.settings.backoff * (2 ** max(attempt - 1, 0))
+        return base / 2 + self._random.uniform(0, base / 2)
+
+    def _pace(self) -> None:
+        """Keep `delay` seconds between two requests to a remote service."""
+        if not self.generator.remote or self._last_request_end is None:
+            return
+        left = self._last_request_end + self.settings.delay - time.monotonic()
+        if left > 0:
+            self._hold_for(left)
+
+    def _wait_holding(self, item: Item, seconds: float) -> bool:
+        """Wait while keeping the item's lease; False if it was lost."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            self._sleep(min(left, self.settings.lease / 3))
+            if not self._heartbeat(item):
+                return False
+        return True
+
+    def _heartbeat(self, item: Item) -> bool:
+        now = self.clock()
+        self._renew()
+        return self.store.heartbeat(item.id, self.owner, self.settings.lease, now)
+
+    def _call(self, item: Item) -> Reply | None:
+        """One try; a remote call runs in a worker thread while this one renews leases."""
+        try:
+            if not self.generator.remote:
+                return self.generator.generate(item)
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulkgen-request")
+            future = self._pool.submit(self.generator.generate, item)
+            beat_every = self.settings.lease / 3
+            next_beat = time.monotonic() + beat_every
+            while True:
+                try:
+                    return future.result(timeout=STOP_POLL)
+                except FutureTimeout:
+                    pass
+                if self.stopping:
+                    self.generator.abort()
+                    return future.result()
+                if time.monotonic() >= next_beat:
+                    next_beat += beat_every
+                    if not self._heartbeat(item):
+                        self.generator.abort()
+                        future.result()
+                        return None
+        finally:
+            self._last_request_end = time.monotonic()

@@ -1,0 +1,285 @@
+"""Everything the user sees: JSON documents, Rich tables, the live progress view.
+
+JSON field names here are a stable interface (README, "JSON output").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from typing import Any, TextIO
+
+from bulkgen_cli.model import REQUIRED_FIELD, BulkJob, Item, Mode, iso, utcnow
+
+
+# -- JSON -----------------------------------------------------------------------
+
+
+def bulk_dict(bulk: BulkJob) -> dict[str, Any]:
+    return {
+        "id": bulk.id,
+        "name": bulk.name,
+        "mode": bulk.mode,
+        "status": bulk.status,
+        "userId": bulk.userId,
+        "total_items": bulk.total_items,
+        "completed_items": bulk.completed_items,
+        "failed_items": bulk.failed_items,
+        "cancelled_items": bulk.cancelled_items,
+        "created_at": iso(bulk.created_at),
+        "started_at": iso(bulk.started_at),
+        "completed_at": iso(bulk.completed_at),
+        "estimated_completion": iso(bulk.estimated_completion),
+        "error_summary": list(bulk.error_summary),
+    }
+
+
+def progress_dict(bulk: BulkJob) -> dict[str, Any]:
+    return {
+        "total": bulk.total_items,
+        "completed": bulk.completed_items,
+        "failed": bulk.failed_items,
+        "cancelled": bulk.cancelled_items,
+        "remaining": bulk.pending,
+        "percentage": bulk.percentage,
+    }
+
+
+def item_dict(item: Item) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": item.id, "item_id": item.item_id, "queue_position": item.queue_position,
+                           "status": item.status}
+    for name in REQUIRED_FIELD[Mode(item.mode)]:
+        if name in item.article or name == REQUIRED_FIELD[Mode(item.mode)][0]:
+            out[name] = item.article.get(name)
+    out.update(retry_count=item.retry_count, attempts=item.attempts, error=item.error)
+    return out
+
+
+def status_document(bulk: BulkJob, items: list[Item]) -> dict[str, Any]:
+    return {"bulk_job": bulk_dict(bulk), "progress": progress_dict(bulk), "jobs": [item_dict(i) for i in items]}
+
+
+def print_json(data: Any, out: TextIO | None = None) -> None:
+    (out or sys.stdout).write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+
+
+# -- human text -----------------------------------------------------------------
+
+STATUS_STYLE = {
+    "queued": "cyan",
+    "processing": "yellow",
+    "paused": "magenta",
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "dim",
+}
+
+
+def when(value: dt.datetime | None, now: dt.datetime | None = None) -> str:
+    """A time as the user reads it: local clock time, with 'in 5m' / '3m ago'."""
+    if value is None:
+        return "—"
+    now = now or utcnow()
+    local = value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    delta = (value - now).total_seconds()
+    return f"{local} ({'in ' + duration(delta) if delta >= 0 else duration(-delta) + ' ago'})"
+
+
+def duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def short(text: str, width: int = 60) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def status_renderables(bulk: BulkJob, items: list[Item] | None) -> list[Any]:
+    from rich.table import Table
+    from rich.text import Text
+
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    style = STATUS_STYLE.get(bulk.status, "")
+    head.add_row("Bulk job", f"{bulk.id}  {bulk.name}")
+    head.add_row("Status", Text(bulk.status, style=style))
+    head.add_row("Progress", f"{bulk.completed_items} of {bulk.total_items} completed ({bulk.percentage}% done)")
+    head.add_row("Failed / cancelled", f"{bulk.failed_items} / {bulk.cancelled_items}")
+    head.add_row("Remaining", str(bulk.pending))
+    head.add_row("Mode / user", f"{bulk.mode} / {bulk.userId}")
+    head.add_row("Created", when(bulk.created_at))
+    head.add_row("Started", when(bulk.started_at))
+    if bulk.completed_at:
+        head.add_row("Ended", when(bulk.completed_at))
+    elif bulk.estimated_completion:
+        head.add_row("ETA", when(bulk.estimated_completion))
+    out: list[Any] = [head]
+    if bulk.error_summary:
+        errors = Table(title="Errors", title_justify="left", show_header=False, box=None)
+        for line in bulk.error_summary:
+            errors.add_row(Text(line, style="red"))
+        out.append(errors)
+    if items is not None:
+        table = Table(show_lines=False)
+        table.add_column("#", justify="right")
+        table.add_column("Item", no_wrap=True, overflow="ellipsis", max_width=50)
+        table.add_column("Status")
+        table.add_column("Tries", justify="right")
+        table.add_column("Error")
+        for item in items:
+            table.add_row(
+                str(item.queue_position),
+                short(item.item_id + ": " + item.label if item.item_id else item.label, 50),
+                Text(item.status, style=STATUS_STYLE.get(item.status, "")),
+                str(item.attempts),
+                short(item.error or "", 60),
+            )
+        out.append(table)
+    return out
+
+
+def list_table(bulks: list[BulkJob]) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table()
+    table.add_column("ID", no_wrap=True, min_width=24)
+    for name, justify in (("Name", "left"), ("Mode", "left"), ("Status", "left"),
+                          ("Done", "right"), ("Failed", "right"), ("Created", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for bulk in bulks:
+        table.add_row(
+            bulk.id,
+            short(bulk.name, 30),
+            bulk.mode,
+            Text(bulk.status, style=STATUS_STYLE.get(bulk.status, "")),
+            f"{bulk.completed_items}/{bulk.total_items}",
+            str(bulk.failed_items),
+            bulk.created_at.astimezone().strftime("%Y-%m-%d %H:%M") if bulk.created_at else "",
+        )
+    return table
+
+
+# -- the processor's live view ------------------------------------------------------
+
+
+class PlainView:
+    """One line per event, for logs (stderr is not a terminal)."""
+
+    def __init__(self, out: TextIO | None = None):
+        self.out = out or sys.stderr
+        self.items_done = 0
+
+    def __enter__(self) -> PlainView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def line(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def __call__(self, event: Any) -> None:
+        from bulkgen_cli import processor as p
+
+        if isinstance(event, p.ItemFinished):
+            self.items_done += 1
+            b = event.bulk
+            reason = f": {short(event.outcome.error or '', 120)}" if event.outcome.error else ""
+            self.line(
+                f"[{b.total_items - b.pending}/{b.total_items}] {b.id} #{event.item.queue_position} "
+                f"{short(event.item.label, 50)!r} {event.outcome.status.value} in {event.seconds:.1f}s{reason}"
+                f" (completed {b.completed_items}, failed {b.failed_items})"
+            )
+        elif isinstance(event, p.ItemRetrying):
+            charged = "" if event.charged else ", not counted as a try"
+            self.line(f"  #{event.item.queue_position} {short(event.error, 120)}; retrying in {event.wait:.1f}s{charged}")
+        elif isinstance(event, p.BulkEnded):
+            b = event.bulk
+            self.line(f"bulk job {b.id} {b.status}: {b.completed_items} of {b.total_items} completed, "
+                      f"{b.failed_items} failed, {b.cancelled_items} cancelled")
+        elif isinstance(event, p.Waiting):
+            self.line(f"waiting: {event.reason} (next check in {event.seconds:.1f}s)")
+
+
+class LiveView(PlainView):
+    """A Rich progress bar per bulk job on a terminal; retries and waits as lines above."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
+
+        super().__init__()
+        self.console = Console(stderr=True)
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[done]} of {task.total:.0f} completed"),
+            TextColumn("[red]{task.fields[failed]} failed"),
+            TextColumn("ETA {task.fields[eta]}"),
+            TextColumn("[dim]{task.fields[current]}"),
+            console=self.console,
+            transient=False,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> LiveView:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def line(self, text: str) -> None:
+        self.progress.console.print(text, markup=False, highlight=False)
+
+    def _task(self, bulk: BulkJob) -> Any:
+        if bulk.id not in self.tasks:
+            self.tasks[bulk.id] = self.progress.add_task(
+                short(bulk.name, 30), total=bulk.total_items, done=0, failed=0, eta="—", current=""
+            )
+        return self.tasks[bulk.id]
+
+    def _update(self, bulk: BulkJob, current: str) -> None:
+        eta = "—"
+        if bulk.estimated_completion and bulk.pending:
+            eta = duration(max((bulk.estimated_completion - utcnow()).total_seconds(), 0))
+        self.progress.update(
+            self._task(bulk),
+            completed=bulk.total_items - bulk.pending,
+            done=bulk.completed_items,
+            failed=bulk.failed_items,
+            eta=eta,
+            current=current,
+        )
+
+    def __call__(self, event: Any) -> None:
+        from bulkgen_cli import processor as p
+
+        if isinstance(event, p.ItemStarted):
+            self._update(event.bulk, f"#{event.item.queue_position} {short(event.item.label, 40)}")
+        elif isinstance(event, p.ItemFinished):
+            self._update(event.bulk, "")
+            if event.outcome.error:
+                self.line(f"#{event.item.queue_position} {short(event.item.label, 40)} failed: "
+                          f"{short(event.outcome.error, 120)}")
+        elif isinstance(event, p.BulkEnded):
+            self._update(event.bulk, event.bulk.status)
+        else:
+            super().__call__(event)
+
+
+def run_view() -> PlainView:
+    """The live view on a terminal, plain lines otherwise."""
+    return LiveView() if sys.stderr.isatty() else PlainView()

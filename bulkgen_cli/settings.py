@@ -1,0 +1,122 @@
+"""Settings: flags, else environment, else defaults. One definition of each."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from bulkgen_cli.errors import UsageError
+
+T = TypeVar("T")
+
+ENV_STORE = "BULKGEN_STORE"
+ENV_API_URL = "BULKGEN_API_URL"
+ENV_API_TOKEN = "BULKGEN_API_TOKEN"
+ENV_USER = "BULKGEN_USER"
+ENV_DELAY = "BULKGEN_DELAY"
+ENV_TIMEOUT = "BULKGEN_TIMEOUT"
+ENV_MAX_RETRIES = "BULKGEN_MAX_RETRIES"
+ENV_BACKOFF = "BULKGEN_BACKOFF"
+ENV_LEASE = "BULKGEN_LEASE_SECONDS"
+ENV_GIVE_UP = "BULKGEN_GIVE_UP"
+
+
+def default_store_url() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return f"sqlite:///{Path(base) / 'bulkgen' / 'bulkgen.db'}"
+
+
+def pick(flag: T | None, env: str, parse: Callable[[str], T], default: T) -> T:
+    """The flag's value, else the environment variable's (parsed), else the default."""
+    if flag is not None:
+        return flag
+    raw = os.environ.get(env)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return parse(raw.strip())
+    except ValueError as exc:
+        raise UsageError(f"{env}={raw!r} is not valid: {exc}") from None
+
+
+def seconds(minimum: float = 0.0) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError("expected a number of seconds.") from None
+        if not value >= minimum or value == float("inf"):
+            raise ValueError(f"expected a number of seconds ≥ {minimum:g}.")
+        return value
+
+    return parse
+
+
+def count(raw: str) -> int:
+    if not raw.isdigit():
+        raise ValueError("expected a whole number ≥ 0.")
+    return int(raw)
+
+
+def store_url(flag: str | None) -> str:
+    return pick(flag, ENV_STORE, str, "") or default_store_url()
+
+
+def user(flag: str | None) -> str:
+    name = pick(flag, ENV_USER, str, "")
+    if name:
+        return name
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How the processor works; see `bulkgen run --help`."""
+
+    api_url: str | None = None
+    #: never printed: kept out of repr
+    api_token: str | None = field(default=None, repr=False)
+    delay: float = 5.0
+    timeout: float = 300.0
+    max_retries: int = 2
+    backoff: float = 2.0
+    lease: float = 60.0
+    give_up: float = 600.0
+
+    @property
+    def max_attempts(self) -> int:
+        return self.max_retries + 1
+
+    @classmethod
+    def resolve(
+        cls,
+        api_url: str | None = None,
+        delay: float | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        backoff: float | None = None,
+        lease: float | None = None,
+        give_up: float | None = None,
+    ) -> RunSettings:
+        url = pick(api_url, ENV_API_URL, str, "") or None
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise UsageError(f"the content service URL must start with http:// or https://, got {url!r}.")
+        settings = cls(
+            api_url=url,
+            api_token=os.environ.get(ENV_API_TOKEN) or None,
+            delay=pick(delay, ENV_DELAY, seconds(), 5.0),
+            timeout=pick(timeout, ENV_TIMEOUT, seconds(0.001), 300.0),
+            max_retries=pick(max_retries, ENV_MAX_RETRIES, count, 2),
+            backoff=pick(backoff, ENV_BACKOFF, seconds(), 2.0),
+            lease=pick(lease, ENV_LEASE, seconds(1.0), 60.0),
+            give_up=pick(give_up, ENV_GIVE_UP, seconds(), 600.0),
+        )
+        if settings.lease < 1.0:
+            raise UsageError(f"--lease must be at least 1 second, got {settings.lease:g}.")
+        return settings
