@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Callable
 
-from bulkgen_cli.content import Generator, Reply, ReplyKind, content_text
+from bulkgen_cli.content import Generator, Reply, ReplyKind, content_text, count_words
 from bulkgen_cli.errors import ServiceUnavailable
 from bulkgen_cli.model import BulkJob, Counts, Item, ItemStatus, Outcome, iso, utcnow
 from bulkgen_cli.settings import RunSettings
@@ -111,6 +111,7 @@ class Processor:
         self._last_request_end: float | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._random = random.Random()
+        self._forever = False
 
     # -- control ---------------------------------------------------------------
 
@@ -133,6 +134,7 @@ class Processor:
         Raises ServiceUnavailable when the service stays unreachable past
         `give_up` seconds (unless running forever).
         """
+        self._forever = not until_idle
         idle_wait = POLL_MIN
         unreachable_since: float | None = None
         unreachable_wait = self.settings.backoff or 1.0
@@ -251,9 +253,12 @@ class Processor:
             if reply.kind is ReplyKind.rate_limited:
                 wait = reply.retry_after if reply.retry_after is not None else self._backoff(1)
                 rate_limited_for += wait
-                if rate_limited_for > self.settings.give_up:
+                if rate_limited_for > self.settings.give_up and not self._forever:
                     self.store.release_item(item.id, self.owner)
-                    return Step.unreachable
+                    raise ServiceUnavailable(
+                        f"the content service kept answering 429 (rate limited) for over "
+                        f"{self.settings.give_up:g} s; the item went back to the queue."
+                    )
                 self.on_event(ItemRetrying(item, reply.error or "rate limited", wait, charged=False))
                 if not self._wait_holding(item, wait):
                     return Step.released
@@ -284,7 +289,7 @@ class Processor:
             "generator": self.generator.name,
             "generated_at": iso(self.clock()),
             "seconds": round(time.monotonic() - started, 3),
-            "words": len(content_text(reply.content).split()),
+            "words": count_words(content_text(reply.content)),
         }
 
     def _refresh(self, bulk_id: str, finished: tuple[Item, Outcome, float] | None = None) -> Counts:

@@ -66,3 +66,35 @@ def submit(
     )
     stored, _ = store.create_bulk(bulk, articles(n, prefix))
     return stored
+
+
+@pytest.fixture
+def service():
+    from bulkgen_cli.content.reference import ReferenceService
+
+    svc = ReferenceService(token="s3cret-token").start()
+    yield svc
+    svc.stop()
+
+
+def submit_articles(store: Store, arts: list[dict], user: str = "alice",
+                    created_at: dt.datetime | None = None, mode: str = "topic") -> BulkJob:
+    bulk = BulkJob(
+        id=new_id(), userId=user, mode=mode, name="job", status=BulkStatus.queued.value,
+        total_items=len(arts), created_at=created_at or utcnow(),
+    )
+    store.create_bulk(bulk, arts)
+    return bulk
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    """Poll until predicate() is truthy; fail the test with `what` after `timeout`."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

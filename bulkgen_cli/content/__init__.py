@@ -72,3 +72,8 @@ def content_text(content: Any) -> str:
             if isinstance(value, str):
                 return value
     return ""
+
+
+def count_words(text: str) -> int:
+    """Words of an article's prose: Markdown heading lines are not counted."""
+    return sum(len(line.split()) for line in text.splitlines() if not line.lstrip().startswith("#"))
