@@ -135,11 +135,18 @@ def submit(
     Example: id=$(bulkgen submit examples/articles.yaml) && bulkgen status "$id"
     """
     from bulkgen_cli import manifest, settings
-    from bulkgen_cli.model import new_id, utcnow
 
     parsed = manifest.load(file, mode)
     run_settings = settings.RunSettings.resolve(api_url, delay, timeout, max_retries, backoff, lease, give_up) if wait else None
-    db = _open(store)
+    with _open(store) as db:
+        _submit(db, file, parsed, run_settings, name, user, idempotency_key, wait, json_)
+
+
+def _submit(db: Any, file: Path, parsed: Any, run_settings: Any, name: str | None, user: str | None,
+            idempotency_key: str | None, wait: bool, json_: bool) -> None:
+    from bulkgen_cli import settings
+    from bulkgen_cli.model import new_id, utcnow
+
     bulk = BulkJob(
         id=new_id(),
         userId=settings.user(user),
@@ -202,7 +209,8 @@ def run(
     from bulkgen_cli import settings
 
     run_settings = settings.RunSettings.resolve(api_url, delay, timeout, max_retries, backoff, lease, give_up)
-    _process(_open(store), run_settings, forever=forever)
+    with _open(store) as db:
+        _process(db, run_settings, forever=forever)
 
 
 @app.command(epilog=EXIT_CODES)
@@ -220,15 +228,16 @@ def status(
     """
     from bulkgen_cli import render
 
-    db = _open(store)
-    bulk = _visible_bulk(db, bulk_id, user, all_users)
+    with _open(store) as db:
+        bulk = _visible_bulk(db, bulk_id, user, all_users)
+        rows = db.list_items(bulk.id) if items or json_ else None
     if json_:
-        render.print_json(render.status_document(bulk, db.list_items(bulk.id)))
+        render.print_json(render.status_document(bulk, rows or []))
         return
     from rich.console import Console
 
     console = Console(highlight=False)
-    for part in render.status_renderables(bulk, db.list_items(bulk.id) if items else None):
+    for part in render.status_renderables(bulk, rows):
         console.print(part)
 
 
@@ -248,9 +257,9 @@ def list_(
     """
     from bulkgen_cli import render, settings
 
-    db = _open(store)
     owner = None if all_users else settings.user(user)
-    bulks = db.list_bulks(owner, limit, [status_filter] if status_filter else None)
+    with _open(store) as db:
+        bulks = db.list_bulks(owner, limit, [status_filter] if status_filter else None)
     if json_:
         render.print_json([render.bulk_dict(b) for b in bulks])
         return

@@ -153,6 +153,12 @@ class Store(ABC):
     def close(self) -> None:
         """Release connections."""
 
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def lease_lost_error(attempts: int) -> str:
     """The error of an item whose processor died on each of its tries."""

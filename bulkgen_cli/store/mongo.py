@@ -102,6 +102,7 @@ class MongoStore(Store):
         try:
             self._ensure_indexes()
         except PyMongoError as exc:
+            client.close()
             raise StoreUnavailable(
                 f"cannot reach the MongoDB store {self.display_url}: {self._scrub(str(exc))}"
             ) from exc
