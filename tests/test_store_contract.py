@@ -278,3 +278,28 @@ def test_processor_lease(store):
     store.release_processor_lease("b")
     assert store.processor_lease() is None
     assert store.acquire_processor_lease("a", 10, t, "h", 1)
+
+
+def test_submit_is_all_or_nothing(store):
+    """Invariant 7: a failure part-way leaves nothing a processor could start."""
+    from bulkgen_cli.errors import StoreUnavailable
+
+    bulk = BulkJob(
+        id=new_id(), userId="alice", mode="topic", name="n", status="queued",
+        total_items=10, created_at=utcnow(),
+    )
+    if type(store).__name__ == "SqliteStore":
+        broken = articles(10)
+        broken[5]["extra"] = {"x": object()}  # cannot be stored: fails mid-insert
+        with pytest.raises(TypeError):
+            store.create_bulk(bulk, broken)
+    else:
+        # The bulk document's insert fails after the items went in.
+        store.bulks.insert_one({"_id": __import__("bson").ObjectId(bulk.id), "status": "completed"})
+        with pytest.raises(StoreUnavailable):
+            store.create_bulk(bulk, articles(10))
+        store.bulks.delete_one({"_id": __import__("bson").ObjectId(bulk.id)})
+    assert store.get_bulk(bulk.id) is None
+    assert store.list_items(bulk.id) == []
+    assert store.claim_next("p1", LEASE, utcnow()) is None
+
