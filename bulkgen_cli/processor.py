@@ -345,19 +345,18 @@ class Processor:
             future = self._pool.submit(self.generator.generate, item)
             beat_every = self.settings.lease / 3
             next_beat = time.monotonic() + beat_every
+            lost = False
             while True:
                 try:
-                    return future.result(timeout=STOP_POLL)
+                    reply = future.result(timeout=STOP_POLL)
+                    return None if lost else reply
                 except FutureTimeout:
                     pass
-                if self.stopping:
+                if self.stopping or lost:
+                    # Repeated each poll: an abort that raced the request's start is not lost.
                     self.generator.abort()
-                    return future.result()
-                if time.monotonic() >= next_beat:
+                elif time.monotonic() >= next_beat:
                     next_beat += beat_every
-                    if not self._heartbeat(item):
-                        self.generator.abort()
-                        future.result()
-                        return None
+                    lost = not self._heartbeat(item)
         finally:
             self._last_request_end = time.monotonic()

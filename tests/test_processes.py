@@ -52,3 +52,72 @@ def test_concurrent_submits_all_land(tmp_path):
     listed = json.loads(run_cli(["list", "--json"], env).out)
     assert sorted(j["id"] for j in listed) == sorted(ids)
     assert all(j["total_items"] == 10 for j in listed)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_service_exits_5_and_charges_nothing(tmp_path):
+    env = base_env(tmp_path) | {"BULKGEN_API_URL": f"http://127.0.0.1:{free_port()}"}
+    bulk_id = run_cli(["submit", str(write_file(tmp_path, "f.yaml", 10, "T"))], env).out.strip()
+    result = run_cli(["run", "--give-up", "0.3"], env)
+    assert result.code == 5
+    assert "could not be reached for 0.3 s" in result.err and "Traceback" not in result.err
+    doc = json.loads(run_cli(["status", bulk_id, "--json"], env).out)
+    assert all(j["status"] == "queued" and j["attempts"] == 0 for j in doc["jobs"])
+
+
+def test_forever_picks_up_new_work_and_stops_on_sigterm(tmp_path):
+    import signal
+
+    from tests.conftest import wait_for
+
+    env = base_env(tmp_path)
+    proc = spawn(["run", "--forever"], env)
+    try:
+        bulk_id = run_cli(["submit", str(write_file(tmp_path, "f.yaml", 10, "Late"))], env).out.strip()
+
+        def done():
+            doc = json.loads(run_cli(["status", bulk_id, "--json"], env).out)
+            return doc["bulk_job"]["status"] == "completed"
+
+        wait_for(done, timeout=30, interval=0.2, what="the forever processor to finish the job")
+        assert proc.poll() is None  # still waiting for more work
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+
+
+def test_sigint_mid_request_hands_the_item_back_uncharged(tmp_path):
+    import signal
+
+    from tests.conftest import wait_for
+
+    service = ReferenceService().start()
+    try:
+        env = base_env(tmp_path) | {"BULKGEN_API_URL": service.url}
+        path = tmp_path / "f.yaml"
+        path.write_text("items:\n  - topic: Hangs [hang]\n" + "".join(f"  - topic: T{i}\n" for i in range(9)))
+        bulk_id = run_cli(["submit", str(path)], env).out.strip()
+        proc = spawn(["run"], env)
+        wait_for(lambda: service.stats()["in_flight"] == 1, timeout=20, what="the request to start")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+        assert proc.returncode == 130, err
+        wait_for(lambda: service.stats()["requests"][0]["outcome"] == "closed-by-client", timeout=5,
+                 what="the service to see the connection closed")
+    finally:
+        service.stop()
+    doc = json.loads(run_cli(["status", bulk_id, "--json"], env).out)
+    first = doc["jobs"][0]
+    assert first["status"] == "queued" and first["attempts"] == 0
+    assert doc["bulk_job"]["completed_items"] == 0
+    assert "went back to the queue" in err

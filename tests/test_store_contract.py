@@ -96,6 +96,16 @@ def test_claim_order_is_fifo_across_jobs(store):
     assert store.claim_next("p1", LEASE, utcnow()) is None
 
 
+def test_no_claim_while_an_item_is_in_flight(store):
+    bulk = submit(store)
+    held = store.claim_next("stalled", LEASE, utcnow())
+    # Another owner (who took the processor lease over) must not start a second item.
+    assert store.claim_next("p2", LEASE, utcnow()) is None
+    assert store.claim_next("p2", LEASE, utcnow(), max_in_flight=2) is not None
+    assert sum(i.status == "processing" for i in store.list_items(bulk.id)) == 2
+    assert held is not None
+
+
 def test_claim_marks_bulk_processing_once(store):
     bulk = submit(store)
     now = utcnow()
@@ -116,6 +126,7 @@ def test_claim_skips_paused_and_cancelled_jobs(store):
     assert store.set_bulk_state(cancelled.id, [BulkStatus.queued], BulkStatus.cancelled, t0)
     item = store.claim_next("p1", LEASE, utcnow())
     assert item.bulk_job_id == live.id
+    store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), utcnow())
     # Resumed, the paused job's items come first again: it is older.
     assert store.set_bulk_state(paused.id, [BulkStatus.paused], BulkStatus.queued, t0)
     assert store.claim_next("p1", LEASE, utcnow()).bulk_job_id == paused.id

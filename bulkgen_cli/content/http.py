@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.utils
 import json
 import re
+import socket
 import threading
 import time
 from typing import Any
@@ -52,17 +53,28 @@ class HttpGenerator:
         headers = {"User-Agent": f"bulkgen/{__version__}", "Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        self._headers = headers
-        self._lock = threading.Lock()
-        self._client = self._new_client()
-        self._aborted = False
-
-    def _new_client(self) -> httpx.Client:
-        return httpx.Client(
-            headers=self._headers,
+        # One connection per request (a generation takes minutes; a handshake is
+        # nothing beside it): the trace hook then always sees the socket that
+        # abort() must shut.
+        self._client = httpx.Client(
+            headers=headers,
             timeout=httpx.Timeout(self.timeout, connect=min(CONNECT_TIMEOUT, self.timeout)),
+            limits=httpx.Limits(max_keepalive_connections=0),
             follow_redirects=False,
         )
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+        self._aborted = False
+
+    def _trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpx's public trace hook: note the request's socket as soon as it connects."""
+        if event == "connection.connect_tcp.complete":
+            sock = info["return_value"].get_extra_info("socket")
+            with self._lock:
+                self._socket = sock
+                aborted = self._aborted
+            if aborted:
+                _shut(sock)
 
     def url_for(self, mode: str) -> str:
         return f"{self.api_url}/api/content/generate/{mode}"
@@ -76,22 +88,22 @@ class HttpGenerator:
 
     def generate(self, item: Item) -> Reply:
         with self._lock:
-            client = self._client
+            self._socket = None
             self._aborted = False
         started = time.monotonic()
         try:
-            response = client.post(self.url_for(item.mode), json=request_body(item))
-        except httpx.ConnectTimeout as exc:
-            return Reply(ReplyKind.unreachable, error=self._scrub(f"cannot connect to {self.api_url}: timed out ({exc})"))
-        except httpx.ConnectError as exc:
+            response = self._client.post(
+                self.url_for(item.mode), json=request_body(item), extensions={"trace": self._trace}
+            )
+        except httpx.TransportError as exc:
             if self._aborted:
                 return Reply(ReplyKind.aborted, error="request aborted")
-            return Reply(ReplyKind.unreachable, error=self._scrub(f"cannot connect to {self.api_url}: {exc}"))
-        except httpx.TimeoutException:
-            return Reply(ReplyKind.transient, error=f"no reply within the {self.timeout:g} s timeout")
-        except (httpx.TransportError, RuntimeError) as exc:
-            if self._aborted:
-                return Reply(ReplyKind.aborted, error="request aborted")
+            if isinstance(exc, httpx.ConnectTimeout):
+                return Reply(ReplyKind.unreachable, error=self._scrub(f"cannot connect to {self.api_url}: timed out"))
+            if isinstance(exc, httpx.ConnectError):
+                return Reply(ReplyKind.unreachable, error=self._scrub(f"cannot connect to {self.api_url}: {exc}"))
+            if isinstance(exc, httpx.TimeoutException):
+                return Reply(ReplyKind.transient, error=f"no reply within the {self.timeout:g} s timeout")
             return Reply(ReplyKind.transient, error=self._scrub(f"connection failed: {exc or type(exc).__name__}"))
         meta = {"status_code": response.status_code, "seconds": round(time.monotonic() - started, 3)}
         return self._sort(response, meta)
@@ -131,8 +143,17 @@ class HttpGenerator:
         """Close the connection under an in-flight request (called from another thread)."""
         with self._lock:
             self._aborted = True
-            old, self._client = self._client, self._new_client()
-        old.close()
+            sock = self._socket
+        if sock is not None:
+            _shut(sock)
 
     def close(self) -> None:
         self._client.close()
+
+
+def _shut(sock: socket.socket) -> None:
+    """Shut a socket down under a thread blocked on it: its read returns at once."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

@@ -68,8 +68,14 @@ class Store(ABC):
     # -- the processor's verbs -----------------------------------------------
 
     @abstractmethod
-    def claim_next(self, owner: str, lease_seconds: float, now: dt.datetime) -> Item | None:
+    def claim_next(
+        self, owner: str, lease_seconds: float, now: dt.datetime, max_in_flight: int = 1
+    ) -> Item | None:
         """Atomically take the next item, or None when nothing is claimable.
+
+        Nothing is taken while `max_in_flight` items are already `processing`
+        anywhere in the store (invariant 2 holds even in the moment a lease
+        passes from a stalled processor to another).
 
         Order (invariant 4): oldest bulk job first, then queue_position. Items of
         paused and cancelled bulk jobs are never taken: a pause that committed

@@ -320,7 +320,16 @@ class MongoStore(Store):
     # -- the processor's verbs -------------------------------------------------
 
     @_unavailable
-    def claim_next(self, owner: str, lease_seconds: float, now: dt.datetime) -> Item | None:
+    def claim_next(
+        self, owner: str, lease_seconds: float, now: dt.datetime, max_in_flight: int = 1
+    ) -> Item | None:
+        # Not atomic with the claim below: the processor lease serialises claims;
+        # this covers the moment a lease passes on while an item is still held.
+        in_flight = self.items.count_documents(
+            {"status": ItemStatus.processing.value}, limit=max_in_flight
+        )
+        if in_flight >= max_in_flight:
+            return None
         expires = now + dt.timedelta(seconds=lease_seconds)
         claimable = [s.value for s in CLAIMABLE_BULK]
         bulks = self.bulks.find(

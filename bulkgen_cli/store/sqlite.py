@@ -291,9 +291,16 @@ class SqliteStore(Store):
     # -- the processor's verbs -------------------------------------------------
 
     @_unavailable
-    def claim_next(self, owner: str, lease_seconds: float, now: dt.datetime) -> Item | None:
+    def claim_next(
+        self, owner: str, lease_seconds: float, now: dt.datetime, max_in_flight: int = 1
+    ) -> Item | None:
         claimable = tuple(s.value for s in CLAIMABLE_BULK)
         with self._tx() as db:
+            in_flight = db.execute(
+                "SELECT count(*) FROM generation_jobs WHERE status = 'processing'"
+            ).fetchone()[0]
+            if in_flight >= max_in_flight:
+                return None
             row = db.execute(
                 "SELECT i.id, i.bulk_job_id FROM bulk_jobs b"
                 " JOIN generation_jobs i ON i.bulk_job_id = b.id AND i.status = 'queued'"
