@@ -108,14 +108,18 @@ def utcnow() -> dt.datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+def later(now: dt.datetime, seconds: float) -> dt.datetime:
+    """`now` plus `seconds`, to the millisecond (what MongoDB keeps)."""
+    return now + dt.timedelta(milliseconds=round(seconds * 1000))
+
+
 def estimate_completion(
     now: dt.datetime, pending: int, mean_seconds: float | None, seconds_between: float
 ) -> dt.datetime | None:
     """ETA: the mean duration of finished items, plus the delay, for each pending item."""
     if not pending or mean_seconds is None:
         return None
-    ms = round(pending * (mean_seconds + seconds_between) * 1000)
-    return now + dt.timedelta(milliseconds=ms)
+    return later(now, pending * (mean_seconds + seconds_between))
 
 
 def iso(value: dt.datetime | None) -> str | None:

@@ -9,6 +9,7 @@ import pytest
 
 from bulkgen_cli.model import BulkJob, BulkStatus, new_id, utcnow
 from bulkgen_cli.store.base import Store
+from tests.cli_helpers import cli  # noqa: F401  (a fixture, shared by the CLI tests)
 
 MONGO_URI = os.environ.get("BULKGEN_TEST_MONGO_URI")
 

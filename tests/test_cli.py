@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.cli_helpers import EXAMPLES, base_env, cli, run_cli  # noqa: F401  (cli is a fixture)
+from tests.cli_helpers import EXAMPLES, base_env, run_cli
 
 BULK_KEYS = {
     "id", "name", "mode", "status", "userId", "total_items", "completed_items", "failed_items",

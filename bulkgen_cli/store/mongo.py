@@ -34,6 +34,7 @@ from bulkgen_cli.model import (
     ItemStatus,
     Outcome,
     estimate_completion,
+    later,
     summarize_errors,
 )
 from bulkgen_cli.store.base import PROCESSOR_LEASE, Lease, Store, lease_lost_error
@@ -271,7 +272,7 @@ class MongoStore(Store):
                     {"_id": key_id, "bulk_job_id": oid, "created_at": bulk.created_at}
                 )
                 return None
-            except DuplicateKeyError:
+            except DuplicateKeyError:  # the key is taken: look at who has it
                 claim = self.keys.find_one({"_id": key_id})
                 if claim is None:
                     continue
@@ -283,7 +284,7 @@ class MongoStore(Store):
                     raise StoreUnavailable(
                         "another submit with this idempotency key is still being stored; "
                         "try again in a minute."
-                    )
+                    ) from None
                 # A submit that died before storing its bulk job: take its key over.
                 self.keys.delete_one({"_id": key_id, "bulk_job_id": claim["bulk_job_id"]})
         raise StoreUnavailable("could not reserve the idempotency key; try again.")
@@ -330,7 +331,7 @@ class MongoStore(Store):
         )
         if in_flight >= max_in_flight:
             return None
-        expires = now + dt.timedelta(seconds=lease_seconds)
+        expires = later(now, lease_seconds)
         claimable = [s.value for s in CLAIMABLE_BULK]
         bulks = self.bulks.find(
             {"status": {"$in": claimable}}, {"_id": 1, "status": 1, "started_at": 1}
@@ -380,7 +381,7 @@ class MongoStore(Store):
 
     @_unavailable
     def heartbeat(self, item_id: str, owner: str, lease_seconds: float, now: dt.datetime) -> bool:
-        expires = now + dt.timedelta(seconds=lease_seconds)
+        expires = later(now, lease_seconds)
         return self._held(item_id, owner, {"$set": {"lease_expires_at": expires}})
 
     @_unavailable
@@ -552,7 +553,7 @@ class MongoStore(Store):
     def acquire_processor_lease(
         self, owner: str, seconds: float, now: dt.datetime, host: str, pid: int
     ) -> bool:
-        expires = now + dt.timedelta(seconds=seconds)
+        expires = later(now, seconds)
         renewed = self.leases.update_one(
             {"_id": PROCESSOR_LEASE, "owner": owner}, {"$set": {"expires_at": expires}}
         )

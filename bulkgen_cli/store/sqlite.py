@@ -28,6 +28,7 @@ from bulkgen_cli.model import (
     Outcome,
     estimate_completion,
     iso,
+    later,
     new_id,
     summarize_errors,
 )
@@ -310,7 +311,7 @@ class SqliteStore(Store):
             ).fetchone()
             if row is None:
                 return None
-            expires = iso(now + dt.timedelta(seconds=lease_seconds))
+            expires = iso(later(now, lease_seconds))
             db.execute(
                 "UPDATE generation_jobs SET status = 'processing', lease_owner = ?,"
                 " lease_expires_at = ?, started_at = ?, attempts = attempts + 1, error = NULL"
@@ -335,7 +336,7 @@ class SqliteStore(Store):
 
     @_unavailable
     def heartbeat(self, item_id: str, owner: str, lease_seconds: float, now: dt.datetime) -> bool:
-        expires = iso(now + dt.timedelta(seconds=lease_seconds))
+        expires = iso(later(now, lease_seconds))
         return self._held(
             "UPDATE generation_jobs SET lease_expires_at = ?", (expires, item_id, owner)
         )
@@ -479,7 +480,7 @@ class SqliteStore(Store):
     def acquire_processor_lease(
         self, owner: str, seconds: float, now: dt.datetime, host: str, pid: int
     ) -> bool:
-        expires = iso(now + dt.timedelta(seconds=seconds))
+        expires = iso(later(now, seconds))
         with self._tx() as db:
             row = db.execute(
                 "SELECT owner, expires_at FROM leases WHERE name = ?", (PROCESSOR_LEASE,)
