@@ -63,6 +63,11 @@ class _Field:
     line: int | None
 
 
+_Rows = list[tuple[int | None, dict[str, "_Field"]]]
+#: What a reader gives back: mode, name, defaults, and (line, fields) per item.
+_Read = tuple[Mode | None, str | None, dict[str, "_Field"], _Rows]
+
+
 class _TooBig(Exception):
     pass
 
@@ -280,7 +285,7 @@ class _Converter:
         return out
 
 
-def _read_yaml(text: str, problems: _Problems) -> tuple[Mode | None, str | None, list[tuple[int | None, dict[str, _Field]]]]:
+def _read_yaml(text: str, problems: _Problems) -> _Read:
     try:
         loader = yaml.SafeLoader(text)
     except yaml.YAMLError as exc:  # the reader refuses control characters up front
@@ -311,7 +316,7 @@ def _read_yaml(text: str, problems: _Problems) -> tuple[Mode | None, str | None,
         loader.dispose()
 
 
-def _yaml_document(root: Node | None, conv: _Converter, problems: _Problems):
+def _yaml_document(root: Node | None, conv: _Converter, problems: _Problems) -> _Read:
     shape = "an articles file is a mapping with 'items:' (and optional 'mode:', 'name:', 'defaults:') or a list of items"
     if root is None:
         problems.add(f"is empty; {shape}.")
@@ -366,7 +371,7 @@ def _yaml_document(root: Node | None, conv: _Converter, problems: _Problems):
 # -- CSV ----------------------------------------------------------------------
 
 
-def _read_csv(text: str, problems: _Problems):
+def _read_csv(text: str, problems: _Problems) -> _Read:
     rows: list[tuple[int | None, dict[str, _Field]]] = []
     mode: Mode | None = None
     mode_line: int | None = None
@@ -437,7 +442,7 @@ def _csv_value(column: str, cell: str, problems: _Problems, number: int, line: i
 # -- one article ----------------------------------------------------------------
 
 
-def _check_keys(value: Any, problems: _Problems, number: int, line: int | None, depth: int = 0) -> None:
+def _check_keys(value: Any, problems: _Problems, number: int | None, line: int | None, depth: int = 0) -> None:
     """Refuse '$' and '.' keys at any depth of a value (CSV extra; YAML checked on the way in)."""
     if depth > MAX_DEPTH:
         problems.add(f"nests deeper than {MAX_DEPTH} levels.", number, line, "extra")

@@ -66,7 +66,7 @@ class ReferenceService:
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> ReferenceService:
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)

@@ -111,7 +111,7 @@ class MongoStore(Store):
     @classmethod
     def from_url(cls, url: str, timeout_ms: int = 5000) -> MongoStore:
         try:
-            client = pymongo.MongoClient(
+            client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
                 url, tz_aware=True, serverSelectionTimeoutMS=timeout_ms, appname="bulkgen"
             )
             db_name = client.get_default_database("bulkgen").name
