@@ -60,6 +60,9 @@ BackoffOpt = Annotated[Optional[float], typer.Option("--backoff", min=0, metavar
                        "doubling, with jitter. [env: BULKGEN_BACKOFF; default: 2]", show_default=False)]
 LeaseOpt = Annotated[Optional[float], typer.Option("--lease", min=1, metavar="SECONDS", help="Seconds a processor's claim lasts "
                      "unless renewed. [env: BULKGEN_LEASE_SECONDS; default: 60]", show_default=False)]
+GraceOpt = Annotated[Optional[float], typer.Option("--grace", min=0, metavar="SECONDS", help="After Ctrl-C or "
+                     "SIGTERM, how long the request in flight may still finish (a second Ctrl-C aborts it). "
+                     "[env: BULKGEN_GRACE; default: 10]", show_default=False)]
 GiveUpOpt = Annotated[Optional[float], typer.Option("--give-up", min=0, metavar="SECONDS", help="Exit 5 after the content service "
                       "is unreachable this long. [env: BULKGEN_GIVE_UP; default: 600]", show_default=False)]
 
@@ -130,6 +133,7 @@ def submit(
     backoff: BackoffOpt = None,
     lease: LeaseOpt = None,
     give_up: GiveUpOpt = None,
+    grace: GraceOpt = None,
 ) -> None:
     """Validate an articles file and queue it as one bulk job; print its id.
 
@@ -138,7 +142,7 @@ def submit(
     from bulkgen_cli import manifest, settings
 
     parsed = manifest.load(file, mode)
-    run_settings = settings.RunSettings.resolve(api_url, delay, timeout, max_retries, backoff, lease, give_up) if wait else None
+    run_settings = settings.RunSettings.resolve(api_url, delay, timeout, max_retries, backoff, lease, give_up, grace) if wait else None
     with _open(store) as db:
         _submit(db, file, parsed, run_settings, name, user, idempotency_key, wait, json_)
 
@@ -182,8 +186,7 @@ def _submit(db: Any, file: Path, parsed: Any, run_settings: Any, name: str | Non
         print_json({"bulk_job_id": final.id, "total_items": final.total_items, "status": final.status,
                     "completed_items": final.completed_items, "failed_items": final.failed_items,
                     "cancelled_items": final.cancelled_items})
-    ok = final.status == BulkStatus.completed.value and final.completed_items == final.total_items
-    raise typer.Exit(0 if ok else 1)
+    raise typer.Exit(_ended_code(final))
 
 
 @app.command(epilog=EXIT_CODES)
@@ -198,6 +201,7 @@ def run(
     backoff: BackoffOpt = None,
     lease: LeaseOpt = None,
     give_up: GiveUpOpt = None,
+    grace: GraceOpt = None,
 ) -> None:
     """Process queued items one at a time until none is left.
 
@@ -209,7 +213,7 @@ def run(
     """
     from bulkgen_cli import settings
 
-    run_settings = settings.RunSettings.resolve(api_url, delay, timeout, max_retries, backoff, lease, give_up)
+    run_settings = settings.RunSettings.resolve(api_url, delay, timeout, max_retries, backoff, lease, give_up, grace)
     with _open(store) as db:
         _process(db, run_settings, forever=forever)
 
@@ -272,6 +276,101 @@ def list_(
     Console(highlight=False).print(render.list_table(bulks))
 
 
+def _control(action_name: str, bulk_id: str, store: str | None, user: str | None, all_users: bool,
+             json_: bool) -> None:
+    from bulkgen_cli import control, render
+
+    action = control.Action(action_name)
+    with _open(store) as db:
+        _visible_bulk(db, bulk_id, user, all_users)
+        result = control.apply(db, action, bulk_id)
+        items = db.list_items(bulk_id) if json_ else []
+    if json_:
+        render.print_json(render.status_document(result.bulk, items))
+        return
+    bulk = result.bulk
+    if not result.changed:
+        note(f"Bulk job {bulk.id} is already {bulk.status}; nothing to do.")
+        return
+    follow_up = {
+        control.Action.pause: "No new item of it starts; an item in flight finishes and is recorded.",
+        control.Action.resume: "It is back in the queue at its old place; `bulkgen run` continues it.",
+        control.Action.cancel: "Its queued items are cancelled; an item in flight is aborted.",
+        control.Action.retry_failed: "Its failed items are queued again; `bulkgen run` processes them.",
+    }[action]
+    note(f"Bulk job {bulk.id}: {result.previous.value} -> {bulk.status}. {follow_up}")
+    note(render.summary_line(bulk), "dim")
+
+
+ControlId = Annotated[str, typer.Argument(metavar="BULK_ID", help="The bulk job's id.", show_default=False)]
+
+
+@app.command(epilog=EXIT_CODES)
+def pause(bulk_id: ControlId, store: StoreOpt = None, user: UserOpt = None, all_users: AllUsersOpt = False,
+          json_: JsonOpt = False) -> None:
+    """Pause a bulk job: no new item of it starts; the one in flight finishes.
+
+    Pausing a paused job does nothing (exit 0); a completed or cancelled job
+    cannot be paused (exit 4). Example: bulkgen pause 6650c0ffee0123456789abcd
+    """
+    _control("pause", bulk_id, store, user, all_users, json_)
+
+
+@app.command(epilog=EXIT_CODES)
+def resume(bulk_id: ControlId, store: StoreOpt = None, user: UserOpt = None, all_users: AllUsersOpt = False,
+           json_: JsonOpt = False) -> None:
+    """Resume a paused bulk job at its old place in the queue.
+
+    Example: bulkgen resume 6650c0ffee0123456789abcd && bulkgen run
+    """
+    _control("resume", bulk_id, store, user, all_users, json_)
+
+
+@app.command(epilog=EXIT_CODES)
+def cancel(bulk_id: ControlId, store: StoreOpt = None, user: UserOpt = None, all_users: AllUsersOpt = False,
+           json_: JsonOpt = False) -> None:
+    """Cancel a bulk job: queued items are cancelled, the one in flight is aborted.
+
+    Cancel is final. Example: bulkgen cancel 6650c0ffee0123456789abcd --json
+    """
+    _control("cancel", bulk_id, store, user, all_users, json_)
+
+
+@app.command("retry-failed", epilog=EXIT_CODES)
+def retry_failed(bulk_id: ControlId, store: StoreOpt = None, user: UserOpt = None,
+                 all_users: AllUsersOpt = False, json_: JsonOpt = False) -> None:
+    """Queue the failed items of a completed bulk job again.
+
+    Example: bulkgen retry-failed 6650c0ffee0123456789abcd && bulkgen run
+    """
+    _control("retry-failed", bulk_id, store, user, all_users, json_)
+
+
+@app.command(epilog=EXIT_CODES)
+def watch(bulk_id: ControlId, store: StoreOpt = None, user: UserOpt = None, all_users: AllUsersOpt = False,
+          json_: JsonOpt = False) -> None:
+    """Show one bulk job's progress until it ends, processing nothing.
+
+    Exit 0 when every item completed, 1 otherwise. With --json, prints the
+    final status document. Example: bulkgen watch 6650c0ffee0123456789abcd
+    """
+    from bulkgen_cli import render
+    from bulkgen_cli.watch import follow
+
+    with _open(store) as db:
+        _visible_bulk(db, bulk_id, user, all_users)
+        with render.run_view() as view:
+            final = follow(db, bulk_id, view)
+        if json_:
+            render.print_json(render.status_document(final, db.list_items(bulk_id)))
+    raise typer.Exit(_ended_code(final))
+
+
+def _ended_code(bulk: BulkJob) -> int:
+    ok = bulk.status == BulkStatus.completed.value and bulk.completed_items == bulk.total_items
+    return 0 if ok else 1
+
+
 # -- processing ---------------------------------------------------------------------
 
 
@@ -325,7 +424,7 @@ def _process(db: Any, run_settings: Any, forever: bool = False, until_bulk: str 
             finally:
                 generator.close()
     if received:
-        note("Stopped; the item in flight went back to the queue.", "yellow")
+        note("Stopped. Nothing is left in flight: an unfinished item went back to the queue.", "yellow")
         raise _Stopped(received["code"])
     if until_bulk:
         final = db.get_bulk(until_bulk)

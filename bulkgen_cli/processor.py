@@ -24,16 +24,30 @@ from typing import Callable
 
 from bulkgen_cli.content import Generator, Reply, ReplyKind, content_text, count_words
 from bulkgen_cli.errors import ServiceUnavailable
-from bulkgen_cli.model import BulkJob, Counts, Item, ItemStatus, Outcome, iso, utcnow
+from bulkgen_cli.model import (
+    ACTIVE_BULK,
+    CLAIMABLE_BULK,
+    BulkJob,
+    BulkStatus,
+    Counts,
+    Item,
+    ItemStatus,
+    Outcome,
+    iso,
+    utcnow,
+)
 from bulkgen_cli.settings import RunSettings
 from bulkgen_cli.store.base import Store
 
+CLAIMABLE_STATUSES = {s.value for s in CLAIMABLE_BULK}
 #: Idle polling backs off from the first value to the second (seconds).
 POLL_MIN, POLL_MAX = 0.2, 5.0
 #: Waiting on a dead processor's lease or an unreachable service backs off to this.
 WAIT_MAX = 30.0
 #: How often a waiting request checks for a stop.
-STOP_POLL = 0.2
+STOP_POLL = 0.1
+#: How often a request in flight checks that its item is still held (not cancelled).
+HELD_POLL = 0.5
 
 
 # -- events: what the processor reports -----------------------------------------
@@ -62,8 +76,25 @@ class ItemRetrying:
 
 
 @dataclass(frozen=True)
+class ItemLost:
+    """The item stopped being this processor's mid-request: cancelled, or its lease passed on."""
+
+    item: Item
+    reason: str
+
+
+@dataclass(frozen=True)
 class BulkEnded:
     bulk: BulkJob
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What another processor is doing, for a run that attached instead of processing."""
+
+    bulks: list[BulkJob]
+    in_flight: list[Item]
+    holder: str
 
 
 @dataclass(frozen=True)
@@ -72,7 +103,7 @@ class Waiting:
     seconds: float
 
 
-Event = ItemStarted | ItemFinished | ItemRetrying | BulkEnded | Waiting
+Event = ItemStarted | ItemFinished | ItemRetrying | ItemLost | BulkEnded | Waiting | Snapshot
 
 
 class Step(str, Enum):
@@ -112,12 +143,28 @@ class Processor:
         self._pool: ThreadPoolExecutor | None = None
         self._random = random.Random()
         self._forever = False
+        self._hard_stop = False
+        self._stop_at = 0.0
 
     # -- control ---------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stop taking work; the item in flight is handed back (safe from a signal handler)."""
-        self._stop.set()
+        """Stop taking work (safe from a signal handler).
+
+        The request in flight may finish within `grace` seconds and is recorded;
+        past that, or on a second stop, it is aborted and its item goes back to
+        the queue without counting the try.
+        """
+        if self._stop.is_set():
+            self._hard_stop = True
+        else:
+            self._stop_at = time.monotonic()
+            self._stop.set()
+
+    def _abort_now(self) -> bool:
+        return self.stopping and (
+            self._hard_stop or time.monotonic() - self._stop_at >= self.settings.grace
+        )
 
     @property
     def stopping(self) -> bool:
@@ -160,11 +207,9 @@ class Processor:
                     continue
                 unreachable_wait = self.settings.backoff or 1.0
                 if step is Step.busy:
-                    if not busy_reported:
-                        lease = self.store.processor_lease()
-                        who = f"{lease.host} pid {lease.pid}" if lease else "another process"
-                        self.on_event(Waiting(f"another processor ({who}) is running", self._lease_poll()))
-                        busy_reported = True
+                    if not self._watch_other(report=not busy_reported) and until_idle and until is None:
+                        return  # attached, and the queue went idle
+                    busy_reported = True
                     self._sleep(self._lease_poll())
                     continue
                 if step is Step.idle:
@@ -181,6 +226,17 @@ class Processor:
                     idle_wait = min(idle_wait * 2, POLL_MAX)
         finally:
             self.release()
+
+    def _watch_other(self, report: bool) -> bool:
+        """While another processor holds the lease: show what it does. False when idle."""
+        lease = self.store.processor_lease()
+        who = f"{lease.host} pid {lease.pid}" if lease else "another process"
+        if report:
+            self.on_event(Waiting(f"another processor ({who}) is running; attached to it", self._lease_poll()))
+        bulks = self.store.list_bulks(None, 100, ACTIVE_BULK)
+        in_flight = self.store.in_flight()
+        self.on_event(Snapshot(bulks, in_flight, who))
+        return bool(in_flight) or any(b.status in CLAIMABLE_STATUSES for b in bulks)
 
     def release(self) -> None:
         if self.holding:
@@ -235,10 +291,18 @@ class Processor:
         while True:
             if self.stopping:
                 return self._hand_back(item)
+            if attempt > item.attempts or rate_limited_for:
+                # A retry: not if a pause or cancel came meanwhile.
+                current = self.store.get_bulk(item.bulk_job_id)
+                if current is None or current.status not in CLAIMABLE_STATUSES:
+                    paused = current is not None and current.status == BulkStatus.paused.value
+                    # The failed tries stay counted; the one not made is not.
+                    self.store.release_item(item.id, self.owner, charge=False)
+                    return Step.released if paused else self._lost(item)
             self._pace()
             reply = self._call(item)
             if reply is None:
-                return Step.released  # the lease went to another processor
+                return self._lost(item)
             if reply.kind is ReplyKind.ok:
                 outcome = Outcome(ItemStatus.completed, result=self._result(reply, started))
                 break
@@ -278,6 +342,12 @@ class Processor:
             return Step.released
         self._refresh(item.bulk_job_id, finished=(item, outcome, time.monotonic() - started))
         return Step.done
+
+    def _lost(self, item: Item) -> Step:
+        bulk = self.store.get_bulk(item.bulk_job_id)
+        cancelled = bulk is not None and bulk.status == BulkStatus.cancelled.value
+        self.on_event(ItemLost(item, "its bulk job was cancelled" if cancelled else "another processor took it over"))
+        return Step.released
 
     def _hand_back(self, item: Item) -> Step:
         self.store.release_item(item.id, self.owner)
@@ -345,6 +415,7 @@ class Processor:
             future = self._pool.submit(self.generator.generate, item)
             beat_every = self.settings.lease / 3
             next_beat = time.monotonic() + beat_every
+            next_check = time.monotonic() + HELD_POLL
             lost = False
             while True:
                 try:
@@ -352,11 +423,16 @@ class Processor:
                     return None if lost else reply
                 except FutureTimeout:
                     pass
-                if self.stopping or lost:
+                now = time.monotonic()
+                if lost or self._abort_now():
                     # Repeated each poll: an abort that raced the request's start is not lost.
                     self.generator.abort()
-                elif time.monotonic() >= next_beat:
-                    next_beat += beat_every
+                elif now >= next_beat:
+                    next_beat = now + beat_every
+                    next_check = now + HELD_POLL
                     lost = not self._heartbeat(item)
+                elif now >= next_check:
+                    next_check = now + HELD_POLL
+                    lost = not self.store.is_held(item.id, self.owner)
         finally:
             self._last_request_end = time.monotonic()

@@ -178,6 +178,7 @@ class PlainView:
     def __init__(self, out: TextIO | None = None):
         self.out = out or sys.stderr
         self.items_done = 0
+        self.seen: dict[str, tuple[str, int, int, int]] = {}
 
     def __enter__(self) -> PlainView:
         return self
@@ -210,6 +211,15 @@ class PlainView:
                       f"{b.failed_items} failed, {b.cancelled_items} cancelled")
         elif isinstance(event, p.Waiting):
             self.line(f"waiting: {event.reason} (next check in {event.seconds:.1f}s)")
+        elif isinstance(event, p.ItemLost):
+            self.line(f"#{event.item.queue_position} {short(event.item.label, 50)!r} stopped: {event.reason}")
+        elif isinstance(event, p.Snapshot):
+            for b in event.bulks:
+                state = (b.status, b.completed_items, b.failed_items, b.cancelled_items)
+                if self.seen.get(b.id) != state:
+                    self.seen[b.id] = state
+                    self.line(f"{b.id} {b.status}: {b.completed_items} of {b.total_items} completed, "
+                              f"{b.failed_items} failed, {b.cancelled_items} cancelled")
 
 
 class LiveView(PlainView):
@@ -276,6 +286,11 @@ class LiveView(PlainView):
                           f"{short(event.outcome.error, 120)}")
         elif isinstance(event, p.BulkEnded):
             self._update(event.bulk, event.bulk.status)
+        elif isinstance(event, p.Snapshot):
+            current = {i.bulk_job_id: f"#{i.queue_position} {short(i.label, 40)}" for i in event.in_flight}
+            for bulk in event.bulks:
+                label = current.get(bulk.id) or (bulk.status if bulk.status != "processing" else "")
+                self._update(bulk, label)
         else:
             super().__call__(event)
 
@@ -283,3 +298,8 @@ class LiveView(PlainView):
 def run_view() -> PlainView:
     """The live view on a terminal, plain lines otherwise."""
     return LiveView() if sys.stderr.isatty() else PlainView()
+
+
+def summary_line(bulk: BulkJob) -> str:
+    return (f"{bulk.id} {bulk.status}: {bulk.completed_items} of {bulk.total_items} completed, "
+            f"{bulk.failed_items} failed, {bulk.cancelled_items} cancelled")

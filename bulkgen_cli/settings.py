@@ -22,6 +22,7 @@ ENV_MAX_RETRIES = "BULKGEN_MAX_RETRIES"
 ENV_BACKOFF = "BULKGEN_BACKOFF"
 ENV_LEASE = "BULKGEN_LEASE_SECONDS"
 ENV_GIVE_UP = "BULKGEN_GIVE_UP"
+ENV_GRACE = "BULKGEN_GRACE"
 
 
 def default_store_url() -> str:
@@ -88,6 +89,8 @@ class RunSettings:
     backoff: float = 2.0
     lease: float = 60.0
     give_up: float = 600.0
+    #: after SIGINT/SIGTERM, how long the request in flight may still take
+    grace: float = 10.0
 
     @property
     def max_attempts(self) -> int:
@@ -103,6 +106,7 @@ class RunSettings:
         backoff: float | None = None,
         lease: float | None = None,
         give_up: float | None = None,
+        grace: float | None = None,
     ) -> RunSettings:
         url = pick(api_url, ENV_API_URL, str, "") or None
         if url is not None and not url.startswith(("http://", "https://")):
@@ -116,6 +120,7 @@ class RunSettings:
             backoff=pick(backoff, ENV_BACKOFF, seconds(), 2.0),
             lease=pick(lease, ENV_LEASE, seconds(1.0), 60.0),
             give_up=pick(give_up, ENV_GIVE_UP, seconds(), 600.0),
+            grace=pick(grace, ENV_GRACE, seconds(), 10.0),
         )
         if settings.lease < 1.0:
             raise UsageError(f"--lease must be at least 1 second, got {settings.lease:g}.")

@@ -107,7 +107,7 @@ def test_sigint_mid_request_hands_the_item_back_uncharged(tmp_path):
         path = tmp_path / "f.yaml"
         path.write_text("items:\n  - topic: Hangs [hang]\n" + "".join(f"  - topic: T{i}\n" for i in range(9)))
         bulk_id = run_cli(["submit", str(path)], env).out.strip()
-        proc = spawn(["run"], env)
+        proc = spawn(["run", "--grace", "0.3"], env)
         wait_for(lambda: service.stats()["in_flight"] == 1, timeout=20, what="the request to start")
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=10)
@@ -121,3 +121,29 @@ def test_sigint_mid_request_hands_the_item_back_uncharged(tmp_path):
     assert first["status"] == "queued" and first["attempts"] == 0
     assert doc["bulk_job"]["completed_items"] == 0
     assert "went back to the queue" in err
+
+
+def test_sigterm_lets_the_request_in_flight_finish(tmp_path):
+    import signal
+
+    from tests.conftest import wait_for
+
+    service = ReferenceService().start()
+    try:
+        env = base_env(tmp_path) | {"BULKGEN_API_URL": service.url}
+        path = tmp_path / "f.yaml"
+        path.write_text("items:\n  - topic: Slow [slow:1]\n" + "".join(f"  - topic: T{i}\n" for i in range(9)))
+        bulk_id = run_cli(["submit", str(path)], env).out.strip()
+        proc = spawn(["run"], env)  # default grace: 10 s
+        wait_for(lambda: service.stats()["in_flight"] == 1, timeout=20, what="the request to start")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 143, err
+        stats = service.stats()
+    finally:
+        service.stop()
+    assert [r["outcome"] for r in stats["requests"]] == ["ok"]  # no new request after the signal
+    doc = json.loads(run_cli(["status", bulk_id, "--json"], env).out)
+    assert doc["jobs"][0]["status"] == "completed" and doc["jobs"][0]["attempts"] == 1
+    assert [j["status"] for j in doc["jobs"][1:]] == ["queued"] * 9
+    assert doc["bulk_job"]["completed_items"] == 1

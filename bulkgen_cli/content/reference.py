@@ -13,7 +13,7 @@ per article, by directives in its text fields, so tests are deterministic:
     [refuse]                   {"success": false, "error": ...}
     [text]                     content is a plain string instead of {title, body}
     [slow:S]                   answer after S seconds
-    [hang]                     never answer; the time the client closes is recorded
+    [hang] or [hang:N]         never answer (the first N tries); the time the client closes is recorded
     [drop]                     close the connection without answering
 
 GET /_stats gives every request seen (job_id, start, end, outcome) and the
@@ -172,7 +172,8 @@ class ReferenceService:
         outcome = "ok"
         try:
             delay = float(directives["slow"][0]) if "slow" in directives else self.latency
-            if "hang" in directives:
+            hang = directives.get("hang")
+            if hang is not None and (hang[0] is None or tries <= int(hang[0])):
                 outcome = "closed-by-client" if handler.wait_for_close(3600) else "hang-timeout"
                 return
             if delay and handler.wait_for_close(delay):

@@ -17,6 +17,8 @@ from bulkgen_cli.model import BulkJob, BulkStatus, Counts, Item, Outcome
 
 #: The one processor lease that makes the whole store sequential (design §4).
 PROCESSOR_LEASE = "processor"
+#: The error kept on an item whose request was aborted by a cancel.
+CANCELLED_IN_FLIGHT = "cancelled while its request was in flight"
 
 
 @dataclass(frozen=True)
@@ -97,12 +99,22 @@ class Store(ABC):
         """Record a held item's end; False (nothing written) when `owner` lost it."""
 
     @abstractmethod
-    def release_item(self, item_id: str, owner: str) -> bool:
-        """Put a held item back in the queue at its place, without charging its try.
+    def release_item(self, item_id: str, owner: str, charge: bool = False) -> bool:
+        """Put a held item back in the queue at its place.
 
-        For a service that cannot be reached, a stop signal, or a claim that found
-        its bulk job paused. False when `owner` no longer holds it.
+        Without `charge` its current try is not counted (a service that cannot be
+        reached, a stop signal, a claim that found its bulk job paused); with it,
+        the try stays counted (a failed try before a pause). False when `owner`
+        no longer holds it.
         """
+
+    @abstractmethod
+    def is_held(self, item_id: str, owner: str) -> bool:
+        """Whether `owner` still holds the item (a read: cheap enough to poll)."""
+
+    @abstractmethod
+    def in_flight(self) -> list[Item]:
+        """Items being processed now, anywhere in the store."""
 
     @abstractmethod
     def requeue_expired(self, now: dt.datetime, max_attempts: int) -> list[str]:
@@ -139,6 +151,25 @@ class Store(ABC):
         now: dt.datetime,
     ) -> bool:
         """Change the bulk job's status only if it is in `allowed_from`."""
+
+    @abstractmethod
+    def cancel_bulk(self, bulk_id: str, now: dt.datetime) -> bool:
+        """Cancel a queued, processing or paused bulk job; True if this call did.
+
+        Its queued items and its item in flight become `cancelled` (the processor
+        holding that item sees it is no longer held and closes its request). On a
+        job already cancelled, the item sweep runs again, so repeating a cancel
+        that died half-way finishes it. The caller refreshes the counters.
+        """
+
+    @abstractmethod
+    def retry_failed(self, bulk_id: str, now: dt.datetime) -> int:
+        """Put a completed job's failed items back in the queue; the job becomes queued.
+
+        Each keeps its `retry_count` (+ 1) and starts a new round (`attempts` 0).
+        Returns how many items are queued again; 0 (nothing changed) unless the
+        job is `completed` with failed items.
+        """
 
     # -- the processor lease ---------------------------------------------------
 

@@ -37,7 +37,13 @@ from bulkgen_cli.model import (
     later,
     summarize_errors,
 )
-from bulkgen_cli.store.base import PROCESSOR_LEASE, Lease, Store, lease_lost_error
+from bulkgen_cli.store.base import (
+    CANCELLED_IN_FLIGHT,
+    PROCESSOR_LEASE,
+    Lease,
+    Store,
+    lease_lost_error,
+)
 
 BULK_JOBS = "bulk_jobs"
 GENERATION_JOBS = "generation_jobs"
@@ -366,7 +372,10 @@ class MongoStore(Store):
             # A pause or cancel may have committed between reading the bulk job and
             # the claim: check again, and hand the item back untouched if so.
             current = self.bulks.find_one({"_id": bulk["_id"]}, {"status": 1})
-            if current is None or current["status"] not in claimable:
+            if current is None or current["status"] == BulkStatus.cancelled.value:
+                self.finish_item(str(doc["_id"]), owner, Outcome(ItemStatus.cancelled), now)
+                continue
+            if current["status"] not in claimable:
                 self.release_item(str(doc["_id"]), owner)
                 continue
             return self._item(doc)
@@ -406,20 +415,82 @@ class MongoStore(Store):
         )
 
     @_unavailable
-    def release_item(self, item_id: str, owner: str) -> bool:
-        return self._held(
-            item_id,
-            owner,
+    def release_item(self, item_id: str, owner: str, charge: bool = False) -> bool:
+        update: dict[str, Any] = {
+            "$set": {
+                "status": ItemStatus.queued.value,
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "started_at": None,
+            }
+        }
+        if not charge:
+            update["$inc"] = {"attempts": -1}
+        return self._held(item_id, owner, update)
+
+    @_unavailable
+    def is_held(self, item_id: str, owner: str) -> bool:
+        doc = self.items.find_one(
+            {"_id": ObjectId(item_id), "status": ItemStatus.processing.value, "lease_owner": owner},
+            {"_id": 1},
+        )
+        return doc is not None
+
+    @_unavailable
+    def in_flight(self) -> list[Item]:
+        return [self._item(d) for d in self.items.find({"status": ItemStatus.processing.value})]
+
+    @_unavailable
+    def cancel_bulk(self, bulk_id: str, now: dt.datetime) -> bool:
+        oid = _oid(bulk_id)
+        if oid is None:
+            return False
+        changed = self.bulks.update_one(
+            {"_id": oid, "status": {"$in": [s.value for s in ACTIVE_BULK]}},
+            {"$set": {"status": BulkStatus.cancelled.value, "completed_at": now,
+                      "estimated_completion": None}},
+        ).matched_count == 1
+        bulk = self.bulks.find_one({"_id": oid}, {"status": 1})
+        if bulk is not None and bulk["status"] == BulkStatus.cancelled.value:
+            # The bulk job is cancelled first, so no claim can start meanwhile;
+            # these sweeps are idempotent, and a repeated cancel finishes them.
+            ended = {"status": ItemStatus.cancelled.value, "completed_at": now,
+                     "lease_owner": None, "lease_expires_at": None}
+            # Queued before processing: an item a racing claim takes from the queue
+            # meanwhile is then caught by the second sweep (or by the claim's check).
+            self.items.update_many(
+                {"bulk_job_id": oid, "status": ItemStatus.queued.value}, {"$set": ended}
+            )
+            self.items.update_many(
+                {"bulk_job_id": oid, "status": ItemStatus.processing.value},
+                {"$set": {**ended, "error": CANCELLED_IN_FLIGHT}},
+            )
+        return changed
+
+    @_unavailable
+    def retry_failed(self, bulk_id: str, now: dt.datetime) -> int:
+        oid = _oid(bulk_id)
+        bulk = None if oid is None else self.bulks.find_one({"_id": oid}, {"status": 1})
+        if bulk is None or bulk["status"] != BulkStatus.completed.value:
+            return 0
+        # Items first: a completed job's queued items are not claimable, so nothing
+        # starts before the job itself is queued again.
+        self.items.update_many(
+            {"bulk_job_id": oid, "status": ItemStatus.failed.value},
             {
-                "$set": {
-                    "status": ItemStatus.queued.value,
-                    "lease_owner": None,
-                    "lease_expires_at": None,
-                    "started_at": None,
-                },
-                "$inc": {"attempts": -1},
+                "$set": {"status": ItemStatus.queued.value, "attempts": 0, "error": None,
+                         "result": None, "started_at": None, "completed_at": None},
+                "$inc": {"retry_count": 1},
             },
         )
+        # Counted, not taken from update_many: a retry that died half-way is finished here.
+        requeued = self.items.count_documents({"bulk_job_id": oid, "status": ItemStatus.queued.value})
+        if requeued:
+            self.bulks.update_one(
+                {"_id": oid, "status": BulkStatus.completed.value},
+                {"$set": {"status": BulkStatus.queued.value, "completed_at": None}},
+            )
+        return requeued
 
     @_unavailable
     def requeue_expired(self, now: dt.datetime, max_attempts: int) -> list[str]:

@@ -32,7 +32,13 @@ from bulkgen_cli.model import (
     new_id,
     summarize_errors,
 )
-from bulkgen_cli.store.base import PROCESSOR_LEASE, Lease, Store, lease_lost_error
+from bulkgen_cli.store.base import (
+    CANCELLED_IN_FLIGHT,
+    PROCESSOR_LEASE,
+    Lease,
+    Store,
+    lease_lost_error,
+)
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0
@@ -358,12 +364,68 @@ class SqliteStore(Store):
         )
 
     @_unavailable
-    def release_item(self, item_id: str, owner: str) -> bool:
+    def release_item(self, item_id: str, owner: str, charge: bool = False) -> bool:
+        attempts = "attempts" if charge else "max(attempts - 1, 0)"
         return self._held(
-            "UPDATE generation_jobs SET status = 'queued', attempts = max(attempts - 1, 0),"
+            f"UPDATE generation_jobs SET status = 'queued', attempts = {attempts},"
             " lease_owner = NULL, lease_expires_at = NULL, started_at = NULL",
             (item_id, owner),
         )
+
+    @_unavailable
+    def is_held(self, item_id: str, owner: str) -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM generation_jobs WHERE id = ? AND status = 'processing' AND lease_owner = ?",
+            (item_id, owner),
+        ).fetchone()
+        return row is not None
+
+    @_unavailable
+    def in_flight(self) -> list[Item]:
+        rows = self.db.execute("SELECT * FROM generation_jobs WHERE status = 'processing'")
+        return [self._item(r) for r in rows]
+
+    @_unavailable
+    def cancel_bulk(self, bulk_id: str, now: dt.datetime) -> bool:
+        with self._tx() as db:
+            changed = (
+                db.execute(
+                    "UPDATE bulk_jobs SET status = 'cancelled', completed_at = ?, estimated_completion = NULL"
+                    " WHERE id = ? AND status IN ('queued', 'processing', 'paused')",
+                    (iso(now), bulk_id),
+                ).rowcount
+                == 1
+            )
+            row = db.execute("SELECT status FROM bulk_jobs WHERE id = ?", (bulk_id,)).fetchone()
+            if row is not None and row["status"] == BulkStatus.cancelled.value:
+                db.execute(
+                    "UPDATE generation_jobs SET completed_at = ?, lease_owner = NULL,"
+                    " lease_expires_at = NULL,"
+                    " error = CASE status WHEN 'processing' THEN ? ELSE error END,"
+                    " status = 'cancelled'"
+                    " WHERE bulk_job_id = ? AND status IN ('queued', 'processing')",
+                    (iso(now), CANCELLED_IN_FLIGHT, bulk_id),
+                )
+        return changed
+
+    @_unavailable
+    def retry_failed(self, bulk_id: str, now: dt.datetime) -> int:
+        with self._tx() as db:
+            row = db.execute("SELECT status FROM bulk_jobs WHERE id = ?", (bulk_id,)).fetchone()
+            if row is None or row["status"] != BulkStatus.completed.value:
+                return 0
+            requeued = db.execute(
+                "UPDATE generation_jobs SET status = 'queued', attempts = 0,"
+                " retry_count = retry_count + 1, error = NULL, result = NULL, started_at = NULL,"
+                " completed_at = NULL WHERE bulk_job_id = ? AND status = 'failed'",
+                (bulk_id,),
+            ).rowcount
+            if requeued:
+                db.execute(
+                    "UPDATE bulk_jobs SET status = 'queued', completed_at = NULL WHERE id = ?",
+                    (bulk_id,),
+                )
+        return requeued
 
     @_unavailable
     def requeue_expired(self, now: dt.datetime, max_attempts: int) -> list[str]:

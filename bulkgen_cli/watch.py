@@ -1,0 +1,34 @@
+"""Following a bulk job from the store alone: what `watch` shows, processing nothing."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from bulkgen_cli.errors import NotFound
+from bulkgen_cli.model import BulkJob, BulkStatus
+from bulkgen_cli.processor import Event, Snapshot
+from bulkgen_cli.store.base import Store
+
+ENDED = (BulkStatus.completed.value, BulkStatus.cancelled.value)
+
+
+def follow(
+    store: Store,
+    bulk_id: str,
+    on_event: Callable[[Event], None],
+    poll: float = 0.5,
+    sleep: Callable[[float], None] = time.sleep,
+) -> BulkJob:
+    """Report the job's progress every `poll` seconds until it ends; return it ended."""
+    while True:
+        bulk = store.get_bulk(bulk_id)
+        if bulk is None:
+            raise NotFound(f"bulk job {bulk_id} is gone from the store.")
+        lease = store.processor_lease()
+        holder = f"{lease.host} pid {lease.pid}" if lease else "no processor"
+        in_flight = [i for i in store.in_flight() if i.bulk_job_id == bulk_id]
+        on_event(Snapshot([bulk], in_flight, holder))
+        if bulk.status in ENDED:
+            return bulk
+        sleep(poll)
