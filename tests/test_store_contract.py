@@ -314,3 +314,83 @@ def test_submit_is_all_or_nothing(store):
     assert store.list_items(bulk.id) == []
     assert store.claim_next("p1", LEASE, utcnow()) is None
 
+
+
+def test_cancel_bulk_cancels_queued_and_in_flight(store):
+    bulk = submit(store, 10)
+    t = utcnow()
+    done = store.claim_next("p1", LEASE, t)
+    store.finish_item(done.id, "p1", Outcome(ItemStatus.completed), t)
+    held = store.claim_next("p1", LEASE, t)
+    assert store.cancel_bulk(bulk.id, t)
+    assert not store.is_held(held.id, "p1")  # the processor sees it is no longer its own
+    items = store.list_items(bulk.id)
+    assert [i.status for i in items] == ["completed"] + ["cancelled"] * 9
+    assert items[1].error == "cancelled while its request was in flight" and items[1].lease_owner is None
+    counts = store.refresh_counters(bulk.id, t)
+    assert not counts.ended_now  # a cancel is its own end, not a completion
+    got = store.get_bulk(bulk.id)
+    assert got.status == "cancelled" and got.completed_at == t
+    assert (got.completed_items, got.cancelled_items) == (1, 9)
+    # The processor's late result is refused; a second cancel changes nothing.
+    assert not store.finish_item(held.id, "p1", Outcome(ItemStatus.completed), t)
+    assert not store.cancel_bulk(bulk.id, t)
+    assert store.claim_next("p1", LEASE, t) is None
+
+
+def test_cancel_refuses_completed_jobs(store):
+    bulk = submit(store, 10)
+    t = utcnow()
+    for _ in range(10):
+        item = store.claim_next("p1", LEASE, t)
+        store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), t)
+    store.refresh_counters(bulk.id, t)
+    assert not store.cancel_bulk(bulk.id, t)
+    assert store.get_bulk(bulk.id).status == "completed"
+    assert all(i.status == "completed" for i in store.list_items(bulk.id))
+
+
+def test_retry_failed_starts_a_new_round(store):
+    bulk = submit(store, 10)
+    t = utcnow()
+    assert store.retry_failed(bulk.id, t) == 0  # not completed yet
+    for n in range(10):
+        item = store.claim_next("p1", LEASE, t)
+        if n in (2, 5):
+            store.begin_attempt(item.id, "p1")
+            store.finish_item(item.id, "p1", Outcome(ItemStatus.failed, error="HTTP 500"), t)
+        else:
+            store.finish_item(item.id, "p1", Outcome(ItemStatus.completed, {"content": "x"}), t)
+    store.refresh_counters(bulk.id, t)
+    assert store.retry_failed(bulk.id, t) == 2
+    got = store.get_bulk(bulk.id)
+    assert got.status == "queued" and got.completed_at is None
+    again = [i for i in store.list_items(bulk.id) if i.status == "queued"]
+    assert [i.queue_position for i in again] == [3, 6]
+    assert all(i.attempts == 0 and i.retry_count == 2 and i.error is None for i in again)
+    counts = store.refresh_counters(bulk.id, t)
+    assert (counts.failed, counts.queued) == (0, 2)
+    # Only the retried items are claimed, in order; the job ends again.
+    for position in (3, 6):
+        item = store.claim_next("p1", LEASE, t)
+        assert item.queue_position == position
+        store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), t)
+    assert store.refresh_counters(bulk.id, t).ended_now
+    assert store.retry_failed(bulk.id, t) == 0  # nothing failed now
+
+
+def test_release_with_charge_keeps_the_try(store):
+    bulk = submit(store)
+    item = store.claim_next("p1", LEASE, utcnow())
+    assert store.begin_attempt(item.id, "p1")
+    assert store.release_item(item.id, "p1", charge=True)
+    back = store.list_items(bulk.id)[0]
+    assert back.status == "queued" and back.attempts == 2
+
+
+def test_in_flight_and_is_held(store):
+    submit(store)
+    assert store.in_flight() == []
+    item = store.claim_next("p1", LEASE, utcnow())
+    assert [i.id for i in store.in_flight()] == [item.id]
+    assert store.is_held(item.id, "p1") and not store.is_held(item.id, "p2")
