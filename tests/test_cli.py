@@ -157,12 +157,25 @@ def test_unwritable_sqlite_store_exit_5(cli, tmp_path):
     assert result.code == 5 and "cannot open the SQLite store" in result.err
 
 
-def test_version_and_help(cli):
+def commands():
+    from bulkgen_cli.cli import app
+
+    return [c.name or c.callback.__name__ for c in app.registered_commands]
+
+
+def test_version(cli):
     assert re.fullmatch(r"bulkgen \d+\.\d+\.\d+\n", cli("--version").out)
-    for command in ("submit", "run", "status", "list"):
-        result = cli(command, "--help")
-        assert result.code == 0
-        assert "Exit codes" in result.out and "Example:" in result.out
+
+
+@pytest.mark.parametrize("command", commands())
+def test_every_command_has_help_and_is_documented(cli, command):
+    result = cli(command, "--help")
+    assert result.code == 0
+    assert "Exit codes" in result.out and "Example:" in result.out
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    headings = [line for line in readme.splitlines() if line.startswith("### ")]
+    assert any(re.search(rf"\b{command}\b", h) for h in headings), f"no README section for {command}"
+    assert f"bulkgen {command}" in readme
 
 
 def test_python_dash_m(tmp_path):

@@ -94,7 +94,7 @@ def test_all_users_may_act_on_any_job(cli):
     assert json.loads(cli("status", theirs, "--json", "--all-users").out)["bulk_job"]["status"] == "paused"
 
 
-def test_cancel_counts_and_retry_failed_round(cli, tmp_path, service):
+def test_retry_failed_completes_the_job_after_the_service_recovers(cli, tmp_path, service):
     env = {"BULKGEN_API_URL": service.url, "BULKGEN_API_TOKEN": "s3cret-token", "BULKGEN_MAX_RETRIES": "1"}
     path = tmp_path / "f.yaml"
     path.write_text("items:\n" + "".join(f"  - topic: T{i} [fail:2]\n" if i in (1, 4) else f"  - topic: T{i}\n"

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from bulkgen_cli.content.reference import ReferenceService
+from bulkgen_cli.store.sqlite import SqliteStore
 from tests.cli_helpers import base_env, run_cli, spawn
 from tests.conftest import wait_for
 
@@ -244,12 +245,14 @@ def test_two_processors_and_a_stream_of_control_commands(tmp_path, svc):
     topics = lambda p: [f"{p} {i} [slow:0.05]" for i in range(10)]  # noqa: E731
     jobs = [submit(tmp_path, env, f"J{n}", topics(f"J{n}")) for n in range(4)]
     workers = [spawn(["run", "--forever", "--lease", "2"], env) for _ in range(2)]
+    store = SqliteStore(tmp_path / "xdg" / "bulkgen" / "bulkgen.db")
     try:
         for _ in range(25):
             action = rng.choice(["pause", "resume", "resume", "cancel", "pause"])
             result = run_cli([action, rng.choice(jobs)], env)
             assert result.code in (0, 4), result.err
             assert svc.stats()["in_flight"] <= 1
+            assert len(store.in_flight()) <= 1  # invariant 2, as the store sees it
         for job in jobs:
             run_cli(["resume", job], env)
 
@@ -262,6 +265,7 @@ def test_two_processors_and_a_stream_of_control_commands(tmp_path, svc):
             w.send_signal(signal.SIGTERM)
         for w in workers:
             w.communicate(timeout=30)
+        store.close()
     assert sorted(w.returncode for w in workers) == [143, 143]
     stats = svc.stats()
     assert stats["max_in_flight"] == 1
