@@ -145,6 +145,7 @@ class Processor:
         self._forever = False
         self._hard_stop = False
         self._stop_at = 0.0
+        self._watched: set[str] = set()
 
     # -- control ---------------------------------------------------------------
 
@@ -225,6 +226,9 @@ class Processor:
                     self._hold_for(idle_wait)
                     idle_wait = min(idle_wait * 2, POLL_MAX)
         finally:
+            if self._watched:  # attached at some point: show where those jobs ended up
+                final = [self.store.get_bulk(i) for i in sorted(self._watched)]
+                self.on_event(Snapshot([b for b in final if b is not None], [], "nobody"))
             self.release()
 
     def _watch_other(self, report: bool) -> bool:
@@ -234,6 +238,11 @@ class Processor:
         if report:
             self.on_event(Waiting(f"another processor ({who}) is running; attached to it", self._lease_poll()))
         bulks = self.store.list_bulks(None, 100, ACTIVE_BULK)
+        active = {b.id for b in bulks}
+        # Jobs that ended since the last look: shown once more, with their final counts.
+        ended = [self.store.get_bulk(i) for i in self._watched - active]
+        self._watched = active
+        bulks = sorted(bulks + [b for b in ended if b is not None], key=lambda b: (b.created_at, b.id))
         in_flight = self.store.in_flight()
         self.on_event(Snapshot(bulks, in_flight, who))
         return bool(in_flight) or any(b.status in CLAIMABLE_STATUSES for b in bulks)
