@@ -40,6 +40,24 @@ class ItemStatus(str, Enum):
     cancelled = "cancelled"
 
 
+class StepState(str, Enum):
+    """Delivery state of one notification channel for one end of a bulk job."""
+
+    #: waiting for its (next) try, due at `next_at`
+    pending = "pending"
+    #: a deliverer holds it until `lock_until` (then another may take it back)
+    sending = "sending"
+    #: delivered; never sent again
+    sent = "sent"
+    #: gave up after the last try; recorded, never fails the job
+    failed = "failed"
+
+
+class EventKind(str, Enum):
+    completed = "bulk_job.completed"
+    cancelled = "bulk_job.cancelled"
+
+
 class Mode(str, Enum):
     topic = "topic"
     keywords = "keywords"
@@ -162,6 +180,8 @@ class BulkJob:
     notify: list[str] = field(default_factory=list)
     notified_at: dt.datetime | None = None
     idempotency_key: str | None = None
+    #: the notification outbox of the job's latest end (see `new_outbox`)
+    outbox: dict[str, Any] | None = None
 
     @property
     def pending(self) -> int:
@@ -242,3 +262,29 @@ def summarize_errors(items: list[Item]) -> list[str]:
     if len(failed) > ERROR_SUMMARY_CAP:
         lines.append(f"… and {len(failed) - ERROR_SUMMARY_CAP} more failed items")
     return lines
+
+
+def new_outbox(kind: EventKind, channels: list[str], now: dt.datetime) -> dict[str, Any]:
+    """The outbox written together with a job's end: one step per channel, all pending.
+
+    Times inside it are ISO strings (they compare in order in both stores). The
+    event itself is filled in by the first deliverer, from the ended job.
+    """
+    return {
+        "event_id": new_id(),
+        "kind": kind.value,
+        "created_at": iso(now),
+        "event": None,
+        "steps": [
+            {"channel": c, "state": StepState.pending.value, "attempts": 0, "last_error": None,
+             "next_at": iso(now), "owner": None, "lock_until": None, "sent_at": None}
+            for c in channels
+        ],
+    }
+
+
+def outbox_open(outbox: dict[str, Any] | None) -> bool:
+    """Whether some step of the outbox is still to be delivered."""
+    return bool(outbox) and any(
+        s["state"] in (StepState.pending.value, StepState.sending.value) for s in outbox["steps"]
+    )

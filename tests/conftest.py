@@ -54,6 +54,7 @@ def submit(
     created_at: dt.datetime | None = None,
     key: str | None = None,
     prefix: str = "Topic",
+    notify: list[str] | None = None,
 ) -> BulkJob:
     bulk = BulkJob(
         id=new_id(),
@@ -64,6 +65,7 @@ def submit(
         total_items=n,
         created_at=created_at or utcnow(),
         idempotency_key=key,
+        notify=list(notify or []),
     )
     stored, _ = store.create_bulk(bulk, articles(n, prefix))
     return stored

@@ -394,3 +394,97 @@ def test_in_flight_and_is_held(store):
     item = store.claim_next("p1", LEASE, utcnow())
     assert [i.id for i in store.in_flight()] == [item.id]
     assert store.is_held(item.id, "p1") and not store.is_held(item.id, "p2")
+
+
+CHANNELS = ["webhook:http://127.0.0.1:9/hook", "email:ops@example.com"]
+
+
+def run_to_end(store, bulk, t, fail=()):
+    for n in range(bulk.total_items):
+        item = store.claim_next("p1", LEASE, t)
+        outcome = Outcome(ItemStatus.failed, error="bad") if n in fail else Outcome(ItemStatus.completed)
+        store.finish_item(item.id, "p1", outcome, t)
+        counts = store.refresh_counters(bulk.id, t)
+    return counts
+
+
+def test_the_end_writes_an_outbox_once(store):
+    bulk = submit(store, 10, notify=CHANNELS)
+    t = utcnow()
+    assert store.open_outboxes() == []
+    assert run_to_end(store, bulk, t).ended_now
+    got = store.get_bulk(bulk.id)
+    box = got.outbox
+    assert box["kind"] == "bulk_job.completed" and box["event"] is None
+    assert [s["channel"] for s in box["steps"]] == CHANNELS
+    assert all(s["state"] == "pending" and s["attempts"] == 0 for s in box["steps"])
+    assert [b.id for b in store.open_outboxes()] == [bulk.id]
+    assert [b.id for b in store.pending_hooks(t - dt.timedelta(seconds=1))] == [bulk.id]
+    assert store.pending_hooks(t + dt.timedelta(seconds=1)) == []
+    store.refresh_counters(bulk.id, t)
+    assert store.get_bulk(bulk.id).outbox["event_id"] == box["event_id"]  # no second end
+
+
+def test_cancel_writes_a_cancelled_outbox(store):
+    bulk = submit(store, 10, notify=CHANNELS[:1])
+    t = utcnow()
+    assert store.cancel_bulk(bulk.id, t)
+    box = store.get_bulk(bulk.id).outbox
+    assert box["kind"] == "bulk_job.cancelled" and len(box["steps"]) == 1
+    assert not store.cancel_bulk(bulk.id, t)
+    assert store.get_bulk(bulk.id).outbox["event_id"] == box["event_id"]
+
+
+def test_no_channels_no_open_outbox_but_a_hook(store):
+    bulk = submit(store, 10)
+    t = utcnow()
+    run_to_end(store, bulk, t)
+    assert store.open_outboxes() == []
+    box = store.get_bulk(bulk.id).outbox
+    assert box["steps"] == []
+    assert store.claim_hook(bulk.id, box["event_id"])
+    assert not store.claim_hook(bulk.id, box["event_id"])  # exactly once
+    assert store.pending_hooks(t - dt.timedelta(seconds=1)) == []
+
+
+def test_outbox_steps_are_sent_once(store):
+    bulk = submit(store, 10, notify=CHANNELS)
+    t = utcnow()
+    run_to_end(store, bulk, t)
+    event_id = store.get_bulk(bulk.id).outbox["event_id"]
+    assert not store.set_event(bulk.id, "other-end", {"x": 1})
+    assert store.set_event(bulk.id, event_id, {"event": "bulk_job.completed"})
+    assert not store.set_event(bulk.id, event_id, {"event": "changed"})
+    assert store.get_bulk(bulk.id).outbox["event"] == {"event": "bulk_job.completed"}
+    # Step 0: two deliverers race; one wins. Its lock expires if it dies.
+    assert store.claim_step(bulk.id, event_id, 0, "a", t, 30)
+    assert not store.claim_step(bulk.id, event_id, 0, "b", t + dt.timedelta(seconds=29), 30)
+    assert store.claim_step(bulk.id, event_id, 0, "b", t + dt.timedelta(seconds=31), 30)
+    assert not store.finish_step(bulk.id, event_id, 0, "a", t, None, None)  # a lost it
+    assert store.finish_step(bulk.id, event_id, 0, "b", t, None, None)
+    assert not store.claim_step(bulk.id, event_id, 0, "c", t + dt.timedelta(days=1), 30)  # sent: never again
+    # Step 1 fails, is retried later, then gives up.
+    assert store.claim_step(bulk.id, event_id, 1, "a", t, 30)
+    retry = t + dt.timedelta(seconds=5)
+    assert store.finish_step(bulk.id, event_id, 1, "a", t, "connection refused", retry)
+    assert not store.claim_step(bulk.id, event_id, 1, "a", t + dt.timedelta(seconds=4), 30)
+    assert [b.id for b in store.open_outboxes()] == [bulk.id]
+    assert store.claim_step(bulk.id, event_id, 1, "a", retry, 30)
+    assert store.finish_step(bulk.id, event_id, 1, "a", retry, "still refused", None)
+    box = store.get_bulk(bulk.id).outbox
+    assert [(s["state"], s["attempts"]) for s in box["steps"]] == [("sent", 1), ("failed", 2)]
+    assert box["steps"][1]["last_error"] == "still refused"
+    assert store.open_outboxes() == []
+    assert store.get_bulk(bulk.id).notified_at == retry
+
+
+def test_a_new_round_gets_a_new_event(store):
+    bulk = submit(store, 10, notify=CHANNELS[:1])
+    t = utcnow()
+    run_to_end(store, bulk, t, fail=(3,))
+    first = store.get_bulk(bulk.id).outbox["event_id"]
+    assert store.retry_failed(bulk.id, t) == 1
+    item = store.claim_next("p1", LEASE, t)
+    store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), t)
+    assert store.refresh_counters(bulk.id, t).ended_now
+    assert store.get_bulk(bulk.id).outbox["event_id"] != first

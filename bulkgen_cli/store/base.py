@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from bulkgen_cli.model import BulkJob, BulkStatus, Counts, Item, Outcome
+from bulkgen_cli.model import BulkJob, BulkStatus, Counts, Item, Outcome, StepState, iso
 
 #: The one processor lease that makes the whole store sequential (design §4).
 PROCESSOR_LEASE = "processor"
@@ -171,6 +171,54 @@ class Store(ABC):
         job is `completed` with failed items.
         """
 
+    # -- the notification outbox (design §7) --------------------------------------
+    #
+    # A job's end (completed by `refresh_counters`, cancelled by `cancel_bulk`)
+    # writes, in the same atomic step, an outbox with one pending step per
+    # channel chosen at submit (`model.new_outbox`), and marks the job's
+    # on-complete hook pending. Deliverers then work through it; a step once
+    # `sent` is never sent again, and one whose deliverer died is taken back
+    # when its lock expires.
+
+    @abstractmethod
+    def set_event(self, bulk_id: str, event_id: str, event: dict[str, Any]) -> bool:
+        """Fill the outbox's event once; False if it is filled or the outbox is another end's."""
+
+    @abstractmethod
+    def claim_step(
+        self, bulk_id: str, event_id: str, index: int, owner: str, now: dt.datetime, lock_seconds: float
+    ) -> bool:
+        """Take step `index` for sending: it is pending and due, or its sender's lock expired."""
+
+    @abstractmethod
+    def finish_step(
+        self,
+        bulk_id: str,
+        event_id: str,
+        index: int,
+        owner: str,
+        now: dt.datetime,
+        error: str | None,
+        retry_at: dt.datetime | None,
+    ) -> bool:
+        """Record a try of a held step: sent (no error), pending again at `retry_at`, or failed.
+
+        When no step is left to deliver, the job leaves the list of open outboxes
+        (and gets `notified_at` if anything was sent).
+        """
+
+    @abstractmethod
+    def open_outboxes(self) -> list[BulkJob]:
+        """Bulk jobs whose latest outbox still has steps to deliver."""
+
+    @abstractmethod
+    def claim_hook(self, bulk_id: str, event_id: str) -> bool:
+        """Take the on-complete hook of this end: True for exactly one caller."""
+
+    @abstractmethod
+    def pending_hooks(self, since: dt.datetime) -> list[BulkJob]:
+        """Bulk jobs that ended after `since` whose on-complete hook has not run."""
+
     # -- the processor lease ---------------------------------------------------
 
     @abstractmethod
@@ -203,3 +251,24 @@ def lease_lost_error(attempts: int) -> str:
         f"gave up after {attempts} tries: the processor holding it stopped each time "
         "before recording a result (its lease expired)"
     )
+
+
+def step_claimable(step: dict[str, Any], now: dt.datetime) -> bool:
+    """A step may be taken: pending and due, or held by a sender whose lock expired."""
+    stamp = iso(now)
+    if step["state"] == StepState.pending.value:
+        return step["next_at"] <= stamp
+    return step["state"] == StepState.sending.value and step["lock_until"] < stamp
+
+
+def step_result(step: dict[str, Any], now: dt.datetime, error: str | None,
+                retry_at: dt.datetime | None) -> dict[str, Any]:
+    """The fields of a step after one try."""
+    out: dict[str, Any] = {"attempts": step["attempts"] + 1, "owner": None, "lock_until": None}
+    if error is None:
+        out.update(state=StepState.sent.value, sent_at=iso(now), last_error=None)
+    elif retry_at is not None:
+        out.update(state=StepState.pending.value, next_at=iso(retry_at), last_error=error)
+    else:
+        out.update(state=StepState.failed.value, last_error=error)
+    return out

@@ -28,13 +28,18 @@ from bulkgen_cli.model import (
     ARTICLE_FIELDS,
     CLAIMABLE_BULK,
     BulkJob,
+    EventKind,
+    StepState,
     BulkStatus,
     Counts,
     Item,
     ItemStatus,
     Outcome,
     estimate_completion,
+    iso,
     later,
+    new_outbox,
+    outbox_open,
     summarize_errors,
 )
 from bulkgen_cli.store.base import (
@@ -43,6 +48,7 @@ from bulkgen_cli.store.base import (
     Lease,
     Store,
     lease_lost_error,
+    step_result,
 )
 
 BULK_JOBS = "bulk_jobs"
@@ -50,7 +56,7 @@ GENERATION_JOBS = "generation_jobs"
 LEASES = "processor_leases"
 IDEMPOTENCY = "bulk_idempotency_keys"
 META = "bulkgen_meta"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: An idempotency claim whose bulk job never appeared is taken over after this.
 STALE_CLAIM = dt.timedelta(minutes=2)
 #: The file's own item id is stored as `item_id`: `id` reads too much like `_id`.
@@ -141,6 +147,8 @@ class MongoStore(Store):
             [("bulk_job_id", ASCENDING), ("status", ASCENDING), ("queue_position", ASCENDING)]
         )
         self.items.create_index([("status", ASCENDING), ("lease_expires_at", ASCENDING)])
+        self.bulks.create_index([("notify_pending", ASCENDING)])
+        self.bulks.create_index([("hook_pending", ASCENDING), ("completed_at", ASCENDING)])
         self.meta.update_one(
             {"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}}, upsert=True
         )
@@ -170,6 +178,7 @@ class MongoStore(Store):
             notify=list(doc.get("notify") or []),
             notified_at=_aware(doc.get("notified_at")),
             idempotency_key=doc.get("idempotency_key"),
+            outbox=doc.get("outbox"),
         )
 
     @staticmethod
@@ -445,11 +454,7 @@ class MongoStore(Store):
         oid = _oid(bulk_id)
         if oid is None:
             return False
-        changed = self.bulks.update_one(
-            {"_id": oid, "status": {"$in": [s.value for s in ACTIVE_BULK]}},
-            {"$set": {"status": BulkStatus.cancelled.value, "completed_at": now,
-                      "estimated_completion": None}},
-        ).matched_count == 1
+        changed = self._end(oid, EventKind.cancelled, now)
         bulk = self.bulks.find_one({"_id": oid}, {"status": 1})
         if bulk is not None and bulk["status"] == BulkStatus.cancelled.value:
             # The bulk job is cancelled first, so no claim can start meanwhile;
@@ -591,15 +596,109 @@ class MongoStore(Store):
             # Someone refreshed meanwhile from a later snapshot: count again.
         else:
             raise StoreUnavailable(f"the counters of bulk job {bulk_id} kept changing; try again.")
-        ended = False
-        if counts.pending == 0:
-            ended = bool(
-                self.bulks.update_one(
-                    {"_id": oid, "status": {"$in": [s.value for s in ACTIVE_BULK]}},
-                    {"$set": {"status": BulkStatus.completed.value, "completed_at": now}},
-                ).matched_count
-            )
+        ended = counts.pending == 0 and self._end(oid, EventKind.completed, now)
         return Counts(**{**counts.__dict__, "ended_now": ended})
+
+    def _end(self, oid: ObjectId, kind: EventKind, now: dt.datetime) -> bool:
+        """Record the job's end and its outbox in one conditional update."""
+        doc = self.bulks.find_one({"_id": oid}, {"notify": 1})
+        if doc is None:
+            return False
+        channels = list(doc.get("notify") or [])
+        status = BulkStatus.completed if kind is EventKind.completed else BulkStatus.cancelled
+        result = self.bulks.update_one(
+            {"_id": oid, "status": {"$in": [s.value for s in ACTIVE_BULK]}},
+            {"$set": {
+                "status": status.value, "completed_at": now, "estimated_completion": None,
+                "outbox": new_outbox(kind, channels, now), "notify_pending": bool(channels),
+                "hook_pending": True, "notified_at": None,
+            }},
+        )
+        return result.matched_count == 1
+
+    # -- the notification outbox -------------------------------------------------
+
+    @_unavailable
+    def set_event(self, bulk_id: str, event_id: str, event: dict[str, Any]) -> bool:
+        result = self.bulks.update_one(
+            {"_id": ObjectId(bulk_id), "outbox.event_id": event_id, "outbox.event": None},
+            {"$set": {"outbox.event": event}},
+        )
+        return result.matched_count == 1
+
+    @_unavailable
+    def claim_step(
+        self, bulk_id: str, event_id: str, index: int, owner: str, now: dt.datetime, lock_seconds: float
+    ) -> bool:
+        step = f"outbox.steps.{index}"
+        stamp = iso(now)
+        result = self.bulks.update_one(
+            {
+                "_id": ObjectId(bulk_id),
+                "outbox.event_id": event_id,
+                "$or": [
+                    {f"{step}.state": StepState.pending.value, f"{step}.next_at": {"$lte": stamp}},
+                    {f"{step}.state": StepState.sending.value, f"{step}.lock_until": {"$lt": stamp}},
+                ],
+            },
+            {"$set": {f"{step}.state": StepState.sending.value, f"{step}.owner": owner,
+                      f"{step}.lock_until": iso(later(now, lock_seconds))}},
+        )
+        return result.matched_count == 1
+
+    @_unavailable
+    def finish_step(
+        self,
+        bulk_id: str,
+        event_id: str,
+        index: int,
+        owner: str,
+        now: dt.datetime,
+        error: str | None,
+        retry_at: dt.datetime | None,
+    ) -> bool:
+        oid = ObjectId(bulk_id)
+        step = f"outbox.steps.{index}"
+        doc = self.bulks.find_one({"_id": oid, "outbox.event_id": event_id}, {"outbox": 1})
+        if doc is None:
+            return False
+        fields = step_result(doc["outbox"]["steps"][index], now, error, retry_at)
+        result = self.bulks.update_one(
+            {"_id": oid, "outbox.event_id": event_id, f"{step}.state": StepState.sending.value,
+             f"{step}.owner": owner},
+            {"$set": {f"{step}.{k}": v for k, v in fields.items()}},
+        )
+        if not result.matched_count:
+            return False
+        # Whether anything is left to deliver, read after the write: two deliverers
+        # finishing at once both see the final steps (open_outboxes heals the rest).
+        outbox = self.bulks.find_one({"_id": oid}, {"outbox": 1})["outbox"]
+        update: dict[str, Any] = {"notify_pending": outbox_open(outbox)}
+        if not update["notify_pending"] and any(s["state"] == StepState.sent.value for s in outbox["steps"]):
+            update["notified_at"] = now
+        self.bulks.update_one({"_id": oid, "outbox.event_id": event_id}, {"$set": update})
+        return True
+
+    @_unavailable
+    def open_outboxes(self) -> list[BulkJob]:
+        jobs = [self._bulk(d) for d in self.bulks.find({"notify_pending": True})]
+        for job in jobs:
+            if not outbox_open(job.outbox):  # a flag left behind by two finishing deliverers
+                self.bulks.update_one({"_id": ObjectId(job.id), "outbox.event_id": job.outbox["event_id"]},
+                                      {"$set": {"notify_pending": False}})
+        return [j for j in jobs if outbox_open(j.outbox)]
+
+    @_unavailable
+    def claim_hook(self, bulk_id: str, event_id: str) -> bool:
+        result = self.bulks.update_one(
+            {"_id": ObjectId(bulk_id), "outbox.event_id": event_id, "hook_pending": True},
+            {"$set": {"hook_pending": False}},
+        )
+        return result.matched_count == 1
+
+    @_unavailable
+    def pending_hooks(self, since: dt.datetime) -> list[BulkJob]:
+        return [self._bulk(d) for d in self.bulks.find({"hook_pending": True, "completed_at": {"$gte": since}})]
 
     @_unavailable
     def set_bulk_state(

@@ -19,7 +19,10 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from bulkgen_cli.errors import StoreUnavailable
 from bulkgen_cli.model import (
+    ACTIVE_BULK,
     CLAIMABLE_BULK,
+    EventKind,
+    StepState,
     BulkJob,
     BulkStatus,
     Counts,
@@ -30,6 +33,8 @@ from bulkgen_cli.model import (
     iso,
     later,
     new_id,
+    new_outbox,
+    outbox_open,
     summarize_errors,
 )
 from bulkgen_cli.store.base import (
@@ -38,9 +43,11 @@ from bulkgen_cli.store.base import (
     Lease,
     Store,
     lease_lost_error,
+    step_claimable,
+    step_result,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 30.0
 
 SCHEMA = """
@@ -61,7 +68,10 @@ CREATE TABLE IF NOT EXISTS bulk_jobs (
     error_summary TEXT NOT NULL DEFAULT '[]',
     notify TEXT NOT NULL DEFAULT '[]',
     notified_at TEXT,
-    idempotency_key TEXT
+    idempotency_key TEXT,
+    outbox TEXT,
+    notify_pending INTEGER NOT NULL DEFAULT 0,
+    hook_pending INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS bulk_jobs_status ON bulk_jobs (status, created_at, id);
 CREATE INDEX IF NOT EXISTS bulk_jobs_user ON bulk_jobs (userId, created_at);
@@ -91,6 +101,9 @@ CREATE INDEX IF NOT EXISTS generation_jobs_queue
     ON generation_jobs (bulk_job_id, status, queue_position);
 CREATE INDEX IF NOT EXISTS generation_jobs_lease ON generation_jobs (status, lease_expires_at);
 
+CREATE INDEX IF NOT EXISTS bulk_jobs_notify ON bulk_jobs (notify_pending) WHERE notify_pending = 1;
+CREATE INDEX IF NOT EXISTS bulk_jobs_hook ON bulk_jobs (hook_pending) WHERE hook_pending = 1;
+
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
@@ -99,6 +112,13 @@ CREATE TABLE IF NOT EXISTS leases (
     host TEXT NOT NULL,
     pid INTEGER NOT NULL
 );
+"""
+
+#: From schema 1 (before notifications) to 2.
+MIGRATE_1_TO_2 = """
+ALTER TABLE bulk_jobs ADD COLUMN outbox TEXT;
+ALTER TABLE bulk_jobs ADD COLUMN notify_pending INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE bulk_jobs ADD COLUMN hook_pending INTEGER NOT NULL DEFAULT 0;
 """
 
 T = TypeVar("T")
@@ -150,7 +170,8 @@ class SqliteStore(Store):
                     f"the SQLite store {self.path} was made by a newer bulkgen "
                     f"(schema {version}); upgrade bulkgen."
                 )
-            for statement in SCHEMA.split(";"):
+            script = (MIGRATE_1_TO_2 if version == 1 else "") + SCHEMA
+            for statement in script.split(";"):
                 if statement.strip():
                     db.execute(statement)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -192,6 +213,7 @@ class SqliteStore(Store):
             notify=json.loads(row["notify"]),
             notified_at=_ts(row["notified_at"]),
             idempotency_key=row["idempotency_key"],
+            outbox=None if row["outbox"] is None else json.loads(row["outbox"]),
         )
 
     @staticmethod
@@ -388,14 +410,7 @@ class SqliteStore(Store):
     @_unavailable
     def cancel_bulk(self, bulk_id: str, now: dt.datetime) -> bool:
         with self._tx() as db:
-            changed = (
-                db.execute(
-                    "UPDATE bulk_jobs SET status = 'cancelled', completed_at = ?, estimated_completion = NULL"
-                    " WHERE id = ? AND status IN ('queued', 'processing', 'paused')",
-                    (iso(now), bulk_id),
-                ).rowcount
-                == 1
-            )
+            changed = self._end(db, bulk_id, EventKind.cancelled, now, ACTIVE_BULK)
             row = db.execute("SELECT status FROM bulk_jobs WHERE id = ?", (bulk_id,)).fetchone()
             if row is not None and row["status"] == BulkStatus.cancelled.value:
                 db.execute(
@@ -407,6 +422,113 @@ class SqliteStore(Store):
                     (iso(now), CANCELLED_IN_FLIGHT, bulk_id),
                 )
         return changed
+
+    @staticmethod
+    def _end(db: sqlite3.Connection, bulk_id: str, kind: EventKind, now: dt.datetime,
+             allowed_from: Iterable[BulkStatus]) -> bool:
+        """Record the job's end and its outbox in one statement; True if this call did."""
+        row = db.execute("SELECT notify FROM bulk_jobs WHERE id = ?", (bulk_id,)).fetchone()
+        if row is None:
+            return False
+        channels = json.loads(row["notify"])
+        outbox = new_outbox(kind, channels, now)
+        status = BulkStatus.completed if kind is EventKind.completed else BulkStatus.cancelled
+        values = [BulkStatus(s).value for s in allowed_from]
+        cursor = db.execute(
+            "UPDATE bulk_jobs SET status = ?, completed_at = ?, estimated_completion = NULL,"
+            " outbox = ?, notify_pending = ?, hook_pending = 1, notified_at = NULL"
+            f" WHERE id = ? AND status IN ({', '.join('?' * len(values))})",
+            (status.value, iso(now), json.dumps(outbox), int(bool(channels)), bulk_id, *values),
+        )
+        return cursor.rowcount == 1
+
+    def _with_outbox(self, bulk_id: str, event_id: str,
+                     change: Callable[[dict[str, Any]], bool], now: dt.datetime | None = None) -> bool:
+        """Read-modify-write the outbox of this end inside one write transaction."""
+        with self._tx() as db:
+            row = db.execute("SELECT outbox FROM bulk_jobs WHERE id = ?", (bulk_id,)).fetchone()
+            if row is None or row["outbox"] is None:
+                return False
+            outbox = json.loads(row["outbox"])
+            if outbox["event_id"] != event_id or not change(outbox):
+                return False
+            still_open = outbox_open(outbox)
+            notified = None
+            if not still_open and now is not None and any(
+                step["state"] == StepState.sent.value for step in outbox["steps"]
+            ):
+                notified = iso(now)
+            db.execute(
+                "UPDATE bulk_jobs SET outbox = ?, notify_pending = ?,"
+                " notified_at = coalesce(?, notified_at) WHERE id = ?",
+                (json.dumps(outbox), int(still_open), notified, bulk_id),
+            )
+            return True
+
+    @_unavailable
+    def set_event(self, bulk_id: str, event_id: str, event: dict[str, Any]) -> bool:
+        def fill(outbox: dict[str, Any]) -> bool:
+            if outbox["event"] is not None:
+                return False
+            outbox["event"] = event
+            return True
+
+        return self._with_outbox(bulk_id, event_id, fill)
+
+    @_unavailable
+    def claim_step(
+        self, bulk_id: str, event_id: str, index: int, owner: str, now: dt.datetime, lock_seconds: float
+    ) -> bool:
+        def take(outbox: dict[str, Any]) -> bool:
+            step = outbox["steps"][index]
+            if not step_claimable(step, now):
+                return False
+            step.update(state=StepState.sending.value, owner=owner, lock_until=iso(later(now, lock_seconds)))
+            return True
+
+        return self._with_outbox(bulk_id, event_id, take)
+
+    @_unavailable
+    def finish_step(
+        self,
+        bulk_id: str,
+        event_id: str,
+        index: int,
+        owner: str,
+        now: dt.datetime,
+        error: str | None,
+        retry_at: dt.datetime | None,
+    ) -> bool:
+        def record(outbox: dict[str, Any]) -> bool:
+            step = outbox["steps"][index]
+            if step["state"] != StepState.sending.value or step["owner"] != owner:
+                return False
+            step.update(step_result(step, now, error, retry_at))
+            return True
+
+        return self._with_outbox(bulk_id, event_id, record, now)
+
+    @_unavailable
+    def open_outboxes(self) -> list[BulkJob]:
+        return [self._bulk(r) for r in self.db.execute("SELECT * FROM bulk_jobs WHERE notify_pending = 1")]
+
+    @_unavailable
+    def claim_hook(self, bulk_id: str, event_id: str) -> bool:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT outbox FROM bulk_jobs WHERE id = ? AND hook_pending = 1", (bulk_id,)
+            ).fetchone()
+            if row is None or row["outbox"] is None or json.loads(row["outbox"])["event_id"] != event_id:
+                return False
+            db.execute("UPDATE bulk_jobs SET hook_pending = 0 WHERE id = ?", (bulk_id,))
+            return True
+
+    @_unavailable
+    def pending_hooks(self, since: dt.datetime) -> list[BulkJob]:
+        rows = self.db.execute(
+            "SELECT * FROM bulk_jobs WHERE hook_pending = 1 AND completed_at >= ?", (iso(since),)
+        )
+        return [self._bulk(r) for r in rows]
 
     @_unavailable
     def retry_failed(self, bulk_id: str, now: dt.datetime) -> int:
@@ -509,14 +631,7 @@ class SqliteStore(Store):
             )
             ended = False
             if counts.pending == 0:
-                ended = (
-                    db.execute(
-                        "UPDATE bulk_jobs SET status = 'completed', completed_at = ?"
-                        " WHERE id = ? AND status IN ('queued', 'processing', 'paused')",
-                        (iso(now), bulk_id),
-                    ).rowcount
-                    == 1
-                )
+                ended = self._end(db, bulk_id, EventKind.completed, now, ACTIVE_BULK)
         return Counts(**{**counts.__dict__, "ended_now": ended})
 
     @_unavailable
