@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Iterator, NoReturn, Optional
 
@@ -63,6 +64,10 @@ LeaseOpt = Annotated[Optional[float], typer.Option("--lease", min=1, metavar="SE
 GraceOpt = Annotated[Optional[float], typer.Option("--grace", min=0, metavar="SECONDS", help="After Ctrl-C or "
                      "SIGTERM, how long the request in flight may still finish (a second Ctrl-C aborts it). "
                      "[env: BULKGEN_GRACE; default: 10]", show_default=False)]
+OnCompleteOpt = Annotated[Optional[str], typer.Option("--on-complete", metavar="CMD", help="Shell command this "
+                          "processor runs once per ended job, with the event as JSON on stdin and "
+                          "BULKGEN_BULK_ID, BULKGEN_STATUS in its environment. [env: BULKGEN_ON_COMPLETE]",
+                          show_default=False)]
 GiveUpOpt = Annotated[Optional[float], typer.Option("--give-up", min=0, metavar="SECONDS", help="Exit 5 after the content service "
                       "is unreachable this long. [env: BULKGEN_GIVE_UP; default: 600]", show_default=False)]
 
@@ -123,6 +128,9 @@ def submit(
                                show_default=False)] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Then process it (or attach to the running processor) "
                     "until it ends; exit 0 if every item completed, 1 otherwise.")] = False,
+    notify: Annotated[Optional[list[str]], typer.Option("--notify", metavar="CHANNEL", help="Tell someone when "
+                      "it ends: webhook:https://… or email:someone@example.com; repeatable. "
+                      "[env: BULKGEN_NOTIFY, comma-separated]", show_default=False)] = None,
     store: StoreOpt = None,
     user: UserOpt = None,
     json_: JsonOpt = False,
@@ -134,6 +142,7 @@ def submit(
     lease: LeaseOpt = None,
     give_up: GiveUpOpt = None,
     grace: GraceOpt = None,
+    on_complete: OnCompleteOpt = None,
 ) -> None:
     """Validate an articles file and queue it as one bulk job; print its id.
 
@@ -142,13 +151,18 @@ def submit(
     from bulkgen_cli import manifest, settings
 
     parsed = manifest.load(file, mode)
-    run_settings = settings.RunSettings.resolve(api_url, delay, timeout, max_retries, backoff, lease, give_up, grace) if wait else None
+    channels = settings.notify_channels(notify)
+    run_settings = None
+    if wait:
+        run_settings = settings.RunSettings.resolve(
+            api_url, delay, timeout, max_retries, backoff, lease, give_up, grace, on_complete
+        )
     with _open(store) as db:
-        _submit(db, file, parsed, run_settings, name, user, idempotency_key, wait, json_)
+        _submit(db, file, parsed, run_settings, name, user, idempotency_key, wait, json_, channels)
 
 
 def _submit(db: Any, file: Path, parsed: Any, run_settings: Any, name: str | None, user: str | None,
-            idempotency_key: str | None, wait: bool, json_: bool) -> None:
+            idempotency_key: str | None, wait: bool, json_: bool, channels: list[str]) -> None:
     from bulkgen_cli import settings
     from bulkgen_cli.model import new_id, utcnow
 
@@ -161,6 +175,7 @@ def _submit(db: Any, file: Path, parsed: Any, run_settings: Any, name: str | Non
         total_items=len(parsed.articles),
         created_at=utcnow(),
         idempotency_key=idempotency_key,
+        notify=channels,
     )
     bulk, created = db.create_bulk(bulk, parsed.articles)
     if created:
@@ -202,6 +217,7 @@ def run(
     lease: LeaseOpt = None,
     give_up: GiveUpOpt = None,
     grace: GraceOpt = None,
+    on_complete: OnCompleteOpt = None,
 ) -> None:
     """Process queued items one at a time until none is left.
 
@@ -213,7 +229,9 @@ def run(
     """
     from bulkgen_cli import settings
 
-    run_settings = settings.RunSettings.resolve(api_url, delay, timeout, max_retries, backoff, lease, give_up, grace)
+    run_settings = settings.RunSettings.resolve(
+        api_url, delay, timeout, max_retries, backoff, lease, give_up, grace, on_complete
+    )
     with _open(store) as db:
         _process(db, run_settings, forever=forever)
 
@@ -284,6 +302,8 @@ def _control(action_name: str, bulk_id: str, store: str | None, user: str | None
     with _open(store) as db:
         _visible_bulk(db, bulk_id, user, all_users)
         result = control.apply(db, action, bulk_id)
+        if result.ended_now:
+            _notify_now(db, result.bulk)
         items = db.list_items(bulk_id) if json_ else []
     if json_:
         render.print_json(render.status_document(result.bulk, items))
@@ -300,6 +320,23 @@ def _control(action_name: str, bulk_id: str, store: str | None, user: str | None
     }[action]
     note(f"Bulk job {bulk.id}: {result.previous.value} -> {bulk.status}. {follow_up}")
     note(render.summary_line(bulk), "dim")
+
+
+def _notify_now(db: Any, bulk: BulkJob) -> None:
+    """Whoever records the end delivers at once; a processor retries what fails."""
+    import os
+
+    from bulkgen_cli import settings
+    from bulkgen_cli.notify import Notifier
+
+    def report(delivery: Any) -> None:
+        state = "sent" if delivery.ok else f"not sent yet ({delivery.error}); a processor will retry"
+        note(f"Notification {delivery.channel}: {state}", "dim")
+
+    owner = f"cancel:{os.getpid()}"
+    notifier = Notifier(db, owner, settings.smtp(), skip_unconfigured=True,  # type: ignore[arg-type]
+                        on_delivery=report, retry_delays=settings.notify_retry_delays())
+    notifier.deliver(db.get_bulk(bulk.id))
 
 
 ControlId = Annotated[str, typer.Argument(metavar="BULK_ID", help="The bulk job's id.", show_default=False)]
@@ -361,9 +398,58 @@ def watch(bulk_id: ControlId, store: StoreOpt = None, user: UserOpt = None, all_
         _visible_bulk(db, bulk_id, user, all_users)
         with render.run_view() as view:
             final = follow(db, bulk_id, view)
+        render.print_summary([final])
         if json_:
             render.print_json(render.status_document(final, db.list_items(bulk_id)))
     raise typer.Exit(_ended_code(final))
+
+
+class ResultFormat(str, Enum):
+    markdown = "markdown"
+    jsonl = "jsonl"
+
+
+@app.command(epilog=EXIT_CODES)
+def results(
+    bulk_id: ControlId,
+    out: Annotated[Optional[Path], typer.Option("--out", metavar="PATH", help="Folder for Markdown files "
+                   "[default: articles]; file for jsonl [default: stdout, or -].", show_default=False)] = None,
+    format_: Annotated[ResultFormat, typer.Option("--format", help="markdown: a file per article with YAML "
+                       "front matter; jsonl: one JSON object per item, all items.")] = ResultFormat.markdown,
+    include_failed: Annotated[bool, typer.Option("--include-failed", help="Markdown: also a file per failed "
+                              "or cancelled item, with its error.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite files of another job in --out.")] = False,
+    store: StoreOpt = None,
+    user: UserOpt = None,
+    all_users: AllUsersOpt = False,
+) -> None:
+    """Write the generated articles to files.
+
+    Names are NN-slug.md from the item's position and its id or title; a
+    re-export of the same job overwrites its own files, never another job's
+    (unless --force). Example: bulkgen results 6650c0ffee0123456789abcd --out articles/
+    """
+    from bulkgen_cli import export
+
+    with _open(store) as db:
+        bulk = _visible_bulk(db, bulk_id, user, all_users)
+        items = db.list_items(bulk.id)
+    if format_ is ResultFormat.jsonl:
+        if out is None or str(out) == "-":
+            export.write_jsonl(bulk, items, sys.stdout)
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with out.open("w", encoding="utf-8") as fh:
+                export.write_jsonl(bulk, items, fh)
+            note(f"Wrote {len(items)} items to {out}.")
+        return
+    folder = out if out is not None else Path("articles")
+    written = export.write_markdown(bulk, items, folder, include_failed, force)
+    for path in written.files:
+        print(path)
+    left = len(written.skipped)
+    extra = f"; {left} not completed (--include-failed writes them too)" if left and not include_failed else ""
+    note(f"Wrote {len(written.files)} files to {folder}{extra}.")
 
 
 def _ended_code(bulk: BulkJob) -> int:
@@ -397,6 +483,7 @@ def _signals(processor: Any) -> Iterator[dict[str, int]]:
 
 
 def _process(db: Any, run_settings: Any, forever: bool = False, until_bulk: str | None = None) -> BulkJob:
+    from bulkgen_cli import render
     from bulkgen_cli.processor import Processor
     from bulkgen_cli.render import run_view
 
@@ -413,11 +500,20 @@ def _process(db: Any, run_settings: Any, forever: bool = False, until_bulk: str 
     ended = (BulkStatus.completed.value, BulkStatus.cancelled.value)
 
     def bulk_over() -> bool:
+        from bulkgen_cli.model import outbox_open
+
         bulk = db.get_bulk(until_bulk)
-        return bulk is None or bulk.status in ended
+        # Over when it ended and its notifications were delivered (or given up).
+        return bulk is None or (bulk.status in ended and not outbox_open(bulk.outbox))
+
+    from bulkgen_cli import settings
+    from bulkgen_cli.notify import Notifier
 
     with run_view() as view:
         processor = Processor(db, generator, run_settings, on_event=view)
+        processor.notifier = Notifier(db, processor.owner, settings.smtp(),  # type: ignore[arg-type]
+                                      run_settings.on_complete, on_delivery=view,
+                                      retry_delays=settings.notify_retry_delays())
         with _signals(processor) as received:
             try:
                 processor.run(until_idle=not forever, until=bulk_over if until_bulk else None)
@@ -429,7 +525,9 @@ def _process(db: Any, run_settings: Any, forever: bool = False, until_bulk: str 
     if until_bulk:
         final = db.get_bulk(until_bulk)
         assert final is not None
+        render.print_summary([final])
         return final
+    render.print_summary([db.get_bulk(b) for b in view.ended])
     if view.items_done:
         note(f"Processed {view.items_done} items; the queue is empty.")
     else:

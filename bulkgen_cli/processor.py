@@ -24,6 +24,7 @@ from typing import Callable
 
 from bulkgen_cli.content import Generator, Reply, ReplyKind, content_text, count_words
 from bulkgen_cli.errors import ServiceUnavailable
+from bulkgen_cli.notify import Notifier
 from bulkgen_cli.model import (
     ACTIVE_BULK,
     CLAIMABLE_BULK,
@@ -44,6 +45,8 @@ CLAIMABLE_STATUSES = {s.value for s in CLAIMABLE_BULK}
 POLL_MIN, POLL_MAX = 0.2, 5.0
 #: Waiting on a dead processor's lease or an unreachable service backs off to this.
 WAIT_MAX = 30.0
+#: How often a busy processor looks for notifications left pending by others.
+OUTBOX_SCAN = 5.0
 #: How often a waiting request checks for a stop.
 STOP_POLL = 0.1
 #: How often a request in flight checks that its item is still held (not cancelled).
@@ -128,8 +131,10 @@ class Processor:
         on_event: Callable[[Event], None] | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
         owner: str | None = None,
+        notifier: Notifier | None = None,
     ):
         self.store = store
+        self.notifier = notifier
         self.generator = generator
         self.settings = settings
         self.on_event = on_event or (lambda event: None)
@@ -146,6 +151,7 @@ class Processor:
         self._hard_stop = False
         self._stop_at = 0.0
         self._watched: set[str] = set()
+        self._next_outbox_scan = 0.0
 
     # -- control ---------------------------------------------------------------
 
@@ -194,6 +200,7 @@ class Processor:
                 step = self.work_once()
                 if step is Step.done:
                     idle_wait, unreachable_since, busy_reported = POLL_MIN, None, False
+                    self._scan_outboxes()
                     continue
                 if step is Step.unreachable:
                     started = unreachable_since = unreachable_since or time.monotonic()
@@ -221,6 +228,14 @@ class Processor:
                         self.on_event(Waiting("an item of a stopped processor waits for its lease to expire", wait))
                         self._hold_for(min(max(wait, 0.05), WAIT_MAX))
                         continue
+                    self._scan_outboxes(force=True)
+                    due = self.notifier.next_due() if self.notifier else None
+                    if due is not None:
+                        # Idle, but a notification waits for another try: deliver it before leaving.
+                        wait = min(max((due - self.clock()).total_seconds(), 0.05), WAIT_MAX)
+                        self.on_event(Waiting("a notification waits for its next try", wait))
+                        self._hold_for(wait)
+                        continue
                     if until_idle and until is None:
                         return
                     self._hold_for(idle_wait)
@@ -230,6 +245,13 @@ class Processor:
                 final = [self.store.get_bulk(i) for i in sorted(self._watched)]
                 self.on_event(Snapshot([b for b in final if b is not None], [], "nobody"))
             self.release()
+
+    def _scan_outboxes(self, force: bool = False) -> None:
+        """Deliver what other deliverers left pending (a crash, a receiver that was down)."""
+        if self.notifier is None or (not force and time.monotonic() < self._next_outbox_scan):
+            return
+        self._next_outbox_scan = time.monotonic() + OUTBOX_SCAN
+        self.notifier.deliver_due()
 
     def _watch_other(self, report: bool) -> bool:
         """While another processor holds the lease: show what it does. False when idle."""
@@ -382,6 +404,8 @@ class Processor:
                 self.on_event(ItemFinished(item, bulk, outcome, seconds))
             if counts.ended_now:
                 self.on_event(BulkEnded(bulk))
+                if self.notifier is not None:
+                    self.notifier.deliver(bulk)  # whoever records the end delivers at once
         return counts
 
     def _backoff(self, attempt: int) -> float:

@@ -56,8 +56,23 @@ def item_dict(item: Item) -> dict[str, Any]:
     return out
 
 
+def notifications(bulk: BulkJob) -> list[dict[str, Any]]:
+    """The latest end's delivery state per channel (passwords masked)."""
+    from bulkgen_cli.notify import mask_channel
+
+    steps = (bulk.outbox or {}).get("steps", [])
+    return [
+        {"channel": mask_channel(s["channel"]), "state": s["state"], "attempts": s["attempts"],
+         "last_error": s["last_error"], "sent_at": s["sent_at"]}
+        for s in steps
+    ]
+
+
 def status_document(bulk: BulkJob, items: list[Item]) -> dict[str, Any]:
-    return {"bulk_job": bulk_dict(bulk), "progress": progress_dict(bulk), "jobs": [item_dict(i) for i in items]}
+    doc = {"bulk_job": bulk_dict(bulk), "progress": progress_dict(bulk), "jobs": [item_dict(i) for i in items]}
+    doc["bulk_job"]["notified_at"] = iso(bulk.notified_at)
+    doc["notifications"] = notifications(bulk)
+    return doc
 
 
 def print_json(data: Any, out: TextIO | None = None) -> None:
@@ -122,6 +137,9 @@ def status_renderables(bulk: BulkJob, items: list[Item] | None) -> list[Any]:
         head.add_row("Ended", when(bulk.completed_at))
     elif bulk.estimated_completion:
         head.add_row("ETA", when(bulk.estimated_completion))
+    for n in notifications(bulk):
+        detail = n["state"] + (f" after {n['attempts']} tries: {n['last_error']}" if n["last_error"] else "")
+        head.add_row("Notify", f"{n['channel']}: {detail}")
     out: list[Any] = [head]
     if bulk.error_summary:
         errors = Table(title="Errors", title_justify="left", show_header=False, box=None)
@@ -179,6 +197,8 @@ class PlainView:
         self.out = out or sys.stderr
         self.items_done = 0
         self.seen: dict[str, tuple[str, int, int, int]] = {}
+        #: bulk jobs whose end this view saw recorded, for the summary
+        self.ended: list[str] = []
 
     def __enter__(self) -> PlainView:
         return self
@@ -190,8 +210,16 @@ class PlainView:
         self.out.write(text + "\n")
         self.out.flush()
 
+    def delivery(self, event: Any) -> None:
+        if event.ok:
+            self.line(f"notified {event.channel} ({event.bulk_id})")
+        else:
+            later = "" if event.final else "; trying again later"
+            self.line(f"notification {event.channel} ({event.bulk_id}) failed: {short(event.error or '', 160)}{later}")
+
     def __call__(self, event: Any) -> None:
         from bulkgen_cli import processor as p
+        from bulkgen_cli.notify import Delivery
 
         if isinstance(event, p.ItemFinished):
             self.items_done += 1
@@ -206,9 +234,10 @@ class PlainView:
             charged = "" if event.charged else ", not counted as a try"
             self.line(f"  #{event.item.queue_position} {short(event.error, 120)}; retrying in {event.wait:.1f}s{charged}")
         elif isinstance(event, p.BulkEnded):
-            b = event.bulk
-            self.line(f"bulk job {b.id} {b.status}: {b.completed_items} of {b.total_items} completed, "
-                      f"{b.failed_items} failed, {b.cancelled_items} cancelled")
+            self.ended.append(event.bulk.id)
+            self.line(f"bulk job {summary_line(event.bulk)}")
+        elif isinstance(event, Delivery):
+            self.delivery(event)
         elif isinstance(event, p.Waiting):
             self.line(f"waiting: {event.reason} (next check in {event.seconds:.1f}s)")
         elif isinstance(event, p.ItemLost):
@@ -285,6 +314,7 @@ class LiveView(PlainView):
                 self.line(f"#{event.item.queue_position} {short(event.item.label, 40)} failed: "
                           f"{short(event.outcome.error, 120)}")
         elif isinstance(event, p.BulkEnded):
+            self.ended.append(event.bulk.id)
             self._update(event.bulk, event.bulk.status)
         elif isinstance(event, p.Snapshot):
             current = {i.bulk_job_id: f"#{i.queue_position} {short(i.label, 40)}" for i in event.in_flight}
@@ -303,3 +333,34 @@ def run_view() -> PlainView:
 def summary_line(bulk: BulkJob) -> str:
     return (f"{bulk.id} {bulk.status}: {bulk.completed_items} of {bulk.total_items} completed, "
             f"{bulk.failed_items} failed, {bulk.cancelled_items} cancelled")
+
+
+def print_summary(bulks: list[BulkJob | None]) -> None:
+    """The end of a run: a panel per ended job on a terminal, plain lines otherwise."""
+    done = [b for b in bulks if b is not None]
+    if not done:
+        return
+    if not sys.stderr.isatty():
+        for b in done:
+            sys.stderr.write(f"summary: {summary_line(b)}; results: bulkgen results {b.id} --out articles/\n")
+        return
+    from rich.console import Console
+    from rich.panel import Panel
+    from rich.table import Table
+
+    console = Console(stderr=True, highlight=False)
+    for b in done:
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold")
+        grid.add_column()
+        grid.add_row("Completed", f"{b.completed_items} of {b.total_items}")
+        grid.add_row("Failed", str(b.failed_items))
+        grid.add_row("Cancelled", str(b.cancelled_items))
+        started = b.started_at or b.created_at
+        if started and b.completed_at:
+            grid.add_row("Duration", duration((b.completed_at - started).total_seconds()))
+        for line in b.error_summary:
+            grid.add_row("", line)
+        grid.add_row("Results", f"bulkgen results {b.id} --out articles/")
+        style = "green" if b.status == "completed" and not b.failed_items else "yellow"
+        console.print(Panel(grid, title=f"{b.name} — {b.status}", border_style=style, expand=False))

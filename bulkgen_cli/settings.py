@@ -23,6 +23,11 @@ ENV_BACKOFF = "BULKGEN_BACKOFF"
 ENV_LEASE = "BULKGEN_LEASE_SECONDS"
 ENV_GIVE_UP = "BULKGEN_GIVE_UP"
 ENV_GRACE = "BULKGEN_GRACE"
+ENV_NOTIFY = "BULKGEN_NOTIFY"
+ENV_ON_COMPLETE = "BULKGEN_ON_COMPLETE"
+ENV_SMTP_URL = "BULKGEN_SMTP_URL"
+ENV_SMTP_FROM = "BULKGEN_SMTP_FROM"
+ENV_NOTIFY_RETRY = "BULKGEN_NOTIFY_RETRY"
 
 
 def default_store_url() -> str:
@@ -91,6 +96,8 @@ class RunSettings:
     give_up: float = 600.0
     #: after SIGINT/SIGTERM, how long the request in flight may still take
     grace: float = 10.0
+    #: the processor's own hook; never read from the store
+    on_complete: str | None = None
 
     @property
     def max_attempts(self) -> int:
@@ -107,6 +114,7 @@ class RunSettings:
         lease: float | None = None,
         give_up: float | None = None,
         grace: float | None = None,
+        on_complete_cmd: str | None = None,
     ) -> RunSettings:
         url = pick(api_url, ENV_API_URL, str, "") or None
         if url is not None and not url.startswith(("http://", "https://")):
@@ -121,7 +129,41 @@ class RunSettings:
             lease=pick(lease, ENV_LEASE, seconds(1.0), 60.0),
             give_up=pick(give_up, ENV_GIVE_UP, seconds(), 600.0),
             grace=pick(grace, ENV_GRACE, seconds(), 10.0),
+            on_complete=on_complete(on_complete_cmd),
         )
         if settings.lease < 1.0:
             raise UsageError(f"--lease must be at least 1 second, got {settings.lease:g}.")
         return settings
+
+
+def notify_channels(flags: list[str] | None) -> list[str]:
+    """Channels for a new job: the --notify flags, else BULKGEN_NOTIFY (comma-separated)."""
+    from bulkgen_cli.notify import parse_channels
+
+    if flags:
+        return parse_channels(flags)
+    return parse_channels([os.environ.get(ENV_NOTIFY, "")])
+
+
+def smtp() -> object | None:
+    """The processor's SMTP settings from BULKGEN_SMTP_URL, or None."""
+    url = os.environ.get(ENV_SMTP_URL)
+    if not url:
+        return None
+    from bulkgen_cli.notify import SmtpSettings
+
+    return SmtpSettings.from_url(url, os.environ.get(ENV_SMTP_FROM) or None)
+
+
+def on_complete(flag: str | None) -> str | None:
+    return pick(flag, ENV_ON_COMPLETE, str, "") or None
+
+
+def notify_retry_delays() -> tuple[float, ...]:
+    """Seconds to wait before each further try of a notification (BULKGEN_NOTIFY_RETRY)."""
+    from bulkgen_cli.notify import RETRY_DELAYS
+
+    def parse(raw: str) -> tuple[float, ...]:
+        return tuple(seconds()(part.strip()) for part in raw.split(",") if part.strip())
+
+    return pick(None, ENV_NOTIFY_RETRY, parse, RETRY_DELAYS)

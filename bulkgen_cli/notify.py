@@ -1,0 +1,344 @@
+"""Notifications when a bulk job ends (design §7): webhook, email, and --on-complete.
+
+The job's end and its outbox are written in one atomic step by the store;
+`Notifier.deliver` works through an outbox: it fills in the event once (so every
+channel gets the same one), then takes each due step, sends, and records the
+result. A step once sent is never sent again; one whose sender died is taken
+back when its lock expires. A receiver that stays down is recorded on the job
+and never fails the job or the processor. Nothing read from the store is run:
+the on-complete command is the processor's own setting.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import smtplib
+import ssl
+import subprocess
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any, Callable
+from urllib.parse import unquote, urlsplit
+
+from bulkgen_cli import __version__
+from bulkgen_cli.errors import UsageError
+from bulkgen_cli.model import (
+    BulkJob,
+    BulkStatus,
+    StepState,
+    iso,
+    later,
+    utcnow,
+)
+from bulkgen_cli.store.base import Store, step_claimable
+
+#: Waits after the 1st, 2nd and 3rd failed try: 4 tries over about a minute.
+RETRY_DELAYS = (5.0, 15.0, 40.0)
+#: A sender holds a step this long; if it dies, another takes the step back after.
+LOCK_SECONDS = 120.0
+WEBHOOK_TIMEOUT = 10.0
+SMTP_TIMEOUT = 30.0
+HOOK_TIMEOUT = 300.0
+#: An on-complete hook is run for ends at most this old (a processor started
+#: later does not replay the whole history).
+HOOK_WINDOW = dt.timedelta(hours=24)
+MAX_CHANNELS = 10
+EMAIL = re.compile(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+")
+
+
+# -- channels -------------------------------------------------------------------
+
+
+def parse_channel(text: str) -> str:
+    """Check one `--notify` value; the stored form is `webhook:URL` or `email:ADDRESS`."""
+    kind, _, target = text.strip().partition(":")
+    kind = kind.lower()
+    if kind == "webhook":
+        parts = urlsplit(target)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"--notify {text!r}: a webhook needs an http:// or https:// URL.")
+        return f"webhook:{target}"
+    if kind == "email":
+        if not EMAIL.fullmatch(target):
+            raise UsageError(f"--notify {text!r}: not an email address.")
+        return f"email:{target}"
+    raise UsageError(f"--notify {text!r}: use webhook:https://… or email:someone@example.com.")
+
+
+def parse_channels(values: list[str]) -> list[str]:
+    channels = []
+    for value in values:
+        for part in value.split(","):
+            if part.strip() and part.strip().lower() != "none":
+                channel = parse_channel(part)
+                if channel not in channels:
+                    channels.append(channel)
+    if len(channels) > MAX_CHANNELS:
+        raise UsageError(f"at most {MAX_CHANNELS} notification channels, got {len(channels)}.")
+    return channels
+
+
+def mask_channel(channel: str) -> str:
+    """A channel for display: a password in a webhook URL becomes ***."""
+    kind, _, target = channel.partition(":")
+    parts = urlsplit(target) if kind == "webhook" else None
+    if parts is not None and parts.password:
+        target = parts._replace(netloc=parts.netloc.replace(":" + parts.password + "@", ":***@", 1)).geturl()
+    return f"{kind}:{target}"
+
+
+# -- the event ----------------------------------------------------------------------
+
+
+def build_event(bulk: BulkJob, event_id: str, kind: str) -> dict[str, Any]:
+    started = bulk.started_at or bulk.created_at
+    duration = None
+    if started and bulk.completed_at:
+        duration = round((bulk.completed_at - started).total_seconds(), 3)
+    return {
+        "event": kind,
+        "event_id": event_id,
+        "bulk_job_id": bulk.id,
+        "name": bulk.name,
+        "userId": bulk.userId,
+        "mode": bulk.mode,
+        "status": bulk.status,
+        "total_items": bulk.total_items,
+        "completed_items": bulk.completed_items,
+        "failed_items": bulk.failed_items,
+        "cancelled_items": bulk.cancelled_items,
+        "started_at": iso(bulk.started_at),
+        "completed_at": iso(bulk.completed_at),
+        "duration_seconds": duration,
+        "error_summary": list(bulk.error_summary),
+        "results_command": f"bulkgen results {bulk.id} --out articles/",
+    }
+
+
+def email_message(event: dict[str, Any], sender: str, to: str) -> EmailMessage:
+    failed = f", {event['failed_items']} failed" if event["failed_items"] else ""
+    message = EmailMessage()
+    message["Subject"] = (f"bulkgen: {event['name']} {event['status']}: "
+                          f"{event['completed_items']} of {event['total_items']} completed{failed}")
+    message["From"] = sender
+    message["To"] = to
+    lines = [
+        f"Bulk job {event['bulk_job_id']} ({event['name']}) is {event['status']}.",
+        "",
+        f"Completed: {event['completed_items']} of {event['total_items']}",
+        f"Failed:    {event['failed_items']}",
+        f"Cancelled: {event['cancelled_items']}",
+        f"Duration:  {event['duration_seconds']} s" if event["duration_seconds"] is not None else "",
+    ]
+    if event["error_summary"]:
+        lines += ["", "Failures:"] + [f"  {line}" for line in event["error_summary"]]
+    lines += ["", "Get the articles:", f"  {event['results_command']}", ""]
+    message.set_content("\n".join(line for line in lines if line is not None))
+    return message
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """From BULKGEN_SMTP_URL: smtp://[user:pass@]host[:port] (STARTTLS) or smtps:// (TLS)."""
+
+    scheme: str
+    host: str
+    port: int
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sender: str = "bulkgen@localhost"
+
+    @classmethod
+    def from_url(cls, url: str, sender: str | None = None) -> SmtpSettings:
+        parts = urlsplit(url)
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise UsageError("BULKGEN_SMTP_URL must look like smtp://user:pass@host:587 or smtps://host:465.")
+        user = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password else None
+        query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
+        default_port = 465 if parts.scheme == "smtps" else (587 if user else 25)
+        try:
+            port = parts.port or default_port
+        except ValueError:
+            raise UsageError("BULKGEN_SMTP_URL has a port that is not a number.") from None
+        return cls(parts.scheme, parts.hostname, port, user, password,
+                   sender or unquote(query.get("from", "")) or "bulkgen@localhost")
+
+    def send(self, message: EmailMessage) -> None:
+        context = ssl.create_default_context()
+        if self.scheme == "smtps":
+            smtp: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=SMTP_TIMEOUT, context=context)
+        else:
+            smtp = smtplib.SMTP(self.host, self.port, timeout=SMTP_TIMEOUT)
+        with smtp:
+            smtp.ehlo()
+            if self.user and self.scheme == "smtp":
+                if not smtp.has_extn("starttls"):
+                    raise RuntimeError("the SMTP server offers no STARTTLS; the password is not sent in clear")
+                smtp.starttls(context=context)
+                smtp.ehlo()
+            if self.user:
+                smtp.login(self.user, self.password or "")
+            smtp.send_message(message)
+
+
+# -- delivery ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One try at one channel (or the on-complete hook), for the user to see."""
+
+    bulk_id: str
+    channel: str
+    ok: bool
+    error: str | None = None
+    final: bool = True
+
+
+class Notifier:
+    def __init__(
+        self,
+        store: Store,
+        owner: str,
+        smtp: SmtpSettings | None = None,
+        on_complete: str | None = None,
+        skip_unconfigured: bool = False,
+        on_delivery: Callable[[Delivery], None] | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+        retry_delays: tuple[float, ...] = RETRY_DELAYS,
+    ):
+        self.store = store
+        self.retry_delays = retry_delays
+        self.owner = owner
+        self.smtp = smtp
+        self.on_complete = on_complete
+        #: a command (cancel) leaves email to a processor when it has no SMTP itself
+        self.skip_unconfigured = skip_unconfigured
+        self.on_delivery = on_delivery or (lambda d: None)
+        self.clock = clock
+
+    def _can(self, channel: str) -> bool:
+        return not (channel.startswith("email:") and self.smtp is None and self.skip_unconfigured)
+
+    def deliver(self, bulk: BulkJob) -> None:
+        """Send every due step of the job's outbox once, and run the hook if it is ours."""
+        outbox = bulk.outbox
+        if not outbox:
+            return
+        event = outbox["event"] or self._fill(bulk)
+        if event is None:
+            return  # another end replaced this one meanwhile
+        now = self.clock()
+        for index, step in enumerate(outbox["steps"]):
+            if not self._can(step["channel"]) or not step_claimable(step, now):
+                continue
+            if not self.store.claim_step(bulk.id, outbox["event_id"], index, self.owner, now, LOCK_SECONDS):
+                continue
+            error = self._send(step["channel"], event)
+            tries = step["attempts"] + 1
+            retry_at = None
+            if error is not None and tries <= len(self.retry_delays):
+                retry_at = later(self.clock(), self.retry_delays[tries - 1])
+            self.store.finish_step(bulk.id, outbox["event_id"], index, self.owner, self.clock(), error, retry_at)
+            self.on_delivery(Delivery(bulk.id, mask_channel(step["channel"]), error is None, error,
+                                      final=error is None or retry_at is None))
+        self._hook(bulk, event)
+
+    def _fill(self, bulk: BulkJob) -> dict[str, Any] | None:
+        """Build the event from the ended job, once; every deliverer then sends that one."""
+        assert bulk.outbox is not None
+        now = self.clock()
+        if bulk.status == BulkStatus.cancelled.value:
+            self.store.cancel_bulk(bulk.id, now)  # idempotent: finishes a cancel that died half-way
+        self.store.refresh_counters(bulk.id, now)
+        fresh = self.store.get_bulk(bulk.id)
+        if fresh is None or not fresh.outbox or fresh.outbox["event_id"] != bulk.outbox["event_id"]:
+            return None
+        self.store.set_event(bulk.id, bulk.outbox["event_id"],
+                             build_event(fresh, bulk.outbox["event_id"], bulk.outbox["kind"]))
+        stored = self.store.get_bulk(bulk.id)
+        return None if stored is None or not stored.outbox else stored.outbox["event"]
+
+    def deliver_due(self) -> None:
+        """Work through every open outbox, and the hooks this processor owes."""
+        for bulk in self.store.open_outboxes():
+            self.deliver(bulk)
+        if self.on_complete:
+            for bulk in self.store.pending_hooks(self.clock() - HOOK_WINDOW):
+                self.deliver(bulk)
+
+    def next_due(self) -> dt.datetime | None:
+        """When the earliest step this notifier can send becomes due, or None."""
+        due = []
+        for bulk in self.store.open_outboxes():
+            for step in (bulk.outbox or {}).get("steps", []):
+                if not self._can(step["channel"]):
+                    continue
+                if step["state"] == StepState.pending.value:
+                    due.append(step["next_at"])
+                elif step["state"] == StepState.sending.value:
+                    due.append(step["lock_until"])
+        return dt.datetime.fromisoformat(min(due)) if due else None
+
+    # -- channels --------------------------------------------------------------
+
+    def _send(self, channel: str, event: dict[str, Any]) -> str | None:
+        """Send one channel; None when delivered, else a one-line reason."""
+        kind, _, target = channel.partition(":")
+        try:
+            if kind == "webhook":
+                return self._webhook(target, event)
+            if kind == "email":
+                if self.smtp is None:
+                    return "no BULKGEN_SMTP_URL is set on the processor that delivered it"
+                self.smtp.send(email_message(event, self.smtp.sender, target))
+                return None
+            return f"unknown channel kind {kind!r}"
+        except Exception as exc:  # noqa: BLE001  a channel's failure is recorded, never raised
+            return self._scrub(f"{type(exc).__name__}: {exc}")[:300]
+
+    def _webhook(self, url: str, event: dict[str, Any]) -> str | None:
+        import httpx
+
+        if urlsplit(url).scheme not in ("http", "https"):
+            return "not an http(s) URL"
+        response = httpx.post(
+            url,
+            json=event,
+            timeout=WEBHOOK_TIMEOUT,
+            follow_redirects=False,
+            headers={
+                "User-Agent": f"bulkgen/{__version__}",
+                "X-Bulkgen-Event": event["event"],
+                "Idempotency-Key": event["event_id"],
+            },
+        )
+        if 200 <= response.status_code < 300:
+            return None
+        body = " ".join(response.text.split())[:120]
+        return f"HTTP {response.status_code}: {body}"
+
+    def _scrub(self, text: str) -> str:
+        if self.smtp is not None and self.smtp.password:
+            text = text.replace(self.smtp.password, "***")
+        return text
+
+    def _hook(self, bulk: BulkJob, event: dict[str, Any]) -> None:
+        if not self.on_complete or not bulk.outbox:
+            return
+        if not self.store.claim_hook(bulk.id, bulk.outbox["event_id"]):
+            return
+        env = {**os.environ, "BULKGEN_BULK_ID": bulk.id, "BULKGEN_STATUS": bulk.status,
+               "BULKGEN_EVENT": event["event"]}
+        try:
+            done = subprocess.run(self.on_complete, shell=True, input=json.dumps(event), text=True,
+                                  env=env, capture_output=True, timeout=HOOK_TIMEOUT)
+            error = None if done.returncode == 0 else (
+                f"exited {done.returncode}: {' '.join(done.stderr.split())[:200]}")
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            error = str(exc)[:200]
+        self.on_delivery(Delivery(bulk.id, "on-complete", error is None, error))
