@@ -215,9 +215,12 @@ class Processor:
                     continue
                 unreachable_wait = self.settings.backoff or 1.0
                 if step is Step.busy:
-                    if not self._watch_other(report=not busy_reported) and until_idle and until is None:
-                        return  # attached, and the queue went idle
+                    # Deliveries do not need the processor lease: each step has its own lock.
+                    self._scan_outboxes()
+                    working = self._watch_other(report=not busy_reported)
                     busy_reported = True
+                    if not working and until_idle and until is None and self._notifications_due() is None:
+                        return  # attached, and the queue went idle
                     self._sleep(self._lease_poll())
                     continue
                 if step is Step.idle:
@@ -229,7 +232,7 @@ class Processor:
                         self._hold_for(min(max(wait, 0.05), WAIT_MAX))
                         continue
                     self._scan_outboxes(force=True)
-                    due = self.notifier.next_due() if self.notifier else None
+                    due = self._notifications_due()
                     if due is not None:
                         # Idle, but a notification waits for another try: deliver it before leaving.
                         wait = min(max((due - self.clock()).total_seconds(), 0.05), WAIT_MAX)
@@ -245,6 +248,9 @@ class Processor:
                 final = [self.store.get_bulk(i) for i in sorted(self._watched)]
                 self.on_event(Snapshot([b for b in final if b is not None], [], "nobody"))
             self.release()
+
+    def _notifications_due(self) -> dt.datetime | None:
+        return self.notifier.next_due() if self.notifier is not None else None
 
     def _scan_outboxes(self, force: bool = False) -> None:
         """Deliver what other deliverers left pending (a crash, a receiver that was down)."""
