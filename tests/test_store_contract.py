@@ -488,3 +488,29 @@ def test_a_new_round_gets_a_new_event(store):
     store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), t)
     assert store.refresh_counters(bulk.id, t).ended_now
     assert store.get_bulk(bulk.id).outbox["event_id"] != first
+
+
+def test_sqlite_store_of_schema_1_is_migrated(tmp_path):
+    import sqlite3
+
+    from bulkgen_cli.store.sqlite import SqliteStore
+
+    path = tmp_path / "old.db"
+    store = SqliteStore(path)
+    bulk = submit(store, 10)
+    store.close()
+    db = sqlite3.connect(path, isolation_level=None)
+    for statement in ("DROP INDEX bulk_jobs_notify", "DROP INDEX bulk_jobs_hook",
+                      "ALTER TABLE bulk_jobs DROP COLUMN outbox",
+                      "ALTER TABLE bulk_jobs DROP COLUMN notify_pending",
+                      "ALTER TABLE bulk_jobs DROP COLUMN hook_pending", "PRAGMA user_version = 1"):
+        db.execute(statement)
+    db.close()
+    store = SqliteStore(path)
+    try:
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert store.get_bulk(bulk.id).total_items == 10
+        assert run_to_end(store, store.get_bulk(bulk.id), utcnow()).ended_now
+        assert store.get_bulk(bulk.id).outbox is not None
+    finally:
+        store.close()
