@@ -235,3 +235,22 @@ def test_killed_after_the_end_before_delivery_next_processor_delivers_once(tmp_p
         assert run_cli(["run"], env).code == 0 and len(receiver.events()) == 1
     finally:
         receiver.stop()
+
+
+def test_two_processes_racing_send_one_post_per_job(tmp_path, hook):
+    from bulkgen_cli.content.reference import ReferenceService
+
+    service = ReferenceService(latency=0.02).start()
+    try:
+        env = base_env(tmp_path) | {"BULKGEN_API_URL": service.url}
+        ids = []
+        for n in range(3):
+            path = items_file(tmp_path, [f"J{n} {i}" for i in range(10)], name=f"j{n}.yaml")
+            ids.append(run_cli(["submit", str(path), "--notify", f"webhook:{hook.url}"], env).out.strip())
+        procs = [spawn(["run", "--lease", "1"], env) for _ in range(2)]
+        for proc in procs:
+            proc.communicate(timeout=120)
+            assert proc.returncode == 0
+    finally:
+        service.stop()
+    assert sorted(e["bulk_job_id"] for e in hook.events()) == sorted(ids)
