@@ -302,6 +302,9 @@ def _read_yaml(text: str, problems: _Problems) -> _Read:
         except yaml.YAMLError as exc:
             problems.add(f"is not valid YAML: {str(exc).splitlines()[0]}.")
             return None, None, {}, []
+        except RecursionError:  # PyYAML composes nested collections recursively
+            problems.add(f"nests deeper than {MAX_DEPTH} levels.")
+            return None, None, {}, []
         conv = _Converter(loader, problems)
         try:
             _check_tags(root)
@@ -383,9 +386,14 @@ def _read_csv(text: str, problems: _Problems) -> _Read:
             return None, None, {}, []
         columns = [h.strip() for h in header]
         known = ARTICLE_FIELDS + ("mode",)
+        unknown = [c for c in columns if c and not bad_key_reason(c) and c not in known]
+        if len(unknown) > 5:
+            # A wide file is one mistake (wrong file, wrong delimiter), not thousands.
+            shown = ", ".join(f"'{c[:30]}'" for c in unknown[:5])
+            problems.add(f"has {len(unknown):,} unknown columns ({shown}, …); known columns: "
+                         f"{', '.join(known)}.", line=1)
+            return None, None, {}, []
         for index, column in enumerate(columns, start=1):
-            if len(problems.items) > MAX_PROBLEMS:
-                break
             if not column:
                 problems.add(f"header column {index} is empty.", line=1)
             elif reason := bad_key_reason(column):
@@ -394,6 +402,8 @@ def _read_csv(text: str, problems: _Problems) -> _Read:
                 problems.add(f"unknown column '{column[:60]}'{suggest(column, known)}", line=1)
             elif columns.index(column) != index - 1:
                 problems.add(f"column '{column}' appears twice.", line=1)
+            if len(problems.items) > MAX_PROBLEMS:
+                break
         if problems.items:
             return None, None, {}, []
         start = reader.line_num + 1

@@ -101,3 +101,16 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# Hypothesis: bounded in CI; `--hypothesis-profile=long` for a soak.
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("ci", max_examples=40, stateful_step_count=40, deadline=None,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("long", max_examples=2000, stateful_step_count=100, deadline=None,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile("ci")
+except ImportError:  # pragma: no cover
+    pass

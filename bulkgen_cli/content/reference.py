@@ -12,6 +12,7 @@ per article, by directives in its text fields, so tests are deterministic:
     [badshape]                 200 with JSON that lacks "success"
     [refuse]                   {"success": false, "error": ...}
     [text]                     content is a plain string instead of {title, body}
+    [echo-auth]                400 whose body repeats the Authorization header (a leaky service)
     [slow:S]                   answer after S seconds
     [hang] or [hang:N]         never answer (the first N tries); the time the client closes is recorded
     [drop]                     close the connection without answering
@@ -194,6 +195,9 @@ class ReferenceService:
                 outcome = "dropped"
                 handler.connection.shutdown(socket.SHUT_RDWR)
                 handler.close_connection = True
+            elif "echo-auth" in directives:
+                outcome = "echo-auth"
+                handler._send(400, {"success": False, "error": f"bad auth {handler.headers.get('Authorization')}"})
             elif "malformed" in directives:
                 outcome = "malformed"
                 handler._send(200, None, raw=b"<html>Internal proxy page</html>")

@@ -1,0 +1,218 @@
+"""Stateful property tests of the store contract (design §3 invariants 1-7), on both stores.
+
+Hypothesis drives random sequences of submit, claim, heartbeat, finish, lease
+expiry on a controllable clock, release, pause, resume, cancel, retry-failed and
+the processor lease held by two owners, and checks every invariant after every
+step. CI runs a bounded number of examples; for a long run:
+
+    python -m pytest tests/test_stateful.py --hypothesis-profile=long
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+from pathlib import Path
+
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from bulkgen_cli import control
+from bulkgen_cli.errors import InvalidTransition
+from bulkgen_cli.model import BulkJob, BulkStatus, ItemStatus, Outcome, new_id
+
+LEASE = 30.0
+MAX_ATTEMPTS = 3
+OWNERS = ("A", "B")
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+
+class StoreMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.store = self.open_store()
+        self.now = T0
+        self.bulks: dict[str, list[str]] = {}  # bulk id -> its item ids, as submitted
+        self.held: dict[str, str] = {}  # item id -> owner, as the claims said
+        self.ends: dict[str, int] = {}  # bulk id -> ends recorded (ended_now or cancel)
+        self.rounds: dict[str, int] = {}  # bulk id -> rounds started (1 + retry-failed)
+        self.lease_owner: str | None = None
+        self.lease_until = T0
+
+    def open_store(self):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        self.store.close()
+
+    # -- helpers ----------------------------------------------------------------
+
+    def refresh(self, bulk_id: str) -> None:
+        if self.store.refresh_counters(bulk_id, self.now).ended_now:
+            self.ends[bulk_id] += 1
+
+    def expected_next(self) -> str | None:
+        """FIFO: the first queued item of the oldest claimable job."""
+        jobs = [self.store.get_bulk(b) for b in self.bulks]
+        jobs = sorted((j for j in jobs if j.status in ("queued", "processing")), key=lambda j: (j.created_at, j.id))
+        for job in jobs:
+            for item in self.store.list_items(job.id):
+                if item.status == "queued":
+                    return item.id
+        return None
+
+    # -- rules ------------------------------------------------------------------
+
+    @precondition(lambda self: len(self.bulks) < 4)
+    @rule(n=st.integers(min_value=1, max_value=4))  # small jobs reach their end within a run
+    def submit(self, n: int) -> None:
+        self.now += dt.timedelta(milliseconds=1)
+        bulk = BulkJob(id=new_id(), userId="u", mode="topic", name="j", status="queued", total_items=n,
+                       created_at=self.now, notify=["webhook:http://127.0.0.1:9/h"])
+        self.store.create_bulk(bulk, [{"topic": f"T{i}", "word_count": 500} for i in range(n)])
+        self.bulks[bulk.id] = [i.id for i in self.store.list_items(bulk.id)]
+        self.ends[bulk.id] = 0
+        self.rounds[bulk.id] = 1
+
+    @rule(owner=st.sampled_from(OWNERS))
+    def claim(self, owner: str) -> None:
+        expected = self.expected_next() if not self.held else None
+        item = self.store.claim_next(owner, LEASE, self.now)
+        if self.held:
+            assert item is None, "a second item was claimed while one is in flight"
+            return
+        assert (item.id if item else None) == expected, "claim broke FIFO or took a paused/cancelled job's item"
+        if item is not None:
+            self.held[item.id] = owner
+
+    @rule(data=st.data(), status=st.sampled_from([ItemStatus.completed, ItemStatus.failed]))
+    def finish(self, data, status: ItemStatus) -> None:
+        if not self.held:
+            return
+        item_id = data.draw(st.sampled_from(sorted(self.held)))
+        owner = self.held.pop(item_id)
+        bulk_id = next(b for b, items in self.bulks.items() if item_id in items)
+        outcome = Outcome(status, {"content": "x"} if status is ItemStatus.completed else None,
+                          None if status is ItemStatus.completed else "bad")
+        if self.store.finish_item(item_id, owner, outcome, self.now):
+            self.refresh(bulk_id)
+
+    @rule(data=st.data())
+    def heartbeat(self, data) -> None:
+        if self.held:
+            item_id = data.draw(st.sampled_from(sorted(self.held)))
+            if not self.store.heartbeat(item_id, self.held[item_id], LEASE, self.now):
+                del self.held[item_id]  # no longer its own (cancelled or taken back)
+
+    @rule(data=st.data())
+    def release(self, data) -> None:
+        if self.held:
+            item_id = data.draw(st.sampled_from(sorted(self.held)))
+            self.store.release_item(item_id, self.held.pop(item_id))
+
+    @rule(seconds=st.integers(min_value=1, max_value=45))
+    def tick_and_take_back_expired(self, seconds: int) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+        for bulk_id in self.store.requeue_expired(self.now, MAX_ATTEMPTS):
+            self.refresh(bulk_id)
+        self.held = {i: o for i, o in self.held.items() if self.store.is_held(i, o)}
+
+    @rule(data=st.data())
+    def refresh_any(self, data) -> None:
+        """Deliverers and commands refresh counters too: that never records a second end."""
+        if self.bulks:
+            self.refresh(data.draw(st.sampled_from(sorted(self.bulks))))
+
+    @rule(data=st.data(), action=st.sampled_from(list(control.Action)))
+    def control(self, data, action: control.Action) -> None:
+        if not self.bulks:
+            return
+        bulk_id = data.draw(st.sampled_from(sorted(self.bulks)))
+        before = self.store.get_bulk(bulk_id).status
+        try:
+            result = control.apply(self.store, action, bulk_id, self.now)
+        except InvalidTransition:
+            assert self.store.get_bulk(bulk_id).status == before, "a refused action changed the job"
+            return
+        if result.ended_now:
+            self.ends[bulk_id] += 1
+        if action is control.Action.retry_failed and result.changed:
+            self.rounds[bulk_id] += 1
+        if action is control.Action.cancel:
+            self.held = {i: o for i, o in self.held.items() if self.store.is_held(i, o)}
+
+    @rule(owner=st.sampled_from(OWNERS), seconds=st.integers(min_value=5, max_value=40))
+    def processor_lease(self, owner: str, seconds: int) -> None:
+        free = self.lease_owner is None or self.lease_owner == owner or self.lease_until < self.now
+        got = self.store.acquire_processor_lease(owner, seconds, self.now, "h", 1)
+        assert got == free, "the processor lease went to a second live owner"
+        if got:
+            self.lease_owner, self.lease_until = owner, self.now + dt.timedelta(seconds=seconds)
+
+    @rule(owner=st.sampled_from(OWNERS))
+    def release_processor_lease(self, owner: str) -> None:
+        self.store.release_processor_lease(owner)
+        if self.lease_owner == owner:
+            self.lease_owner = None
+
+    # -- invariants -------------------------------------------------------------
+
+    @invariant()
+    def invariants_hold(self) -> None:
+        processing = 0
+        for bulk_id, submitted in self.bulks.items():
+            bulk = self.store.get_bulk(bulk_id)
+            items = self.store.list_items(bulk_id)
+            # 7 and "nothing lost or duplicated": the same items, every one accounted for.
+            assert [i.id for i in items] == submitted
+            by = {s.value: sum(1 for i in items if i.status == s.value) for s in ItemStatus}
+            # 1: counters equal the items.
+            assert (bulk.completed_items, bulk.failed_items, bulk.cancelled_items) == (
+                by["completed"], by["failed"], by["cancelled"])
+            pending = by["queued"] + by["processing"]
+            processing += by["processing"]
+            # Terminal iff nothing is pending.
+            if bulk.status in ("completed", "cancelled"):
+                assert pending == 0, f"{bulk.status} job with pending items"
+            else:
+                assert pending > 0, f"{bulk.status} job with nothing pending"
+            # Items of paused and cancelled jobs do not start: none is in flight
+            # unless it already was (a pause lets it finish).
+            if bulk.status == BulkStatus.cancelled.value:
+                assert by["processing"] == 0
+            # 6: the end is recorded once per round.
+            assert self.ends[bulk_id] <= self.rounds[bulk_id]
+            if bulk.status in ("completed", "cancelled"):
+                assert self.ends[bulk_id] == self.rounds[bulk_id]
+                assert bulk.outbox is not None and len(bulk.outbox["steps"]) == 1
+            assert all(i.attempts <= MAX_ATTEMPTS for i in items)
+        # 2: at most one item in flight in the whole store.
+        assert processing <= 1
+        lease = self.store.processor_lease()
+        if lease is not None:
+            assert lease.owner == self.lease_owner
+
+
+class SqliteMachine(StoreMachine):
+    def open_store(self):
+        from bulkgen_cli.store.sqlite import SqliteStore
+
+        self._dir = tempfile.TemporaryDirectory()
+        return SqliteStore(Path(self._dir.name) / "s.db")
+
+    def teardown(self) -> None:
+        super().teardown()
+        self._dir.cleanup()
+
+
+class MongoMachine(StoreMachine):
+    def open_store(self):
+        import mongomock
+
+        from bulkgen_cli.store.mongo import MongoStore
+
+        return MongoStore(mongomock.MongoClient(tz_aware=True), "bulkgen")
+
+
+TestSqliteStore = SqliteMachine.TestCase
+TestMongoStore = MongoMachine.TestCase
