@@ -15,12 +15,8 @@ import datetime as dt
 import json
 import os
 import re
-import smtplib
-import ssl
-import subprocess
 from dataclasses import dataclass, field
-from email.message import EmailMessage
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import unquote, urlsplit
 
 from bulkgen_cli import __version__
@@ -34,6 +30,9 @@ from bulkgen_cli.model import (
     utcnow,
 )
 from bulkgen_cli.store.base import Store, step_claimable
+
+if TYPE_CHECKING:  # imported where used: `status` shows channels without loading smtplib and ssl
+    from email.message import EmailMessage
 
 #: Waits after the 1st, 2nd and 3rd failed try: 4 tries over about a minute.
 RETRY_DELAYS = (5.0, 15.0, 40.0)
@@ -119,6 +118,8 @@ def build_event(bulk: BulkJob, event_id: str, kind: str) -> dict[str, Any]:
 
 
 def email_message(event: dict[str, Any], sender: str, to: str) -> EmailMessage:
+    from email.message import EmailMessage
+
     failed = f", {event['failed_items']} failed" if event["failed_items"] else ""
     message = EmailMessage()
     message["Subject"] = (f"bulkgen: {event['name']} {event['status']}: "
@@ -168,6 +169,9 @@ class SmtpSettings:
                    sender or unquote(query.get("from", "")) or "bulkgen@localhost")
 
     def send(self, message: EmailMessage) -> None:
+        import smtplib
+        import ssl
+
         context = ssl.create_default_context()
         if self.scheme == "smtps":
             smtp: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=SMTP_TIMEOUT, context=context)
@@ -332,6 +336,8 @@ class Notifier:
             return
         if not self.store.claim_hook(bulk.id, bulk.outbox["event_id"]):
             return
+        import subprocess
+
         env = {**os.environ, "BULKGEN_BULK_ID": bulk.id, "BULKGEN_STATUS": bulk.status,
                "BULKGEN_EVENT": event["event"]}
         try:

@@ -331,7 +331,9 @@ class SqliteStore(Store):
             if in_flight >= max_in_flight:
                 return None
             row = db.execute(
-                "SELECT i.id, i.bulk_job_id FROM bulk_jobs b"
+                # INDEXED BY: with thousands of finished jobs, the planner would
+                # rather walk every job in creation order than look up the few active ones.
+                "SELECT i.id, i.bulk_job_id FROM bulk_jobs b INDEXED BY bulk_jobs_status"
                 " JOIN generation_jobs i ON i.bulk_job_id = b.id AND i.status = 'queued'"
                 " WHERE b.status IN (?, ?)"
                 " ORDER BY b.created_at, b.id, i.queue_position LIMIT 1",
