@@ -72,14 +72,21 @@ GiveUpOpt = Annotated[Optional[float], typer.Option("--give-up", min=0, metavar=
                       "is unreachable this long. [env: BULKGEN_GIVE_UP; default: 600]", show_default=False)]
 
 
-def _stderr() -> Any:
-    from rich.console import Console
+ANSI = {"red": "31", "yellow": "33", "dim": "2"}
 
-    return Console(stderr=True, highlight=False)
+
+def _paint(text: str, style: str) -> str:
+    """Colour for a terminal (not with NO_COLOR): plain escapes, so messages need not load rich."""
+    import os
+
+    if not style or not sys.stderr.isatty() or os.environ.get("NO_COLOR"):
+        return text
+    return f"\x1b[{ANSI[style]}m{text}\x1b[0m"
 
 
 def note(message: str, style: str = "") -> None:
-    _stderr().print(message, style=style, markup=False)
+    sys.stderr.write(_paint(message, style) + "\n")
+    sys.stderr.flush()
 
 
 def _open(store_flag: str | None) -> Any:
@@ -539,10 +546,8 @@ def _process(db: Any, run_settings: Any, forever: bool = False, until_bulk: str 
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    console = _stderr()
     for number, line in enumerate(message.splitlines()):
-        console.print(("Error: " if number == 0 else "       ") + line, style="red" if number == 0 else "",
-                      markup=False, soft_wrap=True)
+        note(("Error: " if number == 0 else "       ") + line, "red" if number == 0 else "")
     sys.exit(code)
 
 

@@ -152,6 +152,10 @@ class Processor:
         self._stop_at = 0.0
         self._watched: set[str] = set()
         self._next_outbox_scan = 0.0
+        self._renewed_at = 0.0
+        self._next_requeue = 0.0
+        #: the latest known state of each job, for the events (saves a read per item)
+        self._bulks: dict[str, BulkJob] = {}
 
     # -- control ---------------------------------------------------------------
 
@@ -286,10 +290,15 @@ class Processor:
     def _lease_poll(self) -> float:
         return min(1.0, self.settings.lease / 4)
 
-    def _renew(self) -> bool:
+    def _renew(self, lazily: bool = False) -> bool:
+        """Take or renew the processor lease; `lazily`: not again within a third of it."""
+        if lazily and self.holding and time.monotonic() < self._renewed_at + self.settings.lease / 3:
+            return True
         self.holding = self.store.acquire_processor_lease(
             self.owner, self.settings.lease, self.clock(), self.host, self.pid
         )
+        if self.holding:
+            self._renewed_at = time.monotonic()
         return self.holding
 
     def _hold_for(self, seconds: float) -> None:
@@ -305,13 +314,18 @@ class Processor:
 
     def work_once(self) -> Step:
         """One step: hold the lease, take back expired items, claim and process one."""
-        if not self._renew():
+        # Per item, only the claim must touch the store: the lease is renewed and
+        # dead processors' items are looked for once per third of a lease.
+        if not self._renew(lazily=True):
             return Step.busy
         now = self.clock()
-        for bulk_id in self.store.requeue_expired(now, self.settings.max_attempts):
-            self._refresh(bulk_id)
+        if time.monotonic() >= self._next_requeue:
+            self._next_requeue = time.monotonic() + self.settings.lease / 3
+            for bulk_id in self.store.requeue_expired(now, self.settings.max_attempts):
+                self._refresh(bulk_id)
         item = self.store.claim_next(self.owner, self.settings.lease, now)
         if item is None:
+            self._next_requeue = 0.0  # idle: look again at once next time
             return Step.idle
         return self.process(item)
 
@@ -319,7 +333,7 @@ class Processor:
 
     def process(self, item: Item) -> Step:
         """Generate a claimed item with in-place retries, then record its end."""
-        bulk = self.store.get_bulk(item.bulk_job_id)
+        bulk = self._bulks.get(item.bulk_job_id) or self.store.get_bulk(item.bulk_job_id)
         assert bulk is not None
         self.on_event(ItemStarted(item, bulk))
         started = time.monotonic()
@@ -405,6 +419,7 @@ class Processor:
         if finished is not None or counts.ended_now:
             bulk = self.store.get_bulk(bulk_id)
             assert bulk is not None
+            self._bulks[bulk_id] = bulk
             if finished is not None:
                 item, outcome, seconds = finished
                 self.on_event(ItemFinished(item, bulk, outcome, seconds))
