@@ -118,9 +118,11 @@ def big_store(folder: str, jobs: int) -> tuple[Path, str]:
         last = bulk.id
     store.db.execute("ANALYZE")
     plans = {
-        "claim_next": ("SELECT i.id FROM bulk_jobs b INDEXED BY bulk_jobs_status JOIN generation_jobs i ON i.bulk_job_id = b.id AND "
-                       "i.status = 'queued' WHERE b.status IN ('queued', 'processing') "
-                       "ORDER BY b.created_at, b.id, i.queue_position LIMIT 1"),
+        "claim_next (job)": ("SELECT b.id FROM bulk_jobs b INDEXED BY bulk_jobs_status WHERE b.status IN "
+                             "('queued', 'processing') AND EXISTS (SELECT 1 FROM generation_jobs i WHERE "
+                             "i.bulk_job_id = b.id AND i.status = 'queued') ORDER BY b.created_at, b.id LIMIT 1"),
+        "claim_next (item)": ("SELECT id FROM generation_jobs WHERE bulk_job_id = ? AND status = 'queued' "
+                              "ORDER BY queue_position LIMIT 1"),
         "status (items)": "SELECT * FROM generation_jobs WHERE bulk_job_id = ? ORDER BY queue_position",
         "list": "SELECT * FROM bulk_jobs WHERE userId = ? ORDER BY created_at DESC, id DESC LIMIT 20",
         "in flight": "SELECT count(*) FROM generation_jobs WHERE status = 'processing'",

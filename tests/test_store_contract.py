@@ -514,3 +514,24 @@ def test_sqlite_store_of_schema_1_is_migrated(tmp_path):
         assert store.get_bulk(bulk.id).outbox is not None
     finally:
         store.close()
+
+
+def test_sqlite_claim_uses_indexes_with_many_finished_jobs(tmp_path):
+    """Regression: the claim used to walk every bulk job in creation order (found by bench/bench_huey.py)."""
+    from bulkgen_cli.store.sqlite import CLAIM_ITEM_SQL, CLAIM_JOB_SQL, SqliteStore
+
+    store = SqliteStore(tmp_path / "big.db")
+    try:
+        t = utcnow()
+        for n in range(200):
+            bulk = submit(store, 10, created_at=t + dt.timedelta(milliseconds=n))
+            if n % 10:
+                store.db.execute("UPDATE bulk_jobs SET status = 'completed' WHERE id = ?", (bulk.id,))
+        store.db.execute("ANALYZE")
+        job_plan = " ".join(r[3] for r in store.db.execute("EXPLAIN QUERY PLAN " + CLAIM_JOB_SQL, ("queued", "processing")))
+        item_plan = " ".join(r[3] for r in store.db.execute("EXPLAIN QUERY PLAN " + CLAIM_ITEM_SQL, (bulk.id,)))
+        assert "INDEX bulk_jobs_status (status=?)" in job_plan and "SCAN b" not in job_plan
+        assert "INDEX generation_jobs_queue (bulk_job_id=? AND status=?)" in item_plan
+        assert "TEMP B-TREE" not in item_plan
+    finally:
+        store.close()
