@@ -13,7 +13,7 @@ import typer
 
 from bulkgen_cli import __version__
 from bulkgen_cli.errors import BulkgenError, ManifestError, NotFound
-from bulkgen_cli.model import BulkJob, BulkStatus
+from bulkgen_cli.model import BulkJob, BulkStatus, Priority
 
 EXIT_CODES = """\
 Exit codes: 0 success; 1 a waited-for bulk job ended with failed or cancelled
@@ -135,6 +135,11 @@ def submit(
                                show_default=False)] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Then process it (or attach to the running processor) "
                     "until it ends; exit 0 if every item completed, 1 otherwise.")] = False,
+    priority: Annotated[Priority, typer.Option("--priority", help="Claims go by priority (high, normal, "
+                        "low), then first in, first out.")] = Priority.normal,
+    not_before: Annotated[Optional[str], typer.Option("--not-before", metavar="WHEN", help="Queue it now, "
+                          "start it then: ISO 8601 (local time without a zone) or +30m, +2h, +1d.",
+                          show_default=False)] = None,
     notify: Annotated[Optional[list[str]], typer.Option("--notify", metavar="CHANNEL", help="Tell someone when "
                       "it ends: webhook:https://… or email:someone@example.com; repeatable. "
                       "[env: BULKGEN_NOTIFY, comma-separated]", show_default=False)] = None,
@@ -159,17 +164,22 @@ def submit(
 
     parsed = manifest.load(file, mode)
     channels = settings.notify_channels(notify)
+    from bulkgen_cli.model import utcnow
+
+    start = settings.parse_when(not_before, utcnow()) if not_before else None
     run_settings = None
     if wait:
         run_settings = settings.RunSettings.resolve(
             api_url, delay, timeout, max_retries, backoff, lease, give_up, grace, on_complete
         )
     with _open(store) as db:
-        _submit(db, file, parsed, run_settings, name, user, idempotency_key, wait, json_, channels)
+        _submit(db, file, parsed, run_settings, name, user, idempotency_key, wait, json_, channels,
+                priority, start)
 
 
 def _submit(db: Any, file: Path, parsed: Any, run_settings: Any, name: str | None, user: str | None,
-            idempotency_key: str | None, wait: bool, json_: bool, channels: list[str]) -> None:
+            idempotency_key: str | None, wait: bool, json_: bool, channels: list[str],
+            priority: Priority = Priority.normal, start: Any = None) -> None:
     from bulkgen_cli import settings
     from bulkgen_cli.model import new_id, utcnow
 
@@ -183,10 +193,16 @@ def _submit(db: Any, file: Path, parsed: Any, run_settings: Any, name: str | Non
         created_at=utcnow(),
         idempotency_key=idempotency_key,
         notify=channels,
+        priority=priority.value,
+        not_before=start,
     )
     bulk, created = db.create_bulk(bulk, parsed.articles)
     if created:
         note(f"Queued bulk job {bulk.id}: {bulk.total_items} {bulk.mode} articles from {file}.")
+        if start is not None:
+            from bulkgen_cli.render import when
+
+            note(f"It starts not before {when(start)}.")
     else:
         note(f"Idempotency key {idempotency_key!r} was already used: bulk job {bulk.id} exists; nothing new stored.")
     if not wait:
@@ -535,6 +551,11 @@ def _process(db: Any, run_settings: Any, forever: bool = False, until_bulk: str 
         render.print_summary([final])
         return final
     render.print_summary([db.get_bulk(b) for b in view.ended])
+    from bulkgen_cli.model import utcnow
+
+    scheduled = db.next_start(utcnow())
+    if scheduled is not None:
+        note(f"A scheduled job starts {render.when(scheduled)}; `bulkgen run --forever` waits for it.")
     if view.items_done:
         note(f"Processed {view.items_done} items; the queue is empty.")
     else:

@@ -58,6 +58,18 @@ class EventKind(str, Enum):
     cancelled = "bulk_job.cancelled"
 
 
+class Priority(str, Enum):
+    """Claims go by priority, then FIFO."""
+
+    high = "high"
+    normal = "normal"
+    low = "low"
+
+
+#: Sort key of each priority (stored beside it as `priority_rank`).
+PRIORITY_RANK = {Priority.high: 0, Priority.normal: 1, Priority.low: 2}
+
+
 class Mode(str, Enum):
     topic = "topic"
     keywords = "keywords"
@@ -182,6 +194,9 @@ class BulkJob:
     idempotency_key: str | None = None
     #: the notification outbox of the job's latest end (see `new_outbox`)
     outbox: dict[str, Any] | None = None
+    priority: str = Priority.normal.value
+    #: nothing of it is claimed before this time
+    not_before: dt.datetime | None = None
 
     @property
     def pending(self) -> int:

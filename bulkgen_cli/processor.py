@@ -245,6 +245,9 @@ class Processor:
                         continue
                     if until_idle and until is None:
                         return
+                    start = self.store.next_start(self.clock())
+                    if start is not None:  # wake up when a scheduled job may start, not later
+                        idle_wait = min(idle_wait, max((start - self.clock()).total_seconds(), 0.05))
                     self._hold_for(idle_wait)
                     idle_wait = min(idle_wait * 2, POLL_MAX)
         finally:

@@ -32,6 +32,8 @@ def bulk_dict(bulk: BulkJob) -> dict[str, Any]:
         "completed_at": iso(bulk.completed_at),
         "estimated_completion": iso(bulk.estimated_completion),
         "error_summary": list(bulk.error_summary),
+        "priority": bulk.priority,
+        "not_before": iso(bulk.not_before),
     }
 
 
@@ -131,6 +133,9 @@ def status_renderables(bulk: BulkJob, items: list[Item] | None) -> list[Any]:
     head.add_row("Failed / cancelled", f"{bulk.failed_items} / {bulk.cancelled_items}")
     head.add_row("Remaining", str(bulk.pending))
     head.add_row("Mode / user", f"{bulk.mode} / {bulk.userId}")
+    head.add_row("Priority", bulk.priority)
+    if bulk.not_before and not bulk.started_at:
+        head.add_row("Starts", "not before " + when(bulk.not_before))
     head.add_row("Created", when(bulk.created_at))
     head.add_row("Started", when(bulk.started_at))
     if bulk.completed_at:
@@ -171,13 +176,14 @@ def list_table(bulks: list[BulkJob]) -> Any:
 
     table = Table()
     table.add_column("ID", no_wrap=True, min_width=24)
-    for name, justify in (("Name", "left"), ("Mode", "left"), ("Status", "left"),
+    for name, justify in (("Name", "left"), ("Priority", "left"), ("Mode", "left"), ("Status", "left"),
                           ("Done", "right"), ("Failed", "right"), ("Created", "left")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for bulk in bulks:
         table.add_row(
             bulk.id,
             short(bulk.name, 30),
+            bulk.priority,
             bulk.mode,
             Text(bulk.status, style=STATUS_STYLE.get(bulk.status, "")),
             f"{bulk.completed_items}/{bulk.total_items}",

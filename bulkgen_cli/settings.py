@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import getpass
 import os
 from dataclasses import dataclass, field
@@ -167,3 +168,25 @@ def notify_retry_delays() -> tuple[float, ...]:
         return tuple(seconds()(part.strip()) for part in raw.split(",") if part.strip())
 
     return pick(None, ENV_NOTIFY_RETRY, parse, RETRY_DELAYS)
+
+
+def parse_when(text: str, now: dt.datetime) -> dt.datetime:
+    """`--not-before`: ISO 8601 with or without a zone (local time without), or +30m, +2h, +1d, +90s."""
+    import re
+
+    raw = text.strip()
+    match = re.fullmatch(r"\+(\d+(?:\.\d+)?)\s*([smhd])", raw)
+    if match:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+        return now + dt.timedelta(seconds=float(match.group(1)) * unit)
+    try:
+        when = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise UsageError(
+            f"--not-before {text!r}: use an ISO 8601 time (2026-12-01T09:00, with or without a zone) "
+            "or a delay like +30m, +2h, +1d."
+        ) from None
+    if when.tzinfo is None:
+        when = when.astimezone()  # a time without a zone is local time
+    when = when.astimezone(dt.timezone.utc)
+    return when.replace(microsecond=when.microsecond // 1000 * 1000)

@@ -55,6 +55,8 @@ def submit(
     key: str | None = None,
     prefix: str = "Topic",
     notify: list[str] | None = None,
+    priority: str = "normal",
+    not_before: dt.datetime | None = None,
 ) -> BulkJob:
     bulk = BulkJob(
         id=new_id(),
@@ -66,6 +68,8 @@ def submit(
         created_at=created_at or utcnow(),
         idempotency_key=key,
         notify=list(notify or []),
+        priority=priority,
+        not_before=not_before,
     )
     stored, _ = store.create_bulk(bulk, articles(n, prefix))
     return stored

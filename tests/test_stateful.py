@@ -52,9 +52,12 @@ class StoreMachine(RuleBasedStateMachine):
             self.ends[bulk_id] += 1
 
     def expected_next(self) -> str | None:
-        """FIFO: the first queued item of the oldest claimable job."""
+        """Priority, then FIFO: the first queued item of the oldest due claimable job."""
+        rank = {"high": 0, "normal": 1, "low": 2}
         jobs = [self.store.get_bulk(b) for b in self.bulks]
-        jobs = sorted((j for j in jobs if j.status in ("queued", "processing")), key=lambda j: (j.created_at, j.id))
+        jobs = sorted((j for j in jobs if j.status in ("queued", "processing")
+                       and (j.not_before is None or j.not_before <= self.now)),
+                      key=lambda j: (rank[j.priority], j.created_at, j.id))
         for job in jobs:
             for item in self.store.list_items(job.id):
                 if item.status == "queued":
@@ -64,11 +67,14 @@ class StoreMachine(RuleBasedStateMachine):
     # -- rules ------------------------------------------------------------------
 
     @precondition(lambda self: len(self.bulks) < 4)
-    @rule(n=st.integers(min_value=1, max_value=4))  # small jobs reach their end within a run
-    def submit(self, n: int) -> None:
+    @rule(n=st.integers(min_value=1, max_value=4),  # small jobs reach their end within a run
+          priority=st.sampled_from(["high", "normal", "normal", "low"]),
+          wait=st.one_of(st.none(), st.integers(min_value=1, max_value=60)))
+    def submit(self, n: int, priority: str, wait: int | None) -> None:
         self.now += dt.timedelta(milliseconds=1)
         bulk = BulkJob(id=new_id(), userId="u", mode="topic", name="j", status="queued", total_items=n,
-                       created_at=self.now, notify=["webhook:http://127.0.0.1:9/h"])
+                       created_at=self.now, notify=["webhook:http://127.0.0.1:9/h"], priority=priority,
+                       not_before=None if wait is None else self.now + dt.timedelta(seconds=wait))
         self.store.create_bulk(bulk, [{"topic": f"T{i}", "word_count": 500} for i in range(n)])
         self.bulks[bulk.id] = [i.id for i in self.store.list_items(bulk.id)]
         self.ends[bulk.id] = 0
@@ -81,7 +87,8 @@ class StoreMachine(RuleBasedStateMachine):
         if self.held:
             assert item is None, "a second item was claimed while one is in flight"
             return
-        assert (item.id if item else None) == expected, "claim broke FIFO or took a paused/cancelled job's item"
+        assert (item.id if item else None) == expected, \
+            "claim broke priority/FIFO, took a paused or cancelled job's item, or started one before its time"
         if item is not None:
             self.held[item.id] = owner
 

@@ -490,7 +490,7 @@ def test_a_new_round_gets_a_new_event(store):
     assert store.get_bulk(bulk.id).outbox["event_id"] != first
 
 
-def test_sqlite_store_of_schema_1_is_migrated(tmp_path):
+def test_sqlite_store_of_schema_1_is_migrated_to_3(tmp_path):
     import sqlite3
 
     from bulkgen_cli.store.sqlite import SqliteStore
@@ -500,7 +500,9 @@ def test_sqlite_store_of_schema_1_is_migrated(tmp_path):
     bulk = submit(store, 10)
     store.close()
     db = sqlite3.connect(path, isolation_level=None)
-    for statement in ("DROP INDEX bulk_jobs_notify", "DROP INDEX bulk_jobs_hook",
+    for statement in ("DROP INDEX bulk_jobs_notify", "DROP INDEX bulk_jobs_hook", "DROP INDEX bulk_jobs_claim",
+                      "ALTER TABLE bulk_jobs DROP COLUMN priority", "ALTER TABLE bulk_jobs DROP COLUMN priority_rank",
+                      "ALTER TABLE bulk_jobs DROP COLUMN not_before",
                       "ALTER TABLE bulk_jobs DROP COLUMN outbox",
                       "ALTER TABLE bulk_jobs DROP COLUMN notify_pending",
                       "ALTER TABLE bulk_jobs DROP COLUMN hook_pending", "PRAGMA user_version = 1"):
@@ -508,7 +510,7 @@ def test_sqlite_store_of_schema_1_is_migrated(tmp_path):
     db.close()
     store = SqliteStore(path)
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 3
         assert store.get_bulk(bulk.id).total_items == 10
         assert run_to_end(store, store.get_bulk(bulk.id), utcnow()).ended_now
         assert store.get_bulk(bulk.id).outbox is not None
@@ -528,10 +530,40 @@ def test_sqlite_claim_uses_indexes_with_many_finished_jobs(tmp_path):
             if n % 10:
                 store.db.execute("UPDATE bulk_jobs SET status = 'completed' WHERE id = ?", (bulk.id,))
         store.db.execute("ANALYZE")
-        job_plan = " ".join(r[3] for r in store.db.execute("EXPLAIN QUERY PLAN " + CLAIM_JOB_SQL, ("queued", "processing")))
+        job_plan = " ".join(r[3] for r in store.db.execute("EXPLAIN QUERY PLAN " + CLAIM_JOB_SQL, ("queued", "processing", "2026")))
         item_plan = " ".join(r[3] for r in store.db.execute("EXPLAIN QUERY PLAN " + CLAIM_ITEM_SQL, (bulk.id,)))
-        assert "INDEX bulk_jobs_status (status=?)" in job_plan and "SCAN b" not in job_plan
+        assert "INDEX bulk_jobs_claim (status=?)" in job_plan and "SCAN b" not in job_plan
         assert "INDEX generation_jobs_queue (bulk_job_id=? AND status=?)" in item_plan
         assert "TEMP B-TREE" not in item_plan
     finally:
         store.close()
+
+
+
+def test_claims_go_by_priority_then_fifo(store):
+    t = utcnow()
+    low = submit(store, 10, created_at=t, prefix="Low", priority="low")
+    normal = submit(store, 10, created_at=t + dt.timedelta(seconds=1), prefix="Normal")
+    high = submit(store, 10, created_at=t + dt.timedelta(seconds=2), prefix="High", priority="high")
+    high2 = submit(store, 10, created_at=t + dt.timedelta(seconds=3), prefix="High2", priority="high")
+    order = []
+    for _ in range(40):
+        item = store.claim_next("p", LEASE, t)
+        order.append(item.bulk_job_id)
+        store.finish_item(item.id, "p", Outcome(ItemStatus.completed), t)
+    assert order == [high.id] * 10 + [high2.id] * 10 + [normal.id] * 10 + [low.id] * 10
+    assert store.get_bulk(high.id).priority == "high" and store.get_bulk(normal.id).priority == "normal"
+
+
+def test_nothing_is_claimed_before_not_before(store):
+    t = utcnow()
+    later_job = submit(store, 10, created_at=t, not_before=t + dt.timedelta(hours=2))
+    assert store.get_bulk(later_job.id).not_before == t + dt.timedelta(hours=2)
+    assert store.claim_next("p", LEASE, t) is None
+    assert store.next_start(t) == t + dt.timedelta(hours=2)
+    now_job = submit(store, 10, created_at=t + dt.timedelta(seconds=1))
+    assert store.claim_next("p", LEASE, t).bulk_job_id == now_job.id  # the later one waits, others go on
+    store.release_item(store.in_flight()[0].id, "p")
+    due = t + dt.timedelta(hours=2)
+    assert store.claim_next("p", LEASE, due).bulk_job_id == later_job.id  # older, and due now
+    assert store.next_start(due) is None

@@ -75,11 +75,14 @@ class Store(ABC):
     ) -> Item | None:
         """Atomically take the next item, or None when nothing is claimable.
 
+        Jobs whose `not_before` is later than `now` are not claimable yet.
+
         Nothing is taken while `max_in_flight` items are already `processing`
         anywhere in the store (invariant 2 holds even in the moment a lease
         passes from a stalled processor to another).
 
-        Order (invariant 4): oldest bulk job first, then queue_position. Items of
+        Order (invariant 4): by priority (high, normal, low), then oldest bulk job
+        first, then queue_position. Items of
         paused and cancelled bulk jobs are never taken: a pause that committed
         before the claim wins. The item becomes `processing` with a lease for
         `owner`, its `attempts` grows by one, and its bulk job becomes
@@ -125,6 +128,10 @@ class Store(ABC):
         bulk job was cancelled meanwhile. Returns the ids of the bulk jobs touched,
         whose counters the caller refreshes.
         """
+
+    @abstractmethod
+    def next_start(self, now: dt.datetime) -> dt.datetime | None:
+        """The earliest `not_before` after `now` of a job waiting for it, or None."""
 
     @abstractmethod
     def next_lease_expiry(self) -> dt.datetime | None:

@@ -28,7 +28,9 @@ from bulkgen_cli.model import (
     ARTICLE_FIELDS,
     CLAIMABLE_BULK,
     BulkJob,
+    PRIORITY_RANK,
     EventKind,
+    Priority,
     StepState,
     BulkStatus,
     Counts,
@@ -56,7 +58,7 @@ GENERATION_JOBS = "generation_jobs"
 LEASES = "processor_leases"
 IDEMPOTENCY = "bulk_idempotency_keys"
 META = "bulkgen_meta"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: An idempotency claim whose bulk job never appeared is taken over after this.
 STALE_CLAIM = dt.timedelta(minutes=2)
 #: The file's own item id is stored as `item_id`: `id` reads too much like `_id`.
@@ -148,6 +150,9 @@ class MongoStore(Store):
         )
         self.items.create_index([("status", ASCENDING), ("lease_expires_at", ASCENDING)])
         self.bulks.create_index([("notify_pending", ASCENDING)])
+        self.bulks.create_index(
+            [("status", ASCENDING), ("priority_rank", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)]
+        )
         self.bulks.create_index([("hook_pending", ASCENDING), ("completed_at", ASCENDING)])
         self.meta.update_one(
             {"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}}, upsert=True
@@ -179,6 +184,8 @@ class MongoStore(Store):
             notified_at=_aware(doc.get("notified_at")),
             idempotency_key=doc.get("idempotency_key"),
             outbox=doc.get("outbox"),
+            priority=doc.get("priority", Priority.normal.value),
+            not_before=_aware(doc.get("not_before")),
         )
 
     @staticmethod
@@ -252,6 +259,9 @@ class MongoStore(Store):
             "notify": list(bulk.notify),
             "notified_at": None,
             "refresh_seq": 0,
+            "priority": Priority(bulk.priority).value,
+            "priority_rank": PRIORITY_RANK[Priority(bulk.priority)],
+            "not_before": bulk.not_before,
         }
         if bulk.idempotency_key is not None:
             bulk_doc["idempotency_key"] = bulk.idempotency_key
@@ -349,8 +359,9 @@ class MongoStore(Store):
         expires = later(now, lease_seconds)
         claimable = [s.value for s in CLAIMABLE_BULK]
         bulks = self.bulks.find(
-            {"status": {"$in": claimable}}, {"_id": 1, "status": 1, "started_at": 1}
-        ).sort([("created_at", ASCENDING), ("_id", ASCENDING)])
+            {"status": {"$in": claimable}, "$or": [{"not_before": None}, {"not_before": {"$lte": now}}]},
+            {"_id": 1, "status": 1, "started_at": 1},
+        ).sort([("priority_rank", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)])
         for bulk in bulks:
             doc = self.items.find_one_and_update(
                 {"bulk_job_id": bulk["_id"], "status": ItemStatus.queued.value},
@@ -526,6 +537,15 @@ class MongoStore(Store):
             if self.items.update_one({"_id": doc["_id"], **expired}, update).matched_count:
                 touched.add(str(doc["bulk_job_id"]))
         return sorted(touched)
+
+    @_unavailable
+    def next_start(self, now: dt.datetime) -> dt.datetime | None:
+        doc = self.bulks.find_one(
+            {"status": {"$in": [s.value for s in CLAIMABLE_BULK]}, "not_before": {"$gt": now}},
+            {"not_before": 1},
+            sort=[("not_before", ASCENDING)],
+        )
+        return None if doc is None else _aware(doc["not_before"])
 
     @_unavailable
     def next_lease_expiry(self) -> dt.datetime | None:

@@ -21,7 +21,9 @@ from bulkgen_cli.errors import StoreUnavailable
 from bulkgen_cli.model import (
     ACTIVE_BULK,
     CLAIMABLE_BULK,
+    PRIORITY_RANK,
     EventKind,
+    Priority,
     StepState,
     BulkJob,
     BulkStatus,
@@ -47,7 +49,7 @@ from bulkgen_cli.store.base import (
     step_result,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 30.0
 
 SCHEMA = """
@@ -71,9 +73,13 @@ CREATE TABLE IF NOT EXISTS bulk_jobs (
     idempotency_key TEXT,
     outbox TEXT,
     notify_pending INTEGER NOT NULL DEFAULT 0,
-    hook_pending INTEGER NOT NULL DEFAULT 0
+    hook_pending INTEGER NOT NULL DEFAULT 0,
+    priority TEXT NOT NULL DEFAULT 'normal',
+    priority_rank INTEGER NOT NULL DEFAULT 1,
+    not_before TEXT
 );
 CREATE INDEX IF NOT EXISTS bulk_jobs_status ON bulk_jobs (status, created_at, id);
+CREATE INDEX IF NOT EXISTS bulk_jobs_claim ON bulk_jobs (status, priority_rank, created_at, id);
 CREATE INDEX IF NOT EXISTS bulk_jobs_user ON bulk_jobs (userId, created_at);
 CREATE INDEX IF NOT EXISTS bulk_jobs_created ON bulk_jobs (created_at);
 CREATE UNIQUE INDEX IF NOT EXISTS bulk_jobs_idempotency
@@ -120,13 +126,19 @@ ALTER TABLE bulk_jobs ADD COLUMN outbox TEXT;
 ALTER TABLE bulk_jobs ADD COLUMN notify_pending INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE bulk_jobs ADD COLUMN hook_pending INTEGER NOT NULL DEFAULT 0;
 """
+#: From schema 2 to 3 (priorities and schedules).
+MIGRATE_2_TO_3 = """
+ALTER TABLE bulk_jobs ADD COLUMN priority TEXT NOT NULL DEFAULT 'normal';
+ALTER TABLE bulk_jobs ADD COLUMN priority_rank INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE bulk_jobs ADD COLUMN not_before TEXT;
+"""
 
 #: The claim's two lookups (see claim_next); a test checks their query plans.
 CLAIM_JOB_SQL = (
-    "SELECT b.id, b.status, b.started_at FROM bulk_jobs b INDEXED BY bulk_jobs_status"
-    " WHERE b.status IN (?, ?) AND EXISTS (SELECT 1 FROM generation_jobs i"
-    " WHERE i.bulk_job_id = b.id AND i.status = 'queued')"
-    " ORDER BY b.created_at, b.id LIMIT 1"
+    "SELECT b.id, b.status, b.started_at FROM bulk_jobs b INDEXED BY bulk_jobs_claim"
+    " WHERE b.status IN (?, ?) AND (b.not_before IS NULL OR b.not_before <= ?)"
+    " AND EXISTS (SELECT 1 FROM generation_jobs i WHERE i.bulk_job_id = b.id AND i.status = 'queued')"
+    " ORDER BY b.priority_rank, b.created_at, b.id LIMIT 1"
 )
 CLAIM_ITEM_SQL = (
     "SELECT id, bulk_job_id FROM generation_jobs WHERE bulk_job_id = ? AND status = 'queued'"
@@ -182,7 +194,8 @@ class SqliteStore(Store):
                     f"the SQLite store {self.path} was made by a newer bulkgen "
                     f"(schema {version}); upgrade bulkgen."
                 )
-            script = (MIGRATE_1_TO_2 if version == 1 else "") + SCHEMA
+            script = (MIGRATE_1_TO_2 if version == 1 else "") + (MIGRATE_2_TO_3 if version in (1, 2) else "")
+            script += SCHEMA
             for statement in script.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -226,6 +239,8 @@ class SqliteStore(Store):
             notified_at=_ts(row["notified_at"]),
             idempotency_key=row["idempotency_key"],
             outbox=None if row["outbox"] is None else json.loads(row["outbox"]),
+            priority=row["priority"],
+            not_before=_ts(row["not_before"]),
         )
 
     @staticmethod
@@ -263,7 +278,8 @@ class SqliteStore(Store):
                     return self._bulk(row), False
             db.execute(
                 "INSERT INTO bulk_jobs (id, userId, mode, name, status, total_items, created_at,"
-                " notify, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " notify, idempotency_key, priority, priority_rank, not_before)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     bulk.id,
                     bulk.userId,
@@ -274,6 +290,9 @@ class SqliteStore(Store):
                     iso(bulk.created_at),
                     json.dumps(bulk.notify),
                     bulk.idempotency_key,
+                    Priority(bulk.priority).value,
+                    PRIORITY_RANK[Priority(bulk.priority)],
+                    iso(bulk.not_before),
                 ),
             )
             db.executemany(
@@ -346,7 +365,7 @@ class SqliteStore(Store):
             # two index lookups, where one join would sort every queued item of
             # every active job. INDEXED BY: with thousands of finished jobs, the
             # planner would rather walk all jobs in creation order.
-            bulk = db.execute(CLAIM_JOB_SQL, claimable).fetchone()
+            bulk = db.execute(CLAIM_JOB_SQL, (*claimable, iso(now))).fetchone()
             row = None if bulk is None else db.execute(CLAIM_ITEM_SQL, (bulk["id"],)).fetchone()
             if row is None:
                 return None
@@ -591,6 +610,15 @@ class SqliteStore(Store):
                         (row["id"],),
                     )
         return sorted({row["bulk_job_id"] for row in rows})
+
+    @_unavailable
+    def next_start(self, now: dt.datetime) -> dt.datetime | None:
+        row = self.db.execute(
+            "SELECT min(not_before) FROM bulk_jobs WHERE status IN ('queued', 'processing')"
+            " AND not_before > ?",
+            (iso(now),),
+        ).fetchone()
+        return _ts(row[0])
 
     @_unavailable
     def next_lease_expiry(self) -> dt.datetime | None:

@@ -1,0 +1,72 @@
+"""Priorities and scheduled starts (`submit --priority`, `--not-before`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import signal
+
+import pytest
+
+from bulkgen_cli.errors import UsageError
+from bulkgen_cli.settings import parse_when
+from tests.cli_helpers import EXAMPLES, base_env, run_cli, spawn
+from tests.conftest import wait_for
+
+NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
+
+
+def test_parse_when():
+    assert parse_when("+30m", NOW) == NOW + dt.timedelta(minutes=30)
+    assert parse_when("+2h", NOW) == NOW + dt.timedelta(hours=2)
+    assert parse_when("+1d", NOW) == NOW + dt.timedelta(days=1)
+    assert parse_when("+90s", NOW) == NOW + dt.timedelta(seconds=90)
+    assert parse_when("2026-12-01T09:00:00+01:00", NOW) == dt.datetime(2026, 12, 1, 8, 0, tzinfo=dt.timezone.utc)
+    assert parse_when("2026-12-01T09:00Z", NOW) == dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.timezone.utc)
+    local = dt.datetime(2026, 12, 1, 9, 0).astimezone().astimezone(dt.timezone.utc)
+    assert parse_when("2026-12-01T09:00", NOW) == local  # no zone: local time
+    for bad in ("tomorrow", "+2y", "2026-13-01", ""):
+        with pytest.raises(UsageError):
+            parse_when(bad, NOW)
+
+
+def test_priority_goes_first(cli):
+    normal = cli("submit", str(EXAMPLES / "articles.yaml")).out.strip()
+    low = cli("submit", str(EXAMPLES / "trends.yaml"), "--priority", "low").out.strip()
+    high = cli("submit", str(EXAMPLES / "keywords.yaml"), "--priority", "high").out.strip()
+    assert cli("run").code == 0
+    started = {j: json.loads(cli("status", j, "--json").out)["bulk_job"] for j in (normal, low, high)}
+    assert started[high]["priority"] == "high" and started[low]["priority"] == "low"
+    order = sorted(started, key=lambda j: started[j]["started_at"])
+    assert order == [high, normal, low]
+    assert "high" in cli("list").out
+    assert cli("submit", str(EXAMPLES / "articles.yaml"), "--priority", "urgent").code == 2
+
+
+def test_scheduled_job_waits_and_run_says_so(cli):
+    bulk_id = cli("submit", str(EXAMPLES / "articles.yaml"), "--not-before", "+2h").out.strip()
+    doc = json.loads(cli("status", bulk_id, "--json").out)
+    start = dt.datetime.fromisoformat(doc["bulk_job"]["not_before"])
+    created = dt.datetime.fromisoformat(doc["bulk_job"]["created_at"])
+    assert dt.timedelta(hours=2) - dt.timedelta(seconds=5) < start - created <= dt.timedelta(hours=2)
+    assert "Starts" in cli("status", bulk_id).out
+    result = cli("run")
+    assert result.code == 0 and "`bulkgen run --forever` waits for it" in result.err
+    assert json.loads(cli("status", bulk_id, "--json").out)["progress"]["completed"] == 0
+    assert cli("submit", str(EXAMPLES / "articles.yaml"), "--not-before", "soonish").code == 2
+
+
+def test_forever_wakes_up_for_a_scheduled_job(tmp_path):
+    env = base_env(tmp_path)
+    bulk_id = run_cli(["submit", str(EXAMPLES / "articles.yaml"), "--not-before", "+2s"], env).out.strip()
+    proc = spawn(["run", "--forever"], env)
+    try:
+        def done():
+            return json.loads(run_cli(["status", bulk_id, "--json"], env).out)["bulk_job"]["status"] == "completed"
+
+        wait_for(done, timeout=30, interval=0.3, what="the scheduled job to run")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    job = json.loads(run_cli(["status", bulk_id, "--json"], env).out)["bulk_job"]
+    assert job["started_at"] >= job["not_before"]
