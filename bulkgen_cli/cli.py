@@ -135,6 +135,9 @@ def submit(
                                show_default=False)] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Then process it (or attach to the running processor) "
                     "until it ends; exit 0 if every item completed, 1 otherwise.")] = False,
+    split: Annotated[bool, typer.Option("--split", help="A file of more than 50 items becomes several bulk "
+                     "jobs of balanced sizes (each 10-50, in file order), linked by a group id; one id per line.")]
+    = False,
     priority: Annotated[Priority, typer.Option("--priority", help="Claims go by priority (high, normal, "
                         "low), then first in, first out.")] = Priority.normal,
     not_before: Annotated[Optional[str], typer.Option("--not-before", metavar="WHEN", help="Queue it now, "
@@ -162,7 +165,7 @@ def submit(
     """
     from bulkgen_cli import manifest, settings
 
-    parsed = manifest.load(file, mode)
+    parsed = manifest.load(file, mode, split=split)
     channels = settings.notify_channels(notify)
     from bulkgen_cli.model import utcnow
 
@@ -174,57 +177,68 @@ def submit(
         )
     with _open(store) as db:
         _submit(db, file, parsed, run_settings, name, user, idempotency_key, wait, json_, channels,
-                priority, start)
+                priority, start, split)
 
 
 def _submit(db: Any, file: Path, parsed: Any, run_settings: Any, name: str | None, user: str | None,
             idempotency_key: str | None, wait: bool, json_: bool, channels: list[str],
-            priority: Priority = Priority.normal, start: Any = None) -> None:
+            priority: Priority = Priority.normal, start: Any = None, split: bool = False) -> None:
     from bulkgen_cli import settings
-    from bulkgen_cli.model import new_id, utcnow
+    from bulkgen_cli.model import new_id, split_sizes, utcnow
+    from bulkgen_cli.render import print_json, when
 
-    bulk = BulkJob(
-        id=new_id(),
-        userId=settings.user(user),
-        mode=parsed.mode.value,
-        name=(name or parsed.name).strip()[:200] or parsed.name,
-        status=BulkStatus.queued.value,
-        total_items=len(parsed.articles),
-        created_at=utcnow(),
-        idempotency_key=idempotency_key,
-        notify=channels,
-        priority=priority.value,
-        not_before=start,
-    )
-    bulk, created = db.create_bulk(bulk, parsed.articles)
-    if created:
-        note(f"Queued bulk job {bulk.id}: {bulk.total_items} {bulk.mode} articles from {file}.")
-        if start is not None:
-            from bulkgen_cli.render import when
-
-            note(f"It starts not before {when(start)}.")
-    else:
-        note(f"Idempotency key {idempotency_key!r} was already used: bulk job {bulk.id} exists; nothing new stored.")
+    sizes = split_sizes(len(parsed.articles)) if split else [len(parsed.articles)]
+    group = new_id() if len(sizes) > 1 else None
+    base_name = (name or parsed.name).strip()[:200] or parsed.name
+    jobs: list[tuple[BulkJob, bool]] = []
+    offset = 0
+    try:
+        for number, size in enumerate(sizes, start=1):
+            key = idempotency_key if group is None or idempotency_key is None else f"{idempotency_key}#{number}"
+            bulk = BulkJob(
+                id=new_id(), userId=settings.user(user), mode=parsed.mode.value,
+                name=base_name if group is None else f"{base_name} ({number}/{len(sizes)})",
+                status=BulkStatus.queued.value, total_items=size, created_at=utcnow(), idempotency_key=key,
+                notify=channels, priority=priority.value, not_before=start, group_id=group,
+            )
+            jobs.append(db.create_bulk(bulk, parsed.articles[offset:offset + size]))
+            offset += size
+    except BulkgenError:
+        for stored, created in jobs:  # no part of a half-stored group may run
+            if created:
+                db.cancel_bulk(stored.id, utcnow())
+                db.refresh_counters(stored.id, utcnow())
+        raise
+    for bulk, created in jobs:
+        if created:
+            note(f"Queued bulk job {bulk.id}: {bulk.total_items} {bulk.mode} articles from {file}.")
+        else:
+            note(f"Idempotency key {bulk.idempotency_key!r} was already used: bulk job {bulk.id} exists; "
+                 "nothing new stored.")
+    if group is not None:
+        note(f"{len(jobs)} bulk jobs of {sizes} items, group {group}: `bulkgen status --group {group}`.")
+    if start is not None:
+        note(f"Nothing starts before {when(start)}.")
+    ids = [bulk.id for bulk, _ in jobs]
     if not wait:
         if json_:
-            from bulkgen_cli.render import print_json
-
-            print_json({"bulk_job_id": bulk.id, "total_items": bulk.total_items, "status": bulk.status})
+            docs = [{"bulk_job_id": b.id, "total_items": b.total_items, "status": b.status, "group_id": b.group_id}
+                    for b, _ in jobs]
+            print_json(docs if group is not None else {k: v for k, v in docs[0].items() if k != "group_id"})
         else:
-            print(bulk.id)
-            note(f"Next: `bulkgen run` processes it; `bulkgen status {bulk.id}` shows progress.", "dim")
+            print("\n".join(ids))
+            note(f"Next: `bulkgen run` processes it; `bulkgen status {ids[0]}` shows progress.", "dim")
         return
     if not json_:
-        print(bulk.id, flush=True)
+        print("\n".join(ids), flush=True)
     assert run_settings is not None
-    final = _process(db, run_settings, until_bulk=bulk.id)
+    finals = _process(db, run_settings, until_bulks=ids)
     if json_:
-        from bulkgen_cli.render import print_json
-
-        print_json({"bulk_job_id": final.id, "total_items": final.total_items, "status": final.status,
-                    "completed_items": final.completed_items, "failed_items": final.failed_items,
-                    "cancelled_items": final.cancelled_items})
-    raise typer.Exit(_ended_code(final))
+        docs = [{"bulk_job_id": f.id, "total_items": f.total_items, "status": f.status,
+                 "completed_items": f.completed_items, "failed_items": f.failed_items,
+                 "cancelled_items": f.cancelled_items} for f in finals]
+        print_json(docs if group is not None else docs[0])
+    raise typer.Exit(max(_ended_code(f) for f in finals))
 
 
 @app.command(epilog=EXIT_CODES)
@@ -259,9 +273,31 @@ def run(
         _process(db, run_settings, forever=forever)
 
 
+GroupOpt = Annotated[Optional[str], typer.Option("--group", metavar="GROUP", help="All bulk jobs of one "
+                     "`submit --split` (the group id it printed).", show_default=False)]
+
+
+def _targets(db: Any, bulk_id: str | None, group: str | None, user: str | None, all_users: bool) -> list[BulkJob]:
+    """The job named, or every job of a --split group, as this user may see them."""
+    from bulkgen_cli import settings
+    from bulkgen_cli.errors import UsageError
+
+    if (bulk_id is None) == (group is None):
+        raise UsageError("name one bulk job (BULK_ID) or one group (--group GROUP).")
+    if bulk_id is not None:
+        return [_visible_bulk(db, bulk_id, user, all_users)]
+    owner = None if all_users else settings.user(user)
+    bulks = sorted(db.list_bulks(owner, 10_000, group_id=group), key=lambda b: (b.created_at, b.id))
+    if not bulks:
+        raise NotFound(f"no group {group!r} for this user (--all-users to look wider).")
+    return bulks
+
+
 @app.command(epilog=EXIT_CODES)
 def status(
-    bulk_id: Annotated[str, typer.Argument(metavar="BULK_ID", help="The bulk job's id (from submit or list).", show_default=False)],
+    bulk_id: Annotated[Optional[str], typer.Argument(metavar="BULK_ID", help="The bulk job's id (from submit or "
+                       "list).", show_default=False)] = None,
+    group: GroupOpt = None,
     items: Annotated[bool, typer.Option("--items", help="Also one row per item.")] = False,
     store: StoreOpt = None,
     user: UserOpt = None,
@@ -270,21 +306,30 @@ def status(
 ) -> None:
     """Show a bulk job: X of Y completed, failed, remaining, ETA, errors.
 
+    With --group, every job of a `submit --split` and their totals.
     Example: bulkgen status 6650c0ffee0123456789abcd --json
     """
     from bulkgen_cli import render
 
     with _open(store) as db:
-        bulk = _visible_bulk(db, bulk_id, user, all_users)
-        rows = db.list_items(bulk.id) if items or json_ else None
+        bulks = _targets(db, bulk_id, group, user, all_users)
+        rows = {b.id: db.list_items(b.id) for b in bulks} if items or json_ else {}
     if json_:
-        render.print_json(render.status_document(bulk, rows or []))
+        if group is None:
+            render.print_json(render.status_document(bulks[0], rows[bulks[0].id]))
+        else:
+            render.print_json(render.group_document(group, bulks))
         return
     from rich.console import Console
 
     console = Console(highlight=False)
-    for part in render.status_renderables(bulk, rows):
-        console.print(part)
+    for bulk in bulks:
+        for part in render.status_renderables(bulk, rows.get(bulk.id) if items else None):
+            console.print(part)
+    if group is not None:
+        total = render.group_document(group, bulks)["progress"]
+        console.print(f"Group {group}: {total['completed']} of {total['total']} completed, "
+                      f"{total['failed']} failed, {total['cancelled']} cancelled, {total['remaining']} remaining")
 
 
 @app.command("list", epilog=EXIT_CODES)
@@ -407,9 +452,11 @@ def retry_failed(bulk_id: ControlId, store: StoreOpt = None, user: UserOpt = Non
 
 
 @app.command(epilog=EXIT_CODES)
-def watch(bulk_id: ControlId, store: StoreOpt = None, user: UserOpt = None, all_users: AllUsersOpt = False,
+def watch(bulk_id: Annotated[Optional[str], typer.Argument(metavar="BULK_ID", help="The bulk job's id.",
+                             show_default=False)] = None,
+          group: GroupOpt = None, store: StoreOpt = None, user: UserOpt = None, all_users: AllUsersOpt = False,
           json_: JsonOpt = False) -> None:
-    """Show one bulk job's progress until it ends, processing nothing.
+    """Show one bulk job's (or a --split group's) progress until it ends, processing nothing.
 
     Exit 0 when every item completed, 1 otherwise. With --json, prints the
     final status document. Example: bulkgen watch 6650c0ffee0123456789abcd
@@ -418,13 +465,16 @@ def watch(bulk_id: ControlId, store: StoreOpt = None, user: UserOpt = None, all_
     from bulkgen_cli.watch import follow
 
     with _open(store) as db:
-        _visible_bulk(db, bulk_id, user, all_users)
+        ids = [b.id for b in _targets(db, bulk_id, group, user, all_users)]
         with render.run_view() as view:
-            final = follow(db, bulk_id, view)
-        render.print_summary([final])
+            finals = follow(db, ids, view)
+        render.print_summary(list(finals))
         if json_:
-            render.print_json(render.status_document(final, db.list_items(bulk_id)))
-    raise typer.Exit(_ended_code(final))
+            if group is None:
+                render.print_json(render.status_document(finals[0], db.list_items(finals[0].id)))
+            else:
+                render.print_json(render.group_document(group, finals))
+    raise typer.Exit(max(_ended_code(f) for f in finals))
 
 
 class ResultFormat(str, Enum):
@@ -505,7 +555,7 @@ def _signals(processor: Any) -> Iterator[dict[str, int]]:
             signal.signal(s, h)
 
 
-def _process(db: Any, run_settings: Any, forever: bool = False, until_bulk: str | None = None) -> BulkJob:
+def _process(db: Any, run_settings: Any, forever: bool = False, until_bulks: list[str] | None = None) -> Any:
     from bulkgen_cli import render
     from bulkgen_cli.processor import Processor
     from bulkgen_cli.render import run_view
@@ -522,12 +572,15 @@ def _process(db: Any, run_settings: Any, forever: bool = False, until_bulk: str 
         note("No content service set (--api-url / BULKGEN_API_URL): writing offline drafts.", "yellow")
     ended = (BulkStatus.completed.value, BulkStatus.cancelled.value)
 
-    def bulk_over() -> bool:
+    def bulks_over() -> bool:
         from bulkgen_cli.model import outbox_open
 
-        bulk = db.get_bulk(until_bulk)
-        # Over when it ended and its notifications were delivered (or given up).
-        return bulk is None or (bulk.status in ended and not outbox_open(bulk.outbox))
+        # Over when they ended and their notifications were delivered (or given up).
+        for bulk_id in until_bulks or []:
+            bulk = db.get_bulk(bulk_id)
+            if bulk is not None and (bulk.status not in ended or outbox_open(bulk.outbox)):
+                return False
+        return True
 
     from bulkgen_cli import settings
     from bulkgen_cli.notify import Notifier
@@ -539,17 +592,16 @@ def _process(db: Any, run_settings: Any, forever: bool = False, until_bulk: str 
                                       retry_delays=settings.notify_retry_delays())
         with _signals(processor) as received:
             try:
-                processor.run(until_idle=not forever, until=bulk_over if until_bulk else None)
+                processor.run(until_idle=not forever, until=bulks_over if until_bulks else None)
             finally:
                 generator.close()
     if received:
         note("Stopped. Nothing is left in flight: an unfinished item went back to the queue.", "yellow")
         raise _Stopped(received["code"])
-    if until_bulk:
-        final = db.get_bulk(until_bulk)
-        assert final is not None
-        render.print_summary([final])
-        return final
+    if until_bulks:
+        finals = [db.get_bulk(b) for b in until_bulks]
+        render.print_summary(finals)
+        return finals
     render.print_summary([db.get_bulk(b) for b in view.ended])
     from bulkgen_cli.model import utcnow
 

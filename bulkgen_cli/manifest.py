@@ -26,6 +26,7 @@ from bulkgen_cli.model import (
     DEFAULT_WORD_COUNT,
     ITEMS_RANGE,
     MAX_KEYWORDS,
+    MAX_SPLIT_ITEMS,
     OPTIONAL_FIELDS,
     REQUIRED_FIELD,
     WORD_COUNT_RANGE,
@@ -133,8 +134,12 @@ def _read_text(path: Path, problems: _Problems) -> str | None:
         return None
 
 
-def load(path: str | Path, mode: str | None = None) -> Manifest:
-    """Read and validate an articles file. Raises ManifestError with every problem found."""
+def load(path: str | Path, mode: str | None = None, split: bool = False) -> Manifest:
+    """Read and validate an articles file. Raises ManifestError with every problem found.
+
+    With `split`, more than 50 items (up to MAX_SPLIT_ITEMS) are accepted: the
+    caller makes several bulk jobs of them.
+    """
     path = Path(path)
     problems = _Problems(str(path))
     flag_mode = _parse_mode(mode, problems, "--mode") if mode is not None else None
@@ -155,8 +160,10 @@ def load(path: str | Path, mode: str | None = None) -> Manifest:
         problems.raise_if_any()
     chosen = flag_mode or file_mode or Mode.topic
     low, high = ITEMS_RANGE
+    if split:
+        high = MAX_SPLIT_ITEMS
     if not low <= len(rows) <= high:
-        hint = " Split it into files of at most 50." if len(rows) > high else ""
+        hint = " Use --split to make several bulk jobs of it." if len(rows) > ITEMS_RANGE[1] and not split else ""
         problems.add(f"has {len(rows)} items; a bulk job takes {low} to {high}.{hint}")
     defaults = _validate_defaults(defaults, chosen, problems)
     articles = []

@@ -123,6 +123,17 @@ MAX_KEYWORDS = 20
 ERROR_SUMMARY_CAP = 20
 
 
+#: The most items one file may hold with --split.
+MAX_SPLIT_ITEMS = 5_000
+
+
+def split_sizes(count: int, most: int = ITEMS_RANGE[1]) -> list[int]:
+    """Balanced part sizes for `count` items, each at most `most` (so at least 25 once split)."""
+    parts = -(-count // most)
+    base, extra = divmod(count, parts)
+    return [base + 1 if n < extra else base for n in range(parts)]
+
+
 def main_field(mode: str, article: dict[str, Any]) -> str:
     """The human label of an article: its topic, keywords, trend or source."""
     for name in REQUIRED_FIELD[Mode(mode)]:
@@ -197,6 +208,8 @@ class BulkJob:
     priority: str = Priority.normal.value
     #: nothing of it is claimed before this time
     not_before: dt.datetime | None = None
+    #: links the parts of one file submitted with --split
+    group_id: str | None = None
 
     @property
     def pending(self) -> int:

@@ -34,6 +34,7 @@ def bulk_dict(bulk: BulkJob) -> dict[str, Any]:
         "error_summary": list(bulk.error_summary),
         "priority": bulk.priority,
         "not_before": iso(bulk.not_before),
+        "group_id": bulk.group_id,
     }
 
 
@@ -75,6 +76,24 @@ def status_document(bulk: BulkJob, items: list[Item]) -> dict[str, Any]:
     doc["bulk_job"]["notified_at"] = iso(bulk.notified_at)
     doc["notifications"] = notifications(bulk)
     return doc
+
+
+def group_document(group_id: str, bulks: list[BulkJob]) -> dict[str, Any]:
+    """A --split group: its jobs in file order, and totals over them."""
+    total = sum(b.total_items for b in bulks)
+    pending = sum(b.pending for b in bulks)
+    return {
+        "group_id": group_id,
+        "bulk_jobs": [bulk_dict(b) for b in bulks],
+        "progress": {
+            "total": total,
+            "completed": sum(b.completed_items for b in bulks),
+            "failed": sum(b.failed_items for b in bulks),
+            "cancelled": sum(b.cancelled_items for b in bulks),
+            "remaining": pending,
+            "percentage": 100 if not total else (total - pending) * 100 // total,
+        },
+    }
 
 
 def print_json(data: Any, out: TextIO | None = None) -> None:

@@ -15,20 +15,23 @@ ENDED = (BulkStatus.completed.value, BulkStatus.cancelled.value)
 
 def follow(
     store: Store,
-    bulk_id: str,
+    bulk_ids: list[str],
     on_event: Callable[[Event], None],
     poll: float = 0.5,
     sleep: Callable[[float], None] = time.sleep,
-) -> BulkJob:
-    """Report the job's progress every `poll` seconds until it ends; return it ended."""
+) -> list[BulkJob]:
+    """Report the jobs' progress every `poll` seconds until all have ended; return them ended."""
     while True:
-        bulk = store.get_bulk(bulk_id)
-        if bulk is None:
-            raise NotFound(f"bulk job {bulk_id} is gone from the store.")
+        bulks = []
+        for bulk_id in bulk_ids:
+            bulk = store.get_bulk(bulk_id)
+            if bulk is None:
+                raise NotFound(f"bulk job {bulk_id} is gone from the store.")
+            bulks.append(bulk)
         lease = store.processor_lease()
         holder = f"{lease.host} pid {lease.pid}" if lease else "no processor"
-        in_flight = [i for i in store.in_flight() if i.bulk_job_id == bulk_id]
-        on_event(Snapshot([bulk], in_flight, holder))
-        if bulk.status in ENDED:
-            return bulk
+        in_flight = [i for i in store.in_flight() if i.bulk_job_id in bulk_ids]
+        on_event(Snapshot(bulks, in_flight, holder))
+        if all(b.status in ENDED for b in bulks):
+            return bulks
         sleep(poll)

@@ -70,3 +70,58 @@ def test_forever_wakes_up_for_a_scheduled_job(tmp_path):
         proc.communicate(timeout=20)
     job = json.loads(run_cli(["status", bulk_id, "--json"], env).out)["bulk_job"]
     assert job["started_at"] >= job["not_before"]
+
+
+def big_file(tmp_path, n):
+    path = tmp_path / "big.yaml"
+    path.write_text("name: Big\nitems:\n" + "".join(f"  - topic: T{i:03d}\n" for i in range(n)))
+    return path
+
+
+def test_split_sizes():
+    from bulkgen_cli.model import split_sizes
+
+    assert split_sizes(50) == [50]
+    assert split_sizes(51) == [26, 25]
+    assert split_sizes(120) == [40, 40, 40]
+    assert split_sizes(101) == [34, 34, 33]
+    assert all(10 <= size <= 50 for n in range(51, 2000) for size in split_sizes(n))
+    assert all(sum(split_sizes(n)) == n for n in range(10, 2000))
+
+
+def test_more_than_50_needs_split(cli, tmp_path):
+    result = cli("submit", str(big_file(tmp_path, 51)))
+    assert result.code == 2 and "Use --split" in result.err
+
+
+def test_split_makes_balanced_jobs_in_file_order(cli, tmp_path):
+    result = cli("submit", str(big_file(tmp_path, 101)), "--split", "--idempotency-key", "k")
+    ids = result.out.split()
+    assert result.code == 0 and len(ids) == 3
+    docs = [json.loads(cli("status", i, "--json").out) for i in ids]
+    assert [d["bulk_job"]["total_items"] for d in docs] == [34, 34, 33]
+    assert [d["bulk_job"]["name"] for d in docs] == ["Big (1/3)", "Big (2/3)", "Big (3/3)"]
+    topics = [j["topic"] for d in docs for j in d["jobs"]]
+    assert topics == [f"T{i:03d}" for i in range(101)]
+    group = docs[0]["bulk_job"]["group_id"]
+    assert group and all(d["bulk_job"]["group_id"] == group for d in docs)
+    # The same key again stores nothing new.
+    again = cli("submit", str(big_file(tmp_path, 101)), "--split", "--idempotency-key", "k")
+    assert again.out.split() == ids and len(json.loads(cli("list", "--json").out)) == 3
+    grouped = json.loads(cli("status", "--group", group, "--json").out)
+    assert [b["id"] for b in grouped["bulk_jobs"]] == ids
+    assert grouped["progress"] == {"total": 101, "completed": 0, "failed": 0, "cancelled": 0, "remaining": 101,
+                                   "percentage": 0}
+    assert cli("run").code == 0
+    done = cli("watch", "--group", group, "--json")
+    assert done.code == 0 and json.loads(done.out)["progress"]["completed"] == 101
+    assert "Group " in cli("status", "--group", group).out
+    assert cli("status", "--group", "nope").code == 3
+    assert cli("status").code == 2
+
+
+def test_split_wait_and_json(cli, tmp_path):
+    result = cli("submit", str(big_file(tmp_path, 60)), "--split", "--wait", "--json")
+    assert result.code == 0
+    docs = json.loads(result.out)
+    assert [d["total_items"] for d in docs] == [30, 30] and all(d["status"] == "completed" for d in docs)

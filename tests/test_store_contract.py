@@ -490,7 +490,7 @@ def test_a_new_round_gets_a_new_event(store):
     assert store.get_bulk(bulk.id).outbox["event_id"] != first
 
 
-def test_sqlite_store_of_schema_1_is_migrated_to_3(tmp_path):
+def test_sqlite_store_of_schema_1_is_migrated_to_4(tmp_path):
     import sqlite3
 
     from bulkgen_cli.store.sqlite import SqliteStore
@@ -501,6 +501,7 @@ def test_sqlite_store_of_schema_1_is_migrated_to_3(tmp_path):
     store.close()
     db = sqlite3.connect(path, isolation_level=None)
     for statement in ("DROP INDEX bulk_jobs_notify", "DROP INDEX bulk_jobs_hook", "DROP INDEX bulk_jobs_claim",
+                      "DROP INDEX bulk_jobs_group", "ALTER TABLE bulk_jobs DROP COLUMN group_id",
                       "ALTER TABLE bulk_jobs DROP COLUMN priority", "ALTER TABLE bulk_jobs DROP COLUMN priority_rank",
                       "ALTER TABLE bulk_jobs DROP COLUMN not_before",
                       "ALTER TABLE bulk_jobs DROP COLUMN outbox",
@@ -510,7 +511,7 @@ def test_sqlite_store_of_schema_1_is_migrated_to_3(tmp_path):
     db.close()
     store = SqliteStore(path)
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 4
         assert store.get_bulk(bulk.id).total_items == 10
         assert run_to_end(store, store.get_bulk(bulk.id), utcnow()).ended_now
         assert store.get_bulk(bulk.id).outbox is not None
@@ -567,3 +568,17 @@ def test_nothing_is_claimed_before_not_before(store):
     due = t + dt.timedelta(hours=2)
     assert store.claim_next("p", LEASE, due).bulk_job_id == later_job.id  # older, and due now
     assert store.next_start(due) is None
+
+
+
+def test_list_by_group(store):
+    t = utcnow()
+    parts = []
+    for n in range(3):
+        bulk = BulkJob(id=new_id(), userId="u", mode="topic", name=f"part {n}", status="queued", total_items=10,
+                       created_at=t + dt.timedelta(seconds=n), group_id="g1")
+        store.create_bulk(bulk, articles(10))
+        parts.append(bulk.id)
+    submit(store, 10)
+    assert [b.id for b in store.list_bulks(group_id="g1")] == parts[::-1]
+    assert store.get_bulk(parts[0]).group_id == "g1"

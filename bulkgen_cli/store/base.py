@@ -60,8 +60,9 @@ class Store(ABC):
         user: str | None = None,
         limit: int = 50,
         statuses: Iterable[BulkStatus] | None = None,
+        group_id: str | None = None,
     ) -> list[BulkJob]:
-        """Bulk jobs, newest first; of one user unless `user` is None."""
+        """Bulk jobs, newest first; of one user unless `user` is None; of one --split group."""
 
     @abstractmethod
     def list_items(self, bulk_id: str) -> list[Item]:

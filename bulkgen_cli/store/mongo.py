@@ -58,7 +58,7 @@ GENERATION_JOBS = "generation_jobs"
 LEASES = "processor_leases"
 IDEMPOTENCY = "bulk_idempotency_keys"
 META = "bulkgen_meta"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: An idempotency claim whose bulk job never appeared is taken over after this.
 STALE_CLAIM = dt.timedelta(minutes=2)
 #: The file's own item id is stored as `item_id`: `id` reads too much like `_id`.
@@ -150,6 +150,7 @@ class MongoStore(Store):
         )
         self.items.create_index([("status", ASCENDING), ("lease_expires_at", ASCENDING)])
         self.bulks.create_index([("notify_pending", ASCENDING)])
+        self.bulks.create_index([("group_id", ASCENDING)])
         self.bulks.create_index(
             [("status", ASCENDING), ("priority_rank", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)]
         )
@@ -186,6 +187,7 @@ class MongoStore(Store):
             outbox=doc.get("outbox"),
             priority=doc.get("priority", Priority.normal.value),
             not_before=_aware(doc.get("not_before")),
+            group_id=doc.get("group_id"),
         )
 
     @staticmethod
@@ -262,6 +264,7 @@ class MongoStore(Store):
             "priority": Priority(bulk.priority).value,
             "priority_rank": PRIORITY_RANK[Priority(bulk.priority)],
             "not_before": bulk.not_before,
+            "group_id": bulk.group_id,
         }
         if bulk.idempotency_key is not None:
             bulk_doc["idempotency_key"] = bulk.idempotency_key
@@ -326,8 +329,11 @@ class MongoStore(Store):
         user: str | None = None,
         limit: int = 50,
         statuses: Iterable[BulkStatus] | None = None,
+        group_id: str | None = None,
     ) -> list[BulkJob]:
         query: dict[str, Any] = {}
+        if group_id is not None:
+            query["group_id"] = group_id
         if user is not None:
             query["userId"] = user
         if statuses is not None:

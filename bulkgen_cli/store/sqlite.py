@@ -49,7 +49,7 @@ from bulkgen_cli.store.base import (
     step_result,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_S = 30.0
 
 SCHEMA = """
@@ -76,10 +76,12 @@ CREATE TABLE IF NOT EXISTS bulk_jobs (
     hook_pending INTEGER NOT NULL DEFAULT 0,
     priority TEXT NOT NULL DEFAULT 'normal',
     priority_rank INTEGER NOT NULL DEFAULT 1,
-    not_before TEXT
+    not_before TEXT,
+    group_id TEXT
 );
 CREATE INDEX IF NOT EXISTS bulk_jobs_status ON bulk_jobs (status, created_at, id);
 CREATE INDEX IF NOT EXISTS bulk_jobs_claim ON bulk_jobs (status, priority_rank, created_at, id);
+CREATE INDEX IF NOT EXISTS bulk_jobs_group ON bulk_jobs (group_id) WHERE group_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS bulk_jobs_user ON bulk_jobs (userId, created_at);
 CREATE INDEX IF NOT EXISTS bulk_jobs_created ON bulk_jobs (created_at);
 CREATE UNIQUE INDEX IF NOT EXISTS bulk_jobs_idempotency
@@ -131,6 +133,10 @@ MIGRATE_2_TO_3 = """
 ALTER TABLE bulk_jobs ADD COLUMN priority TEXT NOT NULL DEFAULT 'normal';
 ALTER TABLE bulk_jobs ADD COLUMN priority_rank INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE bulk_jobs ADD COLUMN not_before TEXT;
+"""
+#: From schema 3 to 4 (--split groups).
+MIGRATE_3_TO_4 = """
+ALTER TABLE bulk_jobs ADD COLUMN group_id TEXT;
 """
 
 #: The claim's two lookups (see claim_next); a test checks their query plans.
@@ -195,7 +201,7 @@ class SqliteStore(Store):
                     f"(schema {version}); upgrade bulkgen."
                 )
             script = (MIGRATE_1_TO_2 if version == 1 else "") + (MIGRATE_2_TO_3 if version in (1, 2) else "")
-            script += SCHEMA
+            script += (MIGRATE_3_TO_4 if version in (1, 2, 3) else "") + SCHEMA
             for statement in script.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -241,6 +247,7 @@ class SqliteStore(Store):
             outbox=None if row["outbox"] is None else json.loads(row["outbox"]),
             priority=row["priority"],
             not_before=_ts(row["not_before"]),
+            group_id=row["group_id"],
         )
 
     @staticmethod
@@ -278,8 +285,8 @@ class SqliteStore(Store):
                     return self._bulk(row), False
             db.execute(
                 "INSERT INTO bulk_jobs (id, userId, mode, name, status, total_items, created_at,"
-                " notify, idempotency_key, priority, priority_rank, not_before)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " notify, idempotency_key, priority, priority_rank, not_before, group_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     bulk.id,
                     bulk.userId,
@@ -293,6 +300,7 @@ class SqliteStore(Store):
                     Priority(bulk.priority).value,
                     PRIORITY_RANK[Priority(bulk.priority)],
                     iso(bulk.not_before),
+                    bulk.group_id,
                 ),
             )
             db.executemany(
@@ -325,8 +333,12 @@ class SqliteStore(Store):
         user: str | None = None,
         limit: int = 50,
         statuses: Iterable[BulkStatus] | None = None,
+        group_id: str | None = None,
     ) -> list[BulkJob]:
         where, args = [], []
+        if group_id is not None:
+            where.append("group_id = ?")
+            args.append(group_id)
         if user is not None:
             where.append("userId = ?")
             args.append(user)
