@@ -95,7 +95,7 @@ def processor_overhead(kind: str, runs: int) -> dict[str, float]:
             counting = Counting(store)
             traced = [0]
             if kind == "sqlite":
-                store.db.set_trace_callback(lambda sql: traced.__setitem__(0, traced[0] + 1))
+                store.db.set_trace_callback(lambda sql, t=traced: t.__setitem__(0, t[0] + 1))
             processor = Processor(counting, NoOp(), RunSettings(delay=0, lease=60))  # type: ignore[arg-type]
             started = time.perf_counter()
             processor.run(until_idle=True)

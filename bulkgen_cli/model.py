@@ -313,6 +313,6 @@ def new_outbox(kind: EventKind, channels: list[str], now: dt.datetime) -> dict[s
 
 def outbox_open(outbox: dict[str, Any] | None) -> bool:
     """Whether some step of the outbox is still to be delivered."""
-    return bool(outbox) and any(
+    return outbox is not None and any(
         s["state"] in (StepState.pending.value, StepState.sending.value) for s in outbox["steps"]
     )

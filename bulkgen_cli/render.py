@@ -72,7 +72,7 @@ def notifications(bulk: BulkJob) -> list[dict[str, Any]]:
 
 
 def status_document(bulk: BulkJob, items: list[Item]) -> dict[str, Any]:
-    doc = {"bulk_job": bulk_dict(bulk), "progress": progress_dict(bulk), "jobs": [item_dict(i) for i in items]}
+    doc: dict[str, Any] = {"bulk_job": bulk_dict(bulk), "progress": progress_dict(bulk), "jobs": [item_dict(i) for i in items]}
     doc["bulk_job"]["notified_at"] = iso(bulk.notified_at)
     doc["notifications"] = notifications(bulk)
     return doc

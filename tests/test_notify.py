@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from bulkgen_cli.model import EventKind, utcnow
-from bulkgen_cli.notify import Notifier, SmtpSettings, parse_channels
+from bulkgen_cli.model import utcnow
+from bulkgen_cli.notify import Notifier, parse_channels
 from bulkgen_cli.errors import UsageError
 from tests.cli_helpers import EXAMPLES, base_env, run_cli, spawn
 from tests.conftest import submit, wait_for

@@ -710,8 +710,8 @@ class MongoStore(Store):
         jobs = [self._bulk(d) for d in self.bulks.find({"notify_pending": True})]
         for job in jobs:
             if not outbox_open(job.outbox):  # a flag left behind by two finishing deliverers
-                self.bulks.update_one({"_id": ObjectId(job.id), "outbox.event_id": job.outbox["event_id"]},
-                                      {"$set": {"notify_pending": False}})
+                event = {"outbox.event_id": job.outbox["event_id"]} if job.outbox else {}
+                self.bulks.update_one({"_id": ObjectId(job.id), **event}, {"$set": {"notify_pending": False}})
         return [j for j in jobs if outbox_open(j.outbox)]
 
     @_unavailable
