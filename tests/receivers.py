@@ -53,17 +53,32 @@ class WebhookReceiver:
 class SmtpReceiver:
     """A small SMTP server: EHLO, optional AUTH PLAIN (no STARTTLS), MAIL, RCPT, DATA."""
 
-    def __init__(self, offer_auth: bool = False):
+    def __init__(self, offer_auth: bool = False, tls: Any = None, implicit_tls: bool = False):
+        """`tls`: an ssl.SSLContext for the server side; then STARTTLS is offered and AUTH only after it.
+        `implicit_tls`: TLS from the first byte (smtps)."""
+        self.tls = tls
+        self.implicit_tls = implicit_tls
         self.messages: list[Any] = []
         self.logins: list[tuple[str, str]] = []
         self.offer_auth = offer_auth
+        self.tls_used = False
         receiver = self
 
         class Handler(socketserver.StreamRequestHandler):
             def reply(self, line: str) -> None:
                 self.wfile.write(line.encode() + b"\r\n")
 
+            def finish(self) -> None:
+                super().finish()
+                if self.connection is not self.request:  # the TLS socket STARTTLS made
+                    self.connection.close()
+
             def handle(self) -> None:
+                if receiver.implicit_tls:
+                    self.connection = receiver.tls.wrap_socket(self.connection, server_side=True)
+                    self.rfile = self.connection.makefile("rb")
+                    self.wfile = self.connection.makefile("wb", buffering=0)
+                    receiver.tls_used = True
                 self.reply("220 localhost test SMTP")
                 while True:
                     raw = self.rfile.readline()
@@ -72,10 +87,20 @@ class SmtpReceiver:
                     verb = raw.decode().strip().split(" ", 1)
                     cmd = verb[0].upper()
                     if cmd == "EHLO":
+                        secure = isinstance(self.connection, __import__("ssl").SSLSocket)
                         self.reply("250-localhost")
-                        if receiver.offer_auth:
+                        if receiver.tls is not None and not secure:
+                            self.reply("250-STARTTLS")
+                        if receiver.offer_auth and (receiver.tls is None or secure):
                             self.reply("250-AUTH PLAIN")
                         self.reply("250 SIZE 1000000")
+                    elif cmd == "STARTTLS" and receiver.tls is not None:
+                        self.reply("220 go ahead")
+                        self.wfile.flush()
+                        self.connection = receiver.tls.wrap_socket(self.connection, server_side=True)
+                        self.rfile = self.connection.makefile("rb")
+                        self.wfile = self.connection.makefile("wb", buffering=0)
+                        receiver.tls_used = True
                     elif cmd == "AUTH":
                         _, user, password = base64.b64decode(verb[1].split()[1]).decode().split("\0")
                         receiver.logins.append((user, password))

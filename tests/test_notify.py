@@ -254,3 +254,36 @@ def test_two_processes_racing_send_one_post_per_job(tmp_path, hook):
     finally:
         service.stop()
     assert sorted(e["bulk_job_id"] for e in hook.events()) == sorted(ids)
+
+
+def tls_context(tmp_path):
+    """A certificate for 127.0.0.1, made here; the client trusts it through SSL_CERT_FILE."""
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context, cert
+
+
+@pytest.mark.parametrize("scheme", ["smtp", "smtps"])
+def test_credentials_go_over_tls(cli, tmp_path, scheme):
+    """The credential path for real: STARTTLS (smtp://) or TLS from the start (smtps://)."""
+    context, cert = tls_context(tmp_path)
+    server = SmtpReceiver(offer_auth=True, tls=context, implicit_tls=scheme == "smtps")
+    try:
+        env = {"BULKGEN_SMTP_URL": f"{scheme}://mailer:s%40fe-pass@127.0.0.1:{server.port}",
+               "SSL_CERT_FILE": str(cert), "BULKGEN_NOTIFY_RETRY": "0.01"}
+        result = cli("submit", str(EXAMPLES / "articles.yaml"), "--notify", "email:ops@example.com", "--wait",
+                     env=env)
+        assert result.code == 0, result.err
+        assert server.tls_used and server.logins == [("mailer", "s@fe-pass")]
+        [message] = server.messages
+        assert message["To"] == "ops@example.com"
+        assert "s@fe-pass" not in result.err + result.out
+    finally:
+        server.stop()
