@@ -68,6 +68,9 @@ OnCompleteOpt = Annotated[Optional[str], typer.Option("--on-complete", metavar="
                           "processor runs once per ended job, with the event as JSON on stdin and "
                           "BULKGEN_BULK_ID, BULKGEN_STATUS in its environment. [env: BULKGEN_ON_COMPLETE]",
                           show_default=False)]
+ConcurrencyOpt = Annotated[Optional[int], typer.Option("--concurrency", min=1, max=16, metavar="N",
+                           help="Items in flight at most, across the whole store and every processor. "
+                           "[env: BULKGEN_CONCURRENCY; default: 1, one at a time]", show_default=False)]
 GiveUpOpt = Annotated[Optional[float], typer.Option("--give-up", min=0, metavar="SECONDS", help="Exit 5 after the content service "
                       "is unreachable this long. [env: BULKGEN_GIVE_UP; default: 600]", show_default=False)]
 
@@ -158,6 +161,7 @@ def submit(
     give_up: GiveUpOpt = None,
     grace: GraceOpt = None,
     on_complete: OnCompleteOpt = None,
+    concurrency: ConcurrencyOpt = None,
 ) -> None:
     """Validate an articles file and queue it as one bulk job; print its id.
 
@@ -173,16 +177,17 @@ def submit(
     run_settings = None
     if wait:
         run_settings = settings.RunSettings.resolve(
-            api_url, delay, timeout, max_retries, backoff, lease, give_up, grace, on_complete
+            api_url, delay, timeout, max_retries, backoff, lease, give_up, grace, on_complete, concurrency
         )
     with _open(store) as db:
         _submit(db, file, parsed, run_settings, name, user, idempotency_key, wait, json_, channels,
-                priority, start, split)
+                priority, start, split, store)
 
 
 def _submit(db: Any, file: Path, parsed: Any, run_settings: Any, name: str | None, user: str | None,
             idempotency_key: str | None, wait: bool, json_: bool, channels: list[str],
-            priority: Priority = Priority.normal, start: Any = None, split: bool = False) -> None:
+            priority: Priority = Priority.normal, start: Any = None, split: bool = False,
+            store_flag: str | None = None) -> None:
     from bulkgen_cli import settings
     from bulkgen_cli.model import new_id, split_sizes, utcnow
     from bulkgen_cli.render import print_json, when
@@ -232,7 +237,7 @@ def _submit(db: Any, file: Path, parsed: Any, run_settings: Any, name: str | Non
     if not json_:
         print("\n".join(ids), flush=True)
     assert run_settings is not None
-    finals = _process(db, run_settings, until_bulks=ids)
+    finals = _process(db, run_settings, until_bulks=ids, store_flag=store_flag)
     if json_:
         docs = [{"bulk_job_id": f.id, "total_items": f.total_items, "status": f.status,
                  "completed_items": f.completed_items, "failed_items": f.failed_items,
@@ -255,6 +260,7 @@ def run(
     give_up: GiveUpOpt = None,
     grace: GraceOpt = None,
     on_complete: OnCompleteOpt = None,
+    concurrency: ConcurrencyOpt = None,
 ) -> None:
     """Process queued items one at a time until none is left.
 
@@ -267,10 +273,10 @@ def run(
     from bulkgen_cli import settings
 
     run_settings = settings.RunSettings.resolve(
-        api_url, delay, timeout, max_retries, backoff, lease, give_up, grace, on_complete
+        api_url, delay, timeout, max_retries, backoff, lease, give_up, grace, on_complete, concurrency
     )
     with _open(store) as db:
-        _process(db, run_settings, forever=forever)
+        _process(db, run_settings, forever=forever, store_flag=store)
 
 
 GroupOpt = Annotated[Optional[str], typer.Option("--group", metavar="GROUP", help="All bulk jobs of one "
@@ -539,13 +545,14 @@ class _Stopped(Exception):
 
 
 @contextmanager
-def _signals(processor: Any) -> Iterator[dict[str, int]]:
-    """SIGINT/SIGTERM ask the processor to stop; the exit code follows the signal."""
+def _signals(processors: list[Any]) -> Iterator[dict[str, int]]:
+    """SIGINT/SIGTERM ask the processors to stop; the exit code follows the signal."""
     received: dict[str, int] = {}
 
     def handler(signum: int, frame: Any) -> None:
         received["code"] = 128 + signum
-        processor.stop()
+        for processor in processors:
+            processor.stop()
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -555,46 +562,79 @@ def _signals(processor: Any) -> Iterator[dict[str, int]]:
             signal.signal(s, h)
 
 
-def _process(db: Any, run_settings: Any, forever: bool = False, until_bulks: list[str] | None = None) -> Any:
-    from bulkgen_cli import render
+def _generator(run_settings: Any) -> Any:
+    if run_settings.api_url:
+        from bulkgen_cli.content.http import HttpGenerator
+
+        return HttpGenerator(run_settings.api_url, run_settings.api_token, run_settings.timeout)
+    from bulkgen_cli.content.offline import OfflineGenerator
+
+    return OfflineGenerator()
+
+
+def _process(db: Any, run_settings: Any, forever: bool = False, until_bulks: list[str] | None = None,
+             store_flag: str | None = None) -> Any:
+    """Run `--concurrency` processors (threads, each with its own store connection) until done."""
+    import threading
+
+    from bulkgen_cli import render, settings
+    from bulkgen_cli.model import outbox_open, utcnow
+    from bulkgen_cli.notify import Notifier
     from bulkgen_cli.processor import Processor
     from bulkgen_cli.render import run_view
 
     if run_settings.api_url:
-        from bulkgen_cli.content.http import HttpGenerator
-
-        generator: Any = HttpGenerator(run_settings.api_url, run_settings.api_token, run_settings.timeout)
         note(f"Content service: {run_settings.api_url}")
     else:
-        from bulkgen_cli.content.offline import OfflineGenerator
-
-        generator = OfflineGenerator()
         note("No content service set (--api-url / BULKGEN_API_URL): writing offline drafts.", "yellow")
+    if run_settings.concurrency > 1:
+        note(f"Up to {run_settings.concurrency} items in flight at once, across the whole store.")
     ended = (BulkStatus.completed.value, BulkStatus.cancelled.value)
 
-    def bulks_over() -> bool:
-        from bulkgen_cli.model import outbox_open
-
+    def bulks_over(store: Any) -> bool:
         # Over when they ended and their notifications were delivered (or given up).
         for bulk_id in until_bulks or []:
-            bulk = db.get_bulk(bulk_id)
+            bulk = store.get_bulk(bulk_id)
             if bulk is not None and (bulk.status not in ended or outbox_open(bulk.outbox)):
                 return False
         return True
 
-    from bulkgen_cli import settings
-    from bulkgen_cli.notify import Notifier
-
     with run_view() as view:
-        processor = Processor(db, generator, run_settings, on_event=view)
-        processor.notifier = Notifier(db, processor.owner, settings.smtp(),  # type: ignore[arg-type]
-                                      run_settings.on_complete, on_delivery=view,
-                                      retry_delays=settings.notify_retry_delays())
-        with _signals(processor) as received:
+        workers = []
+        for n in range(run_settings.concurrency):
+            store = db if n == 0 else _open(store_flag)
+            processor = Processor(store, _generator(run_settings), run_settings, on_event=view)
+            processor.notifier = Notifier(store, processor.owner, settings.smtp(),  # type: ignore[arg-type]
+                                          run_settings.on_complete, on_delivery=view,
+                                          retry_delays=settings.notify_retry_delays())
+            workers.append(processor)
+        errors: list[BaseException] = []
+
+        def work(processor: Any) -> None:
+            until = (lambda: bulks_over(processor.store)) if until_bulks else None
             try:
-                processor.run(until_idle=not forever, until=bulks_over if until_bulks else None)
+                processor.run(until_idle=not forever, until=until)
+            except BaseException as exc:  # noqa: BLE001  re-raised in the main thread
+                errors.append(exc)
+                for other in workers:
+                    other.stop()
             finally:
-                generator.close()
+                processor.generator.close()
+
+        with _signals(workers) as received:
+            if len(workers) == 1:
+                work(workers[0])
+            else:
+                threads = [threading.Thread(target=work, args=(p,), daemon=True) for p in workers]
+                for thread in threads:
+                    thread.start()
+                while any(t.is_alive() for t in threads):
+                    for thread in threads:
+                        thread.join(timeout=0.2)  # short joins: signals reach the main thread
+        for processor in workers[1:]:
+            processor.store.close()
+    if errors and not received:
+        raise errors[0]
     if received:
         note("Stopped. Nothing is left in flight: an unfinished item went back to the queue.", "yellow")
         raise _Stopped(received["code"])
@@ -602,9 +642,7 @@ def _process(db: Any, run_settings: Any, forever: bool = False, until_bulks: lis
         finals = [db.get_bulk(b) for b in until_bulks]
         render.print_summary(finals)
         return finals
-    render.print_summary([db.get_bulk(b) for b in view.ended])
-    from bulkgen_cli.model import utcnow
-
+    render.print_summary([db.get_bulk(b) for b in dict.fromkeys(view.ended)])
     scheduled = db.next_start(utcnow())
     if scheduled is not None:
         note(f"A scheduled job starts {render.when(scheduled)}; `bulkgen run --forever` waits for it.")
@@ -612,7 +650,7 @@ def _process(db: Any, run_settings: Any, forever: bool = False, until_bulks: lis
         note(f"Processed {view.items_done} items; the queue is empty.")
     else:
         note("Nothing to process: the queue is empty.")
-    return None  # type: ignore[return-value]
+    return None
 
 
 # -- entry point ----------------------------------------------------------------------

@@ -35,6 +35,7 @@ from bulkgen_cli.model import (
     ItemStatus,
     Outcome,
     iso,
+    later,
     utcnow,
 )
 from bulkgen_cli.settings import RunSettings
@@ -228,7 +229,7 @@ class Processor:
                     self._sleep(self._lease_poll())
                     continue
                 if step is Step.idle:
-                    expiry = self.store.next_lease_expiry()
+                    expiry = self._orphan_expiry()
                     if expiry is not None:
                         # A dead processor's item: wait for its lease, then take it back.
                         wait = (expiry - self.clock()).total_seconds() + 0.05
@@ -255,6 +256,16 @@ class Processor:
                 final = [self.store.get_bulk(i) for i in sorted(self._watched)]
                 self.on_event(Snapshot([b for b in final if b is not None], [], "nobody"))
             self.release()
+
+    def _orphan_expiry(self) -> dt.datetime | None:
+        """When the lease of an item whose processor holds no live slot runs out (a dead one's)."""
+        if self.store.next_lease_expiry() is None:
+            return None
+        now = self.clock()
+        live = {lease.owner for lease in self.store.processor_leases() if lease.expires_at >= now}
+        expiries = [i.lease_expires_at for i in self.store.in_flight()
+                    if i.lease_owner not in live and i.lease_expires_at is not None]
+        return min(expiries) if expiries else None
 
     def _notifications_due(self) -> dt.datetime | None:
         return self.notifier.next_due() if self.notifier is not None else None
@@ -298,7 +309,7 @@ class Processor:
         if lazily and self.holding and time.monotonic() < self._renewed_at + self.settings.lease / 3:
             return True
         self.holding = self.store.acquire_processor_lease(
-            self.owner, self.settings.lease, self.clock(), self.host, self.pid
+            self.owner, self.settings.lease, self.clock(), self.host, self.pid, self.settings.concurrency
         )
         if self.holding:
             self._renewed_at = time.monotonic()
@@ -326,7 +337,7 @@ class Processor:
             self._next_requeue = time.monotonic() + self.settings.lease / 3
             for bulk_id in self.store.requeue_expired(now, self.settings.max_attempts):
                 self._refresh(bulk_id)
-        item = self.store.claim_next(self.owner, self.settings.lease, now)
+        item = self.store.claim_next(self.owner, self.settings.lease, now, self.settings.concurrency)
         if item is None:
             self._next_requeue = 0.0  # idle: look again at once next time
             return Step.idle
@@ -354,6 +365,8 @@ class Processor:
                     self.store.release_item(item.id, self.owner, charge=False)
                     return Step.released if paused else self._lost(item)
             self._pace()
+            if not self._cool_down(item):
+                return Step.released
             reply = self._call(item)
             if reply is None:
                 return self._lost(item)
@@ -377,6 +390,8 @@ class Processor:
                         f"the content service kept answering 429 (rate limited) for over "
                         f"{self.settings.give_up:g} s; the item went back to the queue."
                     )
+                if self.settings.concurrency > 1:  # every slot waits, in every processor
+                    self.store.set_cooldown(later(self.clock(), wait))
                 self.on_event(ItemRetrying(item, reply.error or "rate limited", wait, charged=False))
                 if not self._wait_holding(item, wait):
                     return Step.released
@@ -444,6 +459,14 @@ class Processor:
         left = self._last_request_end + self.settings.delay - time.monotonic()
         if left > 0:
             self._hold_for(left)
+
+    def _cool_down(self, item: Item) -> bool:
+        """With several slots, wait out a 429 cooldown another slot recorded; False if the item was lost."""
+        if self.settings.concurrency == 1:
+            return True
+        until = self.store.cooldown_until()
+        wait = 0.0 if until is None else (until - self.clock()).total_seconds()
+        return wait <= 0 or self._wait_holding(item, wait)
 
     def _wait_holding(self, item: Item, seconds: float) -> bool:
         """Wait while keeping the item's lease; False if it was lost."""

@@ -24,6 +24,7 @@ ENV_BACKOFF = "BULKGEN_BACKOFF"
 ENV_LEASE = "BULKGEN_LEASE_SECONDS"
 ENV_GIVE_UP = "BULKGEN_GIVE_UP"
 ENV_GRACE = "BULKGEN_GRACE"
+ENV_CONCURRENCY = "BULKGEN_CONCURRENCY"
 ENV_NOTIFY = "BULKGEN_NOTIFY"
 ENV_ON_COMPLETE = "BULKGEN_ON_COMPLETE"
 ENV_SMTP_URL = "BULKGEN_SMTP_URL"
@@ -99,6 +100,8 @@ class RunSettings:
     grace: float = 10.0
     #: the processor's own hook; never read from the store
     on_complete: str | None = None
+    #: items in flight at most, in the whole store
+    concurrency: int = 1
 
     @property
     def max_attempts(self) -> int:
@@ -116,6 +119,7 @@ class RunSettings:
         give_up: float | None = None,
         grace: float | None = None,
         on_complete_cmd: str | None = None,
+        concurrency: int | None = None,
     ) -> RunSettings:
         url = pick(api_url, ENV_API_URL, str, "") or None
         if url is not None and not url.startswith(("http://", "https://")):
@@ -131,7 +135,10 @@ class RunSettings:
             give_up=pick(give_up, ENV_GIVE_UP, seconds(), 600.0),
             grace=pick(grace, ENV_GRACE, seconds(), 10.0),
             on_complete=on_complete(on_complete_cmd),
+            concurrency=pick(concurrency, ENV_CONCURRENCY, count, 1),
         )
+        if not 1 <= settings.concurrency <= 16:
+            raise UsageError(f"--concurrency must be from 1 to 16, got {settings.concurrency}.")
         if settings.lease < 1.0:
             raise UsageError(f"--lease must be at least 1 second, got {settings.lease:g}.")
         return settings

@@ -147,3 +147,36 @@ def test_sigterm_lets_the_request_in_flight_finish(tmp_path):
     assert doc["jobs"][0]["status"] == "completed" and doc["jobs"][0]["attempts"] == 1
     assert [j["status"] for j in doc["jobs"][1:]] == ["queued"] * 9
     assert doc["bulk_job"]["completed_items"] == 1
+
+
+def test_concurrency_is_bounded_across_processes(tmp_path):
+    """Two processes with --concurrency 3: up to three requests at once in the whole store, never four."""
+    service = ReferenceService(latency=0.3).start()
+    try:
+        env = base_env(tmp_path) | {"BULKGEN_API_URL": service.url}
+        ids = [run_cli(["submit", str(write_file(tmp_path, f"c{n}.yaml", 15, f"C{n}"))], env).out.strip()
+               for n in range(2)]
+        procs = [spawn(["run", "--concurrency", "3"], env) for _ in range(2)]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs
+        stats = service.stats()
+    finally:
+        service.stop()
+    assert stats["max_in_flight"] == 3
+    requested = [r["job_id"] for r in stats["requests"]]
+    assert len(requested) == 30 and len(set(requested)) == 30
+    for bulk_id in ids:
+        doc = json.loads(run_cli(["status", bulk_id, "--json"], env).out)
+        assert doc["progress"]["completed"] == 15 and doc["bulk_job"]["status"] == "completed"
+
+
+def test_concurrency_one_stays_sequential_beside_a_wider_processor(tmp_path):
+    service = ReferenceService(latency=0.2).start()
+    try:
+        env = base_env(tmp_path) | {"BULKGEN_API_URL": service.url}
+        run_cli(["submit", str(write_file(tmp_path, "s.yaml", 10, "S"))], env)
+        result = run_cli(["run", "--concurrency", "1"], env)
+        assert result.code == 0
+        assert service.stats()["max_in_flight"] == 1
+    finally:
+        service.stop()

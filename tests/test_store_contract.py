@@ -582,3 +582,33 @@ def test_list_by_group(store):
     submit(store, 10)
     assert [b.id for b in store.list_bulks(group_id="g1")] == parts[::-1]
     assert store.get_bulk(parts[0]).group_id == "g1"
+
+
+def test_processor_lease_slots(store):
+    t = utcnow()
+    assert [store.acquire_processor_lease(o, 10, t, "h", 1, slots=3) for o in "abcd"] == [True, True, True, False]
+    assert store.acquire_processor_lease("b", 10, t + dt.timedelta(seconds=5), "h", 1, slots=3)  # renew
+    store.release_processor_lease("a")
+    assert store.acquire_processor_lease("d", 10, t, "h", 1, slots=3)  # a's slot is free now
+    assert not store.acquire_processor_lease("e", 10, t + dt.timedelta(seconds=9), "h", 1, slots=3)
+    assert store.acquire_processor_lease("e", 10, t + dt.timedelta(seconds=11), "h", 1, slots=3)  # one expired
+    # With one slot the store stays sequential even though others hold more.
+    assert not store.acquire_processor_lease("f", 10, t + dt.timedelta(seconds=11), "h", 1, slots=1)
+
+
+def test_shared_cooldown_only_grows(store):
+    t = utcnow()
+    assert store.cooldown_until() is None
+    store.set_cooldown(t + dt.timedelta(seconds=30))
+    store.set_cooldown(t + dt.timedelta(seconds=5))
+    assert store.cooldown_until() == t + dt.timedelta(seconds=30)
+    store.set_cooldown(t + dt.timedelta(seconds=60))
+    assert store.cooldown_until() == t + dt.timedelta(seconds=60)
+
+
+def test_processor_leases_lists_every_slot(store):
+    t = utcnow()
+    store.set_cooldown(t)
+    for owner in "ab":
+        store.acquire_processor_lease(owner, 10, t, "h", 7, slots=2)
+    assert sorted(lease.owner for lease in store.processor_leases()) == ["a", "b"]

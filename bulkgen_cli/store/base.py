@@ -17,6 +17,8 @@ from bulkgen_cli.model import BulkJob, BulkStatus, Counts, Item, Outcome, StepSt
 
 #: The one processor lease that makes the whole store sequential (design §4).
 PROCESSOR_LEASE = "processor"
+#: The lease record holding the shared 429 cooldown.
+COOLDOWN = "cooldown"
 #: The error kept on an item whose request was aborted by a cancel.
 CANCELLED_IN_FLIGHT = "cancelled while its request was in flight"
 
@@ -231,17 +233,33 @@ class Store(ABC):
 
     @abstractmethod
     def acquire_processor_lease(
-        self, owner: str, seconds: float, now: dt.datetime, host: str, pid: int
+        self, owner: str, seconds: float, now: dt.datetime, host: str, pid: int, slots: int = 1
     ) -> bool:
-        """Take or renew the lease: True if it was free, expired, or `owner`'s."""
+        """Take or renew one of `slots` processor leases (see `slot_names`).
+
+        True if `owner` holds one already (renewed), or one was free or expired
+        (taken). With slots=1 the whole store is sequential (design §4).
+        """
 
     @abstractmethod
     def release_processor_lease(self, owner: str) -> None:
-        """Give the lease up if `owner` holds it."""
+        """Give up whatever slot `owner` holds."""
+
+    @abstractmethod
+    def set_cooldown(self, until: dt.datetime) -> None:
+        """Ask every processor to send nothing before `until` (a 429); never shortens one."""
+
+    @abstractmethod
+    def cooldown_until(self) -> dt.datetime | None:
+        """The shared 429 cooldown's end, or None."""
 
     @abstractmethod
     def processor_lease(self) -> Lease | None:
         """The current lease record (maybe expired), or None."""
+
+    @abstractmethod
+    def processor_leases(self) -> list[Lease]:
+        """Every slot's lease record (maybe expired)."""
 
     def close(self) -> None:
         """Release connections."""
@@ -251,6 +269,11 @@ class Store(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def slot_names(slots: int) -> list[str]:
+    """The lease records of `slots` slots; slot 1 keeps the name of the single processor lease."""
+    return [PROCESSOR_LEASE] + [f"{PROCESSOR_LEASE}-{n}" for n in range(2, slots + 1)]
 
 
 def lease_lost_error(attempts: int) -> str:

@@ -46,10 +46,12 @@ from bulkgen_cli.model import (
 )
 from bulkgen_cli.store.base import (
     CANCELLED_IN_FLIGHT,
+    COOLDOWN,
     PROCESSOR_LEASE,
     Lease,
     Store,
     lease_lost_error,
+    slot_names,
     step_result,
 )
 
@@ -747,37 +749,46 @@ class MongoStore(Store):
 
     @_unavailable
     def acquire_processor_lease(
-        self, owner: str, seconds: float, now: dt.datetime, host: str, pid: int
+        self, owner: str, seconds: float, now: dt.datetime, host: str, pid: int, slots: int = 1
     ) -> bool:
         expires = later(now, seconds)
-        renewed = self.leases.update_one(
-            {"_id": PROCESSOR_LEASE, "owner": owner}, {"$set": {"expires_at": expires}}
-        )
+        names = slot_names(slots)
+        renewed = self.leases.update_one({"_id": {"$in": names}, "owner": owner}, {"$set": {"expires_at": expires}})
         if renewed.matched_count:
             return True
-        try:
-            # Matches only a lease that expired; where none exists, the upsert
-            # creates it; where a live one exists, the upsert collides on _id.
-            self.leases.update_one(
-                {"_id": PROCESSOR_LEASE, "expires_at": {"$lt": now}},
-                {
-                    "$set": {
-                        "owner": owner,
-                        "expires_at": expires,
-                        "acquired_at": now,
-                        "host": host,
-                        "pid": pid,
-                    }
-                },
-                upsert=True,
-            )
-        except DuplicateKeyError:
-            return False
-        return True
+        for name in names:
+            try:
+                # Matches only an expired slot; where none exists, the upsert creates
+                # it; where a live one exists, the upsert collides on _id.
+                self.leases.update_one(
+                    {"_id": name, "expires_at": {"$lt": now}},
+                    {"$set": {"owner": owner, "expires_at": expires, "acquired_at": now, "host": host,
+                              "pid": pid}},
+                    upsert=True,
+                )
+            except DuplicateKeyError:
+                continue
+            return True
+        return False
 
     @_unavailable
     def release_processor_lease(self, owner: str) -> None:
-        self.leases.delete_one({"_id": PROCESSOR_LEASE, "owner": owner})
+        self.leases.delete_many({"owner": owner})
+
+    @_unavailable
+    def set_cooldown(self, until: dt.datetime) -> None:
+        self.leases.update_one({"_id": COOLDOWN}, {"$max": {"expires_at": until}}, upsert=True)
+
+    @_unavailable
+    def cooldown_until(self) -> dt.datetime | None:
+        doc = self.leases.find_one({"_id": COOLDOWN})
+        return None if doc is None else _aware(doc.get("expires_at"))
+
+    @_unavailable
+    def processor_leases(self) -> list[Lease]:
+        return [Lease(d["owner"], _aware(d["expires_at"]), _aware(d["acquired_at"]),  # type: ignore[arg-type]
+                      d.get("host", ""), d.get("pid", 0))
+                for d in self.leases.find({"_id": {"$ne": COOLDOWN}})]
 
     @_unavailable
     def processor_lease(self) -> Lease | None:

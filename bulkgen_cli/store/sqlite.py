@@ -41,10 +41,12 @@ from bulkgen_cli.model import (
 )
 from bulkgen_cli.store.base import (
     CANCELLED_IN_FLIGHT,
+    COOLDOWN,
     PROCESSOR_LEASE,
     Lease,
     Store,
     lease_lost_error,
+    slot_names,
     step_claimable,
     step_result,
 )
@@ -707,30 +709,23 @@ class SqliteStore(Store):
 
     @_unavailable
     def acquire_processor_lease(
-        self, owner: str, seconds: float, now: dt.datetime, host: str, pid: int
+        self, owner: str, seconds: float, now: dt.datetime, host: str, pid: int, slots: int = 1
     ) -> bool:
         expires = iso(later(now, seconds))
+        names = slot_names(slots)
         with self._tx() as db:
-            row = db.execute(
-                "SELECT owner, expires_at FROM leases WHERE name = ?", (PROCESSOR_LEASE,)
-            ).fetchone()
-            if row is None:
+            if db.execute("UPDATE leases SET expires_at = ? WHERE owner = ?", (expires, owner)).rowcount:
+                return True
+            held = {r["name"]: r for r in db.execute(
+                f"SELECT name, expires_at FROM leases WHERE name IN ({', '.join('?' * len(names))})", names)}
+            for name in names:
+                row = held.get(name)
+                if row is not None and _ts(row["expires_at"]) >= now:  # type: ignore[operator]
+                    continue
                 db.execute(
-                    "INSERT INTO leases (name, owner, expires_at, acquired_at, host, pid)"
+                    "INSERT OR REPLACE INTO leases (name, owner, expires_at, acquired_at, host, pid)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
-                    (PROCESSOR_LEASE, owner, expires, iso(now), host, pid),
-                )
-                return True
-            if row["owner"] == owner:
-                db.execute(
-                    "UPDATE leases SET expires_at = ? WHERE name = ?", (expires, PROCESSOR_LEASE)
-                )
-                return True
-            if _ts(row["expires_at"]) < now:  # type: ignore[operator]
-                db.execute(
-                    "UPDATE leases SET owner = ?, expires_at = ?, acquired_at = ?, host = ?,"
-                    " pid = ? WHERE name = ?",
-                    (owner, expires, iso(now), host, pid, PROCESSOR_LEASE),
+                    (name, owner, expires, iso(now), host, pid),
                 )
                 return True
             return False
@@ -738,7 +733,27 @@ class SqliteStore(Store):
     @_unavailable
     def release_processor_lease(self, owner: str) -> None:
         with self._tx() as db:
-            db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (PROCESSOR_LEASE, owner))
+            db.execute("DELETE FROM leases WHERE owner = ?", (owner,))
+
+    @_unavailable
+    def set_cooldown(self, until: dt.datetime) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO leases (name, owner, expires_at, acquired_at, host, pid) VALUES (?, '', ?, ?, '', 0)"
+                " ON CONFLICT (name) DO UPDATE SET expires_at = max(expires_at, excluded.expires_at)",
+                (COOLDOWN, iso(until), iso(until)),
+            )
+
+    @_unavailable
+    def cooldown_until(self) -> dt.datetime | None:
+        row = self.db.execute("SELECT expires_at FROM leases WHERE name = ?", (COOLDOWN,)).fetchone()
+        return None if row is None else _ts(row[0])
+
+    @_unavailable
+    def processor_leases(self) -> list[Lease]:
+        rows = self.db.execute("SELECT * FROM leases WHERE name != ?", (COOLDOWN,))
+        return [Lease(r["owner"], _ts(r["expires_at"]), _ts(r["acquired_at"]), r["host"], r["pid"])  # type: ignore[arg-type]
+                for r in rows]
 
     @_unavailable
     def processor_lease(self) -> Lease | None:
