@@ -28,6 +28,9 @@ T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
 
 class StoreMachine(RuleBasedStateMachine):
+    #: items in flight at most (`run --concurrency`)
+    slots = 1
+
     def __init__(self) -> None:
         super().__init__()
         self.store = self.open_store()
@@ -82,10 +85,11 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(owner=st.sampled_from(OWNERS))
     def claim(self, owner: str) -> None:
-        expected = self.expected_next() if not self.held else None
-        item = self.store.claim_next(owner, LEASE, self.now)
-        if self.held:
-            assert item is None, "a second item was claimed while one is in flight"
+        full = len(self.held) >= self.slots
+        expected = None if full else self.expected_next()
+        item = self.store.claim_next(owner, LEASE, self.now, self.slots)
+        if full:
+            assert item is None, "an item was claimed beyond the concurrency bound"
             return
         assert (item.id if item else None) == expected, \
             "claim broke priority/FIFO, took a paused or cancelled job's item, or started one before its time"
@@ -153,6 +157,9 @@ class StoreMachine(RuleBasedStateMachine):
         free = self.lease_owner is None or self.lease_owner == owner or self.lease_until < self.now
         got = self.store.acquire_processor_lease(owner, seconds, self.now, "h", 1)
         assert got == free, "the processor lease went to a second live owner"
+        if got:  # slots beyond the first, taken and given back, never touch the first
+            assert self.store.acquire_processor_lease(f"{owner}-wide", seconds, self.now, "h", 1, 3)
+            self.store.release_processor_lease(f"{owner}-wide")
         if got:
             self.lease_owner, self.lease_until = owner, self.now + dt.timedelta(seconds=seconds)
 
@@ -193,8 +200,8 @@ class StoreMachine(RuleBasedStateMachine):
                 assert self.ends[bulk_id] == self.rounds[bulk_id]
                 assert bulk.outbox is not None and len(bulk.outbox["steps"]) == 1
             assert all(i.attempts <= MAX_ATTEMPTS for i in items)
-        # 2: at most one item in flight in the whole store.
-        assert processing <= 1
+        # 2: at most `slots` items in flight in the whole store (one by default).
+        assert processing <= self.slots
         lease = self.store.processor_lease()
         if lease is not None:
             assert lease.owner == self.lease_owner
@@ -221,5 +228,15 @@ class MongoMachine(StoreMachine):
         return MongoStore(mongomock.MongoClient(tz_aware=True), "bulkgen")
 
 
+class SqliteMachine3(SqliteMachine):
+    slots = 3
+
+
+class MongoMachine3(MongoMachine):
+    slots = 3
+
+
 TestSqliteStore = SqliteMachine.TestCase
 TestMongoStore = MongoMachine.TestCase
+TestSqliteStoreConcurrency3 = SqliteMachine3.TestCase
+TestMongoStoreConcurrency3 = MongoMachine3.TestCase
