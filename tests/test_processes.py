@@ -180,3 +180,27 @@ def test_concurrency_one_stays_sequential_beside_a_wider_processor(tmp_path):
         assert service.stats()["max_in_flight"] == 1
     finally:
         service.stop()
+
+
+def test_a_429_cools_down_every_slot(tmp_path):
+    service = ReferenceService().start()
+    try:
+        env = base_env(tmp_path) | {"BULKGEN_API_URL": service.url}
+        path = tmp_path / "r.yaml"
+        path.write_text("items:\n  - topic: 'Busy [429:1] [retry-after:1]'\n"
+                        + "".join(f"  - topic: 'T{i} [slow:0.1]'\n" for i in range(9)))
+        bulk_id = run_cli(["submit", str(path)], env).out.strip()
+        result = run_cli(["run", "--concurrency", "2"], env)
+        assert result.code == 0, result.err
+        reqs = service.stats()["requests"]
+    finally:
+        service.stop()
+    [limited] = [r for r in reqs if r["outcome"] == "http-429"]
+    # A request another slot sent in the moment before the 429 reached the store is fair;
+    # after that, nothing may start until the cooldown (1 s) is over.
+    stored_by = limited["end"] + 0.25
+    started_during = [r for r in reqs if stored_by < r["start"] < limited["end"] + 0.95]
+    assert [round(r["start"] - limited["end"], 3) for r in started_during] == []
+    assert any(r["start"] >= limited["end"] + 0.95 for r in reqs)
+    doc = json.loads(run_cli(["status", bulk_id, "--json"], env).out)
+    assert doc["progress"]["completed"] == 10 and doc["jobs"][0]["attempts"] == 1  # the 429 was not charged
