@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from bulkgen_cli.errors import InvalidTransition, NotFound
-from bulkgen_cli.model import BULK_TRANSITIONS, BulkJob, BulkStatus, utcnow
+from bulkgen_cli.model import BULK_TRANSITIONS, BulkJob, BulkStatus, outbox_open, utcnow
 from bulkgen_cli.store.base import Store
 
 ATTEMPTS = 5
@@ -100,6 +100,12 @@ def _do(store: Store, action: Action, bulk: BulkJob, status: BulkStatus, now: dt
         store.refresh_counters(bulk.id, now)
         return changed, changed
     # retry-failed
+    if outbox_open(bulk.outbox):
+        # A new round would end with a new outbox; the last end's event is sent first.
+        raise InvalidTransition(
+            f"cannot retry-failed bulk job {bulk.id} yet: the notification of its last end is still being "
+            "delivered (a processor retries it within about a minute; see `bulkgen status`)."
+        )
     requeued = store.retry_failed(bulk.id, now)
     if requeued:
         store.refresh_counters(bulk.id, now)

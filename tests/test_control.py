@@ -113,3 +113,35 @@ def test_retry_failed_completes_the_job_after_the_service_recovers(cli, tmp_path
     assert all(j["retry_count"] == 2 and j["attempts"] == 1 for j in retried)
     ok_requests = [r for r in service.stats()["requests"] if r["outcome"] == "ok"]
     assert len(ok_requests) == 10 and len({r["job_id"] for r in ok_requests}) == 10
+
+
+def test_retry_failed_waits_for_the_last_ends_notification(cli, tmp_path, service):
+    from tests.receivers import WebhookReceiver
+
+    receiver = WebhookReceiver(fail_first=99)
+    try:
+        env = {"BULKGEN_API_URL": service.url, "BULKGEN_API_TOKEN": "s3cret-token", "BULKGEN_NOTIFY_RETRY": "60"}
+        path = tmp_path / "f.yaml"
+        path.write_text("items:\n  - topic: 'Bad [fail:9]'\n" + "".join(f"  - topic: T{i}\n" for i in range(9)))
+        bulk_id = cli("submit", str(path), "--notify", f"webhook:{receiver.url}", env=env).out.strip()
+        store = SqliteStore(tmp_path / "xdg" / "bulkgen" / "bulkgen.db")
+        try:  # a processor that ends the job and stops before the retry of its notification
+            from bulkgen_cli.content.http import HttpGenerator
+            from bulkgen_cli.notify import Notifier
+            from bulkgen_cli.processor import Processor
+            from bulkgen_cli.settings import RunSettings
+
+            processor = Processor(store, HttpGenerator(service.url, "s3cret-token", 5),
+                                  RunSettings(delay=0, backoff=0.01, max_retries=0))
+            processor.notifier = Notifier(store, "p", retry_delays=(60,))
+            for _ in range(10):
+                processor.work_once()
+            processor.release()
+        finally:
+            store.close()
+        doc = json.loads(cli("status", bulk_id, "--json").out)
+        assert doc["bulk_job"]["status"] == "completed" and doc["notifications"][0]["state"] == "pending"
+        refused = cli("retry-failed", bulk_id)
+        assert refused.code == 4 and "still being delivered" in refused.err
+    finally:
+        receiver.stop()

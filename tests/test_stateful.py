@@ -128,6 +128,13 @@ class StoreMachine(RuleBasedStateMachine):
             self.refresh(bulk_id)
         self.held = {i: o for i, o in self.held.items() if self.store.is_held(i, o)}
 
+    def deliver(self, bulk_id: str) -> None:
+        box = self.store.get_bulk(bulk_id).outbox
+        if box:
+            for index, _ in enumerate(box["steps"]):
+                if self.store.claim_step(bulk_id, box["event_id"], index, "notifier", self.now, 60):
+                    self.store.finish_step(bulk_id, box["event_id"], index, "notifier", self.now, None, None)
+
     @rule(data=st.data())
     def refresh_any(self, data) -> None:
         """Deliverers and commands refresh counters too: that never records a second end."""
@@ -139,6 +146,8 @@ class StoreMachine(RuleBasedStateMachine):
         if not self.bulks:
             return
         bulk_id = data.draw(st.sampled_from(sorted(self.bulks)))
+        if action is control.Action.retry_failed and data.draw(st.booleans()):
+            self.deliver(bulk_id)  # else retry-failed must wait for the last end's notification
         before = self.store.get_bulk(bulk_id).status
         try:
             result = control.apply(self.store, action, bulk_id, self.now)
