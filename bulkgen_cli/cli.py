@@ -168,11 +168,10 @@ def submit(
     Example: id=$(bulkgen submit examples/articles.yaml) && bulkgen status "$id"
     """
     from bulkgen_cli import manifest, settings
+    from bulkgen_cli.model import utcnow
 
     parsed = manifest.load(file, mode, split=split)
     channels = settings.notify_channels(notify)
-    from bulkgen_cli.model import utcnow
-
     start = settings.parse_when(not_before, utcnow()) if not_before else None
     run_settings = None
     if wait:
@@ -408,7 +407,7 @@ def _notify_now(db: Any, bulk: BulkJob) -> None:
         note(f"Notification {delivery.channel}: {state}", "dim")
 
     owner = f"cancel:{os.getpid()}"
-    notifier = Notifier(db, owner, settings.smtp(), skip_unconfigured=True,  # type: ignore[arg-type]
+    notifier = Notifier(db, owner, settings.smtp(), skip_unconfigured=True,
                         on_delivery=report, retry_delays=settings.notify_retry_delays())
     notifier.deliver(db.get_bulk(bulk.id))
 
@@ -589,7 +588,7 @@ def _process(db: Any, run_settings: Any, forever: bool = False, until_bulks: lis
         note("No content service set (--api-url / BULKGEN_API_URL): writing offline drafts.", "yellow")
     if run_settings.concurrency > 1:
         note(f"Up to {run_settings.concurrency} items in flight at once, across the whole store.")
-    ended = (BulkStatus.completed.value, BulkStatus.cancelled.value)
+    from bulkgen_cli.watch import ENDED as ended
 
     def bulks_over(store: Any) -> bool:
         # Over when they ended and their notifications were delivered (or given up).
@@ -604,7 +603,7 @@ def _process(db: Any, run_settings: Any, forever: bool = False, until_bulks: lis
         for n in range(run_settings.concurrency):
             store = db if n == 0 else _open(store_flag)
             processor = Processor(store, _generator(run_settings), run_settings, on_event=view)
-            processor.notifier = Notifier(store, processor.owner, settings.smtp(),  # type: ignore[arg-type]
+            processor.notifier = Notifier(store, processor.owner, settings.smtp(),
                                           run_settings.on_complete, on_delivery=view,
                                           retry_delays=settings.notify_retry_delays())
             workers.append(processor)

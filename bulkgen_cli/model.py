@@ -92,6 +92,8 @@ BULK_TRANSITIONS: dict[BulkStatus, frozenset[BulkStatus]] = {
 CLAIMABLE_BULK = (BulkStatus.queued, BulkStatus.processing)
 #: Bulk statuses that still have work to do (ETA, watch, idle checks).
 ACTIVE_BULK = (BulkStatus.queued, BulkStatus.processing, BulkStatus.paused)
+#: Bulk statuses after which nothing more happens (until a retry-failed).
+ENDED_BULK = (BulkStatus.completed, BulkStatus.cancelled)
 #: Item statuses that count as pending: the job is not over while any item has one.
 PENDING_ITEM = (ItemStatus.queued, ItemStatus.processing)
 

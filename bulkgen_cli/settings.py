@@ -7,9 +7,12 @@ import getpass
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from bulkgen_cli.errors import UsageError
+
+if TYPE_CHECKING:  # notify is imported where e-mail is needed, not on every command
+    from bulkgen_cli.notify import SmtpSettings
 
 T = TypeVar("T")
 
@@ -153,7 +156,7 @@ def notify_channels(flags: list[str] | None) -> list[str]:
     return parse_channels([os.environ.get(ENV_NOTIFY, "")])
 
 
-def smtp() -> object | None:
+def smtp() -> SmtpSettings | None:
     """The processor's SMTP settings from BULKGEN_SMTP_URL, or None."""
     url = os.environ.get(ENV_SMTP_URL)
     if not url:

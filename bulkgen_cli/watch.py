@@ -6,11 +6,11 @@ import time
 from typing import Callable
 
 from bulkgen_cli.errors import NotFound
-from bulkgen_cli.model import BulkJob, BulkStatus
+from bulkgen_cli.model import ENDED_BULK, BulkJob
 from bulkgen_cli.processor import Event, Snapshot
 from bulkgen_cli.store.base import Store
 
-ENDED = (BulkStatus.completed.value, BulkStatus.cancelled.value)
+ENDED = {s.value for s in ENDED_BULK}
 
 
 def follow(

@@ -784,21 +784,16 @@ class MongoStore(Store):
         doc = self.leases.find_one({"_id": COOLDOWN})
         return None if doc is None else _aware(doc.get("expires_at"))
 
+    @staticmethod
+    def _lease(doc: dict[str, Any]) -> Lease:
+        return Lease(doc["owner"], _aware(doc["expires_at"]), _aware(doc["acquired_at"]),  # type: ignore[arg-type]
+                     doc.get("host", ""), doc.get("pid", 0))
+
     @_unavailable
     def processor_leases(self) -> list[Lease]:
-        return [Lease(d["owner"], _aware(d["expires_at"]), _aware(d["acquired_at"]),  # type: ignore[arg-type]
-                      d.get("host", ""), d.get("pid", 0))
-                for d in self.leases.find({"_id": {"$ne": COOLDOWN}})]
+        return [self._lease(d) for d in self.leases.find({"_id": {"$ne": COOLDOWN}})]
 
     @_unavailable
     def processor_lease(self) -> Lease | None:
         doc = self.leases.find_one({"_id": PROCESSOR_LEASE})
-        if doc is None:
-            return None
-        return Lease(
-            owner=doc["owner"],
-            expires_at=_aware(doc["expires_at"]),  # type: ignore[arg-type]
-            acquired_at=_aware(doc["acquired_at"]),  # type: ignore[arg-type]
-            host=doc.get("host", ""),
-            pid=doc.get("pid", 0),
-        )
+        return None if doc is None else self._lease(doc)

@@ -749,22 +749,16 @@ class SqliteStore(Store):
         row = self.db.execute("SELECT expires_at FROM leases WHERE name = ?", (COOLDOWN,)).fetchone()
         return None if row is None else _ts(row[0])
 
+    @staticmethod
+    def _lease(row: sqlite3.Row) -> Lease:
+        return Lease(row["owner"], _ts(row["expires_at"]), _ts(row["acquired_at"]),  # type: ignore[arg-type]
+                     row["host"], row["pid"])
+
     @_unavailable
     def processor_leases(self) -> list[Lease]:
-        rows = self.db.execute("SELECT * FROM leases WHERE name != ?", (COOLDOWN,))
-        return [Lease(r["owner"], _ts(r["expires_at"]), _ts(r["acquired_at"]), r["host"], r["pid"])  # type: ignore[arg-type]
-                for r in rows]
+        return [self._lease(r) for r in self.db.execute("SELECT * FROM leases WHERE name != ?", (COOLDOWN,))]
 
     @_unavailable
     def processor_lease(self) -> Lease | None:
         row = self.db.execute("SELECT * FROM leases WHERE name = ?", (PROCESSOR_LEASE,)).fetchone()
-        if row is None:
-            return None
-        return Lease(
-            owner=row["owner"],
-            expires_at=_ts(row["expires_at"]),  # type: ignore[arg-type]
-            acquired_at=_ts(row["acquired_at"]),  # type: ignore[arg-type]
-            host=row["host"],
-            pid=row["pid"],
-        )
-
+        return None if row is None else self._lease(row)
