@@ -243,6 +243,8 @@ class Item:
     completed_at: dt.datetime | None = None
     lease_owner: str | None = None
     lease_expires_at: dt.datetime | None = None
+    #: the fencing token of the claim that holds (or last held) it; grows with every claim
+    fence: int | None = None
 
     @property
     def label(self) -> str:

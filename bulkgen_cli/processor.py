@@ -13,6 +13,7 @@ import datetime as dt
 import os
 import random
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -52,6 +53,30 @@ OUTBOX_SCAN = 5.0
 STOP_POLL = 0.1
 #: How often a request in flight checks that its item is still held (not cancelled).
 HELD_POLL = 0.5
+#: Leases are renewed every quarter of a lease while an item is held.
+RENEW_EVERY = 0.25
+#: Self-fencing: a request still in flight this far into a lease after the last
+#: successful renewal is aborted, and a reply arriving later is never recorded
+#: (design.md, "Self-fencing"). The rest of the lease is the margin for the
+#: abort to land and for clocks that disagree.
+FENCE_AFTER = 0.75
+
+
+def _clock_id() -> int | None:
+    """A clock that keeps counting while the machine sleeps (a closed laptop lid) or the process is stopped."""
+    if hasattr(time, "CLOCK_BOOTTIME"):  # Linux: CLOCK_MONOTONIC stops during suspend
+        return time.CLOCK_BOOTTIME
+    if sys.platform == "darwin" and hasattr(time, "CLOCK_MONOTONIC"):  # counts during sleep there
+        return time.CLOCK_MONOTONIC
+    return None
+
+
+_CLOCK = _clock_id()
+
+
+def ticks() -> float:
+    """Seconds on a monotonic clock that includes suspend and SIGSTOP time."""
+    return time.clock_gettime(_CLOCK) if _CLOCK is not None else time.monotonic()
 
 
 # -- events: what the processor reports -----------------------------------------
@@ -133,6 +158,7 @@ class Processor:
         clock: Callable[[], dt.datetime] = utcnow,
         owner: str | None = None,
         notifier: Notifier | None = None,
+        ticker: Callable[[], float] = ticks,
     ):
         self.store = store
         self.notifier = notifier
@@ -140,6 +166,8 @@ class Processor:
         self.settings = settings
         self.on_event = on_event or (lambda event: None)
         self.clock = clock
+        #: the monotonic clock of leases and self-fencing; tests hand in one they can move
+        self.ticker = ticker
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.owner = owner or f"{self.host}:{self.pid}:{uuid.uuid4().hex[:8]}"
@@ -154,6 +182,8 @@ class Processor:
         self._watched: set[str] = set()
         self._next_outbox_scan = 0.0
         self._renewed_at = 0.0
+        #: self-fencing: past this tick, the held item's request must not be in flight
+        self._fence_deadline = 0.0
         self._next_requeue = 0.0
         #: the latest known state of each job, for the events (saves a read per item)
         self._bulks: dict[str, BulkJob] = {}
@@ -170,12 +200,12 @@ class Processor:
         if self._stop.is_set():
             self._hard_stop = True
         else:
-            self._stop_at = time.monotonic()
+            self._stop_at = self.ticker()
             self._stop.set()
 
     def _abort_now(self) -> bool:
         return self.stopping and (
-            self._hard_stop or time.monotonic() - self._stop_at >= self.settings.grace
+            self._hard_stop or self.ticker() - self._stop_at >= self.settings.grace
         )
 
     @property
@@ -208,8 +238,8 @@ class Processor:
                     self._scan_outboxes()
                     continue
                 if step is Step.unreachable:
-                    started = unreachable_since = unreachable_since or time.monotonic()
-                    if until_idle and time.monotonic() - started > self.settings.give_up:
+                    started = unreachable_since = unreachable_since or self.ticker()
+                    if until_idle and self.ticker() - started > self.settings.give_up:
                         raise ServiceUnavailable(
                             f"the content service at {self.settings.api_url} could not be reached "
                             f"for {self.settings.give_up:g} s; the item went back to the queue."
@@ -272,9 +302,9 @@ class Processor:
 
     def _scan_outboxes(self, force: bool = False) -> None:
         """Deliver what other deliverers left pending (a crash, a receiver that was down)."""
-        if self.notifier is None or (not force and time.monotonic() < self._next_outbox_scan):
+        if self.notifier is None or (not force and self.ticker() < self._next_outbox_scan):
             return
-        self._next_outbox_scan = time.monotonic() + OUTBOX_SCAN
+        self._next_outbox_scan = self.ticker() + OUTBOX_SCAN
         self.notifier.deliver_due()
 
     def _watch_other(self, report: bool) -> bool:
@@ -306,24 +336,24 @@ class Processor:
 
     def _renew(self, lazily: bool = False) -> bool:
         """Take or renew the processor lease; `lazily`: not again within a third of it."""
-        if lazily and self.holding and time.monotonic() < self._renewed_at + self.settings.lease / 3:
+        if lazily and self.holding and self.ticker() < self._renewed_at + self.settings.lease / 3:
             return True
         self.holding = self.store.acquire_processor_lease(
             self.owner, self.settings.lease, self.clock(), self.host, self.pid, self.settings.concurrency
         )
         if self.holding:
-            self._renewed_at = time.monotonic()
+            self._renewed_at = self.ticker()
         return self.holding
 
     def _hold_for(self, seconds: float) -> None:
         """Wait, renewing the processor lease so that waiting never loses it."""
-        deadline = time.monotonic() + seconds
+        deadline = self.ticker() + seconds
         while not self.stopping:
-            left = deadline - time.monotonic()
+            left = deadline - self.ticker()
             if left <= 0:
                 return
             self._sleep(min(left, self.settings.lease / 3))
-            if self.holding and time.monotonic() < deadline:
+            if self.holding and self.ticker() < deadline:
                 self._renew()
 
     def work_once(self) -> Step:
@@ -333,8 +363,8 @@ class Processor:
         if not self._renew(lazily=True):
             return Step.busy
         now = self.clock()
-        if time.monotonic() >= self._next_requeue:
-            self._next_requeue = time.monotonic() + self.settings.lease / 3
+        if self.ticker() >= self._next_requeue:
+            self._next_requeue = self.ticker() + self.settings.lease / 3
             for bulk_id in self.store.requeue_expired(now, self.settings.max_attempts):
                 self._refresh(bulk_id)
         item = self.store.claim_next(self.owner, self.settings.lease, now, self.settings.concurrency)
@@ -350,7 +380,7 @@ class Processor:
         bulk = self._bulks.get(item.bulk_job_id) or self.store.get_bulk(item.bulk_job_id)
         assert bulk is not None
         self.on_event(ItemStarted(item, bulk))
-        started = time.monotonic()
+        started = self.ticker()
         attempt = item.attempts
         rate_limited_for = 0.0
         while True:
@@ -364,16 +394,21 @@ class Processor:
                     # The failed tries stay counted; the one not made is not.
                     self.store.release_item(item.id, self.owner, charge=False)
                     return Step.released if paused else self._lost(item)
-            self._pace()
-            if not self._cool_down(item):
-                return Step.released
+            if not self._pace(item) or not self._cool_down(item):
+                return self._lost(item)
+            if self.stopping:
+                return self._hand_back(item)
+            if not self._check_before_send(item):
+                return self._lost(item)
             reply = self._call(item)
             if reply is None:
                 return self._lost(item)
+            if reply.kind is ReplyKind.fenced and not self.store.is_held(item.id, self.owner):
+                return self._lost(item)  # a newer claim holds it: not a failure, not a try
             if reply.kind is ReplyKind.ok:
                 outcome = Outcome(ItemStatus.completed, result=self._result(reply, started))
                 break
-            if reply.kind is ReplyKind.permanent:
+            if reply.kind in (ReplyKind.permanent, ReplyKind.fenced):
                 outcome = Outcome(ItemStatus.failed, error=reply.error)
                 break
             if reply.kind is ReplyKind.aborted or self.stopping:
@@ -409,10 +444,16 @@ class Processor:
             attempt += 1
         if not self.store.finish_item(item.id, self.owner, outcome, self.clock()):
             return Step.released
-        self._refresh(item.bulk_job_id, finished=(item, outcome, time.monotonic() - started))
+        self._refresh(item.bulk_job_id, finished=(item, outcome, self.ticker() - started))
         return Step.done
 
     def _lost(self, item: Item) -> Step:
+        """The item is no longer this processor's to send: leave it to whoever holds it now."""
+        # Still ours only when self-fencing gave it up or the slot passed on: hand it back uncounted.
+        if self.store.release_item(item.id, self.owner):
+            self.on_event(ItemLost(item, "this processor stopped renewing its lease in time "
+                                         "(it was stalled); the item went back to the queue"))
+            return Step.released
         bulk = self.store.get_bulk(item.bulk_job_id)
         cancelled = bulk is not None and bulk.status == BulkStatus.cancelled.value
         self.on_event(ItemLost(item, "its bulk job was cancelled" if cancelled else "another processor took it over"))
@@ -427,7 +468,7 @@ class Processor:
             "content": reply.content,
             "generator": self.generator.name,
             "generated_at": iso(self.clock()),
-            "seconds": round(time.monotonic() - started, 3),
+            "seconds": round(self.ticker() - started, 3),
             "words": count_words(content_text(reply.content)),
         }
 
@@ -452,13 +493,12 @@ class Processor:
         base = self.settings.backoff * (2 ** max(attempt - 1, 0))
         return base / 2 + self._random.uniform(0, base / 2)
 
-    def _pace(self) -> None:
-        """Keep `delay` seconds between two requests to a remote service."""
+    def _pace(self, item: Item) -> bool:
+        """Keep `delay` seconds between two requests to a remote service; False if the item was lost."""
         if not self.generator.remote or self._last_request_end is None:
-            return
-        left = self._last_request_end + self.settings.delay - time.monotonic()
-        if left > 0:
-            self._hold_for(left)
+            return True
+        left = self._last_request_end + self.settings.delay - self.ticker()
+        return left <= 0 or self._wait_holding(item, left)
 
     def _cool_down(self, item: Item) -> bool:
         """With several slots, wait out a 429 cooldown another slot recorded; False if the item was lost."""
@@ -469,43 +509,64 @@ class Processor:
         return wait <= 0 or self._wait_holding(item, wait)
 
     def _wait_holding(self, item: Item, seconds: float) -> bool:
-        """Wait while keeping the item's lease; False if it was lost."""
-        deadline = time.monotonic() + seconds
+        """Wait while keeping the item's lease and the slot; False if either was lost."""
+        deadline = self.ticker() + seconds
         while not self.stopping:
-            left = deadline - time.monotonic()
+            left = deadline - self.ticker()
             if left <= 0:
                 return True
-            self._sleep(min(left, self.settings.lease / 3))
+            self._sleep(min(left, self.settings.lease * RENEW_EVERY))
             if not self._heartbeat(item):
                 return False
         return True
 
     def _heartbeat(self, item: Item) -> bool:
-        now = self.clock()
-        self._renew()
-        return self.store.heartbeat(item.id, self.owner, self.settings.lease, now)
+        """Renew the slot and the item's lease in one conditional write; move the self-fencing deadline."""
+        tick = self.ticker()  # before the write: the store's lease can only end later than this says
+        if not self.store.heartbeat(item.id, self.owner, self.settings.lease, self.clock()):
+            return False
+        self._renewed_at = tick
+        self._fence_deadline = tick + self.settings.lease * FENCE_AFTER
+        return True
+
+    def _check_before_send(self, item: Item) -> bool:
+        """Right before each request: renew both leases; nothing is sent unless both are still ours.
+
+        A local generator sends nothing anywhere: its claim is its check.
+        """
+        if not self.generator.remote:
+            return True
+        return self._heartbeat(item) and self.ticker() < self._fence_deadline
 
     def _call(self, item: Item) -> Reply | None:
-        """One try; a remote call runs in a worker thread while this one renews leases."""
+        """One try; a remote call runs in a worker thread while this one renews leases.
+
+        None when the item was lost meanwhile (cancelled, taken over, or this
+        processor failed to renew before its self-fencing deadline); a reply that
+        arrives after that deadline is never returned.
+        """
         try:
             if not self.generator.remote:
                 return self.generator.generate(item)
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulkgen-request")
             future = self._pool.submit(self.generator.generate, item)
-            beat_every = self.settings.lease / 3
-            next_beat = time.monotonic() + beat_every
-            next_check = time.monotonic() + HELD_POLL
+            beat_every = self.settings.lease * RENEW_EVERY
+            next_beat = self.ticker() + beat_every
+            next_check = self.ticker() + HELD_POLL
             lost = False
             while True:
                 try:
                     reply = future.result(timeout=STOP_POLL)
-                    return None if lost else reply
+                    return None if lost or self.ticker() >= self._fence_deadline else reply
                 except FutureTimeout:
                     pass
-                now = time.monotonic()
+                now = self.ticker()
                 if lost or self._abort_now():
                     # Repeated each poll: an abort that raced the request's start is not lost.
+                    self.generator.abort()
+                elif now >= self._fence_deadline:
+                    lost = True  # self-fencing: the store may soon hand the item to another
                     self.generator.abort()
                 elif now >= next_beat:
                     next_beat = now + beat_every
@@ -515,4 +576,4 @@ class Processor:
                     next_check = now + HELD_POLL
                     lost = not self.store.is_held(item.id, self.owner)
         finally:
-            self._last_request_end = time.monotonic()
+            self._last_request_end = self.ticker()

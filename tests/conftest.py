@@ -94,6 +94,12 @@ def submit_articles(store: Store, arts: list[dict], user: str = "alice",
     return bulk
 
 
+def claim(store: Store, owner: str, lease: float, now: dt.datetime, max_in_flight: int = 1):
+    """Take (or renew) a processor slot for `owner`, as a processor does, then claim the next item."""
+    store.acquire_processor_lease(owner, lease, now, "test-host", 0, slots=max_in_flight)
+    return store.claim_next(owner, lease, now, max_in_flight)
+
+
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
     """Poll until predicate() is truthy; fail the test with `what` after `timeout`."""
     import time

@@ -9,6 +9,7 @@ import pytest
 from bulkgen_cli.model import ItemStatus, Outcome, utcnow
 from bulkgen_cli.store.sqlite import SqliteStore
 from tests.cli_helpers import EXAMPLES
+from tests.conftest import claim
 
 
 def make_state(cli, tmp_path, state: str) -> str:
@@ -17,14 +18,14 @@ def make_state(cli, tmp_path, state: str) -> str:
     try:
         t = utcnow()
         if state in ("processing", "paused-started"):
-            store.claim_next("elsewhere", 600, t)
+            claim(store, "elsewhere", 600, t)
         if state in ("paused", "paused-started"):
             assert cli("pause", bulk_id).code == 0
         if state == "completed":
             assert cli("run").code == 0
         if state == "completed-failed":
             for n in range(12):
-                item = store.claim_next("p", 60, t)
+                item = claim(store, "p", 60, t)
                 outcome = Outcome(ItemStatus.failed, error="HTTP 400") if n < 2 else Outcome(ItemStatus.completed)
                 store.finish_item(item.id, "p", outcome, t)
             store.refresh_counters(bulk_id, t)

@@ -13,7 +13,7 @@ from bulkgen_cli.errors import ServiceUnavailable
 from bulkgen_cli.model import ItemStatus, utcnow
 from bulkgen_cli.processor import BulkEnded, ItemFinished, ItemRetrying, Processor
 from bulkgen_cli.settings import RunSettings
-from tests.conftest import submit_articles
+from tests.conftest import claim, submit_articles
 
 TOKEN = "s3cret-token"
 
@@ -248,7 +248,7 @@ def test_offline_generator_needs_no_delay(store):
 def test_dead_processors_item_is_taken_back_after_its_lease(store, service):
     bulk = submit_articles(store, fill([]))
     store.acquire_processor_lease("dead", 0.3, utcnow(), "h", 1)
-    stuck = store.claim_next("dead", 0.3, utcnow())
+    stuck = claim(store, "dead", 0.3, utcnow())
     run(store, http(service), lease=1.0)
     got, items = check_counters(store, bulk.id)
     assert got.status == "completed" and got.completed_items == 10

@@ -23,7 +23,7 @@ from bulkgen_cli.model import BulkJob, BulkStatus, ItemStatus, Outcome, new_id
 
 LEASE = 30.0
 MAX_ATTEMPTS = 3
-OWNERS = ("A", "B")
+OWNERS = ("A", "B", "C", "D")
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
 
@@ -41,6 +41,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.rounds: dict[str, int] = {}  # bulk id -> rounds started (1 + retry-failed)
         self.lease_owner: str | None = None
         self.lease_until = T0
+        self.last_fence = 0
 
     def open_store(self):  # pragma: no cover - overridden
         raise NotImplementedError
@@ -85,16 +86,31 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(owner=st.sampled_from(OWNERS))
     def claim(self, owner: str) -> None:
+        """A processor's step: take (or renew) a slot, then claim; the slot is the fence."""
+        first_free = self.lease_owner in (None, owner) or self.lease_until < self.now
+        has_slot = self.store.acquire_processor_lease(owner, LEASE, self.now, "h", 1, self.slots)
+        lease = self.store.processor_lease()
+        if has_slot and lease is not None and lease.owner == owner and lease.expires_at >= self.now:
+            assert first_free or self.lease_owner == owner, "the first slot went to a second live owner"
+            self.lease_owner, self.lease_until = owner, lease.expires_at
+        busy = owner in self.held.values()
         full = len(self.held) >= self.slots
-        expected = None if full else self.expected_next()
+        expected = self.expected_next()
+        in_flight = self.store.in_flight()
         item = self.store.claim_next(owner, LEASE, self.now, self.slots)
-        if full:
-            assert item is None, "an item was claimed beyond the concurrency bound"
+        if item is None:
+            # Nothing claimed must have a reason: no slot, an item already held, the
+            # bound reached, or (MongoDB) the slot waits for its former holder's item.
+            assert expected is None or not has_slot or busy or full or in_flight, \
+                "a live slot with nothing in flight could not claim a queued item"
             return
-        assert (item.id if item else None) == expected, \
+        assert has_slot and not busy and not full, \
+            "an item was claimed without a slot, beside the owner's own item, or beyond the concurrency bound"
+        assert item.id == expected, \
             "claim broke priority/FIFO, took a paused or cancelled job's item, or started one before its time"
-        if item is not None:
-            self.held[item.id] = owner
+        assert item.fence is not None and item.fence > self.last_fence, "fencing tokens must only grow"
+        self.last_fence = item.fence
+        self.held[item.id] = owner
 
     @rule(data=st.data(), status=st.sampled_from([ItemStatus.completed, ItemStatus.failed]))
     def finish(self, data, status: ItemStatus) -> None:
@@ -112,8 +128,12 @@ class StoreMachine(RuleBasedStateMachine):
     def heartbeat(self, data) -> None:
         if self.held:
             item_id = data.draw(st.sampled_from(sorted(self.held)))
-            if not self.store.heartbeat(item_id, self.held[item_id], LEASE, self.now):
-                del self.held[item_id]  # no longer its own (cancelled or taken back)
+            owner = self.held[item_id]
+            if not self.store.heartbeat(item_id, owner, LEASE, self.now):
+                # No longer its own (cancelled, taken back, or its slot passed on):
+                # as the processor does, hand it back if the store still says it is.
+                self.store.release_item(item_id, owner)
+                del self.held[item_id]
 
     @rule(data=st.data())
     def release(self, data) -> None:
@@ -163,14 +183,17 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(owner=st.sampled_from(OWNERS), seconds=st.integers(min_value=5, max_value=40))
     def processor_lease(self, owner: str, seconds: int) -> None:
+        # A slot `owner` holds already (a wider one, taken by a claim) is renewed instead.
+        owns = any(lease.owner == owner for lease in self.store.processor_leases())
         free = self.lease_owner is None or self.lease_owner == owner or self.lease_until < self.now
         got = self.store.acquire_processor_lease(owner, seconds, self.now, "h", 1)
-        assert got == free, "the processor lease went to a second live owner"
-        if got:  # slots beyond the first, taken and given back, never touch the first
+        assert got == (free or owns), "the processor lease went to a second live owner"
+        first = self.store.processor_lease()
+        if got and first is not None and first.owner == owner:
+            self.lease_owner, self.lease_until = owner, first.expires_at
+        if got and self.slots == 1:  # slots beyond the first, taken and given back, never touch the first
             assert self.store.acquire_processor_lease(f"{owner}-wide", seconds, self.now, "h", 1, 3)
             self.store.release_processor_lease(f"{owner}-wide")
-        if got:
-            self.lease_owner, self.lease_until = owner, self.now + dt.timedelta(seconds=seconds)
 
     @rule(owner=st.sampled_from(OWNERS))
     def release_processor_lease(self, owner: str) -> None:
@@ -212,7 +235,7 @@ class StoreMachine(RuleBasedStateMachine):
         # 2: at most `slots` items in flight in the whole store (one by default).
         assert processing <= self.slots
         lease = self.store.processor_lease()
-        if lease is not None:
+        if lease is not None and lease.expires_at >= self.now:
             assert lease.owner == self.lease_owner
 
 

@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from bulkgen_cli.model import BulkJob, BulkStatus, ItemStatus, Outcome, new_id, utcnow
-from tests.conftest import articles, submit
+from tests.conftest import claim, articles, submit
 
 LEASE = 30.0
 
@@ -88,20 +88,20 @@ def test_claim_order_is_fifo_across_jobs(store):
     older = submit(store, 10, created_at=t0, prefix="Old")
     seen = []
     for _ in range(20):
-        item = store.claim_next("p1", LEASE, utcnow())
+        item = claim(store, "p1", LEASE, utcnow())
         assert item.status == "processing" and item.attempts == 1 and item.lease_owner == "p1"
         seen.append((item.bulk_job_id, item.queue_position))
         assert store.finish_item(item.id, "p1", Outcome(ItemStatus.completed, {"content": "x"}), utcnow())
     assert seen == [(older.id, p) for p in range(1, 11)] + [(newer.id, p) for p in range(1, 11)]
-    assert store.claim_next("p1", LEASE, utcnow()) is None
+    assert claim(store, "p1", LEASE, utcnow()) is None
 
 
 def test_no_claim_while_an_item_is_in_flight(store):
     bulk = submit(store)
-    held = store.claim_next("stalled", LEASE, utcnow())
+    held = claim(store, "stalled", LEASE, utcnow())
     # Another owner (who took the processor lease over) must not start a second item.
-    assert store.claim_next("p2", LEASE, utcnow()) is None
-    assert store.claim_next("p2", LEASE, utcnow(), max_in_flight=2) is not None
+    assert claim(store, "p2", LEASE, utcnow()) is None
+    assert claim(store, "p2", LEASE, utcnow(), max_in_flight=2) is not None
     assert sum(i.status == "processing" for i in store.list_items(bulk.id)) == 2
     assert held is not None
 
@@ -109,11 +109,11 @@ def test_no_claim_while_an_item_is_in_flight(store):
 def test_claim_marks_bulk_processing_once(store):
     bulk = submit(store)
     now = utcnow()
-    item = store.claim_next("p1", LEASE, now)
+    item = claim(store, "p1", LEASE, now)
     got = store.get_bulk(bulk.id)
     assert got.status == "processing" and got.started_at == now
     store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), now)
-    store.claim_next("p1", LEASE, now + dt.timedelta(seconds=3))
+    claim(store, "p1", LEASE, now + dt.timedelta(seconds=3))
     assert store.get_bulk(bulk.id).started_at == now
 
 
@@ -124,12 +124,12 @@ def test_claim_skips_paused_and_cancelled_jobs(store):
     live = submit(store, created_at=t0 + dt.timedelta(seconds=2), prefix="L")
     assert store.set_bulk_state(paused.id, [BulkStatus.queued], BulkStatus.paused, t0)
     assert store.set_bulk_state(cancelled.id, [BulkStatus.queued], BulkStatus.cancelled, t0)
-    item = store.claim_next("p1", LEASE, utcnow())
+    item = claim(store, "p1", LEASE, utcnow())
     assert item.bulk_job_id == live.id
     store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), utcnow())
     # Resumed, the paused job's items come first again: it is older.
     assert store.set_bulk_state(paused.id, [BulkStatus.paused], BulkStatus.queued, t0)
-    assert store.claim_next("p1", LEASE, utcnow()).bulk_job_id == paused.id
+    assert claim(store, "p1", LEASE, utcnow()).bulk_job_id == paused.id
 
 
 def test_set_bulk_state_is_conditional(store):
@@ -145,7 +145,7 @@ def test_set_bulk_state_is_conditional(store):
 def test_only_the_owner_may_touch_a_held_item(store):
     submit(store)
     now = utcnow()
-    item = store.claim_next("p1", LEASE, now)
+    item = claim(store, "p1", LEASE, now)
     assert not store.heartbeat(item.id, "p2", LEASE, now)
     assert not store.begin_attempt(item.id, "p2")
     assert not store.finish_item(item.id, "p2", Outcome(ItemStatus.completed), now)
@@ -166,18 +166,19 @@ def test_only_the_owner_may_touch_a_held_item(store):
 
 def test_release_puts_item_back_at_its_place_uncharged(store):
     bulk = submit(store)
-    item = store.claim_next("p1", LEASE, utcnow())
+    item = claim(store, "p1", LEASE, utcnow())
     assert store.release_item(item.id, "p1")
     back = store.list_items(bulk.id)[0]
     assert back.status == "queued" and back.attempts == 0 and back.lease_owner is None
-    again = store.claim_next("p2", LEASE, utcnow())
+    store.release_processor_lease("p1")
+    again = claim(store, "p2", LEASE, utcnow())
     assert again.id == item.id and again.attempts == 1
 
 
 def test_expired_lease_is_taken_back_counting_the_try(store):
     bulk = submit(store)
     t0 = utcnow()
-    item = store.claim_next("dead", LEASE, t0)
+    item = claim(store, "dead", LEASE, t0)
     assert store.requeue_expired(t0 + dt.timedelta(seconds=LEASE - 1), 3) == []
     assert store.list_items(bulk.id)[0].status == "processing"
     touched = store.requeue_expired(t0 + dt.timedelta(seconds=LEASE + 1), 3)
@@ -186,7 +187,7 @@ def test_expired_lease_is_taken_back_counting_the_try(store):
     assert back.status == "queued" and back.attempts == 1 and back.retry_count == 1
     # The dead owner can no longer record anything.
     assert not store.finish_item(item.id, "dead", Outcome(ItemStatus.completed), t0)
-    again = store.claim_next("p2", LEASE, t0)
+    again = claim(store, "p2", LEASE, t0 + dt.timedelta(seconds=LEASE + 1))
     assert again.id == item.id and again.attempts == 2
 
 
@@ -194,7 +195,7 @@ def test_next_lease_expiry(store):
     submit(store)
     t0 = utcnow()
     assert store.next_lease_expiry() is None
-    item = store.claim_next("p1", LEASE, t0)
+    item = claim(store, "p1", LEASE, t0)
     assert store.next_lease_expiry() == t0 + dt.timedelta(seconds=LEASE)
     store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), t0)
     assert store.next_lease_expiry() is None
@@ -204,7 +205,7 @@ def test_expired_lease_past_the_limit_fails_the_item(store):
     bulk = submit(store)
     t = utcnow()
     for _ in range(3):
-        store.claim_next("dead", LEASE, t)
+        claim(store, "dead", LEASE, t)
         t += dt.timedelta(seconds=LEASE + 1)
         store.requeue_expired(t, 3)
     item = store.list_items(bulk.id)[0]
@@ -218,7 +219,7 @@ def test_expired_lease_past_the_limit_fails_the_item(store):
 def test_expired_lease_of_cancelled_job_is_cancelled(store):
     bulk = submit(store)
     t = utcnow()
-    store.claim_next("dead", LEASE, t)
+    claim(store, "dead", LEASE, t)
     store.set_bulk_state(bulk.id, [BulkStatus.processing], BulkStatus.cancelled, t)
     store.requeue_expired(t + dt.timedelta(seconds=LEASE + 1), 3)
     assert store.list_items(bulk.id)[0].status == "cancelled"
@@ -228,7 +229,7 @@ def test_counters_follow_items_and_end_is_recorded_once(store):
     bulk = submit(store, 10)
     t = utcnow()
     for n in range(10):
-        item = store.claim_next("p1", LEASE, t)
+        item = claim(store, "p1", LEASE, t)
         outcome = (
             Outcome(ItemStatus.failed, error=f"HTTP 400: bad {n}")
             if n % 4 == 0
@@ -263,9 +264,9 @@ def test_paused_job_whose_last_item_finishes_is_completed(store):
     bulk = submit(store, 10)
     t = utcnow()
     for _ in range(9):
-        item = store.claim_next("p1", LEASE, t)
+        item = claim(store, "p1", LEASE, t)
         store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), t)
-    last = store.claim_next("p1", LEASE, t)
+    last = claim(store, "p1", LEASE, t)
     assert store.set_bulk_state(bulk.id, [BulkStatus.processing], BulkStatus.paused, t)
     store.finish_item(last.id, "p1", Outcome(ItemStatus.completed), t)
     assert store.refresh_counters(bulk.id, t).ended_now
@@ -312,16 +313,16 @@ def test_submit_is_all_or_nothing(store):
         store.bulks.delete_one({"_id": __import__("bson").ObjectId(bulk.id)})
     assert store.get_bulk(bulk.id) is None
     assert store.list_items(bulk.id) == []
-    assert store.claim_next("p1", LEASE, utcnow()) is None
+    assert claim(store, "p1", LEASE, utcnow()) is None
 
 
 
 def test_cancel_bulk_cancels_queued_and_in_flight(store):
     bulk = submit(store, 10)
     t = utcnow()
-    done = store.claim_next("p1", LEASE, t)
+    done = claim(store, "p1", LEASE, t)
     store.finish_item(done.id, "p1", Outcome(ItemStatus.completed), t)
-    held = store.claim_next("p1", LEASE, t)
+    held = claim(store, "p1", LEASE, t)
     assert store.cancel_bulk(bulk.id, t)
     assert not store.is_held(held.id, "p1")  # the processor sees it is no longer its own
     items = store.list_items(bulk.id)
@@ -335,14 +336,14 @@ def test_cancel_bulk_cancels_queued_and_in_flight(store):
     # The processor's late result is refused; a second cancel changes nothing.
     assert not store.finish_item(held.id, "p1", Outcome(ItemStatus.completed), t)
     assert not store.cancel_bulk(bulk.id, t)
-    assert store.claim_next("p1", LEASE, t) is None
+    assert claim(store, "p1", LEASE, t) is None
 
 
 def test_cancel_refuses_completed_jobs(store):
     bulk = submit(store, 10)
     t = utcnow()
     for _ in range(10):
-        item = store.claim_next("p1", LEASE, t)
+        item = claim(store, "p1", LEASE, t)
         store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), t)
     store.refresh_counters(bulk.id, t)
     assert not store.cancel_bulk(bulk.id, t)
@@ -355,7 +356,7 @@ def test_retry_failed_starts_a_new_round(store):
     t = utcnow()
     assert store.retry_failed(bulk.id, t) == 0  # not completed yet
     for n in range(10):
-        item = store.claim_next("p1", LEASE, t)
+        item = claim(store, "p1", LEASE, t)
         if n in (2, 5):
             store.begin_attempt(item.id, "p1")
             store.finish_item(item.id, "p1", Outcome(ItemStatus.failed, error="HTTP 500"), t)
@@ -372,7 +373,7 @@ def test_retry_failed_starts_a_new_round(store):
     assert (counts.failed, counts.queued) == (0, 2)
     # Only the retried items are claimed, in order; the job ends again.
     for position in (3, 6):
-        item = store.claim_next("p1", LEASE, t)
+        item = claim(store, "p1", LEASE, t)
         assert item.queue_position == position
         store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), t)
     assert store.refresh_counters(bulk.id, t).ended_now
@@ -381,7 +382,7 @@ def test_retry_failed_starts_a_new_round(store):
 
 def test_release_with_charge_keeps_the_try(store):
     bulk = submit(store)
-    item = store.claim_next("p1", LEASE, utcnow())
+    item = claim(store, "p1", LEASE, utcnow())
     assert store.begin_attempt(item.id, "p1")
     assert store.release_item(item.id, "p1", charge=True)
     back = store.list_items(bulk.id)[0]
@@ -391,7 +392,7 @@ def test_release_with_charge_keeps_the_try(store):
 def test_in_flight_and_is_held(store):
     submit(store)
     assert store.in_flight() == []
-    item = store.claim_next("p1", LEASE, utcnow())
+    item = claim(store, "p1", LEASE, utcnow())
     assert [i.id for i in store.in_flight()] == [item.id]
     assert store.is_held(item.id, "p1") and not store.is_held(item.id, "p2")
 
@@ -401,7 +402,7 @@ CHANNELS = ["webhook:http://127.0.0.1:9/hook", "email:ops@example.com"]
 
 def run_to_end(store, bulk, t, fail=()):
     for n in range(bulk.total_items):
-        item = store.claim_next("p1", LEASE, t)
+        item = claim(store, "p1", LEASE, t)
         outcome = Outcome(ItemStatus.failed, error="bad") if n in fail else Outcome(ItemStatus.completed)
         store.finish_item(item.id, "p1", outcome, t)
         counts = store.refresh_counters(bulk.id, t)
@@ -484,16 +485,16 @@ def test_a_new_round_gets_a_new_event(store):
     run_to_end(store, bulk, t, fail=(3,))
     first = store.get_bulk(bulk.id).outbox["event_id"]
     assert store.retry_failed(bulk.id, t) == 1
-    item = store.claim_next("p1", LEASE, t)
+    item = claim(store, "p1", LEASE, t)
     store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), t)
     assert store.refresh_counters(bulk.id, t).ended_now
     assert store.get_bulk(bulk.id).outbox["event_id"] != first
 
 
-def test_sqlite_store_of_schema_1_is_migrated_to_4(tmp_path):
+def test_sqlite_store_of_schema_1_is_migrated_to_the_current_one(tmp_path):
     import sqlite3
 
-    from bulkgen_cli.store.sqlite import SqliteStore
+    from bulkgen_cli.store.sqlite import SCHEMA_VERSION, SqliteStore
 
     path = tmp_path / "old.db"
     store = SqliteStore(path)
@@ -506,12 +507,13 @@ def test_sqlite_store_of_schema_1_is_migrated_to_4(tmp_path):
                       "ALTER TABLE bulk_jobs DROP COLUMN not_before",
                       "ALTER TABLE bulk_jobs DROP COLUMN outbox",
                       "ALTER TABLE bulk_jobs DROP COLUMN notify_pending",
-                      "ALTER TABLE bulk_jobs DROP COLUMN hook_pending", "PRAGMA user_version = 1"):
+                      "ALTER TABLE bulk_jobs DROP COLUMN hook_pending", "ALTER TABLE generation_jobs DROP COLUMN fence",
+                      "DROP TABLE counters", "PRAGMA user_version = 1"):
         db.execute(statement)
     db.close()
     store = SqliteStore(path)
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         assert store.get_bulk(bulk.id).total_items == 10
         assert run_to_end(store, store.get_bulk(bulk.id), utcnow()).ended_now
         assert store.get_bulk(bulk.id).outbox is not None
@@ -549,7 +551,7 @@ def test_claims_go_by_priority_then_fifo(store):
     high2 = submit(store, 10, created_at=t + dt.timedelta(seconds=3), prefix="High2", priority="high")
     order = []
     for _ in range(40):
-        item = store.claim_next("p", LEASE, t)
+        item = claim(store, "p", LEASE, t)
         order.append(item.bulk_job_id)
         store.finish_item(item.id, "p", Outcome(ItemStatus.completed), t)
     assert order == [high.id] * 10 + [high2.id] * 10 + [normal.id] * 10 + [low.id] * 10
@@ -560,13 +562,13 @@ def test_nothing_is_claimed_before_not_before(store):
     t = utcnow()
     later_job = submit(store, 10, created_at=t, not_before=t + dt.timedelta(hours=2))
     assert store.get_bulk(later_job.id).not_before == t + dt.timedelta(hours=2)
-    assert store.claim_next("p", LEASE, t) is None
+    assert claim(store, "p", LEASE, t) is None
     assert store.next_start(t) == t + dt.timedelta(hours=2)
     now_job = submit(store, 10, created_at=t + dt.timedelta(seconds=1))
-    assert store.claim_next("p", LEASE, t).bulk_job_id == now_job.id  # the later one waits, others go on
+    assert claim(store, "p", LEASE, t).bulk_job_id == now_job.id  # the later one waits, others go on
     store.release_item(store.in_flight()[0].id, "p")
     due = t + dt.timedelta(hours=2)
-    assert store.claim_next("p", LEASE, due).bulk_job_id == later_job.id  # older, and due now
+    assert claim(store, "p", LEASE, due).bulk_job_id == later_job.id  # older, and due now
     assert store.next_start(due) is None
 
 

@@ -26,6 +26,8 @@ class ReplyKind(str, Enum):
     unreachable = "unreachable"
     #: the request was aborted on purpose (the item's bulk job was cancelled)
     aborted = "aborted"
+    #: 409: the service saw a newer claim of this item (a higher fencing token)
+    fenced = "fenced"
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,18 @@ class Generator(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+#: The header carrying the claim's fencing token (design.md, "The service contract").
+FENCING_HEADER = "Bulkgen-Fencing-Token"
+
+
+def request_headers(item: Item) -> dict[str, str]:
+    """The item's id as Idempotency-Key, and its claim's fencing token."""
+    headers = {"Idempotency-Key": item.id}
+    if item.fence is not None:
+        headers[FENCING_HEADER] = str(item.fence)
+    return headers
 
 
 def request_body(item: Item) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from bulkgen_cli import __version__
-from bulkgen_cli.content import Reply, ReplyKind, request_body
+from bulkgen_cli.content import Reply, ReplyKind, request_body, request_headers
 from bulkgen_cli.model import Item
 
 #: Longest Retry-After honoured; beyond it a service is misbehaving.
@@ -93,7 +93,8 @@ class HttpGenerator:
         started = time.monotonic()
         try:
             response = self._client.post(
-                self.url_for(item.mode), json=request_body(item), extensions={"trace": self._trace}
+                self.url_for(item.mode), json=request_body(item), headers=request_headers(item),
+                extensions={"trace": self._trace},
             )
         except httpx.TransportError as exc:
             if self._aborted:
@@ -117,6 +118,9 @@ class HttpGenerator:
                 retry_after=parse_retry_after(response.headers.get("Retry-After")),
                 meta=meta,
             )
+        if code == 409:
+            return Reply(ReplyKind.fenced, error=f"HTTP 409 (a newer claim holds this item): {self._excerpt(response.text)}",
+                         meta=meta)
         if code >= 500 or code == 408:
             return Reply(ReplyKind.transient, error=f"HTTP {code}: {self._excerpt(response.text)}", meta=meta)
         if code >= 300:

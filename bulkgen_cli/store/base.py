@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 from bulkgen_cli.model import BulkJob, BulkStatus, Counts, Item, Outcome, StepState, iso
 
-#: The one processor lease that makes the whole store sequential (design §4).
+#: The one processor lease that makes the whole store sequential.
 PROCESSOR_LEASE = "processor"
 #: The lease record holding the shared 429 cooldown.
 COOLDOWN = "cooldown"
@@ -78,23 +78,30 @@ class Store(ABC):
     ) -> Item | None:
         """Atomically take the next item, or None when nothing is claimable.
 
+        Only an `owner` that holds a live processor slot (`acquire_processor_lease`)
+        can claim, and each slot holds at most one item in flight (design.md,
+        "Fencing"): a processor whose slot passed on while it was stalled claims
+        nothing. Nothing is taken either while `max_in_flight` items are already
+        `processing` anywhere in the store.
+
         Jobs whose `not_before` is later than `now` are not claimable yet.
-
-        Nothing is taken while `max_in_flight` items are already `processing`
-        anywhere in the store (invariant 2 holds even in the moment a lease
-        passes from a stalled processor to another).
-
-        Order (invariant 4): by priority (high, normal, low), then oldest bulk job
-        first, then queue_position. Items of
-        paused and cancelled bulk jobs are never taken: a pause that committed
-        before the claim wins. The item becomes `processing` with a lease for
-        `owner`, its `attempts` grows by one, and its bulk job becomes
-        `processing` (with `started_at` set the first time).
+        Order: by priority (high, normal, low), then oldest bulk job first, then
+        queue_position. Items of paused and cancelled bulk jobs are never taken:
+        a pause that committed before the claim wins. The item becomes
+        `processing` with a lease for `owner` and the next fencing token
+        (`Item.fence`, from a store-wide counter that only grows), its `attempts`
+        grows by one, and its bulk job becomes `processing` (with `started_at`
+        set the first time).
         """
 
     @abstractmethod
     def heartbeat(self, item_id: str, owner: str, lease_seconds: float, now: dt.datetime) -> bool:
-        """Extend the item's lease; False when `owner` no longer holds it."""
+        """Renew `owner`'s processor slot and the item's lease together: the check before a send.
+
+        True only when `owner` still holds both (then both run until `now` +
+        `lease_seconds`); False when either passed on, and then the item's lease
+        is not extended.
+        """
 
     @abstractmethod
     def begin_attempt(self, item_id: str, owner: str) -> bool:

@@ -60,7 +60,11 @@ GENERATION_JOBS = "generation_jobs"
 LEASES = "processor_leases"
 IDEMPOTENCY = "bulk_idempotency_keys"
 META = "bulkgen_meta"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
+#: The counter document of the fencing tokens, in META.
+FENCE = "fence"
+#: How many candidates one claim tries before it reports nothing claimable.
+CLAIM_TRIES = 5
 #: An idempotency claim whose bulk job never appeared is taken over after this.
 STALE_CLAIM = dt.timedelta(minutes=2)
 #: The file's own item id is stored as `item_id`: `id` reads too much like `_id`.
@@ -83,6 +87,11 @@ def _oid(value: str) -> ObjectId | None:
         return ObjectId(value)
     except (InvalidId, TypeError):
         return None
+
+
+def _below(fence: int) -> dict[str, Any]:
+    """A filter: the document's fence is lower than `fence`, or it has none."""
+    return {"$or": [{"fence": None}, {"fence": {"$lt": fence}}]}
 
 
 def _aware(value: dt.datetime | None) -> dt.datetime | None:
@@ -214,6 +223,7 @@ class MongoStore(Store):
             completed_at=_aware(doc.get("completed_at")),
             lease_owner=doc.get("lease_owner"),
             lease_expires_at=_aware(doc.get("lease_expires_at")),
+            fence=doc.get("fence"),
         )
 
     # -- submit and read -------------------------------------------------------
@@ -357,57 +367,101 @@ class MongoStore(Store):
     def claim_next(
         self, owner: str, lease_seconds: float, now: dt.datetime, max_in_flight: int = 1
     ) -> Item | None:
-        # Not atomic with the claim below: the processor lease serialises claims;
-        # this covers the moment a lease passes on while an item is still held.
-        in_flight = self.items.count_documents(
-            {"status": ItemStatus.processing.value}, limit=max_in_flight
-        )
-        if in_flight >= max_in_flight:
+        # A cheap first look (not atomic with the claim): processors started with a
+        # smaller --concurrency than others stay within their own limit. The fence
+        # is the slot protocol below (design.md, "The fenced MongoDB claim").
+        if self.items.count_documents({"status": ItemStatus.processing.value}, limit=max_in_flight) >= max_in_flight:
             return None
-        expires = later(now, lease_seconds)
-        claimable = [s.value for s in CLAIMABLE_BULK]
-        bulks = self.bulks.find(
-            {"status": {"$in": claimable}, "$or": [{"not_before": None}, {"not_before": {"$lte": now}}]},
-            {"_id": 1, "status": 1, "started_at": 1},
-        ).sort([("priority_rank", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)])
-        for bulk in bulks:
+        for _ in range(CLAIM_TRIES):
+            slot = self.leases.find_one({"owner": owner, "_id": {"$ne": COOLDOWN}, "expires_at": {"$gte": now}})
+            if slot is None or not self._slot_free(slot):
+                return None
+            candidate = self._next_queued(now)
+            if candidate is None:
+                return None
+            fence = self._next_fence()
+            # The claim itself: only while `owner` still holds the slot and the slot
+            # still holds what was just found finished. One single-document write.
+            reserved = self.leases.update_one(
+                {"_id": slot["_id"], "owner": owner, "expires_at": {"$gte": now},
+                 "item_id": slot.get("item_id"), "fence": slot.get("fence")},
+                {"$set": {"item_id": candidate["_id"], "fence": fence}},
+            )
+            if not reserved.matched_count:
+                return None
             doc = self.items.find_one_and_update(
-                {"bulk_job_id": bulk["_id"], "status": ItemStatus.queued.value},
+                {"_id": candidate["_id"], "status": ItemStatus.queued.value, **_below(fence)},
                 {
                     "$set": {
                         "status": ItemStatus.processing.value,
                         "lease_owner": owner,
-                        "lease_expires_at": expires,
+                        "lease_expires_at": later(now, lease_seconds),
                         "started_at": now,
                         "error": None,
+                        "fence": fence,
                     },
                     "$inc": {"attempts": 1},
                 },
-                sort=[("queue_position", ASCENDING)],
                 return_document=ReturnDocument.AFTER,
             )
             if doc is None:
-                continue
-            if bulk["status"] == BulkStatus.queued.value:
-                self.bulks.update_one(
-                    {"_id": bulk["_id"], "status": BulkStatus.queued.value},
-                    {"$set": {"status": BulkStatus.processing.value}},
-                )
-            if bulk.get("started_at") is None:
-                self.bulks.update_one(
-                    {"_id": bulk["_id"], "started_at": None}, {"$set": {"started_at": now}}
-                )
-            # A pause or cancel may have committed between reading the bulk job and
-            # the claim: check again, and hand the item back untouched if so.
-            current = self.bulks.find_one({"_id": bulk["_id"]}, {"status": 1})
-            if current is None or current["status"] == BulkStatus.cancelled.value:
-                self.finish_item(str(doc["_id"]), owner, Outcome(ItemStatus.cancelled), now)
-                continue
-            if current["status"] not in claimable:
-                self.release_item(str(doc["_id"]), owner)
-                continue
-            return self._item(doc)
+                continue  # taken or cancelled meanwhile: the slot stays free (nothing in flight under `fence`)
+            item = self._started(doc, owner, now)
+            if item is not None:
+                return item
         return None
+
+    def _slot_free(self, slot: dict[str, Any]) -> bool:
+        """Whether the item a slot last took is out of flight for good (design.md, "The fenced MongoDB claim")."""
+        fence, item_id = slot.get("fence"), slot.get("item_id")
+        if fence is None or item_id is None:
+            return True
+        # Raise the item's fence to the slot's token: a claim that reserved the slot
+        # under that token but has not yet marked the item can then never do so.
+        self.items.update_one({"_id": item_id, **_below(fence)}, {"$set": {"fence": fence}})
+        doc = self.items.find_one({"_id": item_id}, {"status": 1, "fence": 1})
+        return doc is None or not (doc["status"] == ItemStatus.processing.value and doc.get("fence") == fence)
+
+    def _next_queued(self, now: dt.datetime) -> dict[str, Any] | None:
+        """The first queued item of the first claimable job, by priority then FIFO."""
+        claimable = [s.value for s in CLAIMABLE_BULK]
+        bulks = self.bulks.find(
+            {"status": {"$in": claimable}, "$or": [{"not_before": None}, {"not_before": {"$lte": now}}]},
+            {"_id": 1},
+        ).sort([("priority_rank", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)])
+        for bulk in bulks:
+            doc = self.items.find_one(
+                {"bulk_job_id": bulk["_id"], "status": ItemStatus.queued.value},
+                {"_id": 1},
+                sort=[("queue_position", ASCENDING)],
+            )
+            if doc is not None:
+                return doc
+        return None
+
+    def _next_fence(self) -> int:
+        doc = self.meta.find_one_and_update(
+            {"_id": FENCE}, {"$inc": {"value": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+        )
+        return int(doc["value"])
+
+    def _started(self, doc: dict[str, Any], owner: str, now: dt.datetime) -> Item | None:
+        """Mark the claimed item's bulk job started; None (item handed back) if it was paused or cancelled."""
+        bulk_id = doc["bulk_job_id"]
+        self.bulks.update_one(
+            {"_id": bulk_id, "status": BulkStatus.queued.value}, {"$set": {"status": BulkStatus.processing.value}}
+        )
+        self.bulks.update_one({"_id": bulk_id, "started_at": None}, {"$set": {"started_at": now}})
+        # A pause or cancel may have committed between choosing the item and the
+        # claim: check again, and hand the item back untouched if so.
+        current = self.bulks.find_one({"_id": bulk_id}, {"status": 1})
+        if current is None or current["status"] == BulkStatus.cancelled.value:
+            self.finish_item(str(doc["_id"]), owner, Outcome(ItemStatus.cancelled), now)
+            return None
+        if current["status"] not in [s.value for s in CLAIMABLE_BULK]:
+            self.release_item(str(doc["_id"]), owner)
+            return None
+        return self._item(doc)
 
     def _held(self, item_id: str, owner: str, update: dict[str, Any]) -> bool:
         result = self.items.update_one(
@@ -418,7 +472,12 @@ class MongoStore(Store):
 
     @_unavailable
     def heartbeat(self, item_id: str, owner: str, lease_seconds: float, now: dt.datetime) -> bool:
+        # Two single-document conditional writes, slot first: the item's lease is
+        # extended only while the slot is still ours (design.md, "Fencing").
         expires = later(now, lease_seconds)
+        slot = self.leases.update_one({"owner": owner, "_id": {"$ne": COOLDOWN}}, {"$set": {"expires_at": expires}})
+        if not slot.matched_count:
+            return False
         return self._held(item_id, owner, {"$set": {"lease_expires_at": expires}})
 
     @_unavailable
@@ -753,7 +812,7 @@ class MongoStore(Store):
     ) -> bool:
         expires = later(now, seconds)
         names = slot_names(slots)
-        renewed = self.leases.update_one({"_id": {"$in": names}, "owner": owner}, {"$set": {"expires_at": expires}})
+        renewed = self.leases.update_one({"_id": {"$ne": COOLDOWN}, "owner": owner}, {"$set": {"expires_at": expires}})
         if renewed.matched_count:
             return True
         for name in names:
@@ -773,7 +832,14 @@ class MongoStore(Store):
 
     @_unavailable
     def release_processor_lease(self, owner: str) -> None:
-        self.leases.delete_many({"owner": owner})
+        for slot in self.leases.find({"owner": owner, "_id": {"$ne": COOLDOWN}}):
+            if self._slot_free(slot):
+                self.leases.delete_one({"_id": slot["_id"], "owner": owner})
+            else:  # its item is still in flight: the slot keeps saying so, without an owner, until it ends
+                self.leases.update_one(
+                    {"_id": slot["_id"], "owner": owner},
+                    {"$set": {"owner": "", "expires_at": dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)}},
+                )
 
     @_unavailable
     def set_cooldown(self, until: dt.datetime) -> None:

@@ -51,7 +51,7 @@ from bulkgen_cli.store.base import (
     step_result,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_S = 30.0
 
 SCHEMA = """
@@ -105,7 +105,8 @@ CREATE TABLE IF NOT EXISTS generation_jobs (
     started_at TEXT,
     completed_at TEXT,
     lease_owner TEXT,
-    lease_expires_at TEXT
+    lease_expires_at TEXT,
+    fence INTEGER
 );
 CREATE INDEX IF NOT EXISTS generation_jobs_queue
     ON generation_jobs (bulk_job_id, status, queue_position);
@@ -113,6 +114,11 @@ CREATE INDEX IF NOT EXISTS generation_jobs_lease ON generation_jobs (status, lea
 
 CREATE INDEX IF NOT EXISTS bulk_jobs_notify ON bulk_jobs (notify_pending) WHERE notify_pending = 1;
 CREATE INDEX IF NOT EXISTS bulk_jobs_hook ON bulk_jobs (hook_pending) WHERE hook_pending = 1;
+
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
@@ -141,12 +147,26 @@ MIGRATE_3_TO_4 = """
 ALTER TABLE bulk_jobs ADD COLUMN group_id TEXT;
 """
 
+#: From schema 4 to 5 (fencing tokens).
+MIGRATE_4_TO_5 = """
+ALTER TABLE generation_jobs ADD COLUMN fence INTEGER;
+"""
+
 #: The claim's two lookups (see claim_next); a test checks their query plans.
 CLAIM_JOB_SQL = (
     "SELECT b.id, b.status, b.started_at FROM bulk_jobs b INDEXED BY bulk_jobs_claim"
     " WHERE b.status IN (?, ?) AND (b.not_before IS NULL OR b.not_before <= ?)"
     " AND EXISTS (SELECT 1 FROM generation_jobs i WHERE i.bulk_job_id = b.id AND i.status = 'queued')"
     " ORDER BY b.priority_rank, b.created_at, b.id LIMIT 1"
+)
+#: Whether `owner` holds a live processor slot.
+SLOT_HELD_SQL = "SELECT 1 FROM leases WHERE owner = ? AND name != ? AND expires_at >= ?"
+#: Whether `owner` holds an item already.
+OWNER_BUSY_SQL = "SELECT 1 FROM generation_jobs WHERE status = 'processing' AND lease_owner = ? LIMIT 1"
+#: The store-wide fencing counter: one atomic increment, only ever grows.
+NEXT_FENCE_SQL = (
+    "INSERT INTO counters (name, value) VALUES ('fence', 1)"
+    " ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value"
 )
 CLAIM_ITEM_SQL = (
     "SELECT id, bulk_job_id FROM generation_jobs WHERE bulk_job_id = ? AND status = 'queued'"
@@ -203,7 +223,8 @@ class SqliteStore(Store):
                     f"(schema {version}); upgrade bulkgen."
                 )
             script = (MIGRATE_1_TO_2 if version == 1 else "") + (MIGRATE_2_TO_3 if version in (1, 2) else "")
-            script += (MIGRATE_3_TO_4 if version in (1, 2, 3) else "") + SCHEMA
+            script += (MIGRATE_3_TO_4 if version in (1, 2, 3) else "")
+            script += (MIGRATE_4_TO_5 if version in (1, 2, 3, 4) else "") + SCHEMA
             for statement in script.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -271,6 +292,7 @@ class SqliteStore(Store):
             completed_at=_ts(row["completed_at"]),
             lease_owner=row["lease_owner"],
             lease_expires_at=_ts(row["lease_expires_at"]),
+            fence=row["fence"],
         )
 
     # -- submit and read -------------------------------------------------------
@@ -370,6 +392,12 @@ class SqliteStore(Store):
     ) -> Item | None:
         claimable = tuple(s.value for s in CLAIMABLE_BULK)
         with self._tx() as db:
+            # One transaction: the slot, the in-flight count and the claim cannot
+            # interleave with another process's (design.md, "Fencing").
+            if db.execute(SLOT_HELD_SQL, (owner, COOLDOWN, iso(now))).fetchone() is None:
+                return None  # no live slot: its lease passed on (a stall) or was never taken
+            if db.execute(OWNER_BUSY_SQL, (owner,)).fetchone() is not None:
+                return None  # one item per slot
             in_flight = db.execute(
                 "SELECT count(*) FROM generation_jobs WHERE status = 'processing'"
             ).fetchone()[0]
@@ -383,12 +411,13 @@ class SqliteStore(Store):
             row = None if bulk is None else db.execute(CLAIM_ITEM_SQL, (bulk["id"],)).fetchone()
             if row is None:
                 return None
+            fence = db.execute(NEXT_FENCE_SQL).fetchone()[0]
             expires = iso(later(now, lease_seconds))
             db.execute(
                 "UPDATE generation_jobs SET status = 'processing', lease_owner = ?,"
-                " lease_expires_at = ?, started_at = ?, attempts = attempts + 1, error = NULL"
-                " WHERE id = ?",
-                (owner, expires, iso(now), row["id"]),
+                " lease_expires_at = ?, started_at = ?, attempts = attempts + 1, error = NULL,"
+                " fence = ? WHERE id = ?",
+                (owner, expires, iso(now), fence, row["id"]),
             )
             if bulk["status"] != BulkStatus.processing.value or bulk["started_at"] is None:
                 db.execute(
@@ -410,9 +439,19 @@ class SqliteStore(Store):
     @_unavailable
     def heartbeat(self, item_id: str, owner: str, lease_seconds: float, now: dt.datetime) -> bool:
         expires = iso(later(now, lease_seconds))
-        return self._held(
-            "UPDATE generation_jobs SET lease_expires_at = ?", (expires, item_id, owner)
-        )
+        with self._tx() as db:
+            # Both in one transaction; the item's lease is extended only if the slot was.
+            slot = db.execute(
+                "UPDATE leases SET expires_at = ? WHERE owner = ? AND name != ?", (expires, owner, COOLDOWN)
+            )
+            if slot.rowcount == 0:
+                return False
+            cursor = db.execute(
+                "UPDATE generation_jobs SET lease_expires_at = ?"
+                " WHERE id = ? AND status = 'processing' AND lease_owner = ?",
+                (expires, item_id, owner),
+            )
+            return cursor.rowcount == 1
 
     @_unavailable
     def begin_attempt(self, item_id: str, owner: str) -> bool:

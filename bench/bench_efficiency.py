@@ -1,0 +1,76 @@
+"""How close `bulkgen run --delay 0` comes to the ideal against a service with a fixed latency.
+
+    python bench/bench_efficiency.py [--latency 0.05] [--items 200] [--repeat 3]
+
+The ideal is items x latency / concurrency: the service never waits for the
+processor. Efficiency is ideal / measured, for the whole `bulkgen run` command
+(cold start and exit included) and for the span the service was busy (first
+request's start to last request's end). Medians of --repeat runs, at
+concurrency 1 and 4. It also checks that every item was requested exactly once
+and that the service never saw more requests in flight than the concurrency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bulkgen_cli.content.reference import ReferenceService  # noqa: E402
+
+
+def one_run(items: int, latency: float, concurrency: int) -> tuple[float, float, int, int]:
+    """(command seconds, busy seconds, most in flight, requests beyond one per item)."""
+    service = ReferenceService(latency=latency).start()
+    try:
+        with tempfile.TemporaryDirectory() as home:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("BULKGEN_")}
+            env.update(XDG_DATA_HOME=home, BULKGEN_API_URL=service.url, BULKGEN_DELAY="0")
+            for start in range(0, items, 50):
+                path = Path(home) / f"job{start}.yaml"
+                count = min(50, items - start)
+                path.write_text("items:\n" + "".join(f"  - topic: Article {start + i}\n" for i in range(count)))
+                subprocess.run([sys.executable, "-m", "bulkgen_cli", "submit", str(path)], env=env,
+                               check=True, capture_output=True)
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "bulkgen_cli", "run", "--concurrency", str(concurrency)],
+                           env=env, check=True, capture_output=True)
+            total = time.perf_counter() - started
+        stats = service.stats()
+    finally:
+        service.stop()
+    requests = stats["requests"]
+    busy = max(r["end"] for r in requests) - min(r["start"] for r in requests)
+    per_item = Counter(r["job_id"] for r in requests)
+    extra = sum(n - 1 for n in per_item.values()) + (items - len(per_item))
+    return total, busy, stats["max_in_flight"], extra
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--latency", type=float, default=0.05)
+    parser.add_argument("--items", type=int, default=200, help="items at concurrency 1 (twice as many at 4)")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    print(f"service latency {args.latency * 1000:g} ms, --delay 0, median of {args.repeat} runs")
+    for concurrency, items in ((1, args.items), (4, args.items * 2)):
+        runs = [one_run(items, args.latency, concurrency) for _ in range(args.repeat)]
+        ideal = items * args.latency / concurrency
+        total = statistics.median(r[0] for r in runs)
+        busy = statistics.median(r[1] for r in runs)
+        print(f"  concurrency {concurrency}, {items} items: ideal {ideal:.2f} s | command {total:.2f} s "
+              f"(efficiency {ideal / total:.1%}) | service busy {busy:.2f} s (efficiency {ideal / busy:.1%}) | "
+              f"most in flight {max(r[2] for r in runs)} | requests beyond one per item {sum(r[3] for r in runs)}")
+
+
+if __name__ == "__main__":
+    main()
