@@ -1,4 +1,4 @@
-"""What a user does to a bulk job: pause, resume, cancel, retry-failed (design §3).
+"""What a user does to a bulk job: pause, resume, cancel, retry-failed (design.md, "States").
 
 Each action reads the job, decides from the state rules, and changes it with a
 conditional write; if another process changed the job in between, the write

@@ -77,7 +77,7 @@ class Mode(str, Enum):
     spin = "spin"
 
 
-#: Bulk-job transitions a user or processor may make (design §3).
+#: Bulk-job transitions a user or processor may make (design.md, "States").
 BULK_TRANSITIONS: dict[BulkStatus, frozenset[BulkStatus]] = {
     BulkStatus.queued: frozenset({BulkStatus.processing, BulkStatus.paused, BulkStatus.cancelled}),
     BulkStatus.processing: frozenset({BulkStatus.completed, BulkStatus.paused, BulkStatus.cancelled}),

@@ -1,4 +1,4 @@
-"""Notifications when a bulk job ends (design §7): webhook, email, and --on-complete.
+"""Notifications when a bulk job ends (design.md, "The outbox and exactly-once delivery"): webhook, email, and --on-complete.
 
 The job's end and its outbox are written in one atomic step by the store;
 `Notifier.deliver` works through an outbox: it fills in the event once (so every

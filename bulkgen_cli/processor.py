@@ -1,4 +1,4 @@
-"""The sequential processor (design §6): one item in flight in the whole store.
+"""The sequential processor (design.md, "The processor"): one item in flight in the whole store.
 
 Built like rq's worker: `run` repeats one step (`work_once`), which claims an
 item and hands it to `process`; failures are recorded on the item, never

@@ -1,4 +1,4 @@
-"""The state rules of design §3 as a user meets them: each action from each state."""
+"""The state rules of design.md, "State rules", as a user meets them: each action from each state."""
 
 from __future__ import annotations
 

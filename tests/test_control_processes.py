@@ -252,7 +252,7 @@ def test_two_processors_and_a_stream_of_control_commands(tmp_path, svc):
             result = run_cli([action, rng.choice(jobs)], env)
             assert result.code in (0, 4), result.err
             assert svc.stats()["in_flight"] <= 1
-            assert len(store.in_flight()) <= 1  # invariant 2, as the store sees it
+            assert len(store.in_flight()) <= 1  # design.md, "Invariants", 2, as the store sees it
         for job in jobs:
             run_cli(["resume", job], env)
 

@@ -82,7 +82,7 @@ def test_request_body_and_token(store, service):
 
 
 def test_body_fields_reach_the_service(store):
-    """The exact JSON the service receives (design §5)."""
+    """The exact JSON the service receives (design.md, "The service contract")."""
     import json
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer

@@ -1,4 +1,4 @@
-"""Stateful property tests of the store contract (design §3 invariants 1-7), on both stores.
+"""Stateful property tests of the store contract (design.md, "Invariants" 1-9), on both stores.
 
 Hypothesis drives random sequences of submit, claim, heartbeat, finish, lease
 expiry on a controllable clock, release, pause, resume, cancel, retry-failed and

@@ -68,7 +68,7 @@ def request_headers(item: Item) -> dict[str, str]:
 
 
 def request_body(item: Item) -> dict[str, Any]:
-    """The JSON body of design §5: the article fields, mode, job_id, user_id."""
+    """The JSON body of design.md, "The service contract": the article fields, mode, job_id, user_id."""
     body = {k: v for k, v in item.article.items() if k != "id"}
     if item.item_id is not None:
         body["item_id"] = item.item_id

@@ -1,4 +1,4 @@
-"""The content service client (design §5): one POST per try, the reply sorted.
+"""The content service client (design.md, "The service contract"): one POST per try, the reply sorted.
 
 The bearer token goes only into the Authorization header; every message this
 module makes is scrubbed of it, in case a service echoes it back.

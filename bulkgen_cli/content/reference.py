@@ -1,4 +1,4 @@
-"""A reference content service on 127.0.0.1 that speaks design §5, for tests and demos.
+"""A reference content service on 127.0.0.1 that speaks design.md, "The service contract", for tests and demos.
 
     python -m bulkgen_cli.content.reference --port 8000 --latency 2 --fail-rate 0.1
 

@@ -153,10 +153,10 @@ class Store(ABC):
     ) -> Counts:
         """Recompute a bulk job's counters, error_summary and ETA from its items.
 
-        Items are the truth (invariant 1): counters are never incremented. When
+        Items are the truth (design.md, "Invariants", 1): counters are never incremented. When
         nothing is pending and the job is queued, processing or paused, it becomes
         `completed` with `completed_at` set; exactly one caller sees
-        `ended_now=True` for that end (invariant 6).
+        `ended_now=True` for that end (design.md, "Invariants", 6).
         """
 
     @abstractmethod
@@ -188,7 +188,7 @@ class Store(ABC):
         job is `completed` with failed items.
         """
 
-    # -- the notification outbox (design §7) --------------------------------------
+    # -- the notification outbox (design.md, "The outbox and exactly-once delivery") --------------------------------------
     #
     # A job's end (completed by `refresh_counters`, cancelled by `cancel_bulk`)
     # writes, in the same atomic step, an outbox with one pending step per
@@ -245,7 +245,7 @@ class Store(ABC):
         """Take or renew one of `slots` processor leases (see `slot_names`).
 
         True if `owner` holds one already (renewed), or one was free or expired
-        (taken). With slots=1 the whole store is sequential (design §4).
+        (taken). With slots=1 the whole store is sequential (design.md, "Leases and slots").
         """
 
     @abstractmethod

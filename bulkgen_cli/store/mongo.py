@@ -1,4 +1,4 @@
-"""The shared store: MongoDB, with the collections and field names of design §2.
+"""The shared store: MongoDB, with the collections and field names of design.md, "Data".
 
 Races resolve in the database: claims are `find_one_and_update` on an indexed
 filter and sort, state changes are conditional updates. No multi-document

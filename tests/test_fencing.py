@@ -1,0 +1,212 @@
+"""The fencing argument, tested by interleaving (design.md, "Fencing").
+
+A deterministic harness pauses processor A before its k-th store call, for
+every k of a run: while A is paused, time jumps past A's lease (a laptop lid
+closed, a SIGSTOP, a long GC pause), processor B takes the lease over and works
+the queue to its end, then A resumes and carries on as if nothing happened.
+After every store call of either processor, and at the end, it checks:
+
+- never more than N items are `processing`;
+- the reference service never saw two requests for one item at once unless
+  the earlier one was aborted by its client or refused as stale (409), and no
+  item was generated twice;
+- every item is completed once, and the counters equal the items.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+import pytest
+
+from bulkgen_cli.content.http import HttpGenerator
+from bulkgen_cli.content.reference import ReferenceService
+from bulkgen_cli.model import ItemStatus, utcnow
+from bulkgen_cli.processor import Processor
+from bulkgen_cli.settings import RunSettings
+from tests.conftest import submit_articles
+
+LEASE = 0.4
+LATENCY = 0.25
+ITEMS = 2
+#: Outcomes of a request that made no article: the earlier of two overlapping requests must have one.
+NOT_GENERATED = {"closed-by-client", "stale", "replayed"}
+
+
+class Clock:
+    """Wall time that jumps forward when A stalls; A's monotonic clock jumps with it."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def now(self) -> dt.datetime:
+        return utcnow() + dt.timedelta(seconds=self.offset)
+
+    def a_ticks(self) -> float:
+        return time.monotonic() + self.offset
+
+
+class Paused(Exception):
+    pass
+
+
+class PausingStore:
+    """A's store: pauses before call number `pause_at` until released; checks the bound after every call."""
+
+    def __init__(self, store: Any, check: Any, pause_at: int | None) -> None:
+        self._store, self._check, self._pause_at = store, check, pause_at
+        self.calls: list[str] = []
+        self.paused = threading.Event()
+        self.resume = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._store, name)
+        if not callable(target):
+            return target
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if len(self.calls) == self._pause_at:
+                self.paused.set()
+                self.resume.wait(30)
+            self.calls.append(name)
+            result = target(*args, **kwargs)
+            self._check()
+            return result
+
+        return call
+
+
+class CheckingStore:
+    """B's store: checks the bound after every call."""
+
+    def __init__(self, store: Any, check: Any) -> None:
+        self._store, self._check = store, check
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._store, name)
+        if not callable(target):
+            return target
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = target(*args, **kwargs)
+            self._check()
+            return result
+
+        return call
+
+
+def open_stores(kind: str, tmp_path) -> list[Any]:
+    """Three connections to one store: A's, B's and the checker's."""
+    if kind == "sqlite":
+        from bulkgen_cli.store.sqlite import SqliteStore
+
+        return [SqliteStore(tmp_path / "fence.db") for _ in range(3)]
+    import mongomock
+
+    from bulkgen_cli.store.mongo import MongoStore
+
+    client = mongomock.MongoClient(tz_aware=True)
+    return [MongoStore(client, "bulkgen") for _ in range(3)]
+
+
+def settings(concurrency: int) -> RunSettings:
+    return RunSettings(delay=0.0, timeout=5.0, max_retries=3, backoff=0.01, lease=LEASE, give_up=5.0,
+                       concurrency=concurrency)
+
+
+def scenario(kind: str, tmp_path, pause_at: int | None, concurrency: int) -> tuple[list[str], bool]:
+    """One run with A paused before its `pause_at`-th store call; returns A's calls and whether it paused."""
+    store_a, store_b, checker = open_stores(kind, tmp_path)
+    service = ReferenceService(latency=LATENCY).start()
+    clock = Clock()
+    violations: list[str] = []
+
+    def check() -> None:
+        processing = len(checker.in_flight())
+        if processing > concurrency:
+            violations.append(f"{processing} items processing with {concurrency} slots")
+
+    try:
+        bulk = submit_articles(checker, [{"topic": f"Fenced {i}", "word_count": 300} for i in range(ITEMS)])
+        wrapped = PausingStore(store_a, check, pause_at)
+        a = Processor(wrapped, HttpGenerator(service.url), settings(concurrency), clock=clock.now,
+                      ticker=clock.a_ticks, owner="A")
+        errors: list[BaseException] = []
+
+        def run_a() -> None:
+            try:
+                a.run(until_idle=True)
+            except BaseException as exc:  # noqa: BLE001  reported by the test
+                errors.append(exc)
+            finally:
+                wrapped.paused.set()  # a run that ends before its pause point wakes the harness too
+
+        thread = threading.Thread(target=run_a, daemon=True)
+        thread.start()
+        assert wrapped.paused.wait(30), "A neither paused nor ended"
+        paused = thread.is_alive()
+        if paused:
+            clock.offset += LEASE * 2  # A stalls for two leases
+            b = Processor(CheckingStore(store_b, check), HttpGenerator(service.url), settings(concurrency),
+                          clock=clock.now, owner="B")
+            b.run(until_idle=True)
+            b.generator.close()
+        wrapped.resume.set()
+        thread.join(30)
+        assert not thread.is_alive(), "A did not finish after it resumed"
+        a.generator.close()
+        assert not errors, errors
+        if paused:  # A may have left the queue to B and gone idle early: B finishes it
+            b = Processor(CheckingStore(store_b, check), HttpGenerator(service.url), settings(concurrency),
+                          clock=clock.now, owner="B2")
+            b.run(until_idle=True)
+            b.generator.close()
+
+        assert not violations, violations[0]
+        items = checker.list_items(bulk.id)
+        assert [i.status for i in items] == [ItemStatus.completed.value] * ITEMS
+        assert [i.retry_count >= 0 and i.result is not None for i in items] == [True] * ITEMS
+        checker.refresh_counters(bulk.id, clock.now())
+        got = checker.get_bulk(bulk.id)
+        assert (got.status, got.completed_items, got.failed_items) == ("completed", ITEMS, 0)
+        check_requests(service.stats()["requests"], [i.id for i in items])
+        return wrapped.calls, paused
+    finally:
+        service.stop()
+        for store in (store_a, store_b, checker):
+            store.close()
+
+
+def check_requests(requests: list[dict[str, Any]], item_ids: list[str]) -> None:
+    by_item: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for request in requests:
+        by_item[request["job_id"]].append(request)
+    assert set(by_item) == set(item_ids)
+    for item_id, seen in by_item.items():
+        generated = [r for r in seen if r["outcome"] not in NOT_GENERATED]
+        assert len(generated) == 1, f"item {item_id} generated {len(generated)} times: {seen}"
+        seen.sort(key=lambda r: r["start"])
+        for earlier, later in zip(seen, seen[1:]):
+            overlap = earlier["end"] is None or earlier["end"] > later["start"]
+            assert not overlap or earlier["outcome"] in NOT_GENERATED, \
+                f"two requests for item {item_id} in flight at once: {earlier} and {later}"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mongo"])
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_a_stall_at_every_store_call_never_sends_twice(kind, concurrency, tmp_path):
+    solo, _ = scenario(kind, tmp_path / "solo", None, concurrency)
+    assert {"claim_next", "heartbeat", "finish_item"} <= set(solo)
+    paused_at: dict[str, int] = defaultdict(int)
+    for k in range(len(solo)):
+        calls, paused = scenario(kind, tmp_path / f"k{k}", k, concurrency)
+        if paused:
+            paused_at[calls[k] if k < len(calls) else "?"] += 1
+    # Timing may change how many renewals a request makes, never which kinds of call A makes.
+    assert set(paused_at) >= {"acquire_processor_lease", "claim_next", "heartbeat", "finish_item",
+                              "refresh_counters"}, paused_at
+    assert sum(paused_at.values()) >= len(solo) - 3, (paused_at, solo)
