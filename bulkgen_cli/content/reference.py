@@ -17,8 +17,33 @@ per article, by directives in its text fields, so tests are deterministic:
     [hang] or [hang:N]         never answer (the first N tries); the time the client closes is recorded
     [drop]                     close the connection without answering
 
-GET /_stats gives every request seen (job_id, start, end, outcome) and the
-most requests ever in flight at once; POST /_reset clears them.
+Fencing. A client may send, on every request, two headers:
+
+    Idempotency-Key: <item id>            the same string as the body's job_id
+    Bulkgen-Fencing-Token: <integer>      one per claim of the item, from a counter
+                                          that only grows; every try within one
+                                          claim carries the same token
+
+Per job_id the service remembers the highest token seen. A request whose token
+is lower is refused at once with 409 and {"success": false, "error": "stale
+fencing token T: a newer claim (token H) holds this item"} (outcome "stale");
+an equal token is accepted (a retry within one claim). Before answering success
+(after its latency) a request checks again, as a real service would before
+committing paid work: if a higher token arrived for its job_id meanwhile, it
+answers the same 409 (outcome "stale", no article generated). A request without
+the header is served as before, unfenced (old clients, strict services); a token
+that is not an integer answers 400 and is not recorded.
+
+GET /_stats gives every request seen (job_id, mode, try, start, end, outcome,
+auth, token, idempotency_key), the requests in flight now and the most ever in
+flight at once, and per job_id: the most of its requests in flight at once
+(max_in_flight_per_job), the requests that produced an article, outcome "ok",
+the plain-text variant included (generated_per_job), and the highest fencing
+token seen (highest_token_per_job). POST /_reset clears them. A request counts
+as in flight from its arrival until just before its reply's first byte is
+written, or until it ends without a reply (closed by the client, dropped, hang
+timeout); its record's `end` is set at that moment. A request refused as stale
+at arrival is not counted as a try of the directives above (its `try` is null).
 """
 
 from __future__ import annotations
@@ -37,6 +62,10 @@ from typing import Any
 from bulkgen_cli.content.offline import draft
 from bulkgen_cli.model import Item, Mode
 
+FENCING_HEADER = "Bulkgen-Fencing-Token"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: The outcome of a request that produced an article ({title, body} or plain text).
+GENERATED = "ok"
 DIRECTIVE = re.compile(r"\[([a-z0-9-]+)(?::([\w.]+))?(?::(\d+))?\]")
 TEXT_FIELDS = ("topic", "trend", "keywords", "source_text", "title", "instructions")
 
@@ -60,6 +89,10 @@ class ReferenceService:
         self.tries: dict[str, int] = {}
         self.in_flight = 0
         self.max_in_flight = 0
+        self.in_flight_by_job: dict[str, int] = {}
+        self.max_in_flight_by_job: dict[str, int] = {}
+        self.generated: dict[str, int] = {}
+        self.fence: dict[str, int] = {}  # job_id -> the highest fencing token seen
         self.server = ThreadingHTTPServer((host, port), self._handler_class())
         self.server.daemon_threads = True
         self.thread: threading.Thread | None = None
@@ -84,13 +117,19 @@ class ReferenceService:
                 "requests": [dict(r) for r in self.requests],
                 "in_flight": self.in_flight,
                 "max_in_flight": self.max_in_flight,
+                "max_in_flight_per_job": dict(self.max_in_flight_by_job),
+                "generated_per_job": dict(self.generated),
+                "highest_token_per_job": dict(self.fence),
             }
 
     def reset(self) -> None:
         with self.lock:
             self.requests.clear()
             self.tries.clear()
+            self.generated.clear()
+            self.fence.clear()
             self.max_in_flight = self.in_flight
+            self.max_in_flight_by_job = {j: n for j, n in self.in_flight_by_job.items() if n}
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         service = self
@@ -157,6 +196,14 @@ class ReferenceService:
 
     def _serve(self, handler: Any, mode: str, body: dict[str, Any]) -> None:
         job_id = str(body.get("job_id", ""))
+        raw_token = handler.headers.get(FENCING_HEADER)
+        token: int | None = None
+        if raw_token is not None:
+            try:
+                token = int(raw_token.strip())
+            except ValueError:
+                handler._send(400, {"success": False, "error": f"{FENCING_HEADER} is not an integer: {raw_token!r}"})
+                return
         text = " ".join(
             " ".join(v) if isinstance(v, list) else str(v)
             for k, v in body.items()
@@ -164,14 +211,27 @@ class ReferenceService:
         )
         directives = {m.group(1): (m.group(2), m.group(3)) for m in DIRECTIVE.finditer(text)}
         with self.lock:
-            self.tries[job_id] = tries = self.tries.get(job_id, 0) + 1
+            highest = self.fence.get(job_id)
+            stale = token is not None and highest is not None and token < highest
+            tries = None
+            if not stale:
+                self.tries[job_id] = tries = self.tries.get(job_id, 0) + 1
+                if token is not None:
+                    self.fence[job_id] = token
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.in_flight_by_job[job_id] = here = self.in_flight_by_job.get(job_id, 0) + 1
+            self.max_in_flight_by_job[job_id] = max(self.max_in_flight_by_job.get(job_id, 0), here)
             record = {"job_id": job_id, "mode": mode, "try": tries, "start": time.time(),
-                      "end": None, "outcome": None, "auth": handler.headers.get("Authorization")}
+                      "end": None, "outcome": None, "auth": handler.headers.get("Authorization"),
+                      "token": token, "idempotency_key": handler.headers.get(IDEMPOTENCY_HEADER)}
             self.requests.append(record)
-        outcome = "ok"
+        outcome = "error"  # an exception before any reply
         try:
+            if stale:
+                assert token is not None and highest is not None
+                self._refuse_stale(handler, record, token, highest)
+                return
             delay = float(directives["slow"][0]) if "slow" in directives else self.latency
             hang = directives.get("hang")
             if hang is not None and (hang[0] is None or tries <= int(hang[0])):
@@ -182,41 +242,72 @@ class ReferenceService:
                 return
             n, code = directives.get("fail", (None, None))
             if n is not None and tries <= int(n):
-                outcome = f"http-{code or 500}"
-                handler._send(int(code or 500), {"success": False, "error": f"scripted failure {tries}/{n}"})
+                self._answer(handler, record, f"http-{code or 500}", int(code or 500),
+                             {"success": False, "error": f"scripted failure {tries}/{n}"})
             elif "status" in directives:
-                outcome = f"http-{directives['status'][0]}"
-                handler._send(int(directives["status"][0]), {"success": False, "error": "scripted status"})
+                self._answer(handler, record, f"http-{directives['status'][0]}", int(directives["status"][0]),
+                             {"success": False, "error": "scripted status"})
             elif "429" in directives and tries <= int(directives["429"][0] or 1):
-                outcome = "http-429"
                 wait = (directives.get("retry-after") or ("1", None))[0]
-                handler._send(429, {"success": False, "error": "slow down"}, {"Retry-After": wait})
+                self._answer(handler, record, "http-429", 429, {"success": False, "error": "slow down"},
+                             {"Retry-After": wait})
             elif "drop" in directives:
-                outcome = "dropped"
+                with self.lock:
+                    self._end(record, "dropped")
                 handler.connection.shutdown(socket.SHUT_RDWR)
                 handler.close_connection = True
             elif "echo-auth" in directives:
-                outcome = "echo-auth"
-                handler._send(400, {"success": False, "error": f"bad auth {handler.headers.get('Authorization')}"})
+                self._answer(handler, record, "echo-auth", 400,
+                             {"success": False, "error": f"bad auth {handler.headers.get('Authorization')}"})
             elif "malformed" in directives:
-                outcome = "malformed"
-                handler._send(200, None, raw=b"<html>Internal proxy page</html>")
+                self._answer(handler, record, "malformed", 200, None, raw=b"<html>Internal proxy page</html>")
             elif "badshape" in directives:
-                outcome = "badshape"
-                handler._send(200, {"article": "no success field"})
+                self._answer(handler, record, "badshape", 200, {"article": "no success field"})
             elif "refuse" in directives:
-                outcome = "refused"
-                handler._send(200, {"success": False, "error": "refused by the reference service"})
+                self._answer(handler, record, "refused", 200,
+                             {"success": False, "error": "refused by the reference service"})
             elif self.fail_rate and self.random.random() < self.fail_rate:
-                outcome = "http-500"
-                handler._send(500, {"success": False, "error": "random failure"})
+                self._answer(handler, record, "http-500", 500, {"success": False, "error": "random failure"})
             else:
-                handler._send(200, {"success": True, "content": self._content(mode, body, "text" in directives)})
+                # Check the fence again before committing the paid work: a newer claim may have come.
+                with self.lock:
+                    highest = self.fence.get(job_id)
+                    stale = token is not None and highest is not None and highest > token
+                    if not stale:
+                        self._end(record, GENERATED)
+                if stale:
+                    assert token is not None and highest is not None
+                    self._refuse_stale(handler, record, token, highest)
+                else:
+                    handler._send(200, {"success": True, "content": self._content(mode, body, "text" in directives)})
         finally:
             with self.lock:
-                self.in_flight -= 1
-                record["end"] = time.time()
-                record["outcome"] = outcome
+                self._end(record, outcome)  # a request that ended without a reply
+
+    def _end(self, record: dict[str, Any], outcome: str) -> None:
+        """The request leaves flight: once, just before its reply is written or when it ends without one.
+        The caller holds the lock."""
+        if record["end"] is not None:
+            return
+        job_id = record["job_id"]
+        record["end"] = time.time()
+        record["outcome"] = outcome
+        self.in_flight -= 1
+        self.in_flight_by_job[job_id] -= 1
+        if not self.in_flight_by_job[job_id]:
+            del self.in_flight_by_job[job_id]
+        if outcome == GENERATED:
+            self.generated[job_id] = self.generated.get(job_id, 0) + 1
+
+    def _answer(self, handler: Any, record: dict[str, Any], outcome: str, code: int, payload: Any,
+                headers: dict[str, str] | None = None, raw: bytes | None = None) -> None:
+        with self.lock:
+            self._end(record, outcome)
+        handler._send(code, payload, headers, raw)
+
+    def _refuse_stale(self, handler: Any, record: dict[str, Any], token: int, highest: int) -> None:
+        self._answer(handler, record, "stale", 409, {
+            "success": False, "error": f"stale fencing token {token}: a newer claim (token {highest}) holds this item"})
 
     @staticmethod
     def _content(mode: str, body: dict[str, Any], as_text: bool) -> Any:
