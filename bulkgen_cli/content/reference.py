@@ -32,7 +32,10 @@ an equal token is accepted (a retry within one claim). Before answering success
 committing paid work: if a higher token arrived for its job_id meanwhile, it
 answers the same 409 (outcome "stale", no article generated). A request without
 the header is served as before, unfenced (old clients, strict services); a token
-that is not an integer answers 400 and is not recorded.
+that is not an integer answers 400 and is not recorded. A request that repeats
+an Idempotency-Key whose article was made already gets the kept article at
+once (outcome "replayed", nothing generated), as a service that keeps its
+answers by key would.
 
 GET /_stats gives every request seen (job_id, mode, try, start, end, outcome,
 auth, token, idempotency_key), the requests in flight now and the most ever in
@@ -66,6 +69,8 @@ FENCING_HEADER = "Bulkgen-Fencing-Token"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 #: The outcome of a request that produced an article ({title, body} or plain text).
 GENERATED = "ok"
+#: The outcome of a repeated Idempotency-Key answered with the kept article.
+REPLAYED = "replayed"
 DIRECTIVE = re.compile(r"\[([a-z0-9-]+)(?::([\w.]+))?(?::(\d+))?\]")
 TEXT_FIELDS = ("topic", "trend", "keywords", "source_text", "title", "instructions")
 
@@ -93,6 +98,7 @@ class ReferenceService:
         self.max_in_flight_by_job: dict[str, int] = {}
         self.generated: dict[str, int] = {}
         self.fence: dict[str, int] = {}  # job_id -> the highest fencing token seen
+        self.kept: dict[str, Any] = {}  # Idempotency-Key -> the article made for it
         self.server = ThreadingHTTPServer((host, port), self._handler_class())
         self.server.daemon_threads = True
         self.thread: threading.Thread | None = None
@@ -128,6 +134,7 @@ class ReferenceService:
             self.tries.clear()
             self.generated.clear()
             self.fence.clear()
+            self.kept.clear()
             self.max_in_flight = self.in_flight
             self.max_in_flight_by_job = {j: n for j, n in self.in_flight_by_job.items() if n}
 
@@ -182,8 +189,9 @@ class ReferenceService:
             def wait_for_close(self, limit: float) -> bool:
                 """Hold the request until the client closes (True) or `limit` passes."""
                 deadline = time.monotonic() + limit
-                while time.monotonic() < deadline:
-                    ready, _, _ = select.select([self.connection], [], [], 0.02)
+                while (left := deadline - time.monotonic()) > 0:
+                    # Never past the deadline: the latency is what the service promises.
+                    ready, _, _ = select.select([self.connection], [], [], min(left, 0.02))
                     if ready:
                         try:
                             if self.connection.recv(1, socket.MSG_PEEK) == b"":
@@ -232,6 +240,13 @@ class ReferenceService:
                 assert token is not None and highest is not None
                 self._refuse_stale(handler, record, token, highest)
                 return
+            key = record["idempotency_key"]
+            with self.lock:
+                kept = self.kept.get(key) if key is not None else None
+            if kept is not None:
+                # A repeated Idempotency-Key whose article is made: the kept answer, nothing generated.
+                self._answer(handler, record, REPLAYED, 200, {"success": True, "content": kept})
+                return
             delay = float(directives["slow"][0]) if "slow" in directives else self.latency
             hang = directives.get("hang")
             if hang is not None and (hang[0] is None or tries <= int(hang[0])):
@@ -279,7 +294,11 @@ class ReferenceService:
                     assert token is not None and highest is not None
                     self._refuse_stale(handler, record, token, highest)
                 else:
-                    handler._send(200, {"success": True, "content": self._content(mode, body, "text" in directives)})
+                    content = self._content(mode, body, "text" in directives)
+                    if record["idempotency_key"] is not None:
+                        with self.lock:
+                            self.kept[record["idempotency_key"]] = content
+                    handler._send(200, {"success": True, "content": content})
         finally:
             with self.lock:
                 self._end(record, outcome)  # a request that ended without a reply
