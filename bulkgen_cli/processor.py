@@ -545,12 +545,14 @@ class Processor:
         processor failed to renew before its self-fencing deadline); a reply that
         arrives after that deadline is never returned.
         """
+        done, fenced = threading.Event(), threading.Event()
         try:
             if not self.generator.remote:
                 return self.generator.generate(item)
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulkgen-request")
+            if self._pool is None:  # the request, and its self-fencing watchdog
+                self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bulkgen-request")
             future = self._pool.submit(self.generator.generate, item)
+            self._pool.submit(self._watchdog, done, fenced)
             beat_every = self.settings.lease * RENEW_EVERY
             next_beat = self.ticker() + beat_every
             next_check = self.ticker() + HELD_POLL
@@ -558,15 +560,14 @@ class Processor:
             while True:
                 try:
                     reply = future.result(timeout=STOP_POLL)
-                    return None if lost or self.ticker() >= self._fence_deadline else reply
+                    late = fenced.is_set() or self.ticker() >= self._fence_deadline
+                    return None if lost or late else reply
                 except FutureTimeout:
                     pass
                 now = self.ticker()
+                lost = lost or fenced.is_set()
                 if lost or self._abort_now():
                     # Repeated each poll: an abort that raced the request's start is not lost.
-                    self.generator.abort()
-                elif now >= self._fence_deadline:
-                    lost = True  # self-fencing: the store may soon hand the item to another
                     self.generator.abort()
                 elif now >= next_beat:
                     next_beat = now + beat_every
@@ -576,4 +577,12 @@ class Processor:
                     next_check = now + HELD_POLL
                     lost = not self.store.is_held(item.id, self.owner)
         finally:
+            done.set()
             self._last_request_end = self.ticker()
+
+    def _watchdog(self, done: threading.Event, fenced: threading.Event) -> None:
+        """Self-fencing that waits for nothing: past the deadline, abort the request even while a renewal hangs."""
+        while not done.wait(STOP_POLL / 2):
+            if self.ticker() >= self._fence_deadline:
+                fenced.set()
+                self.generator.abort()

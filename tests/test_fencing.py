@@ -210,3 +210,40 @@ def test_a_stall_at_every_store_call_never_sends_twice(kind, concurrency, tmp_pa
     assert set(paused_at) >= {"acquire_processor_lease", "claim_next", "heartbeat", "finish_item",
                               "refresh_counters"}, paused_at
     assert sum(paused_at.values()) >= len(solo) - 3, (paused_at, solo)
+
+
+def test_a_renewal_that_hangs_does_not_keep_the_request_in_flight(tmp_path):
+    """Self-fencing: the store stops answering mid-request; the request is aborted before the lease runs out."""
+    from bulkgen_cli.store.sqlite import SqliteStore
+
+    lease = 2.0
+    store = SqliteStore(tmp_path / "hang.db")
+    service = ReferenceService(latency=10).start()
+    checks: list[float] = []
+
+    class HangingRenewals(CheckingStore):
+        def heartbeat(self, *args: Any) -> bool:
+            if not checks:  # the check before the send: the lease runs from here
+                checks.append(time.time())
+            elif len(checks) == 1:  # the first renewal in flight hangs for two leases
+                checks.append(time.time())
+                time.sleep(2 * lease)
+                service.latency = 0.0  # the next try is answered at once
+            return self._store.heartbeat(*args)
+
+    try:
+        bulk = submit_articles(store, [{"topic": "Hanging store", "word_count": 300}])
+        processor = Processor(HangingRenewals(store, lambda: None), HttpGenerator(service.url),
+                              RunSettings(delay=0.0, timeout=30.0, backoff=0.01, lease=lease, give_up=5.0))
+        processor.run(until_idle=True)
+        processor.generator.close()
+        first, *rest = service.stats()["requests"]
+        assert first["outcome"] == "closed-by-client"
+        # Aborted before the store could think the lease had run out (check + lease), not after the hang.
+        assert first["end"] < checks[0] + lease, (first["end"] - checks[0])
+        assert [r["outcome"] for r in rest] == ["ok"]
+        item = store.list_items(bulk.id)[0]
+        assert item.status == "completed" and item.attempts == 1  # the fenced try was not counted
+    finally:
+        service.stop()
+        store.close()
