@@ -13,6 +13,7 @@ import ctypes
 import functools
 import json
 import os
+import select
 import shutil
 import sqlite3
 import subprocess
@@ -101,6 +102,9 @@ def as_reader():
                               text=True, cwd=ROOT, timeout=60, preexec_fn=preexec)
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
+    run.spawn = lambda args, env: subprocess.Popen(  # type: ignore[attr-defined]
+        [sys.executable, "-m", "bulkgen_cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=ROOT, preexec_fn=preexec)
     return run
 
 
@@ -184,6 +188,31 @@ def test_reading_commands_work_on_a_read_only_store(read_only_store, as_reader):
     assert files(path.parent) == before  # not a byte written, no -wal/-shm created
     for result in (listed, shown, exported, watched, plain):
         assert "Traceback" not in result.err
+
+
+def test_watch_on_a_read_only_store_sees_the_owners_changes(store_dir, tmp_path, as_reader):
+    """Without -wal/-shm in a folder it cannot write, the reader reads the main file as a snapshot:
+    a fresh one for every look, so the owner's later changes show up."""
+    path = store_dir / "store.db"
+    first, _ = populate(path)
+    make_read_only(store_dir)
+    env = base_env(tmp_path) | {"BULKGEN_STORE": str(path), "BULKGEN_USER": "alice"}
+    watcher = as_reader.spawn(["watch", first.id], env)
+    try:
+        assert select.select([watcher.stderr], [], [], 30)[0], "watch printed nothing in 30 s"
+        assert f"{first.id} queued: 0 of 10 completed" in watcher.stderr.readline()  # it is watching
+        store_dir.chmod(0o755)  # the owner (who may write the folder) cancels the job
+        path.chmod(0o644)
+        owner = SqliteStore(path)
+        assert owner.cancel_bulk(first.id, utcnow())
+        owner.refresh_counters(first.id, utcnow())
+        owner.close()
+        out, err = watcher.communicate(timeout=30)
+    finally:
+        watcher.kill()
+        watcher.wait()
+    assert watcher.returncode == 1, err
+    assert f"{first.id} cancelled: 0 of 10 completed, 0 failed, 10 cancelled" in err
 
 
 def test_a_log_that_cannot_be_read_here_is_refused_not_misread(store_dir, tmp_path, as_reader):
