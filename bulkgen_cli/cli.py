@@ -7,7 +7,7 @@ import sys
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Iterator, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Iterator, NoReturn, Optional
 
 import typer
 
@@ -15,10 +15,14 @@ from bulkgen_cli import __version__
 from bulkgen_cli.errors import BulkgenError, ManifestError, NotFound
 from bulkgen_cli.model import BulkJob, BulkStatus, Priority
 
+if TYPE_CHECKING:
+    from bulkgen_cli.store.base import OpenMode
+
 EXIT_CODES = """\
 Exit codes: 0 success; 1 a waited-for bulk job ended with failed or cancelled
 items; 2 bad input or usage, nothing stored; 3 no such bulk job; 4 not allowed
-in the job's current state; 5 store or content service unreachable;
+in the job's current state, or no store at the path (none is created); 5 store
+unreachable, read-only or on a full disk, or content service unreachable;
 130/143 stopped by Ctrl-C / SIGTERM, store left consistent."""
 
 app = typer.Typer(
@@ -92,11 +96,13 @@ def note(message: str, style: str = "") -> None:
     sys.stderr.flush()
 
 
-def _open(store_flag: str | None) -> Any:
+def _open(store_flag: str | None, mode: OpenMode) -> Any:
+    """The store for a command. mode: "read" (reading commands: never creates or writes it),
+    "write" (an existing store) or "create" (submit and run: made when missing)."""
     from bulkgen_cli import settings
     from bulkgen_cli.store import open_store
 
-    return open_store(settings.store_url(store_flag))
+    return open_store(settings.store_url(store_flag), mode)
 
 
 def _visible_bulk(store: Any, bulk_id: str, user_flag: str | None, all_users: bool) -> BulkJob:
@@ -178,7 +184,7 @@ def submit(
         run_settings = settings.RunSettings.resolve(
             api_url, delay, timeout, max_retries, backoff, lease, give_up, grace, on_complete, concurrency
         )
-    with _open(store) as db:
+    with _open(store, "create") as db:
         _submit(db, file, parsed, run_settings, name, user, idempotency_key, wait, json_, channels,
                 priority, start, split, store)
 
@@ -210,8 +216,12 @@ def _submit(db: Any, file: Path, parsed: Any, run_settings: Any, name: str | Non
     except BulkgenError:
         for stored, created in jobs:  # no part of a half-stored group may run
             if created:
-                db.cancel_bulk(stored.id, utcnow())
-                db.refresh_counters(stored.id, utcnow())
+                try:
+                    db.cancel_bulk(stored.id, utcnow())
+                    db.refresh_counters(stored.id, utcnow())
+                except BulkgenError as cleanup:  # say so; the error that stopped the submit comes next
+                    note(f"Bulk job {stored.id}, stored before the failure, could not be cancelled: "
+                         f"{cleanup} Cancel it with `bulkgen cancel {stored.id}`.", "red")
         raise
     for bulk, created in jobs:
         if created:
@@ -274,7 +284,7 @@ def run(
     run_settings = settings.RunSettings.resolve(
         api_url, delay, timeout, max_retries, backoff, lease, give_up, grace, on_complete, concurrency
     )
-    with _open(store) as db:
+    with _open(store, "create") as db:
         _process(db, run_settings, forever=forever, store_flag=store)
 
 
@@ -316,7 +326,7 @@ def status(
     """
     from bulkgen_cli import render
 
-    with _open(store) as db:
+    with _open(store, "read") as db:
         bulks = _targets(db, bulk_id, group, user, all_users)
         rows = {b.id: db.list_items(b.id) for b in bulks} if items or json_ else {}
     if json_:
@@ -354,7 +364,7 @@ def list_(
     from bulkgen_cli import render, settings
 
     owner = None if all_users else settings.user(user)
-    with _open(store) as db:
+    with _open(store, "read") as db:
         bulks = db.list_bulks(owner, limit, [status_filter] if status_filter else None)
     if json_:
         render.print_json([render.bulk_dict(b) for b in bulks])
@@ -372,7 +382,7 @@ def _control(action_name: str, bulk_id: str, store: str | None, user: str | None
     from bulkgen_cli import control, render
 
     action = control.Action(action_name)
-    with _open(store) as db:
+    with _open(store, "write") as db:
         _visible_bulk(db, bulk_id, user, all_users)
         result = control.apply(db, action, bulk_id)
         if result.ended_now:
@@ -469,7 +479,7 @@ def watch(bulk_id: Annotated[Optional[str], typer.Argument(metavar="BULK_ID", he
     from bulkgen_cli import render
     from bulkgen_cli.watch import follow
 
-    with _open(store) as db:
+    with _open(store, "read") as db:
         ids = [b.id for b in _targets(db, bulk_id, group, user, all_users)]
         with render.run_view() as view:
             finals = follow(db, ids, view)
@@ -509,7 +519,7 @@ def results(
     """
     from bulkgen_cli import export
 
-    with _open(store) as db:
+    with _open(store, "read") as db:
         bulk = _visible_bulk(db, bulk_id, user, all_users)
         items = db.list_items(bulk.id)
     if format_ is ResultFormat.jsonl:
@@ -601,7 +611,7 @@ def _process(db: Any, run_settings: Any, forever: bool = False, until_bulks: lis
     with run_view() as view:
         workers = []
         for n in range(run_settings.concurrency):
-            store = db if n == 0 else _open(store_flag)
+            store = db if n == 0 else _open(store_flag, "write")
             processor = Processor(store, _generator(run_settings), run_settings, on_event=view)
             processor.notifier = Notifier(store, processor.owner, settings.smtp(),
                                           run_settings.on_complete, on_delivery=view,

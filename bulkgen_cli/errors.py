@@ -58,10 +58,24 @@ class InvalidTransition(BulkgenError):
     exit_code = 4
 
 
+class NoStore(BulkgenError):
+    """A command that does not create the store found none at its path; nothing was created."""
+
+    exit_code = 4
+
+
 class StoreUnavailable(BulkgenError):
-    """The store cannot be opened or reached."""
+    """The store cannot be opened, reached or used."""
 
     exit_code = 5
+
+
+class StoreReadOnly(StoreUnavailable):
+    """A writing command met a store it may not write; nothing was changed."""
+
+
+class StoreFull(StoreUnavailable):
+    """The disk holding the store is full; nothing was changed."""
 
 
 class ServiceUnavailable(BulkgenError):

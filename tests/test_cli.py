@@ -78,7 +78,9 @@ def test_bad_file_exit_2_and_nothing_stored(cli, tmp_path):
     assert f"{bad}, item 1 (line 3), field 'word_cout': unknown field; did you mean 'word_count'?" in result.err
     assert "has 3 items; a bulk job takes 10 to 50." in result.err
     assert "Traceback" not in result.err
-    assert json.loads(cli("list", "--json").out) == []
+    listed = cli("list", "--json")  # nothing stored: not even a store was created
+    assert listed.code == 4 and "no store at" in listed.err
+    assert not (tmp_path / "xdg" / "bulkgen").exists()
 
 
 def test_idempotency_key(cli):
@@ -153,8 +155,10 @@ def test_unreachable_mongodb_exit_5_without_password(cli):
 def test_unwritable_sqlite_store_exit_5(cli, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    result = cli("list", "--store", f"sqlite:///{blocker}/sub/store.db")
+    result = cli("submit", str(EXAMPLES / "articles.yaml"), "--store", f"sqlite:///{blocker}/sub/store.db")
     assert result.code == 5 and "cannot open the SQLite store" in result.err
+    result = cli("list", "--store", f"sqlite:///{blocker}/sub/store.db")  # reading: there is none
+    assert result.code == 4 and f"no store at {blocker}/sub/store.db" in result.err
 
 
 def commands():
@@ -192,5 +196,5 @@ def test_store_flag_and_env(cli, tmp_path):
     path = tmp_path / "elsewhere.db"
     cli("submit", str(EXAMPLES / "articles.yaml"), "--store", f"sqlite:///{path}")
     assert path.is_file()
-    assert json.loads(cli("list", "--json").out) == []  # the default store is another one
+    assert "no store at" in cli("list", "--json").err  # the default store is another one
     assert len(json.loads(cli("list", "--json", env={"BULKGEN_STORE": str(path)}).out)) == 1

@@ -82,8 +82,8 @@ def test_state_rules(cli, tmp_path, state, action):
 
 @pytest.mark.parametrize("action", ["pause", "resume", "cancel", "retry-failed"])
 def test_unknown_or_foreign_job_is_not_found(cli, action):
-    assert cli(action, "f" * 24).code == 3
     theirs = cli("submit", str(EXAMPLES / "articles.yaml"), "--user", "someone-else").out.strip()
+    assert cli(action, "f" * 24).code == 3
     result = cli(action, theirs)
     assert result.code == 3 and "no bulk job" in result.err
     assert json.loads(cli("status", theirs, "--json", "--all-users").out)["bulk_job"]["status"] == "queued"

@@ -115,4 +115,5 @@ def test_include_failed_and_jsonl(cli, tmp_path, service):
 
 
 def test_results_of_unknown_job(cli):
+    assert cli("submit", str(EXAMPLES / "articles.yaml")).code == 0
     assert cli("results", "0" * 24).code == 3

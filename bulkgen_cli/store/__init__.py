@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from bulkgen_cli.errors import UsageError
-from bulkgen_cli.store.base import Store
+from bulkgen_cli.store.base import OpenMode, Store
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, mode: OpenMode = "create") -> Store:
     """Open the store at `url`: `sqlite:///PATH`, a plain path, or `mongodb[+srv]://…`."""
     if url.startswith(("mongodb://", "mongodb+srv://")):
         from bulkgen_cli.store.mongo import MongoStore
 
-        return MongoStore.from_url(url)
+        return MongoStore.from_url(url, mode=mode)
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///") :]
     elif "://" in url:
@@ -25,7 +25,7 @@ def open_store(url: str) -> Store:
         raise UsageError("the sqlite:/// store URL names no file: use sqlite:///PATH.")
     from bulkgen_cli.store.sqlite import SqliteStore
 
-    return SqliteStore(path)
+    return SqliteStore(path, mode)
 
 
-__all__ = ["Store", "open_store"]
+__all__ = ["OpenMode", "Store", "open_store"]

@@ -11,9 +11,14 @@ from __future__ import annotations
 import datetime as dt
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal
 
 from bulkgen_cli.model import BulkJob, BulkStatus, Counts, Item, Outcome, StepState, iso
+
+#: How a command opens the store. read: a reading command; it never creates, upgrades or writes
+#: the store, and none there is NoStore (exit 4). write: a writing command on an existing store.
+#: create: a writing command that creates the store when there is none (submit, run).
+OpenMode = Literal["read", "write", "create"]
 
 #: The one processor lease that makes the whole store sequential.
 PROCESSOR_LEASE = "processor"

@@ -20,9 +20,9 @@ import pymongo
 from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
-from bulkgen_cli.errors import StoreUnavailable
+from bulkgen_cli.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.model import (
     ACTIVE_BULK,
     ARTICLE_FIELDS,
@@ -49,6 +49,7 @@ from bulkgen_cli.store.base import (
     COOLDOWN,
     PROCESSOR_LEASE,
     Lease,
+    OpenMode,
     Store,
     lease_lost_error,
     slot_names,
@@ -69,6 +70,9 @@ CLAIM_TRIES = 5
 STALE_CLAIM = dt.timedelta(minutes=2)
 #: The file's own item id is stored as `item_id`: `id` reads too much like `_id`.
 ITEM_ID_FIELD = "item_id"
+#: MongoDB's error codes for a user who may not do that, and for a full disk.
+UNAUTHORIZED = 13
+OUT_OF_DISK_SPACE = 14031
 
 T = TypeVar("T")
 
@@ -107,34 +111,38 @@ def _unavailable(method: Callable[..., T]) -> Callable[..., T]:
         try:
             return method(self, *args, **kwargs)
         except PyMongoError as exc:
-            raise StoreUnavailable(
-                f"MongoDB store {self.display_url}: {self._scrub(str(exc))}"
-            ) from exc
+            raise self._error(exc, f"MongoDB store {self.display_url}") from exc
 
     return wrapper
 
 
 class MongoStore(Store):
-    def __init__(self, client: Any, db_name: str = "bulkgen", display_url: str = "mongodb://"):
+    def __init__(self, client: Any, db_name: str = "bulkgen", display_url: str = "mongodb://",
+                 mode: OpenMode = "create"):
         self.client = client
         self.display_url = mask_url(display_url)
+        self.mode = mode
         self._password = urlsplit(display_url).password
-        db = client[db_name]
+        self.db = db = client[db_name]
         self.bulks = db[BULK_JOBS]
         self.items = db[GENERATION_JOBS]
         self.leases = db[LEASES]
         self.keys = db[IDEMPOTENCY]
         self.meta = db[META]
         try:
-            self._ensure_indexes()
+            marker = self.meta.find_one({"_id": "schema"})
+            if mode != "create" and marker is None and BULK_JOBS not in db.list_collection_names():
+                client.close()
+                raise NoStore(f"no store at {self.display_url}: the database holds no bulk jobs; "
+                              "`bulkgen submit FILE` creates one (or check --store / BULKGEN_STORE).")
+            if mode != "read":  # a reading command never creates indexes or writes the marker
+                self._ensure_indexes(marker)
         except PyMongoError as exc:
             client.close()
-            raise StoreUnavailable(
-                f"cannot reach the MongoDB store {self.display_url}: {self._scrub(str(exc))}"
-            ) from exc
+            raise self._error(exc, f"cannot reach the MongoDB store {self.display_url}") from exc
 
     @classmethod
-    def from_url(cls, url: str, timeout_ms: int = 5000) -> MongoStore:
+    def from_url(cls, url: str, timeout_ms: int = 5000, mode: OpenMode = "create") -> MongoStore:
         try:
             client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
                 url, tz_aware=True, serverSelectionTimeoutMS=timeout_ms, appname="bulkgen"
@@ -142,14 +150,24 @@ class MongoStore(Store):
             db_name = client.get_default_database("bulkgen").name
         except (PyMongoError, ValueError) as exc:
             raise StoreUnavailable(f"bad MongoDB store URL {mask_url(url)}: {exc}") from exc
-        return cls(client, db_name, url)
+        return cls(client, db_name, url, mode)
+
+    def _error(self, exc: PyMongoError, context: str) -> StoreUnavailable:
+        """The StoreUnavailable for a driver error: refused writes and a full disk said plainly."""
+        code = exc.code if isinstance(exc, OperationFailure) else None
+        detail = self._scrub(str(exc))
+        if code == UNAUTHORIZED and self.mode != "read":
+            return StoreReadOnly(f"the store at {self.display_url} is read-only for this user "
+                                 f"(MongoDB refused: {detail}).")
+        if code == OUT_OF_DISK_SPACE:
+            return StoreFull(f"the disk holding the store at {self.display_url} is full (MongoDB: {detail}).")
+        return StoreUnavailable(f"{context}: {detail}")
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._password, "***") if self._password else text
 
-    def _ensure_indexes(self) -> None:
-        """Create the indexes once per database, idempotently (one read after that)."""
-        marker = self.meta.find_one({"_id": "schema"})
+    def _ensure_indexes(self, marker: dict[str, Any] | None) -> None:
+        """Create the indexes once per database, idempotently (`marker`: the schema document)."""
         if marker and marker.get("version", 0) >= SCHEMA_VERSION:
             return
         self.bulks.create_index([("status", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)])

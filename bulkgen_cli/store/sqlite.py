@@ -4,20 +4,29 @@ WAL lets readers run beside the one writer; every change runs inside
 `BEGIN IMMEDIATE` (the write lock is taken up front, so a read-then-write inside
 a transaction cannot interleave with another process's) and waits on a busy
 timeout rather than failing.
+
+Opened for reading (`mode="read"`) the store is a `mode=ro` connection that
+never creates, upgrades or writes the file; where SQLite cannot open the WAL
+index (a read-only directory or a full disk without the -shm file) and the log
+holds nothing, it reads the main file as an immutable snapshot, reopened for
+every call so that changes made since are seen.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import functools
 import json
+import os
 import sqlite3
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
+from urllib.parse import quote
 
-from bulkgen_cli.errors import StoreUnavailable
+from bulkgen_cli.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.model import (
     ACTIVE_BULK,
     CLAIMABLE_BULK,
@@ -44,6 +53,7 @@ from bulkgen_cli.store.base import (
     COOLDOWN,
     PROCESSOR_LEASE,
     Lease,
+    OpenMode,
     Store,
     lease_lost_error,
     slot_names,
@@ -53,6 +63,8 @@ from bulkgen_cli.store.base import (
 
 SCHEMA_VERSION = 5
 BUSY_TIMEOUT_S = 30.0
+#: An I/O error with less free space than this on the store's disk is taken for a full disk.
+FULL_BELOW_BYTES = 1 << 20
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bulk_jobs (
@@ -180,48 +192,198 @@ def _ts(value: str | None) -> dt.datetime | None:
     return None if value is None else dt.datetime.fromisoformat(value)
 
 
+def _disk_full(path: Path) -> bool:
+    """Whether the file system holding `path` has (next to) no space or no inodes left."""
+    for where in (path, path.parent):
+        try:
+            st = os.statvfs(where)
+        except OSError:
+            continue
+        return st.f_bavail * st.f_frsize < FULL_BELOW_BYTES or (st.f_files > 0 and st.f_favail == 0)
+    return False
+
+
+def store_error(path: Path, exc: sqlite3.Error, opening: bool = False) -> StoreUnavailable:
+    """The StoreUnavailable that says what happened, chosen by SQLite's (extended) error code."""
+    code = getattr(exc, "sqlite_errorcode", None) or 0
+    primary = code & 0xFF
+    if primary == sqlite3.SQLITE_READONLY and code != sqlite3.SQLITE_READONLY_DBMOVED:
+        return StoreReadOnly(f"the store at {path} is read-only ({exc}); nothing was changed.")
+    if primary == sqlite3.SQLITE_FULL or (primary == sqlite3.SQLITE_IOERR and _disk_full(path)):
+        return StoreFull(f"the disk holding {path} is full ({exc}); nothing was changed.")
+    if primary == sqlite3.SQLITE_CANTOPEN:
+        return StoreUnavailable(
+            f"cannot open the SQLite store {path}: {exc} (can this user read it and its directory?)."
+        )
+    if opening:
+        return StoreUnavailable(f"cannot open the SQLite store {path}: {exc}.")
+    if isinstance(exc, sqlite3.OperationalError):
+        return StoreUnavailable(f"SQLite store {path}: {exc}.")
+    return StoreUnavailable(f"SQLite store {path} is not usable: {exc}.")
+
+
+def _os_error(path: Path, exc: OSError) -> StoreUnavailable:
+    """The StoreUnavailable for a failure to create the store's directory."""
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoreReadOnly(
+            f"the store at {path} is read-only: its directory cannot be created ({exc.strerror})."
+        )
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreFull(f"the disk holding {path} is full ({exc.strerror}); nothing was changed.")
+    return StoreUnavailable(f"cannot open the SQLite store {path}: {exc}.")
+
+
+def _log_holds_changes(path: Path) -> bool:
+    """Whether a -wal (or rollback -journal) file beside the store holds anything."""
+    for suffix in ("-wal", "-journal"):
+        try:
+            if os.stat(f"{path}{suffix}").st_size > 0:
+                return True
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return True  # cannot tell: assume it does
+    return False
+
+
 def _unavailable(method: Callable[..., T]) -> Callable[..., T]:
-    """Turn SQLite's operational errors into StoreUnavailable with the file named."""
+    """Turn SQLite's errors into StoreUnavailable (read-only, full, …) with the file named."""
 
     @functools.wraps(method)
     def wrapper(self: SqliteStore, *args: Any, **kwargs: Any) -> T:
         try:
+            if self.snapshot:
+                self._reopen_snapshot()
             return method(self, *args, **kwargs)
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(f"SQLite store {self.path}: {exc}.") from exc
         except sqlite3.DatabaseError as exc:
-            raise StoreUnavailable(f"SQLite store {self.path} is not usable: {exc}.") from exc
+            raise store_error(self.path, exc) from exc
 
     return wrapper
 
 
 class SqliteStore(Store):
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, mode: OpenMode = "create"):
         self.path = Path(path)
         self.display_url = f"sqlite:///{self.path}"
+        self.mode = mode
+        #: Reading the main file as an immutable snapshot (see the module's docstring).
+        self.snapshot = False
         self._lock = threading.RLock()
+        if mode != "create" and not self._exists():
+            raise self._no_store()
+        if mode == "read":
+            self.db, self.snapshot = self._read_connection()
+            return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-            self.db.row_factory = sqlite3.Row
-            self.db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            if self.db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            if mode == "create":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _os_error(self.path, exc) from exc
+        self.db = self._connect("rwc" if mode == "create" else "rw")
+        try:
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if mode == "write" and version == 0:
+                raise self._no_store()
+            if version != SCHEMA_VERSION:
                 self._create_schema()
             self.db.execute("PRAGMA synchronous = NORMAL")
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreUnavailable(f"cannot open the SQLite store {self.path}: {exc}.") from exc
+        except sqlite3.Error as exc:
+            self.db.close()
+            raise store_error(self.path, exc, opening=True) from exc
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _exists(self) -> bool:
+        try:
+            self.path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot open the SQLite store {self.path}: {exc.strerror}.") from exc
+        return True
+
+    def _no_store(self) -> NoStore:
+        return NoStore(f"no store at {self.path}; `bulkgen submit FILE` creates one "
+                       "(or check --store / BULKGEN_STORE).")
+
+    def _connect(self, mode: str, immutable: bool = False) -> sqlite3.Connection:
+        """Connect through a `file:` URI, so that `mode=ro` / `mode=rw` never create the file."""
+        uri = f"file:{quote(str(self.path.absolute()))}?mode={mode}" + ("&immutable=1" if immutable else "")
+        try:
+            db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                 check_same_thread=False)
+        except sqlite3.Error as exc:
+            if (mode == "rwc" and getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_CANTOPEN
+                    and not self.path.exists() and not os.access(self.path.parent, os.W_OK)):
+                raise StoreReadOnly(f"the store at {self.path} is read-only: it cannot be created in "
+                                    f"{self.path.parent}, which this user may not write.") from exc
+            raise store_error(self.path, exc, opening=True) from exc
+        db.row_factory = sqlite3.Row
+        db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        return db
+
+    def _read_connection(self) -> tuple[sqlite3.Connection, bool]:
+        """A connection that cannot write, checked; True when it reads an immutable snapshot."""
+        db = self._connect("ro")
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]  # opens the WAL index (-shm)
+            snapshot = False
+        except sqlite3.Error as exc:
+            db.close()
+            if _log_holds_changes(self.path):
+                # An immutable read would miss the log's changes: refuse rather than show stale data.
+                raise StoreUnavailable(
+                    f"cannot read the SQLite store {self.path}: its write-ahead log {self.path}-wal holds "
+                    f"changes that SQLite cannot read without creating {self.path}-shm, and it cannot here "
+                    f"({exc}); any bulkgen command run once by a user who can write {self.path.parent} "
+                    "(or after freeing disk space) makes it readable."
+                ) from exc
+            # No -wal content: the main file holds every committed change.
+            db = self._connect("ro", immutable=True)
+            try:
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+            except sqlite3.Error:
+                db.close()
+                raise store_error(self.path, exc, opening=True) from exc
+            snapshot = True
+        try:
+            self._check_readable(version)
+        except BaseException:
+            db.close()
+            raise
+        return db, snapshot
+
+    def _check_readable(self, version: int) -> None:
+        if version == 0:
+            raise NoStore(f"no store at {self.path}: the SQLite file there holds no bulkgen store; "
+                          "`bulkgen submit FILE` creates one (or check --store / BULKGEN_STORE).")
+        if version > SCHEMA_VERSION:
+            raise self._newer(version)
+        if version < SCHEMA_VERSION:
+            raise StoreUnavailable(
+                f"the SQLite store {self.path} has schema {version}, older than this bulkgen's "
+                f"{SCHEMA_VERSION}, and a reading command does not upgrade it: run a writing command "
+                "(`bulkgen run`, `submit`, `pause`, …) once as a user who can write it."
+            )
+
+    def _newer(self, version: int) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"the SQLite store {self.path} was made by a newer bulkgen (schema {version}); upgrade bulkgen."
+        )
+
+    def _reopen_snapshot(self) -> None:
+        """A fresh snapshot per call: the file may have changed (or got a readable WAL) since."""
+        with self._lock:
+            self.db.close()
+            self.db, self.snapshot = self._read_connection()
 
     def _create_schema(self) -> None:
         self.db.execute("PRAGMA journal_mode = WAL")
         with self._tx() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise StoreUnavailable(
-                    f"the SQLite store {self.path} was made by a newer bulkgen "
-                    f"(schema {version}); upgrade bulkgen."
-                )
+                raise self._newer(version)
             script = (MIGRATE_1_TO_2 if version == 1 else "") + (MIGRATE_2_TO_3 if version in (1, 2) else "")
             script += (MIGRATE_3_TO_4 if version in (1, 2, 3) else "")
             script += (MIGRATE_4_TO_5 if version in (1, 2, 3, 4) else "") + SCHEMA
@@ -232,15 +394,24 @@ class SqliteStore(Store):
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed whole, or rolled back whole (a failed COMMIT too)."""
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield self.db
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            else:
                 self.db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _rollback(self) -> None:
+        # SQLite may already have rolled back by itself (SQLITE_FULL, some I/O errors): then
+        # ROLLBACK would fail with "no transaction is active" and hide the error that matters.
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # uncommitted changes never reach the file: the next open discards them
 
     def close(self) -> None:
         self.db.close()
