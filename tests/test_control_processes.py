@@ -17,6 +17,7 @@ from bulkgen_cli.content.reference import ReferenceService
 from bulkgen_cli.store.sqlite import SqliteStore
 from tests.cli_helpers import base_env, run_cli, spawn
 from tests.conftest import wait_for
+from tests.test_fencing import check_requests
 
 
 @pytest.fixture
@@ -194,7 +195,8 @@ def test_lease_is_renewed_during_a_long_request(tmp_path, svc):
         assert code == 0, err
     doc = assert_counters_true(env, a)
     assert doc["jobs"][0]["attempts"] == 1 and doc["progress"]["completed"] == 10
-    assert [r["job_id"] for r in svc.stats()["requests"]].count(first) == 1
+    requested = [r["job_id"] for r in svc.stats()["requests"]]
+    assert sorted(requested) == sorted(j["id"] for j in doc["jobs"])  # every item exactly once
     assert svc.stats()["max_in_flight"] == 1
 
 
@@ -276,3 +278,4 @@ def test_two_processors_and_a_stream_of_control_commands(tmp_path, svc):
             oks = [r for r in stats["requests"] if r["job_id"] == j["id"] and r["outcome"] == "ok"]
             if j["status"] == "completed":
                 assert len(oks) == 1  # never completed twice
+    check_requests(stats["requests"])  # no item generated twice, no two requests for one item at once

@@ -181,14 +181,18 @@ def scenario(kind: str, tmp_path, pause_at: int | None, concurrency: int) -> tup
             store.close()
 
 
-def check_requests(requests: list[dict[str, Any]], item_ids: list[str]) -> None:
+def check_requests(requests: list[dict[str, Any]], item_ids: list[str] | None = None) -> None:
+    """Each item generated at most once (exactly once for `item_ids`, which must be all that was asked for),
+    and two requests for one item in flight at once only when the earlier made nothing."""
     by_item: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for request in requests:
         by_item[request["job_id"]].append(request)
-    assert set(by_item) == set(item_ids)
+    if item_ids is not None:
+        assert set(by_item) == set(item_ids)
     for item_id, seen in by_item.items():
-        generated = [r for r in seen if r["outcome"] not in NOT_GENERATED]
-        assert len(generated) == 1, f"item {item_id} generated {len(generated)} times: {seen}"
+        generated = [r for r in seen if r["outcome"] == "ok"]
+        expected = [1] if item_ids is not None else [0, 1]
+        assert len(generated) in expected, f"item {item_id} generated {len(generated)} times: {seen}"
         seen.sort(key=lambda r: r["start"])
         for earlier, later in zip(seen, seen[1:]):
             overlap = earlier["end"] is None or earlier["end"] > later["start"]

@@ -178,6 +178,7 @@ def test_concurrency_one_stays_sequential_beside_a_wider_processor(tmp_path):
         result = run_cli(["run", "--concurrency", "1"], env)
         assert result.code == 0
         assert service.stats()["max_in_flight"] == 1
+        assert sorted(service.stats()["generated_per_job"].values()) == [1] * 10  # each item once
     finally:
         service.stop()
 

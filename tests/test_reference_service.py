@@ -184,6 +184,8 @@ def test_every_way_a_request_ends_leaves_flight_exactly_once(service):
                 post(client, service.url, job, token=1, topic=topic)
             except httpx.TransportError:
                 assert job in ("drop", "hang", "slow")
+                # The client gave up; the service sees the close a moment later, and only then ends it.
+                wait_for(lambda: service.stats()["in_flight"] == 0)
     wait_for(lambda: service.stats()["in_flight"] == 0)
     stats = service.stats()
     outcomes = {r["job_id"]: r["outcome"] for r in stats["requests"]}

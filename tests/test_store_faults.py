@@ -25,7 +25,7 @@ import pytest
 
 from bulkgen_cli.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.model import BulkStatus, utcnow
-from bulkgen_cli.store.sqlite import SqliteStore
+from bulkgen_cli.store.sqlite import SCHEMA_VERSION, SqliteStore
 from tests.cli_helpers import EXAMPLES, ROOT, Result, base_env
 from tests.conftest import submit
 
@@ -307,12 +307,14 @@ def test_an_old_schema_is_not_upgraded_by_a_reading_command(cli, tmp_path):
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("DROP INDEX bulk_jobs_group")
     db.execute("ALTER TABLE bulk_jobs DROP COLUMN group_id")
+    db.execute("ALTER TABLE generation_jobs DROP COLUMN fence")
+    db.execute("DROP TABLE counters")
     db.execute("PRAGMA user_version = 3")
     db.close()
 
     read = cli("status", bulk.id, "--store", str(path))
     assert read.code == 5 and "Traceback" not in read.err
-    assert f"the SQLite store {path} has schema 3, older than this bulkgen's 4" in read.err
+    assert f"the SQLite store {path} has schema 3, older than this bulkgen's {SCHEMA_VERSION}" in read.err
     assert "run a writing command" in read.err
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == 3  # untouched
