@@ -55,13 +55,28 @@ class Paused(Exception):
 
 
 class PausingStore:
-    """A's store: pauses before call number `pause_at` until released; checks the bound after every call."""
+    """A's store: pauses before call number `pause_at` until released; checks the bound after every call.
 
-    def __init__(self, store: Any, check: Any, pause_at: int | None) -> None:
-        self._store, self._check, self._pause_at = store, check, pause_at
+    With `inside` (MongoDB only), it pauses instead before the `pause_at`-th
+    collection operation made inside one of those verbs: between the single-document
+    writes of which the fenced claim is built (design.md, "The fenced MongoDB claim").
+    """
+
+    def __init__(self, store: Any, check: Any, pause_at: int | None, inside: frozenset[str] = frozenset()) -> None:
+        self._store, self._check, self._pause_at, self._inside = store, check, pause_at, inside
         self.calls: list[str] = []
+        self.current: str | None = None
         self.paused = threading.Event()
         self.resume = threading.Event()
+        if inside:
+            for name in ("items", "bulks", "leases", "meta", "keys"):
+                setattr(store, name, Collection(getattr(store, name), self, name))
+
+    def pause_here(self, name: str) -> None:
+        if len(self.calls) == self._pause_at:
+            self.paused.set()
+            self.resume.wait(30)
+        self.calls.append(name)
 
     def __getattr__(self, name: str) -> Any:
         target = getattr(self._store, name)
@@ -69,12 +84,37 @@ class PausingStore:
             return target
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            if len(self.calls) == self._pause_at:
-                self.paused.set()
-                self.resume.wait(30)
-            self.calls.append(name)
-            result = target(*args, **kwargs)
+            if not self._inside:
+                self.pause_here(name)
+            self.current = name
+            try:
+                result = target(*args, **kwargs)
+            finally:
+                self.current = None
             self._check()
+            return result
+
+        return call
+
+
+class Collection:
+    """A MongoDB collection of A's whose operations inside the chosen verbs are pause points."""
+
+    def __init__(self, collection: Any, owner: PausingStore, name: str) -> None:
+        self._collection, self._owner, self._name = collection, owner, name
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._collection, name)
+        if not callable(target):
+            return target
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            inside = self._owner.current in self._owner._inside
+            if inside:
+                self._owner.pause_here(f"{self._owner.current}:{self._name}.{name}")
+            result = target(*args, **kwargs)
+            if inside:
+                self._owner._check()
             return result
 
         return call
@@ -118,7 +158,8 @@ def settings(concurrency: int) -> RunSettings:
                        concurrency=concurrency)
 
 
-def scenario(kind: str, tmp_path, pause_at: int | None, concurrency: int) -> tuple[list[str], bool]:
+def scenario(kind: str, tmp_path, pause_at: int | None, concurrency: int,
+             inside: frozenset[str] = frozenset()) -> tuple[list[str], bool]:
     """One run with A paused before its `pause_at`-th store call; returns A's calls and whether it paused."""
     store_a, store_b, checker = open_stores(kind, tmp_path)
     service = ReferenceService(latency=LATENCY).start()
@@ -132,7 +173,7 @@ def scenario(kind: str, tmp_path, pause_at: int | None, concurrency: int) -> tup
 
     try:
         bulk = submit_articles(checker, [{"topic": f"Fenced {i}", "word_count": 300} for i in range(ITEMS)])
-        wrapped = PausingStore(store_a, check, pause_at)
+        wrapped = PausingStore(store_a, check, pause_at, inside)
         a = Processor(wrapped, HttpGenerator(service.url), settings(concurrency), clock=clock.now,
                       ticker=clock.a_ticks, owner="A")
         errors: list[BaseException] = []
@@ -251,3 +292,20 @@ def test_a_renewal_that_hangs_does_not_keep_the_request_in_flight(tmp_path):
     finally:
         service.stop()
         store.close()
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_mongo_a_stall_between_the_writes_of_a_claim_never_sends_twice(concurrency, tmp_path):
+    """The same harness, pausing A between any two collection operations of its claim, renewal and release."""
+    inside = frozenset({"claim_next", "heartbeat", "release_processor_lease", "acquire_processor_lease"})
+    solo, _ = scenario("mongo", tmp_path / "solo", None, concurrency, inside)
+    assert any(call.startswith("claim_next:leases.update_one") for call in solo), solo
+    paused_at: dict[str, int] = defaultdict(int)
+    for k in range(len(solo)):
+        calls, paused = scenario("mongo", tmp_path / f"k{k}", k, concurrency, inside)
+        if paused:
+            paused_at[calls[k] if k < len(calls) else "?"] += 1
+    for step in ("claim_next:leases.find_one", "claim_next:meta.find_one_and_update",
+                 "claim_next:leases.update_one", "claim_next:items.find_one_and_update", "heartbeat:items.update_one"):
+        assert paused_at.get(step), (step, dict(paused_at))
+    assert sum(paused_at.values()) >= len(solo) - 3, (paused_at, solo)
