@@ -3,15 +3,33 @@
     python bench/chaos.py                        # CI size: 4 jobs, 2 processors, 20 s of chaos
     python bench/chaos.py --jobs 20 --processors 3 --seconds 600 --seed 7     # the long run
     python bench/chaos.py --concurrency 3                                     # up to 3 items in flight
+    python bench/chaos.py --no-stalls                                         # kills only, no SIGSTOP
 
 Several bulk jobs, two or three `bulkgen run --forever` processes, the
 reference service mixing successes, 500s, 429s, hangs, slow and malformed
 replies, a stream of pause / resume / cancel / retry-failed from other
-processes, and processors killed with SIGKILL at random moments and restarted.
+processes, processors killed with SIGKILL at random moments and restarted,
+and (unless --no-stalls) processors stalled with SIGSTOP for longer than their
+lease (2 s) at random moments, then continued with SIGCONT.
 At the end it prints, and checks: items lost, items requested beyond their
 tries, counter drift, the most requests in flight at once, notifications per
-job end, and the time from each cancel to the connection closing. Exit 1 when
-any check fails.
+job end, the time from each cancel to the connection closing, duplicate
+requests and articles generated more than once. Exit 1 when any check fails.
+
+Duplicates, from the service's request log, per item (job_id), requests in the
+order they arrived. A request beyond the item's first is a retry when every
+earlier request for the item had ended, none with an article, before it
+arrived (how many there may be is the "beyond their tries" check). Otherwise it
+is an extra request: sent while an earlier one for the item was still open, or
+after one had produced an article. An extra request is explained when it, or
+every such earlier request, ended `closed-by-client` (the client aborted it or
+died) or `stale` (refused by fencing, nothing generated), or was open when a
+processor was killed or stalled (start <= kill/SIGSTOP time <= end, or it never
+ended; the start taken 50 ms early, as the service notes it once the body is
+read). Anything else is an unexplained duplicate; it fails the run, as does an
+item with more than one article generated (the service's generated_per_job),
+explained or not. Requests open across a stall are left out of the in-flight
+and cancel-latency checks: the stalled processor cannot close them.
 """
 
 from __future__ import annotations
@@ -34,6 +52,10 @@ sys.path.insert(0, str(ROOT))
 from bulkgen_cli.content.reference import ReferenceService  # noqa: E402
 from tests.receivers import WebhookReceiver  # noqa: E402
 
+STALL_SECONDS = (2.5, 4.0)  # longer than BULKGEN_LEASE_SECONDS below
+#: The service notes a request's start once its body is read, a moment after the client sent it.
+START_SLACK = 0.05
+HARMLESS = ("closed-by-client", "stale")  # outcomes of a request that generated nothing and blocked nothing
 DIRECTIVES = ["", "", "", "", "[fail:1]", "[429:1] [retry-after:0.2]", "[malformed]", "[hang:1]",
               "[slow:0.4]", "[status:400]", "[fail:5]"]
 
@@ -43,6 +65,65 @@ def cli(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess
                           text=True, timeout=timeout, cwd=ROOT)
 
 
+def open_at(request: dict, moment: float) -> bool:
+    return request["start"] - START_SLACK <= moment and (request["end"] is None or moment <= request["end"])
+
+
+def explain(request: dict, kills: list[float], stalls: list[float]) -> str | None:
+    """Why a request may have been duplicated: its outcome, or a kill or stall while it was open."""
+    if request["outcome"] in HARMLESS:
+        return request["outcome"]
+    if any(open_at(request, t) for t in stalls):
+        return "stall"
+    if any(open_at(request, t) for t in kills):
+        return "kill"
+    return None
+
+
+def duplicates(requests: list[dict], kills: list[float], stalls: list[float]) -> tuple[dict[str, int], list[str]]:
+    """Sort every request beyond an item's first (see the module docstring); the unexplained, as job ids."""
+    counts = {"beyond the first": 0, "retries": 0, "extra": 0, "closed-by-client": 0, "stale": 0, "kill": 0,
+              "stall": 0, "unexplained": 0}
+    unexplained: list[str] = []
+    by_job: dict[str, list[dict]] = {}
+    for r in requests:
+        by_job.setdefault(r["job_id"], []).append(r)
+    for job_id, seen in by_job.items():
+        seen.sort(key=lambda r: r["start"])
+        for k, r in enumerate(seen[1:], start=1):
+            counts["beyond the first"] += 1
+            colliding = [e for e in seen[:k]
+                         if e["end"] is None or e["end"] > r["start"] or e["outcome"] == "ok"]
+            if not colliding:
+                counts["retries"] += 1
+                continue
+            counts["extra"] += 1
+            reason = explain(r, kills, stalls)
+            if reason is None:
+                reasons = [explain(e, kills, stalls) for e in colliding]
+                reason = None if None in reasons else reasons[0]
+            if reason is None:
+                counts["unexplained"] += 1
+                unexplained.append(job_id)
+            else:
+                counts[reason] += 1
+    return counts, sorted(set(unexplained))
+
+
+def most_in_flight(requests: list[dict], stalls: list[float]) -> int:
+    """The most requests open at once in the log, leaving out those open when a processor was stalled."""
+    events = []
+    for r in requests:
+        if any(open_at(r, t) for t in stalls):
+            continue
+        events += [(r["start"], 1), (r["end"] if r["end"] is not None else float("inf"), -1)]
+    most = now = 0
+    for _, step in sorted(events):  # at one instant an end (-1) sorts before a start
+        now += step
+        most = max(most, now)
+    return most
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=4)
@@ -50,6 +131,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=1, help="items in flight at most (run --concurrency)")
+    parser.add_argument("--stalls", action=argparse.BooleanOptionalAction, default=True,
+                        help=f"SIGSTOP processors for {STALL_SECONDS[0]:g}-{STALL_SECONDS[1]:g} s at random "
+                             "(longer than their lease), then SIGCONT")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     folder = tempfile.mkdtemp(prefix="bulkgen-chaos-")
@@ -74,21 +158,52 @@ def main() -> int:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     procs = [start() for _ in range(args.processors)]
-    kills = 0
+    started_at = time.time()
+    kill_times: list[float] = []
+    stall_times: list[float] = []  # when each SIGSTOP was sent
+    continued: dict[float, float] = {}  # SIGSTOP time -> when the processor was continued (or killed)
+    stalled: dict[int, tuple[float, float]] = {}  # processor index -> (when (monotonic) to continue it, SIGSTOP time)
+
+    def wake(everyone: bool = False) -> None:
+        for index, (until, stopped_at) in list(stalled.items()):
+            if everyone or time.monotonic() >= until:
+                procs[index].send_signal(signal.SIGCONT)
+                continued[stopped_at] = time.time()
+                del stalled[index]
+
+    def nap(seconds: float) -> None:
+        """Sleep, continuing stalled processors when their stall is over."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            wake()
+            time.sleep(min(left, 0.05))
+        wake()
+
     actions: dict[str, int] = {}
     cancels: list[tuple[str, float]] = []
     rounds = {j: 1 for j in jobs}
-    deadline = time.monotonic() + args.seconds
+    began = time.monotonic()
+    deadline = began + args.seconds
     try:
         while time.monotonic() < deadline:
-            time.sleep(rng.uniform(0.1, 0.5))
+            nap(rng.uniform(0.1, 0.5))
             roll = rng.random()
             if roll < 0.15:
                 victim = rng.randrange(len(procs))
+                kill_times.append(time.time())
                 procs[victim].send_signal(signal.SIGKILL)
                 procs[victim].wait()
+                if victim in stalled:
+                    continued[stalled.pop(victim)[1]] = kill_times[-1]
                 procs[victim] = start()
-                kills += 1
+                continue
+            if args.stalls and roll < 0.25:
+                running = [i for i in range(len(procs)) if i not in stalled]
+                if len(running) > 1:  # keep one processor going
+                    victim = rng.choice(running)
+                    stall_times.append(time.time())
+                    procs[victim].send_signal(signal.SIGSTOP)
+                    stalled[victim] = (time.monotonic() + rng.uniform(*STALL_SECONDS), stall_times[-1])
                 continue
             action = rng.choice(["pause", "resume", "resume", "cancel", "retry-failed", "pause", "resume"])
             if action == "cancel" and rng.random() < 0.75:
@@ -104,6 +219,8 @@ def main() -> int:
                 cancels.append((job, asked_at))
             if result.returncode == 0 and action == "retry-failed" and "->" in result.stderr:
                 rounds[job] += 1
+        while stalled:  # the last stalls run their course
+            nap(0.05)
         for job in jobs:
             cli(["resume", job], env)
 
@@ -116,13 +233,17 @@ def main() -> int:
                     return False
             return True
 
-        end_by = time.monotonic() + 180
+        chaos_over = time.monotonic()
+        end_by = chaos_over + 180
         while not settled():
             if time.monotonic() > end_by:
                 print("jobs did not settle within 180 s after the chaos", file=sys.stderr)
                 return 1
             time.sleep(0.5)
+        settle_time = time.monotonic() - chaos_over
     finally:
+        wake(everyone=True)
+        stopping = time.monotonic()
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
         for proc in procs:
@@ -130,7 +251,11 @@ def main() -> int:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        quiet_by = time.monotonic() + 2  # let the service see the last connections close
+        while service.stats()["in_flight"] and time.monotonic() < quiet_by:
+            time.sleep(0.02)
         stats = service.stats()
+        stop_time = time.monotonic() - stopping
         service.stop()
         hook.stop()
 
@@ -148,7 +273,7 @@ def main() -> int:
             abs(b["cancelled_items"] - by["cancelled"])
         for item in items:
             seen = requests.get(item["id"], [])
-            uncharged = sum(1 for r in seen if r["outcome"] in ("http-429", "closed-by-client"))
+            uncharged = sum(1 for r in seen if r["outcome"] in ("http-429", "closed-by-client", "stale"))
             if len(seen) - uncharged > 1 + item["retry_count"]:
                 beyond += 1
     events: dict[str, list[str]] = {}
@@ -161,16 +286,38 @@ def main() -> int:
     for job, cancelled_at in cancels:
         ids = {i["id"] for i in docs[job]["jobs"]}
         closed = [r["end"] for r in stats["requests"] if r["job_id"] in ids and r["outcome"] == "closed-by-client"
-                  and r["start"] <= cancelled_at <= (r["end"] or 0) + 5]
+                  and r["start"] <= cancelled_at <= (r["end"] or 0) + 5
+                  and not any(open_at(r, t) for t in stall_times)]
         close_times += [max(c - cancelled_at, 0.0) for c in closed if c >= cancelled_at - 1]
     print(f"chaos: {args.jobs} jobs × 10 items, {args.processors} processors × concurrency {args.concurrency}, "
           f"{args.seconds:.0f} s, seed {args.seed}")
-    print(f"  processors killed (SIGKILL): {kills}; control commands: {actions}")
-    print(f"  requests to the service: {len(stats['requests'])}; most in flight at once: {stats['max_in_flight']}")
+    counts, unexplained = duplicates(stats["requests"], kill_times, stall_times)
+    twice = {job_id: n for job_id, n in stats["generated_per_job"].items() if n > 1}
+    most = most_in_flight(stats["requests"], stall_times)
+    print(f"  processors killed (SIGKILL): {len(kill_times)}; stalled (SIGSTOP {STALL_SECONDS[0]:g}-"
+          f"{STALL_SECONDS[1]:g} s): {len(stall_times) if args.stalls else 'off'}; control commands: {actions}")
+    print(f"  requests to the service: {len(stats['requests'])}; most in flight at once: {stats['max_in_flight']}"
+          + (f" (not counting requests open across a stall: {most})" if stall_times else ""))
     print(f"  items lost: {lost}")
     print(f"  items requested beyond their tries: {beyond}")
     print(f"  counter drift: {drift}")
+    print(f"  requests beyond an item's first: {counts['beyond the first']} ({counts['retries']} retries after "
+          f"an ended try, {counts['extra']} extra); extra explained by closed-by-client {counts['closed-by-client']}, "
+          f"stale {counts['stale']}, kill {counts['kill']}, stall {counts['stall']}")
+    print(f"  unexplained duplicate requests: {counts['unexplained']}")
+    print(f"  items with more than one article generated: {len(twice)}")
+    for job_id in sorted(set(unexplained) | set(twice)):
+        print(f"    {job_id}: {twice.get(job_id, 1)} generated; requests (s from start: start-end outcome token):")
+        for r in sorted((r for r in stats["requests"] if r["job_id"] == job_id), key=lambda r: r["start"]):
+            end = f"{r['end'] - started_at:.3f}" if r["end"] is not None else "open"
+            print(f"      {r['start'] - started_at:.3f}-{end} {r['outcome']} {r['token']}")
+    if unexplained or twice:
+        print("    kills at: " + ", ".join(f"{t - started_at:.3f}" for t in kill_times))
+        print("    stalls (SIGSTOP-SIGCONT) at: " + ", ".join(
+            f"{t - started_at:.3f}-{continued.get(t, t) - started_at:.3f}" for t in stall_times))
     ends = {j: d["bulk_job"]["status"] for j, d in docs.items()}
+    print(f"  times: chaos {chaos_over - began:.1f} s, then settled in {settle_time:.1f} s, "
+          f"processors stopped in {stop_time:.1f} s")
     print(f"  jobs ended: {sum(1 for s in ends.values() if s == 'completed')} completed, "
           f"{sum(1 for s in ends.values() if s == 'cancelled')} cancelled")
     print(f"  notifications: {sum(len(v) for v in events.values())} received for {len(jobs)} jobs; "
@@ -180,8 +327,9 @@ def main() -> int:
               f"max {max(close_times):.2f} s over {len(close_times)} in-flight cancels")
     else:
         print("  cancel -> connection closed: no cancel hit an item in flight this run")
-    ok = lost == 0 and beyond == 0 and drift == 0 and stats["max_in_flight"] <= args.concurrency \
-        and missing_events == 0 \
+    ok = lost == 0 and beyond == 0 and drift == 0 and most <= args.concurrency \
+        and (stall_times or stats["max_in_flight"] <= args.concurrency) \
+        and counts["unexplained"] == 0 and not twice and missing_events == 0 \
         and duplicate_events == 0 and all(t < 3.0 for t in close_times)
     print("  result:", "all invariants held" if ok else "INVARIANT BROKEN")
     return 0 if ok else 1

@@ -1,28 +1,101 @@
-"""The CI-sized chaos run (bench/chaos.py): real processes, kills, control commands, a flaky service."""
+"""The CI-sized chaos run (bench/chaos.py): real processes, kills, control commands, a flaky service.
+
+Stalls (SIGSTOP past the lease) are off here until the client sends fencing tokens: turn them on by
+dropping "--no-stalls". The duplicate accounting itself is checked on made-up request logs below.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
 from tests.cli_helpers import ROOT
 
+_spec = importlib.util.spec_from_file_location("bench_chaos", ROOT / "bench" / "chaos.py")
+chaos = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(chaos)
+
 
 def test_chaos_run_keeps_every_invariant():
     proc = subprocess.run([sys.executable, "bench/chaos.py", "--jobs", "4", "--processors", "2",
-                           "--seconds", "20", "--seed", "3"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           "--seconds", "20", "--seed", "3", "--no-stalls"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "items lost: 0" in proc.stdout and "most in flight at once: 1" in proc.stdout
+    assert "unexplained duplicate requests: 0" in proc.stdout
+    assert "items with more than one article generated: 0" in proc.stdout
     assert "all invariants held" in proc.stdout
 
 
 def test_chaos_run_with_concurrency_3():
     proc = subprocess.run([sys.executable, "bench/chaos.py", "--jobs", "4", "--processors", "2",
-                           "--seconds", "20", "--seed", "4", "--concurrency", "3"],
+                           "--seconds", "20", "--seed", "4", "--concurrency", "3", "--no-stalls"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "items lost: 0" in proc.stdout and "all invariants held" in proc.stdout
     most = int(proc.stdout.split("most in flight at once: ")[1].split()[0])
     assert 1 <= most <= 3
+
+
+# -- the duplicate accounting, on made-up request logs ------------------------------------
+
+
+def req(job: str, start: float, end: float | None, outcome: str | None) -> dict:
+    return {"job_id": job, "start": start, "end": end, "outcome": outcome, "token": None}
+
+
+def test_retries_after_an_ended_try_are_not_duplicates():
+    log = [req("a", 0, 1, "http-500"), req("a", 2, 3, "closed-by-client"), req("a", 4, 5, "ok"),
+           req("b", 0, 1, "ok")]
+    counts, unexplained = chaos.duplicates(log, kills=[], stalls=[])
+    assert counts["beyond the first"] == 2 and counts["retries"] == 2 and counts["extra"] == 0
+    assert unexplained == []
+
+
+def test_a_request_while_another_is_open_needs_an_explanation():
+    overlapping = [req("a", 0, 5, "ok"), req("a", 1, 2, "ok")]
+    counts, unexplained = chaos.duplicates(overlapping, kills=[], stalls=[])
+    assert counts["extra"] == 1 and counts["unexplained"] == 1 and unexplained == ["a"]
+    # The earlier one was open when a processor was stalled (or killed): explained.
+    assert chaos.duplicates(overlapping, kills=[], stalls=[0.5])[0]["stall"] == 1
+    assert chaos.duplicates(overlapping, kills=[5.0], stalls=[])[0]["kill"] == 1
+    # A stall after both ended explains nothing.
+    assert chaos.duplicates(overlapping, kills=[], stalls=[6])[0]["unexplained"] == 1
+
+
+def test_a_request_after_an_article_needs_an_explanation():
+    after_ok = [req("a", 0, 1, "ok"), req("a", 3, 4, "ok")]
+    assert chaos.duplicates(after_ok, kills=[], stalls=[])[0]["unexplained"] == 1
+    # Killed after the reply was written but before it was recorded: the window does not cover it.
+    assert chaos.duplicates(after_ok, kills=[1.5], stalls=[])[0]["unexplained"] == 1
+    assert chaos.duplicates(after_ok, kills=[0.5], stalls=[])[0]["kill"] == 1
+
+
+def test_harmless_outcomes_explain_an_extra_request():
+    # The newer request was refused by fencing (or aborted by its client): nothing generated.
+    for outcome in ("stale", "closed-by-client"):
+        counts, unexplained = chaos.duplicates([req("a", 0, 5, "ok"), req("a", 1, 2, outcome)], kills=[], stalls=[])
+        assert counts[outcome] == 1 and unexplained == []
+    # The older one, still open, later turned stale at reply time.
+    counts, _ = chaos.duplicates([req("a", 0, 5, "stale"), req("a", 1, 2, "ok")], kills=[], stalls=[])
+    assert counts["stale"] == 1 and counts["unexplained"] == 0
+    # Every earlier request it collides with must be explained, not just one.
+    log = [req("a", 0, 9, "closed-by-client"), req("a", 1, 9, "ok"), req("a", 2, 3, "ok")]
+    assert chaos.duplicates(log, kills=[], stalls=[])[0]["unexplained"] == 1
+
+
+def test_a_request_that_never_ended_is_open_at_every_later_moment():
+    log = [req("a", 0, None, None), req("a", 1, 2, "ok")]
+    assert chaos.duplicates(log, kills=[], stalls=[])[0]["unexplained"] == 1
+    assert chaos.duplicates(log, kills=[], stalls=[0.5])[0]["stall"] == 1
+    assert chaos.duplicates(log, kills=[30], stalls=[])[0]["kill"] == 1
+
+
+def test_most_in_flight_leaves_out_requests_open_across_a_stall():
+    log = [req("a", 0, 5, "closed-by-client"), req("a", 3, 4, "ok"), req("b", 4, 6, "ok")]
+    assert chaos.most_in_flight(log, stalls=[]) == 2
+    assert chaos.most_in_flight(log, stalls=[1]) == 1
+    assert chaos.most_in_flight([req("a", 0, 1, "ok"), req("a", 1, 2, "ok")], stalls=[]) == 1  # back to back
