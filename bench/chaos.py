@@ -55,7 +55,9 @@ from tests.receivers import WebhookReceiver  # noqa: E402
 STALL_SECONDS = (2.5, 4.0)  # longer than BULKGEN_LEASE_SECONDS below
 #: The service notes a request's start once its body is read, a moment after the client sent it.
 START_SLACK = 0.05
-HARMLESS = ("closed-by-client", "stale")  # outcomes of a request that generated nothing and blocked nothing
+#: Outcomes of a request that generated nothing and blocked nothing: aborted by its client, refused by
+#: fencing, or answered with the article kept for its Idempotency-Key.
+HARMLESS = ("closed-by-client", "stale", "replayed")
 DIRECTIVES = ["", "", "", "", "[fail:1]", "[429:1] [retry-after:0.2]", "[malformed]", "[hang:1]",
               "[slow:0.4]", "[status:400]", "[fail:5]"]
 
@@ -82,7 +84,8 @@ def explain(request: dict, kills: list[float], stalls: list[float]) -> str | Non
 
 def duplicates(requests: list[dict], kills: list[float], stalls: list[float]) -> tuple[dict[str, int], list[str]]:
     """Sort every request beyond an item's first (see the module docstring); the unexplained, as job ids."""
-    counts = {"beyond the first": 0, "retries": 0, "extra": 0, "closed-by-client": 0, "stale": 0, "kill": 0,
+    counts = {"beyond the first": 0, "retries": 0, "extra": 0, "closed-by-client": 0, "stale": 0, "replayed": 0,
+              "kill": 0,
               "stall": 0, "unexplained": 0}
     unexplained: list[str] = []
     by_job: dict[str, list[dict]] = {}
@@ -273,7 +276,7 @@ def main() -> int:
             abs(b["cancelled_items"] - by["cancelled"])
         for item in items:
             seen = requests.get(item["id"], [])
-            uncharged = sum(1 for r in seen if r["outcome"] in ("http-429", "closed-by-client", "stale"))
+            uncharged = sum(1 for r in seen if r["outcome"] in ("http-429", *HARMLESS))
             if len(seen) - uncharged > 1 + item["retry_count"]:
                 beyond += 1
     events: dict[str, list[str]] = {}
@@ -303,7 +306,7 @@ def main() -> int:
     print(f"  counter drift: {drift}")
     print(f"  requests beyond an item's first: {counts['beyond the first']} ({counts['retries']} retries after "
           f"an ended try, {counts['extra']} extra); extra explained by closed-by-client {counts['closed-by-client']}, "
-          f"stale {counts['stale']}, kill {counts['kill']}, stall {counts['stall']}")
+          f"stale {counts['stale']}, replayed {counts['replayed']}, kill {counts['kill']}, stall {counts['stall']}")
     print(f"  unexplained duplicate requests: {counts['unexplained']}")
     print(f"  items with more than one article generated: {len(twice)}")
     for job_id in sorted(set(unexplained) | set(twice)):

@@ -1,7 +1,7 @@
 """The CI-sized chaos run (bench/chaos.py): real processes, kills, control commands, a flaky service.
 
-Stalls (SIGSTOP past the lease) are off here until the client sends fencing tokens: turn them on by
-dropping "--no-stalls". The duplicate accounting itself is checked on made-up request logs below.
+Processors are also stalled (SIGSTOP past the lease, then SIGCONT). The duplicate accounting itself is
+checked on made-up request logs below.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ _spec.loader.exec_module(chaos)
 
 def test_chaos_run_keeps_every_invariant():
     proc = subprocess.run([sys.executable, "bench/chaos.py", "--jobs", "4", "--processors", "2",
-                           "--seconds", "20", "--seed", "3", "--no-stalls"],
+                           "--seconds", "20", "--seed", "3"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -31,7 +31,7 @@ def test_chaos_run_keeps_every_invariant():
 
 def test_chaos_run_with_concurrency_3():
     proc = subprocess.run([sys.executable, "bench/chaos.py", "--jobs", "4", "--processors", "2",
-                           "--seconds", "20", "--seed", "4", "--concurrency", "3", "--no-stalls"],
+                           "--seconds", "20", "--seed", "4", "--concurrency", "3"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
