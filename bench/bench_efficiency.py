@@ -28,8 +28,9 @@ sys.path.insert(0, str(ROOT))
 from bulkgen_cli.content.reference import ReferenceService  # noqa: E402
 
 
-def one_run(items: int, latency: float, concurrency: int) -> tuple[float, float, int, int]:
-    """(command seconds, busy seconds, most in flight, requests beyond one per item)."""
+def one_run(items: int, latency: float, concurrency: int) -> tuple[float, float, int, int, float, float]:
+    """(command seconds, busy seconds, most in flight, requests beyond one per item,
+    median seconds a request took at the service, median gap between two requests of one slot)."""
     service = ReferenceService(latency=latency).start()
     try:
         with tempfile.TemporaryDirectory() as home:
@@ -52,7 +53,15 @@ def one_run(items: int, latency: float, concurrency: int) -> tuple[float, float,
     busy = max(r["end"] for r in requests) - min(r["start"] for r in requests)
     per_item = Counter(r["job_id"] for r in requests)
     extra = sum(n - 1 for n in per_item.values()) + (items - len(per_item))
-    return total, busy, stats["max_in_flight"], extra
+    took = statistics.median(r["end"] - r["start"] for r in requests)
+    # Between a request's end and the next start, per slot: each start follows the latest end before it.
+    ordered = sorted(requests, key=lambda r: r["start"])
+    gaps = []
+    for n, r in enumerate(ordered[concurrency:], start=concurrency):
+        ends = sorted(e["end"] for e in ordered[:n] if e["end"] <= r["start"])
+        if ends:
+            gaps.append(r["start"] - ends[-1])
+    return total, busy, stats["max_in_flight"], extra, took, statistics.median(gaps)
 
 
 def main() -> None:
@@ -70,6 +79,9 @@ def main() -> None:
         print(f"  concurrency {concurrency}, {items} items: ideal {ideal:.2f} s | command {total:.2f} s "
               f"(efficiency {ideal / total:.1%}) | service busy {busy:.2f} s (efficiency {ideal / busy:.1%}) | "
               f"most in flight {max(r[2] for r in runs)} | requests beyond one per item {sum(r[3] for r in runs)}")
+        print(f"    a request at the service: median {statistics.median(r[4] for r in runs) * 1000:.1f} ms; "
+              f"the processor's gap between a reply and the next request: median "
+              f"{statistics.median(r[5] for r in runs) * 1000:.1f} ms")
 
 
 if __name__ == "__main__":
