@@ -157,6 +157,8 @@ def test_max_retries_setting(store, service):
         ("[malformed]", "reply is not JSON: <html>Internal proxy page</html>"),
         ("[badshape]", "lacks a boolean 'success'"),
         ("[refuse]", "the service refused it: refused by the reference service"),
+        # A 409 while the store still says the item is this processor's: not a stale claim, so a failure.
+        ("[fail:1:409]", "HTTP 409 (a newer claim holds this item)"),
     ],
 )
 def test_permanent_errors_fail_at_once(store, service, directive, message):
@@ -165,6 +167,19 @@ def test_permanent_errors_fail_at_once(store, service, directive, message):
     first = store.list_items(bulk.id)[0]
     assert first.status == "failed" and first.attempts == 1 and message in first.error
     assert len([r for r in service.stats()["requests"] if r["job_id"] == first.id]) == 1
+
+
+def test_requests_carry_the_item_id_and_a_growing_fencing_token(store, service):
+    bulk = submit_articles(store, fill(["Flaky [fail:1]"]))
+    run(store, http(service))
+    items = store.list_items(bulk.id)
+    requests = service.stats()["requests"]
+    assert all(r["idempotency_key"] == r["job_id"] for r in requests)
+    tokens = [r["token"] for r in requests]
+    first = [r["token"] for r in requests if r["job_id"] == items[0].id]
+    assert first == [items[0].fence] * 2  # a retry within one claim keeps its token
+    assert tokens[1:] == sorted(set(tokens[1:])) and tokens[1] < tokens[2]  # each claim a higher one
+    assert [i.fence for i in items] == sorted({i.fence for i in items})
 
 
 def test_rate_limits_wait_and_are_not_charged(store, service):
