@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import signal
 import sys
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Iterator, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 
 from bulkgen_cli import __version__
 from bulkgen_cli.errors import BulkgenError, ManifestError, NotFound
+from bulkgen_cli.interrupts import exit_on_signals
 from bulkgen_cli.model import BulkJob, BulkStatus, Priority
 
 if TYPE_CHECKING:
-    from bulkgen_cli.store.base import OpenMode
+    import datetime as dt
+
+    from bulkgen_cli.jobs import Submitted
+    from bulkgen_cli.notify import Delivery
+    from bulkgen_cli.settings import RunSettings
+    from bulkgen_cli.store.base import OpenMode, Store
 
 EXIT_CODES = """\
 Exit codes: 0 success; 1 a waited-for bulk job ended with failed or cancelled
@@ -96,23 +100,13 @@ def note(message: str, style: str = "") -> None:
     sys.stderr.flush()
 
 
-def _open(store_flag: str | None, mode: OpenMode) -> Any:
+def _open(store_flag: str | None, mode: OpenMode) -> Store:
     """The store for a command. mode: "read" (reading commands: never creates or writes it),
     "write" (an existing store) or "create" (submit and run: made when missing)."""
     from bulkgen_cli import settings
     from bulkgen_cli.store import open_store
 
     return open_store(settings.store_url(store_flag), mode)
-
-
-def _visible_bulk(store: Any, bulk_id: str, user_flag: str | None, all_users: bool) -> BulkJob:
-    """The bulk job if it exists and the caller may see it; NotFound otherwise (exit 3)."""
-    from bulkgen_cli import settings
-
-    bulk = store.get_bulk(bulk_id)
-    if bulk is None or (not all_users and bulk.userId != settings.user(user_flag)):
-        raise NotFound(f"no bulk job {bulk_id!r} for this user (see `bulkgen list`; --all-users to look wider).")
-    return bulk
 
 
 # -- commands -----------------------------------------------------------------------
@@ -173,86 +167,57 @@ def submit(
 
     Example: id=$(bulkgen submit examples/articles.yaml) && bulkgen status "$id"
     """
-    from bulkgen_cli import manifest, settings
+    from bulkgen_cli import jobs, manifest, settings
     from bulkgen_cli.model import utcnow
 
     parsed = manifest.load(file, mode, split=split)
     channels = settings.notify_channels(notify)
     start = settings.parse_when(not_before, utcnow()) if not_before else None
-    run_settings = None
-    if wait:
-        run_settings = settings.RunSettings.resolve(
-            api_url, delay, timeout, max_retries, backoff, lease, give_up, grace, on_complete, concurrency
-        )
+    run_settings = settings.RunSettings.resolve(
+        api_url, delay, timeout, max_retries, backoff, lease, give_up, grace, on_complete, concurrency
+    ) if wait else None
     with _open(store, "create") as db:
-        _submit(db, file, parsed, run_settings, name, user, idempotency_key, wait, json_, channels,
-                priority, start, split, store)
+        done = jobs.submit(db, parsed, settings.user(user), name=name, idempotency_key=idempotency_key,
+                           notify=channels, priority=priority, not_before=start, split=split)
+        _report_submitted(done, file, start, wait, json_)
+        if run_settings is not None:
+            finals = _process(db, run_settings, until_bulks=done.ids, store_flag=store)
+            if json_:
+                docs = [{"bulk_job_id": f.id, "total_items": f.total_items, "status": f.status,
+                         "completed_items": f.completed_items, "failed_items": f.failed_items,
+                         "cancelled_items": f.cancelled_items} for f in finals]
+                render_json(docs if done.group is not None else docs[0])
+            raise typer.Exit(max(_ended_code(f) for f in finals))
 
 
-def _submit(db: Any, file: Path, parsed: Any, run_settings: Any, name: str | None, user: str | None,
-            idempotency_key: str | None, wait: bool, json_: bool, channels: list[str],
-            priority: Priority = Priority.normal, start: Any = None, split: bool = False,
-            store_flag: str | None = None) -> None:
-    from bulkgen_cli import settings
-    from bulkgen_cli.model import new_id, split_sizes, utcnow
-    from bulkgen_cli.render import print_json, when
+def _report_submitted(done: Submitted, file: Path, start: dt.datetime | None, wait: bool, json_: bool) -> None:
+    from bulkgen_cli.render import when
 
-    sizes = split_sizes(len(parsed.articles)) if split else [len(parsed.articles)]
-    group = new_id() if len(sizes) > 1 else None
-    base_name = (name or parsed.name).strip()[:200] or parsed.name
-    jobs: list[tuple[BulkJob, bool]] = []
-    offset = 0
-    try:
-        for number, size in enumerate(sizes, start=1):
-            key = idempotency_key if group is None or idempotency_key is None else f"{idempotency_key}#{number}"
-            bulk = BulkJob(
-                id=new_id(), userId=settings.user(user), mode=parsed.mode.value,
-                name=base_name if group is None else f"{base_name} ({number}/{len(sizes)})",
-                status=BulkStatus.queued.value, total_items=size, created_at=utcnow(), idempotency_key=key,
-                notify=channels, priority=priority.value, not_before=start, group_id=group,
-            )
-            jobs.append(db.create_bulk(bulk, parsed.articles[offset:offset + size]))
-            offset += size
-    except BulkgenError:
-        for stored, created in jobs:  # no part of a half-stored group may run
-            if created:
-                try:
-                    db.cancel_bulk(stored.id, utcnow())
-                    db.refresh_counters(stored.id, utcnow())
-                except BulkgenError as cleanup:  # say so; the error that stopped the submit comes next
-                    note(f"Bulk job {stored.id}, stored before the failure, could not be cancelled: "
-                         f"{cleanup} Cancel it with `bulkgen cancel {stored.id}`.", "red")
-        raise
-    for bulk, created in jobs:
+    for bulk, created in done.jobs:
         if created:
             note(f"Queued bulk job {bulk.id}: {bulk.total_items} {bulk.mode} articles from {file}.")
         else:
             note(f"Idempotency key {bulk.idempotency_key!r} was already used: bulk job {bulk.id} exists; "
                  "nothing new stored.")
-    if group is not None:
-        note(f"{len(jobs)} bulk jobs of {sizes} items, group {group}: `bulkgen status --group {group}`.")
+    if done.group is not None:
+        note(f"{len(done.jobs)} bulk jobs of {done.sizes} items, group {done.group}: "
+             f"`bulkgen status --group {done.group}`.")
     if start is not None:
         note(f"Nothing starts before {when(start)}.")
-    ids = [bulk.id for bulk, _ in jobs]
-    if not wait:
-        if json_:
-            docs = [{"bulk_job_id": b.id, "total_items": b.total_items, "status": b.status, "group_id": b.group_id}
-                    for b, _ in jobs]
-            print_json(docs if group is not None else {k: v for k, v in docs[0].items() if k != "group_id"})
-        else:
-            print("\n".join(ids))
-            note(f"Next: `bulkgen run` processes it; `bulkgen status {ids[0]}` shows progress.", "dim")
-        return
-    if not json_:
-        print("\n".join(ids), flush=True)
-    assert run_settings is not None
-    finals = _process(db, run_settings, until_bulks=ids, store_flag=store_flag)
-    if json_:
-        docs = [{"bulk_job_id": f.id, "total_items": f.total_items, "status": f.status,
-                 "completed_items": f.completed_items, "failed_items": f.failed_items,
-                 "cancelled_items": f.cancelled_items} for f in finals]
-        print_json(docs if group is not None else docs[0])
-    raise typer.Exit(max(_ended_code(f) for f in finals))
+    if json_ and not wait:
+        docs = [{"bulk_job_id": b.id, "total_items": b.total_items, "status": b.status, "group_id": b.group_id}
+                for b, _ in done.jobs]
+        render_json(docs if done.group is not None else {k: v for k, v in docs[0].items() if k != "group_id"})
+    elif not json_:
+        print("\n".join(done.ids), flush=True)
+        if not wait:
+            note(f"Next: `bulkgen run` processes it; `bulkgen status {done.ids[0]}` shows progress.", "dim")
+
+
+def render_json(doc: object) -> None:
+    from bulkgen_cli.render import print_json
+
+    print_json(doc)
 
 
 @app.command(epilog=EXIT_CODES)
@@ -292,22 +257,6 @@ GroupOpt = Annotated[Optional[str], typer.Option("--group", metavar="GROUP", hel
                      "`submit --split` (the group id it printed).", show_default=False)]
 
 
-def _targets(db: Any, bulk_id: str | None, group: str | None, user: str | None, all_users: bool) -> list[BulkJob]:
-    """The job named, or every job of a --split group, as this user may see them."""
-    from bulkgen_cli import settings
-    from bulkgen_cli.errors import UsageError
-
-    if (bulk_id is None) == (group is None):
-        raise UsageError("name one bulk job (BULK_ID) or one group (--group GROUP).")
-    if bulk_id is not None:
-        return [_visible_bulk(db, bulk_id, user, all_users)]
-    owner = None if all_users else settings.user(user)
-    bulks = sorted(db.list_bulks(owner, 10_000, group_id=group), key=lambda b: (b.created_at, b.id))
-    if not bulks:
-        raise NotFound(f"no group {group!r} for this user (--all-users to look wider).")
-    return bulks
-
-
 @app.command(epilog=EXIT_CODES)
 def status(
     bulk_id: Annotated[Optional[str], typer.Argument(metavar="BULK_ID", help="The bulk job's id (from submit or "
@@ -324,11 +273,12 @@ def status(
     With --group, every job of a `submit --split` and their totals.
     Example: bulkgen status 6650c0ffee0123456789abcd --json
     """
-    from bulkgen_cli import render
+    from bulkgen_cli import jobs, render, settings
 
     with _open(store, "read") as db:
-        bulks = _targets(db, bulk_id, group, user, all_users)
-        rows = {b.id: db.list_items(b.id) for b in bulks} if items or json_ else {}
+        found = jobs.status(db, bulk_id, group, settings.user(user), all_users, with_items=items or json_)
+    bulks = [bulk for bulk, _ in found]
+    rows = {bulk.id: bulk_items for bulk, bulk_items in found}
     if json_:
         if group is None:
             render.print_json(render.status_document(bulks[0], rows[bulks[0].id]))
@@ -361,11 +311,10 @@ def list_(
 
     Example: bulkgen list --status processing --json
     """
-    from bulkgen_cli import render, settings
+    from bulkgen_cli import jobs, render, settings
 
-    owner = None if all_users else settings.user(user)
     with _open(store, "read") as db:
-        bulks = db.list_bulks(owner, limit, [status_filter] if status_filter else None)
+        bulks = jobs.list_jobs(db, settings.user(user), all_users, limit, status_filter)
     if json_:
         render.print_json([render.bulk_dict(b) for b in bulks])
         return
@@ -379,14 +328,11 @@ def list_(
 
 def _control(action_name: str, bulk_id: str, store: str | None, user: str | None, all_users: bool,
              json_: bool) -> None:
-    from bulkgen_cli import control, render
+    from bulkgen_cli import control, jobs, render, settings
 
     action = control.Action(action_name)
     with _open(store, "write") as db:
-        _visible_bulk(db, bulk_id, user, all_users)
-        result = control.apply(db, action, bulk_id)
-        if result.ended_now:
-            _notify_now(db, result.bulk)
+        result = jobs.apply(db, action, bulk_id, settings.user(user), all_users, on_delivery=_report_delivery)
         items = db.list_items(bulk_id) if json_ else []
     if json_:
         render.print_json(render.status_document(result.bulk, items))
@@ -405,21 +351,9 @@ def _control(action_name: str, bulk_id: str, store: str | None, user: str | None
     note(render.summary_line(bulk), "dim")
 
 
-def _notify_now(db: Any, bulk: BulkJob) -> None:
-    """Whoever records the end delivers at once; a processor retries what fails."""
-    import os
-
-    from bulkgen_cli import settings
-    from bulkgen_cli.notify import Notifier
-
-    def report(delivery: Any) -> None:
-        state = "sent" if delivery.ok else f"not sent yet ({delivery.error}); a processor will retry"
-        note(f"Notification {delivery.channel}: {state}", "dim")
-
-    owner = f"cancel:{os.getpid()}"
-    notifier = Notifier(db, owner, settings.smtp(), skip_unconfigured=True,
-                        on_delivery=report, retry_delays=settings.notify_retry_delays())
-    notifier.deliver(db.get_bulk(bulk.id))
+def _report_delivery(delivery: Delivery) -> None:
+    state = "sent" if delivery.ok else f"not sent yet ({delivery.error}); a processor will retry"
+    note(f"Notification {delivery.channel}: {state}", "dim")
 
 
 ControlId = Annotated[str, typer.Argument(metavar="BULK_ID", help="The bulk job's id.", show_default=False)]
@@ -476,11 +410,11 @@ def watch(bulk_id: Annotated[Optional[str], typer.Argument(metavar="BULK_ID", he
     Exit 0 when every item completed, 1 otherwise. With --json, prints the
     final status document. Example: bulkgen watch 6650c0ffee0123456789abcd
     """
-    from bulkgen_cli import render
+    from bulkgen_cli import jobs, render, settings
     from bulkgen_cli.watch import follow
 
     with _open(store, "read") as db:
-        ids = [b.id for b in _targets(db, bulk_id, group, user, all_users)]
+        ids = [b.id for b in jobs.targets(db, bulk_id, group, settings.user(user), all_users)]
         with render.run_view() as view:
             finals = follow(db, ids, view)
         render.print_summary(list(finals))
@@ -517,10 +451,10 @@ def results(
     re-export of the same job overwrites its own files, never another job's
     (unless --force). Example: bulkgen results 6650c0ffee0123456789abcd --out articles/
     """
-    from bulkgen_cli import export
+    from bulkgen_cli import export, jobs, settings
 
     with _open(store, "read") as db:
-        bulk = _visible_bulk(db, bulk_id, user, all_users)
+        bulk = jobs.visible(db, bulk_id, settings.user(user), all_users)
         items = db.list_items(bulk.id)
     if format_ is ResultFormat.jsonl:
         if out is None or str(out) == "-":
@@ -553,44 +487,12 @@ class _Stopped(Exception):
         self.code = code
 
 
-@contextmanager
-def _signals(processors: list[Any]) -> Iterator[dict[str, int]]:
-    """SIGINT/SIGTERM ask the processors to stop; the exit code follows the signal."""
-    received: dict[str, int] = {}
-
-    def handler(signum: int, frame: Any) -> None:
-        received["code"] = 128 + signum
-        for processor in processors:
-            processor.stop()
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def _generator(run_settings: Any) -> Any:
-    if run_settings.api_url:
-        from bulkgen_cli.content.http import HttpGenerator
-
-        return HttpGenerator(run_settings.api_url, run_settings.api_token, run_settings.timeout)
-    from bulkgen_cli.content.offline import OfflineGenerator
-
-    return OfflineGenerator()
-
-
-def _process(db: Any, run_settings: Any, forever: bool = False, until_bulks: list[str] | None = None,
-             store_flag: str | None = None) -> Any:
-    """Run `--concurrency` processors (threads, each with its own store connection) until done."""
-    import threading
-
-    from bulkgen_cli import render, settings
-    from bulkgen_cli.model import outbox_open, utcnow
-    from bulkgen_cli.notify import Notifier
-    from bulkgen_cli.processor import Processor
-    from bulkgen_cli.render import run_view
+def _process(db: Store, run_settings: RunSettings, forever: bool = False, until_bulks: list[str] | None = None,
+             store_flag: str | None = None) -> list[BulkJob]:
+    """Run the processors (runner.Runner) with the live view; render how the run ended."""
+    from bulkgen_cli import render
+    from bulkgen_cli.model import utcnow
+    from bulkgen_cli.runner import Runner
 
     if run_settings.api_url:
         note(f"Content service: {run_settings.api_url}")
@@ -598,60 +500,15 @@ def _process(db: Any, run_settings: Any, forever: bool = False, until_bulks: lis
         note("No content service set (--api-url / BULKGEN_API_URL): writing offline drafts.", "yellow")
     if run_settings.concurrency > 1:
         note(f"Up to {run_settings.concurrency} items in flight at once, across the whole store.")
-    from bulkgen_cli.watch import ENDED as ended
-
-    def bulks_over(store: Any) -> bool:
-        # Over when they ended and their notifications were delivered (or given up).
-        for bulk_id in until_bulks or []:
-            bulk = store.get_bulk(bulk_id)
-            if bulk is not None and (bulk.status not in ended or outbox_open(bulk.outbox)):
-                return False
-        return True
-
-    with run_view() as view:
-        workers = []
-        for n in range(run_settings.concurrency):
-            store = db if n == 0 else _open(store_flag, "write")
-            processor = Processor(store, _generator(run_settings), run_settings, on_event=view)
-            processor.notifier = Notifier(store, processor.owner, settings.smtp(),
-                                          run_settings.on_complete, on_delivery=view,
-                                          retry_delays=settings.notify_retry_delays())
-            workers.append(processor)
-        errors: list[BaseException] = []
-
-        def work(processor: Any) -> None:
-            until = (lambda: bulks_over(processor.store)) if until_bulks else None
-            try:
-                processor.run(until_idle=not forever, until=until)
-            except BaseException as exc:  # noqa: BLE001  re-raised in the main thread
-                errors.append(exc)
-                for other in workers:
-                    other.stop()
-            finally:
-                processor.generator.close()
-
-        with _signals(workers) as received:
-            if len(workers) == 1:
-                work(workers[0])
-            else:
-                threads = [threading.Thread(target=work, args=(p,), daemon=True) for p in workers]
-                for thread in threads:
-                    thread.start()
-                while any(t.is_alive() for t in threads):
-                    for thread in threads:
-                        thread.join(timeout=0.2)  # short joins: signals reach the main thread
-        for processor in workers[1:]:
-            processor.store.close()
-    if errors and not received:
-        raise errors[0]
-    if received:
+    with render.run_view() as view:
+        outcome = Runner(db, run_settings, lambda: _open(store_flag, "create"), view).run(forever, until_bulks)
+    if outcome.stopped is not None:
         note("Stopped. Nothing is left in flight: an unfinished item went back to the queue.", "yellow")
-        raise _Stopped(received["code"])
+        raise _Stopped(outcome.stopped)
     if until_bulks:
-        finals = [db.get_bulk(b) for b in until_bulks]
-        render.print_summary(finals)
-        return finals
-    render.print_summary([db.get_bulk(b) for b in dict.fromkeys(view.ended)])
+        render.print_summary(outcome.finals)
+        return outcome.finals
+    render.print_summary([b for b in (db.get_bulk(i) for i in dict.fromkeys(view.ended)) if b is not None])
     scheduled = db.next_start(utcnow())
     if scheduled is not None:
         note(f"A scheduled job starts {render.when(scheduled)}; `bulkgen run --forever` waits for it.")
@@ -659,7 +516,7 @@ def _process(db: Any, run_settings: Any, forever: bool = False, until_bulks: lis
         note(f"Processed {view.items_done} items; the queue is empty.")
     else:
         note("Nothing to process: the queue is empty.")
-    return None
+    return []
 
 
 # -- entry point ----------------------------------------------------------------------
@@ -675,8 +532,7 @@ def main() -> None:
     # Outside processing (which installs its own handlers), a signal ends the
     # command at once: SystemExit unwinds through open SQLite transactions,
     # which roll back, so the store stays consistent.
-    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+    exit_on_signals()
     try:
         app(prog_name="bulkgen")  # standalone: usage errors print and exit 2
     except ManifestError as exc:

@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import unquote, urlsplit
@@ -38,6 +39,8 @@ if TYPE_CHECKING:  # imported where used: `status` shows channels without loadin
 RETRY_DELAYS = (5.0, 15.0, 40.0)
 #: A sender holds a step this long; if it dies, another takes the step back after.
 LOCK_SECONDS = 120.0
+#: How often a busy processor looks for notifications left pending by others (seconds).
+SCAN_EVERY = 5.0
 WEBHOOK_TIMEOUT = 10.0
 SMTP_TIMEOUT = 30.0
 HOOK_TIMEOUT = 300.0
@@ -224,6 +227,7 @@ class Notifier:
         self.skip_unconfigured = skip_unconfigured
         self.on_delivery = on_delivery or (lambda d: None)
         self.clock = clock
+        self._next_scan = 0.0
 
     def _can(self, channel: str) -> bool:
         return not (channel.startswith("email:") and self.smtp is None and self.skip_unconfigured)
@@ -266,6 +270,13 @@ class Notifier:
                              build_event(fresh, bulk.outbox["event_id"], bulk.outbox["kind"]))
         stored = self.store.get_bulk(bulk.id)
         return None if stored is None or not stored.outbox else stored.outbox["event"]
+
+    def scan(self, force: bool = False) -> None:
+        """`deliver_due`, at most once per SCAN_EVERY seconds unless forced (a busy processor's sweep)."""
+        if not force and time.monotonic() < self._next_scan:
+            return
+        self._next_scan = time.monotonic() + SCAN_EVERY
+        self.deliver_due()
 
     def deliver_due(self) -> None:
         """Work through every open outbox, and the hooks this processor owes."""

@@ -243,7 +243,7 @@ class PlainView:
             self.line(f"notification {event.channel} ({event.bulk_id}) failed: {short(event.error or '', 160)}{later}")
 
     def __call__(self, event: Any) -> None:
-        from bulkgen_cli import processor as p
+        from bulkgen_cli import events as p
         from bulkgen_cli.notify import Delivery
 
         if isinstance(event, p.ItemFinished):
@@ -329,7 +329,7 @@ class LiveView(PlainView):
         )
 
     def __call__(self, event: Any) -> None:
-        from bulkgen_cli import processor as p
+        from bulkgen_cli import events as p
 
         if isinstance(event, p.ItemStarted):
             self._update(event.bulk, f"#{event.item.queue_position} {short(event.item.label, 40)}")

@@ -7,7 +7,7 @@ from typing import Callable
 
 from bulkgen_cli.errors import NotFound
 from bulkgen_cli.model import ENDED_BULK, BulkJob
-from bulkgen_cli.processor import Event, Snapshot
+from bulkgen_cli.events import Event, Snapshot
 from bulkgen_cli.store.base import Store
 
 ENDED = {s.value for s in ENDED_BULK}

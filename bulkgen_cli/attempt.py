@@ -1,0 +1,226 @@
+"""One claimed item's life: pace, check, send, sort the reply, retry in place, record (design.md, "The processor").
+
+`Attempt(processor, item).run()` returns the processor's next `Step`. Every
+send is fenced (design.md, "Fencing"): the leases are checked right before
+it, renewed while it is in flight, and a watchdog aborts it at the
+self-fencing deadline; a reply that arrives after that is never recorded.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TYPE_CHECKING
+
+from bulkgen_cli.content import Reply, ReplyKind, content_text, count_words
+from bulkgen_cli.errors import ServiceUnavailable
+from bulkgen_cli.events import ItemLost, ItemRetrying, ItemStarted
+from bulkgen_cli.leases import RENEW_EVERY, Watchdog
+from bulkgen_cli.model import CLAIMABLE_BULK, BulkStatus, Item, ItemStatus, Outcome, iso, later
+from bulkgen_cli.steps import Step
+
+if TYPE_CHECKING:
+    from bulkgen_cli.processor import Processor
+
+CLAIMABLE_STATUSES = {s.value for s in CLAIMABLE_BULK}
+#: How often a waiting request checks for a stop.
+STOP_POLL = 0.1
+#: How often a request in flight checks that its item is still held (not cancelled).
+HELD_POLL = 0.5
+
+
+class Attempt:
+    def __init__(self, processor: Processor, item: Item):
+        self.p, self.item = processor, item
+        self.store, self.leases, self.settings = processor.store, processor.leases, processor.settings
+        self.tries = item.attempts  # the try being made (counted at the claim and by begin_attempt)
+        self.rate_limited_for = 0.0
+        self.started = processor.ticker()
+        self._paused = False
+
+    def run(self) -> Step:
+        """Generate the item with in-place retries, then record its end."""
+        bulk = self.p.known_bulk(self.item.bulk_job_id)
+        self.p.on_event(ItemStarted(self.item, bulk))
+        while True:
+            result = self._one_try()
+            if isinstance(result, Step):
+                return result
+            if isinstance(result, Outcome):
+                return self._record(result)
+
+    def _one_try(self) -> Step | Outcome | None:
+        """A try: what to return, the item's end, or None to try again."""
+        if self.p.stopping:
+            return self._hand_back()
+        if (self.tries > self.item.attempts or self.rate_limited_for) and not self._still_wanted():
+            return self._given_back()
+        reply = self._send()
+        if isinstance(reply, Step):
+            return reply
+        return self._sort(reply)
+
+    def _still_wanted(self) -> bool:
+        """Before a retry: not if a pause or cancel came meanwhile."""
+        current = self.store.get_bulk(self.item.bulk_job_id)
+        self._paused = current is not None and current.status == BulkStatus.paused.value
+        return current is not None and current.status in CLAIMABLE_STATUSES
+
+    def _given_back(self) -> Step:
+        # The failed tries stay counted; the one not made is not.
+        self.store.release_item(self.item.id, self.p.owner, charge=False)
+        return Step.released if self._paused else self._lost()
+
+    def _send(self) -> Reply | Step:
+        """Pace, wait out a shared cooldown, check both leases, and send; a Step when it must not be sent."""
+        if not self._pace() or not self._cool_down():
+            return self._lost()
+        if self.p.stopping:
+            return self._hand_back()
+        if self.p.generator.remote and not self.leases.check_before_send(self.item):
+            return self._lost()  # a local generator sends nothing anywhere: its claim is its check
+        reply = self._call()
+        if reply is None:
+            return self._lost()
+        if reply.kind is ReplyKind.fenced and not self.store.is_held(self.item.id, self.p.owner):
+            return self._lost()  # a newer claim holds it: not a failure, not a try
+        return reply
+
+    def _sort(self, reply: Reply) -> Step | Outcome | None:
+        if reply.kind is ReplyKind.ok:
+            return Outcome(ItemStatus.completed, result=self._result(reply))
+        if reply.kind in (ReplyKind.permanent, ReplyKind.fenced):
+            return Outcome(ItemStatus.failed, error=reply.error)
+        if reply.kind is ReplyKind.aborted or self.p.stopping:
+            return self._hand_back()
+        if reply.kind is ReplyKind.unreachable:
+            self.store.release_item(self.item.id, self.p.owner)
+            return Step.unreachable
+        if reply.kind is ReplyKind.rate_limited:
+            return self._rate_limited(reply)
+        return self._transient(reply)
+
+    def _rate_limited(self, reply: Reply) -> Step | None:
+        wait = reply.retry_after if reply.retry_after is not None else self.p.backoff(1)
+        self.rate_limited_for += wait
+        if self.rate_limited_for > self.settings.give_up and not self.p.forever:
+            self.store.release_item(self.item.id, self.p.owner)
+            raise ServiceUnavailable(
+                f"the content service kept answering 429 (rate limited) for over "
+                f"{self.settings.give_up:g} s; the item went back to the queue."
+            )
+        if self.settings.concurrency > 1:  # every slot waits, in every processor
+            self.store.set_cooldown(later(self.p.clock(), wait))
+        self.p.on_event(ItemRetrying(self.item, reply.error or "rate limited", wait, charged=False))
+        return None if self.leases.wait_holding(self.item, wait) else Step.released
+
+    def _transient(self, reply: Reply) -> Step | Outcome | None:
+        if self.tries >= self.settings.max_attempts:
+            return Outcome(ItemStatus.failed, error=f"{reply.error} (gave up after {self.tries} tries)")
+        wait = self.p.backoff(self.tries)
+        self.p.on_event(ItemRetrying(self.item, reply.error or "transient error", wait, charged=True))
+        if not self.leases.wait_holding(self.item, wait) or not self.store.begin_attempt(self.item.id, self.p.owner):
+            return Step.released
+        self.tries += 1
+        return None
+
+    def _record(self, outcome: Outcome) -> Step:
+        if not self.store.finish_item(self.item.id, self.p.owner, outcome, self.p.clock()):
+            return Step.released
+        self.p.refresh(self.item.bulk_job_id, finished=(self.item, outcome, self.p.ticker() - self.started))
+        return Step.done
+
+    def _result(self, reply: Reply) -> dict:
+        return {
+            "content": reply.content,
+            "generator": self.p.generator.name,
+            "generated_at": iso(self.p.clock()),
+            "seconds": round(self.p.ticker() - self.started, 3),
+            "words": count_words(content_text(reply.content)),
+        }
+
+    # -- waiting before a send -------------------------------------------------------
+
+    def _pace(self) -> bool:
+        """Keep `delay` seconds between two requests to a remote service; False if the item was lost."""
+        if not self.p.generator.remote or self.p.last_request_end is None:
+            return True
+        left = self.p.last_request_end + self.settings.delay - self.p.ticker()
+        return left <= 0 or self.leases.wait_holding(self.item, left)
+
+    def _cool_down(self) -> bool:
+        """With several slots, wait out a 429 cooldown another slot recorded; False if the item was lost."""
+        if self.settings.concurrency == 1:
+            return True
+        until = self.store.cooldown_until()
+        wait = 0.0 if until is None else (until - self.p.clock()).total_seconds()
+        return wait <= 0 or self.leases.wait_holding(self.item, wait)
+
+    # -- the request -------------------------------------------------------------------
+
+    def _call(self) -> Reply | None:
+        """One try; a remote call runs in a worker thread while this one renews leases.
+
+        None when the item was lost meanwhile (cancelled, taken over, or this
+        processor failed to renew before its self-fencing deadline); a reply that
+        arrives after that deadline is never returned.
+        """
+        generator = self.p.generator
+        if not generator.remote:
+            return generator.generate(self.item)
+        watchdog = Watchdog(self.leases, generator.abort)
+        try:
+            pool = self.p.pool()
+            future = pool.submit(generator.generate, self.item)
+            pool.submit(watchdog.watch)
+            return self._await(future, watchdog)
+        finally:
+            watchdog.done.set()
+            self.p.last_request_end = self.p.ticker()
+
+    def _await(self, future: object, watchdog: Watchdog) -> Reply | None:
+        """Wait for the reply, renewing the leases and watching for a cancel or a stop."""
+        beat_every = self.settings.lease * RENEW_EVERY
+        next_beat = self.p.ticker() + beat_every
+        next_check = self.p.ticker() + HELD_POLL
+        lost = False
+        while True:
+            try:
+                reply = future.result(timeout=STOP_POLL)  # type: ignore[attr-defined]
+                return None if lost or watchdog.fired.is_set() or self.leases.fenced() else reply
+            except FutureTimeout:
+                pass
+            now = self.p.ticker()
+            lost = lost or watchdog.fired.is_set()
+            if lost or self.p.abort_now():
+                self.p.generator.abort()  # repeated each poll: an abort that raced the request's start is not lost
+            elif now >= next_beat:
+                next_beat, next_check = now + beat_every, now + HELD_POLL
+                lost = not self.leases.heartbeat(self.item)
+            elif now >= next_check:
+                next_check = now + HELD_POLL
+                lost = not self.store.is_held(self.item.id, self.p.owner)
+
+    # -- letting go ------------------------------------------------------------------
+
+    def _lost(self) -> Step:
+        """The item is no longer this processor's to send: leave it to whoever holds it now."""
+        # Still ours only when self-fencing gave it up or the slot passed on: hand it back uncounted.
+        if self.store.release_item(self.item.id, self.p.owner):
+            self.p.on_event(ItemLost(self.item, "this processor stopped renewing its lease in time "
+                                                "(it was stalled); the item went back to the queue"))
+            return Step.released
+        bulk = self.store.get_bulk(self.item.bulk_job_id)
+        cancelled = bulk is not None and bulk.status == BulkStatus.cancelled.value
+        reason = "its bulk job was cancelled" if cancelled else "another processor took it over"
+        self.p.on_event(ItemLost(self.item, reason))
+        return Step.released
+
+    def _hand_back(self) -> Step:
+        self.store.release_item(self.item.id, self.p.owner)
+        return Step.released
+
+
+def new_pool() -> ThreadPoolExecutor:
+    """The request's thread and its self-fencing watchdog."""
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="bulkgen-request")

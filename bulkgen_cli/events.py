@@ -1,0 +1,60 @@
+"""What processors and watchers report: plain records the CLI (or a server) renders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bulkgen_cli.model import BulkJob, Item, Outcome
+
+
+@dataclass(frozen=True)
+class ItemStarted:
+    item: Item
+    bulk: BulkJob
+
+
+@dataclass(frozen=True)
+class ItemFinished:
+    item: Item
+    bulk: BulkJob  # counters as refreshed after this item
+    outcome: Outcome
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ItemRetrying:
+    item: Item
+    error: str
+    wait: float
+    charged: bool  # False for a 429: the try is not counted
+
+
+@dataclass(frozen=True)
+class ItemLost:
+    """The item stopped being this processor's mid-request: cancelled, or its lease passed on."""
+
+    item: Item
+    reason: str
+
+
+@dataclass(frozen=True)
+class BulkEnded:
+    bulk: BulkJob
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What another processor is doing, for a run that attached instead of processing."""
+
+    bulks: list[BulkJob]
+    in_flight: list[Item]
+    holder: str
+
+
+@dataclass(frozen=True)
+class Waiting:
+    reason: str
+    seconds: float
+
+
+Event = ItemStarted | ItemFinished | ItemRetrying | ItemLost | BulkEnded | Waiting | Snapshot

@@ -1,0 +1,142 @@
+"""The operations on bulk jobs, as a library: the CLI calls them, and so will a server.
+
+Each takes a store and plain values and returns plain data (records and
+dataclasses); none prints, reads flags or exits. Errors are `BulkgenError`s
+whose exit code the caller maps.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from bulkgen_cli import control
+from bulkgen_cli.errors import BulkgenError, NotFound, UsageError
+from bulkgen_cli.model import BulkJob, BulkStatus, Item, Priority, new_id, split_sizes, utcnow
+from bulkgen_cli.store.base import Store
+
+if TYPE_CHECKING:
+    from bulkgen_cli.manifest import Manifest
+    from bulkgen_cli.notify import Delivery
+
+#: A bulk job's name is cut to this many characters.
+NAME_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class Submitted:
+    #: each part's job and whether this call stored it (False: its idempotency key was used already)
+    jobs: list[tuple[BulkJob, bool]]
+    #: the --split group's id, when the file became several jobs
+    group: str | None
+    sizes: list[int]
+
+    @property
+    def ids(self) -> list[str]:
+        return [bulk.id for bulk, _ in self.jobs]
+
+
+def submit(store: Store, parsed: Manifest, user: str, *, name: str | None = None,
+           idempotency_key: str | None = None, notify: list[str] | None = None,
+           priority: Priority = Priority.normal, not_before: dt.datetime | None = None,
+           split: bool = False) -> Submitted:
+    """Store a validated file as one bulk job (or, with `split`, balanced parts linked by a group), all or nothing.
+
+    When storing a part fails, the parts stored before it are cancelled (a half
+    group must not run) and the error is raised, saying which part could not be
+    cancelled if any.
+    """
+    sizes = split_sizes(len(parsed.articles)) if split else [len(parsed.articles)]
+    group = new_id() if len(sizes) > 1 else None
+    base_name = (name or parsed.name).strip()[:NAME_LIMIT] or parsed.name
+    jobs: list[tuple[BulkJob, bool]] = []
+    offset = 0
+    try:
+        for number, size in enumerate(sizes, start=1):
+            part = group is not None
+            bulk = BulkJob(
+                id=new_id(), userId=user, mode=parsed.mode.value,
+                name=f"{base_name} ({number}/{len(sizes)})" if part else base_name,
+                status=BulkStatus.queued.value, total_items=size, created_at=utcnow(),
+                idempotency_key=f"{idempotency_key}#{number}" if part and idempotency_key else idempotency_key,
+                notify=list(notify or []), priority=priority.value, not_before=not_before, group_id=group,
+            )
+            jobs.append(store.create_bulk(bulk, parsed.articles[offset:offset + size]))
+            offset += size
+    except BulkgenError as exc:
+        _undo(store, [bulk for bulk, created in jobs if created], exc)
+        raise
+    return Submitted(jobs, group, sizes)
+
+
+def _undo(store: Store, stored: list[BulkJob], failure: BulkgenError) -> None:
+    """Cancel the parts of a group stored before `failure`; name any that could not be cancelled in it."""
+    for bulk in stored:
+        try:
+            store.cancel_bulk(bulk.id, utcnow())
+            store.refresh_counters(bulk.id, utcnow())
+        except BulkgenError as cleanup:
+            failure.args = (f"{failure} Bulk job {bulk.id}, stored before the failure, could not be cancelled: "
+                            f"{cleanup} Cancel it with `bulkgen cancel {bulk.id}`.",)
+
+
+def visible(store: Store, bulk_id: str, user: str, all_users: bool = False) -> BulkJob:
+    """The bulk job if it exists and `user` may see it; NotFound (exit 3) otherwise."""
+    bulk = store.get_bulk(bulk_id)
+    if bulk is None or (not all_users and bulk.userId != user):
+        raise NotFound(f"no bulk job {bulk_id!r} for this user (see `bulkgen list`; --all-users to look wider).")
+    return bulk
+
+
+def targets(store: Store, bulk_id: str | None, group: str | None, user: str, all_users: bool = False) -> list[BulkJob]:
+    """The job named, or every job of a --split group, as `user` may see them."""
+    if (bulk_id is None) == (group is None):
+        raise UsageError("name one bulk job (BULK_ID) or one group (--group GROUP).")
+    if bulk_id is not None:
+        return [visible(store, bulk_id, user, all_users)]
+    bulks = sorted(store.list_bulks(None if all_users else user, 10_000, group_id=group),
+                   key=lambda b: (b.created_at, b.id))
+    if not bulks:
+        raise NotFound(f"no group {group!r} for this user (--all-users to look wider).")
+    return bulks
+
+
+def status(store: Store, bulk_id: str | None, group: str | None, user: str, all_users: bool = False,
+           with_items: bool = False) -> list[tuple[BulkJob, list[Item] | None]]:
+    """The jobs named, each with its items when asked."""
+    return [(bulk, store.list_items(bulk.id) if with_items else None)
+            for bulk in targets(store, bulk_id, group, user, all_users)]
+
+
+def list_jobs(store: Store, user: str, all_users: bool = False, limit: int = 20,
+              status_filter: BulkStatus | None = None) -> list[BulkJob]:
+    """`user`'s bulk jobs (everyone's with `all_users`), newest first."""
+    return store.list_bulks(None if all_users else user, limit, [status_filter] if status_filter else None)
+
+
+def apply(store: Store, action: control.Action, bulk_id: str, user: str, all_users: bool = False,
+          on_delivery: Callable[[Delivery], None] | None = None) -> control.Result:
+    """Pause, resume, cancel or retry-failed a job `user` may see, by the state rules (control.py).
+
+    A cancel that ends the job delivers its notifications at once (whoever
+    records the end delivers; a processor retries what fails, and e-mail is left
+    to a processor when this process has no SMTP settings).
+    """
+    visible(store, bulk_id, user, all_users)
+    result = control.apply(store, action, bulk_id)
+    if result.ended_now:
+        notify_now(store, result.bulk, on_delivery)
+    return result
+
+
+def notify_now(store: Store, bulk: BulkJob, on_delivery: Callable[[Delivery], None] | None = None) -> None:
+    from bulkgen_cli import settings
+    from bulkgen_cli.notify import Notifier
+
+    notifier = Notifier(store, f"cancel:{os.getpid()}", settings.smtp(), skip_unconfigured=True,
+                        on_delivery=on_delivery, retry_delays=settings.notify_retry_delays())
+    current = store.get_bulk(bulk.id)
+    if current is not None:
+        notifier.deliver(current)
