@@ -139,7 +139,10 @@ def test_stopped_alone_during_a_request_makes_the_article_once(tmp_path, svc):
     with processors(a):
         wait_for(lambda: in_flight(svc, ids[0]), timeout=20, what="A's request in flight")
         os.kill(a.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
         wait_for(lambda: not in_flight(svc, ids[0]), timeout=20, what="the service's reply")
+        # Stopped for two leases at least, however late the stop came: its last renewal was before it.
+        wait_for(lambda: time.monotonic() - stopped >= 2.0, timeout=5, what="the stall")
         os.kill(a.pid, signal.SIGCONT)
         finish(a)
     assert [i.status for i in items(tmp_path)] == ["completed"] * 3
