@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, NoReturn, Optional
 
 import typer
 
@@ -13,6 +15,7 @@ from bulkgen_cli import __version__
 from bulkgen_cli.errors import BulkgenError, ManifestError, NotFound
 from bulkgen_cli.interrupts import exit_on_signals
 from bulkgen_cli.model import BulkJob, BulkStatus, Priority
+from bulkgen_cli.settings import DEFAULTS
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -60,27 +63,51 @@ ApiUrlOpt = Annotated[
                  "offline drafts] The token comes only from BULKGEN_API_TOKEN.", show_default=False),
 ]
 DelayOpt = Annotated[Optional[float], typer.Option("--delay", min=0, metavar="SECONDS", help="Seconds between two requests to the "
-                     "content service. [env: BULKGEN_DELAY; default: 5; none offline]", show_default=False)]
+                     f"content service. [env: BULKGEN_DELAY; default: {DEFAULTS.delay:g}; none offline]", show_default=False)]
 TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", min=0.001, metavar="SECONDS", help="Seconds to wait for one "
-                       "generation. [env: BULKGEN_TIMEOUT; default: 300]", show_default=False)]
+                       f"generation. [env: BULKGEN_TIMEOUT; default: {DEFAULTS.timeout:g}]", show_default=False)]
 RetriesOpt = Annotated[Optional[int], typer.Option("--max-retries", min=0, metavar="N", help="Retries of a transient "
-                       "failure per item. [env: BULKGEN_MAX_RETRIES; default: 2]", show_default=False)]
+                       f"failure per item. [env: BULKGEN_MAX_RETRIES; default: {DEFAULTS.max_retries:g}]", show_default=False)]
 BackoffOpt = Annotated[Optional[float], typer.Option("--backoff", min=0, metavar="SECONDS", help="First retry backoff in seconds, "
-                       "doubling, with jitter. [env: BULKGEN_BACKOFF; default: 2]", show_default=False)]
+                       f"doubling, with jitter. [env: BULKGEN_BACKOFF; default: {DEFAULTS.backoff:g}]", show_default=False)]
 LeaseOpt = Annotated[Optional[float], typer.Option("--lease", min=1, metavar="SECONDS", help="Seconds a processor's claim lasts "
-                     "unless renewed. [env: BULKGEN_LEASE_SECONDS; default: 60]", show_default=False)]
+                     f"unless renewed. [env: BULKGEN_LEASE_SECONDS; default: {DEFAULTS.lease:g}]", show_default=False)]
 GraceOpt = Annotated[Optional[float], typer.Option("--grace", min=0, metavar="SECONDS", help="After Ctrl-C or "
                      "SIGTERM, how long the request in flight may still finish (a second Ctrl-C aborts it). "
-                     "[env: BULKGEN_GRACE; default: 10]", show_default=False)]
+                     f"[env: BULKGEN_GRACE; default: {DEFAULTS.grace:g}]", show_default=False)]
 OnCompleteOpt = Annotated[Optional[str], typer.Option("--on-complete", metavar="CMD", help="Shell command this "
                           "processor runs once per ended job, with the event as JSON on stdin and "
                           "BULKGEN_BULK_ID, BULKGEN_STATUS in its environment. [env: BULKGEN_ON_COMPLETE]",
                           show_default=False)]
 ConcurrencyOpt = Annotated[Optional[int], typer.Option("--concurrency", min=1, max=16, metavar="N",
                            help="Items in flight at most, across the whole store and every processor. "
-                           "[env: BULKGEN_CONCURRENCY; default: 1, one at a time]", show_default=False)]
+                           f"[env: BULKGEN_CONCURRENCY; default: {DEFAULTS.concurrency:g}, one at a time]", show_default=False)]
 GiveUpOpt = Annotated[Optional[float], typer.Option("--give-up", min=0, metavar="SECONDS", help="Exit 5 after the content service "
-                      "is unreachable this long. [env: BULKGEN_GIVE_UP; default: 600]", show_default=False)]
+                      f"is unreachable this long. [env: BULKGEN_GIVE_UP; default: {DEFAULTS.give_up:g}]", show_default=False)]
+
+
+#: A processor's options, declared once: `run` and `submit --wait` both take them (see `run_options`).
+RUN_OPTIONS = {"api_url": ApiUrlOpt, "delay": DelayOpt, "timeout": TimeoutOpt, "max_retries": RetriesOpt,
+               "backoff": BackoffOpt, "lease": LeaseOpt, "give_up": GiveUpOpt, "grace": GraceOpt,
+               "on_complete": OnCompleteOpt, "concurrency": ConcurrencyOpt}
+RunFlags = dict[str, Optional[object]]
+
+
+def run_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the processor's options; it receives them together as `run_flags`."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "run_flags"]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=alias)
+             for name, alias in RUN_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def with_run_options(**kwargs: object) -> None:
+        flags = {name: kwargs.pop(name) for name in RUN_OPTIONS}
+        command(run_flags=flags, **kwargs)
+
+    with_run_options.__signature__ = signature.replace(parameters=own + added)  # type: ignore[attr-defined]
+    with_run_options.__annotations__ = {p.name: p.annotation for p in own + added}
+    return with_run_options
 
 
 ANSI = {"red": "31", "yellow": "33", "dim": "2"}
@@ -127,6 +154,7 @@ def root(
 
 
 @app.command(epilog=EXIT_CODES)
+@run_options
 def submit(
     file: Annotated[Path, typer.Argument(metavar="FILE", help="Articles file: .yaml/.yml/.json or .csv.", show_default=False)],
     mode: Annotated[Optional[str], typer.Option("--mode", metavar="MODE", help="topic, keywords, trends or spin, when the file "
@@ -152,16 +180,7 @@ def submit(
     store: StoreOpt = None,
     user: UserOpt = None,
     json_: JsonOpt = False,
-    api_url: ApiUrlOpt = None,
-    delay: DelayOpt = None,
-    timeout: TimeoutOpt = None,
-    max_retries: RetriesOpt = None,
-    backoff: BackoffOpt = None,
-    lease: LeaseOpt = None,
-    give_up: GiveUpOpt = None,
-    grace: GraceOpt = None,
-    on_complete: OnCompleteOpt = None,
-    concurrency: ConcurrencyOpt = None,
+    run_flags: RunFlags | None = None,
 ) -> None:
     """Validate an articles file and queue it as one bulk job; print its id.
 
@@ -173,9 +192,7 @@ def submit(
     parsed = manifest.load(file, mode, split=split)
     channels = settings.notify_channels(notify)
     start = settings.parse_when(not_before, utcnow()) if not_before else None
-    run_settings = settings.RunSettings.resolve(
-        api_url, delay, timeout, max_retries, backoff, lease, give_up, grace, on_complete, concurrency
-    ) if wait else None
+    run_settings = settings.RunSettings.resolve(**(run_flags or {})) if wait else None  # type: ignore[arg-type]
     with _open(store, "create") as db:
         done = jobs.submit(db, parsed, settings.user(user), name=name, idempotency_key=idempotency_key,
                            notify=channels, priority=priority, not_before=start, split=split)
@@ -221,20 +238,12 @@ def render_json(doc: object) -> None:
 
 
 @app.command(epilog=EXIT_CODES)
+@run_options
 def run(
     forever: Annotated[bool, typer.Option("--forever", help="Keep waiting for new work instead of exiting "
                        "when the queue is empty.")] = False,
     store: StoreOpt = None,
-    api_url: ApiUrlOpt = None,
-    delay: DelayOpt = None,
-    timeout: TimeoutOpt = None,
-    max_retries: RetriesOpt = None,
-    backoff: BackoffOpt = None,
-    lease: LeaseOpt = None,
-    give_up: GiveUpOpt = None,
-    grace: GraceOpt = None,
-    on_complete: OnCompleteOpt = None,
-    concurrency: ConcurrencyOpt = None,
+    run_flags: RunFlags | None = None,
 ) -> None:
     """Process queued items one at a time until none is left.
 
@@ -246,9 +255,7 @@ def run(
     """
     from bulkgen_cli import settings
 
-    run_settings = settings.RunSettings.resolve(
-        api_url, delay, timeout, max_retries, backoff, lease, give_up, grace, on_complete, concurrency
-    )
+    run_settings = settings.RunSettings.resolve(**(run_flags or {}))  # type: ignore[arg-type]
     with _open(store, "create") as db:
         _process(db, run_settings, forever=forever, store_flag=store)
 

@@ -121,30 +121,35 @@ class RunSettings:
         lease: float | None = None,
         give_up: float | None = None,
         grace: float | None = None,
-        on_complete_cmd: str | None = None,
+        on_complete: str | None = None,
         concurrency: int | None = None,
     ) -> RunSettings:
+        """Flags, else the environment, else the defaults of this class (declared once, above)."""
         url = pick(api_url, ENV_API_URL, str, "") or None
         if url is not None and not url.startswith(("http://", "https://")):
             raise UsageError(f"the content service URL must start with http:// or https://, got {url!r}.")
         settings = cls(
             api_url=url,
             api_token=os.environ.get(ENV_API_TOKEN) or None,
-            delay=pick(delay, ENV_DELAY, seconds(), 5.0),
-            timeout=pick(timeout, ENV_TIMEOUT, seconds(0.001), 300.0),
-            max_retries=pick(max_retries, ENV_MAX_RETRIES, count, 2),
-            backoff=pick(backoff, ENV_BACKOFF, seconds(), 2.0),
-            lease=pick(lease, ENV_LEASE, seconds(1.0), 60.0),
-            give_up=pick(give_up, ENV_GIVE_UP, seconds(), 600.0),
-            grace=pick(grace, ENV_GRACE, seconds(), 10.0),
-            on_complete=on_complete(on_complete_cmd),
-            concurrency=pick(concurrency, ENV_CONCURRENCY, count, 1),
+            delay=pick(delay, ENV_DELAY, seconds(), DEFAULTS.delay),
+            timeout=pick(timeout, ENV_TIMEOUT, seconds(0.001), DEFAULTS.timeout),
+            max_retries=pick(max_retries, ENV_MAX_RETRIES, count, DEFAULTS.max_retries),
+            backoff=pick(backoff, ENV_BACKOFF, seconds(), DEFAULTS.backoff),
+            lease=pick(lease, ENV_LEASE, seconds(1.0), DEFAULTS.lease),
+            give_up=pick(give_up, ENV_GIVE_UP, seconds(), DEFAULTS.give_up),
+            grace=pick(grace, ENV_GRACE, seconds(), DEFAULTS.grace),
+            on_complete=on_complete_command(on_complete),
+            concurrency=pick(concurrency, ENV_CONCURRENCY, count, DEFAULTS.concurrency),
         )
         if not 1 <= settings.concurrency <= 16:
             raise UsageError(f"--concurrency must be from 1 to 16, got {settings.concurrency}.")
         if settings.lease < 1.0:
             raise UsageError(f"--lease must be at least 1 second, got {settings.lease:g}.")
         return settings
+
+
+#: The defaults of a processor's settings, for help texts and `resolve`.
+DEFAULTS = RunSettings()
 
 
 def notify_channels(flags: list[str] | None) -> list[str]:
@@ -166,7 +171,7 @@ def smtp() -> SmtpSettings | None:
     return SmtpSettings.from_url(url, os.environ.get(ENV_SMTP_FROM) or None)
 
 
-def on_complete(flag: str | None) -> str | None:
+def on_complete_command(flag: str | None) -> str | None:
     return pick(flag, ENV_ON_COMPLETE, str, "") or None
 
 
