@@ -60,6 +60,7 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any
 
 from bulkgen_cli.content.offline import draft
@@ -139,71 +140,21 @@ class ReferenceService:
             self.max_in_flight_by_job = {j: n for j, n in self.in_flight_by_job.items() if n}
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        service = self
+        return type("BoundHandler", (Handler,), {"service": self})
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body leave at once: no 40 ms ACK stall
+    def _serve(self, handler: Handler, mode: str, body: dict[str, Any]) -> None:
+        call = self._admit(handler, mode, body)
+        if call is None:
+            return
+        outcome = "error"  # an exception before any reply
+        try:
+            outcome = self._respond(call) or outcome
+        finally:
+            with self.lock:
+                self._end(call.record, outcome)  # a request that ended without a reply
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                if self.path == "/_stats":
-                    self._send(200, service.stats())
-                else:
-                    self._send(404, {"success": False, "error": "not found"})
-
-            def do_POST(self) -> None:
-                if self.path == "/_reset":
-                    service.reset()
-                    self._send(200, {"success": True})
-                    return
-                match = re.fullmatch(r"/api/content/generate/(\w+)", self.path)
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
-                if not match:
-                    self._send(404, {"success": False, "error": "not found"})
-                    return
-                if service.token and self.headers.get("Authorization") != f"Bearer {service.token}":
-                    self._send(401, {"success": False, "error": "missing or wrong bearer token"})
-                    return
-                try:
-                    body = json.loads(raw)
-                except ValueError:
-                    self._send(400, {"success": False, "error": "body is not JSON"})
-                    return
-                service._serve(self, match.group(1), body)
-
-            def _send(self, code: int, payload: Any, headers: dict[str, str] | None = None,
-                      raw: bytes | None = None) -> None:
-                data = raw if raw is not None else json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def wait_for_close(self, limit: float) -> bool:
-                """Hold the request until the client closes (True) or `limit` passes."""
-                deadline = time.monotonic() + limit
-                while (left := deadline - time.monotonic()) > 0:
-                    # Never past the deadline: the latency is what the service promises.
-                    ready, _, _ = select.select([self.connection], [], [], min(left, 0.02))
-                    if ready:
-                        try:
-                            if self.connection.recv(1, socket.MSG_PEEK) == b"":
-                                return True
-                        except OSError:
-                            return True
-                return False
-
-        return Handler
-
-    def _serve(self, handler: Any, mode: str, body: dict[str, Any]) -> None:
-        job_id = str(body.get("job_id", ""))
+    def _admit(self, handler: Handler, mode: str, body: dict[str, Any]) -> Call | None:
+        """Read the fencing token and the directives, and log the request; None when refused as malformed."""
         raw_token = handler.headers.get(FENCING_HEADER)
         token: int | None = None
         if raw_token is not None:
@@ -211,13 +162,11 @@ class ReferenceService:
                 token = int(raw_token.strip())
             except ValueError:
                 handler._send(400, {"success": False, "error": f"{FENCING_HEADER} is not an integer: {raw_token!r}"})
-                return
-        text = " ".join(
-            " ".join(v) if isinstance(v, list) else str(v)
-            for k, v in body.items()
-            if k in TEXT_FIELDS and v
-        )
+                return None
+        text = " ".join(" ".join(v) if isinstance(v, list) else str(v)
+                        for k, v in body.items() if k in TEXT_FIELDS and v)
         directives = {m.group(1): (m.group(2), m.group(3)) for m in DIRECTIVE.finditer(text)}
+        job_id = str(body.get("job_id", ""))
         with self.lock:
             highest = self.fence.get(job_id)
             stale = token is not None and highest is not None and token < highest
@@ -226,82 +175,95 @@ class ReferenceService:
                 self.tries[job_id] = tries = self.tries.get(job_id, 0) + 1
                 if token is not None:
                     self.fence[job_id] = token
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            self.in_flight_by_job[job_id] = here = self.in_flight_by_job.get(job_id, 0) + 1
-            self.max_in_flight_by_job[job_id] = max(self.max_in_flight_by_job.get(job_id, 0), here)
-            record = {"job_id": job_id, "mode": mode, "try": tries, "start": time.time(),
-                      "end": None, "outcome": None, "auth": handler.headers.get("Authorization"),
-                      "token": token, "idempotency_key": handler.headers.get(IDEMPOTENCY_HEADER)}
-            self.requests.append(record)
-        outcome = "error"  # an exception before any reply
-        try:
-            if stale:
-                assert token is not None and highest is not None
-                self._refuse_stale(handler, record, token, highest)
-                return
-            key = record["idempotency_key"]
+            record = self._start(job_id, mode, tries, token, handler)
+        return Call(handler, mode, body, record, directives, token, highest if stale else None, tries or 0)
+
+    def _start(self, job_id: str, mode: str, tries: int | None, token: int | None, handler: Handler) -> dict[str, Any]:
+        """Count the request in flight and log it. The caller holds the lock."""
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self.in_flight_by_job[job_id] = here = self.in_flight_by_job.get(job_id, 0) + 1
+        self.max_in_flight_by_job[job_id] = max(self.max_in_flight_by_job.get(job_id, 0), here)
+        record = {"job_id": job_id, "mode": mode, "try": tries, "start": time.time(),
+                  "end": None, "outcome": None, "auth": handler.headers.get("Authorization"),
+                  "token": token, "idempotency_key": handler.headers.get(IDEMPOTENCY_HEADER)}
+        self.requests.append(record)
+        return record
+
+    def _respond(self, call: Call) -> str | None:
+        """Answer the request; the outcome when it ended without a reply (a reply records its own)."""
+        if call.stale_for is not None:
+            assert call.token is not None
+            self._refuse_stale(call.handler, call.record, call.token, call.stale_for)
+            return None
+        key = call.record["idempotency_key"]
+        with self.lock:
+            kept = self.kept.get(key) if key is not None else None
+        if kept is not None:
+            # A repeated Idempotency-Key whose article is made: the kept answer, nothing generated.
+            self._answer(call.handler, call.record, REPLAYED, 200, {"success": True, "content": kept})
+            return None
+        directives = call.directives
+        hang = directives.get("hang")
+        if hang is not None and (hang[0] is None or call.tries <= int(hang[0])):
+            return "closed-by-client" if call.handler.wait_for_close(3600) else "hang-timeout"
+        delay = float(directives["slow"][0]) if "slow" in directives else self.latency
+        if delay and call.handler.wait_for_close(delay):
+            return "closed-by-client"
+        if not self._scripted(call):
+            self._generate(call)
+        return None
+
+    def _scripted(self, call: Call) -> bool:
+        """Answer as a directive (or the random failure rate) says; False when none applies."""
+        d, handler, record = call.directives, call.handler, call.record
+        n, code = d.get("fail", (None, None))
+        if n is not None and call.tries <= int(n):
+            self._answer(handler, record, f"http-{code or 500}", int(code or 500),
+                         {"success": False, "error": f"scripted failure {call.tries}/{n}"})
+        elif "status" in d:
+            self._answer(handler, record, f"http-{d['status'][0]}", int(d["status"][0]),
+                         {"success": False, "error": "scripted status"})
+        elif "429" in d and call.tries <= int(d["429"][0] or 1):
+            wait = (d.get("retry-after") or ("1", None))[0]
+            self._answer(handler, record, "http-429", 429, {"success": False, "error": "slow down"},
+                         {"Retry-After": wait})
+        elif "drop" in d:
             with self.lock:
-                kept = self.kept.get(key) if key is not None else None
-            if kept is not None:
-                # A repeated Idempotency-Key whose article is made: the kept answer, nothing generated.
-                self._answer(handler, record, REPLAYED, 200, {"success": True, "content": kept})
-                return
-            delay = float(directives["slow"][0]) if "slow" in directives else self.latency
-            hang = directives.get("hang")
-            if hang is not None and (hang[0] is None or tries <= int(hang[0])):
-                outcome = "closed-by-client" if handler.wait_for_close(3600) else "hang-timeout"
-                return
-            if delay and handler.wait_for_close(delay):
-                outcome = "closed-by-client"
-                return
-            n, code = directives.get("fail", (None, None))
-            if n is not None and tries <= int(n):
-                self._answer(handler, record, f"http-{code or 500}", int(code or 500),
-                             {"success": False, "error": f"scripted failure {tries}/{n}"})
-            elif "status" in directives:
-                self._answer(handler, record, f"http-{directives['status'][0]}", int(directives["status"][0]),
-                             {"success": False, "error": "scripted status"})
-            elif "429" in directives and tries <= int(directives["429"][0] or 1):
-                wait = (directives.get("retry-after") or ("1", None))[0]
-                self._answer(handler, record, "http-429", 429, {"success": False, "error": "slow down"},
-                             {"Retry-After": wait})
-            elif "drop" in directives:
-                with self.lock:
-                    self._end(record, "dropped")
-                handler.connection.shutdown(socket.SHUT_RDWR)
-                handler.close_connection = True
-            elif "echo-auth" in directives:
-                self._answer(handler, record, "echo-auth", 400,
-                             {"success": False, "error": f"bad auth {handler.headers.get('Authorization')}"})
-            elif "malformed" in directives:
-                self._answer(handler, record, "malformed", 200, None, raw=b"<html>Internal proxy page</html>")
-            elif "badshape" in directives:
-                self._answer(handler, record, "badshape", 200, {"article": "no success field"})
-            elif "refuse" in directives:
-                self._answer(handler, record, "refused", 200,
-                             {"success": False, "error": "refused by the reference service"})
-            elif self.fail_rate and self.random.random() < self.fail_rate:
-                self._answer(handler, record, "http-500", 500, {"success": False, "error": "random failure"})
-            else:
-                # Check the fence again before committing the paid work: a newer claim may have come.
-                with self.lock:
-                    highest = self.fence.get(job_id)
-                    stale = token is not None and highest is not None and highest > token
-                    if not stale:
-                        self._end(record, GENERATED)
-                if stale:
-                    assert token is not None and highest is not None
-                    self._refuse_stale(handler, record, token, highest)
-                else:
-                    content = self._content(mode, body, "text" in directives)
-                    if record["idempotency_key"] is not None:
-                        with self.lock:
-                            self.kept[record["idempotency_key"]] = content
-                    handler._send(200, {"success": True, "content": content})
-        finally:
+                self._end(record, "dropped")
+            handler.connection.shutdown(socket.SHUT_RDWR)
+            handler.close_connection = True
+        elif "echo-auth" in d:
+            self._answer(handler, record, "echo-auth", 400,
+                         {"success": False, "error": f"bad auth {handler.headers.get('Authorization')}"})
+        elif "malformed" in d:
+            self._answer(handler, record, "malformed", 200, None, raw=b"<html>Internal proxy page</html>")
+        elif "badshape" in d:
+            self._answer(handler, record, "badshape", 200, {"article": "no success field"})
+        elif "refuse" in d:
+            self._answer(handler, record, "refused", 200, {"success": False, "error": "refused by the reference service"})
+        elif self.fail_rate and self.random.random() < self.fail_rate:
+            self._answer(handler, record, "http-500", 500, {"success": False, "error": "random failure"})
+        else:
+            return False
+        return True
+
+    def _generate(self, call: Call) -> None:
+        """Make the article, unless a newer claim arrived meanwhile (checked again, as before paid work)."""
+        with self.lock:
+            highest = self.fence.get(call.record["job_id"])
+            stale = call.token is not None and highest is not None and highest > call.token
+            if not stale:
+                self._end(call.record, GENERATED)
+        if stale:
+            assert call.token is not None and highest is not None
+            self._refuse_stale(call.handler, call.record, call.token, highest)
+            return
+        content = self._content(call.mode, call.body, "text" in call.directives)
+        if call.record["idempotency_key"] is not None:
             with self.lock:
-                self._end(record, outcome)  # a request that ended without a reply
+                self.kept[call.record["idempotency_key"]] = content
+        call.handler._send(200, {"success": True, "content": content})
 
     def _end(self, record: dict[str, Any], outcome: str) -> None:
         """The request leaves flight: once, just before its reply is written or when it ends without one.
@@ -341,6 +303,82 @@ class ReferenceService:
         if as_text:
             return written["body"]
         return {"title": written["title"], "body": written["body"], "meta": {"generator": "reference"}}
+
+
+@dataclass
+class Call:
+    """One generation request as the service sees it."""
+
+    handler: Handler
+    mode: str
+    body: dict[str, Any]
+    record: dict[str, Any]
+    directives: dict[str, tuple[str | None, str | None]]
+    token: int | None
+    #: the higher token already seen, when this one is stale at arrival
+    stale_for: int | None
+    tries: int
+
+
+class Handler(BaseHTTPRequestHandler):
+    """The reference service's HTTP side; `service` is set on the bound subclass."""
+
+    service: ReferenceService
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body leave at once: no 40 ms ACK stall
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path == "/_stats":
+            self._send(200, self.service.stats())
+        else:
+            self._send(404, {"success": False, "error": "not found"})
+
+    def do_POST(self) -> None:
+        if self.path == "/_reset":
+            self.service.reset()
+            self._send(200, {"success": True})
+            return
+        match = re.fullmatch(r"/api/content/generate/(\w+)", self.path)
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if not match:
+            self._send(404, {"success": False, "error": "not found"})
+            return
+        if self.service.token and self.headers.get("Authorization") != f"Bearer {self.service.token}":
+            self._send(401, {"success": False, "error": "missing or wrong bearer token"})
+            return
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            self._send(400, {"success": False, "error": "body is not JSON"})
+            return
+        self.service._serve(self, match.group(1), body)
+
+    def _send(self, code: int, payload: Any, headers: dict[str, str] | None = None, raw: bytes | None = None) -> None:
+        data = raw if raw is not None else json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def wait_for_close(self, limit: float) -> bool:
+        """Hold the request until the client closes (True) or `limit` passes."""
+        deadline = time.monotonic() + limit
+        while (left := deadline - time.monotonic()) > 0:
+            # Never past the deadline: the latency is what the service promises.
+            ready, _, _ = select.select([self.connection], [], [], min(left, 0.02))
+            if ready:
+                try:
+                    if self.connection.recv(1, socket.MSG_PEEK) == b"":
+                        return True
+                except OSError:
+                    return True
+        return False
 
 
 def main(argv: list[str] | None = None) -> None:
