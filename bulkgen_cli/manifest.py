@@ -387,31 +387,8 @@ def _read_csv(text: str, problems: _Problems) -> _Read:
     mode_line: int | None = None
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
-        header = next(reader, None)
-        if header is None:
-            problems.add("is empty; a CSV articles file needs a header row (topic,word_count,…).")
-            return None, None, {}, []
-        columns = [h.strip() for h in header]
-        known = ARTICLE_FIELDS + ("mode",)
-        unknown = [c for c in columns if c and not bad_key_reason(c) and c not in known]
-        if len(unknown) > 5:
-            # A wide file is one mistake (wrong file, wrong delimiter), not thousands.
-            shown = ", ".join(f"'{c[:30]}'" for c in unknown[:5])
-            problems.add(f"has {len(unknown):,} unknown columns ({shown}, …); known columns: "
-                         f"{', '.join(known)}.", line=1)
-            return None, None, {}, []
-        for index, column in enumerate(columns, start=1):
-            if not column:
-                problems.add(f"header column {index} is empty.", line=1)
-            elif reason := bad_key_reason(column):
-                problems.add(reason, line=1)
-            elif column not in known:
-                problems.add(f"unknown column '{column[:60]}'{suggest(column, known)}", line=1)
-            elif columns.index(column) != index - 1:
-                problems.add(f"column '{column}' appears twice.", line=1)
-            if len(problems.items) > MAX_PROBLEMS:
-                break
-        if problems.items:
+        columns = _csv_header(reader, problems)
+        if columns is None:
             return None, None, {}, []
         start = reader.line_num + 1
         for cells in reader:
@@ -439,6 +416,35 @@ def _read_csv(text: str, problems: _Problems) -> _Read:
         problems.add(f"is not valid CSV: {exc}.", line=reader.line_num)
         return None, None, {}, []
     return mode, None, {}, rows
+
+
+def _csv_header(reader: Any, problems: _Problems) -> list[str] | None:
+    """The header's columns, or None (with the problems noted) when it is unusable."""
+    header = next(reader, None)
+    if header is None:
+        problems.add("is empty; a CSV articles file needs a header row (topic,word_count,…).")
+        return None
+    columns = [h.strip() for h in header]
+    known = ARTICLE_FIELDS + ("mode",)
+    unknown = [c for c in columns if c and not bad_key_reason(c) and c not in known]
+    if len(unknown) > 5:
+        # A wide file is one mistake (wrong file, wrong delimiter), not thousands.
+        shown = ", ".join(f"'{c[:30]}'" for c in unknown[:5])
+        problems.add(f"has {len(unknown):,} unknown columns ({shown}, …); known columns: "
+                     f"{', '.join(known)}.", line=1)
+        return None
+    for index, column in enumerate(columns, start=1):
+        if not column:
+            problems.add(f"header column {index} is empty.", line=1)
+        elif reason := bad_key_reason(column):
+            problems.add(reason, line=1)
+        elif column not in known:
+            problems.add(f"unknown column '{column[:60]}'{suggest(column, known)}", line=1)
+        elif columns.index(column) != index - 1:
+            problems.add(f"column '{column}' appears twice.", line=1)
+        if len(problems.items) > MAX_PROBLEMS:
+            break
+    return None if problems.items else columns
 
 
 def _csv_value(column: str, cell: str, problems: _Problems, number: int, line: int) -> Any:
@@ -502,51 +508,69 @@ def _validate_article(fields: dict[str, _Field], mode: Mode, number: int, line: 
     return {k: article[k] for k in ARTICLE_FIELDS if k in article}
 
 
-def _validate_field(key: str, value: Any, problems: _Problems, where: tuple[int | None, int | None, str]) -> Any:
-    if key == "word_count":
-        low, high = WORD_COUNT_RANGE
-        if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
-            return value
-        problems.add(f"must be a whole number from {low} to {high}, got {_show(value)}.", *where)
-        return None
-    if key == "keywords":
-        if isinstance(value, str):
-            value = [part.strip() for part in re.split(r"[;,]", value)]
-        if not isinstance(value, list) or not all(isinstance(k, (str, int, float)) and not isinstance(k, bool) for k in value):
-            problems.add("must be a list of keywords (or one text with ';' or ',' between them).", *where)
-            return None
-        words = [str(k).strip() for k in value if str(k).strip()]
-        if not 1 <= len(words) <= MAX_KEYWORDS:
-            problems.add(f"needs 1 to {MAX_KEYWORDS} non-empty keywords, got {len(words)}.", *where)
-            return None
-        if any(len(w) > 100 for w in words):
-            problems.add("each keyword must be at most 100 characters.", *where)
-            return None
-        return words
-    if key == "extra":
-        if not isinstance(value, dict):
-            problems.add("must be a mapping, passed to the content service as is.", *where)
-            return None
-        _check_keys(value, problems, where[0], where[1])
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError):
-            problems.add("must hold only text, numbers, booleans, lists and mappings.", *where)
-            return None
+Where = tuple[int | None, int | None, str]
+
+
+def _validate_field(key: str, value: Any, problems: _Problems, where: Where) -> Any:
+    """The field's value as stored, or None with a problem noted."""
+    check = FIELD_CHECKS.get(key, _text_field)
+    return check(key, value, problems, where)
+
+
+def _word_count(key: str, value: Any, problems: _Problems, where: Where) -> Any:
+    low, high = WORD_COUNT_RANGE
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
         return value
-    if key == "id":
-        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
-            text = str(value).strip()
-            if len(text) <= 100:
-                return text
-        problems.add(f"must be a short non-empty text or number (at most 100 characters), got {_show(value)}.", *where)
+    problems.add(f"must be a whole number from {low} to {high}, got {_show(value)}.", *where)
+    return None
+
+
+def _keywords(key: str, value: Any, problems: _Problems, where: Where) -> Any:
+    if isinstance(value, str):
+        value = [part.strip() for part in re.split(r"[;,]", value)]
+    if not isinstance(value, list) or not all(isinstance(k, (str, int, float)) and not isinstance(k, bool) for k in value):
+        problems.add("must be a list of keywords (or one text with ';' or ',' between them).", *where)
         return None
-    if key == "source_url":
-        if isinstance(value, str) and re.match(r"https?://[^\s/]+", value.strip()):
-            return value.strip()
-        problems.add(f"must be an http:// or https:// URL, got {_show(value)}.", *where)
+    words = [str(k).strip() for k in value if str(k).strip()]
+    if not 1 <= len(words) <= MAX_KEYWORDS:
+        problems.add(f"needs 1 to {MAX_KEYWORDS} non-empty keywords, got {len(words)}.", *where)
         return None
-    # text fields
+    if any(len(w) > 100 for w in words):
+        problems.add("each keyword must be at most 100 characters.", *where)
+        return None
+    return words
+
+
+def _extra(key: str, value: Any, problems: _Problems, where: Where) -> Any:
+    if not isinstance(value, dict):
+        problems.add("must be a mapping, passed to the content service as is.", *where)
+        return None
+    _check_keys(value, problems, where[0], where[1])
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        problems.add("must hold only text, numbers, booleans, lists and mappings.", *where)
+        return None
+    return value
+
+
+def _item_id(key: str, value: Any, problems: _Problems, where: Where) -> Any:
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
+        text = str(value).strip()
+        if len(text) <= 100:
+            return text
+    problems.add(f"must be a short non-empty text or number (at most 100 characters), got {_show(value)}.", *where)
+    return None
+
+
+def _source_url(key: str, value: Any, problems: _Problems, where: Where) -> Any:
+    if isinstance(value, str) and re.match(r"https?://[^\s/]+", value.strip()):
+        return value.strip()
+    problems.add(f"must be an http:// or https:// URL, got {_show(value)}.", *where)
+    return None
+
+
+def _text_field(key: str, value: Any, problems: _Problems, where: Where) -> Any:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not value.strip():
@@ -560,6 +584,11 @@ def _validate_field(key: str, value: Any, problems: _Problems, where: tuple[int 
         problems.add("contains a NUL character.", *where)
         return None
     return value.strip()
+
+
+#: How each field that is not plain text is checked.
+FIELD_CHECKS = {"word_count": _word_count, "keywords": _keywords, "extra": _extra, "id": _item_id,
+                "source_url": _source_url}
 
 
 def _show(value: Any) -> str:
