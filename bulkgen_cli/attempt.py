@@ -8,7 +8,7 @@ self-fencing deadline; a reply that arrives after that is never recorded.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING
 
@@ -178,7 +178,7 @@ class Attempt:
             watchdog.done.set()
             self.p.last_request_end = self.p.ticker()
 
-    def _await(self, future: object, watchdog: Watchdog) -> Reply | None:
+    def _await(self, future: Future[Reply], watchdog: Watchdog) -> Reply | None:
         """Wait for the reply, renewing the leases and watching for a cancel or a stop."""
         beat_every = self.settings.lease * RENEW_EVERY
         next_beat = self.p.ticker() + beat_every
@@ -186,7 +186,7 @@ class Attempt:
         lost = False
         while True:
             try:
-                reply = future.result(timeout=STOP_POLL)  # type: ignore[attr-defined]
+                reply = future.result(timeout=STOP_POLL)
                 return None if lost or watchdog.fired.is_set() or self.leases.fenced() else reply
             except FutureTimeout:
                 pass

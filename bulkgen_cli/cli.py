@@ -288,7 +288,7 @@ def status(
     rows = {bulk.id: bulk_items for bulk, bulk_items in found}
     if json_:
         if group is None:
-            render.print_json(render.status_document(bulks[0], rows[bulks[0].id]))
+            render.print_json(render.status_document(bulks[0], rows[bulks[0].id] or []))
         else:
             render.print_json(render.group_document(group, bulks))
         return

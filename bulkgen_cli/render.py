@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
-from typing import Any, TextIO
+from typing import Any, Sequence, TextIO
 
 from bulkgen_cli.model import REQUIRED_FIELD, BulkJob, Item, Mode, iso, utcnow
 
@@ -360,7 +360,7 @@ def summary_line(bulk: BulkJob) -> str:
             f"{bulk.failed_items} failed, {bulk.cancelled_items} cancelled")
 
 
-def print_summary(bulks: list[BulkJob | None]) -> None:
+def print_summary(bulks: Sequence[BulkJob | None]) -> None:
     """The end of a run: a panel per ended job on a terminal, plain lines otherwise."""
     done = [b for b in bulks if b is not None]
     if not done:

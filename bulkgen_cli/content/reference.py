@@ -207,7 +207,7 @@ class ReferenceService:
         hang = directives.get("hang")
         if hang is not None and (hang[0] is None or call.tries <= int(hang[0])):
             return "closed-by-client" if call.handler.wait_for_close(3600) else "hang-timeout"
-        delay = float(directives["slow"][0]) if "slow" in directives else self.latency
+        delay = float(directives["slow"][0] or self.latency) if "slow" in directives else self.latency
         if delay and call.handler.wait_for_close(delay):
             return "closed-by-client"
         if not self._scripted(call):
@@ -222,10 +222,10 @@ class ReferenceService:
             self._answer(handler, record, f"http-{code or 500}", int(code or 500),
                          {"success": False, "error": f"scripted failure {call.tries}/{n}"})
         elif "status" in d:
-            self._answer(handler, record, f"http-{d['status'][0]}", int(d["status"][0]),
+            self._answer(handler, record, f"http-{d['status'][0]}", int(d["status"][0] or 500),
                          {"success": False, "error": "scripted status"})
         elif "429" in d and call.tries <= int(d["429"][0] or 1):
-            wait = (d.get("retry-after") or ("1", None))[0]
+            wait = (d.get("retry-after") or ("1", None))[0] or "1"
             self._answer(handler, record, "http-429", 429, {"success": False, "error": "slow down"},
                          {"Retry-After": wait})
         elif "drop" in d:
