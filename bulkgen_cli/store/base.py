@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
 from bulkgen_cli.model import BulkJob, BulkStatus, Counts, Item, Outcome
+from bulkgen_cli.store import rules
 # Decided in rules.py; importable from here too.
 from bulkgen_cli.store.rules import (  # noqa: F401
     CANCELLED_IN_FLIGHT, lease_lost_error, step_claimable, step_result,
@@ -110,15 +111,14 @@ class Store(ABC):
         is not extended.
         """
 
-    @abstractmethod
     def begin_attempt(self, item_id: str, owner: str) -> bool:
         """Count one more try of a held item (`attempts` and `retry_count` + 1)."""
+        return self._write_held(item_id, owner, rules.ONE_MORE_TRY)
 
-    @abstractmethod
     def finish_item(self, item_id: str, owner: str, outcome: Outcome, now: dt.datetime) -> bool:
         """Record a held item's end; False (nothing written) when `owner` lost it."""
+        return self._write_held(item_id, owner, rules.finished(outcome, now))
 
-    @abstractmethod
     def release_item(self, item_id: str, owner: str, charge: bool = False) -> bool:
         """Put a held item back in the queue at its place.
 
@@ -126,6 +126,14 @@ class Store(ABC):
         reached, a stop signal, a claim that found its bulk job paused); with it,
         the try stays counted (a failed try before a pause). False when `owner`
         no longer holds it.
+        """
+        return self._write_held(item_id, owner, rules.released(charge))
+
+    @abstractmethod
+    def _write_held(self, item_id: str, owner: str, change: rules.Change) -> bool:
+        """Write `change` on an item in one conditional write, only while `owner` holds it (`rules.held`).
+
+        False (nothing written) when it does not.
         """
 
     @abstractmethod

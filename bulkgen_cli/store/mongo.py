@@ -408,6 +408,7 @@ class MongoStore(Store):
             return None
         return _item(doc)
 
+    @_unavailable
     def _write_held(self, item_id: str, owner: str, change: Change) -> bool:
         result = self.items.update_one({"_id": ObjectId(item_id), **rules.held(owner)}, _update(change))
         return result.matched_count == 1
@@ -421,18 +422,6 @@ class MongoStore(Store):
         if not slot.matched_count:
             return False
         return self._write_held(item_id, owner, Change({"lease_expires_at": expires}))
-
-    @_unavailable
-    def begin_attempt(self, item_id: str, owner: str) -> bool:
-        return self._write_held(item_id, owner, rules.ONE_MORE_TRY)
-
-    @_unavailable
-    def finish_item(self, item_id: str, owner: str, outcome: Outcome, now: dt.datetime) -> bool:
-        return self._write_held(item_id, owner, rules.finished(outcome, now))
-
-    @_unavailable
-    def release_item(self, item_id: str, owner: str, charge: bool = False) -> bool:
-        return self._write_held(item_id, owner, rules.released(charge))
 
     @_unavailable
     def is_held(self, item_id: str, owner: str) -> bool:

@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 from bulkgen_cli.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.model import (
-    CLAIMABLE_BULK, BulkJob, BulkStatus, Counts, EventKind, Item, ItemStatus, Outcome, iso, later,
+    CLAIMABLE_BULK, BulkJob, BulkStatus, Counts, EventKind, Item, ItemStatus, iso, later,
 )
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, OpenMode, Store, slot_names
@@ -531,6 +531,7 @@ class SqliteStore(Store):
             item = db.execute("SELECT * FROM generation_jobs WHERE id = ?", (row["id"],)).fetchone()
         return _item(item)
 
+    @_unavailable
     def _write_held(self, item_id: str, owner: str, change: Change) -> bool:
         """Write `change` on an item only while `owner` still holds it."""
         where, args = _equal(rules.held(owner))
@@ -550,18 +551,6 @@ class SqliteStore(Store):
                 return False
             return _update(db, "generation_jobs", {"lease_expires_at": expires}, f"id = ? AND {where}",
                            item_id, *args) == 1
-
-    @_unavailable
-    def begin_attempt(self, item_id: str, owner: str) -> bool:
-        return self._write_held(item_id, owner, rules.ONE_MORE_TRY)
-
-    @_unavailable
-    def finish_item(self, item_id: str, owner: str, outcome: Outcome, now: dt.datetime) -> bool:
-        return self._write_held(item_id, owner, rules.finished(outcome, now))
-
-    @_unavailable
-    def release_item(self, item_id: str, owner: str, charge: bool = False) -> bool:
-        return self._write_held(item_id, owner, rules.released(charge))
 
     @_unavailable
     def is_held(self, item_id: str, owner: str) -> bool:
