@@ -13,7 +13,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
-from bulkgen_cli.model import BulkJob, BulkStatus, Counts, Item, Outcome, StepState, iso
+from bulkgen_cli.model import BulkJob, BulkStatus, Counts, Item, Outcome
+from bulkgen_cli.store import rules
+# Decided in rules.py; importable from here too.
+from bulkgen_cli.store.rules import (  # noqa: F401
+    CANCELLED_IN_FLIGHT, lease_lost_error, step_claimable, step_result,
+)
 
 #: How a command opens the store. read: a reading command; it never creates, upgrades or writes
 #: the store, and none there is NoStore (exit 4). write: a writing command on an existing store.
@@ -24,8 +29,6 @@ OpenMode = Literal["read", "write", "create"]
 PROCESSOR_LEASE = "processor"
 #: The lease record holding the shared 429 cooldown.
 COOLDOWN = "cooldown"
-#: The error kept on an item whose request was aborted by a cancel.
-CANCELLED_IN_FLIGHT = "cancelled while its request was in flight"
 
 
 @dataclass(frozen=True)
@@ -108,15 +111,14 @@ class Store(ABC):
         is not extended.
         """
 
-    @abstractmethod
     def begin_attempt(self, item_id: str, owner: str) -> bool:
         """Count one more try of a held item (`attempts` and `retry_count` + 1)."""
+        return self._write_held(item_id, owner, rules.ONE_MORE_TRY)
 
-    @abstractmethod
     def finish_item(self, item_id: str, owner: str, outcome: Outcome, now: dt.datetime) -> bool:
         """Record a held item's end; False (nothing written) when `owner` lost it."""
+        return self._write_held(item_id, owner, rules.finished(outcome, now))
 
-    @abstractmethod
     def release_item(self, item_id: str, owner: str, charge: bool = False) -> bool:
         """Put a held item back in the queue at its place.
 
@@ -124,6 +126,14 @@ class Store(ABC):
         reached, a stop signal, a claim that found its bulk job paused); with it,
         the try stays counted (a failed try before a pause). False when `owner`
         no longer holds it.
+        """
+        return self._write_held(item_id, owner, rules.released(charge))
+
+    @abstractmethod
+    def _write_held(self, item_id: str, owner: str, change: rules.Change) -> bool:
+        """Write `change` on an item in one conditional write, only while `owner` holds it (`rules.held`).
+
+        False (nothing written) when it does not.
         """
 
     @abstractmethod
@@ -286,32 +296,3 @@ class Store(ABC):
 def slot_names(slots: int) -> list[str]:
     """The lease records of `slots` slots; slot 1 keeps the name of the single processor lease."""
     return [PROCESSOR_LEASE] + [f"{PROCESSOR_LEASE}-{n}" for n in range(2, slots + 1)]
-
-
-def lease_lost_error(attempts: int) -> str:
-    """The error of an item whose processor died on each of its tries."""
-    return (
-        f"gave up after {attempts} tries: the processor holding it stopped each time "
-        "before recording a result (its lease expired)"
-    )
-
-
-def step_claimable(step: dict[str, Any], now: dt.datetime) -> bool:
-    """A step may be taken: pending and due, or held by a sender whose lock expired."""
-    stamp = iso(now)
-    if step["state"] == StepState.pending.value:
-        return step["next_at"] <= stamp
-    return step["state"] == StepState.sending.value and step["lock_until"] < stamp
-
-
-def step_result(step: dict[str, Any], now: dt.datetime, error: str | None,
-                retry_at: dt.datetime | None) -> dict[str, Any]:
-    """The fields of a step after one try."""
-    out: dict[str, Any] = {"attempts": step["attempts"] + 1, "owner": None, "lock_until": None}
-    if error is None:
-        out.update(state=StepState.sent.value, sent_at=iso(now), last_error=None)
-    elif retry_at is not None:
-        out.update(state=StepState.pending.value, next_at=iso(retry_at), last_error=error)
-    else:
-        out.update(state=StepState.failed.value, last_error=error)
-    return out

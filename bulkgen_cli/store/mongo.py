@@ -10,6 +10,7 @@ counts behind.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import hashlib
@@ -24,37 +25,12 @@ from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from bulkgen_cli.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.model import (
-    ACTIVE_BULK,
-    ARTICLE_FIELDS,
-    CLAIMABLE_BULK,
-    BulkJob,
-    PRIORITY_RANK,
-    EventKind,
-    Priority,
-    StepState,
-    BulkStatus,
-    Counts,
-    Item,
-    ItemStatus,
-    Outcome,
-    estimate_completion,
-    iso,
-    later,
-    new_outbox,
+    ARTICLE_FIELDS, CLAIMABLE_BULK, BulkJob, BulkStatus, Counts, EventKind, Item, ItemStatus, Outcome, later,
     outbox_open,
-    summarize_errors,
 )
-from bulkgen_cli.store.base import (
-    CANCELLED_IN_FLIGHT,
-    COOLDOWN,
-    PROCESSOR_LEASE,
-    Lease,
-    OpenMode,
-    Store,
-    lease_lost_error,
-    slot_names,
-    step_result,
-)
+from bulkgen_cli.store import rules
+from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, OpenMode, Store, slot_names
+from bulkgen_cli.store.rules import BULK_FIELDS, ITEM_FIELDS, LEASE_FIELDS, Change, Conditions, record
 
 BULK_JOBS = "bulk_jobs"
 GENERATION_JOBS = "generation_jobs"
@@ -103,6 +79,63 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=dt.timezone.utc)
+
+
+# -- the rules' records and changes, as MongoDB stores them ------------------------------------------
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _bulk(doc: dict[str, Any]) -> BulkJob:
+    return record(BulkJob, BULK_FIELDS, {**doc, "id": doc["_id"]}, _aware, _same)  # type: ignore[no-any-return]
+
+
+def _item(doc: dict[str, Any]) -> Item:
+    article = {k: doc[k] for k in ARTICLE_FIELDS if k in doc and k != "id"}
+    if ITEM_ID_FIELD in doc:
+        article["id"] = doc[ITEM_ID_FIELD]
+    values = {**doc, "id": doc["_id"], "article": article}
+    return record(Item, ITEM_FIELDS, values, _aware, _same)  # type: ignore[no-any-return]
+
+
+def _lease(doc: dict[str, Any]) -> Lease:
+    return record(Lease, LEASE_FIELDS, doc, _aware, _same)  # type: ignore[no-any-return]
+
+
+def _doc(fields: dict[str, Any]) -> dict[str, Any]:
+    """A new record's document: `_id` and `bulk_job_id` as ObjectIds, an item's article as top-level fields."""
+    doc = dict(fields)
+    doc["_id"] = ObjectId(doc.pop("id"))
+    if "bulk_job_id" in doc:
+        doc["bulk_job_id"] = ObjectId(doc["bulk_job_id"])
+    article = doc.pop("article", None)
+    if article is not None:
+        doc = {**{k: v for k, v in article.items() if k != "id"}, **doc}
+        if "id" in article:
+            doc[ITEM_ID_FIELD] = article["id"]
+    return doc
+
+
+def _update(change: Change | dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """An update document: `$set` and `$inc` (fields under `prefix`, e.g. one outbox step)."""
+    if not isinstance(change, Change):
+        change = Change(change)
+    update = {"$set": {prefix + k: v for k, v in change.set.items()},
+              "$inc": {prefix + k: n for k, n in change.add.items()}}
+    return {op: fields for op, fields in update.items() if fields}
+
+
+def _match(conditions: Conditions, prefix: str = "") -> dict[str, Any]:
+    """A filter: one of the alternatives holds (fields under `prefix`)."""
+    alternatives = [{prefix + k: v if op == "eq" else {f"${op}": v} for k, (op, v) in alt.items()}
+                    for alt in conditions]
+    return alternatives[0] if len(alternatives) == 1 else {"$or": alternatives}
+
+
+def _order(names: tuple[str, ...], direction: int = ASCENDING) -> list[tuple[str, int]]:
+    return [("_id" if name == "id" else name, direction) for name in names]
 
 
 def _unavailable(method: Callable[..., T]) -> Callable[..., T]:
@@ -191,59 +224,6 @@ class MongoStore(Store):
     def close(self) -> None:
         self.client.close()
 
-    # -- documents -> records --------------------------------------------------
-
-    @staticmethod
-    def _bulk(doc: dict[str, Any]) -> BulkJob:
-        return BulkJob(
-            id=str(doc["_id"]),
-            userId=str(doc["userId"]),
-            mode=doc["mode"],
-            name=doc.get("name", ""),
-            status=doc["status"],
-            total_items=doc["total_items"],
-            completed_items=doc.get("completed_items", 0),
-            failed_items=doc.get("failed_items", 0),
-            cancelled_items=doc.get("cancelled_items", 0),
-            created_at=_aware(doc.get("created_at")),
-            started_at=_aware(doc.get("started_at")),
-            completed_at=_aware(doc.get("completed_at")),
-            estimated_completion=_aware(doc.get("estimated_completion")),
-            error_summary=list(doc.get("error_summary") or []),
-            notify=list(doc.get("notify") or []),
-            notified_at=_aware(doc.get("notified_at")),
-            idempotency_key=doc.get("idempotency_key"),
-            outbox=doc.get("outbox"),
-            priority=doc.get("priority", Priority.normal.value),
-            not_before=_aware(doc.get("not_before")),
-            group_id=doc.get("group_id"),
-        )
-
-    @staticmethod
-    def _item(doc: dict[str, Any]) -> Item:
-        article = {k: doc[k] for k in ARTICLE_FIELDS if k in doc and k != "id"}
-        if ITEM_ID_FIELD in doc:
-            article["id"] = doc[ITEM_ID_FIELD]
-        return Item(
-            id=str(doc["_id"]),
-            bulk_job_id=str(doc["bulk_job_id"]),
-            userId=str(doc["userId"]),
-            mode=doc["mode"],
-            article=article,
-            status=doc["status"],
-            queue_position=doc["queue_position"],
-            retry_count=doc.get("retry_count", 0),
-            attempts=doc.get("attempts", 0),
-            error=doc.get("error"),
-            result=doc.get("result"),
-            created_at=_aware(doc.get("created_at")),
-            started_at=_aware(doc.get("started_at")),
-            completed_at=_aware(doc.get("completed_at")),
-            lease_owner=doc.get("lease_owner"),
-            lease_expires_at=_aware(doc.get("lease_expires_at")),
-            fence=doc.get("fence"),
-        )
-
     # -- submit and read -------------------------------------------------------
 
     @_unavailable
@@ -253,51 +233,10 @@ class MongoStore(Store):
             existing = self._claim_idempotency_key(bulk, oid)
             if existing is not None:
                 return existing, False
-        docs = []
-        for position, article in enumerate(articles, start=1):
-            doc = {k: v for k, v in article.items() if k != "id"}
-            if "id" in article:
-                doc[ITEM_ID_FIELD] = article["id"]
-            doc.update(
-                bulk_job_id=oid,
-                userId=bulk.userId,
-                mode=bulk.mode,
-                status=ItemStatus.queued.value,
-                queue_position=position,
-                retry_count=0,
-                attempts=0,
-                error=None,
-                result=None,
-                created_at=bulk.created_at,
-                started_at=None,
-                completed_at=None,
-            )
-            docs.append(doc)
-        bulk_doc = {
-            "_id": oid,
-            "userId": bulk.userId,
-            "mode": bulk.mode,
-            "name": bulk.name,
-            "status": bulk.status,
-            "total_items": bulk.total_items,
-            "completed_items": 0,
-            "failed_items": 0,
-            "cancelled_items": 0,
-            "created_at": bulk.created_at,
-            "started_at": None,
-            "completed_at": None,
-            "estimated_completion": None,
-            "error_summary": [],
-            "notify": list(bulk.notify),
-            "notified_at": None,
-            "refresh_seq": 0,
-            "priority": Priority(bulk.priority).value,
-            "priority_rank": PRIORITY_RANK[Priority(bulk.priority)],
-            "not_before": bulk.not_before,
-            "group_id": bulk.group_id,
-        }
-        if bulk.idempotency_key is not None:
-            bulk_doc["idempotency_key"] = bulk.idempotency_key
+        docs = [_doc(rules.new_item(bulk, article, n)) for n, article in enumerate(articles, start=1)]
+        bulk_doc = {**_doc(rules.new_bulk(bulk)), "refresh_seq": 0}
+        if bulk.idempotency_key is None:
+            del bulk_doc["idempotency_key"]  # the field only where a key was given
         # Items first: without their bulk job they are invisible and never claimed,
         # so a failure between the two writes leaves nothing a processor could start.
         try:
@@ -336,7 +275,7 @@ class MongoStore(Store):
                     continue
                 doc = self.bulks.find_one({"_id": claim["bulk_job_id"]})
                 if doc is not None:
-                    return self._bulk(doc)
+                    return _bulk(doc)
                 created = _aware(claim.get("created_at"))
                 if created is not None and bulk.created_at - created < STALE_CLAIM:  # type: ignore[operator]
                     raise StoreUnavailable(
@@ -351,7 +290,7 @@ class MongoStore(Store):
     def get_bulk(self, bulk_id: str) -> BulkJob | None:
         oid = _oid(bulk_id)
         doc = None if oid is None else self.bulks.find_one({"_id": oid})
-        return None if doc is None else self._bulk(doc)
+        return None if doc is None else _bulk(doc)
 
     @_unavailable
     def list_bulks(
@@ -368,16 +307,16 @@ class MongoStore(Store):
             query["userId"] = user
         if statuses is not None:
             query["status"] = {"$in": [BulkStatus(s).value for s in statuses]}
-        cursor = self.bulks.find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)])
-        return [self._bulk(d) for d in cursor.limit(limit)]
+        cursor = self.bulks.find(query).sort(_order(rules.NEWEST_FIRST, DESCENDING))
+        return [_bulk(d) for d in cursor.limit(limit)]
 
     @_unavailable
     def list_items(self, bulk_id: str) -> list[Item]:
         oid = _oid(bulk_id)
         if oid is None:
             return []
-        cursor = self.items.find({"bulk_job_id": oid}).sort("queue_position", ASCENDING)
-        return [self._item(d) for d in cursor]
+        cursor = self.items.find({"bulk_job_id": oid}).sort(rules.ITEM_ORDER, ASCENDING)
+        return [_item(d) for d in cursor]
 
     # -- the processor's verbs -------------------------------------------------
 
@@ -409,17 +348,7 @@ class MongoStore(Store):
                 return None
             doc = self.items.find_one_and_update(
                 {"_id": candidate["_id"], "status": ItemStatus.queued.value, **_below(fence)},
-                {
-                    "$set": {
-                        "status": ItemStatus.processing.value,
-                        "lease_owner": owner,
-                        "lease_expires_at": later(now, lease_seconds),
-                        "started_at": now,
-                        "error": None,
-                        "fence": fence,
-                    },
-                    "$inc": {"attempts": 1},
-                },
+                _update(rules.claimed(owner, later(now, lease_seconds), now, fence)),
                 return_document=ReturnDocument.AFTER,
             )
             if doc is None:
@@ -446,12 +375,12 @@ class MongoStore(Store):
         bulks = self.bulks.find(
             {"status": {"$in": claimable}, "$or": [{"not_before": None}, {"not_before": {"$lte": now}}]},
             {"_id": 1},
-        ).sort([("priority_rank", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)])
+        ).sort(_order(rules.JOB_ORDER))
         for bulk in bulks:
             doc = self.items.find_one(
                 {"bulk_job_id": bulk["_id"], "status": ItemStatus.queued.value},
                 {"_id": 1},
-                sort=[("queue_position", ASCENDING)],
+                sort=[(rules.ITEM_ORDER, ASCENDING)],
             )
             if doc is not None:
                 return doc
@@ -466,10 +395,8 @@ class MongoStore(Store):
     def _started(self, doc: dict[str, Any], owner: str, now: dt.datetime) -> Item | None:
         """Mark the claimed item's bulk job started; None (item handed back) if it was paused or cancelled."""
         bulk_id = doc["bulk_job_id"]
-        self.bulks.update_one(
-            {"_id": bulk_id, "status": BulkStatus.queued.value}, {"$set": {"status": BulkStatus.processing.value}}
-        )
-        self.bulks.update_one({"_id": bulk_id, "started_at": None}, {"$set": {"started_at": now}})
+        for condition, fields in rules.job_started(now):
+            self.bulks.update_one({"_id": bulk_id, **condition}, {"$set": fields})
         # A pause or cancel may have committed between choosing the item and the
         # claim: check again, and hand the item back untouched if so.
         current = self.bulks.find_one({"_id": bulk_id}, {"status": 1})
@@ -479,13 +406,11 @@ class MongoStore(Store):
         if current["status"] not in [s.value for s in CLAIMABLE_BULK]:
             self.release_item(str(doc["_id"]), owner)
             return None
-        return self._item(doc)
+        return _item(doc)
 
-    def _held(self, item_id: str, owner: str, update: dict[str, Any]) -> bool:
-        result = self.items.update_one(
-            {"_id": ObjectId(item_id), "status": ItemStatus.processing.value, "lease_owner": owner},
-            update,
-        )
+    @_unavailable
+    def _write_held(self, item_id: str, owner: str, change: Change) -> bool:
+        result = self.items.update_one({"_id": ObjectId(item_id), **rules.held(owner)}, _update(change))
         return result.matched_count == 1
 
     @_unavailable
@@ -496,54 +421,15 @@ class MongoStore(Store):
         slot = self.leases.update_one({"owner": owner, "_id": {"$ne": COOLDOWN}}, {"$set": {"expires_at": expires}})
         if not slot.matched_count:
             return False
-        return self._held(item_id, owner, {"$set": {"lease_expires_at": expires}})
-
-    @_unavailable
-    def begin_attempt(self, item_id: str, owner: str) -> bool:
-        return self._held(item_id, owner, {"$inc": {"attempts": 1, "retry_count": 1}})
-
-    @_unavailable
-    def finish_item(self, item_id: str, owner: str, outcome: Outcome, now: dt.datetime) -> bool:
-        return self._held(
-            item_id,
-            owner,
-            {
-                "$set": {
-                    "status": ItemStatus(outcome.status).value,
-                    "result": outcome.result,
-                    "error": outcome.error,
-                    "completed_at": now,
-                    "lease_owner": None,
-                    "lease_expires_at": None,
-                }
-            },
-        )
-
-    @_unavailable
-    def release_item(self, item_id: str, owner: str, charge: bool = False) -> bool:
-        update: dict[str, Any] = {
-            "$set": {
-                "status": ItemStatus.queued.value,
-                "lease_owner": None,
-                "lease_expires_at": None,
-                "started_at": None,
-            }
-        }
-        if not charge:
-            update["$inc"] = {"attempts": -1}
-        return self._held(item_id, owner, update)
+        return self._write_held(item_id, owner, Change({"lease_expires_at": expires}))
 
     @_unavailable
     def is_held(self, item_id: str, owner: str) -> bool:
-        doc = self.items.find_one(
-            {"_id": ObjectId(item_id), "status": ItemStatus.processing.value, "lease_owner": owner},
-            {"_id": 1},
-        )
-        return doc is not None
+        return self.items.find_one({"_id": ObjectId(item_id), **rules.held(owner)}, {"_id": 1}) is not None
 
     @_unavailable
     def in_flight(self) -> list[Item]:
-        return [self._item(d) for d in self.items.find({"status": ItemStatus.processing.value})]
+        return [_item(d) for d in self.items.find({"status": ItemStatus.processing.value})]
 
     @_unavailable
     def cancel_bulk(self, bulk_id: str, now: dt.datetime) -> bool:
@@ -555,42 +441,23 @@ class MongoStore(Store):
         if bulk is not None and bulk["status"] == BulkStatus.cancelled.value:
             # The bulk job is cancelled first, so no claim can start meanwhile;
             # these sweeps are idempotent, and a repeated cancel finishes them.
-            ended = {"status": ItemStatus.cancelled.value, "completed_at": now,
-                     "lease_owner": None, "lease_expires_at": None}
-            # Queued before processing: an item a racing claim takes from the queue
-            # meanwhile is then caught by the second sweep (or by the claim's check).
-            self.items.update_many(
-                {"bulk_job_id": oid, "status": ItemStatus.queued.value}, {"$set": ended}
-            )
-            self.items.update_many(
-                {"bulk_job_id": oid, "status": ItemStatus.processing.value},
-                {"$set": {**ended, "error": CANCELLED_IN_FLIGHT}},
-            )
+            for status, change in rules.cancel_sweeps(now):
+                self.items.update_many({"bulk_job_id": oid, "status": status.value}, _update(change))
         return changed
 
     @_unavailable
     def retry_failed(self, bulk_id: str, now: dt.datetime) -> int:
         oid = _oid(bulk_id)
         bulk = None if oid is None else self.bulks.find_one({"_id": oid}, {"status": 1})
-        if bulk is None or bulk["status"] != BulkStatus.completed.value:
+        if bulk is None or bulk["status"] != rules.RETRY_FROM.value:
             return 0
         # Items first: a completed job's queued items are not claimable, so nothing
         # starts before the job itself is queued again.
-        self.items.update_many(
-            {"bulk_job_id": oid, "status": ItemStatus.failed.value},
-            {
-                "$set": {"status": ItemStatus.queued.value, "attempts": 0, "error": None,
-                         "result": None, "started_at": None, "completed_at": None},
-                "$inc": {"retry_count": 1},
-            },
-        )
+        self.items.update_many({"bulk_job_id": oid, "status": rules.RETRIED.value}, _update(rules.RETRIED_ITEM))
         # Counted, not taken from update_many: a retry that died half-way is finished here.
         requeued = self.items.count_documents({"bulk_job_id": oid, "status": ItemStatus.queued.value})
         if requeued:
-            self.bulks.update_one(
-                {"_id": oid, "status": BulkStatus.completed.value},
-                {"$set": {"status": BulkStatus.queued.value, "completed_at": None}},
-            )
+            self.bulks.update_one({"_id": oid, "status": rules.RETRY_FROM.value}, _update(rules.RETRIED_JOB))
         return requeued
 
     @_unavailable
@@ -599,27 +466,9 @@ class MongoStore(Store):
         expired = {"status": ItemStatus.processing.value, "lease_expires_at": {"$lt": now}}
         for doc in self.items.find(expired, {"_id": 1, "bulk_job_id": 1, "attempts": 1}):
             bulk = self.bulks.find_one({"_id": doc["bulk_job_id"]}, {"status": 1})
-            cleared = {"lease_owner": None, "lease_expires_at": None}
-            if bulk is not None and bulk["status"] == BulkStatus.cancelled.value:
-                update: dict[str, Any] = {
-                    "$set": {"status": ItemStatus.cancelled.value, "completed_at": now, **cleared}
-                }
-            elif doc.get("attempts", 0) >= max_attempts:
-                update = {
-                    "$set": {
-                        "status": ItemStatus.failed.value,
-                        "completed_at": now,
-                        "error": lease_lost_error(doc.get("attempts", 0)),
-                        **cleared,
-                    }
-                }
-            else:
-                update = {
-                    "$set": {"status": ItemStatus.queued.value, "started_at": None, **cleared},
-                    "$inc": {"retry_count": 1},
-                }
+            change = rules.expired(None if bulk is None else bulk["status"], doc.get("attempts", 0), max_attempts, now)
             # Conditional on the lease still being expired: a late heartbeat wins.
-            if self.items.update_one({"_id": doc["_id"], **expired}, update).matched_count:
+            if self.items.update_one({"_id": doc["_id"], **expired}, _update(change)).matched_count:
                 touched.add(str(doc["bulk_job_id"]))
         return sorted(touched)
 
@@ -663,61 +512,34 @@ class MongoStore(Store):
                     },
                 ]
             )
-            by_status = {g["_id"]: g for g in groups}
-            counts = Counts(
-                **{s.value: by_status.get(s.value, {}).get("n", 0) for s in ItemStatus}
-            )
-            timed = [
-                by_status[s.value]
-                for s in (ItemStatus.completed, ItemStatus.failed)
-                if by_status.get(s.value, {}).get("ms") is not None
-            ]
-            mean = None
-            if timed:
-                mean = sum(g["ms"] * g["n"] for g in timed) / sum(g["n"] for g in timed) / 1000
-            eta = estimate_completion(now, counts.pending, mean, seconds_between_items)
+            counts, mean = rules.tally({g["_id"]: (g["n"], None if g.get("ms") is None else g["ms"] / 1000)
+                                        for g in groups})
             failed = []
             if counts.failed:
                 cursor = self.items.find(
                     {"bulk_job_id": oid, "status": ItemStatus.failed.value}
-                ).sort("queue_position", ASCENDING)
-                failed = [self._item(d) for d in cursor]
+                ).sort(rules.ITEM_ORDER, ASCENDING)
+                failed = [_item(d) for d in cursor]
             seq_filter: Any = seq if seq is not None else {"$exists": False}
-            written = self.bulks.update_one(
-                {"_id": oid, "refresh_seq": seq_filter},
-                {
-                    "$set": {
-                        "completed_items": counts.completed,
-                        "failed_items": counts.failed,
-                        "cancelled_items": counts.cancelled,
-                        "error_summary": summarize_errors(failed),
-                        "estimated_completion": eta,
-                        "refresh_seq": (seq or 0) + 1,
-                    }
-                },
-            )
+            fields = rules.counters(counts, failed, mean, now, seconds_between_items)
+            written = self.bulks.update_one({"_id": oid, "refresh_seq": seq_filter},
+                                            {"$set": {**fields, "refresh_seq": (seq or 0) + 1}})
             if written.matched_count:
                 break
             # Someone refreshed meanwhile from a later snapshot: count again.
         else:
             raise StoreUnavailable(f"the counters of bulk job {bulk_id} kept changing; try again.")
         ended = counts.pending == 0 and self._end(oid, EventKind.completed, now)
-        return Counts(**{**counts.__dict__, "ended_now": ended})
+        return dataclasses.replace(counts, ended_now=ended)
 
     def _end(self, oid: ObjectId, kind: EventKind, now: dt.datetime) -> bool:
         """Record the job's end and its outbox in one conditional update."""
         doc = self.bulks.find_one({"_id": oid}, {"notify": 1})
         if doc is None:
             return False
-        channels = list(doc.get("notify") or [])
-        status = BulkStatus.completed if kind is EventKind.completed else BulkStatus.cancelled
         result = self.bulks.update_one(
-            {"_id": oid, "status": {"$in": [s.value for s in ACTIVE_BULK]}},
-            {"$set": {
-                "status": status.value, "completed_at": now, "estimated_completion": None,
-                "outbox": new_outbox(kind, channels, now), "notify_pending": bool(channels),
-                "hook_pending": True, "notified_at": None,
-            }},
+            {"_id": oid, "status": {"$in": [s.value for s in rules.ENDS_FROM]}},
+            {"$set": rules.end_fields(kind, list(doc.get("notify") or []), now)},
         )
         return result.matched_count == 1
 
@@ -735,19 +557,10 @@ class MongoStore(Store):
     def claim_step(
         self, bulk_id: str, event_id: str, index: int, owner: str, now: dt.datetime, lock_seconds: float
     ) -> bool:
-        step = f"outbox.steps.{index}"
-        stamp = iso(now)
+        step = f"outbox.steps.{index}."
         result = self.bulks.update_one(
-            {
-                "_id": ObjectId(bulk_id),
-                "outbox.event_id": event_id,
-                "$or": [
-                    {f"{step}.state": StepState.pending.value, f"{step}.next_at": {"$lte": stamp}},
-                    {f"{step}.state": StepState.sending.value, f"{step}.lock_until": {"$lt": stamp}},
-                ],
-            },
-            {"$set": {f"{step}.state": StepState.sending.value, f"{step}.owner": owner,
-                      f"{step}.lock_until": iso(later(now, lock_seconds))}},
+            {"_id": ObjectId(bulk_id), "outbox.event_id": event_id, **_match(rules.step_claim_conditions(now), step)},
+            _update(rules.step_taken(owner, now, lock_seconds), step),
         )
         return result.matched_count == 1
 
@@ -763,30 +576,26 @@ class MongoStore(Store):
         retry_at: dt.datetime | None,
     ) -> bool:
         oid = ObjectId(bulk_id)
-        step = f"outbox.steps.{index}"
+        step = f"outbox.steps.{index}."
         doc = self.bulks.find_one({"_id": oid, "outbox.event_id": event_id}, {"outbox": 1})
         if doc is None:
             return False
-        fields = step_result(doc["outbox"]["steps"][index], now, error, retry_at)
+        fields = rules.step_result(doc["outbox"]["steps"][index], now, error, retry_at)
         result = self.bulks.update_one(
-            {"_id": oid, "outbox.event_id": event_id, f"{step}.state": StepState.sending.value,
-             f"{step}.owner": owner},
-            {"$set": {f"{step}.{k}": v for k, v in fields.items()}},
+            {"_id": oid, "outbox.event_id": event_id, **_match(rules.step_held_conditions(owner), step)},
+            _update(fields, step),
         )
         if not result.matched_count:
             return False
         # Whether anything is left to deliver, read after the write: two deliverers
         # finishing at once both see the final steps (open_outboxes heals the rest).
         outbox = self.bulks.find_one({"_id": oid}, {"outbox": 1})["outbox"]
-        update: dict[str, Any] = {"notify_pending": outbox_open(outbox)}
-        if not update["notify_pending"] and any(s["state"] == StepState.sent.value for s in outbox["steps"]):
-            update["notified_at"] = now
-        self.bulks.update_one({"_id": oid, "outbox.event_id": event_id}, {"$set": update})
+        self.bulks.update_one({"_id": oid, "outbox.event_id": event_id}, {"$set": rules.delivery_flags(outbox, now)})
         return True
 
     @_unavailable
     def open_outboxes(self) -> list[BulkJob]:
-        jobs = [self._bulk(d) for d in self.bulks.find({"notify_pending": True})]
+        jobs = [_bulk(d) for d in self.bulks.find({"notify_pending": True})]
         for job in jobs:
             if not outbox_open(job.outbox):  # a flag left behind by two finishing deliverers
                 event = {"outbox.event_id": job.outbox["event_id"]} if job.outbox else {}
@@ -803,7 +612,7 @@ class MongoStore(Store):
 
     @_unavailable
     def pending_hooks(self, since: dt.datetime) -> list[BulkJob]:
-        return [self._bulk(d) for d in self.bulks.find({"hook_pending": True, "completed_at": {"$gte": since}})]
+        return [_bulk(d) for d in self.bulks.find({"hook_pending": True, "completed_at": {"$gte": since}})]
 
     @_unavailable
     def set_bulk_state(
@@ -839,8 +648,7 @@ class MongoStore(Store):
                 # it; where a live one exists, the upsert collides on _id.
                 self.leases.update_one(
                     {"_id": name, "expires_at": {"$lt": now}},
-                    {"$set": {"owner": owner, "expires_at": expires, "acquired_at": now, "host": host,
-                              "pid": pid}},
+                    {"$set": rules.new_slot(owner, expires, now, host, pid)},
                     upsert=True,
                 )
             except DuplicateKeyError:
@@ -868,16 +676,11 @@ class MongoStore(Store):
         doc = self.leases.find_one({"_id": COOLDOWN})
         return None if doc is None else _aware(doc.get("expires_at"))
 
-    @staticmethod
-    def _lease(doc: dict[str, Any]) -> Lease:
-        return Lease(doc["owner"], _aware(doc["expires_at"]), _aware(doc["acquired_at"]),  # type: ignore[arg-type]
-                     doc.get("host", ""), doc.get("pid", 0))
-
     @_unavailable
     def processor_leases(self) -> list[Lease]:
-        return [self._lease(d) for d in self.leases.find({"_id": {"$ne": COOLDOWN}})]
+        return [_lease(d) for d in self.leases.find({"_id": {"$ne": COOLDOWN}})]
 
     @_unavailable
     def processor_lease(self) -> Lease | None:
         doc = self.leases.find_one({"_id": PROCESSOR_LEASE})
-        return None if doc is None else self._lease(doc)
+        return None if doc is None else _lease(doc)

@@ -14,6 +14,7 @@ every call so that changes made since are seen.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import errno
 import functools
@@ -23,43 +24,16 @@ import sqlite3
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 from urllib.parse import quote
 
 from bulkgen_cli.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.model import (
-    ACTIVE_BULK,
-    CLAIMABLE_BULK,
-    PRIORITY_RANK,
-    EventKind,
-    Priority,
-    StepState,
-    BulkJob,
-    BulkStatus,
-    Counts,
-    Item,
-    ItemStatus,
-    Outcome,
-    estimate_completion,
-    iso,
-    later,
-    new_id,
-    new_outbox,
-    outbox_open,
-    summarize_errors,
+    CLAIMABLE_BULK, BulkJob, BulkStatus, Counts, EventKind, Item, ItemStatus, iso, later,
 )
-from bulkgen_cli.store.base import (
-    CANCELLED_IN_FLIGHT,
-    COOLDOWN,
-    PROCESSOR_LEASE,
-    Lease,
-    OpenMode,
-    Store,
-    lease_lost_error,
-    slot_names,
-    step_claimable,
-    step_result,
-)
+from bulkgen_cli.store import rules
+from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, OpenMode, Store, slot_names
+from bulkgen_cli.store.rules import BULK_FIELDS, ITEM_FIELDS, LEASE_FIELDS, Change, record
 
 SCHEMA_VERSION = 5
 BUSY_TIMEOUT_S = 30.0
@@ -169,7 +143,7 @@ CLAIM_JOB_SQL = (
     "SELECT b.id, b.status, b.started_at FROM bulk_jobs b INDEXED BY bulk_jobs_claim"
     " WHERE b.status IN (?, ?) AND (b.not_before IS NULL OR b.not_before <= ?)"
     " AND EXISTS (SELECT 1 FROM generation_jobs i WHERE i.bulk_job_id = b.id AND i.status = 'queued')"
-    " ORDER BY b.priority_rank, b.created_at, b.id LIMIT 1"
+    f" ORDER BY {', '.join('b.' + name for name in rules.JOB_ORDER)} LIMIT 1"
 )
 #: Whether `owner` holds a live processor slot.
 SLOT_HELD_SQL = "SELECT 1 FROM leases WHERE owner = ? AND name != ? AND expires_at >= ?"
@@ -182,7 +156,7 @@ NEXT_FENCE_SQL = (
 )
 CLAIM_ITEM_SQL = (
     "SELECT id, bulk_job_id FROM generation_jobs WHERE bulk_job_id = ? AND status = 'queued'"
-    " ORDER BY queue_position LIMIT 1"
+    f" ORDER BY {rules.ITEM_ORDER} LIMIT 1"
 )
 
 T = TypeVar("T")
@@ -190,6 +164,56 @@ T = TypeVar("T")
 
 def _ts(value: str | None) -> dt.datetime | None:
     return None if value is None else dt.datetime.fromisoformat(value)
+
+
+# -- the rules' records and changes, as SQLite stores them ------------------------------------------
+
+
+def _sql(value: Any) -> Any:
+    """A value as SQLite stores it: times as ISO text, lists and dicts as JSON text."""
+    if isinstance(value, dt.datetime):
+        return iso(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+def _bulk(row: sqlite3.Row) -> BulkJob:
+    return record(BulkJob, BULK_FIELDS, dict(row), _ts, json.loads)  # type: ignore[no-any-return]
+
+
+def _item(row: sqlite3.Row) -> Item:
+    return record(Item, ITEM_FIELDS, dict(row), _ts, json.loads)  # type: ignore[no-any-return]
+
+
+def _lease(row: sqlite3.Row) -> Lease:
+    return record(Lease, LEASE_FIELDS, dict(row), _ts, json.loads)  # type: ignore[no-any-return]
+
+
+def _marks(values: Iterable[Any]) -> str:
+    return f"({', '.join('?' for _ in values)})"
+
+
+def _insert(db: sqlite3.Connection, table: str, rows: list[dict[str, Any]], verb: str = "INSERT") -> None:
+    if rows:
+        columns = list(rows[0])
+        db.executemany(f"{verb} INTO {table} ({', '.join(columns)}) VALUES {_marks(columns)}",
+                       [[_sql(row[c]) for c in columns] for row in rows])
+
+
+def _equal(fields: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    """A WHERE clause: each field equals its value."""
+    return " AND ".join(f"{k} = ?" for k in fields), [_sql(v) for v in fields.values()]
+
+
+def _update(db: sqlite3.Connection, table: str, change: Change | Mapping[str, Any], where: str,
+            *args: Any) -> int:
+    """One UPDATE of `change` (counters added to never drop below zero); how many rows it changed."""
+    if not isinstance(change, Change):
+        change = Change(dict(change))
+    sets = [f"{k} = ?" for k in change.set] + [f"{k} = max({k} + ?, 0)" for k in change.add]
+    params = [_sql(v) for v in change.set.values()] + list(change.add.values())
+    return db.execute(f"UPDATE {table} SET {', '.join(sets)} WHERE {where}", (*params, *args)).rowcount
 
 
 def _disk_full(path: Path) -> bool:
@@ -416,56 +440,6 @@ class SqliteStore(Store):
     def close(self) -> None:
         self.db.close()
 
-    # -- rows -> records -------------------------------------------------------
-
-    @staticmethod
-    def _bulk(row: sqlite3.Row) -> BulkJob:
-        return BulkJob(
-            id=row["id"],
-            userId=row["userId"],
-            mode=row["mode"],
-            name=row["name"],
-            status=row["status"],
-            total_items=row["total_items"],
-            completed_items=row["completed_items"],
-            failed_items=row["failed_items"],
-            cancelled_items=row["cancelled_items"],
-            created_at=_ts(row["created_at"]),
-            started_at=_ts(row["started_at"]),
-            completed_at=_ts(row["completed_at"]),
-            estimated_completion=_ts(row["estimated_completion"]),
-            error_summary=json.loads(row["error_summary"]),
-            notify=json.loads(row["notify"]),
-            notified_at=_ts(row["notified_at"]),
-            idempotency_key=row["idempotency_key"],
-            outbox=None if row["outbox"] is None else json.loads(row["outbox"]),
-            priority=row["priority"],
-            not_before=_ts(row["not_before"]),
-            group_id=row["group_id"],
-        )
-
-    @staticmethod
-    def _item(row: sqlite3.Row) -> Item:
-        return Item(
-            id=row["id"],
-            bulk_job_id=row["bulk_job_id"],
-            userId=row["userId"],
-            mode=row["mode"],
-            article=json.loads(row["article"]),
-            status=row["status"],
-            queue_position=row["queue_position"],
-            retry_count=row["retry_count"],
-            attempts=row["attempts"],
-            error=row["error"],
-            result=None if row["result"] is None else json.loads(row["result"]),
-            created_at=_ts(row["created_at"]),
-            started_at=_ts(row["started_at"]),
-            completed_at=_ts(row["completed_at"]),
-            lease_owner=row["lease_owner"],
-            lease_expires_at=_ts(row["lease_expires_at"]),
-            fence=row["fence"],
-        )
-
     # -- submit and read -------------------------------------------------------
 
     @_unavailable
@@ -477,50 +451,16 @@ class SqliteStore(Store):
                     (bulk.userId, bulk.idempotency_key),
                 ).fetchone()
                 if row is not None:
-                    return self._bulk(row), False
-            db.execute(
-                "INSERT INTO bulk_jobs (id, userId, mode, name, status, total_items, created_at,"
-                " notify, idempotency_key, priority, priority_rank, not_before, group_id)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    bulk.id,
-                    bulk.userId,
-                    bulk.mode,
-                    bulk.name,
-                    bulk.status,
-                    bulk.total_items,
-                    iso(bulk.created_at),
-                    json.dumps(bulk.notify),
-                    bulk.idempotency_key,
-                    Priority(bulk.priority).value,
-                    PRIORITY_RANK[Priority(bulk.priority)],
-                    iso(bulk.not_before),
-                    bulk.group_id,
-                ),
-            )
-            db.executemany(
-                "INSERT INTO generation_jobs (id, bulk_job_id, userId, mode, article, status,"
-                " queue_position, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        new_id(),
-                        bulk.id,
-                        bulk.userId,
-                        bulk.mode,
-                        json.dumps(article, ensure_ascii=False),
-                        ItemStatus.queued.value,
-                        position,
-                        iso(bulk.created_at),
-                    )
-                    for position, article in enumerate(articles, start=1)
-                ],
-            )
+                    return _bulk(row), False
+            _insert(db, "bulk_jobs", [rules.new_bulk(bulk)])
+            _insert(db, "generation_jobs",
+                    [rules.new_item(bulk, article, n) for n, article in enumerate(articles, start=1)])
         return bulk, True
 
     @_unavailable
     def get_bulk(self, bulk_id: str) -> BulkJob | None:
         row = self.db.execute("SELECT * FROM bulk_jobs WHERE id = ?", (bulk_id,)).fetchone()
-        return None if row is None else self._bulk(row)
+        return None if row is None else _bulk(row)
 
     @_unavailable
     def list_bulks(
@@ -539,21 +479,21 @@ class SqliteStore(Store):
             args.append(user)
         if statuses is not None:
             values = [BulkStatus(s).value for s in statuses]
-            where.append(f"status IN ({', '.join('?' * len(values))})")
+            where.append(f"status IN {_marks(values)}")
             args.extend(values)
         sql = "SELECT * FROM bulk_jobs"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        return [self._bulk(r) for r in self.db.execute(sql, (*args, limit))]
+        sql += f" ORDER BY {', '.join(name + ' DESC' for name in rules.NEWEST_FIRST)} LIMIT ?"
+        return [_bulk(r) for r in self.db.execute(sql, (*args, limit))]
 
     @_unavailable
     def list_items(self, bulk_id: str) -> list[Item]:
         rows = self.db.execute(
-            "SELECT * FROM generation_jobs WHERE bulk_job_id = ? ORDER BY queue_position",
+            f"SELECT * FROM generation_jobs WHERE bulk_job_id = ? ORDER BY {rules.ITEM_ORDER}",
             (bulk_id,),
         )
-        return [self._item(r) for r in rows]
+        return [_item(r) for r in rows]
 
     # -- the processor's verbs -------------------------------------------------
 
@@ -583,33 +523,25 @@ class SqliteStore(Store):
             if row is None:
                 return None
             fence = db.execute(NEXT_FENCE_SQL).fetchone()[0]
-            expires = iso(later(now, lease_seconds))
-            db.execute(
-                "UPDATE generation_jobs SET status = 'processing', lease_owner = ?,"
-                " lease_expires_at = ?, started_at = ?, attempts = attempts + 1, error = NULL,"
-                " fence = ? WHERE id = ?",
-                (owner, expires, iso(now), fence, row["id"]),
-            )
-            if bulk["status"] != BulkStatus.processing.value or bulk["started_at"] is None:
-                db.execute(
-                    "UPDATE bulk_jobs SET status = 'processing', started_at = coalesce(started_at, ?)"
-                    " WHERE id = ?",
-                    (iso(now), row["bulk_job_id"]),
-                )
+            _update(db, "generation_jobs", rules.claimed(owner, later(now, lease_seconds), now, fence),
+                    "id = ?", row["id"])
+            for condition, fields in rules.job_started(now):
+                if all(bulk[k] == v for k, v in condition.items()):
+                    _update(db, "bulk_jobs", fields, "id = ?", row["bulk_job_id"])
             item = db.execute("SELECT * FROM generation_jobs WHERE id = ?", (row["id"],)).fetchone()
-        return self._item(item)
+        return _item(item)
 
-    def _held(self, sql: str, args: tuple[Any, ...]) -> bool:
-        """Run an UPDATE on an item only while `owner` still holds it."""
+    @_unavailable
+    def _write_held(self, item_id: str, owner: str, change: Change) -> bool:
+        """Write `change` on an item only while `owner` still holds it."""
+        where, args = _equal(rules.held(owner))
         with self._tx() as db:
-            cursor = db.execute(
-                sql + " WHERE id = ? AND status = 'processing' AND lease_owner = ?", args
-            )
-            return cursor.rowcount == 1
+            return _update(db, "generation_jobs", change, f"id = ? AND {where}", item_id, *args) == 1
 
     @_unavailable
     def heartbeat(self, item_id: str, owner: str, lease_seconds: float, now: dt.datetime) -> bool:
         expires = iso(later(now, lease_seconds))
+        where, args = _equal(rules.held(owner))
         with self._tx() as db:
             # Both in one transaction; the item's lease is extended only if the slot was.
             slot = db.execute(
@@ -617,85 +549,40 @@ class SqliteStore(Store):
             )
             if slot.rowcount == 0:
                 return False
-            cursor = db.execute(
-                "UPDATE generation_jobs SET lease_expires_at = ?"
-                " WHERE id = ? AND status = 'processing' AND lease_owner = ?",
-                (expires, item_id, owner),
-            )
-            return cursor.rowcount == 1
-
-    @_unavailable
-    def begin_attempt(self, item_id: str, owner: str) -> bool:
-        return self._held(
-            "UPDATE generation_jobs SET attempts = attempts + 1, retry_count = retry_count + 1",
-            (item_id, owner),
-        )
-
-    @_unavailable
-    def finish_item(self, item_id: str, owner: str, outcome: Outcome, now: dt.datetime) -> bool:
-        result = None if outcome.result is None else json.dumps(outcome.result, ensure_ascii=False)
-        return self._held(
-            "UPDATE generation_jobs SET status = ?, result = ?, error = ?, completed_at = ?,"
-            " lease_owner = NULL, lease_expires_at = NULL",
-            (ItemStatus(outcome.status).value, result, outcome.error, iso(now), item_id, owner),
-        )
-
-    @_unavailable
-    def release_item(self, item_id: str, owner: str, charge: bool = False) -> bool:
-        attempts = "attempts" if charge else "max(attempts - 1, 0)"
-        return self._held(
-            f"UPDATE generation_jobs SET status = 'queued', attempts = {attempts},"
-            " lease_owner = NULL, lease_expires_at = NULL, started_at = NULL",
-            (item_id, owner),
-        )
+            return _update(db, "generation_jobs", {"lease_expires_at": expires}, f"id = ? AND {where}",
+                           item_id, *args) == 1
 
     @_unavailable
     def is_held(self, item_id: str, owner: str) -> bool:
-        row = self.db.execute(
-            "SELECT 1 FROM generation_jobs WHERE id = ? AND status = 'processing' AND lease_owner = ?",
-            (item_id, owner),
-        ).fetchone()
-        return row is not None
+        where, args = _equal(rules.held(owner))
+        row = self.db.execute(f"SELECT 1 FROM generation_jobs WHERE id = ? AND {where}", (item_id, *args))
+        return row.fetchone() is not None
 
     @_unavailable
     def in_flight(self) -> list[Item]:
         rows = self.db.execute("SELECT * FROM generation_jobs WHERE status = 'processing'")
-        return [self._item(r) for r in rows]
+        return [_item(r) for r in rows]
 
     @_unavailable
     def cancel_bulk(self, bulk_id: str, now: dt.datetime) -> bool:
         with self._tx() as db:
-            changed = self._end(db, bulk_id, EventKind.cancelled, now, ACTIVE_BULK)
+            changed = self._end(db, bulk_id, EventKind.cancelled, now)
             row = db.execute("SELECT status FROM bulk_jobs WHERE id = ?", (bulk_id,)).fetchone()
             if row is not None and row["status"] == BulkStatus.cancelled.value:
-                db.execute(
-                    "UPDATE generation_jobs SET completed_at = ?, lease_owner = NULL,"
-                    " lease_expires_at = NULL,"
-                    " error = CASE status WHEN 'processing' THEN ? ELSE error END,"
-                    " status = 'cancelled'"
-                    " WHERE bulk_job_id = ? AND status IN ('queued', 'processing')",
-                    (iso(now), CANCELLED_IN_FLIGHT, bulk_id),
-                )
+                for status, change in rules.cancel_sweeps(now):
+                    _update(db, "generation_jobs", change, "bulk_job_id = ? AND status = ?", bulk_id, status.value)
         return changed
 
     @staticmethod
-    def _end(db: sqlite3.Connection, bulk_id: str, kind: EventKind, now: dt.datetime,
-             allowed_from: Iterable[BulkStatus]) -> bool:
+    def _end(db: sqlite3.Connection, bulk_id: str, kind: EventKind, now: dt.datetime) -> bool:
         """Record the job's end and its outbox in one statement; True if this call did."""
         row = db.execute("SELECT notify FROM bulk_jobs WHERE id = ?", (bulk_id,)).fetchone()
         if row is None:
             return False
-        channels = json.loads(row["notify"])
-        outbox = new_outbox(kind, channels, now)
-        status = BulkStatus.completed if kind is EventKind.completed else BulkStatus.cancelled
-        values = [BulkStatus(s).value for s in allowed_from]
-        cursor = db.execute(
-            "UPDATE bulk_jobs SET status = ?, completed_at = ?, estimated_completion = NULL,"
-            " outbox = ?, notify_pending = ?, hook_pending = 1, notified_at = NULL"
-            f" WHERE id = ? AND status IN ({', '.join('?' * len(values))})",
-            (status.value, iso(now), json.dumps(outbox), int(bool(channels)), bulk_id, *values),
-        )
-        return cursor.rowcount == 1
+        ends_from = [s.value for s in rules.ENDS_FROM]
+        fields = rules.end_fields(kind, json.loads(row["notify"]), now)
+        where = f"id = ? AND status IN {_marks(ends_from)}"
+        return _update(db, "bulk_jobs", fields, where, bulk_id, *ends_from) == 1
 
     def _with_outbox(self, bulk_id: str, event_id: str,
                      change: Callable[[dict[str, Any]], bool], now: dt.datetime | None = None) -> bool:
@@ -707,17 +594,7 @@ class SqliteStore(Store):
             outbox = json.loads(row["outbox"])
             if outbox["event_id"] != event_id or not change(outbox):
                 return False
-            still_open = outbox_open(outbox)
-            notified = None
-            if not still_open and now is not None and any(
-                step["state"] == StepState.sent.value for step in outbox["steps"]
-            ):
-                notified = iso(now)
-            db.execute(
-                "UPDATE bulk_jobs SET outbox = ?, notify_pending = ?,"
-                " notified_at = coalesce(?, notified_at) WHERE id = ?",
-                (json.dumps(outbox), int(still_open), notified, bulk_id),
-            )
+            _update(db, "bulk_jobs", {"outbox": outbox, **rules.delivery_flags(outbox, now)}, "id = ?", bulk_id)
             return True
 
     @_unavailable
@@ -736,9 +613,9 @@ class SqliteStore(Store):
     ) -> bool:
         def take(outbox: dict[str, Any]) -> bool:
             step = outbox["steps"][index]
-            if not step_claimable(step, now):
+            if not rules.step_claimable(step, now):
                 return False
-            step.update(state=StepState.sending.value, owner=owner, lock_until=iso(later(now, lock_seconds)))
+            step.update(rules.step_taken(owner, now, lock_seconds))
             return True
 
         return self._with_outbox(bulk_id, event_id, take)
@@ -754,18 +631,18 @@ class SqliteStore(Store):
         error: str | None,
         retry_at: dt.datetime | None,
     ) -> bool:
-        def record(outbox: dict[str, Any]) -> bool:
+        def tried(outbox: dict[str, Any]) -> bool:
             step = outbox["steps"][index]
-            if step["state"] != StepState.sending.value or step["owner"] != owner:
+            if not rules.matches(step, rules.step_held_conditions(owner)):
                 return False
-            step.update(step_result(step, now, error, retry_at))
+            step.update(rules.step_result(step, now, error, retry_at))
             return True
 
-        return self._with_outbox(bulk_id, event_id, record, now)
+        return self._with_outbox(bulk_id, event_id, tried, now)
 
     @_unavailable
     def open_outboxes(self) -> list[BulkJob]:
-        return [self._bulk(r) for r in self.db.execute("SELECT * FROM bulk_jobs WHERE notify_pending = 1")]
+        return [_bulk(r) for r in self.db.execute("SELECT * FROM bulk_jobs WHERE notify_pending = 1")]
 
     @_unavailable
     def claim_hook(self, bulk_id: str, event_id: str) -> bool:
@@ -783,25 +660,18 @@ class SqliteStore(Store):
         rows = self.db.execute(
             "SELECT * FROM bulk_jobs WHERE hook_pending = 1 AND completed_at >= ?", (iso(since),)
         )
-        return [self._bulk(r) for r in rows]
+        return [_bulk(r) for r in rows]
 
     @_unavailable
     def retry_failed(self, bulk_id: str, now: dt.datetime) -> int:
         with self._tx() as db:
             row = db.execute("SELECT status FROM bulk_jobs WHERE id = ?", (bulk_id,)).fetchone()
-            if row is None or row["status"] != BulkStatus.completed.value:
+            if row is None or row["status"] != rules.RETRY_FROM.value:
                 return 0
-            requeued = db.execute(
-                "UPDATE generation_jobs SET status = 'queued', attempts = 0,"
-                " retry_count = retry_count + 1, error = NULL, result = NULL, started_at = NULL,"
-                " completed_at = NULL WHERE bulk_job_id = ? AND status = 'failed'",
-                (bulk_id,),
-            ).rowcount
+            requeued = _update(db, "generation_jobs", rules.RETRIED_ITEM, "bulk_job_id = ? AND status = ?",
+                               bulk_id, rules.RETRIED.value)
             if requeued:
-                db.execute(
-                    "UPDATE bulk_jobs SET status = 'queued', completed_at = NULL WHERE id = ?",
-                    (bulk_id,),
-                )
+                _update(db, "bulk_jobs", rules.RETRIED_JOB, "id = ?", bulk_id)
         return requeued
 
     @_unavailable
@@ -814,25 +684,8 @@ class SqliteStore(Store):
                 (iso(now),),
             ).fetchall()
             for row in rows:
-                if row["bulk_status"] == BulkStatus.cancelled.value:
-                    db.execute(
-                        "UPDATE generation_jobs SET status = 'cancelled', completed_at = ?,"
-                        " lease_owner = NULL, lease_expires_at = NULL WHERE id = ?",
-                        (iso(now), row["id"]),
-                    )
-                elif row["attempts"] >= max_attempts:
-                    db.execute(
-                        "UPDATE generation_jobs SET status = 'failed', completed_at = ?, error = ?,"
-                        " lease_owner = NULL, lease_expires_at = NULL WHERE id = ?",
-                        (iso(now), lease_lost_error(row["attempts"]), row["id"]),
-                    )
-                else:
-                    db.execute(
-                        "UPDATE generation_jobs SET status = 'queued', retry_count = retry_count + 1,"
-                        " lease_owner = NULL, lease_expires_at = NULL, started_at = NULL"
-                        " WHERE id = ?",
-                        (row["id"],),
-                    )
+                change = rules.expired(row["bulk_status"], row["attempts"], max_attempts, now)
+                _update(db, "generation_jobs", change, "id = ?", row["id"])
         return sorted({row["bulk_job_id"] for row in rows})
 
     @_unavailable
@@ -856,47 +709,20 @@ class SqliteStore(Store):
         self, bulk_id: str, now: dt.datetime, seconds_between_items: float = 0.0
     ) -> Counts:
         with self._tx() as db:
-            by_status = dict(
-                db.execute(
-                    "SELECT status, count(*) FROM generation_jobs WHERE bulk_job_id = ?"
-                    " GROUP BY status",
-                    (bulk_id,),
-                ).fetchall()
-            )
-            counts = Counts(**{s.value: by_status.get(s.value, 0) for s in ItemStatus})
-            failed = []
-            if counts.failed:
-                failed = [
-                    self._item(r)
-                    for r in db.execute(
-                        "SELECT * FROM generation_jobs WHERE bulk_job_id = ? AND status = 'failed'"
-                        " ORDER BY queue_position",
-                        (bulk_id,),
-                    )
-                ]
-            mean = db.execute(
-                "SELECT avg((julianday(completed_at) - julianday(started_at)) * 86400.0)"
-                " FROM generation_jobs WHERE bulk_job_id = ? AND status IN ('completed', 'failed')"
-                " AND started_at IS NOT NULL",
+            groups = {status: (n, mean) for status, n, mean in db.execute(
+                "SELECT status, count(*), avg((julianday(completed_at) - julianday(started_at)) * 86400.0)"
+                " FROM generation_jobs WHERE bulk_job_id = ? GROUP BY status",
                 (bulk_id,),
-            ).fetchone()[0]
-            eta = estimate_completion(now, counts.pending, mean, seconds_between_items)
-            db.execute(
-                "UPDATE bulk_jobs SET completed_items = ?, failed_items = ?, cancelled_items = ?,"
-                " error_summary = ?, estimated_completion = ? WHERE id = ?",
-                (
-                    counts.completed,
-                    counts.failed,
-                    counts.cancelled,
-                    json.dumps(summarize_errors(failed), ensure_ascii=False),
-                    iso(eta),
-                    bulk_id,
-                ),
-            )
-            ended = False
-            if counts.pending == 0:
-                ended = self._end(db, bulk_id, EventKind.completed, now, ACTIVE_BULK)
-        return Counts(**{**counts.__dict__, "ended_now": ended})
+            )}
+            counts, mean = rules.tally(groups)
+            failed = [] if not counts.failed else [_item(r) for r in db.execute(
+                f"SELECT * FROM generation_jobs WHERE bulk_job_id = ? AND status = ? ORDER BY {rules.ITEM_ORDER}",
+                (bulk_id, ItemStatus.failed.value),
+            )]
+            _update(db, "bulk_jobs", rules.counters(counts, failed, mean, now, seconds_between_items),
+                    "id = ?", bulk_id)
+            ended = counts.pending == 0 and self._end(db, bulk_id, EventKind.completed, now)
+        return dataclasses.replace(counts, ended_now=ended)
 
     @_unavailable
     def set_bulk_state(
@@ -909,8 +735,7 @@ class SqliteStore(Store):
         values = [BulkStatus(s).value for s in allowed_from]
         with self._tx() as db:
             cursor = db.execute(
-                f"UPDATE bulk_jobs SET status = ? WHERE id = ?"
-                f" AND status IN ({', '.join('?' * len(values))})",
+                f"UPDATE bulk_jobs SET status = ? WHERE id = ? AND status IN {_marks(values)}",
                 (BulkStatus(to).value, bulk_id, *values),
             )
             return cursor.rowcount == 1
@@ -927,16 +752,13 @@ class SqliteStore(Store):
             if db.execute("UPDATE leases SET expires_at = ? WHERE owner = ?", (expires, owner)).rowcount:
                 return True
             held = {r["name"]: r for r in db.execute(
-                f"SELECT name, expires_at FROM leases WHERE name IN ({', '.join('?' * len(names))})", names)}
+                f"SELECT name, expires_at FROM leases WHERE name IN {_marks(names)}", names)}
             for name in names:
                 row = held.get(name)
                 if row is not None and _ts(row["expires_at"]) >= now:  # type: ignore[operator]
                     continue
-                db.execute(
-                    "INSERT OR REPLACE INTO leases (name, owner, expires_at, acquired_at, host, pid)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (name, owner, expires, iso(now), host, pid),
-                )
+                _insert(db, "leases", [{"name": name, **rules.new_slot(owner, expires, now, host, pid)}],
+                        "INSERT OR REPLACE")
                 return True
             return False
 
@@ -959,16 +781,11 @@ class SqliteStore(Store):
         row = self.db.execute("SELECT expires_at FROM leases WHERE name = ?", (COOLDOWN,)).fetchone()
         return None if row is None else _ts(row[0])
 
-    @staticmethod
-    def _lease(row: sqlite3.Row) -> Lease:
-        return Lease(row["owner"], _ts(row["expires_at"]), _ts(row["acquired_at"]),  # type: ignore[arg-type]
-                     row["host"], row["pid"])
-
     @_unavailable
     def processor_leases(self) -> list[Lease]:
-        return [self._lease(r) for r in self.db.execute("SELECT * FROM leases WHERE name != ?", (COOLDOWN,))]
+        return [_lease(r) for r in self.db.execute("SELECT * FROM leases WHERE name != ?", (COOLDOWN,))]
 
     @_unavailable
     def processor_lease(self) -> Lease | None:
         row = self.db.execute("SELECT * FROM leases WHERE name = ?", (PROCESSOR_LEASE,)).fetchone()
-        return None if row is None else self._lease(row)
+        return None if row is None else _lease(row)

@@ -1,0 +1,346 @@
+"""The queue's store decisions, made once: each backend only writes them in its own atomic query.
+
+Plain functions and tables, no I/O. A verb of `sqlite.SqliteStore` or
+`mongo.MongoStore` asks here what a record becomes (a `Change`: fields to set,
+counters to add to) and turns the answer into its own conditional write,
+keeping its own atomicity (design.md, "The store contract"). Times here are
+datetimes, except inside an outbox, whose times are ISO strings in both stores.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from bulkgen_cli.model import (
+    ACTIVE_BULK,
+    PRIORITY_RANK,
+    BulkJob,
+    BulkStatus,
+    Counts,
+    EventKind,
+    Item,
+    ItemStatus,
+    Outcome,
+    Priority,
+    StepState,
+    estimate_completion,
+    iso,
+    later,
+    new_id,
+    new_outbox,
+    outbox_open,
+    summarize_errors,
+)
+
+#: The error kept on an item whose request was aborted by a cancel.
+CANCELLED_IN_FLIGHT = "cancelled while its request was in flight"
+
+# -- the records' fields ---------------------------------------------------------------------------
+
+#: Field kinds: how a backend stores a value (SQLite: ISO text and JSON text; MongoDB: as is).
+PLAIN, TEXT, TIME, JSON = "plain", "text", "time", "json"
+#: The default of a field every record has.
+REQUIRED: Any = object()
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a stored record: its name, kind, default when absent, and whether a submit gives it."""
+
+    name: str
+    kind: str = PLAIN
+    #: a value, or `list` / `dict` for a fresh empty one
+    default: Any = None
+    #: written at submit from the submitted record (else with its default)
+    given: bool = False
+
+    def fresh(self) -> Any:
+        return self.default() if self.default in (list, dict) else self.default
+
+
+#: A bulk job: `BulkJob`'s fields as stored (design.md, "Data").
+BULK_FIELDS = (
+    Field("id", TEXT, REQUIRED, given=True),
+    Field("userId", TEXT, REQUIRED, given=True),
+    Field("mode", PLAIN, REQUIRED, given=True),
+    Field("name", PLAIN, "", given=True),
+    Field("status", PLAIN, REQUIRED, given=True),
+    Field("total_items", PLAIN, REQUIRED, given=True),
+    Field("completed_items", PLAIN, 0),
+    Field("failed_items", PLAIN, 0),
+    Field("cancelled_items", PLAIN, 0),
+    Field("created_at", TIME, given=True),
+    Field("started_at", TIME),
+    Field("completed_at", TIME),
+    Field("estimated_completion", TIME),
+    Field("error_summary", JSON, list),
+    Field("notify", JSON, list, given=True),
+    Field("notified_at", TIME),
+    Field("idempotency_key", PLAIN, given=True),
+    Field("outbox", JSON),
+    Field("priority", PLAIN, Priority.normal.value, given=True),
+    Field("not_before", TIME, given=True),
+    Field("group_id", PLAIN, given=True),
+)
+
+#: An item: `Item`'s fields as stored (`article` is one JSON column in SQLite, top-level fields in MongoDB).
+ITEM_FIELDS = (
+    Field("id", TEXT, REQUIRED),
+    Field("bulk_job_id", TEXT, REQUIRED),
+    Field("userId", TEXT, REQUIRED),
+    Field("mode", PLAIN, REQUIRED),
+    Field("article", JSON, dict),
+    Field("status", PLAIN, REQUIRED),
+    Field("queue_position", PLAIN, REQUIRED),
+    Field("retry_count", PLAIN, 0),
+    Field("attempts", PLAIN, 0),
+    Field("error", PLAIN),
+    Field("result", JSON),
+    Field("created_at", TIME),
+    Field("started_at", TIME),
+    Field("completed_at", TIME),
+    Field("lease_owner", PLAIN),
+    Field("lease_expires_at", TIME),
+    Field("fence", PLAIN),
+)
+
+#: A processor slot: `base.Lease`'s fields as stored.
+LEASE_FIELDS = (
+    Field("owner", PLAIN, REQUIRED),
+    Field("expires_at", TIME, REQUIRED),
+    Field("acquired_at", TIME, REQUIRED),
+    Field("host", PLAIN, ""),
+    Field("pid", PLAIN, 0),
+)
+
+
+def record(cls: Callable[..., Any], fields: tuple[Field, ...], values: Mapping[str, Any],
+           time: Callable[[Any], dt.datetime | None], json: Callable[[Any], Any]) -> Any:
+    """A record from stored values; the backend reads its times and JSON (`time`, `json`).
+
+    A field that is absent or None takes its default (a required one must be there).
+    """
+    out = {}
+    for f in fields:
+        value = values.get(f.name)
+        if value is None:
+            value = values[f.name] if f.default is REQUIRED else f.fresh()
+        elif f.kind == TIME:
+            value = time(value)
+        elif f.kind == JSON:
+            value = json(value)
+        elif f.kind == TEXT:
+            value = str(value)
+        out[f.name] = value
+    return cls(**out)
+
+
+def new_bulk(bulk: BulkJob) -> dict[str, Any]:
+    """Every stored field of a submitted bulk job: what the submit gives, the rest at its default."""
+    fields = {f.name: getattr(bulk, f.name) if f.given else f.fresh() for f in BULK_FIELDS}
+    priority = Priority(bulk.priority)
+    fields.update(notify=list(bulk.notify), priority=priority.value, priority_rank=PRIORITY_RANK[priority],
+                  notify_pending=False, hook_pending=False)
+    return fields
+
+
+def new_item(bulk: BulkJob, article: dict[str, Any], position: int) -> dict[str, Any]:
+    """Every stored field of one new item (1-based `position`, file order), queued."""
+    fields = {f.name: f.fresh() for f in ITEM_FIELDS}
+    fields.update(id=new_id(), bulk_job_id=bulk.id, userId=bulk.userId, mode=bulk.mode, article=article,
+                  status=ItemStatus.queued.value, queue_position=position, created_at=bulk.created_at)
+    return fields
+
+
+def new_slot(owner: str, expires: dt.datetime, now: dt.datetime, host: str, pid: int) -> dict[str, Any]:
+    """The fields of a processor slot taken by `owner`."""
+    return {"owner": owner, "expires_at": expires, "acquired_at": now, "host": host, "pid": pid}
+
+
+# -- what a write does to an item --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Change:
+    """What one write does to one record: fields to set, and counters to add to (never below zero)."""
+
+    set: dict[str, Any] = field(default_factory=dict)
+    add: dict[str, int] = field(default_factory=dict)
+
+
+#: Claim order (design.md, "Invariants", 4): jobs by priority, then oldest first; then items in file order.
+JOB_ORDER = ("priority_rank", "created_at", "id")
+ITEM_ORDER = "queue_position"
+#: Listing order of bulk jobs: newest first.
+NEWEST_FIRST = ("created_at", "id")
+
+_NO_LEASE = {"lease_owner": None, "lease_expires_at": None}
+
+
+def held(owner: str) -> dict[str, Any]:
+    """The fields that say `owner` holds an item (every write by its holder is conditional on them)."""
+    return {"status": ItemStatus.processing.value, "lease_owner": owner}
+
+
+def claimed(owner: str, expires: dt.datetime, now: dt.datetime, fence: int) -> Change:
+    """A claimed item: processing under `owner`'s lease and token `fence`, one more try."""
+    return Change({"status": ItemStatus.processing.value, "lease_owner": owner, "lease_expires_at": expires,
+                   "started_at": now, "error": None, "fence": fence}, {"attempts": 1})
+
+
+def job_started(now: dt.datetime) -> tuple[tuple[dict[str, Any], dict[str, Any]], ...]:
+    """A claim starts its job: each (condition, fields) is set where the job still meets the condition.
+
+    A queued job becomes processing (never a job paused or cancelled meanwhile);
+    `started_at` is set the first time.
+    """
+    return (({"status": BulkStatus.queued.value}, {"status": BulkStatus.processing.value}),
+            ({"started_at": None}, {"started_at": now}))
+
+
+#: A held item's next try (`Store.begin_attempt`).
+ONE_MORE_TRY = Change(add={"attempts": 1, "retry_count": 1})
+
+
+def finished(outcome: Outcome, now: dt.datetime) -> Change:
+    """A held item's end as its processor reports it."""
+    return Change({"status": ItemStatus(outcome.status).value, "result": outcome.result, "error": outcome.error,
+                   "completed_at": now, **_NO_LEASE})
+
+
+def released(charge: bool) -> Change:
+    """A held item back in the queue at its place; its try is counted only with `charge`."""
+    return Change({"status": ItemStatus.queued.value, **_NO_LEASE, "started_at": None},
+                  {} if charge else {"attempts": -1})
+
+
+def expired(bulk_status: str | None, attempts: int, max_attempts: int, now: dt.datetime) -> Change:
+    """An item whose lease expired (its processor died): cancelled with its job, failed, or queued again."""
+    if bulk_status == BulkStatus.cancelled.value:
+        return Change({"status": ItemStatus.cancelled.value, "completed_at": now, **_NO_LEASE})
+    if attempts >= max_attempts:
+        return Change({"status": ItemStatus.failed.value, "completed_at": now,
+                       "error": lease_lost_error(attempts), **_NO_LEASE})
+    return Change({"status": ItemStatus.queued.value, **_NO_LEASE, "started_at": None}, {"retry_count": 1})
+
+
+def lease_lost_error(attempts: int) -> str:
+    """The error of an item whose processor died on each of its tries."""
+    return (
+        f"gave up after {attempts} tries: the processor holding it stopped each time "
+        "before recording a result (its lease expired)"
+    )
+
+
+def cancel_sweeps(now: dt.datetime) -> tuple[tuple[ItemStatus, Change], ...]:
+    """What a cancelled job's items become, by status, in sweep order.
+
+    Queued before processing: an item a racing claim takes from the queue meanwhile
+    is then caught by the second sweep (or by the claim's own check).
+    """
+    ended = {"status": ItemStatus.cancelled.value, "completed_at": now, **_NO_LEASE}
+    return ((ItemStatus.queued, Change(ended)),
+            (ItemStatus.processing, Change({**ended, "error": CANCELLED_IN_FLIGHT})))
+
+
+#: retry-failed: from which job status, which items, and what each becomes (a new round).
+RETRY_FROM = BulkStatus.completed
+RETRIED = ItemStatus.failed
+RETRIED_ITEM = Change({"status": ItemStatus.queued.value, "attempts": 0, "error": None, "result": None,
+                       "started_at": None, "completed_at": None}, {"retry_count": 1})
+RETRIED_JOB = {"status": BulkStatus.queued.value, "completed_at": None}
+
+# -- counters and the end ------------------------------------------------------------------------------
+
+
+def tally(groups: Mapping[str, tuple[int, float | None]]) -> tuple[Counts, float | None]:
+    """The counts by status and the mean duration of finished items, from (count, mean seconds) per status."""
+    counts = Counts(**{s.value: groups.get(s.value, (0, None))[0] for s in ItemStatus})
+    timed = [groups[s.value] for s in (ItemStatus.completed, ItemStatus.failed)
+             if s.value in groups and groups[s.value][1] is not None]
+    mean = sum(n * m for n, m in timed) / sum(n for n, _ in timed) if timed else None  # type: ignore[operator]
+    return counts, mean
+
+
+def counters(counts: Counts, failed: list[Item], mean_seconds: float | None, now: dt.datetime,
+             seconds_between: float) -> dict[str, Any]:
+    """A job's derived fields (design.md, "Counters"): counters, error_summary (from its failed items) and ETA."""
+    return {
+        "completed_items": counts.completed,
+        "failed_items": counts.failed,
+        "cancelled_items": counts.cancelled,
+        "error_summary": summarize_errors(failed),
+        "estimated_completion": estimate_completion(now, counts.pending, mean_seconds, seconds_between),
+    }
+
+
+#: The statuses a job may end from (completed by a refresh, cancelled by a cancel).
+ENDS_FROM = ACTIVE_BULK
+
+
+def end_fields(kind: EventKind, channels: list[str], now: dt.datetime) -> dict[str, Any]:
+    """A job's end (design.md, "The outbox and exactly-once delivery"): its status, time and outbox."""
+    status = BulkStatus.completed if kind is EventKind.completed else BulkStatus.cancelled
+    return {"status": status.value, "completed_at": now, "estimated_completion": None,
+            "outbox": new_outbox(kind, channels, now), "notify_pending": bool(channels),
+            "hook_pending": True, "notified_at": None}
+
+
+# -- the outbox's steps --------------------------------------------------------------------------------
+
+#: Conditions as alternatives of {field: (op, value)}: a step matches when all of one alternative hold.
+Conditions = list[dict[str, tuple[str, Any]]]
+_OPS: dict[str, Callable[[Any, Any], bool]] = {"eq": operator.eq, "lt": operator.lt, "lte": operator.le}
+
+
+def matches(step: Mapping[str, Any], conditions: Conditions) -> bool:
+    return any(all(_OPS[op](step[k], v) for k, (op, v) in alt.items()) for alt in conditions)
+
+
+def step_claim_conditions(now: dt.datetime) -> Conditions:
+    """A step may be taken: pending and due, or held by a sender whose lock expired."""
+    stamp = iso(now)
+    return [{"state": ("eq", StepState.pending.value), "next_at": ("lte", stamp)},
+            {"state": ("eq", StepState.sending.value), "lock_until": ("lt", stamp)}]
+
+
+def step_held_conditions(owner: str) -> Conditions:
+    """A step `owner` took and may record."""
+    return [{"state": ("eq", StepState.sending.value), "owner": ("eq", owner)}]
+
+
+def step_claimable(step: dict[str, Any], now: dt.datetime) -> bool:
+    return matches(step, step_claim_conditions(now))
+
+
+def step_taken(owner: str, now: dt.datetime, lock_seconds: float) -> dict[str, Any]:
+    """The fields of a step taken for sending, locked until `lock_seconds` from now."""
+    return {"state": StepState.sending.value, "owner": owner, "lock_until": iso(later(now, lock_seconds))}
+
+
+def step_result(step: dict[str, Any], now: dt.datetime, error: str | None,
+                retry_at: dt.datetime | None) -> dict[str, Any]:
+    """The fields of a step after one try: sent, pending again at `retry_at`, or failed."""
+    out: dict[str, Any] = {"attempts": step["attempts"] + 1, "owner": None, "lock_until": None}
+    if error is None:
+        out.update(state=StepState.sent.value, sent_at=iso(now), last_error=None)
+    elif retry_at is not None:
+        out.update(state=StepState.pending.value, next_at=iso(retry_at), last_error=error)
+    else:
+        out.update(state=StepState.failed.value, last_error=error)
+    return out
+
+
+def delivery_flags(outbox: dict[str, Any], now: dt.datetime | None) -> dict[str, Any]:
+    """The job's flags after a step changed: open while a step is left; `notified_at` once done, if any was sent.
+
+    `now` is given only after a try was recorded (`finish_step`).
+    """
+    still_open = outbox_open(outbox)
+    flags: dict[str, Any] = {"notify_pending": still_open}
+    if now is not None and not still_open and any(s["state"] == StepState.sent.value for s in outbox["steps"]):
+        flags["notified_at"] = now
+    return flags
