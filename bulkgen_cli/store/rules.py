@@ -258,10 +258,11 @@ RETRIED_JOB = {"status": BulkStatus.queued.value, "completed_at": None}
 
 def tally(groups: Mapping[str, tuple[int, float | None]]) -> tuple[Counts, float | None]:
     """The counts by status and the mean duration of finished items, from (count, mean seconds) per status."""
-    counts = Counts(**{s.value: groups.get(s.value, (0, None))[0] for s in ItemStatus})
-    timed = [groups[s.value] for s in (ItemStatus.completed, ItemStatus.failed)
-             if s.value in groups and groups[s.value][1] is not None]
-    mean = sum(n * m for n, m in timed) / sum(n for n, _ in timed) if timed else None  # type: ignore[operator]
+    by_status: dict[str, int] = {s.value: groups.get(s.value, (0, None))[0] for s in ItemStatus}
+    counts = Counts(**by_status)  # type: ignore[arg-type]
+    timed = [(n, mean) for n, mean in (groups.get(s.value, (0, None)) for s in (ItemStatus.completed, ItemStatus.failed))
+             if mean is not None]
+    mean = sum(n * m for n, m in timed) / sum(n for n, _ in timed) if timed else None
     return counts, mean
 
 

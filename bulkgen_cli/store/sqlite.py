@@ -757,7 +757,7 @@ class SqliteStore(Store):
                 row = held.get(name)
                 if row is not None and _ts(row["expires_at"]) >= now:  # type: ignore[operator]
                     continue
-                _insert(db, "leases", [{"name": name, **rules.new_slot(owner, expires, now, host, pid)}],
+                _insert(db, "leases", [{"name": name, **rules.new_slot(owner, later(now, seconds), now, host, pid)}],
                         "INSERT OR REPLACE")
                 return True
             return False
