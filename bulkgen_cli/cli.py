@@ -123,7 +123,10 @@ def _paint(text: str, style: str) -> str:
 
 
 def note(message: str, style: str = "") -> None:
-    sys.stderr.write(_paint(message, style) + "\n")
+    """A message on stderr; what came from a file, the store or a service is shown as it is (text.visible)."""
+    from bulkgen_cli.text import visible
+
+    sys.stderr.write(_paint(visible(message), style) + "\n")
     sys.stderr.flush()
 
 
@@ -301,7 +304,8 @@ def status(
     if group is not None:
         total = render.group_document(group, bulks)["progress"]
         console.print(f"Group {group}: {total['completed']} of {total['total']} completed, "
-                      f"{total['failed']} failed, {total['cancelled']} cancelled, {total['remaining']} remaining")
+                      f"{total['failed']} failed, {total['cancelled']} cancelled, {total['remaining']} remaining",
+                      markup=False, emoji=False)
 
 
 @app.command("list", epilog=EXIT_CODES)

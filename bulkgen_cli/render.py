@@ -11,6 +11,7 @@ import sys
 from typing import Any, Sequence, TextIO
 
 from bulkgen_cli.model import REQUIRED_FIELD, BulkJob, Item, Mode, iso, utcnow
+from bulkgen_cli.text import visible
 
 
 # -- JSON -----------------------------------------------------------------------
@@ -134,7 +135,8 @@ def duration(seconds: float) -> str:
 
 
 def short(text: str, width: int = 60) -> str:
-    text = " ".join(str(text).split())
+    """One line of at most `width` characters, control characters escaped (text.visible)."""
+    text = " ".join(visible(text).split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -146,12 +148,12 @@ def status_renderables(bulk: BulkJob, items: list[Item] | None) -> list[Any]:
     head.add_column(style="bold")
     head.add_column()
     style = STATUS_STYLE.get(bulk.status, "")
-    head.add_row("Bulk job", f"{bulk.id}  {bulk.name}")
+    head.add_row("Bulk job", Text(f"{bulk.id}  {visible(bulk.name)}"))
     head.add_row("Status", Text(bulk.status, style=style))
     head.add_row("Progress", f"{bulk.completed_items} of {bulk.total_items} completed ({bulk.percentage}% done)")
     head.add_row("Failed / cancelled", f"{bulk.failed_items} / {bulk.cancelled_items}")
     head.add_row("Remaining", str(bulk.pending))
-    head.add_row("Mode / user", f"{bulk.mode} / {bulk.userId}")
+    head.add_row("Mode / user", Text(f"{bulk.mode} / {visible(bulk.userId)}"))
     head.add_row("Priority", bulk.priority)
     if bulk.not_before and not bulk.started_at:
         head.add_row("Starts", "not before " + when(bulk.not_before))
@@ -163,12 +165,12 @@ def status_renderables(bulk: BulkJob, items: list[Item] | None) -> list[Any]:
         head.add_row("ETA", when(bulk.estimated_completion))
     for n in notifications(bulk):
         detail = n["state"] + (f" after {n['attempts']} tries: {n['last_error']}" if n["last_error"] else "")
-        head.add_row("Notify", f"{n['channel']}: {detail}")
+        head.add_row("Notify", Text(visible(f"{n['channel']}: {detail}")))
     out: list[Any] = [head]
     if bulk.error_summary:
         errors = Table(title="Errors", title_justify="left", show_header=False, box=None)
         for line in bulk.error_summary:
-            errors.add_row(Text(line, style="red"))
+            errors.add_row(Text(visible(line), style="red"))
         out.append(errors)
     if items is not None:
         table = Table(show_lines=False)
@@ -180,10 +182,10 @@ def status_renderables(bulk: BulkJob, items: list[Item] | None) -> list[Any]:
         for item in items:
             table.add_row(
                 str(item.queue_position),
-                short(item.item_id + ": " + item.label if item.item_id else item.label, 50),
+                Text(short(item.item_id + ": " + item.label if item.item_id else item.label, 50)),
                 Text(item.status, style=STATUS_STYLE.get(item.status, "")),
                 str(item.attempts),
-                short(item.error or "", 60),
+                Text(short(item.error or "", 60)),
             )
         out.append(table)
     return out
@@ -201,7 +203,7 @@ def list_table(bulks: list[BulkJob]) -> Any:
     for bulk in bulks:
         table.add_row(
             bulk.id,
-            short(bulk.name, 30),
+            Text(short(bulk.name, 30)),
             bulk.priority,
             bulk.mode,
             Text(bulk.status, style=STATUS_STYLE.get(bulk.status, "")),
@@ -232,7 +234,7 @@ class PlainView:
         pass
 
     def line(self, text: str) -> None:
-        self.out.write(text + "\n")
+        self.out.write(visible(text) + "\n")
         self.out.flush()
 
     def delivery(self, event: Any) -> None:
@@ -287,12 +289,12 @@ class LiveView(PlainView):
         self.console = Console(stderr=True)
         self.progress = Progress(
             SpinnerColumn(),
-            TextColumn("[bold]{task.description}"),
+            TextColumn("{task.description}", style="bold", markup=False),
             BarColumn(),
             TextColumn("{task.fields[done]} of {task.total:.0f} completed"),
             TextColumn("[red]{task.fields[failed]} failed"),
             TextColumn("ETA {task.fields[eta]}"),
-            TextColumn("[dim]{task.fields[current]}"),
+            TextColumn("{task.fields[current]}", style="dim", markup=False),
             console=self.console,
             transient=False,
         )
@@ -306,7 +308,7 @@ class LiveView(PlainView):
         self.progress.stop()
 
     def line(self, text: str) -> None:
-        self.progress.console.print(text, markup=False, highlight=False)
+        self.progress.console.print(visible(text), markup=False, highlight=False, emoji=False)
 
     def _task(self, bulk: BulkJob) -> Any:
         if bulk.id not in self.tasks:
@@ -372,6 +374,7 @@ def print_summary(bulks: Sequence[BulkJob | None]) -> None:
     from rich.console import Console
     from rich.panel import Panel
     from rich.table import Table
+    from rich.text import Text
 
     console = Console(stderr=True, highlight=False)
     for b in done:
@@ -385,7 +388,7 @@ def print_summary(bulks: Sequence[BulkJob | None]) -> None:
         if started and b.completed_at:
             grid.add_row("Duration", duration((b.completed_at - started).total_seconds()))
         for line in b.error_summary:
-            grid.add_row("", line)
+            grid.add_row("", Text(visible(line)))
         grid.add_row("Results", f"bulkgen results {b.id} --out articles/")
         style = "green" if b.status == "completed" and not b.failed_items else "yellow"
-        console.print(Panel(grid, title=f"{b.name} — {b.status}", border_style=style, expand=False))
+        console.print(Panel(grid, title=Text(f"{short(b.name, 80)} — {b.status}"), border_style=style, expand=False))
