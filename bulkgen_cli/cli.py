@@ -295,6 +295,15 @@ def status(
         else:
             render.print_json(render.group_document(group, bulks))
         return
+    from bulkgen_cli.text import visible
+
+    if not sys.stdout.isatty():  # a pipe or a file: every value whole, nothing cut
+        print("\n\n".join(render.plain_status(bulk, rows.get(bulk.id) if items else None) for bulk in bulks))
+        if group is not None:
+            total = render.group_document(group, bulks)["progress"]
+            print(f"\nGroup {visible(group)}: {total['completed']} of {total['total']} completed, {total['failed']} failed, "
+                  f"{total['cancelled']} cancelled, {total['remaining']} remaining")
+        return
     from rich.console import Console
 
     console = Console(highlight=False)
@@ -331,6 +340,9 @@ def list_(
         return
     if not bulks:
         note("No bulk jobs yet: `bulkgen submit examples/articles.yaml` queues one.")
+        return
+    if not sys.stdout.isatty():  # a pipe or a file: every column whole, for grep, awk and cut
+        print(render.plain_table(render.LIST_COLUMNS, render.list_rows(bulks)))
         return
     from rich.console import Console
 

@@ -140,6 +140,79 @@ def short(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def status_head(bulk: BulkJob) -> list[tuple[str, str]]:
+    """A bulk job's facts, as (label, value) rows."""
+    rows = [
+        ("Bulk job", f"{bulk.id}  {bulk.name}"),
+        ("Status", bulk.status),
+        ("Progress", f"{bulk.completed_items} of {bulk.total_items} completed ({bulk.percentage}% done)"),
+        ("Failed / cancelled", f"{bulk.failed_items} / {bulk.cancelled_items}"),
+        ("Remaining", str(bulk.pending)),
+        ("Mode / user", f"{bulk.mode} / {bulk.userId}"),
+        ("Priority", bulk.priority),
+    ]
+    if bulk.not_before and not bulk.started_at:
+        rows.append(("Starts", "not before " + when(bulk.not_before)))
+    rows += [("Created", when(bulk.created_at)), ("Started", when(bulk.started_at))]
+    if bulk.completed_at:
+        rows.append(("Ended", when(bulk.completed_at)))
+    elif bulk.estimated_completion:
+        rows.append(("ETA", when(bulk.estimated_completion)))
+    for n in notifications(bulk):
+        detail = n["state"] + (f" after {n['attempts']} tries: {n['last_error']}" if n["last_error"] else "")
+        rows.append(("Notify", f"{n['channel']}: {detail}"))
+    return rows
+
+
+#: The items table: its columns, and how wide each may be on a terminal (None: as wide as it needs).
+ITEM_COLUMNS = (("#", None), ("Item", 50), ("Status", None), ("Tries", None), ("Error", 60))
+#: The list table's columns and widths, the same way.
+LIST_COLUMNS = (("ID", None), ("Name", 30), ("Priority", None), ("Mode", None), ("Status", None),
+                ("Done", None), ("Failed", None), ("Created", None))
+
+
+def item_rows(items: list[Item]) -> list[list[str]]:
+    return [[str(item.queue_position), f"{item.item_id}: {item.label}" if item.item_id else item.label,
+             item.status, str(item.attempts), item.error or ""] for item in items]
+
+
+def list_rows(bulks: list[BulkJob]) -> list[list[str]]:
+    return [[bulk.id, bulk.name, bulk.priority, bulk.mode, bulk.status, f"{bulk.completed_items}/{bulk.total_items}",
+             str(bulk.failed_items), bulk.created_at.astimezone().strftime("%Y-%m-%d %H:%M") if bulk.created_at else ""]
+            for bulk in bulks]
+
+
+def plain_table(columns: Sequence[tuple[str, int | None]], rows: list[list[str]]) -> str:
+    """Every column whole, aligned with two spaces, one line per row: for pipes, grep, awk and cut."""
+    cells = [[name for name, _ in columns]] + [[" ".join(visible(c).split()) or "-" for c in row] for row in rows]
+    widths = [max(len(row[n]) for row in cells) for n in range(len(columns))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def plain_status(bulk: BulkJob, items: list[Item] | None) -> str:
+    """`status` for a pipe: one `label: value` line per fact, then the items table whole."""
+    lines = [f"{label}: {' '.join(visible(value).split())}" for label, value in status_head(bulk)]
+    lines += [f"Error: {' '.join(visible(line).split())}" for line in bulk.error_summary]
+    if items is not None:
+        lines += ["", plain_table(ITEM_COLUMNS, item_rows(items))]
+    return "\n".join(lines)
+
+
+def _rich_table(columns: Sequence[tuple[str, int | None]], rows: list[list[str]], styled: int | None = None) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table()
+    for name, width in columns:
+        right = name in ("#", "Tries", "Done", "Failed")
+        table.add_column(name, justify="right" if right else "left", no_wrap=name in ("ID", "Item"),
+                         overflow="ellipsis", max_width=width)
+    for row in rows:
+        table.add_row(*(Text(short(cell, width or 10_000), style=STATUS_STYLE.get(cell, "") if n == styled else "")
+                        for n, (cell, (_, width)) in enumerate(zip(row, columns))))
+    return table
+
+
 def status_renderables(bulk: BulkJob, items: list[Item] | None) -> list[Any]:
     from rich.table import Table
     from rich.text import Text
@@ -147,25 +220,9 @@ def status_renderables(bulk: BulkJob, items: list[Item] | None) -> list[Any]:
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
-    style = STATUS_STYLE.get(bulk.status, "")
-    head.add_row("Bulk job", Text(f"{bulk.id}  {visible(bulk.name)}"))
-    head.add_row("Status", Text(bulk.status, style=style))
-    head.add_row("Progress", f"{bulk.completed_items} of {bulk.total_items} completed ({bulk.percentage}% done)")
-    head.add_row("Failed / cancelled", f"{bulk.failed_items} / {bulk.cancelled_items}")
-    head.add_row("Remaining", str(bulk.pending))
-    head.add_row("Mode / user", Text(f"{bulk.mode} / {visible(bulk.userId)}"))
-    head.add_row("Priority", bulk.priority)
-    if bulk.not_before and not bulk.started_at:
-        head.add_row("Starts", "not before " + when(bulk.not_before))
-    head.add_row("Created", when(bulk.created_at))
-    head.add_row("Started", when(bulk.started_at))
-    if bulk.completed_at:
-        head.add_row("Ended", when(bulk.completed_at))
-    elif bulk.estimated_completion:
-        head.add_row("ETA", when(bulk.estimated_completion))
-    for n in notifications(bulk):
-        detail = n["state"] + (f" after {n['attempts']} tries: {n['last_error']}" if n["last_error"] else "")
-        head.add_row("Notify", Text(visible(f"{n['channel']}: {detail}")))
+    for label, value in status_head(bulk):
+        style = STATUS_STYLE.get(bulk.status, "") if label == "Status" else ""
+        head.add_row(label, Text(visible(value), style=style))
     out: list[Any] = [head]
     if bulk.error_summary:
         errors = Table(title="Errors", title_justify="left", show_header=False, box=None)
@@ -173,45 +230,12 @@ def status_renderables(bulk: BulkJob, items: list[Item] | None) -> list[Any]:
             errors.add_row(Text(visible(line), style="red"))
         out.append(errors)
     if items is not None:
-        table = Table(show_lines=False)
-        table.add_column("#", justify="right")
-        table.add_column("Item", no_wrap=True, overflow="ellipsis", max_width=50)
-        table.add_column("Status")
-        table.add_column("Tries", justify="right")
-        table.add_column("Error")
-        for item in items:
-            table.add_row(
-                str(item.queue_position),
-                Text(short(item.item_id + ": " + item.label if item.item_id else item.label, 50)),
-                Text(item.status, style=STATUS_STYLE.get(item.status, "")),
-                str(item.attempts),
-                Text(short(item.error or "", 60)),
-            )
-        out.append(table)
+        out.append(_rich_table(ITEM_COLUMNS, item_rows(items), styled=2))
     return out
 
 
 def list_table(bulks: list[BulkJob]) -> Any:
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table()
-    table.add_column("ID", no_wrap=True, min_width=24)
-    for name, justify in (("Name", "left"), ("Priority", "left"), ("Mode", "left"), ("Status", "left"),
-                          ("Done", "right"), ("Failed", "right"), ("Created", "left")):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for bulk in bulks:
-        table.add_row(
-            bulk.id,
-            Text(short(bulk.name, 30)),
-            bulk.priority,
-            bulk.mode,
-            Text(bulk.status, style=STATUS_STYLE.get(bulk.status, "")),
-            f"{bulk.completed_items}/{bulk.total_items}",
-            str(bulk.failed_items),
-            bulk.created_at.astimezone().strftime("%Y-%m-%d %H:%M") if bulk.created_at else "",
-        )
-    return table
+    return _rich_table(LIST_COLUMNS, list_rows(bulks), styled=4)
 
 
 # -- the processor's live view ------------------------------------------------------
