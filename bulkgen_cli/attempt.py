@@ -36,6 +36,8 @@ class Attempt:
         self.tries = item.attempts  # the try being made (counted at the claim and by begin_attempt)
         self.rate_limited_for = 0.0
         self.started = processor.ticker()
+        #: time spent in requests to the service (all tries), not in waits before them
+        self.request_seconds = 0.0
         self._paused = False
 
     def run(self) -> Step:
@@ -127,7 +129,8 @@ class Attempt:
     def _record(self, outcome: Outcome) -> Step:
         if not self.store.finish_item(self.item.id, self.p.owner, outcome, self.p.clock()):
             return Step.released
-        self.p.refresh(self.item.bulk_job_id, finished=(self.item, outcome, self.p.ticker() - self.started))
+        self.p.refresh(self.item.bulk_job_id,
+                       finished=(self.item, outcome, self.request_seconds, self.p.ticker() - self.started))
         return Step.done
 
     def _result(self, reply: Reply) -> dict:
@@ -135,7 +138,8 @@ class Attempt:
             "content": reply.content,
             "generator": self.p.generator.name,
             "generated_at": iso(self.p.clock()),
-            "seconds": round(self.p.ticker() - self.started, 3),
+            "seconds": round(self.request_seconds, 3),
+            "waited": round(max(self.p.ticker() - self.started - self.request_seconds, 0.0), 3),
             "words": count_words(content_text(reply.content)),
         }
 
@@ -166,8 +170,12 @@ class Attempt:
         arrives after that deadline is never returned.
         """
         generator = self.p.generator
+        sent = self.p.ticker()
         if not generator.remote:
-            return generator.generate(self.item)
+            try:
+                return generator.generate(self.item)
+            finally:
+                self.request_seconds += self.p.ticker() - sent
         watchdog = Watchdog(self.leases, generator.abort)
         try:
             pool = self.p.pool()
@@ -177,6 +185,7 @@ class Attempt:
         finally:
             watchdog.done.set()
             self.p.last_request_end = self.p.ticker()
+            self.request_seconds += self.p.last_request_end - sent
 
     def _await(self, future: Future[Reply], watchdog: Watchdog) -> Reply | None:
         """Wait for the reply, renewing the leases and watching for a cancel or a stop."""

@@ -18,7 +18,10 @@ class ItemFinished:
     item: Item
     bulk: BulkJob  # counters as refreshed after this item
     outcome: Outcome
+    #: time in requests to the service (every try of this claim)
     seconds: float
+    #: time spent waiting before them: the pacing delay, retry backoff, a 429 cooldown
+    waited: float = 0.0
 
 
 @dataclass(frozen=True)

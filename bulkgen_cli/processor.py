@@ -267,7 +267,7 @@ class Processor:
             self._pool = new_pool()
         return self._pool
 
-    def refresh(self, bulk_id: str, finished: tuple[Item, Outcome, float] | None = None) -> Counts:
+    def refresh(self, bulk_id: str, finished: tuple[Item, Outcome, float, float] | None = None) -> Counts:
         """Recompute the job's counters; report the item's end, and the job's if this call recorded it."""
         between = self.settings.delay if self.generator.remote else 0.0
         counts = self.store.refresh_counters(bulk_id, self.clock(), between)
@@ -276,8 +276,8 @@ class Processor:
             assert bulk is not None
             self._bulks[bulk_id] = bulk
             if finished is not None:
-                item, outcome, seconds = finished
-                self.on_event(ItemFinished(item, bulk, outcome, seconds))
+                item, outcome, seconds, total = finished
+                self.on_event(ItemFinished(item, bulk, outcome, seconds, waited=max(total - seconds, 0.0)))
             if counts.ended_now:
                 self.on_event(BulkEnded(bulk))
                 if self.notifier is not None:

@@ -278,7 +278,8 @@ class PlainView:
             reason = f": {short(event.outcome.error or '', 120)}" if event.outcome.error else ""
             self.line(
                 f"[{b.total_items - b.pending}/{b.total_items}] {b.id} #{event.item.queue_position} "
-                f"{short(event.item.label, 50)!r} {event.outcome.status.value} in {event.seconds:.1f}s{reason}"
+                f"{short(event.item.label, 50)!r} {event.outcome.status.value} in {event.seconds:.1f}s"
+                f"{f' (after waiting {event.waited:.1f}s)' if event.waited >= 0.05 else ''}{reason}"
                 f" (completed {b.completed_items}, failed {b.failed_items})"
             )
         elif isinstance(event, p.ItemRetrying):

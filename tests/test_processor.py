@@ -288,3 +288,22 @@ def test_string_content_is_stored_as_is(store, service):
     run(store, http(service))
     first = store.list_items(bulk.id)[0]
     assert isinstance(first.result["content"], str) and first.result["content"].startswith("# Plain text")
+
+
+def test_an_item_reports_its_request_time_apart_from_the_pacing_delay(store):
+    """With --delay, an item's time is its request's; the wait before it is reported apart."""
+    from bulkgen_cli.content.reference import ReferenceService
+
+    service = ReferenceService(latency=0.2).start()
+    try:
+        submit_articles(store, topics("First", "Second"))
+        events = []
+        run(store, HttpGenerator(service.url), events, delay=2.0)
+    finally:
+        service.stop()
+    first, second = [e for e in events if isinstance(e, ItemFinished)]
+    assert second.waited >= 1.0  # it waited out most of the 2 s delay after the first reply...
+    assert second.seconds < second.waited  # ...and its own time is the request's, not the wait's
+    assert first.waited < 0.5
+    result = store.list_items(second.item.bulk_job_id)[1].result
+    assert result["seconds"] == pytest.approx(second.seconds, abs=0.01) and result["waited"] >= 1.0
