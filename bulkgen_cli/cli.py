@@ -539,6 +539,11 @@ def _process(db: Store, run_settings: RunSettings, forever: bool = False, until_
         note(f"Processed {view.items_done} items; the queue is empty.")
     else:
         note("Nothing to process: the queue is empty.")
+    paused = db.list_bulks(None, 100, [BulkStatus.paused])
+    if paused:
+        first = paused[-1]
+        note(f"{len(paused)} bulk job{'s are' if len(paused) > 1 else ' is'} paused, its items waiting "
+             f"(oldest: {first.id} {first.name}): `bulkgen resume {first.id}` puts it back in the queue.")
     return []
 
 
