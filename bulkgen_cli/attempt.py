@@ -44,12 +44,16 @@ class Attempt:
         """Generate the item with in-place retries, then record its end."""
         bulk = self.p.known_bulk(self.item.bulk_job_id)
         self.p.on_event(ItemStarted(self.item, bulk))
-        while True:
-            result = self._one_try()
-            if isinstance(result, Step):
-                return result
-            if isinstance(result, Outcome):
-                return self._record(result)
+        self.p.working_on = self.item
+        try:
+            while True:
+                result = self._one_try()
+                if isinstance(result, Step):
+                    return result
+                if isinstance(result, Outcome):
+                    return self._record(result)
+        finally:
+            self.p.working_on = None
 
     def _one_try(self) -> Step | Outcome | None:
         """A try: what to return, the item's end, or None to try again."""
@@ -226,7 +230,8 @@ class Attempt:
         return Step.released
 
     def _hand_back(self) -> Step:
-        self.store.release_item(self.item.id, self.p.owner)
+        if self.store.release_item(self.item.id, self.p.owner) and self.p.stopping:
+            self.p.handed_back += 1
         return Step.released
 
 

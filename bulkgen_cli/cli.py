@@ -526,7 +526,13 @@ def _process(db: Store, run_settings: RunSettings, forever: bool = False, until_
     with render.run_view() as view:
         outcome = Runner(db, run_settings, lambda: _open(store_flag, "create"), view).run(forever, until_bulks)
     if outcome.stopped is not None:
-        note("Stopped. Nothing is left in flight: an unfinished item went back to the queue.", "yellow")
+        if outcome.attached:
+            note("Stopped watching; the other processor goes on.", "yellow")
+        elif outcome.handed_back:
+            note("Stopped. The unfinished item went back to the queue (its try not counted); "
+                 "nothing is left in flight.", "yellow")
+        else:
+            note("Stopped. Nothing is left in flight.", "yellow")
         raise _Stopped(outcome.stopped)
     if until_bulks:
         render.print_summary(outcome.finals)

@@ -60,4 +60,11 @@ class Waiting:
     seconds: float
 
 
-Event = ItemStarted | ItemFinished | ItemRetrying | ItemLost | BulkEnded | Waiting | Snapshot
+@dataclass(frozen=True)
+class Stopping:
+    """A stop was asked for (Ctrl-C, SIGTERM): what happens now."""
+
+    message: str
+
+
+Event = Stopping | ItemStarted | ItemFinished | ItemRetrying | ItemLost | BulkEnded | Waiting | Snapshot

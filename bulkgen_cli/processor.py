@@ -84,6 +84,10 @@ class Processor:
         self.last_request_end: float | None = None
         #: running forever: a 429 never gives up
         self.forever = False
+        #: the item this processor holds now, if any
+        self.working_on: Item | None = None
+        #: items handed back to the queue because of a stop
+        self.handed_back = 0
         self._pool: ThreadPoolExecutor | None = None
         self._random = random.Random()
         self._hard_stop = False

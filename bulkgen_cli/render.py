@@ -290,6 +290,8 @@ class PlainView:
             self.line(f"bulk job {summary_line(event.bulk)}")
         elif isinstance(event, Delivery):
             self.delivery(event)
+        elif isinstance(event, p.Stopping):
+            self.line(event.message)
         elif isinstance(event, p.Waiting):
             self.line(f"waiting: {event.reason} (next check in {event.seconds:.1f}s)")
         elif isinstance(event, p.ItemLost):

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 from bulkgen_cli import settings as settings_
 from bulkgen_cli.content import Generator
-from bulkgen_cli.events import Event
+from bulkgen_cli.events import Event, Stopping
 from bulkgen_cli.model import ENDED_BULK, BulkJob, outbox_open
 from bulkgen_cli.notify import Delivery, Notifier
 from bulkgen_cli.processor import Processor
@@ -36,6 +36,10 @@ class RunResult:
     stopped: int | None
     #: with `until_bulks`: those jobs as they ended
     finals: list[BulkJob]
+    #: items handed back to the queue because of the stop (their try not counted)
+    handed_back: int = 0
+    #: this run only watched another processor: it held no slot when it stopped
+    attached: bool = False
 
 
 def generator_for(run_settings: RunSettings) -> Generator:
@@ -56,6 +60,7 @@ class Runner:
         self.store, self.settings, self.open_store, self.on_event = store, run_settings, open_store, on_event
         self.workers: list[Processor] = []
         self.errors: list[BaseException] = []
+        self._attached = False
 
     def run(self, forever: bool = False, until_bulks: list[str] | None = None) -> RunResult:
         """Process until the queue is idle (or forever, or until `until_bulks` are over)."""
@@ -70,7 +75,7 @@ class Runner:
         if self.errors and not received:
             raise self.errors[0]
         finals = [b for b in (self.store.get_bulk(i) for i in until_bulks or []) if b is not None]
-        return RunResult(received.get("code"), finals)
+        return RunResult(received.get("code"), finals, sum(p.handed_back for p in self.workers), self._attached)
 
     def _processor(self, store: Store) -> Processor:
         processor = Processor(store, generator_for(self.settings), self.settings, on_event=self.on_event)
@@ -105,6 +110,20 @@ class Runner:
         for processor in self.workers:
             processor.stop()
 
+    def _stopping_message(self, again: bool) -> str:
+        """What a stop does, said at once."""
+        in_flight = [p for p in self.workers if p.working_on is not None]
+        if again:
+            return ("stopping now: aborting the request in flight; its item goes back to the queue, "
+                    "the try not counted" if in_flight else "stopping now")
+        if not any(p.holding for p in self.workers):
+            self._attached = True
+            return "stopping: this run only watches another processor, which goes on; nothing of it is in flight"
+        if in_flight:
+            return (f"stopping: waiting up to {self.settings.grace:g} s for the request in flight to finish; "
+                    "press Ctrl-C again to abort it")
+        return "stopping: nothing is in flight"
+
     @contextmanager
     def _signals(self) -> Iterator[dict[str, int]]:
         """SIGINT/SIGTERM stop the processors; the exit code follows the signal. Main thread only."""
@@ -114,7 +133,9 @@ class Runner:
             return
 
         def handler(signum: int, frame: object) -> None:
+            again = "code" in received
             received["code"] = 128 + signum
+            self.on_event(Stopping(self._stopping_message(again)))
             self.stop()
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
