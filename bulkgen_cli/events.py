@@ -67,4 +67,11 @@ class Stopping:
     message: str
 
 
-Event = Stopping | ItemStarted | ItemFinished | ItemRetrying | ItemLost | BulkEnded | Waiting | Snapshot
+@dataclass(frozen=True)
+class JobChanged:
+    """A job this processor worked on changed state under it: paused, resumed or cancelled by someone else."""
+
+    bulk: BulkJob
+
+
+Event = Stopping | JobChanged | ItemStarted | ItemFinished | ItemRetrying | ItemLost | BulkEnded | Waiting | Snapshot

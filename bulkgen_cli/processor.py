@@ -26,6 +26,7 @@ from bulkgen_cli.errors import ServiceUnavailable
 from bulkgen_cli.events import (  # noqa: F401  (re-exported: the events are the processor's words)
     BulkEnded,
     Event,
+    JobChanged,
     ItemFinished,
     ItemLost,
     ItemRetrying,
@@ -34,17 +35,20 @@ from bulkgen_cli.events import (  # noqa: F401  (re-exported: the events are the
     Waiting,
 )
 from bulkgen_cli.leases import FENCE_AFTER, RENEW_EVERY, Leases, ticks  # noqa: F401
-from bulkgen_cli.model import BulkJob, Counts, Item, Outcome, utcnow
+from bulkgen_cli.model import ACTIVE_BULK, BulkJob, BulkStatus, Counts, Item, Outcome, utcnow
 from bulkgen_cli.notify import Notifier
 from bulkgen_cli.observer import Observer
 from bulkgen_cli.settings import RunSettings
 from bulkgen_cli.steps import Step
 from bulkgen_cli.store.base import Store
 
+ACTIVE_STATUSES = {s.value for s in ACTIVE_BULK}
 #: Idle polling backs off from the first value to the second (seconds).
 POLL_MIN, POLL_MAX = 0.2, 5.0
 #: Waiting on a dead processor's lease or an unreachable service backs off to this.
 WAIT_MAX = 30.0
+#: How often the states of the jobs this processor worked on are looked at again (seconds).
+JOB_LOOK = 1.0
 
 
 @dataclass
@@ -95,6 +99,7 @@ class Processor:
         self._next_requeue = 0.0
         #: the latest known state of each job, for the events (saves a read per item)
         self._bulks: dict[str, BulkJob] = {}
+        self._next_job_look = 0.0
 
     # -- control ---------------------------------------------------------------
 
@@ -137,7 +142,9 @@ class Processor:
                  Step.busy: self._after_busy, Step.idle: self._after_idle, Step.released: self._after_released}
         try:
             while not self.stopping and not (until is not None and until()):
-                if not after[self.work_once()](waits):
+                step = self.work_once()
+                self._look_at_jobs()
+                if not after[step](waits):
                     return
         finally:
             self.observer.finish()
@@ -214,6 +221,26 @@ class Processor:
         waits.idle = min(waits.idle * 2, POLL_MAX)
         return True
 
+    def _look_at_jobs(self) -> None:
+        """Report jobs this processor worked on that someone paused, resumed or cancelled meanwhile."""
+        if self.ticker() < self._next_job_look:
+            return
+        self._next_job_look = self.ticker() + JOB_LOOK
+        for bulk_id in list(self._bulks):
+            current = self.store.get_bulk(bulk_id)
+            if current is not None:
+                self._remember(current)
+        self._bulks = {i: b for i, b in self._bulks.items() if b.status in ACTIVE_STATUSES}
+
+    def _remember(self, bulk: BulkJob) -> None:
+        """Keep the job's latest state; report it when someone else paused, resumed or cancelled it."""
+        known = self._bulks.get(bulk.id)
+        self._bulks[bulk.id] = bulk
+        if known is None or known.status == bulk.status:
+            return
+        if bulk.status in (BulkStatus.paused.value, BulkStatus.cancelled.value) or known.status == BulkStatus.paused.value:
+            self.on_event(JobChanged(bulk))
+
     def _orphan_wait(self) -> float | None:
         """A dead processor's item: how long until its lease expires and it can be taken back."""
         expiry = self._orphan_expiry()
@@ -264,6 +291,7 @@ class Processor:
     def known_bulk(self, bulk_id: str) -> BulkJob:
         bulk = self._bulks.get(bulk_id) or self.store.get_bulk(bulk_id)
         assert bulk is not None
+        self._bulks.setdefault(bulk_id, bulk)
         return bulk
 
     def pool(self) -> ThreadPoolExecutor:
@@ -278,6 +306,8 @@ class Processor:
         if finished is not None or counts.ended_now:
             bulk = self.store.get_bulk(bulk_id)
             assert bulk is not None
+            if not counts.ended_now:  # an end this call recorded is reported as BulkEnded
+                self._remember(bulk)
             self._bulks[bulk_id] = bulk
             if finished is not None:
                 item, outcome, seconds, total = finished

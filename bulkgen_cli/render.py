@@ -31,7 +31,7 @@ def bulk_dict(bulk: BulkJob) -> dict[str, Any]:
         "created_at": iso(bulk.created_at),
         "started_at": iso(bulk.started_at),
         "completed_at": iso(bulk.completed_at),
-        "estimated_completion": iso(bulk.estimated_completion),
+        "estimated_completion": None if bulk.status == "paused" else iso(bulk.estimated_completion),
         "error_summary": list(bulk.error_summary),
         "priority": bulk.priority,
         "not_before": iso(bulk.not_before),
@@ -156,6 +156,8 @@ def status_head(bulk: BulkJob) -> list[tuple[str, str]]:
     rows += [("Created", when(bulk.created_at)), ("Started", when(bulk.started_at))]
     if bulk.completed_at:
         rows.append(("Ended", when(bulk.completed_at)))
+    elif bulk.status == "paused":
+        rows.append(("ETA", "none while paused (`bulkgen resume` continues it)"))
     elif bulk.estimated_completion:
         rows.append(("ETA", when(bulk.estimated_completion)))
     for n in notifications(bulk):
@@ -292,6 +294,10 @@ class PlainView:
             self.delivery(event)
         elif isinstance(event, p.Stopping):
             self.line(event.message)
+        elif isinstance(event, p.JobChanged):
+            if event.bulk.status in ("cancelled", "completed"):
+                self.ended.append(event.bulk.id)
+            self.line(changed_line(event.bulk))
         elif isinstance(event, p.Waiting):
             self.line(f"waiting: {event.reason} (next check in {event.seconds:.1f}s)")
         elif isinstance(event, p.ItemLost):
@@ -305,6 +311,16 @@ class PlainView:
                               f"{b.failed_items} failed, {b.cancelled_items} cancelled")
 
 
+def changed_line(bulk: BulkJob) -> str:
+    """A line about a job someone paused, resumed or cancelled while this processor ran."""
+    said = "resumed" if bulk.status in MOVING else bulk.status
+    hint = "; `bulkgen resume` puts it back in the queue" if bulk.status == "paused" else ""
+    return (f"bulk job {bulk.id} {short(bulk.name, 40)!r} {said}: {bulk.completed_items} of {bulk.total_items} "
+            f"completed, {bulk.failed_items} failed, {bulk.cancelled_items} cancelled{hint}")
+#: Job states in which a progress row moves.
+MOVING = ("queued", "processing")
+
+
 class LiveView(PlainView):
     """A Rich progress bar per bulk job on a terminal; retries and waits as lines above."""
 
@@ -314,8 +330,19 @@ class LiveView(PlainView):
 
         super().__init__()
         self.console = Console(stderr=True)
+        class StateSpinner(SpinnerColumn):
+            """Spins only for a job that moves: a paused, cancelled or completed one shows a still mark."""
+
+            def render(self, task: Any) -> Any:
+                from rich.text import Text
+
+                state = task.fields.get("state", "processing")
+                if state in MOVING:
+                    return super().render(task)
+                return Text({"paused": "‖", "cancelled": "✗", "completed": "✓"}.get(state, " "))
+
         self.progress = Progress(
-            SpinnerColumn(),
+            StateSpinner(),
             TextColumn("{task.description}", style="bold", markup=False),
             BarColumn(),
             TextColumn("{task.fields[done]} of {task.total:.0f} completed"),
@@ -340,14 +367,17 @@ class LiveView(PlainView):
     def _task(self, bulk: BulkJob) -> Any:
         if bulk.id not in self.tasks:
             self.tasks[bulk.id] = self.progress.add_task(
-                short(bulk.name, 30), total=bulk.total_items, done=0, failed=0, eta="—", current=""
+                short(bulk.name, 30), total=bulk.total_items, done=0, failed=0, eta="—", current="",
+                state=bulk.status,
             )
         return self.tasks[bulk.id]
 
     def _update(self, bulk: BulkJob, current: str) -> None:
         eta = "—"
-        if bulk.estimated_completion and bulk.pending:
+        if bulk.status in MOVING and bulk.estimated_completion and bulk.pending:
             eta = duration(max((bulk.estimated_completion - utcnow()).total_seconds(), 0))
+        if bulk.status not in MOVING:
+            current = {"paused": "paused: `bulkgen resume` continues it"}.get(bulk.status, bulk.status)
         self.progress.update(
             self._task(bulk),
             completed=bulk.total_items - bulk.pending,
@@ -355,6 +385,7 @@ class LiveView(PlainView):
             failed=bulk.failed_items,
             eta=eta,
             current=current,
+            state=bulk.status,
         )
 
     def __call__(self, event: Any) -> None:
@@ -370,6 +401,11 @@ class LiveView(PlainView):
         elif isinstance(event, p.BulkEnded):
             self.ended.append(event.bulk.id)
             self._update(event.bulk, event.bulk.status)
+        elif isinstance(event, p.JobChanged):
+            if event.bulk.status in ("cancelled", "completed"):
+                self.ended.append(event.bulk.id)
+            self._update(event.bulk, "resumed" if event.bulk.status in MOVING else event.bulk.status)
+            self.line(changed_line(event.bulk))
         elif isinstance(event, p.Snapshot):
             current = {i.bulk_job_id: f"#{i.queue_position} {short(i.label, 40)}" for i in event.in_flight}
             for bulk in event.bulks:

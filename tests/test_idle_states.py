@@ -43,3 +43,12 @@ def test_watch_says_nothing_while_a_processor_holds_the_lease(store):
     bulk = submit(store)
     assert store.acquire_processor_lease("worker", 600, utcnow(), "host", 1)
     assert watch_events(store, bulk.id, hint_after=0.05) == []
+
+
+def test_status_of_a_paused_job_has_no_eta(cli):
+    import json
+
+    bulk_id = cli("submit", str(EXAMPLES / "articles.yaml")).out.strip()
+    assert cli("pause", bulk_id).code == 0
+    assert json.loads(cli("status", bulk_id, "--json").out)["bulk_job"]["estimated_completion"] is None
+    assert "ETA: none while paused (`bulkgen resume` continues it)" in cli("status", bulk_id).out
