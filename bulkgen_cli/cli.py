@@ -32,6 +32,23 @@ in the job's current state, or no store at the path (none is created); 5 store
 unreachable, read-only or on a full disk, or content service unreachable;
 130/143 stopped by Ctrl-C / SIGTERM, store left consistent."""
 
+def _plain_usage() -> None:
+    """Usage lines name a required argument as its metavar (FILE), not Typer's {FILE}."""
+    from typer.core import TyperArgument
+
+    braced = TyperArgument.make_metavar
+
+    def make_metavar(self: TyperArgument, ctx: object, *, usage: bool = False) -> str:
+        var = braced(self, ctx, usage=usage)  # type: ignore[arg-type]
+        if usage and self.metavar is not None and var == f"{{{self.metavar}}}":
+            return self.metavar
+        return var
+
+    TyperArgument.make_metavar = make_metavar  # type: ignore[method-assign]
+
+
+_plain_usage()
+
 app = typer.Typer(
     name="bulkgen",
     help="Queue 10-50 articles as one bulk job; a content service generates them one at a time.",

@@ -15,6 +15,7 @@ from enum import Enum
 from bulkgen_cli.errors import InvalidTransition, NotFound
 from bulkgen_cli.model import BULK_TRANSITIONS, BulkJob, BulkStatus, outbox_open, utcnow
 from bulkgen_cli.store.base import Store
+from bulkgen_cli.text import quoted
 
 ATTEMPTS = 5
 
@@ -78,7 +79,7 @@ def apply(store: Store, action: Action, bulk_id: str, now: dt.datetime | None = 
 def _get(store: Store, bulk_id: str) -> BulkJob:
     bulk = store.get_bulk(bulk_id)
     if bulk is None:
-        raise NotFound(f"no bulk job {bulk_id!r}.")
+        raise NotFound(f"no bulk job {quoted(bulk_id)}.")
     return bulk
 
 

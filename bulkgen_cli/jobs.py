@@ -16,6 +16,7 @@ from bulkgen_cli import control
 from bulkgen_cli.errors import BulkgenError, NotFound, UsageError
 from bulkgen_cli.model import BulkJob, BulkStatus, Item, Priority, new_id, split_sizes, utcnow
 from bulkgen_cli.store.base import Store
+from bulkgen_cli.text import quoted
 
 if TYPE_CHECKING:
     from bulkgen_cli.manifest import Manifest
@@ -86,7 +87,7 @@ def visible(store: Store, bulk_id: str, user: str, all_users: bool = False) -> B
     """The bulk job if it exists and `user` may see it; NotFound (exit 3) otherwise."""
     bulk = store.get_bulk(bulk_id)
     if bulk is None or (not all_users and bulk.userId != user):
-        raise NotFound(f"no bulk job {bulk_id!r} for this user (see `bulkgen list`; --all-users to look wider).")
+        raise NotFound(f"no bulk job {quoted(bulk_id)} for this user (see `bulkgen list`; --all-users to look wider).")
     return bulk
 
 
@@ -99,7 +100,7 @@ def targets(store: Store, bulk_id: str | None, group: str | None, user: str, all
     bulks = sorted(store.list_bulks(None if all_users else user, 10_000, group_id=group),
                    key=lambda b: (b.created_at, b.id))
     if not bulks:
-        raise NotFound(f"no group {group!r} for this user (--all-users to look wider).")
+        raise NotFound(f"no group {quoted(group)} for this user (--all-users to look wider).")
     return bulks
 
 

@@ -32,6 +32,7 @@ from bulkgen_cli.model import (
     WORD_COUNT_RANGE,
     Mode,
 )
+from bulkgen_cli.text import quoted
 
 MAX_FILE_BYTES = 1024 * 1024
 #: Bounds on the YAML node tree: an alias "bomb" or a deep nest stops here.
@@ -205,7 +206,7 @@ def _parse_mode(value: Any, problems: _Problems, where: str, line: int | None = 
     modes = tuple(m.value for m in Mode)
     if isinstance(value, str) and value.strip().lower() in modes:
         return Mode(value.strip().lower())
-    problems.add(f"{where} must be one of {', '.join(modes)}, got {value!r}.", item, line,
+    problems.add(f"{where} must be one of {', '.join(modes)}, got {quoted(value)}.", item, line,
                  "mode" if where != "--mode" else None)
     return None
 
@@ -239,6 +240,26 @@ def _check_tags(root: Node | None) -> None:
         if isinstance(node, SequenceNode):
             stack.extend(node.value)
         else:
+            for key, value in node.value:
+                stack.extend((key, value))
+
+
+def _check_expansion(root: Node | None) -> None:
+    """Refuse, in one sentence, a file whose aliases expand to more values than any articles file holds."""
+    count, distinct = 0, set()
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        count += 1
+        distinct.add(id(node))
+        if count > MAX_NODES:
+            if len(distinct) < count // 2:  # the same nodes over and over: aliases
+                raise _TooBig(f"its YAML aliases (*name) expand to more than {MAX_NODES:,} values, which no "
+                              "articles file needs (an alias bomb?); write the items out or use fewer aliases.")
+            raise _TooBig(f"the file expands to more than {MAX_NODES:,} values.")
+        if isinstance(node, SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, MappingNode):
             for key, value in node.value:
                 stack.extend((key, value))
 
@@ -315,6 +336,7 @@ def _read_yaml(text: str, problems: _Problems) -> _Read:
         conv = _Converter(loader, problems)
         try:
             _check_tags(root)
+            _check_expansion(root)
             return _yaml_document(root, conv, problems)
         except _TooBig as exc:
             problems.add(str(exc))

@@ -11,7 +11,7 @@ import sys
 from typing import Any, Sequence, TextIO
 
 from bulkgen_cli.model import REQUIRED_FIELD, BulkJob, Item, Mode, iso, utcnow
-from bulkgen_cli.text import visible
+from bulkgen_cli.text import duration, visible  # noqa: F401  (duration: re-exported)
 
 
 # -- JSON -----------------------------------------------------------------------
@@ -121,17 +121,6 @@ def when(value: dt.datetime | None, now: dt.datetime | None = None) -> str:
     local = value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
     delta = (value - now).total_seconds()
     return f"{local} ({'in ' + duration(delta) if delta >= 0 else duration(-delta) + ' ago'})"
-
-
-def duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def short(text: str, width: int = 60) -> str:

@@ -185,6 +185,10 @@ def notify_retry_delays() -> tuple[float, ...]:
     return pick(None, ENV_NOTIFY_RETRY, parse, RETRY_DELAYS)
 
 
+#: A --not-before this far in the past is a mistake (a wrong zone, a stale script), refused; closer, "now".
+PAST_TOLERANCE = dt.timedelta(minutes=1)
+
+
 def parse_when(text: str, now: dt.datetime) -> dt.datetime:
     """`--not-before`: ISO 8601 with or without a zone (local time without), or +30m, +2h, +1d, +90s."""
     import re
@@ -204,4 +208,11 @@ def parse_when(text: str, now: dt.datetime) -> dt.datetime:
     if when.tzinfo is None:
         when = when.astimezone()  # a time without a zone is local time
     when = when.astimezone(dt.timezone.utc)
+    if when < now - PAST_TOLERANCE:
+        from bulkgen_cli.text import duration
+
+        raise UsageError(
+            f"--not-before {text!r} is {duration((now - when).total_seconds())} in the past: give a time to come "
+            "(check its zone; a time without one is local), or leave --not-before out to start at once."
+        )
     return when.replace(microsecond=when.microsecond // 1000 * 1000)

@@ -22,3 +22,26 @@ def _escape(match: re.Match[str]) -> str:
 def visible(text: object) -> str:
     """The text with every control character shown as an escape (tabs and newlines kept)."""
     return _HIDDEN.sub(_escape, str(text))
+
+
+def quoted(value: object, limit: int = 40) -> str:
+    """A value echoed back in a message: quoted, escaped, and cut when long (saying how long it was)."""
+    text = visible(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[: limit - 1]!r}… ({len(text):,} characters)"
+
+
+def duration(seconds: float) -> str:
+    """A span in the largest units that fit: 42s, 3m05s, 5h03m, 3 d 4 h."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days:,} d {hours} h"

@@ -21,7 +21,13 @@ import pymongo
 from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import (
+    ConnectionFailure,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
 
 from bulkgen_cli.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.model import (
@@ -177,8 +183,11 @@ class MongoStore(Store):
     @classmethod
     def from_url(cls, url: str, timeout_ms: int = 5000, mode: OpenMode = "create") -> MongoStore:
         try:
+            # A serverSelectionTimeoutMS in the URL wins over the default.
+            options: dict[str, Any] = {} if "serverselectiontimeoutms" in url.lower() else {
+                "serverSelectionTimeoutMS": timeout_ms}
             client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-                url, tz_aware=True, serverSelectionTimeoutMS=timeout_ms, appname="bulkgen"
+                url, tz_aware=True, appname="bulkgen", **options
             )
             db_name = client.get_default_database("bulkgen").name
         except (PyMongoError, ValueError) as exc:
@@ -188,6 +197,8 @@ class MongoStore(Store):
     def _error(self, exc: PyMongoError, context: str) -> StoreUnavailable:
         """The StoreUnavailable for a driver error: refused writes and a full disk said plainly."""
         code = exc.code if isinstance(exc, OperationFailure) else None
+        if isinstance(exc, (ServerSelectionTimeoutError, ConnectionFailure)) and not isinstance(exc, OperationFailure):
+            return StoreUnavailable(self._unreachable())
         detail = self._scrub(str(exc))
         if code == UNAUTHORIZED and self.mode != "read":
             return StoreReadOnly(f"the store at {self.display_url} is read-only for this user "
@@ -195,6 +206,18 @@ class MongoStore(Store):
         if code == OUT_OF_DISK_SPACE:
             return StoreFull(f"the disk holding the store at {self.display_url} is full (MongoDB: {detail}).")
         return StoreUnavailable(f"{context}: {detail}")
+
+    def _unreachable(self) -> str:
+        """One sentence for a server that does not answer: which host, how long, what to check."""
+        try:
+            hosts = ", ".join(f"{h}:{p}" for h, p in sorted(self.client.topology_description.server_descriptions()))
+            timeout = float(self.client.options.server_selection_timeout)
+        except (AttributeError, TypeError):  # a client without pymongo's topology (a test double)
+            hosts, timeout = "", 0.0
+        within = f" within {timeout:g} s" if timeout else ""
+        return (f"the MongoDB store {self.display_url} cannot be reached: no server answered at "
+                f"{hosts or 'its hosts'}{within}; check that mongod runs there and that the host, port and "
+                "network let this machine reach it.")
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._password, "***") if self._password else text
