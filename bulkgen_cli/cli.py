@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Callable, NoReturn, Optional
 import typer
 
 from bulkgen_cli import __version__
-from bulkgen_cli.errors import BulkgenError, ManifestError, NotFound
+from bulkgen_cli.errors import BulkgenError, ManifestError, NotFound, Problem
 from bulkgen_cli.interrupts import exit_on_signals
 from bulkgen_cli.model import BulkJob, BulkStatus, Priority
 from bulkgen_cli.settings import DEFAULTS
@@ -30,7 +30,7 @@ Exit codes: 0 success; 1 a waited-for bulk job ended with failed or cancelled
 items; 2 bad input or usage, nothing stored; 3 no such bulk job; 4 not allowed
 in the job's current state, or no store at the path (none is created); 5 store
 unreachable, read-only or on a full disk, or content service unreachable;
-130/143 stopped by Ctrl-C / SIGTERM, store left consistent."""
+124 `watch --timeout` ran out; 130/143 stopped by Ctrl-C / SIGTERM, store left consistent."""
 
 def _plain_usage() -> None:
     """Usage lines name a required argument as its metavar (FILE), not Typer's {FILE}."""
@@ -54,7 +54,7 @@ app = typer.Typer(
     help="Queue 10-50 articles as one bulk job; a content service generates them one at a time.",
     epilog=EXIT_CODES,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion and --show-completion (bash, zsh, fish)
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: rich's Markdown stack would cost ~60 ms per --help
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -74,6 +74,8 @@ UserOpt = Annotated[
 ]
 AllUsersOpt = Annotated[bool, typer.Option("--all-users", help="Act on any user's jobs, not only yours.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Say nothing per item: only errors and the final "
+                                        "line.")]
 ApiUrlOpt = Annotated[
     Optional[str],
     typer.Option("--api-url", metavar="URL", help="Content service base URL. [env: BULKGEN_API_URL; default: none, "
@@ -139,6 +141,10 @@ def _paint(text: str, style: str) -> str:
     return f"\x1b[{ANSI[style]}m{text}\x1b[0m"
 
 
+def _quiet_note(message: str, style: str = "") -> None:
+    """--quiet: informational messages are not said."""
+
+
 def note(message: str, style: str = "") -> None:
     """A message on stderr; what came from a file, the store or a service is shown as it is (text.visible)."""
     from bulkgen_cli.text import visible
@@ -200,6 +206,7 @@ def submit(
     store: StoreOpt = None,
     user: UserOpt = None,
     json_: JsonOpt = False,
+    quiet: QuietOpt = False,
     run_flags: RunFlags | None = None,
 ) -> None:
     """Validate an articles file and queue it as one bulk job; print its id.
@@ -216,9 +223,9 @@ def submit(
     with _open(store, "create") as db:
         done = jobs.submit(db, parsed, settings.user(user), name=name, idempotency_key=idempotency_key,
                            notify=channels, priority=priority, not_before=start, split=split)
-        _report_submitted(done, file, start, wait, json_)
+        _report_submitted(done, file, start, wait, json_, quiet)
         if run_settings is not None:
-            finals = _process(db, run_settings, until_bulks=done.ids, store_flag=store)
+            finals = _process(db, run_settings, until_bulks=done.ids, store_flag=store, quiet=quiet)
             if json_:
                 docs = [{"bulk_job_id": f.id, "total_items": f.total_items, "status": f.status,
                          "completed_items": f.completed_items, "failed_items": f.failed_items,
@@ -227,20 +234,22 @@ def submit(
             raise typer.Exit(max(_ended_code(f) for f in finals))
 
 
-def _report_submitted(done: Submitted, file: Path, start: dt.datetime | None, wait: bool, json_: bool) -> None:
+def _report_submitted(done: Submitted, file: Path, start: dt.datetime | None, wait: bool, json_: bool,
+                      quiet: bool = False) -> None:
     from bulkgen_cli.render import when
 
+    say = _quiet_note if quiet else note
     for bulk, created in done.jobs:
         if created:
-            note(f"Queued bulk job {bulk.id}: {bulk.total_items} {bulk.mode} articles from {file}.")
+            say(f"Queued bulk job {bulk.id}: {bulk.total_items} {bulk.mode} articles from {file}.")
         else:
-            note(f"Idempotency key {bulk.idempotency_key!r} was already used: bulk job {bulk.id} exists; "
+            say(f"Idempotency key {bulk.idempotency_key!r} was already used: bulk job {bulk.id} exists; "
                  "nothing new stored.")
     if done.group is not None:
-        note(f"{len(done.jobs)} bulk jobs of {done.sizes} items, group {done.group}: "
+        say(f"{len(done.jobs)} bulk jobs of {done.sizes} items, group {done.group}: "
              f"`bulkgen status --group {done.group}`.")
     if start is not None:
-        note(f"Nothing starts before {when(start)}.")
+        say(f"Nothing starts before {when(start)}.")
     if json_ and not wait:
         docs = [{"bulk_job_id": b.id, "total_items": b.total_items, "status": b.status, "group_id": b.group_id}
                 for b, _ in done.jobs]
@@ -248,7 +257,7 @@ def _report_submitted(done: Submitted, file: Path, start: dt.datetime | None, wa
     elif not json_:
         print("\n".join(done.ids), flush=True)
         if not wait:
-            note(f"Next: `bulkgen run` processes it; `bulkgen status {done.ids[0]}` shows progress.", "dim")
+            say(f"Next: `bulkgen run` processes it; `bulkgen status {done.ids[0]}` shows progress.", "dim")
 
 
 def render_json(doc: object) -> None:
@@ -263,6 +272,7 @@ def run(
     forever: Annotated[bool, typer.Option("--forever", help="Keep waiting for new work instead of exiting "
                        "when the queue is empty.")] = False,
     store: StoreOpt = None,
+    quiet: QuietOpt = False,
     run_flags: RunFlags | None = None,
 ) -> None:
     """Process queued items one at a time until none is left.
@@ -277,7 +287,7 @@ def run(
 
     run_settings = settings.RunSettings.resolve(**(run_flags or {}))  # type: ignore[arg-type]
     with _open(store, "create") as db:
-        _process(db, run_settings, forever=forever, store_flag=store)
+        _process(db, run_settings, forever=forever, store_flag=store, quiet=quiet)
 
 
 GroupOpt = Annotated[Optional[str], typer.Option("--group", metavar="GROUP", help="All bulk jobs of one "
@@ -444,20 +454,23 @@ def retry_failed(bulk_id: ControlId, store: StoreOpt = None, user: UserOpt = Non
 def watch(bulk_id: Annotated[Optional[str], typer.Argument(metavar="BULK_ID", help="The bulk job's id.",
                              show_default=False)] = None,
           group: GroupOpt = None, store: StoreOpt = None, user: UserOpt = None, all_users: AllUsersOpt = False,
-          json_: JsonOpt = False) -> None:
+          json_: JsonOpt = False, quiet: QuietOpt = False,
+          timeout: Annotated[Optional[float], typer.Option("--timeout", min=0, metavar="SECONDS", help="Stop "
+                             "watching after this long and exit 124, as `timeout` does.", show_default=False)] = None,
+          ) -> None:
     """Show one bulk job's (or a --split group's) progress until it ends, processing nothing.
 
-    Exit 0 when every item completed, 1 otherwise. With --json, prints the
-    final status document. Example: bulkgen watch 6650c0ffee0123456789abcd
+    Exit 0 when every item completed, 1 otherwise, 124 when --timeout ran out.
+    With --json, prints the final status document. Example: bulkgen watch 6650c0ffee0123456789abcd
     """
     from bulkgen_cli import jobs, render, settings
     from bulkgen_cli.watch import follow
 
     with _open(store, "read") as db:
         ids = [b.id for b in jobs.targets(db, bulk_id, group, settings.user(user), all_users)]
-        with render.run_view() as view:
-            finals = follow(db, ids, view)
-        render.print_summary(list(finals))
+        with render.run_view(quiet) as view:
+            finals = follow(db, ids, view, timeout=timeout)
+        render.print_summary(list(finals), plain=quiet)
         if json_:
             if group is None:
                 render.print_json(render.status_document(finals[0], db.list_items(finals[0].id)))
@@ -528,19 +541,20 @@ class _Stopped(Exception):
 
 
 def _process(db: Store, run_settings: RunSettings, forever: bool = False, until_bulks: list[str] | None = None,
-             store_flag: str | None = None) -> list[BulkJob]:
+             store_flag: str | None = None, quiet: bool = False) -> list[BulkJob]:
     """Run the processors (runner.Runner) with the live view; render how the run ended."""
     from bulkgen_cli import render
     from bulkgen_cli.model import utcnow
     from bulkgen_cli.runner import Runner
 
+    say = (lambda message, style="": None) if quiet else note
     if run_settings.api_url:
-        note(f"Content service: {run_settings.api_url}")
+        say(f"Content service: {run_settings.api_url}")
     else:
-        note("No content service set (--api-url / BULKGEN_API_URL): writing offline drafts.", "yellow")
+        say("No content service set (--api-url / BULKGEN_API_URL): writing offline drafts.", "yellow")
     if run_settings.concurrency > 1:
-        note(f"Up to {run_settings.concurrency} items in flight at once, across the whole store.")
-    with render.run_view() as view:
+        say(f"Up to {run_settings.concurrency} items in flight at once, across the whole store.")
+    with render.run_view(quiet) as view:
         outcome = Runner(db, run_settings, lambda: _open(store_flag, "create"), view).run(forever, until_bulks)
     if outcome.stopped is not None:
         if outcome.attached:
@@ -552,18 +566,19 @@ def _process(db: Store, run_settings: RunSettings, forever: bool = False, until_
             note("Stopped. Nothing is left in flight.", "yellow")
         raise _Stopped(outcome.stopped)
     if until_bulks:
-        render.print_summary(outcome.finals)
+        render.print_summary(outcome.finals, plain=quiet)
         return outcome.finals
-    render.print_summary([b for b in (db.get_bulk(i) for i in dict.fromkeys(view.ended)) if b is not None])
+    if not quiet:
+        render.print_summary([b for b in (db.get_bulk(i) for i in dict.fromkeys(view.ended)) if b is not None])
     scheduled = db.next_start(utcnow())
     if scheduled is not None:
-        note(f"A scheduled job starts {render.when(scheduled)}; `bulkgen run --forever` waits for it.")
+        say(f"A scheduled job starts {render.when(scheduled)}; `bulkgen run --forever` waits for it.")
     if view.items_done:
         note(f"Processed {view.items_done} items; the queue is empty.")
     else:
         note("Nothing to process: the queue is empty.")
     paused = db.list_bulks(None, 100, [BulkStatus.paused])
-    if paused:
+    if paused and not quiet:
         first = paused[-1]
         note(f"{len(paused)} bulk job{'s are' if len(paused) > 1 else ' is'} paused, its items waiting "
              f"(oldest: {first.id} {first.name}): `bulkgen resume {first.id}` puts it back in the queue.")
@@ -579,18 +594,50 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+def _wants_json(argv: list[str]) -> bool:
+    """Whether the command line asks for JSON (before any `--`)."""
+    return "--json" in (argv[: argv.index("--")] if "--" in argv else argv)
+
+
+def _json_error(code: int, message: str, problems: list[Problem] | None = None) -> None:
+    """With --json, an error is JSON on stdout too: one format for CI scripts to parse."""
+    import dataclasses
+
+    from bulkgen_cli.render import print_json
+
+    print_json({"error": {"code": code, "message": message,
+                          "problems": [dataclasses.asdict(p) for p in problems or []]}})
+
+
 def main() -> None:
     # Outside processing (which installs its own handlers), a signal ends the
     # command at once: SystemExit unwinds through open SQLite transactions,
     # which roll back, so the store stays consistent.
     exit_on_signals()
+    as_json = _wants_json(sys.argv[1:])
     try:
-        app(prog_name="bulkgen")  # standalone: usage errors print and exit 2
+        code = app(prog_name="bulkgen", standalone_mode=False)
+    except typer.Abort:
+        sys.exit(130)
+    except typer.TyperException as exc:  # Typer's (vendored click's) usage errors: exit 2
+        exit_code = int(getattr(exc, "exit_code", 2))
+        if as_json and exit_code:
+            _json_error(exit_code, exc.format_message() if hasattr(exc, "format_message") else str(exc))
+        if hasattr(exc, "show"):
+            exc.show()
+        else:
+            note(str(exc))
+        sys.exit(exit_code)
     except ManifestError as exc:
         count = len(exc.problems)
-        _fail(f"the articles file has {count} problem{'s' if count > 1 else ''}; nothing was stored.\n"
-              + "\n".join(str(p) for p in exc.problems), exc.exit_code)
+        message = f"the articles file has {count} problem{'s' if count > 1 else ''}; nothing was stored."
+        if as_json:
+            _json_error(exc.exit_code, message, exc.problems)
+        _fail(message + "\n" + "\n".join(str(p) for p in exc.problems), exc.exit_code)
     except BulkgenError as exc:
+        if as_json:
+            _json_error(exc.exit_code, str(exc))
         _fail(str(exc), exc.exit_code)
     except _Stopped as exc:
         sys.exit(exc.code)
+    sys.exit(code if isinstance(code, int) else 0)

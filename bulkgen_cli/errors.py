@@ -64,6 +64,12 @@ class NoStore(BulkgenError):
     exit_code = 4
 
 
+class TimedOut(BulkgenError):
+    """A wait ran out (`watch --timeout`); exit 124, as `timeout` does."""
+
+    exit_code = 124
+
+
 class StoreUnavailable(BulkgenError):
     """The store cannot be opened, reached or used."""
 

@@ -404,8 +404,25 @@ class LiveView(PlainView):
             super().__call__(event)
 
 
-def run_view() -> PlainView:
-    """The live view on a terminal, plain lines otherwise."""
+class QuietView(PlainView):
+    """`--quiet`: nothing per item; only what a stop does, errors and the final line are said."""
+
+    def line(self, text: str) -> None:
+        pass
+
+    def __call__(self, event: Any) -> None:
+        from bulkgen_cli import events as p
+
+        if isinstance(event, p.Stopping):
+            PlainView.line(self, event.message)
+        else:
+            super().__call__(event)  # keeps counting items and ended jobs for the summary
+
+
+def run_view(quiet: bool = False) -> PlainView:
+    """The live view on a terminal, plain lines otherwise, nearly nothing with --quiet."""
+    if quiet:
+        return QuietView()
     return LiveView() if sys.stderr.isatty() else PlainView()
 
 
@@ -414,12 +431,12 @@ def summary_line(bulk: BulkJob) -> str:
             f"{bulk.failed_items} failed, {bulk.cancelled_items} cancelled")
 
 
-def print_summary(bulks: Sequence[BulkJob | None]) -> None:
-    """The end of a run: a panel per ended job on a terminal, plain lines otherwise."""
+def print_summary(bulks: Sequence[BulkJob | None], plain: bool = False) -> None:
+    """The end of a run: a panel per ended job on a terminal, plain lines otherwise (or when `plain`)."""
     done = [b for b in bulks if b is not None]
     if not done:
         return
-    if not sys.stderr.isatty():
+    if not sys.stderr.isatty() or plain:
         for b in done:
             sys.stderr.write(f"summary: {summary_line(b)}; results: bulkgen results {b.id} --out articles/\n")
         return

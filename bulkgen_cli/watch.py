@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from bulkgen_cli.errors import NotFound
+from bulkgen_cli.errors import NotFound, TimedOut
 from bulkgen_cli.model import ENDED_BULK, BulkJob, BulkStatus, utcnow
 from bulkgen_cli.events import Event, Snapshot, Waiting
 from bulkgen_cli.store.base import Store
@@ -22,6 +22,7 @@ def follow(
     poll: float = 0.5,
     sleep: Callable[[float], None] = time.sleep,
     hint_after: float = NO_PROCESSOR_HINT,
+    timeout: float | None = None,
 ) -> list[BulkJob]:
     """Report the jobs' progress every `poll` seconds until all have ended; return them ended.
 
@@ -30,6 +31,7 @@ def follow(
     """
     unattended_since: float | None = None
     hinted = False
+    give_up = None if timeout is None else time.monotonic() + timeout
     while True:
         bulks = []
         for bulk_id in bulk_ids:
@@ -50,4 +52,7 @@ def follow(
         on_event(Snapshot(bulks, in_flight, holder))
         if all(b.status in ENDED for b in bulks):
             return bulks
+        if give_up is not None and time.monotonic() >= give_up:
+            states = "; ".join(f"{b.id} {b.status}, {b.completed_items} of {b.total_items} completed" for b in bulks)
+            raise TimedOut(f"stopped watching after {timeout:g} s (--timeout); not ended yet: {states}.")
         sleep(poll)

@@ -77,7 +77,9 @@ def test_state_rules(cli, tmp_path, state, action):
         doc = json.loads(result.out)
         assert doc["bulk_job"]["status"] == after and len(doc["jobs"]) == 12
     else:
-        assert result.out == "" and f"cannot {action} bulk job {bulk_id}:" in result.err
+        assert f"cannot {action} bulk job {bulk_id}:" in result.err
+        error = json.loads(result.out)["error"]  # with --json, the error is JSON on stdout too
+        assert error["code"] == 4 and error["message"].startswith(f"cannot {action} bulk job {bulk_id}:")
 
 
 @pytest.mark.parametrize("action", ["pause", "resume", "cancel", "retry-failed"])

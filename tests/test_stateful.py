@@ -129,7 +129,11 @@ class StoreMachine(RuleBasedStateMachine):
         if self.held:
             item_id = data.draw(st.sampled_from(sorted(self.held)))
             owner = self.held[item_id]
-            if not self.store.heartbeat(item_id, owner, LEASE, self.now):
+            holds_first_slot = owner == self.lease_owner
+            renewed = self.store.heartbeat(item_id, owner, LEASE, self.now)
+            if holds_first_slot:  # a heartbeat renews the owner's slot, even when its item is gone
+                self.lease_until = self.now + dt.timedelta(seconds=LEASE)
+            if not renewed:
                 # No longer its own (cancelled, taken back, or its slot passed on):
                 # as the processor does, hand it back if the store still says it is.
                 self.store.release_item(item_id, owner)

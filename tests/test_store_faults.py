@@ -231,7 +231,7 @@ def test_a_log_that_cannot_be_read_here_is_refused_not_misread(store_dir, tmp_pa
     env = base_env(tmp_path) | {"BULKGEN_STORE": str(path), "BULKGEN_USER": "alice"}
 
     refused = as_reader(["status", first.id, "--json"], env)
-    assert refused.code == 5 and refused.out == ""
+    assert refused.code == 5 and json.loads(refused.out)["error"]["code"] == 5  # --json: the error as JSON too
     assert f"cannot read the SQLite store {path}: its write-ahead log {path}-wal holds changes" in refused.err
     assert "Traceback" not in refused.err
     # As the message says: once someone who may write the folder opened it, it reads, changes included.
@@ -284,7 +284,10 @@ def test_no_store_at_a_mistyped_path_exits_4_and_creates_nothing(cli, tmp_path, 
     result = cli(*args, "--store", f"sqlite:///{path}")
     assert result.code == 4, result
     assert result.err.startswith(f"Error: no store at {path};") and "bulkgen submit" in result.err
-    assert result.out == "" and "Traceback" not in result.err
+    expected_out = "" if "--json" not in args else result.out  # with --json the error is JSON on stdout too
+    assert result.out == expected_out and "Traceback" not in result.err
+    if "--json" in args:
+        assert json.loads(result.out)["error"]["code"] == 4
     assert not (tmp_path / "typo").exists()
     default = cli(*args)  # the default store, under $XDG_DATA_HOME, is not created either
     assert default.code == 4 and "no store at" in default.err
