@@ -17,6 +17,7 @@ from bulkgen_cli.content.reference import ReferenceService
 from bulkgen_cli.store.sqlite import SqliteStore
 from tests.cli_helpers import base_env, run_cli, spawn
 from tests.conftest import wait_for
+from tests.files import write_articles
 from tests.test_fencing import check_requests
 
 
@@ -28,8 +29,7 @@ def svc():
 
 
 def submit(tmp_path, env, name, topics):
-    path = tmp_path / f"{name}.yaml"
-    path.write_text("name: " + name + "\nitems:\n" + "".join(f"  - topic: '{t}'\n" for t in topics))
+    path = write_articles(tmp_path / f"{name}.yaml", topics, name=name)
     result = run_cli(["submit", str(path)], env)
     assert result.code == 0, result.err
     return result.out.strip()

@@ -14,6 +14,7 @@ from bulkgen_cli.notify import Notifier, parse_channels
 from bulkgen_cli.errors import UsageError
 from tests.cli_helpers import EXAMPLES, base_env, run_cli, spawn
 from tests.conftest import submit, wait_for
+from tests.files import write_articles
 from tests.receivers import SmtpReceiver, WebhookReceiver
 from tests.test_store_contract import run_to_end
 
@@ -33,9 +34,7 @@ def smtp():
 
 
 def items_file(tmp_path, topics, name="f.yaml"):
-    path = tmp_path / name
-    path.write_text("name: Demo\nitems:\n" + "".join(f"  - topic: '{t}'\n" for t in topics))
-    return path
+    return write_articles(tmp_path / name, topics, name="Demo")
 
 
 def test_one_webhook_post_per_ended_job(cli, tmp_path, hook, service):

@@ -6,12 +6,11 @@ import json
 
 from bulkgen_cli.content.reference import ReferenceService
 from tests.cli_helpers import base_env, run_cli, spawn
+from tests.files import write_articles
 
 
 def write_file(tmp_path, name, n, prefix):
-    path = tmp_path / name
-    path.write_text("items:\n" + "".join(f"  - topic: {prefix} {i}\n" for i in range(n)), encoding="utf-8")
-    return path
+    return write_articles(tmp_path / name, [f"{prefix} {i}" for i in range(n)])
 
 
 def test_two_processors_started_at_once_stay_sequential(tmp_path):
@@ -104,8 +103,7 @@ def test_sigint_mid_request_hands_the_item_back_uncharged(tmp_path):
     service = ReferenceService().start()
     try:
         env = base_env(tmp_path) | {"BULKGEN_API_URL": service.url}
-        path = tmp_path / "f.yaml"
-        path.write_text("items:\n  - topic: Hangs [hang]\n" + "".join(f"  - topic: T{i}\n" for i in range(9)))
+        path = write_articles(tmp_path / "f.yaml", ["Hangs [hang]"] + [f"T{i}" for i in range(9)])
         bulk_id = run_cli(["submit", str(path)], env).out.strip()
         proc = spawn(["run", "--grace", "0.3"], env)
         wait_for(lambda: service.stats()["in_flight"] == 1, timeout=20, what="the request to start")
@@ -131,8 +129,7 @@ def test_sigterm_lets_the_request_in_flight_finish(tmp_path):
     service = ReferenceService().start()
     try:
         env = base_env(tmp_path) | {"BULKGEN_API_URL": service.url}
-        path = tmp_path / "f.yaml"
-        path.write_text("items:\n  - topic: Slow [slow:1]\n" + "".join(f"  - topic: T{i}\n" for i in range(9)))
+        path = write_articles(tmp_path / "f.yaml", ["Slow [slow:1]"] + [f"T{i}" for i in range(9)])
         bulk_id = run_cli(["submit", str(path)], env).out.strip()
         proc = spawn(["run"], env)  # default grace: 10 s
         wait_for(lambda: service.stats()["in_flight"] == 1, timeout=20, what="the request to start")
@@ -187,9 +184,7 @@ def test_a_429_cools_down_every_slot(tmp_path):
     service = ReferenceService().start()
     try:
         env = base_env(tmp_path) | {"BULKGEN_API_URL": service.url}
-        path = tmp_path / "r.yaml"
-        path.write_text("items:\n  - topic: 'Busy [429:1] [retry-after:1]'\n"
-                        + "".join(f"  - topic: 'T{i} [slow:0.1]'\n" for i in range(9)))
+        path = write_articles(tmp_path / "r.yaml", ["Busy [429:1] [retry-after:1]"] + [f"T{i} [slow:0.1]" for i in range(9)])
         bulk_id = run_cli(["submit", str(path)], env).out.strip()
         result = run_cli(["run", "--concurrency", "2"], env)
         assert result.code == 0, result.err

@@ -12,6 +12,7 @@ from bulkgen_cli.errors import UsageError
 from bulkgen_cli.settings import parse_when
 from tests.cli_helpers import EXAMPLES, base_env, run_cli, spawn
 from tests.conftest import wait_for
+from tests.files import write_articles
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -73,9 +74,7 @@ def test_forever_wakes_up_for_a_scheduled_job(tmp_path):
 
 
 def big_file(tmp_path, n):
-    path = tmp_path / "big.yaml"
-    path.write_text("name: Big\nitems:\n" + "".join(f"  - topic: T{i:03d}\n" for i in range(n)))
-    return path
+    return write_articles(tmp_path / "big.yaml", [f"T{i:03d}" for i in range(n)], name="Big")
 
 
 def test_split_sizes():

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from bulkgen_cli.export import file_name
 from bulkgen_cli.model import Item
 from tests.cli_helpers import EXAMPLES, ROOT, base_env, run_cli
+from tests.files import write_articles
 from tests.receivers import SmtpReceiver, WebhookReceiver
 
 TOKEN = "tok-SECRET-123456"
@@ -37,9 +38,7 @@ def test_secrets_never_appear_anywhere(tmp_path):
             "BULKGEN_SMTP_URL": f"smtp://mailer:{SMTP_PASSWORD}@127.0.0.1:{smtp.port}",
             "BULKGEN_NOTIFY_RETRY": "0.01",
         }
-        path = tmp_path / "f.yaml"
-        path.write_text("items:\n  - topic: Leaky [echo-auth]\n  - topic: Flaky [fail:1]\n"
-                        + "".join(f"  - topic: T{i}\n" for i in range(8)))
+        path = write_articles(tmp_path / "f.yaml", ["Leaky [echo-auth]", "Flaky [fail:1]"] + [f"T{i}" for i in range(8)])
         steps = [
             ["submit", str(path), "--notify", f"webhook:{hook.url}", "--notify", "email:ops@example.com", "--wait"],
             ["list"], ["list", "--json"],
