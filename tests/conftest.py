@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import uuid
+from dataclasses import dataclass
 from typing import Iterator
 
 import pytest
@@ -38,9 +39,25 @@ def make_store(kind: str, tmp_path) -> Iterator[Store]:
         yield MongoStore(mongomock.MongoClient(tz_aware=True), "bulkgen", "mongodb://mock")
 
 
-@pytest.fixture(params=["sqlite", "mongo"])
-def store(request, tmp_path) -> Iterator[Store]:
-    yield from make_store(request.param, tmp_path)
+@dataclass(frozen=True)
+class Backend:
+    """A store backend the shared tests run against, and what a test may ask of it beyond the contract."""
+
+    name: str  # "sqlite" or "mongo", as make_store takes it
+    threads: bool  # one store object may be used from several threads at once (mongomock's may not)
+
+
+BACKENDS = [Backend("sqlite", threads=True), Backend("mongo", threads=False)]
+
+
+@pytest.fixture(params=BACKENDS, ids=lambda backend: backend.name)
+def backend(request) -> Backend:
+    return request.param
+
+
+@pytest.fixture
+def store(backend, tmp_path) -> Iterator[Store]:
+    yield from make_store(backend.name, tmp_path)
 
 
 def articles(n: int = 10, prefix: str = "Topic") -> list[dict]:

@@ -163,11 +163,11 @@ def test_parse_channels():
         parse_channels(["webhook:"])
 
 
-def test_two_deliverers_at_once_send_once(store, hook):
+def test_two_deliverers_at_once_send_once(store, backend, hook):
     bulk = submit(store, 10, notify=[f"webhook:{hook.url}"])
     run_to_end(store, bulk, utcnow())
     ended = store.get_bulk(bulk.id)  # every deliverer starts from the same snapshot
-    if type(store).__name__ == "SqliteStore":
+    if backend.threads:
         barrier = threading.Barrier(4)
 
         def deliver(n):
@@ -179,7 +179,7 @@ def test_two_deliverers_at_once_send_once(store, hook):
             t.start()
         for t in threads:
             t.join()
-    else:  # mongomock is not thread-safe: the same race, one after another
+    else:  # the same race, one after another
         for n in range(4):
             Notifier(store, f"d{n}").deliver(ended)
     assert len(hook.events()) == 1

@@ -292,25 +292,35 @@ def test_processor_lease(store):
     assert store.acquire_processor_lease("a", 10, t, "h", 1)
 
 
-def test_submit_is_all_or_nothing(store):
-    """Invariant 7: a failure part-way leaves nothing a processor could start."""
+def sqlite_submit_failing_part_way(store, bulk):
+    broken = articles(10)
+    broken[5]["extra"] = {"x": object()}  # cannot be stored: fails mid-insert
+    with pytest.raises(TypeError):
+        store.create_bulk(bulk, broken)
+
+
+def mongo_submit_failing_part_way(store, bulk):
+    from bson import ObjectId
+
     from bulkgen_cli.errors import StoreUnavailable
 
+    # The bulk document's insert fails after the items went in.
+    store.bulks.insert_one({"_id": ObjectId(bulk.id), "status": "completed"})
+    with pytest.raises(StoreUnavailable):
+        store.create_bulk(bulk, articles(10))
+    store.bulks.delete_one({"_id": ObjectId(bulk.id)})
+
+
+SUBMIT_FAILING_PART_WAY = {"sqlite": sqlite_submit_failing_part_way, "mongo": mongo_submit_failing_part_way}
+
+
+def test_submit_is_all_or_nothing(store, backend):
+    """Invariant 7: a failure part-way leaves nothing a processor could start."""
     bulk = BulkJob(
         id=new_id(), userId="alice", mode="topic", name="n", status="queued",
         total_items=10, created_at=utcnow(),
     )
-    if type(store).__name__ == "SqliteStore":
-        broken = articles(10)
-        broken[5]["extra"] = {"x": object()}  # cannot be stored: fails mid-insert
-        with pytest.raises(TypeError):
-            store.create_bulk(bulk, broken)
-    else:
-        # The bulk document's insert fails after the items went in.
-        store.bulks.insert_one({"_id": __import__("bson").ObjectId(bulk.id), "status": "completed"})
-        with pytest.raises(StoreUnavailable):
-            store.create_bulk(bulk, articles(10))
-        store.bulks.delete_one({"_id": __import__("bson").ObjectId(bulk.id)})
+    SUBMIT_FAILING_PART_WAY[backend.name](store, bulk)  # each backend fails its own way
     assert store.get_bulk(bulk.id) is None
     assert store.list_items(bulk.id) == []
     assert claim(store, "p1", LEASE, utcnow()) is None
