@@ -12,6 +12,13 @@ from tests.conftest import claim, articles, submit
 LEASE = 30.0
 
 
+def complete_next(store, n, t):
+    """As processor p1: claim the next `n` items and complete each."""
+    for _ in range(n):
+        item = claim(store, "p1", LEASE, t)
+        store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), t)
+
+
 def counts_by_status(store, bulk_id):
     out = {s.value: 0 for s in ItemStatus}
     for item in store.list_items(bulk_id):
@@ -263,9 +270,7 @@ def test_counters_follow_items_and_end_is_recorded_once(store):
 def test_paused_job_whose_last_item_finishes_is_completed(store):
     bulk = submit(store, 10)
     t = utcnow()
-    for _ in range(9):
-        item = claim(store, "p1", LEASE, t)
-        store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), t)
+    complete_next(store, 9, t)
     last = claim(store, "p1", LEASE, t)
     assert store.set_bulk_state(bulk.id, [BulkStatus.processing], BulkStatus.paused, t)
     store.finish_item(last.id, "p1", Outcome(ItemStatus.completed), t)
@@ -352,9 +357,7 @@ def test_cancel_bulk_cancels_queued_and_in_flight(store):
 def test_cancel_refuses_completed_jobs(store):
     bulk = submit(store, 10)
     t = utcnow()
-    for _ in range(10):
-        item = claim(store, "p1", LEASE, t)
-        store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), t)
+    complete_next(store, 10, t)
     store.refresh_counters(bulk.id, t)
     assert not store.cancel_bulk(bulk.id, t)
     assert store.get_bulk(bulk.id).status == "completed"
