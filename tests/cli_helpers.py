@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -81,3 +82,60 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 60) -> Result
         env=env, capture_output=True, text=True, cwd=ROOT, timeout=timeout,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+# -- real processes against a real service ----------------------------------------------------------
+
+
+def env_for(tmp_path: Path, service=None, **overrides: str) -> dict[str, str]:
+    """base_env, pointed at `service` (a ReferenceService) if given, with overrides by full name:
+    env_for(tmp_path, svc, BULKGEN_LEASE_SECONDS="1")."""
+    env = base_env(tmp_path)
+    if service is not None:
+        env["BULKGEN_API_URL"] = service.url
+    return env | overrides
+
+
+def submit_file(env: dict[str, str], path: Path, *args: str) -> str:
+    """`bulkgen submit PATH ARGS…` as a subprocess; returns the new bulk job's id."""
+    result = run_cli(["submit", str(path), *args], env)
+    assert result.code == 0, result.err
+    return result.out.strip()
+
+
+def status_of(env: dict[str, str], bulk_id: str, *args: str) -> dict:
+    """`bulkgen status ID --json ARGS…` as a subprocess, parsed."""
+    return json.loads(run_cli(["status", bulk_id, "--json", *args], env).out)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 60) -> Result:
+    """Wait for a spawned process to exit; its exit code and output."""
+    out, err = proc.communicate(timeout=timeout)
+    return Result(proc.returncode, out, err)
+
+
+class Processes:
+    """Spawns bulkgen processes and, when the block ends however it ends, leaves none behind:
+    a stopped one is continued (SIGCONT) and killed, a running one killed, every one reaped.
+
+        with Processes() as procs:
+            a = procs.spawn(["run"], env)
+    """
+
+    def __init__(self) -> None:
+        self.spawned: list[subprocess.Popen] = []
+
+    def spawn(self, args: list[str], env: dict[str, str], **kw) -> subprocess.Popen:
+        proc = spawn(args, env, **kw)
+        self.spawned.append(proc)
+        return proc
+
+    def __enter__(self) -> "Processes":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for proc in reversed(self.spawned):
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.kill()
+            proc.communicate(timeout=10)

@@ -3,13 +3,14 @@ from __future__ import annotations
 import datetime as dt
 import os
 import uuid
+from dataclasses import dataclass
 from typing import Iterator
 
 import pytest
 
 from bulkgen_cli.model import BulkJob, BulkStatus, new_id, utcnow
 from bulkgen_cli.store.base import Store
-from tests.cli_helpers import cli  # noqa: F401  (a fixture, shared by the CLI tests)
+from tests.cli_helpers import Processes, cli  # noqa: F401  (cli: a fixture, shared by the CLI tests)
 
 MONGO_URI = os.environ.get("BULKGEN_TEST_MONGO_URI")
 
@@ -38,9 +39,25 @@ def make_store(kind: str, tmp_path) -> Iterator[Store]:
         yield MongoStore(mongomock.MongoClient(tz_aware=True), "bulkgen", "mongodb://mock")
 
 
-@pytest.fixture(params=["sqlite", "mongo"])
-def store(request, tmp_path) -> Iterator[Store]:
-    yield from make_store(request.param, tmp_path)
+@dataclass(frozen=True)
+class Backend:
+    """A store backend the shared tests run against, and what a test may ask of it beyond the contract."""
+
+    name: str  # "sqlite" or "mongo", as make_store takes it
+    threads: bool  # one store object may be used from several threads at once (mongomock's may not)
+
+
+BACKENDS = [Backend("sqlite", threads=True), Backend("mongo", threads=False)]
+
+
+@pytest.fixture(params=BACKENDS, ids=lambda backend: backend.name)
+def backend(request) -> Backend:
+    return request.param
+
+
+@pytest.fixture
+def store(backend, tmp_path) -> Iterator[Store]:
+    yield from make_store(backend.name, tmp_path)
 
 
 def articles(n: int = 10, prefix: str = "Topic") -> list[dict]:
@@ -76,12 +93,38 @@ def submit(
 
 
 @pytest.fixture
-def service():
+def start_service():
+    """start_service(latency=0.2) -> a ReferenceService on a real socket; every one is stopped after the test."""
     from bulkgen_cli.content.reference import ReferenceService
 
-    svc = ReferenceService(token="s3cret-token").start()
-    yield svc
-    svc.stop()
+    started = []
+
+    def start(**options):
+        started.append(ReferenceService(**options).start())
+        return started[-1]
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def service(start_service):
+    """The reference service asking for a token (s3cret-token), for in-process `cli(...)` tests."""
+    return start_service(token="s3cret-token")
+
+
+@pytest.fixture
+def svc(start_service):
+    """The reference service as it starts by default (no token), for real `bulkgen` processes."""
+    return start_service()
+
+
+@pytest.fixture
+def processes(start_service):  # asks for start_service so that every service outlives the processes
+    """processes.spawn(args, env): bulkgen subprocesses, none left running (or stopped) after the test."""
+    with Processes() as procs:
+        yield procs
 
 
 def submit_articles(store: Store, arts: list[dict], user: str = "alice",

@@ -17,12 +17,18 @@ chaos = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(chaos)
 
 
-def test_chaos_run_keeps_every_invariant():
+def run_chaos(*args: str) -> subprocess.CompletedProcess:
+    """bench/chaos.py with 4 jobs, 2 processors, 20 s and ARGS; its report is printed, and it must pass."""
     proc = subprocess.run([sys.executable, "bench/chaos.py", "--jobs", "4", "--processors", "2",
-                           "--seconds", "20", "--seed", "3"],
+                           "--seconds", "20", *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_chaos_run_keeps_every_invariant():
+    proc = run_chaos("--seed", "3")
     assert "items lost: 0" in proc.stdout and "most in flight at once: 1" in proc.stdout
     assert "unexplained duplicate requests: 0" in proc.stdout
     assert "items with more than one article generated: 0" in proc.stdout
@@ -30,11 +36,7 @@ def test_chaos_run_keeps_every_invariant():
 
 
 def test_chaos_run_with_concurrency_3():
-    proc = subprocess.run([sys.executable, "bench/chaos.py", "--jobs", "4", "--processors", "2",
-                           "--seconds", "20", "--seed", "4", "--concurrency", "3"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    print(proc.stdout)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_chaos("--seed", "4", "--concurrency", "3")
     assert "items lost: 0" in proc.stdout and "all invariants held" in proc.stdout
     most = int(proc.stdout.split("most in flight at once: ")[1].split()[0])
     assert 1 <= most <= 3

@@ -8,18 +8,13 @@ import re
 import pytest
 
 from tests.cli_helpers import EXAMPLES, base_env, run_cli
+from tests.files import write_articles
 
 BULK_KEYS = {
     "id", "name", "mode", "status", "userId", "total_items", "completed_items", "failed_items",
     "cancelled_items", "created_at", "started_at", "completed_at", "estimated_completion", "error_summary",
 }
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-def write_items(tmp_path, lines, name="items.yaml", header="items:\n"):
-    path = tmp_path / name
-    path.write_text(header + "".join(f"  - topic: {t}\n" for t in lines), encoding="utf-8")
-    return path
 
 
 def test_submit_prints_only_the_id(cli):
@@ -54,7 +49,7 @@ def test_submit_wait_exit_codes(cli, tmp_path, service):
     good = cli("submit", str(EXAMPLES / "articles.csv"), "--wait")
     assert good.code == 0, good.err
     assert "[11/11]" in good.err and "completed: 11 of 11 completed" in good.err
-    bad = write_items(tmp_path, ["Bad [status:400]"] + [f"T{i}" for i in range(9)])
+    bad = write_articles(tmp_path / "items.yaml", ["Bad [status:400]"] + [f"T{i}" for i in range(9)])
     result = cli("submit", str(bad), "--wait", "--json", env={"BULKGEN_API_URL": service.url, "BULKGEN_API_TOKEN": "s3cret-token"})
     assert result.code == 1
     final = json.loads(result.out)
@@ -70,8 +65,7 @@ def test_submit_json(cli):
 
 
 def test_bad_file_exit_2_and_nothing_stored(cli, tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("items:\n" + "  - topic: T\n    word_cout: 5\n" * 3, encoding="utf-8")
+    bad = write_articles(tmp_path / "bad.yaml", [{"topic": "T", "word_cout": 5}] * 3)
     result = cli("submit", str(bad))
     assert result.code == 2 and result.out == ""
     assert "the articles file has 4 problems; nothing was stored." in result.err

@@ -10,6 +10,7 @@ from bulkgen_cli.model import ItemStatus, Outcome, utcnow
 from bulkgen_cli.store.sqlite import SqliteStore
 from tests.cli_helpers import EXAMPLES
 from tests.conftest import claim
+from tests.files import write_articles
 
 
 def make_state(cli, tmp_path, state: str) -> str:
@@ -99,9 +100,7 @@ def test_all_users_may_act_on_any_job(cli):
 
 def test_retry_failed_completes_the_job_after_the_service_recovers(cli, tmp_path, service):
     env = {"BULKGEN_API_URL": service.url, "BULKGEN_API_TOKEN": "s3cret-token", "BULKGEN_MAX_RETRIES": "1"}
-    path = tmp_path / "f.yaml"
-    path.write_text("items:\n" + "".join(f"  - topic: T{i} [fail:2]\n" if i in (1, 4) else f"  - topic: T{i}\n"
-                                         for i in range(10)))
+    path = write_articles(tmp_path / "f.yaml", [f"T{i} [fail:2]" if i in (1, 4) else f"T{i}" for i in range(10)])
     bulk_id = cli("submit", str(path), "--wait", env=env).out.strip()
     doc = json.loads(cli("status", bulk_id, "--json").out)
     assert doc["progress"]["failed"] == 2 and doc["bulk_job"]["status"] == "completed"
@@ -124,8 +123,7 @@ def test_retry_failed_waits_for_the_last_ends_notification(cli, tmp_path, servic
     receiver = WebhookReceiver(fail_first=99)
     try:
         env = {"BULKGEN_API_URL": service.url, "BULKGEN_API_TOKEN": "s3cret-token", "BULKGEN_NOTIFY_RETRY": "60"}
-        path = tmp_path / "f.yaml"
-        path.write_text("items:\n  - topic: 'Bad [fail:9]'\n" + "".join(f"  - topic: T{i}\n" for i in range(9)))
+        path = write_articles(tmp_path / "f.yaml", ["Bad [fail:9]"] + [f"T{i}" for i in range(9)])
         bulk_id = cli("submit", str(path), "--notify", f"webhook:{receiver.url}", env=env).out.strip()
         store = SqliteStore(tmp_path / "xdg" / "bulkgen" / "bulkgen.db")
         try:  # a processor that ends the job and stops before the retry of its notification

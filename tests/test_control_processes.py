@@ -11,32 +11,19 @@ import signal
 import sqlite3
 import time
 
-import pytest
-
-from bulkgen_cli.content.reference import ReferenceService
 from bulkgen_cli.store.sqlite import SqliteStore
-from tests.cli_helpers import base_env, run_cli, spawn
+from tests.cli_helpers import env_for, finish, run_cli, status_of, submit_file
 from tests.conftest import wait_for
+from tests.files import write_articles
 from tests.test_fencing import check_requests
 
 
-@pytest.fixture
-def svc():
-    service = ReferenceService().start()
-    yield service
-    service.stop()
-
-
 def submit(tmp_path, env, name, topics):
-    path = tmp_path / f"{name}.yaml"
-    path.write_text("name: " + name + "\nitems:\n" + "".join(f"  - topic: '{t}'\n" for t in topics))
-    result = run_cli(["submit", str(path)], env)
-    assert result.code == 0, result.err
-    return result.out.strip()
+    return submit_file(env, write_articles(tmp_path / f"{name}.yaml", topics, name=name))
 
 
 def status(env, bulk_id):
-    return json.loads(run_cli(["status", bulk_id, "--json", "--all-users"], env).out)
+    return status_of(env, bulk_id, "--all-users")
 
 
 def plain(prefix, n=10):
@@ -56,22 +43,17 @@ def in_flight_job(service):
     return reqs[0]["job_id"] if reqs else None
 
 
-def finish(proc, timeout=60):
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, err
-
-
-def test_pause_while_in_flight(tmp_path, svc):
-    env = base_env(tmp_path) | {"BULKGEN_API_URL": svc.url}
+def test_pause_while_in_flight(tmp_path, svc, processes):
+    env = env_for(tmp_path, svc)
     a = submit(tmp_path, env, "A", ["A 1 [slow:1]"] + plain("A", 9))
     b = submit(tmp_path, env, "B", plain("B"))
     a_first = status(env, a)["jobs"][0]["id"]
-    proc = spawn(["run"], env)
+    proc = processes.spawn(["run"], env)
     wait_for(lambda: in_flight_job(svc) == a_first, timeout=20, what="A's first item in flight")
     assert run_cli(["pause", a], env).code == 0
     paused_at = time.time()
-    code, err = finish(proc)
-    assert code == 0, err
+    result = finish(proc)
+    assert result.code == 0, result.err
     doc = assert_counters_true(env, a)
     assert doc["bulk_job"]["status"] == "paused"
     assert [j["status"] for j in doc["jobs"]] == ["completed"] + ["queued"] * 9  # in flight: finished, recorded
@@ -89,11 +71,11 @@ def test_pause_while_in_flight(tmp_path, svc):
     assert order == [j["id"] for j in doc["jobs"]]
 
 
-def test_cancel_aborts_the_request_in_flight(tmp_path, svc):
-    env = base_env(tmp_path) | {"BULKGEN_API_URL": svc.url}
+def test_cancel_aborts_the_request_in_flight(tmp_path, svc, processes):
+    env = env_for(tmp_path, svc)
     a = submit(tmp_path, env, "A", ["A 1 [hang]"] + plain("A", 9))
     b = submit(tmp_path, env, "B", plain("B"))
-    proc = spawn(["run"], env)
+    proc = processes.spawn(["run"], env)
     wait_for(lambda: svc.stats()["in_flight"] == 1, timeout=20, what="the hanging request")
     result = run_cli(["cancel", a, "--json"], env)
     assert result.code == 0
@@ -102,9 +84,9 @@ def test_cancel_aborts_the_request_in_flight(tmp_path, svc):
     wait_for(lambda: svc.stats()["requests"][0]["outcome"] == "closed-by-client", timeout=3,
              what="the connection to close after cancel")
     closed_after = svc.stats()["requests"][0]["end"] - cancelled_at
-    code, err = finish(proc)
-    assert code == 0, err
-    assert "its bulk job was cancelled" in err
+    result = finish(proc)
+    assert result.code == 0, result.err
+    assert "its bulk job was cancelled" in result.err
     doc = assert_counters_true(env, a)
     assert doc["bulk_job"]["status"] == "cancelled" and doc["progress"]["cancelled"] == 10
     assert doc["jobs"][0]["error"] == "cancelled while its request was in flight"
@@ -130,12 +112,12 @@ def kill_then_recover(env, proc, lease="1"):
     return recover(env, lease)
 
 
-def test_sigkill_after_claim_before_the_request(tmp_path, svc):
-    env = base_env(tmp_path) | {"BULKGEN_API_URL": svc.url}
+def test_sigkill_after_claim_before_the_request(tmp_path, svc, processes):
+    env = env_for(tmp_path, svc)
     a = submit(tmp_path, env, "A", plain("A"))
     second = status(env, a)["jobs"][1]["id"]
     # The delay before the second request keeps the claimed item waiting, unsent.
-    proc = spawn(["run", "--delay", "60", "--lease", "1"], env)
+    proc = processes.spawn(["run", "--delay", "60", "--lease", "1"], env)
     wait_for(lambda: status(env, a)["jobs"][1]["status"] == "processing", timeout=20, what="the second claim")
     kill_then_recover(env, proc)
     doc = assert_counters_true(env, a)
@@ -145,12 +127,19 @@ def test_sigkill_after_claim_before_the_request(tmp_path, svc):
     assert requests.count(second) == 1 and len(requests) == 10  # nothing requested twice
 
 
-def test_sigkill_during_the_request(tmp_path, svc):
-    env = base_env(tmp_path) | {"BULKGEN_API_URL": svc.url}
-    a = submit(tmp_path, env, "A", ["A 1 [hang:1]"] + plain("A", 9))
+def first_item_in_flight(tmp_path, svc, processes, topic, lease, what="the request in flight"):
+    """Job A: `topic`, then nine plain items; a processor with --lease `lease` sends the first.
+    Returns the env, A's id, the first item's id and the processor."""
+    env = env_for(tmp_path, svc)
+    a = submit(tmp_path, env, "A", [topic] + plain("A", 9))
     first = status(env, a)["jobs"][0]["id"]
-    proc = spawn(["run", "--lease", "1"], env)
-    wait_for(lambda: svc.stats()["in_flight"] == 1, timeout=20, what="the request in flight")
+    proc = processes.spawn(["run", "--lease", lease], env)
+    wait_for(lambda: svc.stats()["in_flight"] == 1, timeout=20, what=what)
+    return env, a, first, proc
+
+
+def test_sigkill_during_the_request(tmp_path, svc, processes):
+    env, a, first, proc = first_item_in_flight(tmp_path, svc, processes, "A 1 [hang:1]", lease="1")
     kill_then_recover(env, proc)
     doc = assert_counters_true(env, a)
     assert doc["bulk_job"]["status"] == "completed" and doc["progress"]["completed"] == 10
@@ -159,12 +148,8 @@ def test_sigkill_during_the_request(tmp_path, svc):
     assert outcomes == ["closed-by-client", "ok"]  # the killed try, then one success
 
 
-def test_sigkill_after_the_reply_before_recording(tmp_path, svc):
-    env = base_env(tmp_path) | {"BULKGEN_API_URL": svc.url}
-    a = submit(tmp_path, env, "A", ["A 1 [slow:0.5]"] + plain("A", 9))
-    first = status(env, a)["jobs"][0]["id"]
-    proc = spawn(["run", "--lease", "3"], env)
-    wait_for(lambda: svc.stats()["in_flight"] == 1, timeout=20, what="the request in flight")
+def test_sigkill_after_the_reply_before_recording(tmp_path, svc, processes):
+    env, a, first, proc = first_item_in_flight(tmp_path, svc, processes, "A 1 [slow:0.5]", lease="3")
     # Hold the store's write lock: the reply arrives, but the processor cannot record it.
     db = sqlite3.connect(tmp_path / "xdg" / "bulkgen" / "bulkgen.db", timeout=30, isolation_level=None)
     db.execute("BEGIN IMMEDIATE")
@@ -183,16 +168,14 @@ def test_sigkill_after_the_reply_before_recording(tmp_path, svc):
     assert [r["job_id"] for r in svc.stats()["requests"]].count(first) == 2
 
 
-def test_lease_is_renewed_during_a_long_request(tmp_path, svc):
-    env = base_env(tmp_path) | {"BULKGEN_API_URL": svc.url}
-    a = submit(tmp_path, env, "A", ["A 1 [slow:4]"] + plain("A", 9))
-    first = status(env, a)["jobs"][0]["id"]
-    procs = [spawn(["run", "--lease", "1.5"], env)]
-    wait_for(lambda: svc.stats()["in_flight"] == 1, timeout=20, what="the long request")
-    procs.append(spawn(["run", "--lease", "1.5"], env))  # would take over a lease that lapsed
+def test_lease_is_renewed_during_a_long_request(tmp_path, svc, processes):
+    env, a, _, proc = first_item_in_flight(tmp_path, svc, processes, "A 1 [slow:4]", lease="1.5",
+                                           what="the long request")
+    procs = [proc]
+    procs.append(processes.spawn(["run", "--lease", "1.5"], env))  # would take over a lease that lapsed
     for proc in procs:
-        code, err = finish(proc)
-        assert code == 0, err
+        result = finish(proc)
+        assert result.code == 0, result.err
     doc = assert_counters_true(env, a)
     assert doc["jobs"][0]["attempts"] == 1 and doc["progress"]["completed"] == 10
     requested = [r["job_id"] for r in svc.stats()["requests"]]
@@ -200,53 +183,53 @@ def test_lease_is_renewed_during_a_long_request(tmp_path, svc):
     assert svc.stats()["max_in_flight"] == 1
 
 
-def test_attached_run_shows_progress_and_takes_over_when_the_processor_dies(tmp_path, svc):
-    env = base_env(tmp_path) | {"BULKGEN_API_URL": svc.url}
+def test_attached_run_shows_progress_and_takes_over_when_the_processor_dies(tmp_path, svc, processes):
+    env = env_for(tmp_path, svc)
     a = submit(tmp_path, env, "A", ["A 1 [hang:1]"] + plain("A", 9))
-    first = spawn(["run", "--lease", "1"], env)
+    first = processes.spawn(["run", "--lease", "1"], env)
     wait_for(lambda: svc.stats()["in_flight"] == 1, timeout=20, what="the first processor's request")
-    attached = spawn(["run", "--lease", "1"], env)
+    attached = processes.spawn(["run", "--lease", "1"], env)
     time.sleep(0.5)
     kill(first)
-    code, err = finish(attached, timeout=120)
-    assert code == 0, err
-    assert "attached to it" in err and "0 of 10 completed" in err
-    assert "Processed 10 items" in err  # it took over: the killed item and the rest
+    result = finish(attached, timeout=120)
+    assert result.code == 0, result.err
+    assert "attached to it" in result.err and "0 of 10 completed" in result.err
+    assert "Processed 10 items" in result.err  # it took over: the killed item and the rest
     doc = assert_counters_true(env, a)
     assert doc["bulk_job"]["status"] == "completed"
 
 
-def test_attached_run_exits_when_idle_without_processing(tmp_path, svc):
-    env = base_env(tmp_path) | {"BULKGEN_API_URL": svc.url, "BULKGEN_DELAY": "0.05"}
+def test_attached_run_exits_when_idle_without_processing(tmp_path, svc, processes):
+    env = env_for(tmp_path, svc, BULKGEN_DELAY="0.05")
     submit(tmp_path, env, "A", plain("A", 20))
-    worker = spawn(["run"], env)
+    worker = processes.spawn(["run"], env)
     wait_for(lambda: len(svc.stats()["requests"]) >= 1, timeout=20, what="the worker to start")
     watcher = run_cli(["run"], env, timeout=120)
     assert watcher.code == 0
     assert "attached to it" in watcher.err and "Nothing to process" in watcher.err
-    code, err = finish(worker)
-    assert code == 0 and "Processed 20 items" in err
+    result = finish(worker)
+    assert result.code == 0 and "Processed 20 items" in result.err
 
 
-def test_watch_follows_a_job_to_its_end(tmp_path, svc):
-    env = base_env(tmp_path) | {"BULKGEN_API_URL": svc.url, "BULKGEN_DELAY": "0.05"}
+def test_watch_follows_a_job_to_its_end(tmp_path, svc, processes):
+    env = env_for(tmp_path, svc, BULKGEN_DELAY="0.05")
     a = submit(tmp_path, env, "A", ["A 1 [status:400]"] + plain("A", 9))
-    watcher = spawn(["watch", a, "--json"], env)
-    worker = spawn(["run"], env)
-    out, err = watcher.communicate(timeout=60)
-    assert watcher.returncode == 1  # one item failed
-    assert json.loads(out)["progress"] == {"total": 10, "completed": 9, "failed": 1, "cancelled": 0,
-                                           "remaining": 0, "percentage": 100}
-    assert "completed: 9 of 10 completed, 1 failed" in err
-    assert finish(worker)[0] == 0
+    watcher = processes.spawn(["watch", a, "--json"], env)
+    worker = processes.spawn(["run"], env)
+    watched = finish(watcher)
+    assert watched.code == 1  # one item failed
+    assert json.loads(watched.out)["progress"] == {"total": 10, "completed": 9, "failed": 1, "cancelled": 0,
+                                                   "remaining": 0, "percentage": 100}
+    assert "completed: 9 of 10 completed, 1 failed" in watched.err
+    assert finish(worker).code == 0
 
 
-def test_two_processors_and_a_stream_of_control_commands(tmp_path, svc):
+def test_two_processors_and_a_stream_of_control_commands(tmp_path, svc, processes):
     rng = random.Random(7)
-    env = base_env(tmp_path) | {"BULKGEN_API_URL": svc.url}
+    env = env_for(tmp_path, svc)
     topics = lambda p: [f"{p} {i} [slow:0.05]" for i in range(10)]  # noqa: E731
     jobs = [submit(tmp_path, env, f"J{n}", topics(f"J{n}")) for n in range(4)]
-    workers = [spawn(["run", "--forever", "--lease", "2"], env) for _ in range(2)]
+    workers = [processes.spawn(["run", "--forever", "--lease", "2"], env) for _ in range(2)]
     store = SqliteStore(tmp_path / "xdg" / "bulkgen" / "bulkgen.db")
     try:
         for _ in range(25):

@@ -9,6 +9,7 @@ import pytest
 from bulkgen_cli import manifest
 from bulkgen_cli.errors import ManifestError
 from bulkgen_cli.model import Mode
+from tests.files import write_articles
 
 
 def write(tmp_path, name, text):
@@ -21,6 +22,10 @@ def yaml_items(n, field="topic", extra=""):
     return "".join(f"  - {field}: Item {i}\n{extra}" for i in range(1, n + 1))
 
 
+def numbered(n, field="topic"):
+    return [{field: f"Item {i}"} for i in range(1, n + 1)]
+
+
 def problems(path, mode=None):
     with pytest.raises(ManifestError) as info:
         manifest.load(path, mode)
@@ -28,8 +33,8 @@ def problems(path, mode=None):
 
 
 def test_yaml_mapping_with_defaults(tmp_path):
-    path = write(tmp_path, "a.yaml", "name: Demo\nmode: topic\ndefaults:\n  tone: casual\n  word_count: 800\nitems:\n"
-                 + yaml_items(10) + "  - topic: Last\n    word_count: 2000\n    tone: formal\n")
+    path = write_articles(tmp_path / "a.yaml", numbered(10) + [{"topic": "Last", "word_count": 2000, "tone": "formal"}],
+                          name="Demo", mode="topic", defaults={"tone": "casual", "word_count": 800})
     m = manifest.load(path)
     assert m.mode is Mode.topic and m.name == "Demo" and len(m.articles) == 11
     assert m.articles[0] == {"topic": "Item 1", "word_count": 800, "tone": "casual"}
@@ -47,7 +52,7 @@ def test_story_wrapper_and_bare_list(tmp_path):
 
 
 def test_word_count_default_and_item_order(tmp_path):
-    m = manifest.load(write(tmp_path, "a.yaml", "items:\n" + yaml_items(12)))
+    m = manifest.load(write_articles(tmp_path / "a.yaml", numbered(12)))
     assert [a["topic"] for a in m.articles] == [f"Item {i}" for i in range(1, 13)]
     assert all(a["word_count"] == 1000 for a in m.articles)
 
@@ -61,25 +66,25 @@ def test_merge_keys_and_bom_are_fine(tmp_path):
 
 
 def test_keywords_as_list_or_text(tmp_path):
-    body = "mode: keywords\nitems:\n" + "".join(f"  - keywords: [a{i}, b]\n" for i in range(9)) + "  - keywords: 'x; y, z'\n"
-    m = manifest.load(write(tmp_path, "k.yaml", body))
+    arts = [{"keywords": [f"a{i}", "b"]} for i in range(9)] + [{"keywords": "x; y, z"}]
+    m = manifest.load(write_articles(tmp_path / "k.yaml", arts, mode="keywords"))
     assert m.articles[0]["keywords"] == ["a0", "b"] and m.articles[9]["keywords"] == ["x", "y", "z"]
 
 
 def test_spin_needs_text_or_url(tmp_path):
-    body = "mode: spin\nitems:\n" + "".join(f"  - source_text: Text {i}\n" for i in range(9)) + "  - tone: calm\n"
-    assert problems(write(tmp_path, "s.yaml", body)) == [
+    arts = [{"source_text": f"Text {i}"} for i in range(9)] + [{"tone": "calm"}]
+    assert problems(write_articles(tmp_path / "s.yaml", arts, mode="spin")) == [
         f"{tmp_path}/s.yaml, item 10 (line 12): missing 'source_text' or 'source_url' (required in spin mode)."
     ]
 
 
 def test_unknown_field_suggests_the_nearest(tmp_path):
-    path = write(tmp_path, "a.yaml", "items:\n" + yaml_items(9) + "  - topic: X\n    word_cout: 900\n")
+    path = write_articles(tmp_path / "a.yaml", numbered(9) + [{"topic": "X", "word_cout": 900}])
     assert problems(path) == [f"{path}, item 10 (line 12), field 'word_cout': unknown field; did you mean 'word_count'?"]
 
 
 def test_field_of_another_mode_is_explained(tmp_path):
-    path = write(tmp_path, "a.yaml", "items:\n" + "".join(f"  - keywords: [k{i}]\n" for i in range(10)))
+    path = write_articles(tmp_path / "a.yaml", [{"keywords": [f"k{i}"]} for i in range(10)])
     found = problems(path)
     assert len(found) == 20
     assert "field 'keywords': belongs to mode 'keywords', but this bulk job's mode is 'topic'" in found[0]
@@ -110,14 +115,14 @@ def test_field_errors(tmp_path, line, message):
 
 
 def test_source_url_must_be_http(tmp_path):
-    body = "mode: spin\nitems:\n" + "".join(f"  - source_url: https://e.com/{i}\n" for i in range(9)) + "  - source_url: file:///etc/passwd\n"
-    assert "must be an http:// or https:// URL" in problems(write(tmp_path, "s.yaml", body))[0]
+    arts = [{"source_url": f"https://e.com/{i}"} for i in range(9)] + [{"source_url": "file:///etc/passwd"}]
+    assert "must be an http:// or https:// URL" in problems(write_articles(tmp_path / "s.yaml", arts, mode="spin"))[0]
 
 
 def test_keywords_bounds(tmp_path):
-    many = "[" + ", ".join(f"k{i}" for i in range(21)) + "]"
-    body = "mode: keywords\nitems:\n" + "".join("  - keywords: [a]\n" for _ in range(8)) + f"  - keywords: {many}\n  - keywords: []\n"
-    found = problems(write(tmp_path, "k.yaml", body))
+    many = [f"k{i}" for i in range(21)]
+    arts = [{"keywords": ["a"]} for _ in range(8)] + [{"keywords": many}, {"keywords": []}]
+    found = problems(write_articles(tmp_path / "k.yaml", arts, mode="keywords"))
     assert [f.split(": ", 1)[1] for f in found] == [
         "needs 1 to 20 non-empty keywords, got 21.",
         "needs 1 to 20 non-empty keywords, got 0.",
@@ -132,21 +137,21 @@ def test_duplicate_ids(tmp_path):
 
 @pytest.mark.parametrize("n", [0, 9, 51])
 def test_item_count(tmp_path, n):
-    found = problems(write(tmp_path, "a.yaml", "items:\n" + yaml_items(n) if n else "items: []\n"))
+    found = problems(write_articles(tmp_path / "a.yaml", numbered(n)))
     assert found[-1].startswith(f"{tmp_path}/a.yaml: has {n} items; a bulk job takes 10 to 50.")
 
 
 def test_every_problem_is_reported_at_once(tmp_path):
-    body = "mode: topic\nitems:\n" + "".join(f"  - {{topic: T{i}, word_count: {i}}}\n" for i in range(8))
-    found = problems(write(tmp_path, "a.yaml", body))
+    arts = [{"topic": f"T{i}", "word_count": i} for i in range(8)]
+    found = problems(write_articles(tmp_path / "a.yaml", arts, mode="topic"))
     assert len(found) == 9  # eight bad word counts and the item count
 
 
 def test_mode_conflicts_and_bad_mode(tmp_path):
-    path = write(tmp_path, "a.yaml", "mode: trends\nitems:\n" + yaml_items(10, "trend"))
+    path = write_articles(tmp_path / "a.yaml", numbered(10, "trend"), mode="trends")
     assert problems(path, "topic") == [f"{path}: the file says mode 'trends' but --mode says 'topic'."]
     assert "--mode must be one of topic, keywords, trends, spin, got 'blog'." in problems(path, "blog")[0]
-    bad = write(tmp_path, "b.yaml", "mode: blog\nitems:\n" + yaml_items(10))
+    bad = write_articles(tmp_path / "b.yaml", numbered(10), mode="blog")
     assert problems(bad) == [f"{bad}, line 1, field 'mode': mode must be one of topic, keywords, trends, spin, got 'blog'."]
 
 
@@ -210,8 +215,8 @@ def csv_file(tmp_path, header, rows, name="a.csv"):
 
 
 def test_csv_basic(tmp_path):
-    rows = [f"T{i},{800 + i},casual" for i in range(10)] + ['"Quoted, with comma",1000,']
-    m = manifest.load(csv_file(tmp_path, "topic,word_count,tone", rows))
+    arts = [{"topic": f"T{i}", "word_count": 800 + i, "tone": "casual"} for i in range(10)]
+    m = manifest.load(write_articles(tmp_path / "a.csv", arts + [{"topic": "Quoted, with comma", "word_count": 1000}]))
     assert m.mode is Mode.topic and len(m.articles) == 11
     assert m.articles[0] == {"topic": "T0", "word_count": 800, "tone": "casual"}
     assert m.articles[10] == {"topic": "Quoted, with comma", "word_count": 1000}

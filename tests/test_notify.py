@@ -12,8 +12,9 @@ import pytest
 from bulkgen_cli.model import utcnow
 from bulkgen_cli.notify import Notifier, parse_channels
 from bulkgen_cli.errors import UsageError
-from tests.cli_helpers import EXAMPLES, base_env, run_cli, spawn
+from tests.cli_helpers import EXAMPLES, env_for, finish, run_cli, status_of, submit_file
 from tests.conftest import submit, wait_for
+from tests.files import write_articles
 from tests.receivers import SmtpReceiver, WebhookReceiver
 from tests.test_store_contract import run_to_end
 
@@ -33,9 +34,7 @@ def smtp():
 
 
 def items_file(tmp_path, topics, name="f.yaml"):
-    path = tmp_path / name
-    path.write_text("name: Demo\nitems:\n" + "".join(f"  - topic: '{t}'\n" for t in topics))
-    return path
+    return write_articles(tmp_path / name, topics, name="Demo")
 
 
 def test_one_webhook_post_per_ended_job(cli, tmp_path, hook, service):
@@ -164,11 +163,11 @@ def test_parse_channels():
         parse_channels(["webhook:"])
 
 
-def test_two_deliverers_at_once_send_once(store, hook):
+def test_two_deliverers_at_once_send_once(store, backend, hook):
     bulk = submit(store, 10, notify=[f"webhook:{hook.url}"])
     run_to_end(store, bulk, utcnow())
     ended = store.get_bulk(bulk.id)  # every deliverer starts from the same snapshot
-    if type(store).__name__ == "SqliteStore":
+    if backend.threads:
         barrier = threading.Barrier(4)
 
         def deliver(n):
@@ -180,7 +179,7 @@ def test_two_deliverers_at_once_send_once(store, hook):
             t.start()
         for t in threads:
             t.join()
-    else:  # mongomock is not thread-safe: the same race, one after another
+    else:  # the same race, one after another
         for n in range(4):
             Notifier(store, f"d{n}").deliver(ended)
     assert len(hook.events()) == 1
@@ -207,25 +206,25 @@ def test_a_cancel_runs_the_processors_hook(cli, tmp_path):
     assert json.loads(out.read_text())["event"] == "bulk_job.cancelled"
 
 
-def test_killed_after_the_end_before_delivery_next_processor_delivers_once(tmp_path):
+def test_killed_after_the_end_before_delivery_next_processor_delivers_once(tmp_path, processes):
     import socket
 
     with socket.socket() as s:  # a port with no receiver yet: every try there is refused
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = base_env(tmp_path) | {"BULKGEN_NOTIFY_RETRY": "2,2"}
+    env = env_for(tmp_path, BULKGEN_NOTIFY_RETRY="2,2")
     url = f"http://127.0.0.1:{port}/hook"
-    bulk_id = run_cli(["submit", str(EXAMPLES / "articles.yaml"), "--notify", f"webhook:{url}"], env).out.strip()
-    proc = spawn(["run"], env)
+    bulk_id = submit_file(env, EXAMPLES / "articles.yaml", "--notify", f"webhook:{url}")
+    proc = processes.spawn(["run"], env)
 
     def first_try_failed():
-        doc = json.loads(run_cli(["status", bulk_id, "--json"], env).out)
+        doc = status_of(env, bulk_id)
         return doc["bulk_job"]["status"] == "completed" and doc["notifications"][0]["attempts"] >= 1
 
     wait_for(first_try_failed, timeout=30, interval=0.1, what="the end and a refused delivery")
     proc.send_signal(signal.SIGKILL)  # the end is recorded; nothing was delivered
     proc.communicate(timeout=10)
-    doc = json.loads(run_cli(["status", bulk_id, "--json"], env).out)
+    doc = status_of(env, bulk_id)
     assert doc["notifications"][0]["state"] in ("pending", "sending")
     receiver = WebhookReceiver(port=port)
     try:
@@ -237,22 +236,15 @@ def test_killed_after_the_end_before_delivery_next_processor_delivers_once(tmp_p
         receiver.stop()
 
 
-def test_two_processes_racing_send_one_post_per_job(tmp_path, hook):
-    from bulkgen_cli.content.reference import ReferenceService
-
-    service = ReferenceService(latency=0.02).start()
-    try:
-        env = base_env(tmp_path) | {"BULKGEN_API_URL": service.url}
-        ids = []
-        for n in range(3):
-            path = items_file(tmp_path, [f"J{n} {i}" for i in range(10)], name=f"j{n}.yaml")
-            ids.append(run_cli(["submit", str(path), "--notify", f"webhook:{hook.url}"], env).out.strip())
-        procs = [spawn(["run", "--lease", "1"], env) for _ in range(2)]
-        for proc in procs:
-            proc.communicate(timeout=120)
-            assert proc.returncode == 0
-    finally:
-        service.stop()
+def test_two_processes_racing_send_one_post_per_job(tmp_path, hook, start_service, processes):
+    env = env_for(tmp_path, start_service(latency=0.02))
+    ids = []
+    for n in range(3):
+        path = items_file(tmp_path, [f"J{n} {i}" for i in range(10)], name=f"j{n}.yaml")
+        ids.append(submit_file(env, path, "--notify", f"webhook:{hook.url}"))
+    procs = [processes.spawn(["run", "--lease", "1"], env) for _ in range(2)]
+    for proc in procs:
+        assert finish(proc, timeout=120).code == 0
     assert sorted(e["bulk_job_id"] for e in hook.events()) == sorted(ids)
 
 

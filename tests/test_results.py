@@ -9,6 +9,7 @@ import yaml
 
 from bulkgen_cli.export import slugify
 from tests.cli_helpers import EXAMPLES
+from tests.files import write_articles
 
 HOSTILE_IDS = ["../../evil", "/etc/passwd", "C:\\\\Windows\\\\x", "ﬁle Ünïcode 日本語", "x" * 100, "...", "-", "a/b/../c",
                ".hidden", "nul\\u0000byte"]
@@ -59,10 +60,9 @@ def test_another_jobs_files_are_not_overwritten_without_force(cli, tmp_path):
 
 
 def test_hostile_ids_and_titles_stay_inside_the_folder(cli, tmp_path):
-    items = "".join(f"  - topic: Topic {n}\n    id: {json.dumps(i)}\n" for n, i in enumerate(HOSTILE_IDS))
-    items += "  - topic: T\n    title: ../../../tmp/pwn\n  - topic: /abs/olute\n"
-    path = tmp_path / "hostile.yaml"
-    path.write_text("items:\n" + items, encoding="utf-8")
+    arts = [{"topic": f"Topic {n}", "id": i} for n, i in enumerate(HOSTILE_IDS)]
+    arts += [{"topic": "T", "title": "../../../tmp/pwn"}, "/abs/olute"]
+    path = write_articles(tmp_path / "hostile.yaml", arts)
     submitted = cli("submit", str(path), "--wait")
     assert submitted.code == 0, submitted.err
     out = tmp_path / "box" / "articles"
@@ -88,9 +88,8 @@ def test_slugify():
 
 def test_include_failed_and_jsonl(cli, tmp_path, service):
     env = {"BULKGEN_API_URL": service.url, "BULKGEN_API_TOKEN": "s3cret-token"}
-    path = tmp_path / "f.yaml"
-    path.write_text("items:\n  - topic: Broken [status:422]\n  - topic: Text [text]\n"
-                    "  - topic: '=HYPERLINK(\"http://x\")'\n" + "".join(f"  - topic: T{i}\n" for i in range(7)))
+    path = write_articles(tmp_path / "f.yaml", ["Broken [status:422]", "Text [text]", '=HYPERLINK("http://x")']
+                          + [f"T{i}" for i in range(7)])
     bulk_id = cli("submit", str(path), "--wait", env=env).out.strip()
     out = tmp_path / "md"
     result = cli("results", bulk_id, "--out", str(out))

@@ -10,8 +10,9 @@ import pytest
 
 from bulkgen_cli.errors import UsageError
 from bulkgen_cli.settings import parse_when
-from tests.cli_helpers import EXAMPLES, base_env, run_cli, spawn
+from tests.cli_helpers import EXAMPLES, env_for, status_of, submit_file
 from tests.conftest import wait_for
+from tests.files import write_articles
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -56,26 +57,20 @@ def test_scheduled_job_waits_and_run_says_so(cli):
     assert cli("submit", str(EXAMPLES / "articles.yaml"), "--not-before", "soonish").code == 2
 
 
-def test_forever_wakes_up_for_a_scheduled_job(tmp_path):
-    env = base_env(tmp_path)
-    bulk_id = run_cli(["submit", str(EXAMPLES / "articles.yaml"), "--not-before", "+2s"], env).out.strip()
-    proc = spawn(["run", "--forever"], env)
-    try:
-        def done():
-            return json.loads(run_cli(["status", bulk_id, "--json"], env).out)["bulk_job"]["status"] == "completed"
-
-        wait_for(done, timeout=30, interval=0.3, what="the scheduled job to run")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=20)
-    job = json.loads(run_cli(["status", bulk_id, "--json"], env).out)["bulk_job"]
+def test_forever_wakes_up_for_a_scheduled_job(tmp_path, processes):
+    env = env_for(tmp_path)
+    bulk_id = submit_file(env, EXAMPLES / "articles.yaml", "--not-before", "+2s")
+    proc = processes.spawn(["run", "--forever"], env)
+    wait_for(lambda: status_of(env, bulk_id)["bulk_job"]["status"] == "completed", timeout=30, interval=0.3,
+             what="the scheduled job to run")
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=20)
+    job = status_of(env, bulk_id)["bulk_job"]
     assert job["started_at"] >= job["not_before"]
 
 
 def big_file(tmp_path, n):
-    path = tmp_path / "big.yaml"
-    path.write_text("name: Big\nitems:\n" + "".join(f"  - topic: T{i:03d}\n" for i in range(n)))
-    return path
+    return write_articles(tmp_path / "big.yaml", [f"T{i:03d}" for i in range(n)], name="Big")
 
 
 def test_split_sizes():

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from bulkgen_cli.export import file_name
 from bulkgen_cli.model import Item
-from tests.cli_helpers import EXAMPLES, ROOT, base_env, run_cli
+from tests.cli_helpers import EXAMPLES, ROOT, base_env, env_for, run_cli, status_of, submit_file
+from tests.files import write_articles
 from tests.receivers import SmtpReceiver, WebhookReceiver
 
 TOKEN = "tok-SECRET-123456"
@@ -24,22 +25,15 @@ SMTP_PASSWORD = "smtp-SECRET-987654"
 MONGO_PASSWORD = "mongo-SECRET-555"
 
 
-def test_secrets_never_appear_anywhere(tmp_path):
-    from bulkgen_cli.content.reference import ReferenceService
-
-    service = ReferenceService(token=TOKEN).start()
+def test_secrets_never_appear_anywhere(tmp_path, start_service):
+    service = start_service(token=TOKEN)
     hook = WebhookReceiver()
     smtp = SmtpReceiver(offer_auth=True)  # offers no STARTTLS: the password must not be sent
     outputs = []
     try:
-        env = base_env(tmp_path) | {
-            "BULKGEN_API_URL": service.url, "BULKGEN_API_TOKEN": TOKEN,
-            "BULKGEN_SMTP_URL": f"smtp://mailer:{SMTP_PASSWORD}@127.0.0.1:{smtp.port}",
-            "BULKGEN_NOTIFY_RETRY": "0.01",
-        }
-        path = tmp_path / "f.yaml"
-        path.write_text("items:\n  - topic: Leaky [echo-auth]\n  - topic: Flaky [fail:1]\n"
-                        + "".join(f"  - topic: T{i}\n" for i in range(8)))
+        env = env_for(tmp_path, service, BULKGEN_API_TOKEN=TOKEN, BULKGEN_NOTIFY_RETRY="0.01",
+                      BULKGEN_SMTP_URL=f"smtp://mailer:{SMTP_PASSWORD}@127.0.0.1:{smtp.port}")
+        path = write_articles(tmp_path / "f.yaml", ["Leaky [echo-auth]", "Flaky [fail:1]"] + [f"T{i}" for i in range(8)])
         steps = [
             ["submit", str(path), "--notify", f"webhook:{hook.url}", "--notify", "email:ops@example.com", "--wait"],
             ["list"], ["list", "--json"],
@@ -56,7 +50,6 @@ def test_secrets_never_appear_anywhere(tmp_path):
         doc = json.loads(outputs[3].out)
         assert "***" in doc["jobs"][0]["error"]  # the echoed token was masked
     finally:
-        service.stop()
         hook.stop()
         smtp.stop()
     haystack = [o.out + o.err for o in outputs]
@@ -132,8 +125,8 @@ def test_nothing_read_from_the_store_is_run(tmp_path):
     """A shared database must not be a way to make a worker run commands."""
     import sqlite3
 
-    env = base_env(tmp_path)
-    bulk_id = run_cli(["submit", str(EXAMPLES / "articles.yaml")], env).out.strip()
+    env = env_for(tmp_path)
+    bulk_id = submit_file(env, EXAMPLES / "articles.yaml")
     marker = tmp_path / "pwned"
     db = sqlite3.connect(tmp_path / "xdg" / "bulkgen" / "bulkgen.db")
     channels = [f"exec:touch {marker}", f"on-complete:touch {marker}", f"webhook:file://{marker}",
@@ -144,7 +137,7 @@ def test_nothing_read_from_the_store_is_run(tmp_path):
     result = run_cli(["run"], env | {"BULKGEN_NOTIFY_RETRY": "0.01"})
     assert result.code == 0
     assert not marker.exists()
-    doc = json.loads(run_cli(["status", bulk_id, "--json"], env).out)
+    doc = status_of(env, bulk_id)
     states = {n["channel"].split(":")[0]: (n["state"], n["last_error"]) for n in doc["notifications"]}
     assert states["exec"][0] == "failed" and "unknown channel kind" in states["exec"][1]
     assert states["webhook"][0] == "failed" and "not an http(s) URL" in states["webhook"][1]

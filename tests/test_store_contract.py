@@ -12,6 +12,13 @@ from tests.conftest import claim, articles, submit
 LEASE = 30.0
 
 
+def complete_next(store, n, t):
+    """As processor p1: claim the next `n` items and complete each."""
+    for _ in range(n):
+        item = claim(store, "p1", LEASE, t)
+        store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), t)
+
+
 def counts_by_status(store, bulk_id):
     out = {s.value: 0 for s in ItemStatus}
     for item in store.list_items(bulk_id):
@@ -263,9 +270,7 @@ def test_counters_follow_items_and_end_is_recorded_once(store):
 def test_paused_job_whose_last_item_finishes_is_completed(store):
     bulk = submit(store, 10)
     t = utcnow()
-    for _ in range(9):
-        item = claim(store, "p1", LEASE, t)
-        store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), t)
+    complete_next(store, 9, t)
     last = claim(store, "p1", LEASE, t)
     assert store.set_bulk_state(bulk.id, [BulkStatus.processing], BulkStatus.paused, t)
     store.finish_item(last.id, "p1", Outcome(ItemStatus.completed), t)
@@ -292,25 +297,35 @@ def test_processor_lease(store):
     assert store.acquire_processor_lease("a", 10, t, "h", 1)
 
 
-def test_submit_is_all_or_nothing(store):
-    """Invariant 7: a failure part-way leaves nothing a processor could start."""
+def sqlite_submit_failing_part_way(store, bulk):
+    broken = articles(10)
+    broken[5]["extra"] = {"x": object()}  # cannot be stored: fails mid-insert
+    with pytest.raises(TypeError):
+        store.create_bulk(bulk, broken)
+
+
+def mongo_submit_failing_part_way(store, bulk):
+    from bson import ObjectId
+
     from bulkgen_cli.errors import StoreUnavailable
 
+    # The bulk document's insert fails after the items went in.
+    store.bulks.insert_one({"_id": ObjectId(bulk.id), "status": "completed"})
+    with pytest.raises(StoreUnavailable):
+        store.create_bulk(bulk, articles(10))
+    store.bulks.delete_one({"_id": ObjectId(bulk.id)})
+
+
+SUBMIT_FAILING_PART_WAY = {"sqlite": sqlite_submit_failing_part_way, "mongo": mongo_submit_failing_part_way}
+
+
+def test_submit_is_all_or_nothing(store, backend):
+    """Invariant 7: a failure part-way leaves nothing a processor could start."""
     bulk = BulkJob(
         id=new_id(), userId="alice", mode="topic", name="n", status="queued",
         total_items=10, created_at=utcnow(),
     )
-    if type(store).__name__ == "SqliteStore":
-        broken = articles(10)
-        broken[5]["extra"] = {"x": object()}  # cannot be stored: fails mid-insert
-        with pytest.raises(TypeError):
-            store.create_bulk(bulk, broken)
-    else:
-        # The bulk document's insert fails after the items went in.
-        store.bulks.insert_one({"_id": __import__("bson").ObjectId(bulk.id), "status": "completed"})
-        with pytest.raises(StoreUnavailable):
-            store.create_bulk(bulk, articles(10))
-        store.bulks.delete_one({"_id": __import__("bson").ObjectId(bulk.id)})
+    SUBMIT_FAILING_PART_WAY[backend.name](store, bulk)  # each backend fails its own way
     assert store.get_bulk(bulk.id) is None
     assert store.list_items(bulk.id) == []
     assert claim(store, "p1", LEASE, utcnow()) is None
@@ -342,9 +357,7 @@ def test_cancel_bulk_cancels_queued_and_in_flight(store):
 def test_cancel_refuses_completed_jobs(store):
     bulk = submit(store, 10)
     t = utcnow()
-    for _ in range(10):
-        item = claim(store, "p1", LEASE, t)
-        store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), t)
+    complete_next(store, 10, t)
     store.refresh_counters(bulk.id, t)
     assert not store.cancel_bulk(bulk.id, t)
     assert store.get_bulk(bulk.id).status == "completed"

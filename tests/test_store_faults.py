@@ -28,6 +28,7 @@ from bulkgen_cli.model import BulkStatus, utcnow
 from bulkgen_cli.store.sqlite import SCHEMA_VERSION, SqliteStore
 from tests.cli_helpers import EXAMPLES, ROOT, Result, base_env
 from tests.conftest import submit
+from tests.files import write_articles
 
 NOBODY = 65534
 PR_CAPBSET_DROP = 24
@@ -331,10 +332,7 @@ def test_an_old_schema_is_not_upgraded_by_a_reading_command(cli, tmp_path):
 
 
 def big_file(tmp_path: Path) -> Path:
-    path = tmp_path / "big.yaml"
-    path.write_text("items:\n" + "".join(f"  - topic: Topic {n}\n    instructions: {'x' * 2000}\n"
-                                         for n in range(50)), encoding="utf-8")
-    return path
+    return write_articles(tmp_path / "big.yaml", [{"topic": f"Topic {n}", "instructions": "x" * 2000} for n in range(50)])
 
 
 def capped_at_its_size(opened):
