@@ -520,8 +520,9 @@ def results(
         return
     folder = out if out is not None else Path("articles")
     written = export.write_markdown(bulk, items, folder, include_failed, force)
-    for path in written.files:
-        print(path)
+    here = Path.cwd().resolve()
+    for path in written.files:  # as the user named the folder: relative to here when it lies below
+        print(path.relative_to(here) if path.is_relative_to(here) else path)
     left = len(written.skipped)
     extra = f"; {left} not completed (--include-failed writes them too)" if left and not include_failed else ""
     note(f"Wrote {len(written.files)} files to {folder}{extra}.")

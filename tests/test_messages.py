@@ -52,3 +52,13 @@ def test_an_unreachable_mongodb_is_one_sentence(cli):
 def test_usage_names_the_file_argument_plainly(cli):
     result = cli("submit", "--help")
     assert "Usage: bulkgen submit [OPTIONS] FILE" in result.out and "{FILE}" not in result.out
+
+
+def test_results_prints_paths_as_the_user_named_the_folder(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bulk_id = cli("submit", str(EXAMPLES / "articles.yaml")).out.strip()
+    assert cli("run").code == 0
+    printed = cli("results", bulk_id, "--out", "articles/").out.splitlines()
+    assert printed[0] == "articles/01-beans.md" and len(printed) == 12
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-out"
+    assert cli("results", bulk_id, "--out", str(elsewhere)).out.splitlines()[0] == str(elsewhere / "01-beans.md")
