@@ -118,7 +118,7 @@ def when(value: dt.datetime | None, now: dt.datetime | None = None) -> str:
     if value is None:
         return "—"
     now = now or utcnow()
-    local = value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    local = value.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     delta = (value - now).total_seconds()
     return f"{local} ({'in ' + duration(delta) if delta >= 0 else duration(-delta) + ' ago'})"
 
@@ -169,7 +169,7 @@ def item_rows(items: list[Item]) -> list[list[str]]:
 
 def list_rows(bulks: list[BulkJob]) -> list[list[str]]:
     return [[bulk.id, bulk.name, bulk.priority, bulk.mode, bulk.status, f"{bulk.completed_items}/{bulk.total_items}",
-             str(bulk.failed_items), bulk.created_at.astimezone().strftime("%Y-%m-%d %H:%M") if bulk.created_at else ""]
+             str(bulk.failed_items), bulk.created_at.astimezone().strftime("%Y-%m-%d %H:%M %Z") if bulk.created_at else ""]
             for bulk in bulks]
 
 

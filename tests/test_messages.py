@@ -62,3 +62,22 @@ def test_results_prints_paths_as_the_user_named_the_folder(cli, tmp_path, monkey
     assert printed[0] == "articles/01-beans.md" and len(printed) == 12
     elsewhere = tmp_path.parent / f"{tmp_path.name}-out"
     assert cli("results", bulk_id, "--out", str(elsewhere)).out.splitlines()[0] == str(elsewhere / "01-beans.md")
+
+
+def test_local_times_carry_their_zone_and_words_that_fit(monkeypatch):
+    import datetime as dt
+    import time
+
+    from bulkgen_cli.render import when
+
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        utc = dt.timezone.utc
+        assert when(dt.datetime(2026, 11, 29, 6, 2, tzinfo=utc), dt.datetime(2026, 11, 26, 2, 0, tzinfo=utc)) \
+            == "2026-11-29 07:02:00 CET (in 3 d 4 h)"
+        assert when(dt.datetime(2026, 7, 1, 6, 2, tzinfo=utc), dt.datetime(2026, 7, 1, 6, 5, tzinfo=utc)) \
+            == "2026-07-01 08:02:00 CEST (3m00s ago)"
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
