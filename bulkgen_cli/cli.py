@@ -179,10 +179,18 @@ def root(
     """Queue 10-50 articles as one bulk job; a content service generates them one at a time."""
 
 
+class InputFormat(str, Enum):
+    yaml = "yaml"
+    csv = "csv"
+
+
 @app.command(epilog=EXIT_CODES)
 @run_options
 def submit(
-    file: Annotated[Path, typer.Argument(metavar="FILE", help="Articles file: .yaml/.yml/.json or .csv.", show_default=False)],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="Articles file: .yaml/.yml/.json or .csv; - reads "
+                                         "standard input (YAML, or CSV with --format csv).", show_default=False)],
+    format_: Annotated[Optional[InputFormat], typer.Option("--format", help="The file's format, when its name "
+                       "does not say (standard input is YAML unless this says csv).", show_default=False)] = None,
     mode: Annotated[Optional[str], typer.Option("--mode", metavar="MODE", help="topic, keywords, trends or spin, when the file "
                     "names none. [default: topic]", show_default=False)] = None,
     name: Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="Name of the bulk job. [default: the file's "
@@ -216,7 +224,7 @@ def submit(
     from bulkgen_cli import jobs, manifest, settings
     from bulkgen_cli.model import utcnow
 
-    parsed = manifest.load(file, mode, split=split)
+    parsed = manifest.load(file, mode, split=split, fmt=format_.value if format_ else None)
     channels = settings.notify_channels(notify)
     start = settings.parse_when(not_before, utcnow()) if not_before else None
     run_settings = settings.RunSettings.resolve(**(run_flags or {})) if wait else None  # type: ignore[arg-type]
@@ -241,7 +249,8 @@ def _report_submitted(done: Submitted, file: Path, start: dt.datetime | None, wa
     say = _quiet_note if quiet else note
     for bulk, created in done.jobs:
         if created:
-            say(f"Queued bulk job {bulk.id}: {bulk.total_items} {bulk.mode} articles from {file}.")
+            source = "standard input" if str(file) == "-" else file
+            say(f"Queued bulk job {bulk.id}: {bulk.total_items} {bulk.mode} articles from {source}.")
         else:
             say(f"Idempotency key {bulk.idempotency_key!r} was already used: bulk job {bulk.id} exists; "
                  "nothing new stored.")

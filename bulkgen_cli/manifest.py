@@ -13,6 +13,7 @@ import difflib
 import io
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -35,6 +36,8 @@ from bulkgen_cli.model import (
 from bulkgen_cli.text import quoted
 
 MAX_FILE_BYTES = 1024 * 1024
+#: The file name that means standard input.
+STDIN = "-"
 #: Bounds on the YAML node tree: an alias "bomb" or a deep nest stops here.
 MAX_NODES = 100_000
 MAX_DEPTH = 32
@@ -109,12 +112,15 @@ def bad_key_reason(key: str) -> str | None:
 
 def _read_text(path: Path, problems: _Problems) -> str | None:
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            problems.add(f"the file is {size:,} bytes; the limit is {MAX_FILE_BYTES:,} (1 MiB).")
-            return None
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_FILE_BYTES + 1)
+        if str(path) == STDIN:
+            raw = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
+        else:
+            size = path.stat().st_size
+            if size > MAX_FILE_BYTES:
+                problems.add(f"the file is {size:,} bytes; the limit is {MAX_FILE_BYTES:,} (1 MiB).")
+                return None
+            with path.open("rb") as fh:
+                raw = fh.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         problems.add("no such file.")
         return None
@@ -135,19 +141,20 @@ def _read_text(path: Path, problems: _Problems) -> str | None:
         return None
 
 
-def load(path: str | Path, mode: str | None = None, split: bool = False) -> Manifest:
-    """Read and validate an articles file. Raises ManifestError with every problem found.
+def load(path: str | Path, mode: str | None = None, split: bool = False, fmt: str | None = None) -> Manifest:
+    """Read and validate an articles file (`-`: standard input). Raises ManifestError with every problem found.
 
-    With `split`, more than 50 items (up to MAX_SPLIT_ITEMS) are accepted: the
-    caller makes several bulk jobs of them.
+    `fmt` ("yaml" or "csv") overrides the file's suffix; standard input is YAML
+    unless it says csv. With `split`, more than 50 items (up to MAX_SPLIT_ITEMS)
+    are accepted: the caller makes several bulk jobs of them.
     """
     path = Path(path)
-    problems = _Problems(str(path))
+    problems = _Problems("standard input" if str(path) == STDIN else str(path))
     flag_mode = _parse_mode(mode, problems, "--mode") if mode is not None else None
     problems.raise_if_any()
-    suffix = path.suffix.lower()
+    suffix = {"yaml": ".yaml", "csv": ".csv"}.get(fmt or "", "") or (".yaml" if str(path) == STDIN else path.suffix.lower())
     if suffix not in (".yaml", ".yml", ".json", ".csv"):
-        problems.add("unknown file type: use .yaml, .yml, .json or .csv.")
+        problems.add("unknown file type: use .yaml, .yml, .json or .csv (or --format yaml|csv).")
         problems.raise_if_any()
     text = _read_text(path, problems)
     problems.raise_if_any()
@@ -182,7 +189,9 @@ def load(path: str | Path, mode: str | None = None, split: bool = False) -> Mani
                 seen_ids[item_id] = number
         articles.append(article)
     problems.raise_if_any()
-    return Manifest(str(path), chosen, name or path.stem, articles)
+    stdin = str(path) == STDIN
+    return Manifest("standard input" if stdin else str(path), chosen, name or ("standard input" if stdin else path.stem),
+                    articles)
 
 
 def _validate_defaults(defaults: dict[str, _Field], mode: Mode, problems: _Problems) -> dict[str, _Field]:

@@ -64,3 +64,23 @@ def test_watch_timeout_exits_124(cli):
     result = cli("watch", bulk_id, "--timeout", "0.3")
     assert result.code == 124
     assert "stopped watching after 0.3 s (--timeout)" in result.err and f"{bulk_id} queued" in result.err
+
+
+def test_submit_reads_standard_input(tmp_path):
+    from tests.cli_helpers import base_env
+
+    env = base_env(tmp_path)
+
+    def submit(args, data):
+        return subprocess.run([sys.executable, "-m", "bulkgen_cli", "submit", "-", *args], input=data, env=env,
+                              capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+    yaml_in = submit([], (EXAMPLES / "articles.yaml").read_text())
+    assert yaml_in.returncode == 0 and "12 topic articles from standard input" in yaml_in.stderr
+    csv_in = submit(["--format", "csv", "--json"], (EXAMPLES / "articles.csv").read_text())
+    assert csv_in.returncode == 0 and json.loads(csv_in.stdout)["total_items"] == 11
+    bad = submit([], "items: [{topic: x}]\n")
+    assert bad.returncode == 2 and "standard input: has 1 items" in bad.stderr
+    listed = subprocess.run([sys.executable, "-m", "bulkgen_cli", "list", "--json"], env=env, capture_output=True,
+                            text=True, cwd=ROOT, timeout=60)
+    assert [j["name"] for j in json.loads(listed.stdout)].count("standard input") >= 1
