@@ -74,4 +74,11 @@ class JobChanged:
     bulk: BulkJob
 
 
-Event = Stopping | JobChanged | ItemStarted | ItemFinished | ItemRetrying | ItemLost | BulkEnded | Waiting | Snapshot
+@dataclass(frozen=True)
+class Queue:
+    """The jobs waiting or under way when a run starts, oldest first: the live view shows a row for each."""
+
+    bulks: list[BulkJob]
+
+
+Event = Queue | Stopping | JobChanged | ItemStarted | ItemFinished | ItemRetrying | ItemLost | BulkEnded | Waiting | Snapshot

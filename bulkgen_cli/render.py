@@ -395,6 +395,11 @@ class LiveView(PlainView):
                 self.ended.append(event.bulk.id)
             self._update(event.bulk, "resumed" if event.bulk.status in MOVING else event.bulk.status)
             self.line(changed_line(event.bulk))
+        elif isinstance(event, p.Queue):
+            for bulk in event.bulks:  # the whole queue, as rows: what waits shows as waiting
+                starts = bulk.not_before is not None and bulk.not_before > utcnow()
+                label = f"starts {when(bulk.not_before)}" if starts else "waiting in the queue"
+                self._update(bulk, label if bulk.status == "queued" else "")
         elif isinstance(event, p.Snapshot):
             current = {i.bulk_job_id: f"#{i.queue_position} {short(i.label, 40)}" for i in event.in_flight}
             for bulk in event.bulks:

@@ -18,14 +18,16 @@ from typing import Callable, Iterator
 
 from bulkgen_cli import settings as settings_
 from bulkgen_cli.content import Generator
-from bulkgen_cli.events import Event, Stopping
-from bulkgen_cli.model import ENDED_BULK, BulkJob, outbox_open
+from bulkgen_cli.events import Event, Queue, Stopping
+from bulkgen_cli.model import ACTIVE_BULK, ENDED_BULK, BulkJob, outbox_open
 from bulkgen_cli.notify import Delivery, Notifier
 from bulkgen_cli.processor import Processor
 from bulkgen_cli.settings import RunSettings
 from bulkgen_cli.store.base import Store
 
 ENDED = {s.value for s in ENDED_BULK}
+#: At most this many jobs are shown as rows when a run starts.
+QUEUE_ROWS = 20
 #: How long the main thread waits on a worker before looking again (signals reach it between waits).
 JOIN_POLL = 0.2
 
@@ -64,6 +66,8 @@ class Runner:
 
     def run(self, forever: bool = False, until_bulks: list[str] | None = None) -> RunResult:
         """Process until the queue is idle (or forever, or until `until_bulks` are over)."""
+        waiting = self.store.list_bulks(None, QUEUE_ROWS, ACTIVE_BULK)
+        self.on_event(Queue(sorted(waiting, key=lambda b: (b.created_at, b.id))))
         self.workers = [self._processor(self.store if n == 0 else self.open_store())
                         for n in range(self.settings.concurrency)]
         try:

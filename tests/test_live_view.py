@@ -75,12 +75,23 @@ def submit(tmp_path, env, name: str) -> str:
     return result.out.strip()
 
 
+def item_ids(env, bulk_id: str) -> set[str]:
+    import json
+
+    return {j["id"] for j in json.loads(run_cli(["status", bulk_id, "--json"], env).out)["jobs"]}
+
+
 def test_live_view_shows_pause_resume_and_cancel(tmp_path, svc):
     env = base_env(tmp_path) | {"BULKGEN_API_URL": svc.url}
     first, second = submit(tmp_path, env, "Alpha"), submit(tmp_path, env, "Bravo")
+    third = submit(tmp_path, env, "Charlie")
     term = Terminal(["run"], env)
     try:
         term.wait_for("Alpha")
+        # The whole queue shows from the start, the jobs not begun as waiting rows.
+        row = re.compile(r"Charlie\s+━+ 0 of 10 completed 0 failed ETA — waiting in the queue")
+        wait_for(lambda: row.search(term.text()), timeout=30, what="Charlie's waiting row")
+        assert [r for r in svc.stats()["requests"] if r["job_id"] in item_ids(env, third)] == []
         wait_for(lambda: len(svc.stats()["requests"]) >= 2, timeout=30, what="Alpha under way")
         mark = term.mark()
         assert run_cli(["pause", first], env).code == 0
@@ -98,7 +109,7 @@ def test_live_view_shows_pause_resume_and_cancel(tmp_path, svc):
     assert code == 0, term.text()
     after = term.text(mark)
     assert "Bravo — cancelled" in after  # the cancelled job ends with its panel
-    assert "Alpha — completed" in after
+    assert "Alpha — completed" in after and "Charlie — completed" in after
     paused_frames = [line for line in term.text().splitlines() if "paused: `bulkgen resume`" in line]
     assert paused_frames and all("ETA —" in line for line in paused_frames)
 
