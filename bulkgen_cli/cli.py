@@ -162,6 +162,37 @@ def _open(store_flag: str | None, mode: OpenMode) -> Store:
     return open_store(settings.store_url(store_flag), mode)
 
 
+# -- submit's own options --------------------------------------------------------------
+
+
+class InputFormat(str, Enum):
+    yaml = "yaml"
+    csv = "csv"
+
+
+FileArg = Annotated[Path, typer.Argument(metavar="FILE", help="Articles file: .yaml/.yml/.json or .csv; - reads "
+                                         "standard input (YAML, or CSV with --format csv).", show_default=False)]
+FormatOpt = Annotated[Optional[InputFormat], typer.Option("--format", help="The file's format, when its name does not "
+                      "say (standard input is YAML unless this says csv).", show_default=False)]
+ModeOpt = Annotated[Optional[str], typer.Option("--mode", metavar="MODE", help="topic, keywords, trends or spin, when "
+                    "the file names none. [default: topic]", show_default=False)]
+NameOpt = Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="Name of the bulk job. [default: the "
+                    "file's name: or its file name]", show_default=False)]
+KeyOpt = Annotated[Optional[str], typer.Option("--idempotency-key", metavar="KEY", help="Submitting again with the "
+                   "same key (same user) prints the existing job's id and stores nothing.", show_default=False)]
+WaitOpt = Annotated[bool, typer.Option("--wait", help="Then process it (or attach to the running processor) until it "
+                    "ends; exit 0 if every item completed, 1 otherwise.")]
+SplitOpt = Annotated[bool, typer.Option("--split", help="A file of more than 50 items becomes several bulk jobs of "
+                     "balanced sizes (each 10-50, in file order), linked by a group id; one id per line.")]
+PriorityOpt = Annotated[Priority, typer.Option("--priority", help="Claims go by priority (high, normal, low), then "
+                        "first in, first out.")]
+NotBeforeOpt = Annotated[Optional[str], typer.Option("--not-before", metavar="WHEN", help="Queue it now, start it "
+                         "then: ISO 8601 (local time without a zone) or +30m, +2h, +1d.", show_default=False)]
+NotifyOpt = Annotated[Optional[list[str]], typer.Option("--notify", metavar="CHANNEL", help="Tell someone when it "
+                      "ends: webhook:https://… or email:someone@example.com; repeatable. [env: BULKGEN_NOTIFY, "
+                      "comma-separated]", show_default=False)]
+
+
 # -- commands -----------------------------------------------------------------------
 
 
@@ -179,38 +210,19 @@ def root(
     """Queue 10-50 articles as one bulk job; a content service generates them one at a time."""
 
 
-class InputFormat(str, Enum):
-    yaml = "yaml"
-    csv = "csv"
-
-
 @app.command(epilog=EXIT_CODES)
 @run_options
 def submit(
-    file: Annotated[Path, typer.Argument(metavar="FILE", help="Articles file: .yaml/.yml/.json or .csv; - reads "
-                                         "standard input (YAML, or CSV with --format csv).", show_default=False)],
-    format_: Annotated[Optional[InputFormat], typer.Option("--format", help="The file's format, when its name "
-                       "does not say (standard input is YAML unless this says csv).", show_default=False)] = None,
-    mode: Annotated[Optional[str], typer.Option("--mode", metavar="MODE", help="topic, keywords, trends or spin, when the file "
-                    "names none. [default: topic]", show_default=False)] = None,
-    name: Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="Name of the bulk job. [default: the file's "
-                    "name: or its file name]", show_default=False)] = None,
-    idempotency_key: Annotated[Optional[str], typer.Option("--idempotency-key", metavar="KEY", help="Submitting again with "
-                               "the same key (same user) prints the existing job's id and stores nothing.",
-                               show_default=False)] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Then process it (or attach to the running processor) "
-                    "until it ends; exit 0 if every item completed, 1 otherwise.")] = False,
-    split: Annotated[bool, typer.Option("--split", help="A file of more than 50 items becomes several bulk "
-                     "jobs of balanced sizes (each 10-50, in file order), linked by a group id; one id per line.")]
-    = False,
-    priority: Annotated[Priority, typer.Option("--priority", help="Claims go by priority (high, normal, "
-                        "low), then first in, first out.")] = Priority.normal,
-    not_before: Annotated[Optional[str], typer.Option("--not-before", metavar="WHEN", help="Queue it now, "
-                          "start it then: ISO 8601 (local time without a zone) or +30m, +2h, +1d.",
-                          show_default=False)] = None,
-    notify: Annotated[Optional[list[str]], typer.Option("--notify", metavar="CHANNEL", help="Tell someone when "
-                      "it ends: webhook:https://… or email:someone@example.com; repeatable. "
-                      "[env: BULKGEN_NOTIFY, comma-separated]", show_default=False)] = None,
+    file: FileArg,
+    format_: FormatOpt = None,
+    mode: ModeOpt = None,
+    name: NameOpt = None,
+    idempotency_key: KeyOpt = None,
+    wait: WaitOpt = False,
+    split: SplitOpt = False,
+    priority: PriorityOpt = Priority.normal,
+    not_before: NotBeforeOpt = None,
+    notify: NotifyOpt = None,
     store: StoreOpt = None,
     user: UserOpt = None,
     json_: JsonOpt = False,

@@ -110,6 +110,26 @@ def bad_key_reason(key: str) -> str | None:
     return None
 
 
+def _articles(rows: list[tuple[int | None, dict[str, _Field]]], defaults: dict[str, _Field], mode: Mode,
+              problems: _Problems) -> list[dict[str, Any]]:
+    """Each row validated (defaults first), with unique ids."""
+    articles = []
+    seen_ids: dict[str, int] = {}
+    for number, (line, fields) in enumerate(rows, start=1):
+        article = _validate_article({**defaults, **fields}, mode, number, line, problems)
+        item_id = article.get("id")
+        if item_id is not None:
+            if item_id in seen_ids:
+                problems.add(
+                    f"id '{item_id}' is already used by item {seen_ids[item_id]}; ids must be unique.",
+                    number, fields["id"].line or line, "id",
+                )
+            else:
+                seen_ids[item_id] = number
+        articles.append(article)
+    return articles
+
+
 def _read_text(path: Path, problems: _Problems) -> str | None:
     try:
         if str(path) == STDIN:
@@ -173,21 +193,7 @@ def load(path: str | Path, mode: str | None = None, split: bool = False, fmt: st
     if not low <= len(rows) <= high:
         hint = " Use --split to make several bulk jobs of it." if len(rows) > ITEMS_RANGE[1] and not split else ""
         problems.add(f"has {len(rows)} items; a bulk job takes {low} to {high}.{hint}")
-    defaults = _validate_defaults(defaults, chosen, problems)
-    articles = []
-    seen_ids: dict[str, int] = {}
-    for number, (line, fields) in enumerate(rows, start=1):
-        article = _validate_article({**defaults, **fields}, chosen, number, line, problems)
-        item_id = article.get("id")
-        if item_id is not None:
-            if item_id in seen_ids:
-                problems.add(
-                    f"id '{item_id}' is already used by item {seen_ids[item_id]}; ids must be unique.",
-                    number, fields["id"].line or line, "id",
-                )
-            else:
-                seen_ids[item_id] = number
-        articles.append(article)
+    articles = _articles(rows, _validate_defaults(defaults, chosen, problems), chosen, problems)
     problems.raise_if_any()
     stdin = str(path) == STDIN
     return Manifest("standard input" if stdin else str(path), chosen, name or ("standard input" if stdin else path.stem),
