@@ -132,3 +132,28 @@ def test_live_view_says_what_ctrl_c_does(tmp_path, svc):
             term.proc.kill()
     assert code == 130
     assert "The unfinished item went back to the queue" in term.text(mark)
+
+
+def test_live_view_shows_hostile_names_and_errors_as_they_are(tmp_path):
+    """Markup in a name or topic, and a service's error text, never break the live view or get read as markup."""
+    service = ReferenceService().start()
+    try:
+        env = base_env(tmp_path) | {"BULKGEN_API_URL": service.url}
+        path = tmp_path / "hostile.yaml"
+        topics = ["Editing files under [/etc] safely [status:400]", "[bold red]shout[/] :smile:"]
+        topics += [f"Plain {i}" for i in range(8)]
+        path.write_text(yaml.safe_dump({"name": "Job [/etc] [markup] \x1b[31m", "items": [{"topic": t} for t in topics]}))
+        assert run_cli(["submit", str(path)], env).code == 0
+        term = Terminal(["run"], env)
+        try:
+            code = term.finish()
+        finally:
+            if term.proc.poll() is None:
+                term.proc.kill()
+    finally:
+        service.stop()
+    text = term.text()
+    assert code == 0 and "Traceback" not in text and "MarkupError" not in text
+    assert "Job [/etc] [markup] \\x1b[31m" in text  # the name as typed, the escape shown escaped
+    assert "Editing files under [/etc] safely" in text and "HTTP 400" in text  # the failed item's line
+    assert "10 of 10" not in text and "9 of 10 completed" in text
