@@ -627,3 +627,16 @@ def test_processor_leases_lists_every_slot(store):
     for owner in "ab":
         store.acquire_processor_lease(owner, 10, t, "h", 7, slots=2)
     assert sorted(lease.owner for lease in store.processor_leases()) == ["a", "b"]
+
+
+def test_an_owner_that_gave_up_its_slot_claims_nothing_beside_its_item(store):
+    """Found by the long stateful run on MongoDB: A gives up its slot while its item is in flight,
+    B takes that slot over, A takes another slot: A must not claim a second item."""
+    submit(store, 10)
+    t = utcnow()
+    first = claim(store, "A", LEASE, t, max_in_flight=3)
+    assert first is not None
+    store.release_processor_lease("A")
+    claim(store, "B", LEASE, t, max_in_flight=3)  # B takes a slot, maybe A's former one, and maybe an item
+    assert claim(store, "A", LEASE, t, max_in_flight=3) is None
+    assert [i.id for i in store.in_flight() if i.lease_owner == "A"] == [first.id]
