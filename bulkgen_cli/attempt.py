@@ -204,7 +204,8 @@ class Attempt:
             except FutureTimeout:
                 pass
             now = self.p.ticker()
-            lost = lost or watchdog.fired.is_set()
+            # Past the deadline (a stall, a renewal that hung): lost, before any renewal could extend it.
+            lost = lost or watchdog.fired.is_set() or self.leases.fenced()
             if lost or self.p.abort_now():
                 self.p.generator.abort()  # repeated each poll: an abort that raced the request's start is not lost
             elif now >= next_beat:
