@@ -34,7 +34,7 @@ from bulkgen_cli.events import (  # noqa: F401  (re-exported: the events are the
     Snapshot,
     Waiting,
 )
-from bulkgen_cli.leases import FENCE_AFTER, RENEW_EVERY, Leases, ticks  # noqa: F401
+from bulkgen_cli.leases import Leases, ticks
 from bulkgen_cli.model import ACTIVE_BULK, BulkJob, BulkStatus, Counts, Item, Outcome, utcnow
 from bulkgen_cli.notify import Notifier
 from bulkgen_cli.observer import Observer
@@ -144,6 +144,8 @@ class Processor:
             while not self.stopping and not (until is not None and until()):
                 step = self.work_once()
                 self._look_at_jobs()
+                if step is not Step.unreachable:  # the unreachable backoff grows only while it lasts
+                    waits.unreachable = self._first_unreachable_wait()
                 if not after[step](waits):
                     return
         finally:
@@ -175,12 +177,10 @@ class Processor:
 
     def _after_done(self, waits: Backoff) -> bool:
         waits.idle, waits.unreachable_since, waits.busy_reported = POLL_MIN, None, False
-        waits.unreachable = self._first_unreachable_wait()
         self._scan_outboxes()
         return True
 
     def _after_released(self, waits: Backoff) -> bool:
-        waits.unreachable = self._first_unreachable_wait()
         return True
 
     def _after_unreachable(self, waits: Backoff) -> bool:
@@ -197,7 +197,6 @@ class Processor:
 
     def _after_busy(self, waits: Backoff) -> bool:
         """Another processor holds the lease: deliver what is due (steps have their own locks) and watch it."""
-        waits.unreachable = self._first_unreachable_wait()
         self._scan_outboxes()
         working = self.observer.look(report=not waits.busy_reported, poll=self._lease_poll())
         waits.busy_reported = True
@@ -207,7 +206,6 @@ class Processor:
         return True
 
     def _after_idle(self, waits: Backoff) -> bool:
-        waits.unreachable = self._first_unreachable_wait()
         wait = self._orphan_wait() or self._notification_wait()
         if wait is not None:
             self.leases.hold_for(wait)

@@ -51,21 +51,26 @@ def in_flight(service: ReferenceService, item_id: str) -> bool:
     return any(r["job_id"] == item_id and r["end"] is None for r in service.stats()["requests"])
 
 
+def stall_while_another_takes_over(processes, a, env, seconds: float, taken_over) -> None:
+    """Stop A for `seconds`, with B started beside it; `taken_over()` holds once B has acted. Then both finish."""
+    os.kill(a.pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    b = processes.spawn(["run"], env)
+    wait_for(taken_over, timeout=20, what="the other processor to take over")
+    wait_for(lambda: time.monotonic() - stopped >= seconds, timeout=seconds + 5, what="the stall")
+    os.kill(a.pid, signal.SIGCONT)
+    finish_ok(a)
+    finish_ok(b)
+
+
 def test_stopped_during_a_request_longer_than_its_lease(tmp_path, svc, processes):
     """Stopped 4 s during a 3 s request, --lease 1.5: the stale request is refused, the article made once."""
     ids = queue(tmp_path, ["Long one [slow:3]", "Second", "Third"])
     env = env_for(tmp_path, svc, BULKGEN_LEASE_SECONDS="1.5")
     a = processes.spawn(["run"], env)
     wait_for(lambda: in_flight(svc, ids[0]), timeout=20, what="A's request in flight")
-    os.kill(a.pid, signal.SIGSTOP)
-    stopped = time.monotonic()
-    b = processes.spawn(["run"], env)
     # B takes the lease over once A's has run out, and sends the item again with a newer token.
-    wait_for(lambda: len(requests_of(svc)[ids[0]]) == 2, timeout=20, what="B's request")
-    time.sleep(max(0.0, 4 - (time.monotonic() - stopped)))  # the stall itself is the scenario
-    os.kill(a.pid, signal.SIGCONT)
-    finish_ok(a)
-    finish_ok(b)
+    stall_while_another_takes_over(processes, a, env, 4, lambda: len(requests_of(svc)[ids[0]]) == 2)
     assert [i.status for i in items(tmp_path)] == ["completed"] * 3
     check_requests(svc.stats()["requests"], ids)
     first = sorted(requests_of(svc)[ids[0]], key=lambda r: r["start"])
@@ -81,13 +86,7 @@ def test_stopped_while_waiting_out_the_delay_sends_nothing(tmp_path, svc, proces
     a = processes.spawn(["run"], env)
     wait_for(lambda: any(i.status == "processing" and i.id == ids[1] for i in items(tmp_path)),
              timeout=20, what="A's claim of the second item")
-    os.kill(a.pid, signal.SIGSTOP)
-    stopped = time.monotonic()
-    b = processes.spawn(["run"], env)
-    wait_for(lambda: time.monotonic() - stopped >= 2.5, timeout=5, what="the stall")
-    os.kill(a.pid, signal.SIGCONT)
-    finish_ok(a)
-    finish_ok(b)
+    stall_while_another_takes_over(processes, a, env, 2.5, lambda: True)
     assert [i.status for i in items(tmp_path)] == ["completed"] * 3
     assert {i: len(r) for i, r in requests_of(svc).items()} == {i: 1 for i in ids}
 
