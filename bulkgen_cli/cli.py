@@ -15,6 +15,9 @@ from bulkgen_cli import __version__
 from bulkgen_cli.errors import BulkgenError, ManifestError, NotFound, Problem
 from bulkgen_cli.interrupts import exit_on_signals
 from bulkgen_cli.model import BulkJob, BulkStatus, Priority
+from bulkgen_cli.cli_common import (  # noqa: F401
+    EXIT_CODES, AllUsersOpt, JsonOpt, QuietOpt, StoreOpt, UserOpt, note, open_db, paint, quiet_note, render_json,
+)
 from bulkgen_cli.settings import DEFAULTS
 
 if TYPE_CHECKING:
@@ -25,12 +28,7 @@ if TYPE_CHECKING:
     from bulkgen_cli.settings import RunSettings
     from bulkgen_cli.store.base import OpenMode, Store
 
-EXIT_CODES = """\
-Exit codes: 0 success; 1 a waited-for bulk job ended with failed or cancelled
-items; 2 bad input or usage, nothing stored; 3 no such bulk job; 4 not allowed
-in the job's current state, or no store at the path (none is created); 5 store
-unreachable, read-only or on a full disk, or content service unreachable;
-124 `watch --timeout` ran out; 130/143 stopped by Ctrl-C / SIGTERM, store left consistent."""
+
 
 def _plain_usage() -> None:
     """Usage lines name a required argument as its metavar (FILE), not Typer's {FILE}."""
@@ -62,20 +60,6 @@ app = typer.Typer(
 
 # -- shared options -------------------------------------------------------------
 
-StoreOpt = Annotated[
-    Optional[str],
-    typer.Option("--store", metavar="URL", help="Where jobs live: sqlite:///PATH or mongodb://HOST/DB. [env: BULKGEN_STORE; "
-                 "default: sqlite file under $XDG_DATA_HOME/bulkgen/]", show_default=False),
-]
-UserOpt = Annotated[
-    Optional[str],
-    typer.Option("--user", metavar="NAME", help="Who you are: jobs are stored and listed per user. [env: BULKGEN_USER; "
-                 "default: your login name]", show_default=False),
-]
-AllUsersOpt = Annotated[bool, typer.Option("--all-users", help="Act on any user's jobs, not only yours.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Say nothing per item: only errors and the final "
-                                        "line.")]
 ApiUrlOpt = Annotated[
     Optional[str],
     typer.Option("--api-url", metavar="URL", help="Content service base URL. [env: BULKGEN_API_URL; default: none, "
@@ -127,39 +111,6 @@ def run_options(command: Callable[..., None]) -> Callable[..., None]:
     with_run_options.__signature__ = signature.replace(parameters=own + added)  # type: ignore[attr-defined]
     with_run_options.__annotations__ = {p.name: p.annotation for p in own + added}
     return with_run_options
-
-
-ANSI = {"red": "31", "yellow": "33", "dim": "2"}
-
-
-def _paint(text: str, style: str) -> str:
-    """Colour for a terminal (not with NO_COLOR): plain escapes, so messages need not load rich."""
-    import os
-
-    if not style or not sys.stderr.isatty() or os.environ.get("NO_COLOR"):
-        return text
-    return f"\x1b[{ANSI[style]}m{text}\x1b[0m"
-
-
-def _quiet_note(message: str, style: str = "") -> None:
-    """--quiet: informational messages are not said."""
-
-
-def note(message: str, style: str = "") -> None:
-    """A message on stderr; what came from a file, the store or a service is shown as it is (text.visible)."""
-    from bulkgen_cli.text import visible
-
-    sys.stderr.write(_paint(visible(message), style) + "\n")
-    sys.stderr.flush()
-
-
-def _open(store_flag: str | None, mode: OpenMode) -> Store:
-    """The store for a command. mode: "read" (reading commands: never creates or writes it),
-    "write" (an existing store) or "create" (submit and run: made when missing)."""
-    from bulkgen_cli import settings
-    from bulkgen_cli.store import open_store
-
-    return open_store(settings.store_url(store_flag), mode)
 
 
 # -- submit's own options --------------------------------------------------------------
@@ -240,7 +191,7 @@ def submit(
     channels = settings.notify_channels(notify)
     start = settings.parse_when(not_before, utcnow()) if not_before else None
     run_settings = settings.RunSettings.resolve(**(run_flags or {})) if wait else None  # type: ignore[arg-type]
-    with _open(store, "create") as db:
+    with open_db(store, "create") as db:
         done = jobs.submit(db, parsed, settings.user(user), name=name, idempotency_key=idempotency_key,
                            notify=channels, priority=priority, not_before=start, split=split)
         _report_submitted(done, file, start, wait, json_, quiet)
@@ -258,7 +209,7 @@ def _report_submitted(done: Submitted, file: Path, start: dt.datetime | None, wa
                       quiet: bool = False) -> None:
     from bulkgen_cli.render import when
 
-    say = _quiet_note if quiet else note
+    say = quiet_note if quiet else note
     for bulk, created in done.jobs:
         if created:
             source = "standard input" if str(file) == "-" else file
@@ -281,12 +232,6 @@ def _report_submitted(done: Submitted, file: Path, start: dt.datetime | None, wa
             say(f"Next: `bulkgen run` processes it; `bulkgen status {done.ids[0]}` shows progress.", "dim")
 
 
-def render_json(doc: object) -> None:
-    from bulkgen_cli.render import print_json
-
-    print_json(doc)
-
-
 @app.command(epilog=EXIT_CODES)
 @run_options
 def run(
@@ -307,7 +252,7 @@ def run(
     from bulkgen_cli import settings
 
     run_settings = settings.RunSettings.resolve(**(run_flags or {}))  # type: ignore[arg-type]
-    with _open(store, "create") as db:
+    with open_db(store, "create") as db:
         _process(db, run_settings, forever=forever, store_flag=store, quiet=quiet)
 
 
@@ -333,7 +278,7 @@ def status(
     """
     from bulkgen_cli import jobs, render, settings
 
-    with _open(store, "read") as db:
+    with open_db(store, "read") as db:
         found = jobs.status(db, bulk_id, group, settings.user(user), all_users, with_items=items or json_)
     bulks = [bulk for bulk, _ in found]
     rows = {bulk.id: bulk_items for bulk, bulk_items in found}
@@ -381,7 +326,7 @@ def list_(
     """
     from bulkgen_cli import jobs, render, settings
 
-    with _open(store, "read") as db:
+    with open_db(store, "read") as db:
         bulks = jobs.list_jobs(db, settings.user(user), all_users, limit, status_filter)
     if json_:
         render.print_json([render.bulk_dict(b) for b in bulks])
@@ -402,7 +347,7 @@ def _control(action_name: str, bulk_id: str, store: str | None, user: str | None
     from bulkgen_cli import control, jobs, render, settings
 
     action = control.Action(action_name)
-    with _open(store, "write") as db:
+    with open_db(store, "write") as db:
         result = jobs.apply(db, action, bulk_id, settings.user(user), all_users, on_delivery=_report_delivery)
         items = db.list_items(bulk_id) if json_ else []
     if json_:
@@ -487,7 +432,7 @@ def watch(bulk_id: Annotated[Optional[str], typer.Argument(metavar="BULK_ID", he
     from bulkgen_cli import jobs, render, settings
     from bulkgen_cli.watch import follow
 
-    with _open(store, "read") as db:
+    with open_db(store, "read") as db:
         ids = [b.id for b in jobs.targets(db, bulk_id, group, settings.user(user), all_users)]
         with render.run_view(quiet) as view:
             finals = follow(db, ids, view, timeout=timeout)
@@ -527,7 +472,7 @@ def results(
     """
     from bulkgen_cli import export, jobs, settings
 
-    with _open(store, "read") as db:
+    with open_db(store, "read") as db:
         bulk = jobs.visible(db, bulk_id, settings.user(user), all_users)
         items = db.list_items(bulk.id)
     if format_ is ResultFormat.jsonl:
@@ -577,7 +522,7 @@ def _process(db: Store, run_settings: RunSettings, forever: bool = False, until_
     if run_settings.concurrency > 1:
         say(f"Up to {run_settings.concurrency} items in flight at once, across the whole store.")
     with render.run_view(quiet) as view:
-        outcome = Runner(db, run_settings, lambda: _open(store_flag, "create"), view).run(forever, until_bulks)
+        outcome = Runner(db, run_settings, lambda: open_db(store_flag, "create"), view).run(forever, until_bulks)
     if outcome.stopped is not None:
         if outcome.attached:
             note("Stopped watching; the other processor goes on.", "yellow")
@@ -605,6 +550,15 @@ def _process(db: Store, run_settings: RunSettings, forever: bool = False, until_
         note(f"{len(paused)} bulk job{'s are' if len(paused) > 1 else ' is'} paused, its items waiting "
              f"(oldest: {first.id} {first.name}): `bulkgen resume {first.id}` puts it back in the queue.")
     return []
+
+
+# -- the other command modules: each adds its commands with `register(app)` --------------------
+
+#: Command modules beside this one (templates, schedules, single items); each has `register(app)`.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+for _module in COMMAND_MODULES:
+    __import__(f"bulkgen_cli.{_module}", fromlist=["register"]).register(app)
 
 
 # -- entry point ----------------------------------------------------------------------

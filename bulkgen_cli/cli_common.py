@@ -1,0 +1,72 @@
+"""What every command module shares: the common options, messages on stderr, JSON on stdout, the store."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from bulkgen_cli.store.base import OpenMode, Store
+
+EXIT_CODES = """\
+Exit codes: 0 success; 1 a waited-for bulk job ended with failed or cancelled
+items; 2 bad input or usage, nothing stored; 3 no such bulk job; 4 not allowed
+in the job's current state, or no store at the path (none is created); 5 store
+unreachable, read-only or on a full disk, or content service unreachable;
+124 `watch --timeout` ran out; 130/143 stopped by Ctrl-C / SIGTERM, store left consistent."""
+
+StoreOpt = Annotated[
+    Optional[str],
+    typer.Option("--store", metavar="URL", help="Where jobs live: sqlite:///PATH or mongodb://HOST/DB. [env: BULKGEN_STORE; "
+                 "default: sqlite file under $XDG_DATA_HOME/bulkgen/]", show_default=False),
+]
+UserOpt = Annotated[
+    Optional[str],
+    typer.Option("--user", metavar="NAME", help="Who you are: jobs are stored and listed per user. [env: BULKGEN_USER; "
+                 "default: your login name]", show_default=False),
+]
+AllUsersOpt = Annotated[bool, typer.Option("--all-users", help="Act on any user's jobs, not only yours.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Say nothing per item: only errors and the final "
+                                        "line.")]
+
+
+ANSI = {"red": "31", "yellow": "33", "dim": "2"}
+
+
+def paint(text: str, style: str) -> str:
+    """Colour for a terminal (not with NO_COLOR): plain escapes, so messages need not load rich."""
+    import os
+
+    if not style or not sys.stderr.isatty() or os.environ.get("NO_COLOR"):
+        return text
+    return f"\x1b[{ANSI[style]}m{text}\x1b[0m"
+
+
+def quiet_note(message: str, style: str = "") -> None:
+    """--quiet: informational messages are not said."""
+
+
+def note(message: str, style: str = "") -> None:
+    """A message on stderr; what came from a file, the store or a service is shown as it is (text.visible)."""
+    from bulkgen_cli.text import visible
+
+    sys.stderr.write(paint(visible(message), style) + "\n")
+    sys.stderr.flush()
+
+
+def open_db(store_flag: str | None, mode: OpenMode) -> Store:
+    """The store for a command. mode: "read" (reading commands: never creates or writes it),
+    "write" (an existing store) or "create" (submit and run: made when missing)."""
+    from bulkgen_cli import settings
+    from bulkgen_cli.store import open_store
+
+    return open_store(settings.store_url(store_flag), mode)
+
+
+def render_json(doc: object) -> None:
+    from bulkgen_cli.render import print_json
+
+    print_json(doc)
