@@ -540,6 +540,9 @@ def _process(db: Store, run_settings: RunSettings, forever: bool = False, until_
     scheduled = db.next_start(utcnow())
     if scheduled is not None:
         say(f"A scheduled job starts {render.when(scheduled)}; `bulkgen run --forever` waits for it.")
+    upcoming = None if forever else db.next_schedule_at()
+    if upcoming is not None:
+        say(f"A schedule's next run is {render.when(upcoming)}; only `bulkgen run --forever` queues scheduled runs.")
     if view.items_done:
         note(f"Processed {view.items_done} items; the queue is empty.")
     else:
@@ -555,7 +558,7 @@ def _process(db: Store, run_settings: RunSettings, forever: bool = False, until_
 # -- the other command modules: each adds its commands with `register(app)` --------------------
 
 #: Command modules beside this one (templates, schedules, single items); each has `register(app)`.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("cli_schedules",)
 
 for _module in COMMAND_MODULES:
     __import__(f"bulkgen_cli.{_module}", fromlist=["register"]).register(app)
