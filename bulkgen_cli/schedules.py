@@ -291,7 +291,10 @@ def fire(store: Store, schedule: Schedule, owner: str, now: dt.datetime) -> Sche
     processor (or this one, later) finishes it, idempotently.
     """
     owed = due(schedule, now)
-    if owed is None:
+    if owed is None:  # next_at names no time of the cron (a store edited by hand): start again from now
+        if schedule.next_at is not None and schedule.next_at <= now:
+            store.advance_schedule(schedule.id, schedule.next_at,
+                                   {"next_at": next_after(schedule.cron, schedule.zone, now)})
         return None
     stale = now - dt.timedelta(seconds=STALE_CLAIM_SECONDS)
     occurrence, mine = store.claim_occurrence(schedule, owed.latest, owner, now, stale, owed.skipped_count)
