@@ -372,7 +372,7 @@ class Ticker:
                 for fired in tick(self.store, self.owner, now):
                     self.on_event(fired)
                 self._next = self.store.next_schedule_at()
-        except StoreUnavailable as exc:
+        except BulkgenError as exc:  # the store is down (or a schedule cannot be read): look again later
             self.on_event(Waiting(f"schedules: {exc}", LOOK_AFTER_ERROR))
             return LOOK_AFTER_ERROR
         if self._next is None:

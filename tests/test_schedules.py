@@ -448,3 +448,25 @@ def test_cron_library_is_loaded_only_by_what_needs_it(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], env=base_env(tmp_path), capture_output=True, text=True,
                           cwd=ROOT, timeout=60)
     assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stderr
+
+
+def test_the_ticker_looks_at_most_once_a_second_and_waits_out_a_store_error(store, monkeypatch):
+    from bulkgen_cli.errors import StoreUnavailable
+    from bulkgen_cli.events import ScheduleFired, Waiting
+
+    daily = add(store)
+    clock = [daily.next_at - dt.timedelta(seconds=0.5)]
+    events: list = []
+    ticker = schedules.Ticker(store, "p1", events.append, clock=lambda: clock[0])
+    assert ticker.step() == pytest.approx(0.5) and events == [] and ticker.next_due() == daily.next_at
+    clock[0] = daily.next_at + dt.timedelta(seconds=0.2)
+    assert ticker.step() == schedules.LOOK_SECONDS  # the next run is a day away: look again in a second
+    assert [type(e) for e in events] == [ScheduleFired] and events[0].bulk_job_id is not None
+    assert ticker.next_due() == daily.next_at + dt.timedelta(days=1)
+
+    def down():
+        raise StoreUnavailable("the store is down")
+
+    monkeypatch.setattr(store, "next_schedule_at", down)
+    assert ticker.step() == schedules.LOOK_AFTER_ERROR
+    assert isinstance(events[-1], Waiting) and "the store is down" in events[-1].reason
