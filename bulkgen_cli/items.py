@@ -16,7 +16,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable
 
 from bulkgen_cli.errors import InvalidTransition, NotFound, UsageError
-from bulkgen_cli.model import BulkJob, BulkStatus, Item, ItemStatus, iso, outbox_open, utcnow
+from bulkgen_cli.model import BulkJob, BulkStatus, Counts, Item, ItemStatus, iso, outbox_open, utcnow
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import Store
 from bulkgen_cli.text import quoted, visible
@@ -86,8 +86,9 @@ def resolve(store: Store, ref: str, user: str, all_users: bool = False) -> Item:
     if len(found) > 1:
         names = ", ".join(f"{i.id[:12]}… (#{i.queue_position} {quoted(i.label, 30)} of bulk job {i.bulk_job_id})"
                           for i in found[:CANDIDATES])
-        more = " and more" if len(found) > CANDIDATES else ""
-        raise UsageError(f"item id {quoted(ref)} is ambiguous: it starts {names}{more}; give more of its digits.")
+        more = ", and more" if len(found) > CANDIDATES else ""
+        raise UsageError(f"item id {quoted(ref)} is ambiguous: {names}{more} all start with it; "
+                         "give more of its digits.")
     return found[0]
 
 
@@ -134,7 +135,7 @@ def apply(store: Store, action: ItemAction, ref: str, user: str, all_users: bool
     raise InvalidTransition(f"item {short} kept changing state; try again.")
 
 
-def _write(store: Store, action: ItemAction, item: Item, status: ItemStatus, now: dt.datetime) -> Any:
+def _write(store: Store, action: ItemAction, item: Item, status: ItemStatus, now: dt.datetime) -> Counts | None:
     if action is ItemAction.retry:
         return store.retry_item(item.id, status, now)
     return store.cancel_item(item.id, status, now)
