@@ -606,7 +606,7 @@ def main() -> None:
         sys.exit(exit_code)
     except ManifestError as exc:
         count = len(exc.problems)
-        message = f"the articles file has {count} problem{'s' if count > 1 else ''}; nothing was stored."
+        message = f"{exc.subject} has {count} problem{'s' if count > 1 else ''}; nothing was stored."
         if as_json:
             _json_error(exc.exit_code, message, exc.problems)
         _fail(message + "\n" + "\n".join(str(p) for p in exc.problems), exc.exit_code)
