@@ -138,10 +138,12 @@ class _Problems(manifest.Problems):
             message = f"{message} (filled from {', '.join('{' + u + '}' for u in uses)})"
         self.items.append(Problem(self.file, message, None, line, field, row=row, column=column))
 
-    def raise_if_any(self) -> None:
-        if not self.items:
+    def raise_if_any(self, *others: _Problems) -> None:
+        """Raise this file's problems, and those of `others` after them, together."""
+        found = self.items + [p for other in others for p in other.items]
+        if not found:
             return
-        ordered = sorted(self.items, key=lambda p: p.row or 0)  # file-wide first, then rows in order
+        ordered = sorted(found, key=lambda p: p.row or 0)  # file-wide first, then rows in order
         shown = ordered[:MAX_PROBLEMS]
         if len(ordered) > MAX_PROBLEMS:
             shown.append(Problem(self.file, f"… and {len(ordered) - MAX_PROBLEMS} more problems."))
@@ -316,7 +318,7 @@ def _item(read: _Read, mode: Mode, defaults: dict[str, FieldValue], problems: _P
             manifest.validate_field(key, value, problems, where)
         slots[key] = _Slot(value, fld.line, uses)
     required = REQUIRED_FIELD[mode]
-    if not any(name in slots or name in defaults for name in required):
+    if not any(name in read.item or name in defaults for name in required):
         missing = " or ".join(f"'{n}'" for n in required)
         problems.add(f"'item' has no {missing} (required in {mode.value} mode).")
     return slots
@@ -405,6 +407,7 @@ def _rows_document(root: Node | None, conv: manifest.Converter, problems: manife
 def _csv_columns(header: list[str], problems: _Problems) -> list[str]:
     """The header's column names; a refused one is kept as '' (and never read)."""
     columns: list[str] = []
+    seen: set[str] = set()  # a set: a header may have 100,000 columns
     for index, raw in enumerate(header, start=1):
         name = raw.strip()
         reason = manifest.bad_key_reason(name) if name else None
@@ -412,9 +415,10 @@ def _csv_columns(header: list[str], problems: _Problems) -> list[str]:
             problems.located(f"header column {index} is empty.", line=1)
         elif reason:
             problems.located(reason, line=1)
-        elif name in columns:
+        elif name in seen:
             problems.located("appears twice in the header.", line=1, column=name[:60])
-        columns.append(name if name and not reason and name not in columns else "")
+        columns.append(name if name and not reason and name not in seen else "")
+        seen.add(name)
         if len(problems.items) > MAX_PROBLEMS:
             break
     return columns
@@ -458,13 +462,17 @@ def _first_use(template: Template, name: str) -> tuple[str, int | None]:
     return next((key, slot.line) for key, slot in template.item.items() if name in slot.uses)
 
 
-def _cross_check(template: Template, rows: _Rows, tp: _Problems, vp: _Problems) -> None:
-    """Every placeholder has a column or a default; every column is used by a placeholder."""
+def _unknown_placeholders(template: Template, rows: _Rows, tp: _Problems, values_source: str) -> None:
+    """Every placeholder has a column or a default: a problem of the template, located where it is first used."""
     for name in template.placeholders:
         if name not in rows.columns and name not in template.values:
             key, line = _first_use(template, name)
-            tp.add(f"{{{name}}} is not a column of {vp.file} and 'values:' gives it no default"
+            tp.add(f"{{{name}}} is not a column of {values_source} and 'values:' gives it no default"
                    f"{_close(name, list(rows.columns))}", None, line, key)
+
+
+def _unused_columns(template: Template, rows: _Rows, vp: _Problems) -> None:
+    """Every column is used by a placeholder: a misspelt column would otherwise leave its default in every row."""
     unused = [c for c in rows.columns if c not in template.placeholders]
     if len(unused) > 5:  # a wide file is one mistake (the wrong file), not thousands
         shown = ", ".join(quoted(c, 30) for c in unused[:5])
@@ -610,15 +618,17 @@ def expand(template_text: str, values_text: str, values_format: str, *, template
     """
     if values_format not in VALUES_FORMATS:
         raise UsageError(f"values must be csv or yaml, got {quoted(values_format)}.")
-    found: list[Problem] = []
-    tp = _Problems(template_source, found, OF_TEMPLATE_AND_ROWS)
+    tp = _Problems(template_source, [], OF_TEMPLATE_AND_ROWS)
     template = _check(template_text, tp, mode)
-    vp = _Problems(values_source, found, OF_TEMPLATE_AND_ROWS, rows=True, item=template.item)
+    vp = _Problems(values_source, [], OF_TEMPLATE_AND_ROWS, rows=True, item=template.item)
     rows = _read_rows(values_text, values_format, vp)
-    _cross_check(template, rows, tp, vp)
-    if rows.rows or not found:  # nothing readable: the count would only add noise
+    readable = bool(rows.rows) or not vp.items  # when nothing could be read, the rest would only add noise
+    if readable:
+        _unknown_placeholders(template, rows, tp, values_source)
+        _unused_columns(template, rows, vp)
         _check_count(len(rows.rows), split, vp)
-    vp.raise_if_any()
+    if tp.items or not readable:  # rows are filled only from a template that is right
+        tp.raise_if_any(vp)
     articles = manifest.validate_articles(_Expander(template, rows, vp).items(), template.defaults, template.mode, vp)
     vp.raise_if_any()
     return Manifest(template_source, template.mode, template.name or default_name or template_source, articles)
