@@ -516,7 +516,7 @@ class _Expander:
     """One item per row: each placeholder takes the row's value, else its default, exactly once.
 
     Values are inserted as they are and never read for placeholders again, so a
-    value holding "{x}" stays "{x}".
+    value holding "{x}" stays "{x}" (design.md, "Expansion").
     """
 
     def __init__(self, template: Template, rows: _Rows, problems: _Problems):
@@ -686,6 +686,7 @@ def save(store: Store, user: str, name: str, template_text: str, *, source: str,
          replace: bool = False) -> tuple[SavedTemplate, SaveOutcome]:
     """Check the template and keep it as `user`'s `name`; NameTaken (exit 4) when that name is used, unless `replace`."""
     check_name(name)
+    template_text = template_text.replace("\r\n", "\n")  # kept as written, but `template show` prints no \x0d
     template = check(template_text, source=source)
     now = utcnow()
     saved = SavedTemplate(name=name, userId=user, text=template_text,

@@ -266,11 +266,13 @@ def test_saved_templates_on_each_store_are_per_user(store):
     assert templates.list_saved(store, "bob") == []
     with pytest.raises(NotFound):
         templates.remove(store, "bob", "city-guides")
+    windows, _ = templates.save(store, "alice", "crlf", TEMPLATE.replace("\n", "\r\n"), source="w.yaml")
+    assert templates.load_saved(store, "alice", "crlf").text == windows.text == TEMPLATE
     parsed = templates.expand_saved(templates.load_saved(store, "alice", "city-guides"), rows_csv(), "csv",
                                     values_source="rows.csv")
     assert parsed.name == "Town guides" and len(parsed.articles) == 10
     templates.remove(store, "alice", "city-guides")
-    assert templates.list_saved(store, "alice") == []
+    assert [t.name for t in templates.list_saved(store, "alice")] == ["crlf"]
 
 
 def test_saving_checks_the_name_and_the_template_first(store):
