@@ -375,6 +375,15 @@ def read_yaml(text: str, problems: _Problems, document: Callable[[Node | None, _
         loader.dispose()
 
 
+def _is_template(top: dict[str, Node], problems: _Problems) -> bool:
+    """A template (templates.py) given as an articles file: one sentence rather than a list of unknown keys."""
+    if "item" in top and "items" not in top:
+        problems.add("is a template (it has 'item:', one article with {placeholders}), not an articles "
+                     "file: submit it with --values ROWS (a CSV file or a YAML list of rows).")
+        return True
+    return False
+
+
 def _yaml_document(root: Node | None, conv: _Converter, problems: _Problems) -> _Read:
     shape = "an articles file is a mapping with 'items:' (and optional 'mode:', 'name:', 'defaults:') or a list of items"
     if root is None:
@@ -390,9 +399,7 @@ def _yaml_document(root: Node | None, conv: _Converter, problems: _Problems) -> 
                 problems.add("'bulk_config' must be the only top-level key.", line=_line(root))
             root = top["bulk_config"]
             top = dict(conv.mapping(root, None, None))
-        if "item" in top and "items" not in top:  # one sentence rather than a list of unknown keys
-            problems.add("is a template (it has 'item:', one article with {placeholders}), not an articles "
-                         "file: submit it with --values ROWS (a CSV file or a YAML list of rows).")
+        if _is_template(top, problems):
             return None, None, {}, []
         for key, node in top.items():
             if key not in TOP_KEYS:
