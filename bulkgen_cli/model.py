@@ -331,3 +331,36 @@ def outbox_open(outbox: dict[str, Any] | None) -> bool:
     return outbox is not None and any(
         s["state"] in (StepState.pending.value, StepState.sending.value) for s in outbox["steps"]
     )
+
+
+# -- saved templates (templates.py; README "Templates") ------------------------------------------------
+
+
+@dataclass
+class SavedTemplate:
+    """A template kept in the store by `bulkgen template save`: one per (user, name)."""
+
+    name: str
+    userId: str
+    #: the template file's text, exactly as saved (what `template show` prints)
+    text: str
+    #: the template's own `mode:`, when it names one
+    mode: str | None = None
+    #: its placeholders, in the order of their first use
+    placeholders: list[str] = field(default_factory=list)
+    #: the file it was saved from, as it was named
+    source: str = ""
+    created_at: dt.datetime | None = None
+    #: the last save (a replace keeps `created_at` and moves this)
+    updated_at: dt.datetime | None = None
+
+
+class SaveOutcome(str, Enum):
+    """What `Store.save_template` did."""
+
+    #: the user had no template of that name; this one is stored
+    created = "created"
+    #: one existed and a replace was asked for: this one took its place
+    replaced = "replaced"
+    #: one existed and no replace was asked for: nothing was written
+    exists = "exists"

@@ -13,7 +13,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
-from bulkgen_cli.model import BulkJob, BulkStatus, Counts, Item, ItemStatus, Outcome
+from bulkgen_cli.model import (
+    BulkJob, BulkStatus, Counts, Item, ItemStatus, Outcome, SavedTemplate, SaveOutcome,
+)
 from bulkgen_cli.store import rules
 # Decided in rules.py; importable from here too.
 from bulkgen_cli.store.rules import (  # noqa: F401
@@ -321,6 +323,34 @@ class Store(ABC):
     @abstractmethod
     def processor_leases(self) -> list[Lease]:
         """Every slot's lease record (maybe expired)."""
+
+    # -- saved templates (design.md, "Saved templates") ---------------------------------------------------
+    #
+    # One template per (userId, name), each a single record: every verb is one
+    # conditional write (or read) of that record, so no transaction is needed.
+
+    @abstractmethod
+    def save_template(self, template: SavedTemplate, replace: bool = False) -> SaveOutcome:
+        """Store `template` under its (userId, name), atomically.
+
+        When the user has none of that name it is stored (`created`). When one
+        exists: with `replace` it takes that one's place whole, keeping its
+        `created_at` (`replaced`); without, nothing is written (`exists`). Two
+        racing saves of a new name: one is `created`, the other `exists` (or,
+        with `replace`, `replaced`).
+        """
+
+    @abstractmethod
+    def get_template(self, user: str, name: str) -> SavedTemplate | None:
+        """The user's template of that name, or None (another user's is never returned)."""
+
+    @abstractmethod
+    def list_templates(self, user: str) -> list[SavedTemplate]:
+        """The user's templates, by name."""
+
+    @abstractmethod
+    def remove_template(self, user: str, name: str) -> bool:
+        """Delete the user's template of that name; False when there was none."""
 
     def close(self) -> None:
         """Release connections."""

@@ -31,19 +31,22 @@ from pymongo.errors import (
 
 from bulkgen_cli.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.model import (
-    ARTICLE_FIELDS, CLAIMABLE_BULK, BulkJob, BulkStatus, Counts, EventKind, Item, ItemStatus, Outcome, later,
-    outbox_open,
+    ARTICLE_FIELDS, CLAIMABLE_BULK, BulkJob, BulkStatus, Counts, EventKind, Item, ItemStatus, Outcome,
+    SavedTemplate, SaveOutcome, later, outbox_open,
 )
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, OpenMode, Store, slot_names
-from bulkgen_cli.store.rules import BULK_FIELDS, ITEM_FIELDS, LEASE_FIELDS, Change, Conditions, record
+from bulkgen_cli.store.rules import (
+    BULK_FIELDS, ITEM_FIELDS, LEASE_FIELDS, TEMPLATE_FIELDS, Change, Conditions, record,
+)
 
 BULK_JOBS = "bulk_jobs"
 GENERATION_JOBS = "generation_jobs"
 LEASES = "processor_leases"
 IDEMPOTENCY = "bulk_idempotency_keys"
 META = "bulkgen_meta"
-SCHEMA_VERSION = 5
+TEMPLATES = "templates"
+SCHEMA_VERSION = 6
 #: The counter document of the fencing tokens, in META.
 FENCE = "fence"
 #: How many candidates one claim tries before it reports nothing claimable.
@@ -110,6 +113,10 @@ def _lease(doc: dict[str, Any]) -> Lease:
     return record(Lease, LEASE_FIELDS, doc, _aware, _same)  # type: ignore[no-any-return]
 
 
+def _template(doc: dict[str, Any]) -> SavedTemplate:
+    return record(SavedTemplate, TEMPLATE_FIELDS, doc, _aware, _same)  # type: ignore[no-any-return]
+
+
 def _doc(fields: dict[str, Any]) -> dict[str, Any]:
     """A new record's document: `_id` and `bulk_job_id` as ObjectIds, an item's article as top-level fields."""
     doc = dict(fields)
@@ -168,6 +175,7 @@ class MongoStore(Store):
         self.leases = db[LEASES]
         self.keys = db[IDEMPOTENCY]
         self.meta = db[META]
+        self.templates = db[TEMPLATES]
         try:
             marker = self.meta.find_one({"_id": "schema"})
             if mode != "create" and marker is None and BULK_JOBS not in db.list_collection_names():
@@ -240,6 +248,8 @@ class MongoStore(Store):
             [("status", ASCENDING), ("priority_rank", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)]
         )
         self.bulks.create_index([("hook_pending", ASCENDING), ("completed_at", ASCENDING)])
+        # One template per user and name: the unique index is what makes a save of a new name atomic.
+        self.templates.create_index([("userId", ASCENDING), ("name", ASCENDING)], unique=True)
         self.meta.update_one(
             {"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}}, upsert=True
         )
@@ -795,3 +805,39 @@ class MongoStore(Store):
     def processor_lease(self) -> Lease | None:
         doc = self.leases.find_one({"_id": PROCESSOR_LEASE})
         return None if doc is None else _lease(doc)
+
+    # -- saved templates ---------------------------------------------------------
+
+    @_unavailable
+    def save_template(self, template: SavedTemplate, replace: bool = False) -> SaveOutcome:
+        key = {"userId": template.userId, "name": template.name}
+        if not replace:
+            try:
+                self.templates.insert_one(rules.template_fields(template))
+            except DuplicateKeyError:  # the unique index: the user has one of that name
+                return SaveOutcome.exists
+            return SaveOutcome.created
+        update = {"$set": rules.template_replacement(template), "$setOnInsert": {"created_at": template.created_at}}
+        for _ in range(2):
+            try:
+                before = self.templates.find_one_and_update(key, update, upsert=True,
+                                                            return_document=ReturnDocument.BEFORE)
+            except DuplicateKeyError:
+                # Two upserts of a new name raced and the other one inserted first: MongoDB's
+                # documented answer is to retry, which now finds that record and replaces it.
+                continue
+            return SaveOutcome.created if before is None else SaveOutcome.replaced
+        raise StoreUnavailable(f"could not save template {template.name!r}; try again.")
+
+    @_unavailable
+    def get_template(self, user: str, name: str) -> SavedTemplate | None:
+        doc = self.templates.find_one({"userId": user, "name": name})
+        return None if doc is None else _template(doc)
+
+    @_unavailable
+    def list_templates(self, user: str) -> list[SavedTemplate]:
+        return [_template(d) for d in self.templates.find({"userId": user}).sort("name", ASCENDING)]
+
+    @_unavailable
+    def remove_template(self, user: str, name: str) -> bool:
+        return self.templates.delete_one({"userId": user, "name": name}).deleted_count == 1

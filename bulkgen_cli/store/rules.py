@@ -25,6 +25,7 @@ from bulkgen_cli.model import (
     ItemStatus,
     Outcome,
     Priority,
+    SavedTemplate,
     StepState,
     estimate_completion,
     iso,
@@ -107,6 +108,20 @@ ITEM_FIELDS = (
     Field("fence", PLAIN),
 )
 
+#: A saved template: `SavedTemplate`'s fields as stored; (userId, name) is unique.
+TEMPLATE_FIELDS = (
+    Field("name", TEXT, REQUIRED),
+    Field("userId", TEXT, REQUIRED),
+    Field("text", TEXT, REQUIRED),
+    Field("mode", PLAIN),
+    Field("placeholders", JSON, list),
+    Field("source", PLAIN, ""),
+    Field("created_at", TIME),
+    Field("updated_at", TIME),
+)
+#: What replacing a saved template keeps of the stored one: its key and when it was first saved.
+TEMPLATE_KEPT = ("userId", "name", "created_at")
+
 #: A processor slot: `base.Lease`'s fields as stored.
 LEASE_FIELDS = (
     Field("owner", PLAIN, REQUIRED),
@@ -153,6 +168,16 @@ def new_item(bulk: BulkJob, article: dict[str, Any], position: int) -> dict[str,
     fields.update(id=new_item_id(), bulk_job_id=bulk.id, userId=bulk.userId, mode=bulk.mode, article=article,
                   status=ItemStatus.queued.value, queue_position=position, created_at=bulk.created_at)
     return fields
+
+
+def template_fields(template: SavedTemplate) -> dict[str, Any]:
+    """Every stored field of a template being saved."""
+    return {f.name: getattr(template, f.name) for f in TEMPLATE_FIELDS}
+
+
+def template_replacement(template: SavedTemplate) -> dict[str, Any]:
+    """The fields a replace writes over a stored template (all but `TEMPLATE_KEPT`)."""
+    return {k: v for k, v in template_fields(template).items() if k not in TEMPLATE_KEPT}
 
 
 def new_slot(owner: str, expires: dt.datetime, now: dt.datetime, host: str, pid: int) -> dict[str, Any]:

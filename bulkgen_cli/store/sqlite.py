@@ -29,13 +29,14 @@ from urllib.parse import quote
 
 from bulkgen_cli.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.model import (
-    CLAIMABLE_BULK, BulkJob, BulkStatus, Counts, EventKind, Item, ItemStatus, iso, later,
+    CLAIMABLE_BULK, BulkJob, BulkStatus, Counts, EventKind, Item, ItemStatus, SavedTemplate, SaveOutcome, iso,
+    later,
 )
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, OpenMode, Store, slot_names
-from bulkgen_cli.store.rules import BULK_FIELDS, ITEM_FIELDS, LEASE_FIELDS, Change, record
+from bulkgen_cli.store.rules import BULK_FIELDS, ITEM_FIELDS, LEASE_FIELDS, TEMPLATE_FIELDS, Change, record
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 BUSY_TIMEOUT_S = 30.0
 #: An I/O error with less free space than this on the store's disk is taken for a full disk.
 FULL_BELOW_BYTES = 1 << 20
@@ -114,6 +115,18 @@ CREATE TABLE IF NOT EXISTS leases (
     host TEXT NOT NULL,
     pid INTEGER NOT NULL
 );
+
+CREATE TABLE IF NOT EXISTS templates (
+    userId TEXT NOT NULL,
+    name TEXT NOT NULL,
+    text TEXT NOT NULL,
+    mode TEXT,
+    placeholders TEXT NOT NULL DEFAULT '[]',
+    source TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (userId, name)
+);
 """
 
 #: From schema 1 (before notifications) to 2.
@@ -136,6 +149,21 @@ ALTER TABLE bulk_jobs ADD COLUMN group_id TEXT;
 #: From schema 4 to 5 (fencing tokens).
 MIGRATE_4_TO_5 = """
 ALTER TABLE generation_jobs ADD COLUMN fence INTEGER;
+"""
+
+#: From schema 5 to 6 (saved templates).
+MIGRATE_5_TO_6 = """
+CREATE TABLE IF NOT EXISTS templates (
+    userId TEXT NOT NULL,
+    name TEXT NOT NULL,
+    text TEXT NOT NULL,
+    mode TEXT,
+    placeholders TEXT NOT NULL DEFAULT '[]',
+    source TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (userId, name)
+);
 """
 
 #: The claim's two lookups (see claim_next); a test checks their query plans.
@@ -193,6 +221,10 @@ def _item(row: sqlite3.Row) -> Item:
 
 def _lease(row: sqlite3.Row) -> Lease:
     return record(Lease, LEASE_FIELDS, dict(row), _ts, json.loads)  # type: ignore[no-any-return]
+
+
+def _template(row: sqlite3.Row) -> SavedTemplate:
+    return record(SavedTemplate, TEMPLATE_FIELDS, dict(row), _ts, json.loads)  # type: ignore[no-any-return]
 
 
 def _marks(values: Iterable[Any]) -> str:
@@ -415,7 +447,8 @@ class SqliteStore(Store):
                 raise self._newer(version)
             script = (MIGRATE_1_TO_2 if version == 1 else "") + (MIGRATE_2_TO_3 if version in (1, 2) else "")
             script += (MIGRATE_3_TO_4 if version in (1, 2, 3) else "")
-            script += (MIGRATE_4_TO_5 if version in (1, 2, 3, 4) else "") + SCHEMA
+            script += (MIGRATE_4_TO_5 if version in (1, 2, 3, 4) else "")
+            script += (MIGRATE_5_TO_6 if version in (1, 2, 3, 4, 5) else "") + SCHEMA
             for statement in script.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -852,3 +885,35 @@ class SqliteStore(Store):
     def processor_lease(self) -> Lease | None:
         row = self.db.execute("SELECT * FROM leases WHERE name = ?", (PROCESSOR_LEASE,)).fetchone()
         return None if row is None else _lease(row)
+
+    # -- saved templates ---------------------------------------------------------
+
+    @_unavailable
+    def save_template(self, template: SavedTemplate, replace: bool = False) -> SaveOutcome:
+        with self._tx() as db:
+            # One transaction: the look and the write cannot interleave with another save.
+            found = db.execute("SELECT 1 FROM templates WHERE userId = ? AND name = ?",
+                               (template.userId, template.name)).fetchone()
+            if found is None:
+                _insert(db, "templates", [rules.template_fields(template)])
+                return SaveOutcome.created
+            if not replace:
+                return SaveOutcome.exists
+            _update(db, "templates", rules.template_replacement(template), "userId = ? AND name = ?",
+                    template.userId, template.name)
+            return SaveOutcome.replaced
+
+    @_unavailable
+    def get_template(self, user: str, name: str) -> SavedTemplate | None:
+        row = self.db.execute("SELECT * FROM templates WHERE userId = ? AND name = ?", (user, name)).fetchone()
+        return None if row is None else _template(row)
+
+    @_unavailable
+    def list_templates(self, user: str) -> list[SavedTemplate]:
+        rows = self.db.execute("SELECT * FROM templates WHERE userId = ? ORDER BY name", (user,))
+        return [_template(r) for r in rows]
+
+    @_unavailable
+    def remove_template(self, user: str, name: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM templates WHERE userId = ? AND name = ?", (user, name)).rowcount == 1
