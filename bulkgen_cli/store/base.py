@@ -111,9 +111,13 @@ class Store(ABC):
         is not extended.
         """
 
-    def begin_attempt(self, item_id: str, owner: str) -> bool:
-        """Count one more try of a held item (`attempts` and `retry_count` + 1)."""
-        return self._write_held(item_id, owner, rules.ONE_MORE_TRY)
+    def begin_attempt(self, item_id: str, owner: str, rejected: dict[str, Any] | None = None) -> bool:
+        """Count one more try of a held item (`attempts` and `retry_count` + 1).
+
+        `rejected`: the quality gate's verdict on the article it turned down, kept as the item's
+        `verdict` in the same write (it names how many were turned down: the next request asks anew).
+        """
+        return self._write_held(item_id, owner, rules.one_more_try(rejected))
 
     def finish_item(self, item_id: str, owner: str, outcome: Outcome, now: dt.datetime) -> bool:
         """Record a held item's end; False (nothing written) when `owner` lost it."""

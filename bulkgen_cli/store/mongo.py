@@ -546,7 +546,7 @@ class MongoStore(Store):
                 ).sort(rules.ITEM_ORDER, ASCENDING)
                 failed = [_item(d) for d in cursor]
             seq_filter: Any = seq if seq is not None else {"$exists": False}
-            fields = rules.counters(counts, failed, mean, now, seconds_between_items)
+            fields = rules.counters(counts, failed, mean, now, seconds_between_items, self._flagged(oid, counts))
             written = self.bulks.update_one({"_id": oid, "refresh_seq": seq_filter},
                                             {"$set": {**fields, "refresh_seq": (seq or 0) + 1}})
             if written.matched_count:
@@ -556,6 +556,15 @@ class MongoStore(Store):
             raise StoreUnavailable(f"the counters of bulk job {bulk_id} kept changing; try again.")
         ended = counts.pending == 0 and self._end(oid, EventKind.completed, now)
         return dataclasses.replace(counts, ended_now=ended)
+
+    def _flagged(self, oid: ObjectId, counts: Counts) -> list[Item]:
+        """The job's completed items the quality gate flagged, in queue order, without their article text."""
+        if not counts.completed:
+            return []
+        status, verdict = rules.FLAGGED_ITEM
+        cursor = self.items.find({"bulk_job_id": oid, "status": status.value, "verdict.status": verdict.value},
+                                 {"result": 0}).sort(rules.ITEM_ORDER, ASCENDING)
+        return [_item(d) for d in cursor]
 
     def _end(self, oid: ObjectId, kind: EventKind, now: dt.datetime) -> bool:
         """Record the job's end and its outbox in one conditional update."""

@@ -35,7 +35,7 @@ from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, OpenMode, Store, slot_names
 from bulkgen_cli.store.rules import BULK_FIELDS, ITEM_FIELDS, LEASE_FIELDS, Change, record
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 BUSY_TIMEOUT_S = 30.0
 #: An I/O error with less free space than this on the store's disk is taken for a full disk.
 FULL_BELOW_BYTES = 1 << 20
@@ -65,7 +65,11 @@ CREATE TABLE IF NOT EXISTS bulk_jobs (
     priority TEXT NOT NULL DEFAULT 'normal',
     priority_rank INTEGER NOT NULL DEFAULT 1,
     not_before TEXT,
-    group_id TEXT
+    group_id TEXT,
+    quality TEXT NOT NULL DEFAULT 'warn',
+    quality_ratio REAL NOT NULL DEFAULT 0.7,
+    flagged_items INTEGER NOT NULL DEFAULT 0,
+    quality_summary TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS bulk_jobs_status ON bulk_jobs (status, created_at, id);
 CREATE INDEX IF NOT EXISTS bulk_jobs_claim ON bulk_jobs (status, priority_rank, created_at, id);
@@ -92,7 +96,8 @@ CREATE TABLE IF NOT EXISTS generation_jobs (
     completed_at TEXT,
     lease_owner TEXT,
     lease_expires_at TEXT,
-    fence INTEGER
+    fence INTEGER,
+    verdict TEXT
 );
 CREATE INDEX IF NOT EXISTS generation_jobs_queue
     ON generation_jobs (bulk_job_id, status, queue_position);
@@ -137,6 +142,23 @@ ALTER TABLE bulk_jobs ADD COLUMN group_id TEXT;
 MIGRATE_4_TO_5 = """
 ALTER TABLE generation_jobs ADD COLUMN fence INTEGER;
 """
+
+#: From schema 5 to 6: the quality gate (its policy and ratio on the job, the derived flagged counter and
+#: summary, the verdict on each item).
+MIGRATE_5_TO_6 = """
+ALTER TABLE bulk_jobs ADD COLUMN quality TEXT NOT NULL DEFAULT 'warn';
+ALTER TABLE bulk_jobs ADD COLUMN quality_ratio REAL NOT NULL DEFAULT 0.7;
+ALTER TABLE bulk_jobs ADD COLUMN flagged_items INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE bulk_jobs ADD COLUMN quality_summary TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE generation_jobs ADD COLUMN verdict TEXT;
+"""
+
+#: A job's completed items the quality gate flagged, in queue order, without their article text.
+FLAGGED_SQL = (
+    f"SELECT {', '.join(rules.SUMMARY_ITEM_FIELDS)} FROM generation_jobs"
+    " WHERE bulk_job_id = ? AND status = ? AND json_extract(verdict, '$.status') = ?"
+    f" ORDER BY {rules.ITEM_ORDER}"
+)
 
 #: The claim's two lookups (see claim_next); a test checks their query plans.
 CLAIM_JOB_SQL = (
@@ -410,7 +432,8 @@ class SqliteStore(Store):
                 raise self._newer(version)
             script = (MIGRATE_1_TO_2 if version == 1 else "") + (MIGRATE_2_TO_3 if version in (1, 2) else "")
             script += (MIGRATE_3_TO_4 if version in (1, 2, 3) else "")
-            script += (MIGRATE_4_TO_5 if version in (1, 2, 3, 4) else "") + SCHEMA
+            script += (MIGRATE_4_TO_5 if version in (1, 2, 3, 4) else "")
+            script += (MIGRATE_5_TO_6 if version in (1, 2, 3, 4, 5) else "") + SCHEMA
             for statement in script.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -719,7 +742,10 @@ class SqliteStore(Store):
                 f"SELECT * FROM generation_jobs WHERE bulk_job_id = ? AND status = ? ORDER BY {rules.ITEM_ORDER}",
                 (bulk_id, ItemStatus.failed.value),
             )]
-            _update(db, "bulk_jobs", rules.counters(counts, failed, mean, now, seconds_between_items),
+            status, verdict = rules.FLAGGED_ITEM
+            flagged = [] if not counts.completed else [
+                _item(r) for r in db.execute(FLAGGED_SQL, (bulk_id, status.value, verdict.value))]
+            _update(db, "bulk_jobs", rules.counters(counts, failed, mean, now, seconds_between_items, flagged),
                     "id = ?", bulk_id)
             ended = counts.pending == 0 and self._end(db, bulk_id, EventKind.completed, now)
         return dataclasses.replace(counts, ended_now=ended)
