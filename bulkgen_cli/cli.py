@@ -208,7 +208,7 @@ def submit(
             if json_:
                 docs = [{"bulk_job_id": f.id, "total_items": f.total_items, "status": f.status,
                          "completed_items": f.completed_items, "failed_items": f.failed_items,
-                         "cancelled_items": f.cancelled_items} for f in finals]
+                         "cancelled_items": f.cancelled_items, "flagged_items": f.flagged_items} for f in finals]
                 render_json(docs if done.group is not None else docs[0])
             raise typer.Exit(max(_ended_code(f) for f in finals))
 

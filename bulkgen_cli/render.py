@@ -308,7 +308,8 @@ class PlainView:
             )
         elif isinstance(event, p.ItemRetrying):
             charged = "" if event.charged else ", not counted as a try"
-            self.line(f"  #{event.item.queue_position} {short(event.error, 120)}; retrying in {event.wait:.1f}s{charged}")
+            when = f"retrying in {event.wait:.1f}s" if event.wait >= 0.05 else "retrying now"
+            self.line(f"  #{event.item.queue_position} {short(event.error, 120)}; {when}{charged}")
         elif isinstance(event, p.BulkEnded):
             self.ended.append(event.bulk.id)
             self.line(f"bulk job {summary_line(event.bulk)}")

@@ -369,7 +369,7 @@ def test_a_retry_job_from_a_real_process(tmp_path, svc):
     path = write_articles(tmp_path / "q.yaml", fill([{"topic": "Short once [words:100:1]", "word_count": 1000}]))
     done = run_cli(["submit", str(path), "--quality", "retry", "--wait"], env)
     assert done.code == 0, done.err
-    assert "#1 quality: 100 of 1000 words; retrying in 0.0s" in done.err
+    assert "#1 quality: 100 of 1000 words; retrying now" in done.err
     doc = status_of(env, done.out.strip())
     first = doc["jobs"][0]
     assert (first["status"], first["attempts"], first["verdict"]["status"]) == ("completed", 2, "passed")
