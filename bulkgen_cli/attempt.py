@@ -135,8 +135,8 @@ class Attempt:
     def _gate(self, result: dict[str, Any]) -> Outcome | Step | None:
         """The quality gate (design.md, "The quality gate"): keep the article, fail the item, or ask again."""
         bulk = self.p.known_bulk(self.item.bulk_job_id)
-        verdict = quality.judge(self.item, result["content"], bulk.quality_ratio, self.store.list_items(bulk.id),
-                                next_generation(self.item.verdict))
+        verdict = quality.judge(self.item, result["content"], bulk.quality_ratio,
+                                self.store.completed_contents(bulk.id), next_generation(self.item.verdict))
         action = quality.decide(bulk.quality, verdict, self.tries, self.settings.max_attempts)
         if action is quality.Action.keep:
             return Outcome(ItemStatus.completed, result=result, verdict=verdict.to_dict())

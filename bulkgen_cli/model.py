@@ -340,12 +340,10 @@ def summarize_errors(items: list[Item]) -> list[str]:
     return lines
 
 
-def summarize_flagged(items: list[Item]) -> list[str]:
-    """quality_summary: one short line per completed item the quality gate flagged, capped."""
-    flagged = [i for i in items if i.status == ItemStatus.completed.value
-               and (i.verdict or {}).get("status") == VerdictStatus.flagged.value]
-    lines = [f"#{i.queue_position} {', '.join((i.verdict or {}).get('reasons') or ['flagged'])}"[:200]
-             for i in flagged[:ERROR_SUMMARY_CAP]]
+def summarize_flagged(flagged: list[tuple[int, dict[str, Any]]]) -> list[str]:
+    """quality_summary: one short line per flagged article, from (queue position, verdict), capped."""
+    lines = [f"#{position} {', '.join(verdict.get('reasons') or ['flagged'])}"[:200]
+             for position, verdict in flagged[:ERROR_SUMMARY_CAP]]
     if len(flagged) > ERROR_SUMMARY_CAP:
         lines.append(f"… and {len(flagged) - ERROR_SUMMARY_CAP} more flagged items")
     return lines

@@ -35,7 +35,7 @@ from enum import Enum
 from typing import Any, Iterable
 
 from bulkgen_cli.content import content_text, count_words
-from bulkgen_cli.model import DEFAULT_WORD_COUNT, Item, ItemStatus, Mode, QualityPolicy, VerdictStatus
+from bulkgen_cli.model import DEFAULT_WORD_COUNT, Item, Mode, QualityPolicy, VerdictStatus
 
 #: Words per shingle in the near-duplicate comparison.
 SHINGLE_WORDS = 3
@@ -212,8 +212,8 @@ def near_duplicate(own: frozenset[int], others: Iterable[tuple[int, frozenset[in
     return best
 
 
-def judge(item: Item, content: Any, ratio: float, job_items: Iterable[Item], generation: int = 0) -> Verdict:
-    """The verdict on `content` for `item`, against the other completed articles among `job_items`."""
-    others = [(i.queue_position, content_text((i.result or {}).get("content"))) for i in job_items
-              if i.id != item.id and i.status == ItemStatus.completed.value and i.result]
+def judge(item: Item, content: Any, ratio: float, completed: Iterable[tuple[str, int, Any]],
+          generation: int = 0) -> Verdict:
+    """The verdict on `content` for `item`, against the job's `completed` articles: (item id, position, content)."""
+    others = [(position, content_text(theirs)) for item_id, position, theirs in completed if item_id != item.id]
     return check(item.article, item.mode, content, ratio, others, generation)

@@ -161,15 +161,11 @@ def test_similarity_is_symmetric_between_zero_and_one_and_one_for_the_same_text(
     assert similarity(sa, sa) == (1.0 if sa else 0.0)
 
 
-def test_judge_compares_only_the_jobs_other_completed_articles():
+def test_judge_compares_with_the_jobs_other_completed_articles():
     text = body(300)
-    others = [
-        item({"topic": "a"}, position=2, result={"content": text}, status="completed"),
-        item({"topic": "b"}, position=3, result={"content": text}, status="failed"),  # a turned-down article
-    ]
     me = item({"topic": "t", "word_count": 300}, position=1)
-    assert quality.judge(me, text, 0.7, others).reasons == ("near-duplicate of #2 (1.00)",)
-    assert quality.judge(me, text, 0.7, others[1:] + [me]).status is PASSED
+    assert quality.judge(me, text, 0.7, [("item2", 2, text)]).reasons == ("near-duplicate of #2 (1.00)",)
+    assert quality.judge(me, text, 0.7, [(me.id, 1, text), ("item3", 3, None)]).status is PASSED
 
 
 # -- verdicts and the policies ----------------------------------------------------------------------

@@ -230,6 +230,20 @@ def test_flagged_counters_are_derived_and_capped_like_the_errors(store):
     assert job.flagged_items == 13 and len(job.quality_summary) == 13 and job.quality_summary[1] == "#3 r2"
 
 
+def test_completed_contents_are_the_completed_articles_in_queue_order(store):
+    t = utcnow()
+    bulk = submit_articles(store, [{"topic": f"T{n}", "word_count": 300} for n in range(10)])
+    assert store.completed_contents(bulk.id) == [] and store.completed_contents(new_id()) == []
+    ends = [(ItemStatus.completed, {"title": "A", "body": "a"}), (ItemStatus.failed, "kept"),
+            (ItemStatus.completed, "plain text")]
+    for status, content in ends:
+        item = claim(store, "p1", LEASE, t)
+        store.finish_item(item.id, "p1", Outcome(status, result={"content": content, "words": 1}), t)
+    items = store.list_items(bulk.id)
+    assert store.completed_contents(bulk.id) == [(items[0].id, 1, {"title": "A", "body": "a"}),
+                                                 (items[2].id, 3, "plain text")]
+
+
 def test_quality_policy_and_ratio_are_stored_on_the_job(store):
     bulk = submit(store, fill([]), quality="retry", ratio=0.55)
     got = store.get_bulk(bulk.id)
@@ -374,3 +388,18 @@ def test_a_retry_job_from_a_real_process(tmp_path, svc):
     first = doc["jobs"][0]
     assert (first["status"], first["attempts"], first["verdict"]["status"]) == ("completed", 2, "passed")
     assert doc["bulk_job"]["quality"] == "retry" and doc["bulk_job"]["flagged_items"] == 0
+
+
+def test_reasons_from_a_file_are_shown_as_text(cli, tmp_path, start_service):
+    """A keyword is the file's text: in a reason it is shown escaped, never as markup or a terminal sequence."""
+    service = start_service()
+    hostile = "[bold]solar\x1b[31m"
+    arts = [{"keywords": [hostile], "word_count": 300, "instructions": "[offtopic]"}]
+    arts += [{"keywords": [f"thing{n}"], "word_count": 300} for n in range(9)]
+    path = write_articles(tmp_path / "k.yaml", arts, mode="keywords")
+    done = cli("submit", str(path), "--wait", env={"BULKGEN_API_URL": service.url})
+    assert done.code == 0 and "\x1b" not in done.err and "keyword '[bold]solar\\x1b[31m' missing" in done.err
+    shown = cli("status", done.out.strip(), "--items")
+    assert "\x1b" not in shown.out and "Flagged: #1 keyword '[bold]solar\\x1b[31m' missing" in shown.out
+    doc = json.loads(cli("status", done.out.strip(), "--json").out)
+    assert doc["jobs"][0]["verdict"]["reasons"] == [f"keyword '{hostile}' missing"]  # --json keeps it exactly

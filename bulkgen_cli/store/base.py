@@ -78,6 +78,14 @@ class Store(ABC):
     def list_items(self, bulk_id: str) -> list[Item]:
         """A bulk job's items in queue order."""
 
+    @abstractmethod
+    def completed_contents(self, bulk_id: str) -> list[tuple[str, int, Any]]:
+        """(item id, queue position, content) of a bulk job's completed items, in queue order.
+
+        A read of what the quality gate compares a new article with (design.md, "The quality gate"),
+        without the rest of the records.
+        """
+
     # -- the processor's verbs -----------------------------------------------
 
     @abstractmethod

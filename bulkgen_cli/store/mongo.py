@@ -341,6 +341,15 @@ class MongoStore(Store):
         cursor = self.items.find({"bulk_job_id": oid}).sort(rules.ITEM_ORDER, ASCENDING)
         return [_item(d) for d in cursor]
 
+    @_unavailable
+    def completed_contents(self, bulk_id: str) -> list[tuple[str, int, Any]]:
+        oid = _oid(bulk_id)
+        if oid is None:
+            return []
+        cursor = self.items.find({"bulk_job_id": oid, "status": ItemStatus.completed.value},
+                                 {"queue_position": 1, "result.content": 1}).sort(rules.ITEM_ORDER, ASCENDING)
+        return [(str(d["_id"]), d["queue_position"], (d.get("result") or {}).get("content")) for d in cursor]
+
     # -- the processor's verbs -------------------------------------------------
 
     @_unavailable
@@ -557,14 +566,14 @@ class MongoStore(Store):
         ended = counts.pending == 0 and self._end(oid, EventKind.completed, now)
         return dataclasses.replace(counts, ended_now=ended)
 
-    def _flagged(self, oid: ObjectId, counts: Counts) -> list[Item]:
-        """The job's completed items the quality gate flagged, in queue order, without their article text."""
+    def _flagged(self, oid: ObjectId, counts: Counts) -> list[tuple[int, dict[str, Any]]]:
+        """(queue position, verdict) of the job's completed items the quality gate flagged, in queue order."""
         if not counts.completed:
             return []
         status, verdict = rules.FLAGGED_ITEM
         cursor = self.items.find({"bulk_job_id": oid, "status": status.value, "verdict.status": verdict.value},
-                                 {"result": 0}).sort(rules.ITEM_ORDER, ASCENDING)
-        return [_item(d) for d in cursor]
+                                 {"queue_position": 1, "verdict": 1}).sort(rules.ITEM_ORDER, ASCENDING)
+        return [(d["queue_position"], d["verdict"]) for d in cursor]
 
     def _end(self, oid: ObjectId, kind: EventKind, now: dt.datetime) -> bool:
         """Record the job's end and its outbox in one conditional update."""

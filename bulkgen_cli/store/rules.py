@@ -286,11 +286,11 @@ def tally(groups: Mapping[str, tuple[int, float | None]]) -> tuple[Counts, float
 
 
 def counters(counts: Counts, failed: list[Item], mean_seconds: float | None, now: dt.datetime,
-             seconds_between: float, flagged: list[Item] | None = None) -> dict[str, Any]:
+             seconds_between: float, flagged: list[tuple[int, dict[str, Any]]] | None = None) -> dict[str, Any]:
     """A job's derived fields (design.md, "Counters"): counters, error_summary (from its failed items) and ETA.
 
-    With `flagged` (its completed items the quality gate flagged, in queue order), also `flagged_items`
-    and `quality_summary`.
+    With `flagged` ((queue position, verdict) of its completed items the quality gate flagged, in queue
+    order), also `flagged_items` and `quality_summary`.
     """
     fields = {
         "completed_items": counts.completed,
@@ -306,8 +306,6 @@ def counters(counts: Counts, failed: list[Item], mean_seconds: float | None, now
 
 #: The items a job's `flagged_items` counts: completed, with a flagged verdict (the quality gate kept them).
 FLAGGED_ITEM = (ItemStatus.completed, VerdictStatus.flagged)
-#: The item fields a summary needs (not the article's text, which may be long).
-SUMMARY_ITEM_FIELDS = tuple(f.name for f in ITEM_FIELDS if f.name != "result")
 
 
 #: The statuses a job may end from (completed by a refresh, cancelled by a cancel).

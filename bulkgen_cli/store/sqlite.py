@@ -153,10 +153,15 @@ ALTER TABLE bulk_jobs ADD COLUMN quality_summary TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE generation_jobs ADD COLUMN verdict TEXT;
 """
 
-#: A job's completed items the quality gate flagged, in queue order, without their article text.
+#: A job's completed items the quality gate flagged, in queue order: their position and verdict.
 FLAGGED_SQL = (
-    f"SELECT {', '.join(rules.SUMMARY_ITEM_FIELDS)} FROM generation_jobs"
+    "SELECT queue_position, verdict FROM generation_jobs"
     " WHERE bulk_job_id = ? AND status = ? AND json_extract(verdict, '$.status') = ?"
+    f" ORDER BY {rules.ITEM_ORDER}"
+)
+#: A job's completed articles, in queue order (the quality gate's near-duplicate check).
+COMPLETED_SQL = (
+    "SELECT id, queue_position, result FROM generation_jobs WHERE bulk_job_id = ? AND status = ?"
     f" ORDER BY {rules.ITEM_ORDER}"
 )
 
@@ -518,6 +523,11 @@ class SqliteStore(Store):
         )
         return [_item(r) for r in rows]
 
+    @_unavailable
+    def completed_contents(self, bulk_id: str) -> list[tuple[str, int, Any]]:
+        rows = self.db.execute(COMPLETED_SQL, (bulk_id, ItemStatus.completed.value))
+        return [(r[0], r[1], (json.loads(r[2]) if r[2] else {}).get("content")) for r in rows]
+
     # -- the processor's verbs -------------------------------------------------
 
     @_unavailable
@@ -744,7 +754,7 @@ class SqliteStore(Store):
             )]
             status, verdict = rules.FLAGGED_ITEM
             flagged = [] if not counts.completed else [
-                _item(r) for r in db.execute(FLAGGED_SQL, (bulk_id, status.value, verdict.value))]
+                (r[0], json.loads(r[1])) for r in db.execute(FLAGGED_SQL, (bulk_id, status.value, verdict.value))]
             _update(db, "bulk_jobs", rules.counters(counts, failed, mean, now, seconds_between_items, flagged),
                     "id = ?", bulk_id)
             ended = counts.pending == 0 and self._end(db, bulk_id, EventKind.completed, now)
