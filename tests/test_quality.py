@@ -203,3 +203,31 @@ def test_after_a_flagged_article_the_next_request_asks_for_a_new_one():
     assert next_generation({"status": "passed", "reasons": [], "generation": 1}) == 1
     assert idempotency_key(item({"topic": "t"})) == "item1"
     assert idempotency_key(item({"topic": "t"}, verdict={"status": "flagged", "generation": 0})) == "item1:regenerate-1"
+
+
+# -- the store's decisions (store/rules.py) -----------------------------------------------------------
+
+
+def test_the_flagged_counter_and_summary_are_derived_with_the_counters():
+    from bulkgen_cli.model import Counts, utcnow
+    from bulkgen_cli.store import rules
+
+    flagged = [(4, {"status": "flagged", "reasons": ["612 of 1500 words", "missing title"]})]
+    flagged += [(n, {"status": "flagged", "reasons": ["empty body"]}) for n in range(5, 30)]
+    fields = rules.counters(Counts(completed=26), [], None, utcnow(), 0.0, flagged)
+    assert fields["flagged_items"] == 26 and len(fields["quality_summary"]) == 21
+    assert fields["quality_summary"][0] == "#4 612 of 1500 words, missing title"
+    assert fields["quality_summary"][-1] == "… and 6 more flagged items"
+    assert "flagged_items" not in rules.counters(Counts(), [], None, utcnow(), 0.0)  # only when asked
+
+
+def test_an_end_writes_its_verdict_or_leaves_the_last_one():
+    from bulkgen_cli.model import ItemStatus, Outcome, utcnow
+    from bulkgen_cli.store import rules
+
+    verdict = {"status": "passed", "reasons": [], "generation": 1}
+    assert rules.finished(Outcome(ItemStatus.completed, verdict=verdict), utcnow()).set["verdict"] == verdict
+    assert "verdict" not in rules.finished(Outcome(ItemStatus.cancelled), utcnow()).set
+    assert rules.one_more_try(None) is rules.ONE_MORE_TRY
+    assert rules.one_more_try(verdict).set == {"verdict": verdict} and rules.one_more_try(verdict).add == {
+        "attempts": 1, "retry_count": 1}
