@@ -403,3 +403,38 @@ def test_reasons_from_a_file_are_shown_as_text(cli, tmp_path, start_service):
     assert "\x1b" not in shown.out and "Flagged: #1 keyword '[bold]solar\\x1b[31m' missing" in shown.out
     doc = json.loads(cli("status", done.out.strip(), "--json").out)
     assert doc["jobs"][0]["verdict"]["reasons"] == [f"keyword '{hostile}' missing"]  # --json keeps it exactly
+
+
+class _Terminal:
+    """A stderr that says it is a terminal, for the summary panel."""
+
+    def __init__(self):
+        import io
+
+        self.buffer = io.StringIO()
+
+    def write(self, text):
+        return self.buffer.write(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+def test_the_summary_panel_on_a_terminal_names_the_flagged_articles(monkeypatch):
+    import sys
+
+    from bulkgen_cli import render
+
+    monkeypatch.setenv("COLUMNS", "200")
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    bulk = BulkJob(id=new_id(), userId="u", mode="topic", name="Solar [bold]basics", status="completed",
+                   total_items=10, completed_items=10, flagged_items=2,
+                   quality_summary=["#4 612 of 1500 words", "#7 keyword '[red]x' missing"])
+    render.print_summary([bulk])
+    shown = terminal.buffer.getvalue()
+    assert "Flagged" in shown and "2 articles flagged: #4 612 of 1500 words; #7 keyword '[red]x' missing" in shown
+    assert "Solar [bold]basics" in shown  # text, not markup
