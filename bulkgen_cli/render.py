@@ -161,14 +161,17 @@ def status_head(bulk: BulkJob) -> list[tuple[str, str]]:
 
 
 #: The items table: its columns, and how wide each may be on a terminal (None: as wide as it needs).
-ITEM_COLUMNS = (("#", None), ("Item", 50), ("Status", None), ("Tries", None), ("Error", 60), ("Quality", 40))
+ITEM_COLUMNS = (("#", None), ("ID", None), ("Item", 50), ("Status", None), ("Tries", None), ("Error", 60),
+                ("Quality", 40))
 #: The list table's columns and widths, the same way.
 LIST_COLUMNS = (("ID", None), ("Name", 30), ("Priority", None), ("Mode", None), ("Status", None),
                 ("Done", None), ("Failed", None), ("Created", None))
 
 
-def item_rows(items: list[Item]) -> list[list[str]]:
-    return [[str(item.queue_position), f"{item.item_id}: {item.label}" if item.item_id else item.label,
+def item_rows(items: list[Item], short_ids: dict[str, str] | None = None) -> list[list[str]]:
+    """One row per item; ID is its short id (`items.short_ids`), else its whole id."""
+    return [[str(item.queue_position), (short_ids or {}).get(item.id, item.id),
+             f"{item.item_id}: {item.label}" if item.item_id else item.label,
              item.status, str(item.attempts), item.error or "", quality_cell(item)] for item in items]
 
 
@@ -206,13 +209,13 @@ def plain_table(columns: Sequence[tuple[str, int | None]], rows: list[list[str]]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
-def plain_status(bulk: BulkJob, items: list[Item] | None) -> str:
+def plain_status(bulk: BulkJob, items: list[Item] | None, short_ids: dict[str, str] | None = None) -> str:
     """`status` for a pipe: one `label: value` line per fact, then the items table whole."""
     lines = [f"{label}: {' '.join(visible(value).split())}" for label, value in status_head(bulk)]
     lines += [f"Error: {' '.join(visible(line).split())}" for line in bulk.error_summary]
     lines += [f"Flagged: {' '.join(visible(line).split())}" for line in bulk.quality_summary]
     if items is not None:
-        lines += ["", plain_table(ITEM_COLUMNS, item_rows(items))]
+        lines += ["", plain_table(ITEM_COLUMNS, item_rows(items, short_ids))]
     return "\n".join(lines)
 
 
@@ -231,7 +234,7 @@ def _rich_table(columns: Sequence[tuple[str, int | None]], rows: list[list[str]]
     return table
 
 
-def status_renderables(bulk: BulkJob, items: list[Item] | None) -> list[Any]:
+def status_renderables(bulk: BulkJob, items: list[Item] | None, short_ids: dict[str, str] | None = None) -> list[Any]:
     from rich.table import Table
     from rich.text import Text
 
@@ -253,7 +256,7 @@ def status_renderables(bulk: BulkJob, items: list[Item] | None) -> list[Any]:
             flagged.add_row(Text(visible(line), style="yellow"))
         out.append(flagged)
     if items is not None:
-        out.append(_rich_table(ITEM_COLUMNS, item_rows(items), styled=2))
+        out.append(_rich_table(ITEM_COLUMNS, item_rows(items, short_ids), styled=3))
     return out
 
 

@@ -438,3 +438,13 @@ def test_the_summary_panel_on_a_terminal_names_the_flagged_articles(monkeypatch)
     shown = terminal.buffer.getvalue()
     assert "Flagged" in shown and "2 articles flagged: #4 612 of 1500 words; #7 keyword '[red]x' missing" in shown
     assert "Solar [bold]basics" in shown  # text, not markup
+
+
+def test_show_prints_the_verdict(cli, flagged_job):
+    bulk_id, _ = flagged_job
+    jobs = json.loads(cli("status", bulk_id, "--json").out)["jobs"]
+    shown = cli("show", jobs[0]["id"][:8])
+    assert shown.code == 0 and "Verdict: flagged: 612 of 1500 words" in shown.out
+    assert "Verdict: passed" in cli("show", jobs[1]["id"]).out
+    record = json.loads(cli("show", jobs[0]["id"], "--json").out)
+    assert record["verdict"]["reasons"] == ["612 of 1500 words"] and record["front_matter"]["quality"] == "flagged"
