@@ -14,7 +14,7 @@ import typer
 from bulkgen_cli import __version__
 from bulkgen_cli.errors import BulkgenError, ManifestError, NotFound, Problem
 from bulkgen_cli.interrupts import exit_on_signals
-from bulkgen_cli.model import BulkJob, BulkStatus, Item, Priority
+from bulkgen_cli.model import DEFAULT_QUALITY_RATIO, BulkJob, BulkStatus, Item, Priority, QualityPolicy
 from bulkgen_cli.cli_common import (  # noqa: F401
     EXIT_CODES, AllUsersOpt, JsonOpt, QuietOpt, StoreOpt, UserOpt, note, open_db, paint, quiet_note, render_json,
 )
@@ -146,6 +146,11 @@ PriorityOpt = Annotated[Priority, typer.Option("--priority", help="Claims go by 
                         "first in, first out.")]
 NotBeforeOpt = Annotated[Optional[str], typer.Option("--not-before", metavar="WHEN", help="Queue it now, start it "
                          "then: ISO 8601 (local time without a zone) or +30m, +2h, +1d.", show_default=False)]
+QualityOpt = Annotated[QualityPolicy, typer.Option("--quality", help="The quality gate on each returned article "
+                       "(words, keywords, title, body, near-duplicates): warn keeps a flagged article, fail fails "
+                       "its item, retry generates it again up to the try limit.")]
+QualityRatioOpt = Annotated[float, typer.Option("--quality-ratio", min=0.0, max=1.0, metavar="RATIO", help="Share of "
+                            "the word_count asked that an article must reach (0 turns the words check off).")]
 NotifyOpt = Annotated[Optional[list[str]], typer.Option("--notify", metavar="CHANNEL", help="Tell someone when it "
                       "ends: webhook:https://… or email:someone@example.com; repeatable. [env: BULKGEN_NOTIFY, "
                       "comma-separated]", show_default=False)]
@@ -183,6 +188,8 @@ def submit(
     priority: PriorityOpt = Priority.normal,
     not_before: NotBeforeOpt = None,
     notify: NotifyOpt = None,
+    quality: QualityOpt = QualityPolicy.warn,
+    quality_ratio: QualityRatioOpt = DEFAULT_QUALITY_RATIO,
     store: StoreOpt = None,
     user: UserOpt = None,
     json_: JsonOpt = False,
@@ -205,14 +212,15 @@ def submit(
     run_settings = settings.RunSettings.resolve(**(run_flags or {})) if wait else None  # type: ignore[arg-type]
     with open_db(store, "create") as db:
         done = jobs.submit(db, parsed, settings.user(user), name=name, idempotency_key=idempotency_key,
-                           notify=channels, priority=priority, not_before=start, split=split)
+                           notify=channels, priority=priority, not_before=start, split=split,
+                           quality=quality, quality_ratio=quality_ratio)
         _report_submitted(done, source, start, wait, json_, quiet)
         if run_settings is not None:
             finals = _process(db, run_settings, until_bulks=done.ids, store_flag=store, quiet=quiet)
             if json_:
                 docs = [{"bulk_job_id": f.id, "total_items": f.total_items, "status": f.status,
                          "completed_items": f.completed_items, "failed_items": f.failed_items,
-                         "cancelled_items": f.cancelled_items} for f in finals]
+                         "cancelled_items": f.cancelled_items, "flagged_items": f.flagged_items} for f in finals]
                 render_json(docs if done.group is not None else docs[0])
             raise typer.Exit(max(_ended_code(f) for f in finals))
 

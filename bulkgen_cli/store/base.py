@@ -80,6 +80,14 @@ class Store(ABC):
     def list_items(self, bulk_id: str) -> list[Item]:
         """A bulk job's items in queue order."""
 
+    @abstractmethod
+    def completed_contents(self, bulk_id: str) -> list[tuple[str, int, Any]]:
+        """(item id, queue position, content) of a bulk job's completed items, in queue order.
+
+        A read of what the quality gate compares a new article with (design.md, "The quality gate"),
+        without the rest of the records.
+        """
+
     # -- the processor's verbs -----------------------------------------------
 
     @abstractmethod
@@ -113,9 +121,13 @@ class Store(ABC):
         is not extended.
         """
 
-    def begin_attempt(self, item_id: str, owner: str) -> bool:
-        """Count one more try of a held item (`attempts` and `retry_count` + 1)."""
-        return self._write_held(item_id, owner, rules.ONE_MORE_TRY)
+    def begin_attempt(self, item_id: str, owner: str, rejected: dict[str, Any] | None = None) -> bool:
+        """Count one more try of a held item (`attempts` and `retry_count` + 1).
+
+        `rejected`: the quality gate's verdict on the article it turned down, kept as the item's
+        `verdict` in the same write (it names how many were turned down: the next request asks anew).
+        """
+        return self._write_held(item_id, owner, rules.one_more_try(rejected))
 
     def finish_item(self, item_id: str, owner: str, outcome: Outcome, now: dt.datetime) -> bool:
         """Record a held item's end; False (nothing written) when `owner` lost it."""

@@ -351,6 +351,15 @@ class MongoStore(Store):
         cursor = self.items.find({"bulk_job_id": oid}).sort(rules.ITEM_ORDER, ASCENDING)
         return [_item(d) for d in cursor]
 
+    @_unavailable
+    def completed_contents(self, bulk_id: str) -> list[tuple[str, int, Any]]:
+        oid = _oid(bulk_id)
+        if oid is None:
+            return []
+        cursor = self.items.find({"bulk_job_id": oid, "status": ItemStatus.completed.value},
+                                 {"queue_position": 1, "result.content": 1}).sort(rules.ITEM_ORDER, ASCENDING)
+        return [(str(d["_id"]), d["queue_position"], (d.get("result") or {}).get("content")) for d in cursor]
+
     # -- single items (design.md, "Item state rules") ---------------------------------
 
     @_unavailable
@@ -636,7 +645,7 @@ class MongoStore(Store):
                 ).sort(rules.ITEM_ORDER, ASCENDING)
                 failed = [_item(d) for d in cursor]
             seq_filter: Any = seq if seq is not None else {"$exists": False}
-            fields = rules.counters(counts, failed, mean, now, seconds_between_items)
+            fields = rules.counters(counts, failed, mean, now, seconds_between_items, self._flagged(oid, counts))
             written = self.bulks.update_one({"_id": oid, "refresh_seq": seq_filter},
                                             {"$set": {**fields, "refresh_seq": (seq or 0) + 1}})
             if not written.matched_count:
@@ -646,6 +655,15 @@ class MongoStore(Store):
             if ended or counts.pending or not self._recounted(oid, (seq or 0) + 1):
                 return dataclasses.replace(counts, ended_now=ended)
         raise StoreUnavailable(f"the counters of bulk job {bulk_id} kept changing; try again.")
+
+    def _flagged(self, oid: ObjectId, counts: Counts) -> list[tuple[int, dict[str, Any]]]:
+        """(queue position, verdict) of the job's completed items the quality gate flagged, in queue order."""
+        if not counts.completed:
+            return []
+        status, verdict = rules.FLAGGED_ITEM
+        cursor = self.items.find({"bulk_job_id": oid, "status": status.value, "verdict.status": verdict.value},
+                                 {"queue_position": 1, "verdict": 1}).sort(rules.ITEM_ORDER, ASCENDING)
+        return [(d["queue_position"], d["verdict"]) for d in cursor]
 
     def _recounted(self, oid: ObjectId, seq: int) -> bool:
         """Whether a job this refresh could not end is still active and was counted again since (`seq`)."""

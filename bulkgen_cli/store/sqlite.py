@@ -66,7 +66,11 @@ CREATE TABLE IF NOT EXISTS bulk_jobs (
     priority TEXT NOT NULL DEFAULT 'normal',
     priority_rank INTEGER NOT NULL DEFAULT 1,
     not_before TEXT,
-    group_id TEXT
+    group_id TEXT,
+    quality TEXT NOT NULL DEFAULT 'warn',
+    quality_ratio REAL NOT NULL DEFAULT 0.7,
+    flagged_items INTEGER NOT NULL DEFAULT 0,
+    quality_summary TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS bulk_jobs_status ON bulk_jobs (status, created_at, id);
 CREATE INDEX IF NOT EXISTS bulk_jobs_claim ON bulk_jobs (status, priority_rank, created_at, id);
@@ -93,7 +97,8 @@ CREATE TABLE IF NOT EXISTS generation_jobs (
     completed_at TEXT,
     lease_owner TEXT,
     lease_expires_at TEXT,
-    fence INTEGER
+    fence INTEGER,
+    verdict TEXT
 );
 CREATE INDEX IF NOT EXISTS generation_jobs_queue
     ON generation_jobs (bulk_job_id, status, queue_position);
@@ -151,7 +156,8 @@ MIGRATE_4_TO_5 = """
 ALTER TABLE generation_jobs ADD COLUMN fence INTEGER;
 """
 
-#: From schema 5 to 6 (saved templates).
+#: From schema 5 to 6: saved templates; the quality gate (its policy and ratio on the job, the derived
+#: flagged counter and summary, the verdict on each item).
 MIGRATE_5_TO_6 = """
 CREATE TABLE IF NOT EXISTS templates (
     userId TEXT NOT NULL,
@@ -164,7 +170,24 @@ CREATE TABLE IF NOT EXISTS templates (
     updated_at TEXT NOT NULL,
     PRIMARY KEY (userId, name)
 );
+ALTER TABLE bulk_jobs ADD COLUMN quality TEXT NOT NULL DEFAULT 'warn';
+ALTER TABLE bulk_jobs ADD COLUMN quality_ratio REAL NOT NULL DEFAULT 0.7;
+ALTER TABLE bulk_jobs ADD COLUMN flagged_items INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE bulk_jobs ADD COLUMN quality_summary TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE generation_jobs ADD COLUMN verdict TEXT;
 """
+
+#: A job's completed items the quality gate flagged, in queue order: their position and verdict.
+FLAGGED_SQL = (
+    "SELECT queue_position, verdict FROM generation_jobs"
+    " WHERE bulk_job_id = ? AND status = ? AND json_extract(verdict, '$.status') = ?"
+    f" ORDER BY {rules.ITEM_ORDER}"
+)
+#: A job's completed articles, in queue order (the quality gate's near-duplicate check).
+COMPLETED_SQL = (
+    "SELECT id, queue_position, result FROM generation_jobs WHERE bulk_job_id = ? AND status = ?"
+    f" ORDER BY {rules.ITEM_ORDER}"
+)
 
 #: The claim's two lookups (see claim_next); a test checks their query plans.
 CLAIM_JOB_SQL = (
@@ -536,6 +559,11 @@ class SqliteStore(Store):
         )
         return [_item(r) for r in rows]
 
+    @_unavailable
+    def completed_contents(self, bulk_id: str) -> list[tuple[str, int, Any]]:
+        rows = self.db.execute(COMPLETED_SQL, (bulk_id, ItemStatus.completed.value))
+        return [(r[0], r[1], (json.loads(r[2]) if r[2] else {}).get("content")) for r in rows]
+
     # -- single items ------------------------------------------------------------
 
     @_unavailable
@@ -815,7 +843,10 @@ class SqliteStore(Store):
                 f"SELECT * FROM generation_jobs WHERE bulk_job_id = ? AND status = ? ORDER BY {rules.ITEM_ORDER}",
                 (bulk_id, ItemStatus.failed.value),
             )]
-            _update(db, "bulk_jobs", rules.counters(counts, failed, mean, now, seconds_between_items),
+            status, verdict = rules.FLAGGED_ITEM
+            flagged = [] if not counts.completed else [
+                (r[0], json.loads(r[1])) for r in db.execute(FLAGGED_SQL, (bulk_id, status.value, verdict.value))]
+            _update(db, "bulk_jobs", rules.counters(counts, failed, mean, now, seconds_between_items, flagged),
                     "id = ?", bulk_id)
             ended = counts.pending == 0 and self._end(db, bulk_id, EventKind.completed, now)
         return dataclasses.replace(counts, ended_now=ended)
