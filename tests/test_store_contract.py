@@ -521,7 +521,12 @@ def test_sqlite_store_of_schema_1_is_migrated_to_the_current_one(tmp_path):
                       "ALTER TABLE bulk_jobs DROP COLUMN outbox",
                       "ALTER TABLE bulk_jobs DROP COLUMN notify_pending",
                       "ALTER TABLE bulk_jobs DROP COLUMN hook_pending", "ALTER TABLE generation_jobs DROP COLUMN fence",
-                      "DROP TABLE counters", "PRAGMA user_version = 1"):
+                      "DROP TABLE counters", "DROP TABLE templates",
+                      "ALTER TABLE bulk_jobs DROP COLUMN quality", "ALTER TABLE bulk_jobs DROP COLUMN quality_ratio",
+                      "ALTER TABLE bulk_jobs DROP COLUMN flagged_items",
+                      "ALTER TABLE bulk_jobs DROP COLUMN quality_summary",
+                      "ALTER TABLE generation_jobs DROP COLUMN verdict",
+                      "PRAGMA user_version = 1"):
         db.execute(statement)
     db.close()
     store = SqliteStore(path)

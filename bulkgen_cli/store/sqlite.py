@@ -29,13 +29,13 @@ from urllib.parse import quote
 
 from bulkgen_cli.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.model import (
-    CLAIMABLE_BULK, BulkJob, BulkStatus, Counts, EventKind, Item, ItemStatus, Occurrence, OccurrenceState, Schedule,
-    ScheduleStatus, iso, later,
+    CLAIMABLE_BULK, BulkJob, BulkStatus, Counts, EventKind, Item, ItemStatus, Occurrence, OccurrenceState,
+    SavedTemplate, SaveOutcome, Schedule, ScheduleStatus, iso, later,
 )
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, OpenMode, Store, slot_names
 from bulkgen_cli.store.rules import (
-    BULK_FIELDS, ITEM_FIELDS, LEASE_FIELDS, OCCURRENCE_FIELDS, SCHEDULE_FIELDS, Change, record,
+    BULK_FIELDS, ITEM_FIELDS, LEASE_FIELDS, OCCURRENCE_FIELDS, SCHEDULE_FIELDS, TEMPLATE_FIELDS, Change, record,
 )
 
 SCHEMA_VERSION = 6
@@ -105,7 +105,11 @@ CREATE TABLE IF NOT EXISTS bulk_jobs (
     priority TEXT NOT NULL DEFAULT 'normal',
     priority_rank INTEGER NOT NULL DEFAULT 1,
     not_before TEXT,
-    group_id TEXT
+    group_id TEXT,
+    quality TEXT NOT NULL DEFAULT 'warn',
+    quality_ratio REAL NOT NULL DEFAULT 0.7,
+    flagged_items INTEGER NOT NULL DEFAULT 0,
+    quality_summary TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS bulk_jobs_status ON bulk_jobs (status, created_at, id);
 CREATE INDEX IF NOT EXISTS bulk_jobs_claim ON bulk_jobs (status, priority_rank, created_at, id);
@@ -132,7 +136,8 @@ CREATE TABLE IF NOT EXISTS generation_jobs (
     completed_at TEXT,
     lease_owner TEXT,
     lease_expires_at TEXT,
-    fence INTEGER
+    fence INTEGER,
+    verdict TEXT
 );
 CREATE INDEX IF NOT EXISTS generation_jobs_queue
     ON generation_jobs (bulk_job_id, status, queue_position);
@@ -153,6 +158,18 @@ CREATE TABLE IF NOT EXISTS leases (
     acquired_at TEXT NOT NULL,
     host TEXT NOT NULL,
     pid INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS templates (
+    userId TEXT NOT NULL,
+    name TEXT NOT NULL,
+    text TEXT NOT NULL,
+    mode TEXT,
+    placeholders TEXT NOT NULL DEFAULT '[]',
+    source TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (userId, name)
 );
 """ + SCHEDULE_TABLES
 
@@ -178,8 +195,38 @@ MIGRATE_4_TO_5 = """
 ALTER TABLE generation_jobs ADD COLUMN fence INTEGER;
 """
 
-#: From schema 5 to 6 (recurring schedules).
-MIGRATE_5_TO_6 = SCHEDULE_TABLES
+#: From schema 5 to 6: saved templates; the quality gate (its policy and ratio on the job, the derived
+#: flagged counter and summary, the verdict on each item); recurring schedules (SCHEDULE_TABLES).
+MIGRATE_5_TO_6 = """
+CREATE TABLE IF NOT EXISTS templates (
+    userId TEXT NOT NULL,
+    name TEXT NOT NULL,
+    text TEXT NOT NULL,
+    mode TEXT,
+    placeholders TEXT NOT NULL DEFAULT '[]',
+    source TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (userId, name)
+);
+ALTER TABLE bulk_jobs ADD COLUMN quality TEXT NOT NULL DEFAULT 'warn';
+ALTER TABLE bulk_jobs ADD COLUMN quality_ratio REAL NOT NULL DEFAULT 0.7;
+ALTER TABLE bulk_jobs ADD COLUMN flagged_items INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE bulk_jobs ADD COLUMN quality_summary TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE generation_jobs ADD COLUMN verdict TEXT;
+""" + SCHEDULE_TABLES
+
+#: A job's completed items the quality gate flagged, in queue order: their position and verdict.
+FLAGGED_SQL = (
+    "SELECT queue_position, verdict FROM generation_jobs"
+    " WHERE bulk_job_id = ? AND status = ? AND json_extract(verdict, '$.status') = ?"
+    f" ORDER BY {rules.ITEM_ORDER}"
+)
+#: A job's completed articles, in queue order (the quality gate's near-duplicate check).
+COMPLETED_SQL = (
+    "SELECT id, queue_position, result FROM generation_jobs WHERE bulk_job_id = ? AND status = ?"
+    f" ORDER BY {rules.ITEM_ORDER}"
+)
 
 #: The claim's two lookups (see claim_next); a test checks their query plans.
 CLAIM_JOB_SQL = (
@@ -236,6 +283,10 @@ def _item(row: sqlite3.Row) -> Item:
 
 def _lease(row: sqlite3.Row) -> Lease:
     return record(Lease, LEASE_FIELDS, dict(row), _ts, json.loads)  # type: ignore[no-any-return]
+
+
+def _template(row: sqlite3.Row) -> SavedTemplate:
+    return record(SavedTemplate, TEMPLATE_FIELDS, dict(row), _ts, json.loads)  # type: ignore[no-any-return]
 
 
 def _schedule(row: sqlite3.Row) -> Schedule:
@@ -555,6 +606,11 @@ class SqliteStore(Store):
         )
         return [_item(r) for r in rows]
 
+    @_unavailable
+    def completed_contents(self, bulk_id: str) -> list[tuple[str, int, Any]]:
+        rows = self.db.execute(COMPLETED_SQL, (bulk_id, ItemStatus.completed.value))
+        return [(r[0], r[1], (json.loads(r[2]) if r[2] else {}).get("content")) for r in rows]
+
     # -- single items ------------------------------------------------------------
 
     @_unavailable
@@ -834,7 +890,10 @@ class SqliteStore(Store):
                 f"SELECT * FROM generation_jobs WHERE bulk_job_id = ? AND status = ? ORDER BY {rules.ITEM_ORDER}",
                 (bulk_id, ItemStatus.failed.value),
             )]
-            _update(db, "bulk_jobs", rules.counters(counts, failed, mean, now, seconds_between_items),
+            status, verdict = rules.FLAGGED_ITEM
+            flagged = [] if not counts.completed else [
+                (r[0], json.loads(r[1])) for r in db.execute(FLAGGED_SQL, (bulk_id, status.value, verdict.value))]
+            _update(db, "bulk_jobs", rules.counters(counts, failed, mean, now, seconds_between_items, flagged),
                     "id = ?", bulk_id)
             ended = counts.pending == 0 and self._end(db, bulk_id, EventKind.completed, now)
         return dataclasses.replace(counts, ended_now=ended)
@@ -904,6 +963,38 @@ class SqliteStore(Store):
     def processor_lease(self) -> Lease | None:
         row = self.db.execute("SELECT * FROM leases WHERE name = ?", (PROCESSOR_LEASE,)).fetchone()
         return None if row is None else _lease(row)
+
+    # -- saved templates ---------------------------------------------------------
+
+    @_unavailable
+    def save_template(self, template: SavedTemplate, replace: bool = False) -> SaveOutcome:
+        with self._tx() as db:
+            # One transaction: the look and the write cannot interleave with another save.
+            found = db.execute("SELECT 1 FROM templates WHERE userId = ? AND name = ?",
+                               (template.userId, template.name)).fetchone()
+            if found is None:
+                _insert(db, "templates", [rules.template_fields(template)])
+                return SaveOutcome.created
+            if not replace:
+                return SaveOutcome.exists
+            _update(db, "templates", rules.template_replacement(template), "userId = ? AND name = ?",
+                    template.userId, template.name)
+            return SaveOutcome.replaced
+
+    @_unavailable
+    def get_template(self, user: str, name: str) -> SavedTemplate | None:
+        row = self.db.execute("SELECT * FROM templates WHERE userId = ? AND name = ?", (user, name)).fetchone()
+        return None if row is None else _template(row)
+
+    @_unavailable
+    def list_templates(self, user: str) -> list[SavedTemplate]:
+        rows = self.db.execute("SELECT * FROM templates WHERE userId = ? ORDER BY name", (user,))
+        return [_template(r) for r in rows]
+
+    @_unavailable
+    def remove_template(self, user: str, name: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM templates WHERE userId = ? AND name = ?", (user, name)).rowcount == 1
 
     # -- recurring schedules -------------------------------------------------------
 
