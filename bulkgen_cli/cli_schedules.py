@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from bulkgen_cli.cli_common import EXIT_CODES, AllUsersOpt, JsonOpt, StoreOpt, UserOpt, note, open_db, render_json
-from bulkgen_cli.model import Priority
+from bulkgen_cli.model import DEFAULT_QUALITY_RATIO, Priority, QualityPolicy
 
 if TYPE_CHECKING:
-    from bulkgen_cli.model import Schedule
+    from bulkgen_cli.model import SavedTemplate, Schedule
 
 schedule_app = typer.Typer(
     name="schedule",
@@ -33,7 +33,17 @@ class InputFormat(str, Enum):
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="The schedule's name (yours; letters, digits, - _ .).",
                                         show_default=False)]
 FileArg = Annotated[Optional[Path], typer.Argument(metavar="FILE", help="Articles file (.yaml/.yml/.json or .csv; - "
-                    "reads standard input), validated as `submit` does; its text is stored.", show_default=False)]
+                    "reads standard input), or a template file with --values; checked as `submit` does; its text is "
+                    "stored.", show_default=False)]
+TemplateOpt = Annotated[Optional[str], typer.Option("--template", metavar="NAME", help="A saved template (`bulkgen "
+                        "template save`) instead of FILE, with --values; each run reads it as it is then.",
+                        show_default=False)]
+ValuesOpt = Annotated[Optional[Path], typer.Option("--values", metavar="ROWS", help="The template's rows, one article "
+                      "each: CSV with a header, or a YAML/JSON list; its text is stored.", show_default=False)]
+QualityOpt = Annotated[QualityPolicy, typer.Option("--quality", help="Each job's quality gate (as `submit "
+                       "--quality`): warn, fail or retry.")]
+QualityRatioOpt = Annotated[float, typer.Option("--quality-ratio", min=0.0, max=1.0, metavar="RATIO", help="Each "
+                            "job's share of the word_count asked that an article must reach.")]
 CronOpt = Annotated[str, typer.Option("--cron", metavar="EXPR", help="When: minute hour day-of-month month "
                     "day-of-week, e.g. \"0 6 * * MON\" (or @daily, @weekly, …).", show_default=False)]
 ZoneOpt = Annotated[str, typer.Option("--zone", metavar="ZONE", help="The IANA time zone the cron times are in, e.g. "
@@ -43,8 +53,8 @@ JobNameOpt = Annotated[Optional[str], typer.Option("--job-name", metavar="NAME",
                        show_default=False)]
 ModeOpt = Annotated[Optional[str], typer.Option("--mode", metavar="MODE", help="topic, keywords, trends or spin, when "
                     "the file names none. [default: topic]", show_default=False)]
-FormatOpt = Annotated[Optional[InputFormat], typer.Option("--format", help="The file's format, when its name does "
-                      "not say.", show_default=False)]
+FormatOpt = Annotated[Optional[InputFormat], typer.Option("--format", help="The articles file's (or, with a "
+                      "template, the rows') format, when its name does not say.", show_default=False)]
 PriorityOpt = Annotated[Priority, typer.Option("--priority", help="Each job's priority.")]
 NotifyOpt = Annotated[Optional[list[str]], typer.Option("--notify", metavar="CHANNEL", help="Tell someone when each "
                       "job ends: webhook:https://… or email:someone@example.com; repeatable. [env: BULKGEN_NOTIFY, "
@@ -60,36 +70,43 @@ def add(
     name: NameArg,
     cron: CronOpt,
     file: FileArg = None,
+    template: TemplateOpt = None,
+    values: ValuesOpt = None,
     zone: ZoneOpt = "UTC",
     job_name: JobNameOpt = None,
     mode: ModeOpt = None,
     format_: FormatOpt = None,
     priority: PriorityOpt = Priority.normal,
     notify: NotifyOpt = None,
+    quality: QualityOpt = QualityPolicy.warn,
+    quality_ratio: QualityRatioOpt = DEFAULT_QUALITY_RATIO,
     store: StoreOpt = None,
     user: UserOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Add a recurring schedule: FILE is queued as a bulk job at each time of --cron, in --zone.
+    """Add a recurring schedule: FILE (or --template NAME with --values ROWS) is queued at each time of --cron.
 
     Everything is checked first (the cron expression field by field, the zone,
-    the file as `submit` checks it); on any error nothing is stored (exit 2).
-    Example: bulkgen schedule add weekly --cron "0 6 * * MON" --zone Europe/Berlin examples/articles.yaml
+    the file or template as `submit` checks it); on any error nothing is stored
+    (exit 2). Example: bulkgen schedule add weekly --cron "0 6 * * MON" --zone Europe/Berlin examples/articles.yaml
     """
-    from bulkgen_cli import schedules, settings
-    from bulkgen_cli.errors import UsageError
+    from bulkgen_cli import schedules, settings, templates
 
-    if file is None:
-        raise UsageError("name the articles file to queue (FILE), e.g. `bulkgen schedule add weekly --cron "
-                         "\"0 6 * * MON\" examples/articles.yaml`.")
     schedules.check_name(name)
     schedules.zone_of(zone)
     schedules.parse_cron(cron)
-    source = schedules.file_source(str(file), format_.value if format_ else None, mode)
-    options = {"name": job_name, "mode": mode, "priority": priority.value,
-               "notify": settings.notify_channels(notify)}
+    me = settings.user(user)
+
+    def saved(template_name: str) -> SavedTemplate:
+        with open_db(store, "read") as db:
+            return templates.load_saved(db, me, template_name)
+
+    source = schedules.source_of(None if file is None else str(file), template, None if values is None else str(values),
+                                 format_.value if format_ else None, mode, saved)
+    options = {"name": job_name, "mode": mode, "priority": priority.value, "notify": settings.notify_channels(notify),
+               "quality": quality.value, "quality_ratio": quality_ratio}
     with open_db(store, "create") as db:
-        added = schedules.add(db, settings.user(user), name, cron, zone, source, options)
+        added = schedules.add(db, me, name, cron, zone, source, options)
     if json_:
         render_json(schedules.document(added))
     note(f"Schedule {added.name} added: \"{added.cron}\" in {added.zone}; next run {_next_run(added)}. "

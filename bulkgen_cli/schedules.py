@@ -19,12 +19,15 @@ import re
 import threading
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from bulkgen_cli import jobs
 from bulkgen_cli.errors import BulkgenError, InvalidTransition, NotFound, StoreUnavailable, UsageError
 from bulkgen_cli.events import ScheduleFired, Waiting
-from bulkgen_cli.model import Priority, Schedule, ScheduleStatus, new_id, utcnow
+from bulkgen_cli.model import (
+    DEFAULT_QUALITY_RATIO, Priority, QualityPolicy, SavedTemplate, Schedule, ScheduleStatus, new_id, utcnow,
+)
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import Store
 from bulkgen_cli.text import quoted
@@ -190,14 +193,64 @@ def file_source(path: str, fmt: str | None = None, mode: str | None = None) -> d
     return {"kind": "file", "text": text, "format": kind, "file": source}
 
 
+def source_of(file: str | None, template: str | None, values: str | None, fmt: str | None, mode: str | None,
+              saved: Callable[[str], SavedTemplate]) -> dict[str, Any]:
+    """What a schedule queues, checked as `submit` checks it: an articles FILE, a template FILE with --values
+    ROWS, or a saved --template NAME (`saved(NAME)` reads it) with --values ROWS. The texts are kept; of a saved
+    template only its name (each run reads it, so `template save --replace` reaches the later runs)."""
+    from bulkgen_cli import templates
+
+    if file is not None and template is not None:
+        raise UsageError("give either an articles FILE or --template NAME, not both.")
+    if file is None and template is None:
+        raise UsageError("give an articles FILE, or a template: --template NAME (or a template FILE) with --values ROWS.")
+    if values is None:
+        if template is not None:
+            raise UsageError(f"template {quoted(template)} needs its rows: add --values ROWS (a CSV file, or a YAML "
+                             "list of rows), one article per row.")
+        assert file is not None
+        return file_source(file, fmt, mode)
+    if file == "-" and values == "-":
+        raise UsageError("the template and its --values cannot both come from standard input.")
+    rows = {"values_format": templates.values_format(values, fmt), "values_file": templates.display(values)}
+    rows["values_text"] = templates.read_file(values, "the values file")
+    if template is not None:
+        source = {"kind": "template", "template": template, **rows}
+        _expand(source, mode, saved(template))
+        return source
+    assert file is not None
+    templates.template_file(file)
+    source = {"kind": "template-file", "text": templates.read_file(file, templates.OF_TEMPLATE),
+              "file": templates.display(file), **rows}
+    _expand(source, mode)
+    return source
+
+
+def _expand(source: dict[str, Any], mode: str | None, saved: SavedTemplate | None = None) -> Manifest:
+    """A template source's rows made into articles (templates.expand), or its located problems."""
+    from bulkgen_cli import templates
+
+    values = (source["values_text"], source["values_format"])
+    if saved is not None:
+        return templates.expand_saved(saved, *values, values_source=source["values_file"], mode=mode)
+    stem = "standard input" if source["file"] == "standard input" else Path(source["file"]).stem
+    return templates.expand(source["text"], *values, template_source=source["file"],
+                            values_source=source["values_file"], mode=mode, default_name=stem)
+
+
 def manifest_of(store: Store, schedule: Schedule) -> Manifest:
-    """The validated articles of one occurrence, from the stored text (or the saved template and its values)."""
-    from bulkgen_cli import manifest
+    """The validated articles of one occurrence, from the stored texts (and the saved template as it is now)."""
+    from bulkgen_cli import manifest, templates
 
     source, mode = schedule.source, schedule.options.get("mode")
-    if source.get("kind") == "file":
+    kind = source.get("kind")
+    if kind == "file":
         return manifest.load_text(source["text"], source["file"], source["format"], mode)
-    raise UsageError(f"schedule {quoted(schedule.name)} has a source of unknown kind {quoted(source.get('kind'))}.")
+    if kind == "template":  # removed since: NotFound, and the run is recorded as failed
+        return _expand(source, mode, templates.load_saved(store, schedule.userId, source["template"]))
+    if kind == "template-file":
+        return _expand(source, mode)
+    raise UsageError(f"schedule {quoted(schedule.name)} has a source of unknown kind {quoted(kind)}.")
 
 
 def job_name(schedule: Schedule, parsed: Manifest, at: dt.datetime) -> str:
@@ -212,7 +265,9 @@ def submit_for(store: Store, schedule: Schedule, at: dt.datetime, key: str | Non
     options = schedule.options
     return jobs.submit(store, parsed, schedule.userId, name=job_name(schedule, parsed, at), idempotency_key=key,
                        notify=list(options.get("notify") or []),
-                       priority=Priority(options.get("priority") or Priority.normal.value))
+                       priority=Priority(options.get("priority") or Priority.normal.value),
+                       quality=QualityPolicy(options.get("quality") or QualityPolicy.warn.value),
+                       quality_ratio=float(options.get("quality_ratio", DEFAULT_QUALITY_RATIO)))
 
 
 # -- the verbs -----------------------------------------------------------------------------------------------

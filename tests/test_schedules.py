@@ -380,7 +380,8 @@ def test_schedule_commands_end_to_end(cli):
                 "--priority", "high", "--job-name", "Coffee", "--json")
     assert added.code == 0, added.err
     doc = json.loads(added.out)
-    assert doc["job"] == {"name": "Coffee", "mode": None, "priority": "high", "notify": []}
+    assert doc["job"] == {"name": "Coffee", "mode": None, "priority": "high", "notify": [], "quality": "warn",
+                          "quality_ratio": 0.7}
     assert doc["next_run_local"].endswith((" CET", " CEST")) and " 06:00 " in doc["next_run_local"]
     assert "Schedule weekly added" in added.err and "run --forever" in added.err
     listed = cli("schedule", "list")
@@ -470,3 +471,85 @@ def test_the_ticker_looks_at_most_once_a_second_and_waits_out_a_store_error(stor
     monkeypatch.setattr(store, "next_schedule_at", down)
     assert ticker.step() == schedules.LOOK_AFTER_ERROR
     assert isinstance(events[-1], Waiting) and "the store is down" in events[-1].reason
+
+
+# -- templates (README "Templates"): a saved one by name, or a template file, with the rows' text ---------------
+
+
+def saved_reader(store, user="alice"):
+    from bulkgen_cli import templates
+
+    return lambda name: templates.load_saved(store, user, name)
+
+
+def test_a_saved_template_is_read_at_each_run_and_a_removed_one_fails_its_run(store):
+    from bulkgen_cli import templates
+
+    text = (EXAMPLES / "city-guides.yaml").read_text()
+    templates.save(store, "alice", "city", text, source="city-guides.yaml")
+    src = schedules.source_of(None, "city", str(EXAMPLES / "cities.csv"), None, None, saved_reader(store))
+    assert src["kind"] == "template" and src["values_text"] == (EXAMPLES / "cities.csv").read_text()
+    assert "text" not in src  # the template itself is read at each run, by name
+    daily = schedules.add(store, "alice", "cities", "0 6 * * *", "UTC", src,
+                          {"priority": "normal", "notify": [], "quality": "fail", "quality_ratio": 0.5}, DAY0)
+    [first] = schedules.tick(store, "p1", DAY0 + dt.timedelta(days=1))
+    bulk = store.get_bulk(first.bulk_job_id)
+    assert bulk.total_items == 10 and bulk.name == "City guides (cities 2026-11-03 06:00 UTC)"
+    assert (bulk.quality, bulk.quality_ratio) == ("fail", 0.5)
+    templates.save(store, "alice", "city", text.replace("name: City guides", "name: Cities v2"), source="v2",
+                   replace=True)
+    [second] = schedules.tick(store, "p1", DAY0 + dt.timedelta(days=2))
+    assert store.get_bulk(second.bulk_job_id).name.startswith("Cities v2 (cities ")
+    templates.remove(store, "alice", "city")
+    [third] = schedules.tick(store, "p1", DAY0 + dt.timedelta(days=3))
+    assert third.bulk_job_id is None and "no template 'city'" in third.error
+    got = store.get_schedule("alice", "cities")
+    assert got.last_error == third.error and got.next_at == daily.next_at + dt.timedelta(days=3)
+    assert [o.state for o in store.list_occurrences(daily.id)] == ["failed", "submitted", "submitted"]
+
+
+def test_a_template_file_with_its_rows_is_stored_whole(store, tmp_path):
+    src = schedules.source_of(str(EXAMPLES / "city-guides.yaml"), None, str(EXAMPLES / "cities.csv"), None, None,
+                              saved_reader(store))
+    assert src["kind"] == "template-file" and src["text"] == (EXAMPLES / "city-guides.yaml").read_text()
+    schedules.add(store, "alice", "cities", "0 6 * * *", "UTC", src, {}, DAY0)
+    [fired] = schedules.tick(store, "p1", DAY0 + dt.timedelta(days=1))
+    [article] = [i.article for i in store.list_items(fired.bulk_job_id) if i.item_id == "lisbon"]
+    assert article["word_count"] == 1200 and "Belém Tower" in article["instructions"]
+
+
+def test_template_sources_are_checked_as_submit_checks_them(store, tmp_path):
+    from bulkgen_cli import templates
+
+    rows = str(EXAMPLES / "cities.csv")
+    read = saved_reader(store)
+    with pytest.raises(UsageError, match="needs its rows: add --values ROWS"):
+        schedules.source_of(None, "city", None, None, None, read)
+    with pytest.raises(UsageError, match="not both"):
+        schedules.source_of(str(EXAMPLES / "articles.yaml"), "city", rows, None, None, read)
+    with pytest.raises(NotFound, match="no template 'city'"):
+        schedules.source_of(None, "city", rows, None, None, read)
+    templates.save(store, "alice", "city", (EXAMPLES / "city-guides.yaml").read_text(), source="c")
+    bad = tmp_path / "bad.csv"
+    bad.write_text((EXAMPLES / "cities.csv").read_text().replace("lisbon,Lisbon,the Belém Tower,1200,",
+                                                                 "lisbon,Lisbon,the Belém Tower,lots,"))
+    with pytest.raises(ManifestError) as err:
+        schedules.source_of(None, "city", str(bad), None, None, read)
+    assert any(p.field == "word_count" and p.file == str(bad) for p in err.value.problems), err.value.problems
+
+
+def test_schedule_add_with_a_saved_template_from_the_cli(cli):
+    assert cli("submit", str(EXAMPLES / "articles.yaml")).code == 0  # a store to save the template in
+    assert cli("template", "save", "city", str(EXAMPLES / "city-guides.yaml")).code == 0
+    added = cli("schedule", "add", "cities", "--cron", "0 7 1 * *", "--zone", "Europe/Lisbon", "--template", "city",
+                "--values", str(EXAMPLES / "cities.csv"), "--quality", "retry", "--json")
+    assert added.code == 0, added.err
+    doc = json.loads(added.out)
+    assert doc["source"] == {"kind": "template", "template": "city", "values_format": "csv",
+                             "values_file": str(EXAMPLES / "cities.csv")}
+    assert doc["job"]["quality"] == "retry"
+    job = cli("schedule", "run", "cities").out.strip()
+    assert json.loads(cli("status", job, "--json").out)["bulk_job"]["total_items"] == 10
+    missing = cli("schedule", "add", "other", "--cron", "0 7 1 * *", "--template", "nope", "--values",
+                  str(EXAMPLES / "cities.csv"))
+    assert missing.code == 3 and "no template 'nope'" in missing.err
