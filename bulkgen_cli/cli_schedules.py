@@ -139,7 +139,7 @@ def list_(store: StoreOpt = None, user: UserOpt = None, all_users: AllUsersOpt =
         return
     from rich.console import Console
 
-    Console(highlight=False).print(render._rich_table(columns, rows, styled=3))
+    Console(highlight=False).print(render.rich_table(columns, rows, styled=3))
 
 
 def _table(found: list[Schedule], all_users: bool) -> tuple[list[tuple[str, int | None]], list[list[str]]]:

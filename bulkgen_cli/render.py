@@ -219,7 +219,7 @@ def plain_status(bulk: BulkJob, items: list[Item] | None, short_ids: dict[str, s
     return "\n".join(lines)
 
 
-def _rich_table(columns: Sequence[tuple[str, int | None]], rows: list[list[str]], styled: int | None = None) -> Any:
+def rich_table(columns: Sequence[tuple[str, int | None]], rows: list[list[str]], styled: int | None = None) -> Any:
     from rich.table import Table
     from rich.text import Text
 
@@ -256,12 +256,12 @@ def status_renderables(bulk: BulkJob, items: list[Item] | None, short_ids: dict[
             flagged.add_row(Text(visible(line), style="yellow"))
         out.append(flagged)
     if items is not None:
-        out.append(_rich_table(ITEM_COLUMNS, item_rows(items, short_ids), styled=3))
+        out.append(rich_table(ITEM_COLUMNS, item_rows(items, short_ids), styled=3))
     return out
 
 
 def list_table(bulks: list[BulkJob]) -> Any:
-    return _rich_table(LIST_COLUMNS, list_rows(bulks), styled=4)
+    return rich_table(LIST_COLUMNS, list_rows(bulks), styled=4)
 
 
 # -- the processor's live view ------------------------------------------------------
