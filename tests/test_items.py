@@ -217,6 +217,25 @@ def test_mongo_repeating_a_retry_that_died_half_way_queues_its_job(mongo):
     assert claim(mongo, "p1", LEASE, utcnow()).id == third.id
 
 
+def test_mongo_a_retry_racing_a_job_cancel_leaves_no_queued_item_in_the_cancelled_job(mongo, monkeypatch):
+    """The job is cancelled (and its items swept) between the retry's check and its item write."""
+    bulk, item = item_in(mongo, "failed")
+    allowed, raced = rules.retry_item_allowed, []
+
+    def cancel_meanwhile(status, outbox):
+        if not raced:  # the job was read as still running; it is cancelled and swept before the item's write
+            raced.append(mongo.cancel_bulk(bulk.id, utcnow()))
+        return allowed(status, outbox)
+
+    monkeypatch.setattr(rules, "retry_item_allowed", cancel_meanwhile)
+    with pytest.raises(InvalidTransition, match="its bulk job was cancelled"):
+        items.apply(mongo, ItemAction.retry, item.id, "alice")
+    monkeypatch.setattr(rules, "retry_item_allowed", allowed)
+    assert mongo.get_item(item.id).status == "failed"  # put back as it was: cancel is final
+    job = counters_true(mongo, bulk.id)
+    assert job.status == "cancelled" and all(i.status != "queued" for i in mongo.list_items(bulk.id))
+
+
 # -- ids and prefixes -------------------------------------------------------------------------------------
 
 
