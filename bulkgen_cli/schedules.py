@@ -332,11 +332,32 @@ def run_now(store: Store, user: str, name: str, now: dt.datetime | None = None) 
 # -- occurrences: exactly once (design.md, "Exactly once per occurrence") -------------------------------------
 
 
-def tick(store: Store, owner: str, now: dt.datetime | None = None) -> list[ScheduleFired]:
-    """Submit every due schedule's latest occurrence (as processor `owner`); what was done, for the view."""
+def tick(store: Store, owner: str, now: dt.datetime | None = None,
+         on_problem: Callable[[Schedule, BulkgenError], None] | None = None) -> list[ScheduleFired]:
+    """Submit every due schedule's latest occurrence (as processor `owner`); what was done, for the view.
+
+    A schedule this processor cannot handle (its zone unknown to this machine's
+    tzdata, say) holds up no other: it goes to `on_problem`, or, without one, the
+    first such error is raised once the others are done. A store error stops the look.
+    """
     now = now or utcnow()
-    fired = [fire(store, schedule, owner, now) for schedule in store.due_schedules(now)]
-    return [f for f in fired if f is not None]
+    fired: list[ScheduleFired] = []
+    problems: list[BulkgenError] = []
+    for schedule in store.due_schedules(now):
+        try:
+            done = fire(store, schedule, owner, now)
+        except StoreUnavailable:
+            raise
+        except BulkgenError as exc:
+            problems.append(exc)
+            if on_problem is not None:
+                on_problem(schedule, exc)
+            continue
+        if done is not None:
+            fired.append(done)
+    if problems and on_problem is None:
+        raise problems[0]
+    return fired
 
 
 def fire(store: Store, schedule: Schedule, owner: str, now: dt.datetime) -> ScheduleFired | None:
@@ -420,15 +441,19 @@ class Ticker:
 
     def step(self) -> float:
         """One look: submit what is due; how long to wait before the next look."""
+        problems: list[str] = []
         try:
             now = self.clock()
             self._next = self.store.next_schedule_at()
             if self._next is not None and self._next <= now:
-                for fired in tick(self.store, self.owner, now):
+                for fired in tick(self.store, self.owner, now, lambda s, exc: problems.append(f"{s.name}: {exc}")):
                     self.on_event(fired)
                 self._next = self.store.next_schedule_at()
-        except BulkgenError as exc:  # the store is down (or a schedule cannot be read): look again later
-            self.on_event(Waiting(f"schedules: {exc}", LOOK_AFTER_ERROR))
+        except BulkgenError as exc:  # the store is down: look again later
+            problems = [str(exc)]
+        for problem in problems:  # a schedule that stays due would otherwise be looked at again at once
+            self.on_event(Waiting(f"schedules: {problem}", LOOK_AFTER_ERROR))
+        if problems:
             return LOOK_AFTER_ERROR
         if self._next is None:
             return LOOK_SECONDS
