@@ -283,6 +283,17 @@ def test_prefix_resolution(store, monkeypatch):
     assert all(len(s) >= 8 and item_id.startswith(s) for item_id, s in shorts.items())
 
 
+def test_an_ambiguous_prefix_names_its_candidates_by_digits_that_tell_them_apart(store, monkeypatch):
+    """Items of an older store share their first 18 or more digits (ids from new_id): 12 would name none."""
+    ids = ["6b0c059f40ffc7a30e2fcd" + end for end in ("d1", "d2", "e0")]
+    with_ids(store, monkeypatch, ids)
+    with pytest.raises(UsageError) as ambiguous:
+        items.resolve(store, "6b0c059f", "alice")
+    message = str(ambiguous.value)
+    assert "6b0c059f40ffc7a30e2fcdd1 (#1" in message and "6b0c059f40ffc7a30e2fcdd2 (#2" in message
+    assert "6b0c059f40ffc7a30e2fcde… (#3" in message  # as many digits as tell it from its neighbours
+
+
 def test_older_items_stay_addressable_by_their_whole_id(store):
     bulk = BulkJob(id=new_id(), userId="alice", mode="topic", name="old", status="queued", total_items=10,
                    created_at=utcnow())
