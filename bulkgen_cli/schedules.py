@@ -200,18 +200,10 @@ def source_of(file: str | None, template: str | None, values: str | None, fmt: s
     template only its name (each run reads it, so `template save --replace` reaches the later runs)."""
     from bulkgen_cli import templates
 
-    if file is not None and template is not None:
-        raise UsageError("give either an articles FILE or --template NAME, not both.")
-    if file is None and template is None:
-        raise UsageError("give an articles FILE, or a template: --template NAME (or a template FILE) with --values ROWS.")
+    templates.check_inputs(file, template, values)
     if values is None:
-        if template is not None:
-            raise UsageError(f"template {quoted(template)} needs its rows: add --values ROWS (a CSV file, or a YAML "
-                             "list of rows), one article per row.")
         assert file is not None
         return file_source(file, fmt, mode)
-    if file == "-" and values == "-":
-        raise UsageError("the template and its --values cannot both come from standard input.")
     rows = {"values_format": templates.values_format(values, fmt), "values_file": templates.display(values)}
     rows["values_text"] = templates.read_file(values, "the values file")
     if template is not None:
