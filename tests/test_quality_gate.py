@@ -123,7 +123,7 @@ def test_fail_marks_the_item_failed_with_the_reason_and_keeps_the_article(store,
     assert first.verdict == {"status": "flagged", "reasons": ["612 of 1500 words"], "generation": 0}
     assert first.result["words"] == 612  # the turned-down article is kept for a look
     assert len(requests_for(service, first.id)) == 1 and first.attempts == 1
-    assert (job.completed_items, job.failed_items, job.flagged_items) == (9, 1, 0)
+    assert (job.completed_items, job.failed_items, job.flagged_items, job.turned_down_items) == (9, 1, 0, 1)
     assert job.error_summary == ["#1 Short [words:612]: quality: 612 of 1500 words"]
 
 
@@ -260,7 +260,7 @@ def test_sqlite_store_of_schema_5_gets_the_quality_fields(tmp_path):
     bulk = submit_articles(store, fill([]))
     store.close()
     db = sqlite3.connect(path, isolation_level=None)
-    for column in ("quality", "quality_ratio", "flagged_items", "quality_summary"):
+    for column in ("quality", "quality_ratio", "flagged_items", "quality_summary", "turned_down_items"):
         db.execute(f"ALTER TABLE bulk_jobs DROP COLUMN {column}")
     db.execute("ALTER TABLE generation_jobs DROP COLUMN verdict")
     db.execute("PRAGMA user_version = 5")
@@ -286,7 +286,8 @@ def test_mongo_documents_without_the_quality_fields_read_with_their_defaults():
                                             "quality_summary": ""}})
     store.items.update_many({}, {"$unset": {"verdict": ""}})
     job = store.get_bulk(bulk.id)
-    assert (job.quality, job.quality_ratio, job.flagged_items, job.quality_summary) == ("warn", 0.7, 0, [])
+    assert (job.quality, job.quality_ratio, job.flagged_items, job.quality_summary, job.turned_down_items) == (
+        "warn", 0.7, 0, [], 0)
     assert store.list_items(bulk.id)[0].verdict is None
 
 
@@ -352,6 +353,24 @@ def test_a_failed_articles_file_keeps_the_turned_down_article(cli, tmp_path, sta
     head = yaml.safe_load(text.split("---")[1])
     assert head["status"] == "failed" and head["error"] == "quality: 612 of 1500 words" and head["quality"] == "flagged"
     assert "This draft covers Solar" in text
+
+
+@pytest.fixture
+def turned_down_job(cli, tmp_path, start_service):
+    """A job submitted with --quality fail --wait whose first article the gate turned down."""
+    service = start_service()
+    path = write_articles(tmp_path / "q.yaml", fill([{"topic": "Solar [words:612]", "word_count": 1500}]))
+    done = cli("submit", str(path), "--wait", "--quality", "fail", env={"BULKGEN_API_URL": service.url})
+    assert done.code == 1, done.err
+    return done.out.strip(), done
+
+
+def test_turned_down_articles_are_counted_in_status_json_and_the_summary(cli, turned_down_job):
+    bulk_id, done = turned_down_job
+    assert "summary: " in done.err and "; 1 article turned down; results:" in done.err
+    assert "Quality: fail (ratio 0.7): 1 article turned down" in cli("status", bulk_id).out
+    doc = json.loads(cli("status", bulk_id, "--json").out)["bulk_job"]
+    assert (doc["flagged_items"], doc["turned_down_items"]) == (0, 1)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -436,7 +455,7 @@ def test_the_summary_panel_on_a_terminal_names_the_flagged_articles(monkeypatch)
                    quality_summary=["#4 612 of 1500 words", "#7 keyword '[red]x' missing"])
     render.print_summary([bulk])
     shown = terminal.buffer.getvalue()
-    assert "Flagged" in shown and "2 articles flagged: #4 612 of 1500 words; #7 keyword '[red]x' missing" in shown
+    assert "Quality" in shown and "2 articles flagged: #4 612 of 1500 words; #7 keyword '[red]x' missing" in shown
     assert "Solar [bold]basics" in shown  # text, not markup
 
 
