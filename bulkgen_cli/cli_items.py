@@ -49,6 +49,10 @@ def _raw(shown: Shown) -> None:
     if text is None:
         raise InvalidTransition(f"item {shown.short_id} is {shown.item.status}; it has no article text"
                                 + (f" ({shown.item.error})." if shown.item.error else "."))
+    from bulkgen_cli.model import turned_down
+
+    if turned_down(shown.item):
+        note(f"Item {shown.short_id}: this article was turned down by the quality gate ({shown.item.error}).", "dim")
     sys.stdout.write(text)
     sys.stdout.flush()
 

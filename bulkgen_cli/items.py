@@ -16,7 +16,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable
 
 from bulkgen_cli.errors import InvalidTransition, NotFound, UsageError
-from bulkgen_cli.model import BulkJob, BulkStatus, Counts, Item, ItemStatus, iso, outbox_open, utcnow
+from bulkgen_cli.model import BulkJob, BulkStatus, Counts, Item, ItemStatus, iso, outbox_open, turned_down, utcnow
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import Store
 from bulkgen_cli.text import quoted, visible
@@ -177,10 +177,11 @@ class Shown:
 
     @property
     def text(self) -> str | None:
-        """The article's text as stored (None when no article came back)."""
+        """The article's text as stored: a completed item's, or the one the quality gate turned down (else None)."""
         from bulkgen_cli.content import content_text
 
-        if self.item.status != ItemStatus.completed.value or self.item.result is None:
+        kept = self.item.status == ItemStatus.completed.value or turned_down(self.item)
+        if not kept or self.item.result is None:
             return None
         return content_text(self.item.result.get("content"))
 
@@ -243,6 +244,8 @@ def facts(shown: Shown) -> list[tuple[str, str]]:
         rows.append(("Request", f"{result['seconds']:.1f}s (after waiting {result.get('waited') or 0:.1f}s)"))
     if item.error:
         rows.append(("Error", item.error))
+    if turned_down(item) and shown.text is not None:
+        rows.append(("Article", "turned down by the quality gate; kept, shown below"))
     return [(label, visible(value)) for label, value in rows]
 
 

@@ -300,7 +300,7 @@ def test_sqlite_prefix_lookup_is_an_index_range(tmp_path):
 # -- the commands, as a user runs them -------------------------------------------------------------------------
 
 
-def stored_job(tmp_path, content, user="tester", status=ItemStatus.completed, error=None):
+def stored_job(tmp_path, content, user="tester", status=ItemStatus.completed, error=None, verdict=None):
     """A SQLite store with one job whose first item holds `content` as its result; (store path, job, item)."""
     path = tmp_path / "xdg" / "bulkgen" / "bulkgen.db"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -309,8 +309,8 @@ def stored_job(tmp_path, content, user="tester", status=ItemStatus.completed, er
     now = utcnow()
     item = claim(store, "p1", LEASE, now)
     result = {"content": content, "generator": "reference", "generated_at": "2026-11-29T10:00:00.000Z",
-              "seconds": 2.25, "waited": 1.0, "words": 3} if status is ItemStatus.completed else None
-    store.finish_item(item.id, "p1", Outcome(status, result=result, error=error), now)
+              "seconds": 2.25, "waited": 1.0, "words": 3} if status is ItemStatus.completed or verdict else None
+    store.finish_item(item.id, "p1", Outcome(status, result=result, error=error, verdict=verdict), now)
     store.refresh_counters(bulk.id, now)
     store.close()
     return path, bulk, item
@@ -351,6 +351,20 @@ def test_show_an_item_without_an_article(tmp_path):
     piped = run_cli(["show", item.id], env)
     assert piped.code == 0 and "Error: HTTP 400: no \\x1b[2J" in piped.out and "\x1b" not in piped.out
     assert json.loads(run_cli(["show", item.id, "--json"], env).out)["text"] is None
+
+
+def test_show_prints_the_article_the_quality_gate_turned_down(tmp_path):
+    env = env_for(tmp_path)
+    verdict = {"status": "flagged", "reasons": ["3 of 1500 words"], "generation": 0}
+    _, _, item = stored_job(tmp_path, {"title": "T", "body": "Too short."}, status=ItemStatus.failed,
+                            error="quality: 3 of 1500 words", verdict=verdict)
+    raw = run_cli(["show", item.id, "--raw"], env)
+    assert raw.code == 0 and raw.out == "Too short."
+    assert "this article was turned down by the quality gate (quality: 3 of 1500 words)" in raw.err
+    piped = run_cli(["show", item.id], env)
+    assert piped.code == 0 and "Article: turned down by the quality gate; kept, shown below" in piped.out
+    assert piped.out.rstrip().endswith("Too short.")
+    assert json.loads(run_cli(["show", item.id, "--json"], env).out)["text"] == "Too short."
 
 
 def test_show_in_a_terminal_shows_hostile_text_as_it_is(tmp_path):
