@@ -66,6 +66,19 @@ def open_db(store_flag: str | None, mode: OpenMode) -> Store:
     return open_store(settings.store_url(store_flag), mode)
 
 
+def open_or_create(store_flag: str | None) -> Store:
+    """`open_db(store_flag, "create")` for `template save` and `schedule add`, saying on stderr when there was no
+    store and one was made, so that a mistyped --store shows at once."""
+    from bulkgen_cli.errors import NoStore
+
+    try:
+        return open_db(store_flag, "write")
+    except NoStore:
+        db = open_db(store_flag, "create")
+        note(f"There was no store at {db.display_url}: a new one was created there.", "dim")
+        return db
+
+
 def render_json(doc: object) -> None:
     from bulkgen_cli.render import print_json
 

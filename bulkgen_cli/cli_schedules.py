@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from bulkgen_cli.cli_common import EXIT_CODES, AllUsersOpt, JsonOpt, StoreOpt, UserOpt, note, open_db, render_json
+from bulkgen_cli.cli_common import (
+    EXIT_CODES, AllUsersOpt, JsonOpt, StoreOpt, UserOpt, note, open_db, open_or_create, render_json,
+)
 from bulkgen_cli.model import DEFAULT_QUALITY_RATIO, Priority, QualityPolicy
 
 if TYPE_CHECKING:
@@ -105,7 +107,7 @@ def add(
                                  format_.value if format_ else None, mode, saved)
     options = {"name": job_name, "mode": mode, "priority": priority.value, "notify": settings.notify_channels(notify),
                "quality": quality.value, "quality_ratio": quality_ratio}
-    with open_db(store, "create") as db:
+    with open_or_create(store) as db:
         added = schedules.add(db, me, name, cron, zone, source, options)
     if json_:
         render_json(schedules.document(added))

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from bulkgen_cli.cli_common import EXIT_CODES, JsonOpt, StoreOpt, UserOpt, note, open_db, render_json
+from bulkgen_cli.cli_common import EXIT_CODES, JsonOpt, StoreOpt, UserOpt, note, open_db, open_or_create, render_json
 
 if TYPE_CHECKING:
     from bulkgen_cli.manifest import Manifest
@@ -64,7 +64,7 @@ def save(
     templates.check_name(name)
     templates.template_file(file)
     text = templates.read_file(file, templates.OF_TEMPLATE)
-    with open_db(store, "create") as db:
+    with open_or_create(store) as db:
         saved, outcome = templates.save(db, settings.user(user), name, text, source=templates.display(file),
                                         replace=replace)
     if json_:

@@ -422,6 +422,15 @@ def test_bad_input_at_add_stores_nothing(cli, tmp_path):
     assert listed.code == 4 and "no store at" in listed.err  # not even the store was created
 
 
+def test_schedule_add_creates_a_missing_store_and_says_so(cli, tmp_path):
+    articles = str(EXAMPLES / "articles.yaml")
+    typo = tmp_path / "typo.db"
+    first = cli("schedule", "add", "weekly", "--cron", "0 6 * * MON", articles, "--store", f"sqlite:///{typo}")
+    assert first.code == 0 and f"There was no store at sqlite:///{typo}: a new one was created there." in first.err
+    second = cli("schedule", "add", "daily", "--cron", "0 6 * * *", articles, "--store", f"sqlite:///{typo}")
+    assert second.code == 0 and "no store" not in second.err
+
+
 def test_schedules_are_per_user(cli):
     articles = str(EXAMPLES / "articles.yaml")
     assert cli("schedule", "add", "weekly", "--cron", "0 6 * * MON", articles).code == 0

@@ -328,6 +328,8 @@ def test_template_commands(cli, tmp_path):
     saved = cli("template", "save", "city-guides", path)
     assert saved.code == 0 and "Saved template city-guides (placeholders: {slug}, {city}, {words}, {audience})." \
         in saved.err
+    assert "There was no store at sqlite:///" in saved.err  # a mistyped --store shows at once
+    assert "There was no store" not in cli("template", "save", "other", path).err
     again = cli("template", "save", "city-guides", path)
     assert again.code == 4 and "you have a template named 'city-guides' already" in again.err
     assert json.loads(cli("template", "save", "city-guides", path, "--replace", "--json").out)["outcome"] == "replaced"
