@@ -146,9 +146,10 @@ def list_(store: StoreOpt = None, user: UserOpt = None, all_users: AllUsersOpt =
 
 def _table(found: list[Schedule], all_users: bool) -> tuple[list[tuple[str, int | None]], list[list[str]]]:
     columns: list[tuple[str, int | None]] = [("Name", 30), ("Cron", None), ("Zone", None), ("Status", None),
-                                             ("Next run", None), ("Last job", None), ("Skipped", None)]
-    rows = [[s.name, s.cron, s.zone, s.status, _next_run(s), s.last_bulk_job_id or ("failed" if s.last_error else "-"),
-             str(s.skipped_count)] for s in found]
+                                             ("Next run", None), ("Last job", 60), ("Skipped", None)]
+    rows = [[s.name, s.cron, s.zone, s.status, _next_run(s),
+             s.last_bulk_job_id or (f"failed: {s.last_error}" if s.last_error else "-"), str(s.skipped_count)]
+            for s in found]
     if all_users:
         columns.insert(1, ("User", None))
         for row, s in zip(rows, found):

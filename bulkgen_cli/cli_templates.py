@@ -120,14 +120,19 @@ def remove(name: NameArg, store: StoreOpt = None, user: UserOpt = None, json_: J
 
     Example: bulkgen template remove city-guides
     """
-    from bulkgen_cli import settings, templates
+    from bulkgen_cli import schedules, settings, templates
 
     with open_db(store, "write") as db:
         templates.remove(db, settings.user(user), name)
+        using = schedules.using_template(db, settings.user(user), name)
     if json_:
-        render_json({"name": name, "removed": True})
-        return
-    note(f"Removed template {name}.")
+        render_json({"name": name, "removed": True, "used_by_schedules": using})
+    else:
+        note(f"Removed template {name}.")
+    if using:
+        note(f"Warning: schedule{'s' if len(using) > 1 else ''} {', '.join(using)} use{'' if len(using) > 1 else 's'} "
+             f"template {name}: each run fails until you save it again (`bulkgen template save {name} FILE`) or "
+             f"remove the schedule (`bulkgen schedule remove NAME`).", "yellow")
 
 
 def register(root: typer.Typer) -> None:

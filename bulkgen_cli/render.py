@@ -485,8 +485,8 @@ class QuietView(PlainView):
     def __call__(self, event: Any) -> None:
         from bulkgen_cli import events as p
 
-        if isinstance(event, p.Stopping):
-            PlainView.line(self, event.message)
+        if isinstance(event, p.Stopping) or (isinstance(event, p.ScheduleFired) and event.error):
+            PlainView.line(self, event.message if isinstance(event, p.Stopping) else schedule_fired_line(event))
         else:
             super().__call__(event)  # keeps counting items and ended jobs for the summary
 

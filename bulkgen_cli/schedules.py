@@ -247,7 +247,12 @@ def manifest_of(store: Store, schedule: Schedule) -> Manifest:
     if kind == "file":
         return manifest.load_text(source["text"], source["file"], source["format"], mode)
     if kind == "template":  # removed since: NotFound, and the run is recorded as failed
-        return _expand(source, mode, templates.load_saved(store, schedule.userId, source["template"]))
+        saved = store.get_template(schedule.userId, source["template"])
+        if saved is None:
+            raise NotFound(f"schedule {quoted(schedule.name)} uses template {quoted(source['template'])}, which "
+                           f"is gone: save it again (`bulkgen template save {source['template']} FILE`) or remove "
+                           f"the schedule (`bulkgen schedule remove {schedule.name}`).")
+        return _expand(source, mode, saved)
     if kind == "template-file":
         return _expand(source, mode)
     raise UsageError(f"schedule {quoted(schedule.name)} has a source of unknown kind {quoted(kind)}.")
@@ -315,6 +320,12 @@ def set_state(store: Store, user: str, name: str, action: str, now: dt.datetime 
             return current, False
         raise InvalidTransition(f"schedule {quoted(name)} changed meanwhile; try again.")
     return get(store, user, name), True
+
+
+def using_template(store: Store, user: str, template: str) -> list[str]:
+    """The names of `user`'s schedules whose runs read the saved template `template`."""
+    return [s.name for s in store.list_schedules(user)
+            if s.source.get("kind") == "template" and s.source.get("template") == template]
 
 
 def remove(store: Store, user: str, name: str) -> Schedule:

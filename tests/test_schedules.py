@@ -511,7 +511,9 @@ def test_a_saved_template_is_read_at_each_run_and_a_removed_one_fails_its_run(st
     assert store.get_bulk(second.bulk_job_id).name.startswith("Cities v2 (cities ")
     templates.remove(store, "alice", "city")
     [third] = schedules.tick(store, "p1", DAY0 + dt.timedelta(days=3))
-    assert third.bulk_job_id is None and "no template 'city'" in third.error
+    assert third.bulk_job_id is None and third.error == (
+        "schedule 'cities' uses template 'city', which is gone: save it again (`bulkgen template save city FILE`) "
+        "or remove the schedule (`bulkgen schedule remove cities`).")
     got = store.get_schedule("alice", "cities")
     assert got.last_error == third.error and got.next_at == daily.next_at + dt.timedelta(days=3)
     assert [o.state for o in store.list_occurrences(daily.id)] == ["failed", "submitted", "submitted"]
@@ -562,3 +564,34 @@ def test_schedule_add_with_a_saved_template_from_the_cli(cli):
     missing = cli("schedule", "add", "other", "--cron", "0 7 1 * *", "--template", "nope", "--values",
                   str(EXAMPLES / "cities.csv"))
     assert missing.code == 3 and "no template 'nope'" in missing.err
+
+
+def test_removing_a_template_a_schedule_uses_warns_and_its_failed_runs_say_why(cli, monkeypatch):
+    import io
+
+    from bulkgen_cli import render
+    from bulkgen_cli.events import ScheduleFired
+
+    assert cli("template", "save", "city", str(EXAMPLES / "city-guides.yaml")).code == 0
+    assert cli("schedule", "add", "cities", "--cron", "0 7 1 * *", "--template", "city", "--values",
+               str(EXAMPLES / "cities.csv")).code == 0
+    removed = cli("template", "remove", "city")
+    assert removed.code == 0 and "Warning: schedule cities uses template city: each run fails until you save it " \
+        "again (`bulkgen template save city FILE`) or remove the schedule" in removed.err
+    assert json.loads(cli("template", "save", "city", str(EXAMPLES / "city-guides.yaml"), "--json").out)
+    assert json.loads(cli("template", "remove", "city", "--json").out)["used_by_schedules"] == ["cities"]
+    ran = cli("schedule", "run", "cities")
+    assert ran.code == 3 and "schedule 'cities' uses template 'city', which is gone: save it again" in ran.err
+    out = io.StringIO()
+    quiet = render.QuietView(out)  # run --forever -q still says a scheduled run failed
+    quiet(ScheduleFired("cities", "alice", DAY0, "UTC", None, "schedule 'cities' uses template 'city', which is gone",
+                        0))
+    assert "run of 2026-11-02 12:00 UTC: failed: schedule 'cities' uses template 'city'" in out.getvalue()
+    from bulkgen_cli import settings
+    from bulkgen_cli.store import open_store
+
+    with open_store(settings.store_url(None)) as db:
+        [fired] = schedules.tick(db, "p1", dt.datetime(2030, 1, 2, tzinfo=UTC))
+    assert fired.error and fired.error.startswith("schedule 'cities' uses template 'city', which is gone")
+    listed = cli("schedule", "list").out
+    assert "failed: schedule 'cities' uses template 'city', which is gone" in listed
