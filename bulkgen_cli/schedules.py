@@ -86,8 +86,21 @@ def parse_cron(expr: str) -> str:
     try:
         CronSim(normal, dt.datetime(2000, 1, 1, tzinfo=UTC))
     except CronSimError as exc:
-        raise UsageError(_cron_problem(expr, fields, str(exc))) from None
+        raise UsageError(_never(expr, fields) or _cron_problem(expr, fields, str(exc))) from None
     return normal
+
+
+def _never(expr: str, fields: list[str]) -> str | None:
+    """When each field is valid but the day of month never occurs in the months chosen (31 2: February 31st)."""
+    from cronsim import CronSim, CronSimError
+
+    try:  # the day alone (any month) and the months alone (day 1) are valid
+        for alone in (fields[:3] + ["*"] + fields[4:], fields[:2] + ["1"] + fields[3:]):
+            CronSim(" ".join(alone), dt.datetime(2000, 1, 1, tzinfo=UTC))
+    except CronSimError:
+        return None
+    return (f"--cron {quoted(expr)} never runs: day {quoted(fields[2])} of month {quoted(fields[3])} never occurs; "
+            "pick a day those months have, or L for their last day.")
 
 
 def _cron_problem(expr: str, fields: list[str], message: str) -> str:
