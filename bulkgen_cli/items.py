@@ -81,6 +81,10 @@ def resolve(store: Store, ref: str, user: str, all_users: bool = False) -> Item:
     prefix = check_ref(ref)
     found = store.find_items(prefix, None if all_users else user, CANDIDATES + 1)
     if not found:
+        bulk = store.get_bulk(prefix)
+        if bulk is not None and (all_users or bulk.userId == user):
+            raise NotFound(f"no item {quoted(ref)} for this user: that is a bulk job: `bulkgen status {prefix}` "
+                           "shows it (--items lists its items).")
         raise NotFound(f"no item {quoted(ref)} for this user (`bulkgen status BULK_ID --items` lists a job's "
                        "items; --all-users to look wider).")
     if len(found) > 1:

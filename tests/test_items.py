@@ -408,6 +408,18 @@ def test_commands_name_items_by_prefix_and_scope_them_to_their_user(tmp_path):
     assert run_cli(["show", "zz99"], env).code == 2
 
 
+def test_an_item_id_given_for_a_job_and_a_job_id_given_for_an_item_get_a_hint(tmp_path):
+    env = env_for(tmp_path)
+    _, bulk, item = stored_job(tmp_path, "text")
+    status = run_cli(["status", item.id[:8]], env)
+    assert status.code == 3 and (f"no bulk job '{item.id[:8]}' for this user: that is an item of bulk job {bulk.id}: "
+                                 f"`bulkgen show {item.id[:8]}` shows it.") in status.err
+    unknown = run_cli(["status", bulk.id[:8]], env)
+    assert unknown.code == 3 and "job ids are whole, never prefixes" in unknown.err
+    show = run_cli(["show", bulk.id], env)
+    assert show.code == 3 and f"that is a bulk job: `bulkgen status {bulk.id}` shows it" in show.err
+
+
 def test_status_items_shows_short_ids_in_a_pipe(tmp_path):
     env = env_for(tmp_path)
     path = write_articles(tmp_path / "a.yaml", [f"Topic {n}" for n in range(10)])
