@@ -29,7 +29,10 @@ def show(ref: ItemArg, raw: RawOpt = False, store: StoreOpt = None, user: UserOp
     less) when longer than the screen. Example: bulkgen show 3f2a91c4 --raw > article.md
     """
     from bulkgen_cli import items, settings
+    from bulkgen_cli.errors import UsageError
 
+    if raw and json_:
+        raise UsageError("give --raw (the article's text) or --json (the item's record), not both.")
     with open_db(store, "read") as db:
         shown = items.show(db, ref, settings.user(user), all_users)
     if json_:

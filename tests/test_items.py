@@ -406,6 +406,8 @@ def test_commands_name_items_by_prefix_and_scope_them_to_their_user(tmp_path):
     as_json = run_cli(["item", "retry", item.id[:6], "--all-users", "--json"], env)
     assert as_json.code == 4 and json.loads(as_json.out)["error"]["code"] == 4
     assert run_cli(["show", "zz99"], env).code == 2
+    both = run_cli(["show", item.id[:6], "--raw", "--json"], env)
+    assert both.code == 2 and "give --raw (the article's text) or --json (the item's record), not both." in both.err
 
 
 def test_an_item_id_given_for_a_job_and_a_job_id_given_for_an_item_get_a_hint(tmp_path):
