@@ -147,6 +147,13 @@ def test_yaml_rows_are_located_by_row_and_key():
     ]
 
 
+def test_a_quoted_number_in_yaml_rows_is_said_to_be_text():
+    rows = "\n".join(f"- {{slug: s{n}, city: C{n}, words: '{1200 + n}'}}" for n in range(10))
+    found = problems(values=rows, fmt="yaml")
+    assert found[0] == ("rows.yaml, row 1 (line 1), column 'words', field 'word_count': must be a whole number from "
+                        "100 to 10000, got the quoted text '1200': write it without quotes (1200).")
+
+
 def test_the_template_is_checked_on_its_own_first():
     template = """\
     name: Guides for {city}
