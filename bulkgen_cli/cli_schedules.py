@@ -32,7 +32,7 @@ class InputFormat(str, Enum):
     csv = "csv"
 
 
-NameArg = Annotated[str, typer.Argument(metavar="NAME", help="The schedule's name (yours; letters, digits, - _ .).",
+NameArg = Annotated[str, typer.Argument(metavar="NAME", help="The schedule's name (yours; lowercase letters, digits, - _).",
                                         show_default=False)]
 FileArg = Annotated[Optional[Path], typer.Argument(metavar="FILE", help="Articles file (.yaml/.yml/.json or .csv; - "
                     "reads standard input), or a template file with --values; checked as `submit` does; its text is "

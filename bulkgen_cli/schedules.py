@@ -15,7 +15,6 @@ never load it. Nothing here prints or exits; errors are `BulkgenError`s.
 from __future__ import annotations
 
 import datetime as dt
-import re
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from bulkgen_cli import jobs
-from bulkgen_cli.errors import BulkgenError, InvalidTransition, NotFound, StoreUnavailable, UsageError
+from bulkgen_cli.errors import BulkgenError, InvalidTransition, NameTaken, NotFound, StoreUnavailable, UsageError
 from bulkgen_cli.events import ScheduleFired, Waiting
 from bulkgen_cli.model import (
     DEFAULT_QUALITY_RATIO, Priority, QualityPolicy, SavedTemplate, Schedule, ScheduleStatus, new_id, utcnow,
@@ -37,8 +36,6 @@ if TYPE_CHECKING:
 
     from bulkgen_cli.manifest import Manifest
 
-#: A schedule's name: a short slug, unique per user.
-NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 #: The five fields of a cron expression, in order, and what each accepts.
 CRON_FIELDS = (
     ("minute", "0-59"),
@@ -66,9 +63,11 @@ UTC = dt.timezone.utc
 
 
 def check_name(name: str) -> str:
-    if not NAME_RULE.match(name):
-        raise UsageError(f"schedule name {quoted(name)} is not allowed: use 1-64 letters, digits, '-', '_' or '.', "
-                         "starting with a letter or digit.")
+    """A schedule's name: the rule a saved template's name follows (templates.NAME_RULE), or UsageError (exit 2)."""
+    from bulkgen_cli.templates import NAME_HELP, NAME_RULE
+
+    if not NAME_RULE.fullmatch(name):
+        raise UsageError(f"schedule name {quoted(name)} is not allowed: use {NAME_HELP}.")
     return name
 
 
@@ -300,7 +299,7 @@ def add(store: Store, user: str, name: str, cron: str, zone: str, source: dict[s
                         options=options, created_at=now)
     schedule.next_at = next_after(schedule.cron, schedule.zone, now)
     if not store.add_schedule(schedule):
-        raise UsageError(f"you have a schedule named {quoted(name)} already; nothing was stored "
+        raise NameTaken(f"you have a schedule named {quoted(name)} already; nothing was stored "
                          f"(`bulkgen schedule remove {name}` first, or choose another name).")
     return schedule
 

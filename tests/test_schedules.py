@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from bulkgen_cli import jobs, schedules
-from bulkgen_cli.errors import ManifestError, NotFound, UsageError
+from bulkgen_cli.errors import ManifestError, NameTaken, NotFound, UsageError
 from bulkgen_cli.model import OccurrenceState, Schedule, ScheduleStatus, iso, new_id
 from bulkgen_cli.store import rules
 from tests.cli_helpers import EXAMPLES, ROOT, base_env
@@ -44,7 +44,7 @@ def test_add_get_list_names_are_per_user(store):
     got = store.get_schedule("alice", "daily")
     assert got is not None and got.id == first.id and got.source["text"] == (EXAMPLES / "articles.yaml").read_text()
     assert got.next_at == first.next_at and got.created_at == DAY0 and got.status == "active"
-    with pytest.raises(UsageError, match="already"):
+    with pytest.raises(NameTaken, match="already"):
         add(store, "daily", cron="0 7 * * *")
     assert store.get_schedule("alice", "daily").cron == "0 6 * * *"  # nothing stored
     add(store, "daily", user="bob")  # the same name for another user is another schedule
@@ -386,6 +386,8 @@ def test_schedule_commands_end_to_end(cli):
                           "quality_ratio": 0.7}
     assert doc["next_run_local"].endswith((" CET", " CEST")) and " 06:00 " in doc["next_run_local"]
     assert "Schedule weekly added" in added.err and "run --forever" in added.err
+    taken = cli("schedule", "add", "weekly", "--cron", "0 7 * * MON", articles)
+    assert taken.code == 4 and "you have a schedule named 'weekly' already" in taken.err  # as template save: exit 4
     listed = cli("schedule", "list")
     assert listed.code == 0 and "weekly" in listed.out and "0 6 * * MON" in listed.out and "Europe/Berlin" in listed.out
     assert cli("schedule", "pause", "weekly").err.startswith("Schedule weekly: active -> paused")
@@ -418,6 +420,9 @@ def test_bad_input_at_add_stores_nothing(cli, tmp_path):
     assert result.code == 2 and "short.yaml: has 9 items" in result.err
     assert json.loads(result.out)["error"]["problems"][0]["file"] == str(short)
     assert cli("schedule", "add", "Bad Name", "--cron", "0 6 * * MON", articles).code == 2
+    upper = cli("schedule", "add", "Weekly", "--cron", "0 6 * * MON", articles)  # the templates' name rule
+    assert upper.code == 2 and "use 1 to 64 lowercase letters, digits, '-' and '_'" in upper.err
+    assert cli("schedule", "add", "week.ly", "--cron", "0 6 * * MON", articles).code == 2
     assert cli("schedule", "add", "weekly", "--cron", "0 6 * * MON").code == 2  # no file
     assert cli("schedule", "add", "weekly", articles).code == 2  # no --cron
     listed = cli("schedule", "list")
