@@ -696,6 +696,8 @@ def save(store: Store, user: str, name: str, template_text: str, *, source: str,
     if outcome is SaveOutcome.exists:
         raise NameTaken(f"you have a template named '{name}' already; nothing was saved. "
                         f"`bulkgen template save {name} FILE --replace` replaces it.")
+    if outcome is SaveOutcome.replaced:  # as stored: a replacement keeps when the name was first saved
+        saved = store.get_template(user, name) or saved
     return saved, outcome
 
 

@@ -339,7 +339,9 @@ def test_template_commands(cli, tmp_path):
     assert "There was no store" not in cli("template", "save", "other", path).err
     again = cli("template", "save", "city-guides", path)
     assert again.code == 4 and "you have a template named 'city-guides' already" in again.err
-    assert json.loads(cli("template", "save", "city-guides", path, "--replace", "--json").out)["outcome"] == "replaced"
+    first_saved = json.loads(cli("template", "show", "city-guides", "--json").out)["created_at"]
+    replaced = json.loads(cli("template", "save", "city-guides", path, "--replace", "--json").out)
+    assert replaced["outcome"] == "replaced" and replaced["created_at"] == first_saved  # as `template show` has it
     listed = cli("template", "list").out.splitlines()
     assert listed[0].split() == ["Name", "Mode", "Placeholders", "Saved", "From"]
     assert listed[1].split()[:6] == ["city-guides", "-", "{slug},", "{city},", "{words},", "{audience}"]
