@@ -415,7 +415,8 @@ def _is_template(top: dict[str, Node], problems: _Problems) -> bool:
     """A template (templates.py) given as an articles file: one sentence rather than a list of unknown keys."""
     if "item" in top and "items" not in top:
         problems.add("is a template (it has 'item:', one article with {placeholders}), not an articles "
-                     "file: submit it with --values ROWS (a CSV file or a YAML list of rows).")
+                     "file: give it with --values ROWS (a CSV file or a YAML list of rows), or keep it with `bulkgen template "
+                     "save NAME FILE`.")
         return True
     return False
 

@@ -423,6 +423,8 @@ def test_bad_input_at_add_stores_nothing(cli, tmp_path):
     upper = cli("schedule", "add", "Weekly", "--cron", "0 6 * * MON", articles)  # the templates' name rule
     assert upper.code == 2 and "use 1 to 64 lowercase letters, digits, '-' and '_'" in upper.err
     assert cli("schedule", "add", "week.ly", "--cron", "0 6 * * MON", articles).code == 2
+    template = cli("schedule", "add", "weekly", "--cron", "0 6 * * MON", str(EXAMPLES / "city-guides.yaml"))
+    assert template.code == 2 and "give it with --values ROWS" in template.err and "submit it" not in template.err
     assert cli("schedule", "add", "weekly", "--cron", "0 6 * * MON").code == 2  # no file
     assert cli("schedule", "add", "weekly", articles).code == 2  # no --cron
     listed = cli("schedule", "list")

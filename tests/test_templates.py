@@ -342,6 +342,9 @@ def test_template_commands(cli, tmp_path):
     first_saved = json.loads(cli("template", "show", "city-guides", "--json").out)["created_at"]
     replaced = json.loads(cli("template", "save", "city-guides", path, "--replace", "--json").out)
     assert replaced["outcome"] == "replaced" and replaced["created_at"] == first_saved  # as `template show` has it
+    advice = cli("template", "save", "arts", str(EXAMPLES / "articles.yaml"))
+    assert advice.code == 2 and "use it as an articles FILE, without --values." in advice.err
+    assert "submit it" not in advice.err
     listed = cli("template", "list").out.splitlines()
     assert listed[0].split() == ["Name", "Mode", "Placeholders", "Saved", "From"]
     assert listed[1].split()[:6] == ["city-guides", "-", "{slug},", "{city},", "{words},", "{audience}"]
