@@ -435,6 +435,14 @@ def test_status_items_shows_short_ids_in_a_pipe(tmp_path):
     assert len(ids[0]) == 24 and len({i[:8] for i in ids}) == 10  # new ids differ from their first digits
 
 
+def test_the_readmes_items_header_names_every_column():
+    from bulkgen_cli.render import ITEM_COLUMNS
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    header = next(line for line in readme.splitlines() if line.startswith("#   ID "))
+    assert header.split() == [name for name, _ in ITEM_COLUMNS]
+
+
 # -- real processors ------------------------------------------------------------------------------------------
 
 
