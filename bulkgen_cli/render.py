@@ -202,6 +202,14 @@ def flagged_line(bulk: BulkJob) -> str | None:
     return flagged_count(bulk) + (f": {'; '.join(bulk.quality_summary)}" if bulk.quality_summary else "")
 
 
+def quality_hint(bulk: BulkJob) -> str | None:
+    """When the gate turned down every article that came back: what to look at, and what to change."""
+    if not bulk.turned_down_items or bulk.completed_items:
+        return None
+    return (f"the quality gate turned down every article: see why with `bulkgen status {bulk.id} --items`; a lower "
+            "--quality-ratio or --quality warn at submit keeps more, and `bulkgen retry-failed` asks again.")
+
+
 def list_rows(bulks: list[BulkJob]) -> list[list[str]]:
     return [[bulk.id, bulk.name, bulk.priority, bulk.mode, bulk.status, f"{bulk.completed_items}/{bulk.total_items}",
              str(bulk.failed_items), bulk.created_at.astimezone().strftime("%Y-%m-%d %H:%M %Z") if bulk.created_at else ""]
@@ -513,6 +521,9 @@ def print_summary(bulks: Sequence[BulkJob | None], plain: bool = False) -> None:
             flagged = flagged_line(b)
             sys.stderr.write(f"summary: {summary_line(b)}{'; ' + visible(flagged) if flagged else ''}; "
                              f"results: bulkgen results {b.id} --out articles/\n")
+            hint = quality_hint(b)
+            if hint:
+                sys.stderr.write(f"hint: {hint}\n")
         return
     from rich.console import Console
     from rich.panel import Panel
@@ -535,6 +546,9 @@ def print_summary(bulks: Sequence[BulkJob | None], plain: bool = False) -> None:
         flagged = flagged_line(b)
         if flagged:
             grid.add_row("Quality", Text(visible(flagged), style="yellow"))
+        hint = quality_hint(b)
+        if hint:
+            grid.add_row("Hint", Text(hint))
         grid.add_row("Results", f"bulkgen results {b.id} --out articles/")
         style = "green" if b.status == "completed" and not b.failed_items and not b.flagged_items else "yellow"
         console.print(Panel(grid, title=Text(f"{short(b.name, 80)} — {b.status}"), border_style=style, expand=False))

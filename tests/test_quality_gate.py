@@ -373,6 +373,16 @@ def test_turned_down_articles_are_counted_in_status_json_and_the_summary(cli, tu
     assert (doc["flagged_items"], doc["turned_down_items"]) == (0, 1)
 
 
+def test_a_job_whose_every_article_was_turned_down_ends_with_a_hint(cli, tmp_path, start_service):
+    service = start_service()
+    path = write_articles(tmp_path / "q.yaml", [{"topic": f"Solar {n} [words:200]", "word_count": 1500}
+                                                for n in range(10)])
+    done = cli("submit", str(path), "--wait", "--quality", "fail", env={"BULKGEN_API_URL": service.url})
+    assert done.code == 1 and "10 articles turned down" in done.err
+    assert (f"hint: the quality gate turned down every article: see why with `bulkgen status {done.out.strip()} "
+            "--items`; a lower --quality-ratio or --quality warn at submit keeps more") in done.err
+
+
 @pytest.mark.parametrize("args, message", [
     (["--quality", "sometimes"], "'sometimes' is not one of 'warn', 'fail', 'retry'"),
     (["--quality-ratio", "1.5"], "1.5 is not in the range 0.0<=x<=1.0"),
