@@ -79,6 +79,19 @@ def open_or_create(store_flag: str | None) -> Store:
         return db
 
 
+def ratio(text: str | float) -> float:
+    """--quality-ratio: a share from 0 to 1 (0.7) or a percentage (70%)."""
+    raw = str(text).strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise typer.BadParameter(f"{raw!r} is not a share from 0 to 1 (such as 0.7) or a percentage (such as "
+                                 "70%).") from None
+    if not 0.0 <= value <= 1.0:
+        raise typer.BadParameter(f"{raw} is not in the range 0.0<=x<=1.0 (or 0% to 100%).")
+    return value
+
+
 def render_json(doc: object) -> None:
     from bulkgen_cli.render import print_json
 

@@ -144,7 +144,8 @@ def _say(action: object, result: Result) -> None:
         return
     follow_up = {
         items.ItemAction.retry: "It is back in the queue at its place; `bulkgen run` processes it.",
-        items.ItemAction.cancel: ("Its request was aborted." if result.previous.value == "processing" else
+        items.ItemAction.cancel: ("Its request is being aborted: its processor closes it within about a second."
+                                  if result.previous.value == "processing" else
                                   "It will not be generated."),
     }[action]  # type: ignore[index]
     note(f"{where}: {result.previous.value} -> {item.status}. {follow_up}")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from bulkgen_cli.cli_common import (
-    EXIT_CODES, AllUsersOpt, JsonOpt, StoreOpt, UserOpt, note, open_db, open_or_create, render_json,
+    EXIT_CODES, AllUsersOpt, JsonOpt, StoreOpt, UserOpt, note, open_db, open_or_create, ratio, render_json,
 )
 from bulkgen_cli.model import DEFAULT_QUALITY_RATIO, Priority, QualityPolicy
 
@@ -44,8 +44,8 @@ ValuesOpt = Annotated[Optional[Path], typer.Option("--values", metavar="ROWS", h
                       "each: CSV with a header, or a YAML/JSON list; its text is stored.", show_default=False)]
 QualityOpt = Annotated[QualityPolicy, typer.Option("--quality", help="Each job's quality gate (as `submit "
                        "--quality`): warn, fail or retry.")]
-QualityRatioOpt = Annotated[float, typer.Option("--quality-ratio", min=0.0, max=1.0, metavar="RATIO", help="Each "
-                            "job's share of the word_count asked that an article must reach.")]
+QualityRatioOpt = Annotated[float, typer.Option("--quality-ratio", parser=ratio, metavar="RATIO", help="Each "
+                            "job's share of the word_count asked that an article must reach: 0.7 or 70%.")]
 CronOpt = Annotated[str, typer.Option("--cron", metavar="EXPR", help="When: minute hour day-of-month month "
                     "day-of-week, e.g. \"0 6 * * MON\" (or @daily, @weekly, …).", show_default=False)]
 ZoneOpt = Annotated[str, typer.Option("--zone", metavar="ZONE", help="The IANA time zone the cron times are in, e.g. "

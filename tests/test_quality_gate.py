@@ -385,8 +385,9 @@ def test_a_job_whose_every_article_was_turned_down_ends_with_a_hint(cli, tmp_pat
 
 @pytest.mark.parametrize("args, message", [
     (["--quality", "sometimes"], "'sometimes' is not one of 'warn', 'fail', 'retry'"),
-    (["--quality-ratio", "1.5"], "1.5 is not in the range 0.0<=x<=1.0"),
+    (["--quality-ratio", "1.5"], "1.5 is not in the range 0.0<=x<=1.0 (or 0% to 100%)."),
     (["--quality-ratio", "-0.1"], "-0.1 is not in the range"),
+    (["--quality-ratio", "seventy"], "'seventy' is not a share from 0 to 1 (such as 0.7) or a percentage (such as 70%)."),
 ])
 def test_a_bad_quality_option_is_refused_and_nothing_stored(cli, tmp_path, args, message):
     path = write_articles(tmp_path / "q.yaml", fill([]))
@@ -394,6 +395,14 @@ def test_a_bad_quality_option_is_refused_and_nothing_stored(cli, tmp_path, args,
     assert refused.code == 2 and message in refused.err and "Traceback" not in refused.err
     listed = cli("list", "--json")
     assert listed.code == 4 and "no store at" in listed.out  # not even the store was created
+
+
+def test_a_quality_ratio_may_be_a_percentage(cli, tmp_path):
+    path = write_articles(tmp_path / "q.yaml", fill([]))
+    done = cli("submit", str(path), "--quality-ratio", "70%", "--json")
+    assert done.code == 0, done.err
+    doc = json.loads(cli("status", json.loads(done.out)["bulk_job_id"], "--json").out)
+    assert doc["bulk_job"]["quality_ratio"] == 0.7
 
 
 def test_the_library_refuses_a_ratio_out_of_range(store):

@@ -399,7 +399,8 @@ def test_schedule_commands_end_to_end(cli):
     status = json.loads(cli("status", ran.out.strip(), "--json").out)["bulk_job"]
     assert status["priority"] == "high" and status["name"].startswith("Coffee (weekly ")
     assert cli("run").code == 0
-    assert "A schedule's next run is" in cli("run").err  # plain run says who queues scheduled runs
+    plain = cli("run").err  # plain run says which schedule runs next, and who queues scheduled runs
+    assert "Schedule 'weekly' (" in plain and "): next run is" in plain
     assert cli("schedule", "remove", "weekly").code == 0
     assert json.loads(cli("schedule", "list", "--json").out) == []
     assert "No schedules yet" in cli("schedule", "list").err
