@@ -239,8 +239,10 @@ def facts(shown: Shown) -> list[tuple[str, str]]:
         reasons = "; ".join(str(r) for r in found.get("reasons") or [])
         state = found.get("status") or ("passed" if found.get("passed") else "flagged")  # quality.Verdict.to_dict
         rows.append(("Verdict", str(state) + (f": {reasons}" if reasons else "")))
+    # Said above (Status, Verdict) or below (Error); a field with no value is left out, not shown as a dash.
     rows += [(name, _value(value)) for name, value in front_matter(shown.bulk, item).items()
-             if name not in ("status", "bulk_job_id", "queue_position", "error")]
+             if name not in ("status", "bulk_job_id", "queue_position", "error", "quality", "quality_reasons")
+             and value is not None]
     retries = f"{item.retry_count} {'retry' if item.retry_count == 1 else 'retries'} over its life"
     rows += [("Tries", f"{item.attempts} in this round; {retries}"),
              ("Started", when(item.started_at)), ("Ended", when(item.completed_at))]
@@ -254,6 +256,10 @@ def facts(shown: Shown) -> list[tuple[str, str]]:
 
 
 def _value(value: Any) -> str:
+    import json
+
     if isinstance(value, list):
         return ", ".join(str(v) for v in value)
-    return "—" if value is None else str(value)
+    if isinstance(value, dict):  # the service's meta: as JSON, not as a Python dict
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return str(value)

@@ -341,6 +341,7 @@ def test_show_raw_json_and_pipe(tmp_path):
     assert "Request: 2.2s (after waiting 1.0s)" in piped.out or "Request: 2.3s (after waiting 1.0s)" in piped.out
     assert "Red \\x1b[31mred\\x1b[0m text\\x0d" in piped.out and "bell\\x07 \\u202eevil" in piped.out
     assert "[bold]markup[/bold] :smile:" in piped.out and "title: T" in piped.out
+    assert 'meta: {"source": "ref"}' in piped.out and "item_id:" not in piped.out  # JSON; no value, no line
 
 
 def test_show_an_item_without_an_article(tmp_path):

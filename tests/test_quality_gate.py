@@ -483,6 +483,7 @@ def test_show_prints_the_verdict(cli, flagged_job):
     jobs = json.loads(cli("status", bulk_id, "--json").out)["jobs"]
     shown = cli("show", jobs[0]["id"][:8])
     assert shown.code == 0 and "Verdict: flagged: 612 of 1500 words" in shown.out
+    assert "quality:" not in shown.out and "quality_reasons" not in shown.out  # the verdict once
     assert "Verdict: passed" in cli("show", jobs[1]["id"]).out
     record = json.loads(cli("show", jobs[0]["id"], "--json").out)
     assert record["verdict"]["reasons"] == ["612 of 1500 words"] and record["front_matter"]["quality"] == "flagged"
