@@ -111,6 +111,7 @@ def add(
         added = schedules.add(db, me, name, cron, zone, source, options)
     if json_:
         render_json(schedules.document(added))
+        return
     note(f"Schedule {added.name} added: \"{added.cron}\" in {added.zone}; next run {_next_run(added)}. "
          "`bulkgen run --forever` queues each run.")
 
@@ -177,6 +178,7 @@ def _set_state(action: str, name: str, store: str | None, user: str | None, json
         schedule, changed = schedules.set_state(db, settings.user(user), name, action)
     if json_:
         render_json(schedules.document(schedule))
+        return
     if not changed:
         note(f"Schedule {schedule.name} is already {schedule.status}; nothing to do.")
     elif action == "pause":
@@ -217,6 +219,7 @@ def remove(name: NameArg, store: StoreOpt = None, user: UserOpt = None, json_: J
         removed = schedules.remove(db, settings.user(user), name)
     if json_:
         render_json(schedules.document(removed))
+        return
     note(f"Schedule {removed.name} removed; the bulk jobs it queued stay.")
 
 
@@ -233,7 +236,7 @@ def run(name: NameArg, store: StoreOpt = None, user: UserOpt = None, json_: Json
     bulk = done.jobs[0][0]
     if json_:
         render_json({"bulk_job_id": bulk.id, "total_items": bulk.total_items, "status": bulk.status})
-    else:
-        print(bulk.id, flush=True)
+        return
+    print(bulk.id, flush=True)
     note(f"Queued bulk job {bulk.id}: {bulk.total_items} {bulk.mode} articles from schedule {name}; "
          "`bulkgen run` processes it.")

@@ -123,10 +123,11 @@ def remove(name: NameArg, store: StoreOpt = None, user: UserOpt = None, json_: J
     from bulkgen_cli import schedules, settings, templates
 
     with open_db(store, "write") as db:
+        saved = templates.load_saved(db, settings.user(user), name)
         templates.remove(db, settings.user(user), name)
         using = schedules.using_template(db, settings.user(user), name)
-    if json_:
-        render_json({"name": name, "removed": True, "used_by_schedules": using})
+    if json_:  # as `schedule remove --json`: the record removed
+        render_json(template_dict(saved) | {"used_by_schedules": using})
     else:
         note(f"Removed template {name}.")
     if using:

@@ -385,7 +385,9 @@ def test_schedule_commands_end_to_end(cli):
     assert doc["job"] == {"name": "Coffee", "mode": None, "priority": "high", "notify": [], "quality": "warn",
                           "quality_ratio": 0.7}
     assert doc["next_run_local"].endswith((" CET", " CEST")) and " 06:00 " in doc["next_run_local"]
-    assert "Schedule weekly added" in added.err and "run --forever" in added.err
+    assert "Schedule weekly added" not in added.err  # --json: the record on stdout, no message on stderr
+    assert cli("schedule", "pause", "weekly", "--json").err == ""
+    assert cli("schedule", "resume", "weekly", "--json").err == ""
     taken = cli("schedule", "add", "weekly", "--cron", "0 7 * * MON", articles)
     assert taken.code == 4 and "you have a schedule named 'weekly' already" in taken.err  # as template save: exit 4
     listed = cli("schedule", "list")
@@ -437,6 +439,7 @@ def test_schedule_add_creates_a_missing_store_and_says_so(cli, tmp_path):
     typo = tmp_path / "typo.db"
     first = cli("schedule", "add", "weekly", "--cron", "0 6 * * MON", articles, "--store", f"sqlite:///{typo}")
     assert first.code == 0 and f"There was no store at sqlite:///{typo}: a new one was created there." in first.err
+    assert "Schedule weekly added" in first.err and "run --forever" in first.err
     second = cli("schedule", "add", "daily", "--cron", "0 6 * * *", articles, "--store", f"sqlite:///{typo}")
     assert second.code == 0 and "no store" not in second.err
 
@@ -589,7 +592,10 @@ def test_removing_a_template_a_schedule_uses_warns_and_its_failed_runs_say_why(c
     assert removed.code == 0 and "Warning: schedule cities uses template city: each run fails until you save it " \
         "again (`bulkgen template save city FILE`) or remove the schedule" in removed.err
     assert json.loads(cli("template", "save", "city", str(EXAMPLES / "city-guides.yaml"), "--json").out)
-    assert json.loads(cli("template", "remove", "city", "--json").out)["used_by_schedules"] == ["cities"]
+    gone = cli("template", "remove", "city", "--json")
+    doc = json.loads(gone.out)  # the removed record, as `schedule remove --json` prints the schedule's
+    assert doc["name"] == "city" and "created_at" in doc and doc["used_by_schedules"] == ["cities"]
+    assert "Removed template" not in gone.err and "Warning: schedule cities uses template city" in gone.err
     ran = cli("schedule", "run", "cities")
     assert ran.code == 3 and "schedule 'cities' uses template 'city', which is gone: save it again" in ran.err
     out = io.StringIO()
