@@ -50,8 +50,9 @@ CronOpt = Annotated[str, typer.Option("--cron", metavar="EXPR", help="When: minu
                     "day-of-week, e.g. \"0 6 * * MON\" (or @daily, @weekly, …).", show_default=False)]
 ZoneOpt = Annotated[str, typer.Option("--zone", metavar="ZONE", help="The IANA time zone the cron times are in, e.g. "
                     "Europe/Berlin; daylight saving follows it.")]
-JobNameOpt = Annotated[Optional[str], typer.Option("--job-name", metavar="NAME", help="Each job's name, before the "
-                       "schedule's name and the run's time. [default: the file's name: or its file name]",
+JobNameOpt = Annotated[Optional[str], typer.Option("--name", "--job-name", metavar="TEXT", help="Each job's name, as "
+                       "`submit --name`, before the schedule's name and the run's time (--job-name is the same). "
+                       "[default: the file's name: or its file name]",
                        show_default=False)]
 ModeOpt = Annotated[Optional[str], typer.Option("--mode", metavar="MODE", help="topic, keywords, trends or spin, when "
                     "the file names none. [default: topic]", show_default=False)]

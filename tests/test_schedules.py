@@ -440,6 +440,9 @@ def test_schedule_add_creates_a_missing_store_and_says_so(cli, tmp_path):
     first = cli("schedule", "add", "weekly", "--cron", "0 6 * * MON", articles, "--store", f"sqlite:///{typo}")
     assert first.code == 0 and f"There was no store at sqlite:///{typo}: a new one was created there." in first.err
     assert "Schedule weekly added" in first.err and "run --forever" in first.err
+    named = json.loads(cli("schedule", "add", "monthly", "--cron", "@monthly", articles, "--name", "Coffee", "--json",
+                           "--store", f"sqlite:///{typo}").out)
+    assert named["job"]["name"] == "Coffee"  # --name, as submit's (--job-name is the same option)
     second = cli("schedule", "add", "daily", "--cron", "0 6 * * *", articles, "--store", f"sqlite:///{typo}")
     assert second.code == 0 and "no store" not in second.err
 
