@@ -16,7 +16,8 @@ from bulkgen_cli.errors import BulkgenError, ManifestError, NotFound, Problem
 from bulkgen_cli.interrupts import exit_on_signals
 from bulkgen_cli.model import DEFAULT_QUALITY_RATIO, BulkJob, BulkStatus, Item, Priority, QualityPolicy
 from bulkgen_cli.cli_common import (  # noqa: F401
-    EXIT_CODES, AllUsersOpt, JsonOpt, QuietOpt, StoreOpt, UserOpt, note, open_db, paint, quiet_note, render_json,
+    EXIT_CODES, AllUsersOpt, JsonOpt, QuietOpt, StoreOpt, UserOpt, note, open_db, paint, quiet_note, ratio,
+    render_json,
 )
 from bulkgen_cli.settings import DEFAULTS
 
@@ -149,8 +150,8 @@ NotBeforeOpt = Annotated[Optional[str], typer.Option("--not-before", metavar="WH
 QualityOpt = Annotated[QualityPolicy, typer.Option("--quality", help="The quality gate on each returned article "
                        "(words, keywords, title, body, near-duplicates): warn keeps a flagged article, fail fails "
                        "its item, retry generates it again up to the try limit.")]
-QualityRatioOpt = Annotated[float, typer.Option("--quality-ratio", min=0.0, max=1.0, metavar="RATIO", help="Share of "
-                            "the word_count asked that an article must reach (0 turns the words check off).")]
+QualityRatioOpt = Annotated[float, typer.Option("--quality-ratio", parser=ratio, metavar="RATIO", help="Share of "
+                            "the word_count asked that an article must reach: 0.7 or 70% (0 turns the words check off).")]
 NotifyOpt = Annotated[Optional[list[str]], typer.Option("--notify", metavar="CHANNEL", help="Tell someone when it "
                       "ends: webhook:https://… or email:someone@example.com; repeatable. [env: BULKGEN_NOTIFY, "
                       "comma-separated]", show_default=False)]
@@ -328,6 +329,12 @@ def status(
         console.print(f"Group {group}: {total['completed']} of {total['total']} completed, "
                       f"{total['failed']} failed, {total['cancelled']} cancelled, {total['remaining']} remaining",
                       markup=False, emoji=False)
+
+
+def _next_schedule(db: Store, at: dt.datetime) -> str:
+    """"Schedule 'weekly' (alice)'s": which schedule runs next, at `at`, for plain `run`'s note."""
+    found = next((s for s in db.list_schedules() if s.next_at == at), None)
+    return "A schedule's" if found is None else f"Schedule {found.name!r} ({found.userId}):"
 
 
 def _short_ids(db: Store, found: list[tuple[BulkJob, list[Item] | None]]) -> dict[str, str]:
@@ -570,9 +577,10 @@ def _process(db: Store, run_settings: RunSettings, forever: bool = False, until_
     upcoming = None if forever else db.next_schedule_at()
     if upcoming is not None:
         due = "was due" if upcoming <= utcnow() else "is"
-        say(f"A schedule's next run {due} {render.when(upcoming)}; only `bulkgen run --forever` queues scheduled runs.")
+        say(f"{_next_schedule(db, upcoming)} next run {due} {render.when(upcoming)}; only `bulkgen run --forever` "
+            "queues scheduled runs.")
     if view.items_done:
-        note(f"Processed {view.items_done} items; the queue is empty.")
+        note(f"Processed {view.items_done} item{'' if view.items_done == 1 else 's'}; the queue is empty.")
     else:
         note("Nothing to process: the queue is empty.")
     paused = db.list_bulks(None, 100, [BulkStatus.paused])

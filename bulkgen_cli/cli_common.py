@@ -66,6 +66,32 @@ def open_db(store_flag: str | None, mode: OpenMode) -> Store:
     return open_store(settings.store_url(store_flag), mode)
 
 
+def open_or_create(store_flag: str | None) -> Store:
+    """`open_db(store_flag, "create")` for `template save` and `schedule add`, saying on stderr when there was no
+    store and one was made, so that a mistyped --store shows at once."""
+    from bulkgen_cli.errors import NoStore
+
+    try:
+        return open_db(store_flag, "write")
+    except NoStore:
+        db = open_db(store_flag, "create")
+        note(f"There was no store at {db.display_url}: a new one was created there.", "dim")
+        return db
+
+
+def ratio(text: str | float) -> float:
+    """--quality-ratio: a share from 0 to 1 (0.7) or a percentage (70%)."""
+    raw = str(text).strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise typer.BadParameter(f"{raw!r} is not a share from 0 to 1 (such as 0.7) or a percentage (such as "
+                                 "70%).") from None
+    if not 0.0 <= value <= 1.0:
+        raise typer.BadParameter(f"{raw} is not in the range 0.0<=x<=1.0 (or 0% to 100%).")
+    return value
+
+
 def render_json(doc: object) -> None:
     from bulkgen_cli.render import print_json
 

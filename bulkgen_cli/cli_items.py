@@ -29,7 +29,10 @@ def show(ref: ItemArg, raw: RawOpt = False, store: StoreOpt = None, user: UserOp
     less) when longer than the screen. Example: bulkgen show 3f2a91c4 --raw > article.md
     """
     from bulkgen_cli import items, settings
+    from bulkgen_cli.errors import UsageError
 
+    if raw and json_:
+        raise UsageError("give --raw (the article's text) or --json (the item's record), not both.")
     with open_db(store, "read") as db:
         shown = items.show(db, ref, settings.user(user), all_users)
     if json_:
@@ -49,6 +52,10 @@ def _raw(shown: Shown) -> None:
     if text is None:
         raise InvalidTransition(f"item {shown.short_id} is {shown.item.status}; it has no article text"
                                 + (f" ({shown.item.error})." if shown.item.error else "."))
+    from bulkgen_cli.model import turned_down
+
+    if turned_down(shown.item):
+        note(f"Item {shown.short_id}: this article was turned down by the quality gate ({shown.item.error}).", "dim")
     sys.stdout.write(text)
     sys.stdout.flush()
 
@@ -137,7 +144,8 @@ def _say(action: object, result: Result) -> None:
         return
     follow_up = {
         items.ItemAction.retry: "It is back in the queue at its place; `bulkgen run` processes it.",
-        items.ItemAction.cancel: ("Its request was aborted." if result.previous.value == "processing" else
+        items.ItemAction.cancel: ("Its request is being aborted: its processor closes it within about a second."
+                                  if result.previous.value == "processing" else
                                   "It will not be generated."),
     }[action]  # type: ignore[index]
     note(f"{where}: {result.previous.value} -> {item.status}. {follow_up}")

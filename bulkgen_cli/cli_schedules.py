@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from bulkgen_cli.cli_common import EXIT_CODES, AllUsersOpt, JsonOpt, StoreOpt, UserOpt, note, open_db, render_json
+from bulkgen_cli.cli_common import (
+    EXIT_CODES, AllUsersOpt, JsonOpt, StoreOpt, UserOpt, note, open_db, open_or_create, ratio, render_json,
+)
 from bulkgen_cli.model import DEFAULT_QUALITY_RATIO, Priority, QualityPolicy
 
 if TYPE_CHECKING:
@@ -30,7 +32,7 @@ class InputFormat(str, Enum):
     csv = "csv"
 
 
-NameArg = Annotated[str, typer.Argument(metavar="NAME", help="The schedule's name (yours; letters, digits, - _ .).",
+NameArg = Annotated[str, typer.Argument(metavar="NAME", help="The schedule's name (yours; lowercase letters, digits, - _).",
                                         show_default=False)]
 FileArg = Annotated[Optional[Path], typer.Argument(metavar="FILE", help="Articles file (.yaml/.yml/.json or .csv; - "
                     "reads standard input), or a template file with --values; checked as `submit` does; its text is "
@@ -42,14 +44,15 @@ ValuesOpt = Annotated[Optional[Path], typer.Option("--values", metavar="ROWS", h
                       "each: CSV with a header, or a YAML/JSON list; its text is stored.", show_default=False)]
 QualityOpt = Annotated[QualityPolicy, typer.Option("--quality", help="Each job's quality gate (as `submit "
                        "--quality`): warn, fail or retry.")]
-QualityRatioOpt = Annotated[float, typer.Option("--quality-ratio", min=0.0, max=1.0, metavar="RATIO", help="Each "
-                            "job's share of the word_count asked that an article must reach.")]
+QualityRatioOpt = Annotated[float, typer.Option("--quality-ratio", parser=ratio, metavar="RATIO", help="Each "
+                            "job's share of the word_count asked that an article must reach: 0.7 or 70%.")]
 CronOpt = Annotated[str, typer.Option("--cron", metavar="EXPR", help="When: minute hour day-of-month month "
                     "day-of-week, e.g. \"0 6 * * MON\" (or @daily, @weekly, …).", show_default=False)]
 ZoneOpt = Annotated[str, typer.Option("--zone", metavar="ZONE", help="The IANA time zone the cron times are in, e.g. "
                     "Europe/Berlin; daylight saving follows it.")]
-JobNameOpt = Annotated[Optional[str], typer.Option("--job-name", metavar="NAME", help="Each job's name, before the "
-                       "schedule's name and the run's time. [default: the file's name: or its file name]",
+JobNameOpt = Annotated[Optional[str], typer.Option("--name", "--job-name", metavar="TEXT", help="Each job's name, as "
+                       "`submit --name`, before the schedule's name and the run's time (--job-name is the same). "
+                       "[default: the file's name: or its file name]",
                        show_default=False)]
 ModeOpt = Annotated[Optional[str], typer.Option("--mode", metavar="MODE", help="topic, keywords, trends or spin, when "
                     "the file names none. [default: topic]", show_default=False)]
@@ -105,10 +108,11 @@ def add(
                                  format_.value if format_ else None, mode, saved)
     options = {"name": job_name, "mode": mode, "priority": priority.value, "notify": settings.notify_channels(notify),
                "quality": quality.value, "quality_ratio": quality_ratio}
-    with open_db(store, "create") as db:
+    with open_or_create(store) as db:
         added = schedules.add(db, me, name, cron, zone, source, options)
     if json_:
         render_json(schedules.document(added))
+        return
     note(f"Schedule {added.name} added: \"{added.cron}\" in {added.zone}; next run {_next_run(added)}. "
          "`bulkgen run --forever` queues each run.")
 
@@ -144,9 +148,10 @@ def list_(store: StoreOpt = None, user: UserOpt = None, all_users: AllUsersOpt =
 
 def _table(found: list[Schedule], all_users: bool) -> tuple[list[tuple[str, int | None]], list[list[str]]]:
     columns: list[tuple[str, int | None]] = [("Name", 30), ("Cron", None), ("Zone", None), ("Status", None),
-                                             ("Next run", None), ("Last job", None), ("Skipped", None)]
-    rows = [[s.name, s.cron, s.zone, s.status, _next_run(s), s.last_bulk_job_id or ("failed" if s.last_error else "-"),
-             str(s.skipped_count)] for s in found]
+                                             ("Next run", None), ("Last job", 60), ("Skipped", None)]
+    rows = [[s.name, s.cron, s.zone, s.status, _next_run(s),
+             s.last_bulk_job_id or (f"failed: {s.last_error}" if s.last_error else "-"), str(s.skipped_count)]
+            for s in found]
     if all_users:
         columns.insert(1, ("User", None))
         for row, s in zip(rows, found):
@@ -174,6 +179,7 @@ def _set_state(action: str, name: str, store: str | None, user: str | None, json
         schedule, changed = schedules.set_state(db, settings.user(user), name, action)
     if json_:
         render_json(schedules.document(schedule))
+        return
     if not changed:
         note(f"Schedule {schedule.name} is already {schedule.status}; nothing to do.")
     elif action == "pause":
@@ -214,6 +220,7 @@ def remove(name: NameArg, store: StoreOpt = None, user: UserOpt = None, json_: J
         removed = schedules.remove(db, settings.user(user), name)
     if json_:
         render_json(schedules.document(removed))
+        return
     note(f"Schedule {removed.name} removed; the bulk jobs it queued stay.")
 
 
@@ -230,7 +237,7 @@ def run(name: NameArg, store: StoreOpt = None, user: UserOpt = None, json_: Json
     bulk = done.jobs[0][0]
     if json_:
         render_json({"bulk_job_id": bulk.id, "total_items": bulk.total_items, "status": bulk.status})
-    else:
-        print(bulk.id, flush=True)
+        return
+    print(bulk.id, flush=True)
     note(f"Queued bulk job {bulk.id}: {bulk.total_items} {bulk.mode} articles from schedule {name}; "
          "`bulkgen run` processes it.")

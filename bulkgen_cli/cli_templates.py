@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from bulkgen_cli.cli_common import EXIT_CODES, JsonOpt, StoreOpt, UserOpt, note, open_db, render_json
+from bulkgen_cli.cli_common import EXIT_CODES, JsonOpt, StoreOpt, UserOpt, note, open_db, open_or_create, render_json
 
 if TYPE_CHECKING:
     from bulkgen_cli.manifest import Manifest
@@ -64,7 +64,7 @@ def save(
     templates.check_name(name)
     templates.template_file(file)
     text = templates.read_file(file, templates.OF_TEMPLATE)
-    with open_db(store, "create") as db:
+    with open_or_create(store) as db:
         saved, outcome = templates.save(db, settings.user(user), name, text, source=templates.display(file),
                                         replace=replace)
     if json_:
@@ -120,14 +120,20 @@ def remove(name: NameArg, store: StoreOpt = None, user: UserOpt = None, json_: J
 
     Example: bulkgen template remove city-guides
     """
-    from bulkgen_cli import settings, templates
+    from bulkgen_cli import schedules, settings, templates
 
     with open_db(store, "write") as db:
+        saved = templates.load_saved(db, settings.user(user), name)
         templates.remove(db, settings.user(user), name)
-    if json_:
-        render_json({"name": name, "removed": True})
-        return
-    note(f"Removed template {name}.")
+        using = schedules.using_template(db, settings.user(user), name)
+    if json_:  # as `schedule remove --json`: the record removed
+        render_json(template_dict(saved) | {"used_by_schedules": using})
+    else:
+        note(f"Removed template {name}.")
+    if using:
+        note(f"Warning: schedule{'s' if len(using) > 1 else ''} {', '.join(using)} use{'' if len(using) > 1 else 's'} "
+             f"template {name}: each run fails until you save it again (`bulkgen template save {name} FILE`) or "
+             f"remove the schedule (`bulkgen schedule remove NAME`).", "yellow")
 
 
 def register(root: typer.Typer) -> None:

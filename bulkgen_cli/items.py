@@ -16,7 +16,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable
 
 from bulkgen_cli.errors import InvalidTransition, NotFound, UsageError
-from bulkgen_cli.model import BulkJob, BulkStatus, Counts, Item, ItemStatus, iso, outbox_open, utcnow
+from bulkgen_cli.model import BulkJob, BulkStatus, Counts, Item, ItemStatus, iso, outbox_open, turned_down, utcnow
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import Store
 from bulkgen_cli.text import quoted, visible
@@ -81,6 +81,10 @@ def resolve(store: Store, ref: str, user: str, all_users: bool = False) -> Item:
     prefix = check_ref(ref)
     found = store.find_items(prefix, None if all_users else user, CANDIDATES + 1)
     if not found:
+        bulk = store.get_bulk(prefix)
+        if bulk is not None and (all_users or bulk.userId == user):
+            raise NotFound(f"no item {quoted(ref)} for this user: that is a bulk job: `bulkgen status {prefix}` "
+                           "shows it (--items lists its items).")
         raise NotFound(f"no item {quoted(ref)} for this user (`bulkgen status BULK_ID --items` lists a job's "
                        "items; --all-users to look wider).")
     if len(found) > 1:
@@ -184,10 +188,11 @@ class Shown:
 
     @property
     def text(self) -> str | None:
-        """The article's text as stored (None when no article came back)."""
+        """The article's text as stored: a completed item's, or the one the quality gate turned down (else None)."""
         from bulkgen_cli.content import content_text
 
-        if self.item.status != ItemStatus.completed.value or self.item.result is None:
+        kept = self.item.status == ItemStatus.completed.value or turned_down(self.item)
+        if not kept or self.item.result is None:
             return None
         return content_text(self.item.result.get("content"))
 
@@ -241,8 +246,10 @@ def facts(shown: Shown) -> list[tuple[str, str]]:
         reasons = "; ".join(str(r) for r in found.get("reasons") or [])
         state = found.get("status") or ("passed" if found.get("passed") else "flagged")  # quality.Verdict.to_dict
         rows.append(("Verdict", str(state) + (f": {reasons}" if reasons else "")))
+    # Said above (Status, Verdict) or below (Error); a field with no value is left out, not shown as a dash.
     rows += [(name, _value(value)) for name, value in front_matter(shown.bulk, item).items()
-             if name not in ("status", "bulk_job_id", "queue_position", "error")]
+             if name not in ("status", "bulk_job_id", "queue_position", "error", "quality", "quality_reasons")
+             and value is not None]
     retries = f"{item.retry_count} {'retry' if item.retry_count == 1 else 'retries'} over its life"
     rows += [("Tries", f"{item.attempts} in this round; {retries}"),
              ("Started", when(item.started_at)), ("Ended", when(item.completed_at))]
@@ -250,10 +257,16 @@ def facts(shown: Shown) -> list[tuple[str, str]]:
         rows.append(("Request", f"{result['seconds']:.1f}s (after waiting {result.get('waited') or 0:.1f}s)"))
     if item.error:
         rows.append(("Error", item.error))
+    if turned_down(item) and shown.text is not None:
+        rows.append(("Article", "turned down by the quality gate; kept, shown below"))
     return [(label, visible(value)) for label, value in rows]
 
 
 def _value(value: Any) -> str:
+    import json
+
     if isinstance(value, list):
         return ", ".join(str(v) for v in value)
-    return "—" if value is None else str(value)
+    if isinstance(value, dict):  # the service's meta: as JSON, not as a Python dict
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return str(value)

@@ -116,8 +116,11 @@ def _articles(rows: list[tuple[int | None, dict[str, _Field]]], defaults: dict[s
     """Each row validated (defaults first), with unique ids."""
     articles = []
     seen_ids: dict[str, int] = {}
+    required = REQUIRED_FIELD[mode]
+    # One problem, not one per row, when no row has the mode's field (a CSV file without its column).
+    none_have = len(rows) > 1 and not any(name in {**defaults, **fields} for _, fields in rows for name in required)
     for number, (line, fields) in enumerate(rows, start=1):
-        article = _validate_article({**defaults, **fields}, mode, number, line, problems)
+        article = _validate_article({**defaults, **fields}, mode, number, line, problems, not none_have)
         item_id = article.get("id")
         if item_id is not None:
             if item_id in seen_ids:
@@ -128,6 +131,9 @@ def _articles(rows: list[tuple[int | None, dict[str, _Field]]], defaults: dict[s
             else:
                 seen_ids[item_id] = number
         articles.append(article)
+    if none_have:
+        missing = " or ".join(f"'{n}'" for n in required)
+        problems.add(f"no item has {missing} (required in {mode.value} mode; in a CSV file, a {missing} column).")
     return articles
 
 
@@ -409,7 +415,8 @@ def _is_template(top: dict[str, Node], problems: _Problems) -> bool:
     """A template (templates.py) given as an articles file: one sentence rather than a list of unknown keys."""
     if "item" in top and "items" not in top:
         problems.add("is a template (it has 'item:', one article with {placeholders}), not an articles "
-                     "file: submit it with --values ROWS (a CSV file or a YAML list of rows).")
+                     "file: give it with --values ROWS (a CSV file or a YAML list of rows), or keep it with `bulkgen template "
+                     "save NAME FILE`.")
         return True
     return False
 
@@ -572,7 +579,7 @@ def _check_keys(value: Any, problems: _Problems, number: int | None, line: int |
 
 
 def _validate_article(fields: dict[str, _Field], mode: Mode, number: int, line: int | None,
-                      problems: _Problems) -> dict[str, Any]:
+                      problems: _Problems, report_missing: bool = True) -> dict[str, Any]:
     article: dict[str, Any] = {}
     required = REQUIRED_FIELD[mode]
     for key, fld in fields.items():
@@ -586,7 +593,7 @@ def _validate_article(fields: dict[str, _Field], mode: Mode, number: int, line: 
             article[key] = value
     if not any(name in article for name in required):
         missing = " or ".join(f"'{n}'" for n in required)
-        if not any(name in fields for name in required):
+        if report_missing and not any(name in fields for name in required):
             problems.add(f"missing {missing} (required in {mode.value} mode).", number, line)
     article.setdefault("word_count", DEFAULT_WORD_COUNT)
     return {k: article[k] for k in ARTICLE_FIELDS if k in article}
@@ -618,6 +625,10 @@ def _word_count(key: str, value: Any, problems: _Problems, where: Where) -> Any:
     low, high = WORD_COUNT_RANGE
     if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
         return value
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        problems.add(f"must be a whole number from {low} to {high}, got the quoted text {_show(value)}: write it "
+                     f"without quotes ({value.strip()}).", *where)
+        return None
     problems.add(f"must be a whole number from {low} to {high}, got {_show(value)}.", *where)
     return None
 

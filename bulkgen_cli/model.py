@@ -263,6 +263,8 @@ class BulkJob:
     #: derived like the counters: completed items the gate flagged, and one line per flagged item
     flagged_items: int = 0
     quality_summary: list[str] = field(default_factory=list)
+    #: derived like the counters: failed items whose article the gate turned down (`turned_down`)
+    turned_down_items: int = 0
 
     @property
     def pending(self) -> int:
@@ -349,6 +351,15 @@ def summarize_errors(items: list[Item]) -> list[str]:
     if len(failed) > ERROR_SUMMARY_CAP:
         lines.append(f"… and {len(failed) - ERROR_SUMMARY_CAP} more failed items")
     return lines
+
+
+#: How the error of an item the quality gate failed begins (quality.failure).
+TURNED_DOWN_ERROR = "quality: "
+
+
+def turned_down(item: Item) -> bool:
+    """Whether the quality gate failed the item: its article was turned down (and is kept on the item)."""
+    return item.status == ItemStatus.failed and (item.error or "").startswith(TURNED_DOWN_ERROR)
 
 
 def summarize_flagged(flagged: list[tuple[int, dict[str, Any]]]) -> list[str]:

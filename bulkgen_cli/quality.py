@@ -35,7 +35,7 @@ from enum import Enum
 from typing import Any, Iterable
 
 from bulkgen_cli.content import content_text, count_words
-from bulkgen_cli.model import DEFAULT_WORD_COUNT, Item, Mode, QualityPolicy, VerdictStatus
+from bulkgen_cli.model import DEFAULT_WORD_COUNT, TURNED_DOWN_ERROR, Item, Mode, QualityPolicy, VerdictStatus
 
 #: Words per shingle in the near-duplicate comparison.
 SHINGLE_WORDS = 3
@@ -101,8 +101,8 @@ def failure(verdict: Verdict, policy: str, tries: int) -> str:
     """The error of an item the gate failed."""
     reasons = ", ".join(verdict.reasons)
     if QualityPolicy(policy) is QualityPolicy.retry:
-        return f"quality: {reasons} (still flagged after {tries} tries)"
-    return f"quality: {reasons}"
+        return f"{TURNED_DOWN_ERROR}{reasons} (still flagged after {tries} tries)"
+    return f"{TURNED_DOWN_ERROR}{reasons}"
 
 
 # -- the rules ----------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ def bulk_dict(bulk: BulkJob) -> dict[str, Any]:
         "quality": bulk.quality,
         "quality_ratio": bulk.quality_ratio,
         "flagged_items": bulk.flagged_items,
+        "turned_down_items": bulk.turned_down_items,
         "quality_summary": list(bulk.quality_summary),
     }
 
@@ -185,15 +186,28 @@ def quality_cell(item: Item) -> str:
 
 
 def flagged_count(bulk: BulkJob) -> str:
-    n = bulk.flagged_items
-    return "none flagged" if not n else f"{n} article{'s' if n > 1 else ''} flagged"
+    """"3 articles turned down, 1 article flagged": what the gate failed, then what it flagged and kept."""
+    parts = [f"{n} article{'s' if n > 1 else ''} {what}"
+             for n, what in ((bulk.turned_down_items, "turned down"), (bulk.flagged_items, "flagged")) if n]
+    return ", ".join(parts) or "none flagged"
 
 
 def flagged_line(bulk: BulkJob) -> str | None:
-    """"3 articles flagged: #4 612 of 1500 words; #7 …" for a job whose kept articles the quality gate flagged."""
-    if not bulk.flagged_items:
+    """"3 articles flagged: #4 612 of 1500 words; #7 …" for a job whose articles the quality gate flagged.
+
+    Turned-down articles are counted here; their reasons are the items' errors (error_summary).
+    """
+    if not bulk.flagged_items and not bulk.turned_down_items:
         return None
-    return f"{flagged_count(bulk)}: {'; '.join(bulk.quality_summary)}"
+    return flagged_count(bulk) + (f": {'; '.join(bulk.quality_summary)}" if bulk.quality_summary else "")
+
+
+def quality_hint(bulk: BulkJob) -> str | None:
+    """When the gate turned down every article that came back: what to look at, and what to change."""
+    if not bulk.turned_down_items or bulk.completed_items:
+        return None
+    return (f"the quality gate turned down every article: see why with `bulkgen status {bulk.id} --items`; a lower "
+            "--quality-ratio or --quality warn at submit keeps more, and `bulkgen retry-failed` asks again.")
 
 
 def list_rows(bulks: list[BulkJob]) -> list[list[str]]:
@@ -479,8 +493,8 @@ class QuietView(PlainView):
     def __call__(self, event: Any) -> None:
         from bulkgen_cli import events as p
 
-        if isinstance(event, p.Stopping):
-            PlainView.line(self, event.message)
+        if isinstance(event, p.Stopping) or (isinstance(event, p.ScheduleFired) and event.error):
+            PlainView.line(self, event.message if isinstance(event, p.Stopping) else schedule_fired_line(event))
         else:
             super().__call__(event)  # keeps counting items and ended jobs for the summary
 
@@ -507,6 +521,9 @@ def print_summary(bulks: Sequence[BulkJob | None], plain: bool = False) -> None:
             flagged = flagged_line(b)
             sys.stderr.write(f"summary: {summary_line(b)}{'; ' + visible(flagged) if flagged else ''}; "
                              f"results: bulkgen results {b.id} --out articles/\n")
+            hint = quality_hint(b)
+            if hint:
+                sys.stderr.write(f"hint: {hint}\n")
         return
     from rich.console import Console
     from rich.panel import Panel
@@ -528,7 +545,10 @@ def print_summary(bulks: Sequence[BulkJob | None], plain: bool = False) -> None:
             grid.add_row("", Text(visible(line)))
         flagged = flagged_line(b)
         if flagged:
-            grid.add_row("Flagged", Text(visible(flagged), style="yellow"))
+            grid.add_row("Quality", Text(visible(flagged), style="yellow"))
+        hint = quality_hint(b)
+        if hint:
+            grid.add_row("Hint", Text(hint))
         grid.add_row("Results", f"bulkgen results {b.id} --out articles/")
         style = "green" if b.status == "completed" and not b.failed_items and not b.flagged_items else "yellow"
         console.print(Panel(grid, title=Text(f"{short(b.name, 80)} — {b.status}"), border_style=style, expand=False))

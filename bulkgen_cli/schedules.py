@@ -15,7 +15,6 @@ never load it. Nothing here prints or exits; errors are `BulkgenError`s.
 from __future__ import annotations
 
 import datetime as dt
-import re
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from bulkgen_cli import jobs
-from bulkgen_cli.errors import BulkgenError, InvalidTransition, NotFound, StoreUnavailable, UsageError
+from bulkgen_cli.errors import BulkgenError, InvalidTransition, NameTaken, NotFound, StoreUnavailable, UsageError
 from bulkgen_cli.events import ScheduleFired, Waiting
 from bulkgen_cli.model import (
     DEFAULT_QUALITY_RATIO, Priority, QualityPolicy, SavedTemplate, Schedule, ScheduleStatus, new_id, utcnow,
@@ -37,8 +36,6 @@ if TYPE_CHECKING:
 
     from bulkgen_cli.manifest import Manifest
 
-#: A schedule's name: a short slug, unique per user.
-NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 #: The five fields of a cron expression, in order, and what each accepts.
 CRON_FIELDS = (
     ("minute", "0-59"),
@@ -66,9 +63,11 @@ UTC = dt.timezone.utc
 
 
 def check_name(name: str) -> str:
-    if not NAME_RULE.match(name):
-        raise UsageError(f"schedule name {quoted(name)} is not allowed: use 1-64 letters, digits, '-', '_' or '.', "
-                         "starting with a letter or digit.")
+    """A schedule's name: the rule a saved template's name follows (templates.NAME_RULE), or UsageError (exit 2)."""
+    from bulkgen_cli.templates import NAME_HELP, NAME_RULE
+
+    if not NAME_RULE.fullmatch(name):
+        raise UsageError(f"schedule name {quoted(name)} is not allowed: use {NAME_HELP}.")
     return name
 
 
@@ -86,8 +85,21 @@ def parse_cron(expr: str) -> str:
     try:
         CronSim(normal, dt.datetime(2000, 1, 1, tzinfo=UTC))
     except CronSimError as exc:
-        raise UsageError(_cron_problem(expr, fields, str(exc))) from None
+        raise UsageError(_never(expr, fields) or _cron_problem(expr, fields, str(exc))) from None
     return normal
+
+
+def _never(expr: str, fields: list[str]) -> str | None:
+    """When each field is valid but the day of month never occurs in the months chosen (31 2: February 31st)."""
+    from cronsim import CronSim, CronSimError
+
+    try:  # the day alone (any month) and the months alone (day 1) are valid
+        for alone in (fields[:3] + ["*"] + fields[4:], fields[:2] + ["1"] + fields[3:]):
+            CronSim(" ".join(alone), dt.datetime(2000, 1, 1, tzinfo=UTC))
+    except CronSimError:
+        return None
+    return (f"--cron {quoted(expr)} never runs: day {quoted(fields[2])} of month {quoted(fields[3])} never occurs; "
+            "pick a day those months have, or L for their last day.")
 
 
 def _cron_problem(expr: str, fields: list[str], message: str) -> str:
@@ -239,7 +251,12 @@ def manifest_of(store: Store, schedule: Schedule) -> Manifest:
     if kind == "file":
         return manifest.load_text(source["text"], source["file"], source["format"], mode)
     if kind == "template":  # removed since: NotFound, and the run is recorded as failed
-        return _expand(source, mode, templates.load_saved(store, schedule.userId, source["template"]))
+        saved = store.get_template(schedule.userId, source["template"])
+        if saved is None:
+            raise NotFound(f"schedule {quoted(schedule.name)} uses template {quoted(source['template'])}, which "
+                           f"is gone: save it again (`bulkgen template save {source['template']} FILE`) or remove "
+                           f"the schedule (`bulkgen schedule remove {schedule.name}`).")
+        return _expand(source, mode, saved)
     if kind == "template-file":
         return _expand(source, mode)
     raise UsageError(f"schedule {quoted(schedule.name)} has a source of unknown kind {quoted(kind)}.")
@@ -274,7 +291,7 @@ def add(store: Store, user: str, name: str, cron: str, zone: str, source: dict[s
                         options=options, created_at=now)
     schedule.next_at = next_after(schedule.cron, schedule.zone, now)
     if not store.add_schedule(schedule):
-        raise UsageError(f"you have a schedule named {quoted(name)} already; nothing was stored "
+        raise NameTaken(f"you have a schedule named {quoted(name)} already; nothing was stored "
                          f"(`bulkgen schedule remove {name}` first, or choose another name).")
     return schedule
 
@@ -307,6 +324,12 @@ def set_state(store: Store, user: str, name: str, action: str, now: dt.datetime 
             return current, False
         raise InvalidTransition(f"schedule {quoted(name)} changed meanwhile; try again.")
     return get(store, user, name), True
+
+
+def using_template(store: Store, user: str, template: str) -> list[str]:
+    """The names of `user`'s schedules whose runs read the saved template `template`."""
+    return [s.name for s in store.list_schedules(user)
+            if s.source.get("kind") == "template" and s.source.get("template") == template]
 
 
 def remove(store: Store, user: str, name: str) -> Schedule:

@@ -237,7 +237,7 @@ def _template_document(root: Node | None, conv: manifest.Converter, problems: ma
     top = dict(conv.mapping(root, None, None))
     if "items" in top and "item" not in top:
         problems.add("is an articles file (it has 'items:'), not a template (one article with {placeholders} "
-                     "under 'item:'): submit it without --values.")
+                     "under 'item:'): use it as an articles FILE, without --values.")
         return None
     for key, node in top.items():
         if key not in TOP_KEYS:
@@ -710,6 +710,8 @@ def save(store: Store, user: str, name: str, template_text: str, *, source: str,
     if outcome is SaveOutcome.exists:
         raise NameTaken(f"you have a template named '{name}' already; nothing was saved. "
                         f"`bulkgen template save {name} FILE --replace` replaces it.")
+    if outcome is SaveOutcome.replaced:  # as stored: a replacement keeps when the name was first saved
+        saved = store.get_template(user, name) or saved
     return saved, outcome
 
 

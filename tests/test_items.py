@@ -330,7 +330,7 @@ def test_sqlite_prefix_lookup_is_an_index_range(tmp_path):
 # -- the commands, as a user runs them -------------------------------------------------------------------------
 
 
-def stored_job(tmp_path, content, user="tester", status=ItemStatus.completed, error=None):
+def stored_job(tmp_path, content, user="tester", status=ItemStatus.completed, error=None, verdict=None):
     """A SQLite store with one job whose first item holds `content` as its result; (store path, job, item)."""
     path = tmp_path / "xdg" / "bulkgen" / "bulkgen.db"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -339,8 +339,8 @@ def stored_job(tmp_path, content, user="tester", status=ItemStatus.completed, er
     now = utcnow()
     item = claim(store, "p1", LEASE, now)
     result = {"content": content, "generator": "reference", "generated_at": "2026-11-29T10:00:00.000Z",
-              "seconds": 2.25, "waited": 1.0, "words": 3} if status is ItemStatus.completed else None
-    store.finish_item(item.id, "p1", Outcome(status, result=result, error=error), now)
+              "seconds": 2.25, "waited": 1.0, "words": 3} if status is ItemStatus.completed or verdict else None
+    store.finish_item(item.id, "p1", Outcome(status, result=result, error=error, verdict=verdict), now)
     store.refresh_counters(bulk.id, now)
     store.close()
     return path, bulk, item
@@ -371,6 +371,7 @@ def test_show_raw_json_and_pipe(tmp_path):
     assert "Request: 2.2s (after waiting 1.0s)" in piped.out or "Request: 2.3s (after waiting 1.0s)" in piped.out
     assert "Red \\x1b[31mred\\x1b[0m text\\x0d" in piped.out and "bell\\x07 \\u202eevil" in piped.out
     assert "[bold]markup[/bold] :smile:" in piped.out and "title: T" in piped.out
+    assert 'meta: {"source": "ref"}' in piped.out and "item_id:" not in piped.out  # JSON; no value, no line
 
 
 def test_show_an_item_without_an_article(tmp_path):
@@ -381,6 +382,20 @@ def test_show_an_item_without_an_article(tmp_path):
     piped = run_cli(["show", item.id], env)
     assert piped.code == 0 and "Error: HTTP 400: no \\x1b[2J" in piped.out and "\x1b" not in piped.out
     assert json.loads(run_cli(["show", item.id, "--json"], env).out)["text"] is None
+
+
+def test_show_prints_the_article_the_quality_gate_turned_down(tmp_path):
+    env = env_for(tmp_path)
+    verdict = {"status": "flagged", "reasons": ["3 of 1500 words"], "generation": 0}
+    _, _, item = stored_job(tmp_path, {"title": "T", "body": "Too short."}, status=ItemStatus.failed,
+                            error="quality: 3 of 1500 words", verdict=verdict)
+    raw = run_cli(["show", item.id, "--raw"], env)
+    assert raw.code == 0 and raw.out == "Too short."
+    assert "this article was turned down by the quality gate (quality: 3 of 1500 words)" in raw.err
+    piped = run_cli(["show", item.id], env)
+    assert piped.code == 0 and "Article: turned down by the quality gate; kept, shown below" in piped.out
+    assert piped.out.rstrip().endswith("Too short.")
+    assert json.loads(run_cli(["show", item.id, "--json"], env).out)["text"] == "Too short."
 
 
 def test_show_in_a_terminal_shows_hostile_text_as_it_is(tmp_path):
@@ -422,6 +437,20 @@ def test_commands_name_items_by_prefix_and_scope_them_to_their_user(tmp_path):
     as_json = run_cli(["item", "retry", item.id[:6], "--all-users", "--json"], env)
     assert as_json.code == 4 and json.loads(as_json.out)["error"]["code"] == 4
     assert run_cli(["show", "zz99"], env).code == 2
+    both = run_cli(["show", item.id[:6], "--raw", "--json"], env)
+    assert both.code == 2 and "give --raw (the article's text) or --json (the item's record), not both." in both.err
+
+
+def test_an_item_id_given_for_a_job_and_a_job_id_given_for_an_item_get_a_hint(tmp_path):
+    env = env_for(tmp_path)
+    _, bulk, item = stored_job(tmp_path, "text")
+    status = run_cli(["status", item.id[:8]], env)
+    assert status.code == 3 and (f"no bulk job '{item.id[:8]}' for this user: that is an item of bulk job {bulk.id}: "
+                                 f"`bulkgen show {item.id[:8]}` shows it.") in status.err
+    unknown = run_cli(["status", bulk.id[:8]], env)
+    assert unknown.code == 3 and "job ids are whole, never prefixes" in unknown.err
+    show = run_cli(["show", bulk.id], env)
+    assert show.code == 3 and f"that is a bulk job: `bulkgen status {bulk.id}` shows it" in show.err
 
 
 def test_status_items_shows_short_ids_in_a_pipe(tmp_path):
@@ -437,6 +466,14 @@ def test_status_items_shows_short_ids_in_a_pipe(tmp_path):
     assert len(ids[0]) == 24 and len({i[:8] for i in ids}) == 10  # new ids differ from their first digits
 
 
+def test_the_readmes_items_header_names_every_column():
+    from bulkgen_cli.render import ITEM_COLUMNS
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    header = next(line for line in readme.splitlines() if line.startswith("#   ID "))
+    assert header.split() == [name for name, _ in ITEM_COLUMNS]
+
+
 # -- real processors ------------------------------------------------------------------------------------------
 
 
@@ -450,7 +487,7 @@ def test_cancelling_an_item_in_flight_closes_its_request_and_completes_the_job(t
              what="the last item's request in flight")
     cancelled = run_cli(["item", "cancel", last[:8]], env)
     assert cancelled.code == 0, cancelled.err
-    assert "processing -> cancelled. Its request was aborted." in cancelled.err
+    assert "processing -> cancelled. Its request is being aborted: its processor closes it within about a second." in cancelled.err
     assert "That was its last pending item" in cancelled.err
     wait_for(lambda: [r["outcome"] for r in svc.stats()["requests"] if r["job_id"] == last] == ["closed-by-client"],
              timeout=5, what="the request to be closed")
@@ -478,7 +515,8 @@ def test_an_item_retry_reopens_a_completed_job_and_its_end_is_notified_again(tmp
         doc = json.loads(retried.out)
         assert (doc["status"], doc["attempts"], doc["error"], doc["retry_count"]) == ("queued", 0, None, 3)
         assert status_of(env, bulk_id)["bulk_job"]["status"] == "queued"
-        assert run_cli(["run"], env).code == 0
+        again = run_cli(["run"], env)
+        assert again.code == 0 and "Processed 1 item; the queue is empty." in again.err
         events = hook.events()
         assert len(events) == 2 and events[1]["event_id"] != first["event_id"]
         assert (events[1]["completed_items"], events[1]["failed_items"]) == (10, 0)

@@ -86,9 +86,15 @@ def test_unknown_field_suggests_the_nearest(tmp_path):
 def test_field_of_another_mode_is_explained(tmp_path):
     path = write_articles(tmp_path / "a.yaml", [{"keywords": [f"k{i}"]} for i in range(10)])
     found = problems(path)
-    assert len(found) == 20
-    assert "field 'keywords': belongs to mode 'keywords', but this bulk job's mode is 'topic'" in found[0]
-    assert found[1].endswith("missing 'topic' (required in topic mode).")
+    assert len(found) == 11  # the missing field once, not once per item
+    assert found[0].endswith("no item has 'topic' (required in topic mode; in a CSV file, a 'topic' column).")
+    assert "field 'keywords': belongs to mode 'keywords', but this bulk job's mode is 'topic'" in found[1]
+
+
+def test_a_csv_file_without_the_modes_column_is_one_problem(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_text("title,word_count\n" + "".join(f"T{n},300\n" for n in range(11)))
+    assert problems(path) == [f"{path}: no item has 'topic' (required in topic mode; in a CSV file, a 'topic' column)."]
 
 
 @pytest.mark.parametrize(

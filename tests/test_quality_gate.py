@@ -123,7 +123,7 @@ def test_fail_marks_the_item_failed_with_the_reason_and_keeps_the_article(store,
     assert first.verdict == {"status": "flagged", "reasons": ["612 of 1500 words"], "generation": 0}
     assert first.result["words"] == 612  # the turned-down article is kept for a look
     assert len(requests_for(service, first.id)) == 1 and first.attempts == 1
-    assert (job.completed_items, job.failed_items, job.flagged_items) == (9, 1, 0)
+    assert (job.completed_items, job.failed_items, job.flagged_items, job.turned_down_items) == (9, 1, 0, 1)
     assert job.error_summary == ["#1 Short [words:612]: quality: 612 of 1500 words"]
 
 
@@ -260,7 +260,7 @@ def test_sqlite_store_of_schema_5_gets_the_quality_fields(tmp_path):
     bulk = submit_articles(store, fill([]))
     store.close()
     db = sqlite3.connect(path, isolation_level=None)
-    for column in ("quality", "quality_ratio", "flagged_items", "quality_summary"):
+    for column in ("quality", "quality_ratio", "flagged_items", "quality_summary", "turned_down_items"):
         db.execute(f"ALTER TABLE bulk_jobs DROP COLUMN {column}")
     db.execute("ALTER TABLE generation_jobs DROP COLUMN verdict")
     db.execute("PRAGMA user_version = 5")
@@ -286,7 +286,8 @@ def test_mongo_documents_without_the_quality_fields_read_with_their_defaults():
                                             "quality_summary": ""}})
     store.items.update_many({}, {"$unset": {"verdict": ""}})
     job = store.get_bulk(bulk.id)
-    assert (job.quality, job.quality_ratio, job.flagged_items, job.quality_summary) == ("warn", 0.7, 0, [])
+    assert (job.quality, job.quality_ratio, job.flagged_items, job.quality_summary, job.turned_down_items) == (
+        "warn", 0.7, 0, [], 0)
     assert store.list_items(bulk.id)[0].verdict is None
 
 
@@ -354,10 +355,39 @@ def test_a_failed_articles_file_keeps_the_turned_down_article(cli, tmp_path, sta
     assert "This draft covers Solar" in text
 
 
+@pytest.fixture
+def turned_down_job(cli, tmp_path, start_service):
+    """A job submitted with --quality fail --wait whose first article the gate turned down."""
+    service = start_service()
+    path = write_articles(tmp_path / "q.yaml", fill([{"topic": "Solar [words:612]", "word_count": 1500}]))
+    done = cli("submit", str(path), "--wait", "--quality", "fail", env={"BULKGEN_API_URL": service.url})
+    assert done.code == 1, done.err
+    return done.out.strip(), done
+
+
+def test_turned_down_articles_are_counted_in_status_json_and_the_summary(cli, turned_down_job):
+    bulk_id, done = turned_down_job
+    assert "summary: " in done.err and "; 1 article turned down; results:" in done.err
+    assert "Quality: fail (ratio 0.7): 1 article turned down" in cli("status", bulk_id).out
+    doc = json.loads(cli("status", bulk_id, "--json").out)["bulk_job"]
+    assert (doc["flagged_items"], doc["turned_down_items"]) == (0, 1)
+
+
+def test_a_job_whose_every_article_was_turned_down_ends_with_a_hint(cli, tmp_path, start_service):
+    service = start_service()
+    path = write_articles(tmp_path / "q.yaml", [{"topic": f"Solar {n} [words:200]", "word_count": 1500}
+                                                for n in range(10)])
+    done = cli("submit", str(path), "--wait", "--quality", "fail", env={"BULKGEN_API_URL": service.url})
+    assert done.code == 1 and "10 articles turned down" in done.err
+    assert (f"hint: the quality gate turned down every article: see why with `bulkgen status {done.out.strip()} "
+            "--items`; a lower --quality-ratio or --quality warn at submit keeps more") in done.err
+
+
 @pytest.mark.parametrize("args, message", [
     (["--quality", "sometimes"], "'sometimes' is not one of 'warn', 'fail', 'retry'"),
-    (["--quality-ratio", "1.5"], "1.5 is not in the range 0.0<=x<=1.0"),
+    (["--quality-ratio", "1.5"], "1.5 is not in the range 0.0<=x<=1.0 (or 0% to 100%)."),
     (["--quality-ratio", "-0.1"], "-0.1 is not in the range"),
+    (["--quality-ratio", "seventy"], "'seventy' is not a share from 0 to 1 (such as 0.7) or a percentage (such as 70%)."),
 ])
 def test_a_bad_quality_option_is_refused_and_nothing_stored(cli, tmp_path, args, message):
     path = write_articles(tmp_path / "q.yaml", fill([]))
@@ -365,6 +395,25 @@ def test_a_bad_quality_option_is_refused_and_nothing_stored(cli, tmp_path, args,
     assert refused.code == 2 and message in refused.err and "Traceback" not in refused.err
     listed = cli("list", "--json")
     assert listed.code == 4 and "no store at" in listed.out  # not even the store was created
+
+
+def test_a_quality_ratio_may_be_a_percentage(cli, tmp_path):
+    path = write_articles(tmp_path / "q.yaml", fill([]))
+    done = cli("submit", str(path), "--quality-ratio", "70%", "--json")
+    assert done.code == 0, done.err
+    doc = json.loads(cli("status", json.loads(done.out)["bulk_job_id"], "--json").out)
+    assert doc["bulk_job"]["quality_ratio"] == 0.7
+
+
+def test_the_readmes_quality_examples_run_against_a_service():
+    """Offline drafts pass every check: the README's examples name the service they need (test_readme runs them)."""
+    from tests.cli_helpers import ROOT
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    submits = [line for line in readme.splitlines() if line.startswith("$ ") and "examples/flawed.yaml" in line]
+    assert len(submits) == 3
+    assert all("BULKGEN_API_URL=http://127.0.0.1:8000 " in line and "--delay 0" in line for line in submits)
+    assert "python -m bulkgen_cli.content.reference --port 8000 &" in readme
 
 
 def test_the_library_refuses_a_ratio_out_of_range(store):
@@ -436,7 +485,7 @@ def test_the_summary_panel_on_a_terminal_names_the_flagged_articles(monkeypatch)
                    quality_summary=["#4 612 of 1500 words", "#7 keyword '[red]x' missing"])
     render.print_summary([bulk])
     shown = terminal.buffer.getvalue()
-    assert "Flagged" in shown and "2 articles flagged: #4 612 of 1500 words; #7 keyword '[red]x' missing" in shown
+    assert "Quality" in shown and "2 articles flagged: #4 612 of 1500 words; #7 keyword '[red]x' missing" in shown
     assert "Solar [bold]basics" in shown  # text, not markup
 
 
@@ -445,6 +494,7 @@ def test_show_prints_the_verdict(cli, flagged_job):
     jobs = json.loads(cli("status", bulk_id, "--json").out)["jobs"]
     shown = cli("show", jobs[0]["id"][:8])
     assert shown.code == 0 and "Verdict: flagged: 612 of 1500 words" in shown.out
+    assert "quality:" not in shown.out and "quality_reasons" not in shown.out  # the verdict once
     assert "Verdict: passed" in cli("show", jobs[1]["id"]).out
     record = json.loads(cli("show", jobs[0]["id"], "--json").out)
     assert record["verdict"]["reasons"] == ["612 of 1500 words"] and record["front_matter"]["quality"] == "flagged"

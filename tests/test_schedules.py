@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from bulkgen_cli import jobs, schedules
-from bulkgen_cli.errors import ManifestError, NotFound, UsageError
+from bulkgen_cli.errors import ManifestError, NameTaken, NotFound, UsageError
 from bulkgen_cli.model import OccurrenceState, Schedule, ScheduleStatus, iso, new_id
 from bulkgen_cli.store import rules
 from tests.cli_helpers import EXAMPLES, ROOT, base_env
@@ -44,7 +44,7 @@ def test_add_get_list_names_are_per_user(store):
     got = store.get_schedule("alice", "daily")
     assert got is not None and got.id == first.id and got.source["text"] == (EXAMPLES / "articles.yaml").read_text()
     assert got.next_at == first.next_at and got.created_at == DAY0 and got.status == "active"
-    with pytest.raises(UsageError, match="already"):
+    with pytest.raises(NameTaken, match="already"):
         add(store, "daily", cron="0 7 * * *")
     assert store.get_schedule("alice", "daily").cron == "0 6 * * *"  # nothing stored
     add(store, "daily", user="bob")  # the same name for another user is another schedule
@@ -336,7 +336,9 @@ def test_occurrences_follow_the_zone():
     ("0 6 * * MONX", "field 5 (day of week) 'MONX' is not valid; it takes 0-7 or SUN-SAT"),
     ("61 6 * * *", "field 1 (minute) '61' is not valid; it takes 0-59"),
     ("0 24 * * *", "field 2 (hour) '24' is not valid"),
-    ("0 6 31 2 *", "field 3 (day of month) '31' is not valid"),
+    ("0 6 32 * *", "field 3 (day of month) '32' is not valid; it takes 1-31 or L"),
+    ("0 6 31 2 *", "'0 6 31 2 *' never runs: day '31' of month '2' never occurs; pick a day those months have, or L"),
+    ("0 6 31 4,6 *", "never runs: day '31' of month '4,6' never occurs"),
     ("0 6 * 13 *", "field 4 (month) '13' is not valid; it takes 1-12 or JAN-DEC"),
     ("0 6 * *", "has 4 fields; a cron expression has 5"),
     ("@fortnightly", "has 1 field; a cron expression has 5"),
@@ -383,7 +385,11 @@ def test_schedule_commands_end_to_end(cli):
     assert doc["job"] == {"name": "Coffee", "mode": None, "priority": "high", "notify": [], "quality": "warn",
                           "quality_ratio": 0.7}
     assert doc["next_run_local"].endswith((" CET", " CEST")) and " 06:00 " in doc["next_run_local"]
-    assert "Schedule weekly added" in added.err and "run --forever" in added.err
+    assert "Schedule weekly added" not in added.err  # --json: the record on stdout, no message on stderr
+    assert cli("schedule", "pause", "weekly", "--json").err == ""
+    assert cli("schedule", "resume", "weekly", "--json").err == ""
+    taken = cli("schedule", "add", "weekly", "--cron", "0 7 * * MON", articles)
+    assert taken.code == 4 and "you have a schedule named 'weekly' already" in taken.err  # as template save: exit 4
     listed = cli("schedule", "list")
     assert listed.code == 0 and "weekly" in listed.out and "0 6 * * MON" in listed.out and "Europe/Berlin" in listed.out
     assert cli("schedule", "pause", "weekly").err.startswith("Schedule weekly: active -> paused")
@@ -395,7 +401,8 @@ def test_schedule_commands_end_to_end(cli):
     status = json.loads(cli("status", ran.out.strip(), "--json").out)["bulk_job"]
     assert status["priority"] == "high" and status["name"].startswith("Coffee (weekly ")
     assert cli("run").code == 0
-    assert "A schedule's next run is" in cli("run").err  # plain run says who queues scheduled runs
+    plain = cli("run").err  # plain run says which schedule runs next, and who queues scheduled runs
+    assert "Schedule 'weekly' (" in plain and "): next run is" in plain
     assert cli("schedule", "remove", "weekly").code == 0
     assert json.loads(cli("schedule", "list", "--json").out) == []
     assert "No schedules yet" in cli("schedule", "list").err
@@ -416,10 +423,28 @@ def test_bad_input_at_add_stores_nothing(cli, tmp_path):
     assert result.code == 2 and "short.yaml: has 9 items" in result.err
     assert json.loads(result.out)["error"]["problems"][0]["file"] == str(short)
     assert cli("schedule", "add", "Bad Name", "--cron", "0 6 * * MON", articles).code == 2
+    upper = cli("schedule", "add", "Weekly", "--cron", "0 6 * * MON", articles)  # the templates' name rule
+    assert upper.code == 2 and "use 1 to 64 lowercase letters, digits, '-' and '_'" in upper.err
+    assert cli("schedule", "add", "week.ly", "--cron", "0 6 * * MON", articles).code == 2
+    template = cli("schedule", "add", "weekly", "--cron", "0 6 * * MON", str(EXAMPLES / "city-guides.yaml"))
+    assert template.code == 2 and "give it with --values ROWS" in template.err and "submit it" not in template.err
     assert cli("schedule", "add", "weekly", "--cron", "0 6 * * MON").code == 2  # no file
     assert cli("schedule", "add", "weekly", articles).code == 2  # no --cron
     listed = cli("schedule", "list")
     assert listed.code == 4 and "no store at" in listed.err  # not even the store was created
+
+
+def test_schedule_add_creates_a_missing_store_and_says_so(cli, tmp_path):
+    articles = str(EXAMPLES / "articles.yaml")
+    typo = tmp_path / "typo.db"
+    first = cli("schedule", "add", "weekly", "--cron", "0 6 * * MON", articles, "--store", f"sqlite:///{typo}")
+    assert first.code == 0 and f"There was no store at sqlite:///{typo}: a new one was created there." in first.err
+    assert "Schedule weekly added" in first.err and "run --forever" in first.err
+    named = json.loads(cli("schedule", "add", "monthly", "--cron", "@monthly", articles, "--name", "Coffee", "--json",
+                           "--store", f"sqlite:///{typo}").out)
+    assert named["job"]["name"] == "Coffee"  # --name, as submit's (--job-name is the same option)
+    second = cli("schedule", "add", "daily", "--cron", "0 6 * * *", articles, "--store", f"sqlite:///{typo}")
+    assert second.code == 0 and "no store" not in second.err
 
 
 def test_schedules_are_per_user(cli):
@@ -527,7 +552,9 @@ def test_a_saved_template_is_read_at_each_run_and_a_removed_one_fails_its_run(st
     assert store.get_bulk(second.bulk_job_id).name.startswith("Cities v2 (cities ")
     templates.remove(store, "alice", "city")
     [third] = schedules.tick(store, "p1", DAY0 + dt.timedelta(days=3))
-    assert third.bulk_job_id is None and "no template 'city'" in third.error
+    assert third.bulk_job_id is None and third.error == (
+        "schedule 'cities' uses template 'city', which is gone: save it again (`bulkgen template save city FILE`) "
+        "or remove the schedule (`bulkgen schedule remove cities`).")
     got = store.get_schedule("alice", "cities")
     assert got.last_error == third.error and got.next_at == daily.next_at + dt.timedelta(days=3)
     assert [o.state for o in store.list_occurrences(daily.id)] == ["failed", "submitted", "submitted"]
@@ -578,3 +605,37 @@ def test_schedule_add_with_a_saved_template_from_the_cli(cli):
     missing = cli("schedule", "add", "other", "--cron", "0 7 1 * *", "--template", "nope", "--values",
                   str(EXAMPLES / "cities.csv"))
     assert missing.code == 3 and "no template 'nope'" in missing.err
+
+
+def test_removing_a_template_a_schedule_uses_warns_and_its_failed_runs_say_why(cli, monkeypatch):
+    import io
+
+    from bulkgen_cli import render
+    from bulkgen_cli.events import ScheduleFired
+
+    assert cli("template", "save", "city", str(EXAMPLES / "city-guides.yaml")).code == 0
+    assert cli("schedule", "add", "cities", "--cron", "0 7 1 * *", "--template", "city", "--values",
+               str(EXAMPLES / "cities.csv")).code == 0
+    removed = cli("template", "remove", "city")
+    assert removed.code == 0 and "Warning: schedule cities uses template city: each run fails until you save it " \
+        "again (`bulkgen template save city FILE`) or remove the schedule" in removed.err
+    assert json.loads(cli("template", "save", "city", str(EXAMPLES / "city-guides.yaml"), "--json").out)
+    gone = cli("template", "remove", "city", "--json")
+    doc = json.loads(gone.out)  # the removed record, as `schedule remove --json` prints the schedule's
+    assert doc["name"] == "city" and "created_at" in doc and doc["used_by_schedules"] == ["cities"]
+    assert "Removed template" not in gone.err and "Warning: schedule cities uses template city" in gone.err
+    ran = cli("schedule", "run", "cities")
+    assert ran.code == 3 and "schedule 'cities' uses template 'city', which is gone: save it again" in ran.err
+    out = io.StringIO()
+    quiet = render.QuietView(out)  # run --forever -q still says a scheduled run failed
+    quiet(ScheduleFired("cities", "alice", DAY0, "UTC", None, "schedule 'cities' uses template 'city', which is gone",
+                        0))
+    assert "run of 2026-11-02 12:00 UTC: failed: schedule 'cities' uses template 'city'" in out.getvalue()
+    from bulkgen_cli import settings
+    from bulkgen_cli.store import open_store
+
+    with open_store(settings.store_url(None)) as db:
+        [fired] = schedules.tick(db, "p1", dt.datetime(2030, 1, 2, tzinfo=UTC))
+    assert fired.error and fired.error.startswith("schedule 'cities' uses template 'city', which is gone")
+    listed = cli("schedule", "list").out
+    assert "failed: schedule 'cities' uses template 'city', which is gone" in listed

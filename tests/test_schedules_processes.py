@@ -117,9 +117,9 @@ def test_plain_run_queues_no_scheduled_run_and_says_who_does(cli, tmp_path):
     assert cli("schedule", "add", "daily", "--cron", far_cron(utcnow()), str(EXAMPLES / "articles.yaml"),
                env=env).code == 0
     result = cli("run")
-    assert result.code == 0 and "A schedule's next run is" in result.err
+    assert result.code == 0 and "Schedule 'daily' (alice): next run is" in result.err
     missed(path, "alice", "daily", days=1)
     result = cli("run")
-    assert "A schedule's next run was due" in result.err and "only `bulkgen run --forever` queues" in result.err
+    assert "Schedule 'daily' (alice): next run was due" in result.err and "only `bulkgen run --forever` queues" in result.err
     _, bulks, _ = scheduled(path)
     assert bulks == []

@@ -525,6 +525,7 @@ def test_sqlite_store_of_schema_1_is_migrated_to_the_current_one(tmp_path):
                       "ALTER TABLE bulk_jobs DROP COLUMN quality", "ALTER TABLE bulk_jobs DROP COLUMN quality_ratio",
                       "ALTER TABLE bulk_jobs DROP COLUMN flagged_items",
                       "ALTER TABLE bulk_jobs DROP COLUMN quality_summary",
+                      "ALTER TABLE bulk_jobs DROP COLUMN turned_down_items",
                       "ALTER TABLE generation_jobs DROP COLUMN verdict",
                       "DROP TABLE schedule_occurrences", "DROP TABLE schedules",
                       "PRAGMA user_version = 1"):

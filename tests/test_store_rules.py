@@ -150,7 +150,10 @@ def test_counters_hold_the_counts_the_error_summary_and_the_eta():
                    queue_position=5, error="HTTP 400: bad")]
     fields = rules.counters(Counts(queued=2, completed=1, failed=1), failed, 2.0, T0, 1.0)
     assert fields == {"completed_items": 1, "failed_items": 1, "cancelled_items": 0,
-                      "error_summary": ["#5 T: HTTP 400: bad"], "estimated_completion": T0 + dt.timedelta(seconds=6)}
+                      "error_summary": ["#5 T: HTTP 400: bad"], "estimated_completion": T0 + dt.timedelta(seconds=6),
+                      "turned_down_items": 0}
+    gated = [dataclasses.replace(failed[0], error="quality: 612 of 1500 words")]
+    assert rules.counters(Counts(failed=1), gated, 2.0, T0, 1.0)["turned_down_items"] == 1  # the gate's failure
     assert rules.counters(Counts(completed=1), [], 2.0, T0, 1.0)["estimated_completion"] is None
 
 

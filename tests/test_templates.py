@@ -147,6 +147,13 @@ def test_yaml_rows_are_located_by_row_and_key():
     ]
 
 
+def test_a_quoted_number_in_yaml_rows_is_said_to_be_text():
+    rows = "\n".join(f"- {{slug: s{n}, city: C{n}, words: '{1200 + n}'}}" for n in range(10))
+    found = problems(values=rows, fmt="yaml")
+    assert found[0] == ("rows.yaml, row 1 (line 1), column 'words', field 'word_count': must be a whole number from "
+                        "100 to 10000, got the quoted text '1200': write it without quotes (1200).")
+
+
 def test_the_template_is_checked_on_its_own_first():
     template = """\
     name: Guides for {city}
@@ -328,9 +335,16 @@ def test_template_commands(cli, tmp_path):
     saved = cli("template", "save", "city-guides", path)
     assert saved.code == 0 and "Saved template city-guides (placeholders: {slug}, {city}, {words}, {audience})." \
         in saved.err
+    assert "There was no store at sqlite:///" in saved.err  # a mistyped --store shows at once
+    assert "There was no store" not in cli("template", "save", "other", path).err
     again = cli("template", "save", "city-guides", path)
     assert again.code == 4 and "you have a template named 'city-guides' already" in again.err
-    assert json.loads(cli("template", "save", "city-guides", path, "--replace", "--json").out)["outcome"] == "replaced"
+    first_saved = json.loads(cli("template", "show", "city-guides", "--json").out)["created_at"]
+    replaced = json.loads(cli("template", "save", "city-guides", path, "--replace", "--json").out)
+    assert replaced["outcome"] == "replaced" and replaced["created_at"] == first_saved  # as `template show` has it
+    advice = cli("template", "save", "arts", str(EXAMPLES / "articles.yaml"))
+    assert advice.code == 2 and "use it as an articles FILE, without --values." in advice.err
+    assert "submit it" not in advice.err
     listed = cli("template", "list").out.splitlines()
     assert listed[0].split() == ["Name", "Mode", "Placeholders", "Saved", "From"]
     assert listed[1].split()[:6] == ["city-guides", "-", "{slug},", "{city},", "{words},", "{audience}"]

@@ -41,6 +41,7 @@ from bulkgen_cli.model import (
     outbox_open,
     summarize_errors,
     summarize_flagged,
+    turned_down,
 )
 
 #: The error kept on an item whose request was aborted by a cancel.
@@ -96,6 +97,7 @@ BULK_FIELDS = (
     Field("quality_ratio", PLAIN, DEFAULT_QUALITY_RATIO, given=True),
     Field("flagged_items", PLAIN, 0),
     Field("quality_summary", JSON, list),
+    Field("turned_down_items", PLAIN, 0),
 )
 
 #: An item: `Item`'s fields as stored (`article` is one JSON column in SQLite, top-level fields in MongoDB).
@@ -374,13 +376,15 @@ def counters(counts: Counts, failed: list[Item], mean_seconds: float | None, now
     """A job's derived fields (design.md, "Counters"): counters, error_summary (from its failed items) and ETA.
 
     With `flagged` ((queue position, verdict) of its completed items the quality gate flagged, in queue
-    order), also `flagged_items` and `quality_summary`.
+    order), also `flagged_items` and `quality_summary`. `turned_down_items` counts the failed items the
+    gate turned down.
     """
     fields = {
         "completed_items": counts.completed,
         "failed_items": counts.failed,
         "cancelled_items": counts.cancelled,
         "error_summary": summarize_errors(failed),
+        "turned_down_items": sum(1 for item in failed if turned_down(item)),
         "estimated_completion": estimate_completion(now, counts.pending, mean_seconds, seconds_between),
     }
     if flagged is not None:

@@ -124,7 +124,8 @@ CREATE TABLE IF NOT EXISTS bulk_jobs (
     quality TEXT NOT NULL DEFAULT 'warn',
     quality_ratio REAL NOT NULL DEFAULT 0.7,
     flagged_items INTEGER NOT NULL DEFAULT 0,
-    quality_summary TEXT NOT NULL DEFAULT '[]'
+    quality_summary TEXT NOT NULL DEFAULT '[]',
+    turned_down_items INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS bulk_jobs_status ON bulk_jobs (status, created_at, id);
 CREATE INDEX IF NOT EXISTS bulk_jobs_claim ON bulk_jobs (status, priority_rank, created_at, id);
@@ -199,12 +200,13 @@ ALTER TABLE generation_jobs ADD COLUMN fence INTEGER;
 """
 
 #: From schema 5 to 6: saved templates; the quality gate (its policy and ratio on the job, the derived
-#: flagged counter and summary, the verdict on each item); recurring schedules (SCHEDULE_TABLES).
+#: flagged and turned-down counters and summary, the verdict on each item); recurring schedules (SCHEDULE_TABLES).
 MIGRATE_5_TO_6 = TEMPLATES_TABLE + """
 ALTER TABLE bulk_jobs ADD COLUMN quality TEXT NOT NULL DEFAULT 'warn';
 ALTER TABLE bulk_jobs ADD COLUMN quality_ratio REAL NOT NULL DEFAULT 0.7;
 ALTER TABLE bulk_jobs ADD COLUMN flagged_items INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE bulk_jobs ADD COLUMN quality_summary TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE bulk_jobs ADD COLUMN turned_down_items INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE generation_jobs ADD COLUMN verdict TEXT;
 """ + SCHEDULE_TABLES
 
