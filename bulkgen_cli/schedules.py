@@ -452,7 +452,12 @@ class Ticker:
 
     def run(self) -> None:
         while not self.stopped.is_set():
-            self.stopped.wait(self.step())
+            try:
+                wait = self.step()
+            except Exception as exc:  # noqa: BLE001 - a defect or odd data must not end the schedules silently
+                self.on_event(Waiting(f"schedules: unexpected {type(exc).__name__}: {exc}", LOOK_AFTER_ERROR))
+                wait = LOOK_AFTER_ERROR
+            self.stopped.wait(wait)
 
     def step(self) -> float:
         """One look: submit what is due; how long to wait before the next look."""

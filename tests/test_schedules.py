@@ -523,6 +523,36 @@ def test_a_schedule_this_machine_cannot_read_does_not_hold_up_the_others(store, 
         schedules.tick(store, "p1", now)
 
 
+def test_an_unexpected_error_in_a_look_is_said_and_the_looks_go_on(store, monkeypatch):
+    """Not only store errors: whatever a look raises is reported and the thread keeps looking (it used to die silently)."""
+    from bulkgen_cli.events import ScheduleFired, Waiting
+    from tests.conftest import wait_for
+
+    daily = add(store)
+    now = daily.next_at + dt.timedelta(minutes=1)
+    real, calls = store.next_schedule_at, []
+
+    def broken_once():
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("corrupt record")
+        return real()
+
+    monkeypatch.setattr(store, "next_schedule_at", broken_once)
+    monkeypatch.setattr(schedules, "LOOK_AFTER_ERROR", 0.01)
+    events: list = []
+    ticker = schedules.Ticker(store, "p1", events.append, clock=lambda: now)
+    ticker.thread = threading.Thread(target=ticker.run, daemon=True)
+    ticker.thread.start()
+    try:
+        wait_for(lambda: any(isinstance(e, ScheduleFired) for e in events))
+    finally:
+        ticker.stopped.set()
+        ticker.thread.join(5)
+    assert isinstance(events[0], Waiting) and "unexpected ValueError: corrupt record" in events[0].reason
+    assert len(scheduled_jobs(store)) == 1
+
+
 # -- templates (README "Templates"): a saved one by name, or a template file, with the rows' text ---------------
 
 
