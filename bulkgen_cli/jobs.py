@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from bulkgen_cli import control
 from bulkgen_cli.errors import BulkgenError, NotFound, UsageError
@@ -42,7 +42,7 @@ class Submitted:
 def submit(store: Store, parsed: Manifest, user: str, *, name: str | None = None,
            idempotency_key: str | None = None, notify: list[str] | None = None,
            priority: Priority = Priority.normal, not_before: dt.datetime | None = None,
-           split: bool = False) -> Submitted:
+           split: bool = False, notify_policy: dict[str, Any] | None = None) -> Submitted:
     """Store a validated file as one bulk job (or, with `split`, balanced parts linked by a group), all or nothing.
 
     When storing a part fails, the parts stored before it are cancelled (a half
@@ -63,6 +63,7 @@ def submit(store: Store, parsed: Manifest, user: str, *, name: str | None = None
                 status=BulkStatus.queued.value, total_items=size, created_at=utcnow(),
                 idempotency_key=f"{idempotency_key}#{number}" if part and idempotency_key else idempotency_key,
                 notify=list(notify or []), priority=priority.value, not_before=not_before, group_id=group,
+                notify_policy=notify_policy,
             )
             jobs.append(store.create_bulk(bulk, parsed.articles[offset:offset + size]))
             offset += size

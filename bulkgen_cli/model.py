@@ -212,6 +212,8 @@ class BulkJob:
     not_before: dt.datetime | None = None
     #: links the parts of one file submitted with --split
     group_id: str | None = None
+    #: a job submitted over HTTP: where its notifications may go (netpolicy.Policy.to_record); None: anywhere
+    notify_policy: dict[str, Any] | None = None
 
     @property
     def pending(self) -> int:
@@ -320,3 +322,45 @@ def outbox_open(outbox: dict[str, Any] | None) -> bool:
     return outbox is not None and any(
         s["state"] in (StepState.pending.value, StepState.sending.value) for s in outbox["steps"]
     )
+
+
+# -- the HTTP server's records (bulkgen serve) ---------------------------------------------------------
+
+
+@dataclass
+class ApiToken:
+    """A user's bearer token for `bulkgen serve`; only its hash is stored (the token is shown once)."""
+
+    id: str
+    userId: str
+    #: sha256 of the token, hex
+    token_hash: str
+    admin: bool = False
+    #: the user's own address: e-mail notifications may always go there
+    email: str | None = None
+    created_at: dt.datetime | None = None
+    revoked_at: dt.datetime | None = None
+
+
+class ChangeKind(str, Enum):
+    #: a bulk job was created or changed state
+    bulk = "bulk"
+    #: an item changed state
+    item = "item"
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """One state change of a bulk job or an item, numbered by the store (design.md, "Live progress")."""
+
+    #: the store's change sequence number
+    seq: int
+    kind: str
+    #: the bulk job's or the item's id
+    record_id: str
+    bulk_job_id: str
+    userId: str
+    status: str
+    at: dt.datetime | None = None
+    queue_position: int | None = None
+    error: str | None = None

@@ -84,6 +84,7 @@ BULK_FIELDS = (
     Field("priority", PLAIN, Priority.normal.value, given=True),
     Field("not_before", TIME, given=True),
     Field("group_id", PLAIN, given=True),
+    Field("notify_policy", JSON, given=True),
 )
 
 #: An item: `Item`'s fields as stored (`article` is one JSON column in SQLite, top-level fields in MongoDB).
@@ -345,3 +346,33 @@ def delivery_flags(outbox: dict[str, Any], now: dt.datetime | None) -> dict[str,
     if now is not None and not still_open and any(s["state"] == StepState.sent.value for s in outbox["steps"]):
         flags["notified_at"] = now
     return flags
+
+
+# -- the HTTP server's records (bulkgen serve) ---------------------------------------------------------
+
+#: An API token: `model.ApiToken`'s fields as stored (the token itself never is).
+TOKEN_FIELDS = (
+    Field("id", TEXT, REQUIRED),
+    Field("userId", TEXT, REQUIRED),
+    Field("token_hash", TEXT, REQUIRED),
+    Field("admin", PLAIN, False),
+    Field("email", PLAIN),
+    Field("created_at", TIME),
+    Field("revoked_at", TIME),
+)
+
+#: A state change: `model.StateChange`'s fields as stored (design.md, "Live progress").
+CHANGE_FIELDS = (
+    Field("seq", PLAIN, REQUIRED),
+    Field("kind", PLAIN, REQUIRED),
+    Field("record_id", TEXT, REQUIRED),
+    Field("bulk_job_id", TEXT, REQUIRED),
+    Field("userId", TEXT, REQUIRED),
+    Field("status", PLAIN, REQUIRED),
+    Field("at", TIME),
+    Field("queue_position", PLAIN),
+    Field("error", PLAIN),
+)
+
+#: How many state changes a MongoDB record keeps in its own history (older ones were long since read).
+CHANGE_HISTORY = 20
