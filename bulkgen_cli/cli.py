@@ -555,7 +555,7 @@ def _process(db: Store, run_settings: RunSettings, forever: bool = False, until_
 # -- the other command modules: each adds its commands with `register(app)` --------------------
 
 #: Command modules beside this one (templates, schedules, single items); each has `register(app)`.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("cli_serve",)
 
 for _module in COMMAND_MODULES:
     __import__(f"bulkgen_cli.{_module}", fromlist=["register"]).register(app)

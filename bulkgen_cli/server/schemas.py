@@ -1,0 +1,116 @@
+"""The response shapes, as the OpenAPI document describes them (the story's, and `status --json`'s)."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class BulkJobOut(BaseModel):
+    """A bulk job as `status --json` shows it."""
+
+    id: str
+    name: str
+    mode: str
+    status: str
+    userId: str
+    total_items: int
+    completed_items: int
+    failed_items: int
+    cancelled_items: int
+    created_at: Optional[str]
+    started_at: Optional[str]
+    completed_at: Optional[str]
+    estimated_completion: Optional[str]
+    error_summary: list[str]
+    priority: str
+    not_before: Optional[str]
+    group_id: Optional[str]
+    notified_at: Optional[str] = None
+
+
+class ProgressOut(BaseModel):
+    total: int
+    completed: int
+    failed: int
+    cancelled: int
+    remaining: int
+    percentage: int
+
+
+class ItemOut(BaseModel):
+    """One item as `status --json` shows it; the mode's main field (topic, keywords, trend, source_…) beside."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    item_id: Optional[str]
+    queue_position: int
+    status: str
+    retry_count: int
+    attempts: int
+    error: Optional[str]
+    topic: Optional[str] = None
+    keywords: Optional[list[str]] = None
+    trend: Optional[str] = None
+    source_text: Optional[str] = None
+    source_url: Optional[str] = None
+
+
+class NotificationOut(BaseModel):
+    channel: str
+    state: str
+    attempts: int
+    last_error: Optional[str]
+    sent_at: Optional[str]
+
+
+class StatusOut(BaseModel):
+    """`GET /api/bulk-generate/{id}`: the story's {bulk_job, jobs, progress}, as `status --json`."""
+
+    bulk_job: BulkJobOut
+    progress: ProgressOut
+    jobs: list[ItemOut]
+    notifications: list[NotificationOut]
+
+
+class SubmitOut(BaseModel):
+    """The story's answer to a submit."""
+
+    success: bool
+    bulk_job_id: str
+    total_items: int
+    message: str
+    status: str
+    created: bool = Field(..., description="false when the Idempotency-Key was used before: nothing new stored")
+
+
+class ControlOut(BaseModel):
+    success: bool
+    message: str
+    changed: bool = Field(..., description="false when the action already held (a no-op)")
+    previous: str
+    bulk_job: BulkJobOut
+    progress: ProgressOut
+
+
+class TokenUserOut(BaseModel):
+    user: str
+    admin: bool
+    email: Optional[str]
+
+
+class SubmitIn(BaseModel):
+    """A JSON submit: the articles as in an articles file (the story's bulk_config), and the submit options."""
+
+    model_config = ConfigDict(extra="allow")
+
+    bulk_config: Optional[dict[str, object]] = Field(
+        None, description="{mode, name, defaults, items}: validated exactly as an articles file")
+    mode: Optional[str] = Field(None, description="the story's form: {mode, items} at the top level")
+    items: Optional[list[object]] = None
+    name: Optional[str] = None
+    priority: Optional[str] = Field(None, description="high, normal or low")
+    not_before: Optional[str] = Field(None, description="ISO 8601 with a zone, or +30m, +2h, +1d")
+    notify: Optional[Union[list[str], str]] = Field(None, description="webhook:https://… or email:…")
