@@ -62,6 +62,8 @@ def serve(
     webhook_allow: WebhookAllowOpt = None,
     email_allow: EmailAllowOpt = None,
     store: StoreOpt = None,
+    heartbeat: Annotated[float, typer.Option("--heartbeat", min=0.05, hidden=True, help="Seconds between "
+                         "heartbeat comments on idle event streams.")] = 15.0,
     run_flags: Optional[dict[str, Optional[object]]] = None,
 ) -> None:
     """Serve the bulk-job API over HTTP (and, with --processor, process the queue too).
@@ -92,7 +94,7 @@ def serve(
     from bulkgen_cli.store import open_store
 
     config = ServerConfig(lambda: open_store(url, "create"), display, tuple(cors or ()), allow,
-                          tuple(d.strip().lower() for d in email_allow or ()))
+                          tuple(d.strip().lower() for d in email_allow or ()), heartbeat=heartbeat)
     note(f"bulkgen serve: http://{host}:{port}/api (OpenAPI at /openapi.json); store {display}; "
          f"{len(live_tokens)} live token{'s' if len(live_tokens) != 1 else ''}; "
          f"CORS {'for ' + ', '.join(config.cors) if config.cors else 'off'}; "

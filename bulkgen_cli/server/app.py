@@ -135,7 +135,7 @@ def _job_routes(app: FastAPI, access: StoreAccess) -> None:
         return [bulk_dict(b) for b in bulks]
 
     @app.get("/api/bulk-generate/{bulk_id}", response_model=StatusOut, tags=["bulk jobs"],
-             responses=responses(401, 404, 422, 503))
+             response_model_exclude_unset=True, responses=responses(401, 404, 422, 503))
     def status(bulk_id: BulkId, me: Me) -> Any:
         """One job: {bulk_job, jobs, progress}, as `bulkgen status ID --json`."""
         def read(store: Any) -> dict[str, Any]:
