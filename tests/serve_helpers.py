@@ -105,6 +105,7 @@ class EventReader:
         self.comments: list[str] = []
         self.headers: dict[str, str] = {}
         self.status: int | None = None
+        self.error: Exception | None = None
         self._stop = threading.Event()
         headers = {"Authorization": f"Bearer {token}"}
         if last_id is not None:
@@ -113,6 +114,12 @@ class EventReader:
         self._thread.start()
 
     def _read(self, url: str, headers: dict[str, str]) -> None:
+        try:
+            self._follow(url, headers)
+        except httpx.HTTPError as exc:  # the server went away (the test stopped it): the stream just ends
+            self.error = exc
+
+    def _follow(self, url: str, headers: dict[str, str]) -> None:
         with httpx.stream("GET", url, headers=headers, timeout=httpx.Timeout(30, read=60)) as response:
             self.status, self.headers = response.status_code, dict(response.headers)
             fields: dict[str, str] = {}

@@ -86,10 +86,13 @@ class Poller:
         self.cursor = 0
         self._seen: OrderedDict[Key, None] = OrderedDict()
         self._changed = asyncio.Condition()
+        #: whether the store's change numbers are in commit order (Store.change_lag is 0)
+        self.strict = True
 
     async def run(self) -> None:
         """Poll until cancelled; a store that fails is logged and read again (streams wait meanwhile)."""
-        self.cursor = await asyncio.to_thread(self.access.call, lambda s: s.last_change())
+        self.cursor, lag = await asyncio.to_thread(self.access.call, lambda s: (s.last_change(), s.change_lag))
+        self.strict = lag == 0
         while True:
             try:
                 full = await self.poll_once()
@@ -176,7 +179,7 @@ async def stream(poller: Poller, watch: Watch, last_id: int | None, heartbeat: f
     """The SSE body: missed events (with `last_id`), then live ones, a heartbeat comment when idle."""
     yield f"retry: {RETRY_MS}\n: bulkgen events\n\n".encode()
     index = poller.next_index
-    sent: OrderedDict[Key, None] = OrderedDict()
+    sent = Sent(last_id or 0, poller.strict)
     if last_id is not None:
         upto = max(poller.cursor, last_id)
         missed = await asyncio.to_thread(poller.access.call, lambda s: read_missed(s, last_id, upto, watch))
@@ -186,7 +189,7 @@ async def stream(poller: Poller, watch: Watch, last_id: int | None, heartbeat: f
     while not stopping():
         events, lost, index = poller.since(index)
         if lost:  # this stream fell behind the buffer: read the gap from the store
-            after = max((k[0] for k in sent), default=last_id or 0)
+            after = sent.floor
             gap = await asyncio.to_thread(poller.access.call, lambda s: read_missed(s, after, poller.cursor, watch))
             events = gap + events
         chunks = list(_send(events, watch, sent))
@@ -200,11 +203,30 @@ async def stream(poller: Poller, watch: Watch, last_id: int | None, heartbeat: f
         await poller.wait(index, min(1.0, max(0.05, heartbeat - (time.monotonic() - last_write))))
 
 
-def _send(events: Iterable[Event], watch: Watch, sent: OrderedDict[Key, None]) -> Iterable[bytes]:
+class Sent:
+    """What a stream has sent: nothing at or below `floor` (the client has it), nothing twice.
+
+    Where the store numbers changes in commit order (`strict`), the floor rises with every event sent;
+    otherwise a late change can carry a lower number than one sent already, so keys are remembered.
+    """
+
+    def __init__(self, floor: int, strict: bool):
+        self.floor, self.strict = floor, strict
+        self.keys: OrderedDict[Key, None] = OrderedDict()
+
+    def first_time(self, key: Key) -> bool:
+        if key[0] <= self.floor or key in self.keys:
+            return False
+        if self.strict:
+            self.floor = key[0]
+            return True
+        self.keys[key] = None
+        if len(self.keys) > SEEN:
+            self.keys.popitem(last=False)
+        return True
+
+
+def _send(events: Iterable[Event], watch: Watch, sent: Sent) -> Iterable[bytes]:
     for event in events:
-        if not watch.shows(event.change) or event.key in sent:
-            continue
-        sent[event.key] = None
-        if len(sent) > SEEN:
-            sent.popitem(last=False)
-        yield event.encode()
+        if watch.shows(event.change) and sent.first_time(event.key):
+            yield event.encode()
