@@ -88,11 +88,14 @@ class Poller:
         self._changed = asyncio.Condition()
         #: whether the store's change numbers are in commit order (Store.change_lag is 0)
         self.strict = True
+        #: set once the cursor is known: a stream that started earlier would not know where the buffer begins
+        self.ready = asyncio.Event()
 
     async def run(self) -> None:
         """Poll until cancelled; a store that fails is logged and read again (streams wait meanwhile)."""
         self.cursor, lag = await asyncio.to_thread(self.access.call, lambda s: (s.last_change(), s.change_lag))
         self.strict = lag == 0
+        self.ready.set()
         while True:
             try:
                 full = await self.poll_once()
@@ -178,6 +181,7 @@ async def stream(poller: Poller, watch: Watch, last_id: int | None, heartbeat: f
                  stopping: Callable[[], bool]) -> AsyncIterator[bytes]:
     """The SSE body: missed events (with `last_id`), then live ones, a heartbeat comment when idle."""
     yield f"retry: {RETRY_MS}\n: bulkgen events\n\n".encode()
+    await poller.ready.wait()
     index = poller.next_index
     sent = Sent(last_id or 0, poller.strict)
     if last_id is not None:

@@ -319,7 +319,10 @@ class Store(ABC):
 
     @abstractmethod
     def last_change(self) -> int:
-        """The highest change number written so far (0 when none)."""
+        """A number at or above every change written so far (0 when none): where a new reader starts.
+
+        Numbers may be skipped (MongoDB takes one before a conditional write that then matches nothing).
+        """
 
     def close(self) -> None:
         """Release connections."""
