@@ -173,7 +173,7 @@ def _control_route(app: FastAPI, access: StoreAccess, action: control.Action) ->
 
 
 def _event_routes(app: FastAPI, access: StoreAccess, poller: live.Poller, config: ServerConfig) -> None:
-    stream_doc = {200: {"description": "text/event-stream: `id` is the change number, `event` item.started, "
+    stream_doc: dict[int | str, dict[str, Any]] = {200: {"description": "text/event-stream: `id` is the change number, `event` item.started, "
                                        "item.completed, item.failed, item.cancelled, item.queued or bulk.STATUS",
                         "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
 
