@@ -117,10 +117,11 @@ def test_every_readme_command_runs_and_shows_what_the_readme_says(scratch):
             if command.section not in sections:
                 sections[command.section] = job_for(command.section, home, env)
             text = text.replace(EXAMPLE_ID, sections[command.section])
-        if text.startswith("id=$(") and text.endswith(")"):
-            proc = subprocess.run([shell, "-c", text[5:-1]], env=env, cwd=home, capture_output=True, text=True,
+        assigned = re.fullmatch(r"(\w+)=\$\((.*)\)", text)  # id=$(…), job=$(…): kept for the commands after it
+        if assigned:
+            proc = subprocess.run([shell, "-c", assigned[2]], env=env, cwd=home, capture_output=True, text=True,
                                   timeout=120, executable=shell)
-            env = env | {"id": proc.stdout.strip()}
+            env = env | {assigned[1]: proc.stdout.strip()}
         else:
             proc = subprocess.run([shell, "-c", text], env=env, cwd=home, capture_output=True, text=True,
                                   timeout=120, executable=shell)
