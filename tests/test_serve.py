@@ -343,3 +343,31 @@ def test_saved_templates_and_a_submit_that_fills_one(served):
         assert short.status_code == 422 and "a bulk job takes 10 to 50" in short.text
         assert alice.delete("/api/templates/cities").json()["success"] is True
         assert alice.delete("/api/templates/cities").status_code == 404
+
+
+def test_schedules_over_http(served):
+    body = {**articles(), "schedule": "weekly", "cron": "0 6 * * MON", "zone": "Europe/Berlin", "priority": "high"}
+    with served.client(served.tokens["alice"]) as alice, served.client(served.tokens["bob"]) as bob:
+        made = alice.post("/api/schedules", json=body)
+        assert made.status_code == 201, made.text
+        assert (made.json()["name"], made.json()["status"], made.json()["job"]["priority"]) == ("weekly", "active", "high")
+        assert alice.post("/api/schedules", json=body).status_code == 400  # the name is taken
+        inward = alice.post("/api/schedules", json={**body, "schedule": "hooked",
+                                                    "notify": ["webhook:http://localhost:9/h"]})
+        assert inward.status_code == 422 and "loopback" in inward.json()["detail"]
+        wrong = alice.post("/api/schedules", json={**body, "schedule": "x", "cron": "61 * * * *"})
+        assert wrong.status_code == 400 and wrong.json()["exit_code"] == 2
+        assert [s["name"] for s in alice.get("/api/schedules").json()] == ["weekly"]
+        assert bob.get("/api/schedules/weekly").status_code == 404
+        assert alice.post("/api/schedules/weekly/pause").json()["schedule"]["status"] == "paused"
+        assert alice.post("/api/schedules/weekly/pause").json()["changed"] is False
+        assert alice.post("/api/schedules/weekly/resume").json()["schedule"]["next_run"] is not None
+        ran = alice.post("/api/schedules/weekly/run").json()
+        job = alice.get(f"/api/bulk-generate/{ran['bulk_job_id']}").json()["bulk_job"]
+        assert job["name"].startswith("Topic job (weekly ") and job["priority"] == "high"
+        assert alice.delete("/api/schedules/weekly").json()["success"] is True
+        assert alice.get("/api/schedules").json() == []
+    from bulkgen_cli.store.sqlite import SqliteStore
+
+    with SqliteStore(served.env["XDG_DATA_HOME"] + "/bulkgen/bulkgen.db", "read") as store:
+        assert store.get_bulk(ran["bulk_job_id"]).notify_policy["origin"] == "http"  # its notifications: HTTP rules

@@ -29,8 +29,8 @@ from bulkgen_cli.server.config import ENVELOPE_BYTES, ServerConfig
 from bulkgen_cli.server.limits import BodyLimit, BodyTooLarge
 from bulkgen_cli.server.problems import MEDIA_TYPE, HttpProblem, from_error, responses, too_large, validation
 from bulkgen_cli.server.schemas import (
-    BulkJobOut, ControlOut, DoneOut, ItemControlOut, ItemRecordOut, StatusOut, SubmitIn, SubmitOut, TemplateIn,
-    TemplateOut, TokenUserOut,
+    BulkJobOut, ControlOut, DoneOut, ItemControlOut, ItemRecordOut, ScheduleIn, ScheduleOut, ScheduleStateOut,
+    StatusOut, SubmitIn, SubmitOut, TemplateIn, TemplateOut, TokenUserOut,
 )
 
 BODY_LIMIT = MAX_FILE_BYTES + ENVELOPE_BYTES
@@ -38,6 +38,7 @@ BulkId = Annotated[str, Path(description="The bulk job's id", max_length=100)]
 ItemRef = Annotated[str, Path(description="An item's id, or a prefix of it (at least 4 digits), as `bulkgen show` "
                               "takes it", max_length=100)]
 Me = Annotated[Caller, Depends(caller)]
+ScheduleName = Annotated[str, Path(max_length=100, description="the schedule's name")]
 TemplateName = Annotated[str, Path(max_length=100, description="the template's name")]
 LastId = Annotated[Optional[int], Header(alias="Last-Event-ID", ge=0, le=2**62,
                                          description="resume after this event id (the browser sends it)")]
@@ -83,6 +84,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     _control_routes(app, access)
     _item_routes(app, access)
     _template_routes(app, access)
+    _schedule_routes(app, access)
     _event_routes(app, access, poller, config)
     return app
 
@@ -250,6 +252,68 @@ def _template_routes(app: FastAPI, access: StoreAccess) -> None:
         """Delete one of your saved templates."""
         access.call(lambda s: templates.remove(s, me.user, name))
         return {"success": True, "message": f"Template {name!r} removed."}
+
+
+def _schedule_routes(app: FastAPI, access: StoreAccess) -> None:
+    """Recurring schedules (README, "schedule"), each user's own; `bulkgen run --forever` (or --processor) runs them."""
+    from bulkgen_cli import schedules
+
+    @app.get("/api/schedules", response_model=list[ScheduleOut], tags=["schedules"], responses=responses(401, 503))
+    def list_schedules(me: Me) -> Any:
+        """Your schedules (everyone's for an admin token)."""
+        return [schedules.document(x) for x in access.call(lambda s: schedules.list_for(s, me.user, me.admin))]
+
+    @app.get("/api/schedules/{name}", response_model=ScheduleOut, tags=["schedules"],
+             responses=responses(401, 404, 422, 503))
+    def get_schedule(name: ScheduleName, me: Me) -> Any:
+        """One of your schedules."""
+        return schedules.document(access.call(lambda s: schedules.get(s, me.user, name)))
+
+    @app.post("/api/schedules", response_model=ScheduleOut, status_code=201, tags=["schedules"],
+              responses=responses(400, 401, 404, 413, 415, 422, 503),
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": {"$ref": "#/components/schemas/ScheduleIn"}}}}})
+    async def add_schedule(request: Request, me: Me) -> Any:
+        """Add a schedule: at every time of `cron` in `zone`, the articles (or a saved template and its rows) are
+        queued as one bulk job. Checked as a submit is checked; its notifications follow the HTTP rules."""
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            raise HttpProblem(415, "unsupported-media-type", "Send JSON", "a schedule is sent as application/json.")
+        body = await request.body()
+        config: ServerConfig = request.app.state.config
+        return await run_in_threadpool(access.call, lambda s: submission.add_schedule(s, body, me.user,
+                                                                                      config.policy(me.email)))
+
+    for action in ("pause", "resume"):
+        _schedule_state_route(app, access, action)
+
+    @app.post("/api/schedules/{name}/run", response_model=SubmitOut, status_code=201, tags=["schedules"],
+              responses=responses(401, 404, 422, 503))
+    def run_schedule(name: ScheduleName, me: Me) -> Any:
+        """Queue the schedule's articles now, once, outside its times."""
+        bulk = access.call(lambda s: schedules.run_now(s, me.user, name)).jobs[0][0]
+        return {"success": True, "bulk_job_id": bulk.id, "total_items": bulk.total_items, "status": bulk.status,
+                "message": f"Schedule {name!r} queued bulk job {bulk.id} now", "created": True}
+
+    @app.delete("/api/schedules/{name}", response_model=DoneOut, tags=["schedules"],
+                responses=responses(401, 404, 422, 503))
+    def remove_schedule(name: ScheduleName, me: Me) -> Any:
+        """Remove a schedule (the bulk jobs it made stay)."""
+        access.call(lambda s: schedules.remove(s, me.user, name))
+        return {"success": True, "message": f"Schedule {name!r} removed; the jobs it queued stay."}
+
+
+def _schedule_state_route(app: FastAPI, access: StoreAccess, action: str) -> None:
+    from bulkgen_cli import schedules
+
+    def act(name: ScheduleName, me: Me) -> Any:
+        schedule, changed = access.call(lambda s: schedules.set_state(s, me.user, name, action))
+        message = f"Schedule {name!r}: {schedule.status}." if changed else f"Schedule {name!r} is already {schedule.status}."
+        return {"success": True, "message": message, "changed": changed, "schedule": schedules.document(schedule)}
+
+    act.__name__ = f"{action}_schedule"
+    act.__doc__ = f"{action.capitalize()} a schedule."
+    app.post(f"/api/schedules/{{name}}/{action}", response_model=ScheduleStateOut, tags=["schedules"],
+             responses=responses(401, 404, 409, 422, 503))(act)
 
 
 def _event_routes(app: FastAPI, access: StoreAccess, poller: live.Poller, config: ServerConfig) -> None:

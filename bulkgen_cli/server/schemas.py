@@ -152,6 +152,33 @@ class DoneOut(BaseModel):
     message: str
 
 
+class ScheduleOut(BaseModel):
+    """A schedule as `bulkgen schedule list --json` shows it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    name: str
+    userId: str
+    cron: str
+    zone: str
+    status: str
+    created_at: Optional[str]
+    next_run: Optional[str]
+    next_run_local: Optional[str]
+    source: dict[str, object]
+    job: dict[str, object]
+    last_run: Optional[dict[str, object]]
+    skipped: dict[str, object]
+
+
+class ScheduleStateOut(BaseModel):
+    success: bool
+    message: str
+    changed: bool
+    schedule: ScheduleOut
+
+
 class TokenUserOut(BaseModel):
     user: str
     admin: bool
@@ -173,3 +200,11 @@ class SubmitIn(BaseModel):
     notify: Optional[Union[list[str], str]] = Field(None, description="webhook:https://… or email:…")
     template: Optional[str] = Field(None, description="a saved template's name; `values` are its rows")
     values: Optional[list[dict[str, object]]] = Field(None, description="the rows that fill `template`")
+
+
+class ScheduleIn(SubmitIn):
+    """A schedule: its name, cron and zone, and what each run submits (as `POST /api/bulk-generate` takes it)."""
+
+    schedule: str = Field(..., description="the schedule's name")
+    cron: str = Field(..., description="five fields, as crontab: 0 6 * * MON")
+    zone: str = Field(..., description="an IANA zone: Europe/Berlin")

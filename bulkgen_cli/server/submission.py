@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +10,7 @@ from typing import Any
 from fastapi import Request
 
 from bulkgen_cli import jobs, manifest, netpolicy
-from bulkgen_cli.errors import ManifestError, UsageError
+from bulkgen_cli.errors import ManifestError, Problem, UsageError
 from bulkgen_cli.model import Priority, utcnow
 from bulkgen_cli.server.problems import HttpProblem, too_large
 from bulkgen_cli.server.schemas import SubmitOut
@@ -112,21 +109,20 @@ async def _from_upload(request: Request) -> Form:
 
 
 def validate(form: Form) -> manifest.Manifest:
-    """The articles, checked by manifest.load exactly as `bulkgen submit` checks a file."""
-    stem = re.sub(r"[^\w.-]", "_", Path(form.source).stem)[:60] or "request"
-    with tempfile.TemporaryDirectory(prefix="bulkgen-") as folder:
-        path = Path(folder) / (stem + (".csv" if form.fmt == "csv" else ".yaml"))
-        path.write_bytes(form.text)
-        try:
-            parsed = manifest.load(path, fmt=form.fmt)
-        except ManifestError as exc:
-            exc.problems = [dataclasses.replace(p, file=form.source) if p.file == str(path) else p
-                            for p in exc.problems]
-            raise
-    parsed.path = form.source
-    if parsed.name == stem:  # the document names none: after the upload's file name, as the CLI does
-        parsed.name = "request" if form.source == JSON_SOURCE else Path(form.source).stem
+    """The articles, checked by manifest.load_text exactly as `bulkgen submit` checks a file."""
+    parsed = manifest.load_text(_text(form), form.source, form.fmt)
+    if form.source == JSON_SOURCE and parsed.name == Path(JSON_SOURCE).stem:  # the document names none
+        parsed.name = "request"
     return parsed
+
+
+def _text(form: Form) -> str:
+    """The body's text: UTF-8 (a BOM is fine), as an articles file must be."""
+    try:
+        return form.text.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ManifestError([Problem(form.source, f"is not UTF-8 text (byte {exc.start}); save it as UTF-8.")]) \
+            from None
 
 
 def from_template(db: Store, form: Form, user: str) -> manifest.Manifest:
@@ -134,11 +130,7 @@ def from_template(db: Store, form: Form, user: str) -> manifest.Manifest:
     from bulkgen_cli import templates
 
     saved = templates.load_saved(db, user, templates.check_name(form.template or ""))
-    try:
-        text = form.text.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise UsageError(f"{form.source}: the values are not UTF-8 text.") from None
-    return templates.expand_saved(saved, text, form.fmt, values_source=form.source)
+    return templates.expand_saved(saved, _text(form), form.fmt, values_source=form.source)
 
 
 def store(db: Store, form: Form, user: str, key: str | None, policy: netpolicy.Policy) -> SubmitOut:
@@ -161,3 +153,44 @@ def store(db: Store, form: Form, user: str, key: str | None, policy: netpolicy.P
                f"Idempotency-Key {key!r} was used before: bulk job {bulk.id} exists; nothing new stored")
     return SubmitOut(success=True, bulk_job_id=bulk.id, total_items=bulk.total_items, message=message,
                      status=bulk.status, created=created)
+
+
+# -- schedules (README, "schedule") ----------------------------------------------------------------------------
+
+
+def schedule_parts(body: bytes) -> tuple[dict[str, Any], Form]:
+    """A schedule's JSON body: its own fields (schedule, cron, zone), and the submit it makes at each run."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        raise UsageError("the request body is not JSON.") from None
+    if not isinstance(doc, dict):
+        raise UsageError("the request body must be a JSON object: {\"schedule\": …, \"cron\": …, \"zone\": …, …}.")
+    own = {key: doc.pop(key, None) for key in ("schedule", "cron", "zone")}
+    if not all(isinstance(v, str) and v.strip() for v in own.values()):
+        raise UsageError("a schedule needs 'schedule' (its name), 'cron' and 'zone', each as text.")
+    return own, _from_json(json.dumps(doc).encode())
+
+
+def add_schedule(db: Store, body: bytes, user: str, policy: netpolicy.Policy) -> dict[str, Any]:
+    """Check the articles (or the saved template and its rows) and the notifications, then store the schedule."""
+    from bulkgen_cli import schedules
+    from bulkgen_cli.notify import parse_channels
+
+    own, form = schedule_parts(body)
+    channels = parse_channels(form.notify)
+    netpolicy.check_channels(channels, policy)
+    if form.template is not None:
+        from_template(db, form, user)
+        source = {"kind": "template", "template": form.template, "values_format": form.fmt,
+                  "values_file": form.source, "values_text": _text(form)}
+    else:
+        validate(form)
+        source = {"kind": "file", "text": _text(form), "format": form.fmt, "file": form.source}
+    try:
+        priority = Priority(form.priority or Priority.normal.value)
+    except ValueError:
+        raise UsageError(f"priority must be high, normal or low, got {form.priority!r}.") from None
+    options = {"name": form.name, "mode": None, "priority": priority.value, "notify": channels,
+               "notify_policy": policy.to_record()}
+    return schedules.document(schedules.add(db, user, own["schedule"], own["cron"], own["zone"], source, options))
