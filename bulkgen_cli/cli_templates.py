@@ -142,20 +142,11 @@ def submission(file: Path | None, template: str | None, values: Path | None, *, 
     """What `submit` validates: an articles FILE, a template FILE with --values, or --template NAME with
     --values; and how to name where it came from. Every refusal is one sentence (exit 2)."""
     from bulkgen_cli import manifest, settings, templates
-    from bulkgen_cli.errors import UsageError
 
-    if file is not None and template is not None:
-        raise UsageError("give either an articles FILE or --template NAME, not both.")
-    if file is None and template is None:
-        raise UsageError("give an articles FILE, or a template: --template NAME (or a template FILE) with --values ROWS.")
+    templates.check_inputs(None if file is None else str(file), template, None if values is None else str(values))
     if values is None:
-        if template is not None:
-            raise UsageError(f"template {template!r} needs its rows: add --values ROWS (a CSV file, or a YAML list "
-                             "of rows), one article per row.")
         assert file is not None
         return manifest.load(file, mode, split=split, fmt=fmt), templates.display(file)
-    if str(file) == "-" and str(values) == "-":
-        raise UsageError("the template and its --values cannot both come from standard input.")
     values_format = templates.values_format(values, fmt)
     rows = templates.read_file(values, "the values file")
     source = templates.display(values)

@@ -84,12 +84,19 @@ def resolve(store: Store, ref: str, user: str, all_users: bool = False) -> Item:
         raise NotFound(f"no item {quoted(ref)} for this user (`bulkgen status BULK_ID --items` lists a job's "
                        "items; --all-users to look wider).")
     if len(found) > 1:
-        names = ", ".join(f"{i.id[:12]}… (#{i.queue_position} {quoted(i.label, 30)} of bulk job {i.bulk_job_id})"
-                          for i in found[:CANDIDATES])
+        names = ", ".join(f"{_candidate(found, n)} (#{i.queue_position} {quoted(i.label, 30)} of bulk job "
+                          f"{i.bulk_job_id})" for n, i in enumerate(found[:CANDIDATES]))
         more = ", and more" if len(found) > CANDIDATES else ""
         raise UsageError(f"item id {quoted(ref)} is ambiguous: {names}{more} all start with it; "
                          "give more of its digits.")
     return found[0]
+
+
+def _candidate(found: list[Item], n: int) -> str:
+    """Candidate `n` of an ambiguous prefix (in id order): 12 digits, or as many as tell it from its neighbours."""
+    neighbours = (found[n - 1].id if n else None, found[n + 1].id if n + 1 < len(found) else None)
+    shown = rules.short_id(found[n].id, neighbours, shown=12)
+    return shown if len(shown) == len(found[n].id) else shown + "…"
 
 
 def short_ids(store: Store, items: list[Item]) -> dict[str, str]:

@@ -200,18 +200,10 @@ def source_of(file: str | None, template: str | None, values: str | None, fmt: s
     template only its name (each run reads it, so `template save --replace` reaches the later runs)."""
     from bulkgen_cli import templates
 
-    if file is not None and template is not None:
-        raise UsageError("give either an articles FILE or --template NAME, not both.")
-    if file is None and template is None:
-        raise UsageError("give an articles FILE, or a template: --template NAME (or a template FILE) with --values ROWS.")
+    templates.check_inputs(file, template, values)
     if values is None:
-        if template is not None:
-            raise UsageError(f"template {quoted(template)} needs its rows: add --values ROWS (a CSV file, or a YAML "
-                             "list of rows), one article per row.")
         assert file is not None
         return file_source(file, fmt, mode)
-    if file == "-" and values == "-":
-        raise UsageError("the template and its --values cannot both come from standard input.")
     rows = {"values_format": templates.values_format(values, fmt), "values_file": templates.display(values)}
     rows["values_text"] = templates.read_file(values, "the values file")
     if template is not None:
@@ -333,11 +325,32 @@ def run_now(store: Store, user: str, name: str, now: dt.datetime | None = None) 
 # -- occurrences: exactly once (design.md, "Exactly once per occurrence") -------------------------------------
 
 
-def tick(store: Store, owner: str, now: dt.datetime | None = None) -> list[ScheduleFired]:
-    """Submit every due schedule's latest occurrence (as processor `owner`); what was done, for the view."""
+def tick(store: Store, owner: str, now: dt.datetime | None = None,
+         on_problem: Callable[[Schedule, BulkgenError], None] | None = None) -> list[ScheduleFired]:
+    """Submit every due schedule's latest occurrence (as processor `owner`); what was done, for the view.
+
+    A schedule this processor cannot handle (its zone unknown to this machine's
+    tzdata, say) holds up no other: it goes to `on_problem`, or, without one, the
+    first such error is raised once the others are done. A store error stops the look.
+    """
     now = now or utcnow()
-    fired = [fire(store, schedule, owner, now) for schedule in store.due_schedules(now)]
-    return [f for f in fired if f is not None]
+    fired: list[ScheduleFired] = []
+    problems: list[BulkgenError] = []
+    for schedule in store.due_schedules(now):
+        try:
+            done = fire(store, schedule, owner, now)
+        except StoreUnavailable:
+            raise
+        except BulkgenError as exc:
+            problems.append(exc)
+            if on_problem is not None:
+                on_problem(schedule, exc)
+            continue
+        if done is not None:
+            fired.append(done)
+    if problems and on_problem is None:
+        raise problems[0]
+    return fired
 
 
 def fire(store: Store, schedule: Schedule, owner: str, now: dt.datetime) -> ScheduleFired | None:
@@ -421,15 +434,19 @@ class Ticker:
 
     def step(self) -> float:
         """One look: submit what is due; how long to wait before the next look."""
+        problems: list[str] = []
         try:
             now = self.clock()
             self._next = self.store.next_schedule_at()
             if self._next is not None and self._next <= now:
-                for fired in tick(self.store, self.owner, now):
+                for fired in tick(self.store, self.owner, now, lambda s, exc: problems.append(f"{s.name}: {exc}")):
                     self.on_event(fired)
                 self._next = self.store.next_schedule_at()
-        except BulkgenError as exc:  # the store is down (or a schedule cannot be read): look again later
-            self.on_event(Waiting(f"schedules: {exc}", LOOK_AFTER_ERROR))
+        except BulkgenError as exc:  # the store is down: look again later
+            problems = [str(exc)]
+        for problem in problems:  # a schedule that stays due would otherwise be looked at again at once
+            self.on_event(Waiting(f"schedules: {problem}", LOOK_AFTER_ERROR))
+        if problems:
             return LOOK_AFTER_ERROR
         if self._next is None:
             return LOOK_SECONDS

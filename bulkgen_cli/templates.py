@@ -634,6 +634,20 @@ def expand(template_text: str, values_text: str, values_format: str, *, template
     return Manifest(template_source, template.mode, template.name or default_name or template_source, articles)
 
 
+def check_inputs(file: str | None, template: str | None, values: str | None) -> None:
+    """What `submit` and `schedule add` take, by shape: an articles FILE, a template FILE with --values ROWS,
+    or a saved --template NAME with --values ROWS; UsageError (one sentence) for anything else."""
+    if file is not None and template is not None:
+        raise UsageError("give either an articles FILE or --template NAME, not both.")
+    if file is None and template is None:
+        raise UsageError("give an articles FILE, or a template: --template NAME (or a template FILE) with --values ROWS.")
+    if values is None and template is not None:
+        raise UsageError(f"template {quoted(template)} needs its rows: add --values ROWS (a CSV file, or a YAML "
+                         "list of rows), one article per row.")
+    if file == STDIN and values == STDIN:
+        raise UsageError("the template and its --values cannot both come from standard input.")
+
+
 def display(path: str | Path) -> str:
     """A file as messages name it."""
     return "standard input" if str(path) == STDIN else str(path)

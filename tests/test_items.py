@@ -217,6 +217,25 @@ def test_mongo_repeating_a_retry_that_died_half_way_queues_its_job(mongo):
     assert claim(mongo, "p1", LEASE, utcnow()).id == third.id
 
 
+def test_mongo_a_retry_racing_a_job_cancel_leaves_no_queued_item_in_the_cancelled_job(mongo, monkeypatch):
+    """The job is cancelled (and its items swept) between the retry's check and its item write."""
+    bulk, item = item_in(mongo, "failed")
+    allowed, raced = rules.retry_item_allowed, []
+
+    def cancel_meanwhile(status, outbox):
+        if not raced:  # the job was read as still running; it is cancelled and swept before the item's write
+            raced.append(mongo.cancel_bulk(bulk.id, utcnow()))
+        return allowed(status, outbox)
+
+    monkeypatch.setattr(rules, "retry_item_allowed", cancel_meanwhile)
+    with pytest.raises(InvalidTransition, match="its bulk job was cancelled"):
+        items.apply(mongo, ItemAction.retry, item.id, "alice")
+    monkeypatch.setattr(rules, "retry_item_allowed", allowed)
+    assert mongo.get_item(item.id).status == "failed"  # put back as it was: cancel is final
+    job = counters_true(mongo, bulk.id)
+    assert job.status == "cancelled" and all(i.status != "queued" for i in mongo.list_items(bulk.id))
+
+
 # -- ids and prefixes -------------------------------------------------------------------------------------
 
 
@@ -262,6 +281,17 @@ def test_prefix_resolution(store, monkeypatch):
     shorts = items.short_ids(store, store.list_items(mine.id))
     assert shorts["abcd1234" + "0" * 16] == "abcd1234" and shorts["abce0000" + "0" * 16] == "abce0000"
     assert all(len(s) >= 8 and item_id.startswith(s) for item_id, s in shorts.items())
+
+
+def test_an_ambiguous_prefix_names_its_candidates_by_digits_that_tell_them_apart(store, monkeypatch):
+    """Items of an older store share their first 18 or more digits (ids from new_id): 12 would name none."""
+    ids = ["6b0c059f40ffc7a30e2fcd" + end for end in ("d1", "d2", "e0")]
+    with_ids(store, monkeypatch, ids)
+    with pytest.raises(UsageError) as ambiguous:
+        items.resolve(store, "6b0c059f", "alice")
+    message = str(ambiguous.value)
+    assert "6b0c059f40ffc7a30e2fcdd1 (#1" in message and "6b0c059f40ffc7a30e2fcdd2 (#2" in message
+    assert "6b0c059f40ffc7a30e2fcde… (#3" in message  # as many digits as tell it from its neighbours
 
 
 def test_older_items_stay_addressable_by_their_whole_id(store):

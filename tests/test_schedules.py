@@ -473,6 +473,31 @@ def test_the_ticker_looks_at_most_once_a_second_and_waits_out_a_store_error(stor
     assert isinstance(events[-1], Waiting) and "the store is down" in events[-1].reason
 
 
+def test_a_schedule_this_machine_cannot_read_does_not_hold_up_the_others(store, monkeypatch):
+    """A zone another machine's tzdata knows and this one's lacks: that schedule waits, the others are queued."""
+    from bulkgen_cli.events import ScheduleFired, Waiting
+
+    add(store, "tokyo", cron="0 5 * * *", zone="Asia/Tokyo")  # due first: 20:00 UTC on DAY0
+    daily = add(store)
+    real = schedules.zone_of
+
+    def lacking(name):
+        if name == "Asia/Tokyo":
+            raise UsageError("--zone 'Asia/Tokyo' is not a known time zone.")
+        return real(name)
+
+    monkeypatch.setattr(schedules, "zone_of", lacking)
+    now = daily.next_at + dt.timedelta(minutes=1)
+    events: list = []
+    ticker = schedules.Ticker(store, "p1", events.append, clock=lambda: now)
+    assert ticker.step() == schedules.LOOK_AFTER_ERROR
+    assert [(type(e), getattr(e, "schedule", None)) for e in events] == [(ScheduleFired, "daily"), (Waiting, None)]
+    assert events[0].bulk_job_id is not None and "tokyo" in events[1].reason and "Asia/Tokyo" in events[1].reason
+    assert len(scheduled_jobs(store)) == 1 and store.get_schedule("alice", "tokyo").last_at is None
+    with pytest.raises(UsageError, match="Asia/Tokyo"):  # without a view, the library raises it once the others ran
+        schedules.tick(store, "p1", now)
+
+
 # -- templates (README "Templates"): a saved one by name, or a template file, with the rows' text ---------------
 
 

@@ -447,25 +447,31 @@ class MongoStore(Store):
         that counted before the item was queued: such a one can no longer record an
         end (`_end` is conditional on the sequence it wrote). An end that it did
         record before is seen in the second round: the job is queued again, or, while
-        that end's notification is open, the retry is undone (None).
+        that end's notification is open, the retry is undone (None). So is one whose job
+        was cancelled (and its items swept) after the retry's check: cancel is final.
         """
         bulk_id, counts = before["bulk_job_id"], None
         for _ in range(2):
             bulk = self.bulks.find_one({"_id": bulk_id}, {"status": 1, "outbox": 1})
             queued = self.items.find_one({"_id": before["_id"], "status": ItemStatus.queued.value}, {"_id": 1})
+            if bulk is not None and queued is not None and not rules.retry_item_allowed(bulk["status"],
+                                                                                       bulk.get("outbox")):
+                self._undo_retry(before, str(bulk_id), now)
+                return None
             if bulk is not None and bulk["status"] == rules.RETRY_FROM.value and queued is not None:
                 outbox = bulk.get("outbox")
-                if outbox_open(outbox):
-                    if before["status"] != ItemStatus.queued.value:
-                        self.items.update_one({"_id": before["_id"], "status": ItemStatus.queued.value, "attempts": 0},
-                                              self._stamp(_update(rules.retry_undone(before))))
-                    self.refresh_counters(str(bulk_id), now)
-                    return None
                 self.bulks.update_one({"_id": bulk_id, "status": rules.RETRY_FROM.value,
                                        "outbox.event_id": (outbox or {}).get("event_id")},
                                       self._stamp(_update(rules.RETRIED_JOB)))
             counts = self.refresh_counters(str(bulk_id), now)
         return counts
+
+    def _undo_retry(self, before: dict[str, Any], bulk_id: str, now: dt.datetime) -> None:
+        """Put an item that item retry queued back as it was (`before`), unless it has been claimed since."""
+        if before["status"] != ItemStatus.queued.value:
+            self.items.update_one({"_id": before["_id"], "status": ItemStatus.queued.value, "attempts": 0},
+                                  self._stamp(_update(rules.retry_undone(before))))
+        self.refresh_counters(bulk_id, now)
 
     # -- the processor's verbs -------------------------------------------------
 

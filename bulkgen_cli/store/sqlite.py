@@ -44,6 +44,21 @@ BUSY_TIMEOUT_S = 30.0
 #: An I/O error with less free space than this on the store's disk is taken for a full disk.
 FULL_BELOW_BYTES = 1 << 20
 
+#: Saved templates (design.md, "Saved templates"); new in schema 6.
+TEMPLATES_TABLE = """
+CREATE TABLE IF NOT EXISTS templates (
+    userId TEXT NOT NULL,
+    name TEXT NOT NULL,
+    text TEXT NOT NULL,
+    mode TEXT,
+    placeholders TEXT NOT NULL DEFAULT '[]',
+    source TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (userId, name)
+);
+"""
+
 #: Recurring schedules and their occurrences (design.md, "Recurring schedules"); new in schema 6.
 SCHEDULE_TABLES = """
 CREATE TABLE IF NOT EXISTS schedules (
@@ -162,18 +177,6 @@ CREATE TABLE IF NOT EXISTS leases (
     pid INTEGER NOT NULL
 );
 
-CREATE TABLE IF NOT EXISTS templates (
-    userId TEXT NOT NULL,
-    name TEXT NOT NULL,
-    text TEXT NOT NULL,
-    mode TEXT,
-    placeholders TEXT NOT NULL DEFAULT '[]',
-    source TEXT NOT NULL DEFAULT '',
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    PRIMARY KEY (userId, name)
-);
-
 CREATE TABLE IF NOT EXISTS api_tokens (
     id TEXT PRIMARY KEY,
     userId TEXT NOT NULL,
@@ -195,7 +198,7 @@ CREATE TABLE IF NOT EXISTS changes (
     queue_position INTEGER,
     error TEXT
 );
-""" + SCHEDULE_TABLES
+""" + TEMPLATES_TABLE + SCHEDULE_TABLES
 
 #: From schema 1 (before notifications) to 2.
 MIGRATE_1_TO_2 = """
@@ -221,18 +224,7 @@ ALTER TABLE generation_jobs ADD COLUMN fence INTEGER;
 
 #: From schema 5 to 6: saved templates; the quality gate (its policy and ratio on the job, the derived
 #: flagged counter and summary, the verdict on each item); recurring schedules (SCHEDULE_TABLES).
-MIGRATE_5_TO_6 = """
-CREATE TABLE IF NOT EXISTS templates (
-    userId TEXT NOT NULL,
-    name TEXT NOT NULL,
-    text TEXT NOT NULL,
-    mode TEXT,
-    placeholders TEXT NOT NULL DEFAULT '[]',
-    source TEXT NOT NULL DEFAULT '',
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    PRIMARY KEY (userId, name)
-);
+MIGRATE_5_TO_6 = TEMPLATES_TABLE + """
 ALTER TABLE bulk_jobs ADD COLUMN quality TEXT NOT NULL DEFAULT 'warn';
 ALTER TABLE bulk_jobs ADD COLUMN quality_ratio REAL NOT NULL DEFAULT 0.7;
 ALTER TABLE bulk_jobs ADD COLUMN flagged_items INTEGER NOT NULL DEFAULT 0;
