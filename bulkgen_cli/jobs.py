@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from bulkgen_cli import control
 from bulkgen_cli.errors import BulkgenError, NotFound, UsageError
@@ -45,7 +45,8 @@ def submit(store: Store, parsed: Manifest, user: str, *, name: str | None = None
            idempotency_key: str | None = None, notify: list[str] | None = None,
            priority: Priority = Priority.normal, not_before: dt.datetime | None = None,
            split: bool = False, quality: QualityPolicy = QualityPolicy.warn,
-           quality_ratio: float = DEFAULT_QUALITY_RATIO) -> Submitted:
+           quality_ratio: float = DEFAULT_QUALITY_RATIO,
+           notify_policy: dict[str, Any] | None = None) -> Submitted:
     """Store a validated file as one bulk job (or, with `split`, balanced parts linked by a group), all or nothing.
 
     When storing a part fails, the parts stored before it are cancelled (a half
@@ -69,6 +70,7 @@ def submit(store: Store, parsed: Manifest, user: str, *, name: str | None = None
                 idempotency_key=f"{idempotency_key}#{number}" if part and idempotency_key else idempotency_key,
                 notify=list(notify or []), priority=priority.value, not_before=not_before, group_id=group,
                 quality=QualityPolicy(quality).value, quality_ratio=float(quality_ratio),
+                notify_policy=notify_policy,
             )
             jobs.append(store.create_bulk(bulk, parsed.articles[offset:offset + size]))
             offset += size

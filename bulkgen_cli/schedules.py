@@ -276,7 +276,8 @@ def submit_for(store: Store, schedule: Schedule, at: dt.datetime, key: str | Non
                        notify=list(options.get("notify") or []),
                        priority=Priority(options.get("priority") or Priority.normal.value),
                        quality=QualityPolicy(options.get("quality") or QualityPolicy.warn.value),
-                       quality_ratio=float(options.get("quality_ratio", DEFAULT_QUALITY_RATIO)))
+                       quality_ratio=float(options.get("quality_ratio", DEFAULT_QUALITY_RATIO)),
+                       notify_policy=options.get("notify_policy"))  # a schedule made over HTTP (netpolicy)
 
 
 # -- the verbs -----------------------------------------------------------------------------------------------
