@@ -23,6 +23,7 @@ from bulkgen_cli.errors import BulkgenError
 from bulkgen_cli.manifest import MAX_FILE_BYTES
 from bulkgen_cli.model import BulkStatus
 from bulkgen_cli.server import live, submission
+from bulkgen_cli.server.page import add_page
 from bulkgen_cli.server.access import StoreAccess
 from bulkgen_cli.server.auth import Caller, caller
 from bulkgen_cli.server.config import ENVELOPE_BYTES, ServerConfig
@@ -76,6 +77,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     _job_routes(app, access)
     _control_routes(app, access)
     _event_routes(app, access, poller, config)
+    add_page(app, access)
     return app
 
 
