@@ -227,6 +227,9 @@ class Attempt:
         bulk = self.store.get_bulk(self.item.bulk_job_id)
         cancelled = bulk is not None and bulk.status == BulkStatus.cancelled.value
         reason = "its bulk job was cancelled" if cancelled else "another processor took it over"
+        current = None if cancelled else self.store.get_item(self.item.id)
+        if current is not None and current.status == ItemStatus.cancelled.value:
+            reason = "it was cancelled"  # bulkgen item cancel
         self.p.on_event(ItemLost(self.item, reason))
         return Step.released
 

@@ -14,7 +14,7 @@ import typer
 from bulkgen_cli import __version__
 from bulkgen_cli.errors import BulkgenError, ManifestError, NotFound, Problem
 from bulkgen_cli.interrupts import exit_on_signals
-from bulkgen_cli.model import BulkJob, BulkStatus, Priority
+from bulkgen_cli.model import BulkJob, BulkStatus, Item, Priority
 from bulkgen_cli.cli_common import (  # noqa: F401
     EXIT_CODES, AllUsersOpt, JsonOpt, QuietOpt, StoreOpt, UserOpt, note, open_db, paint, quiet_note, render_json,
 )
@@ -280,6 +280,7 @@ def status(
 
     with open_db(store, "read") as db:
         found = jobs.status(db, bulk_id, group, settings.user(user), all_users, with_items=items or json_)
+        shorts = _short_ids(db, found) if items and not json_ else {}
     bulks = [bulk for bulk, _ in found]
     rows = {bulk.id: bulk_items for bulk, bulk_items in found}
     if json_:
@@ -291,7 +292,7 @@ def status(
     from bulkgen_cli.text import visible
 
     if not sys.stdout.isatty():  # a pipe or a file: every value whole, nothing cut
-        print("\n\n".join(render.plain_status(bulk, rows.get(bulk.id) if items else None) for bulk in bulks))
+        print("\n\n".join(render.plain_status(bulk, rows.get(bulk.id) if items else None, shorts) for bulk in bulks))
         if group is not None:
             total = render.group_document(group, bulks)["progress"]
             print(f"\nGroup {visible(group)}: {total['completed']} of {total['total']} completed, {total['failed']} failed, "
@@ -301,13 +302,20 @@ def status(
 
     console = Console(highlight=False)
     for bulk in bulks:
-        for part in render.status_renderables(bulk, rows.get(bulk.id) if items else None):
+        for part in render.status_renderables(bulk, rows.get(bulk.id) if items else None, shorts):
             console.print(part)
     if group is not None:
         total = render.group_document(group, bulks)["progress"]
         console.print(f"Group {group}: {total['completed']} of {total['total']} completed, "
                       f"{total['failed']} failed, {total['cancelled']} cancelled, {total['remaining']} remaining",
                       markup=False, emoji=False)
+
+
+def _short_ids(db: Store, found: list[tuple[BulkJob, list[Item] | None]]) -> dict[str, str]:
+    """The short id of every item shown (items.short_ids)."""
+    from bulkgen_cli.items import short_ids
+
+    return short_ids(db, [item for _, bulk_items in found for item in bulk_items or []])
 
 
 @app.command("list", epilog=EXIT_CODES)
@@ -555,7 +563,10 @@ def _process(db: Store, run_settings: RunSettings, forever: bool = False, until_
 # -- the other command modules: each adds its commands with `register(app)` --------------------
 
 #: Command modules beside this one (templates, schedules, single items); each has `register(app)`.
-COMMAND_MODULES: tuple[str, ...] = ("cli_serve",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "cli_items",
+    "cli_serve",
+)
 
 for _module in COMMAND_MODULES:
     __import__(f"bulkgen_cli.{_module}", fromlist=["register"]).register(app)

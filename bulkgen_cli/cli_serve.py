@@ -95,18 +95,22 @@ def serve(
 
     config = ServerConfig(lambda: open_store(url, "create"), display, tuple(cors or ()), allow,
                           tuple(d.strip().lower() for d in email_allow or ()), heartbeat=heartbeat)
-    note(f"bulkgen serve: http://{host}:{port}/api (OpenAPI at /openapi.json); store {display}; "
-         f"{len(live_tokens)} live token{'s' if len(live_tokens) != 1 else ''}; "
-         f"CORS {'for ' + ', '.join(config.cors) if config.cors else 'off'}; "
-         f"processor {'in this process' if processor else 'not here (run `bulkgen run --forever`)'}.")
-    if not live_tokens:
-        note("No API token yet: every request answers 401 until `bulkgen token create --user NAME`.", "yellow")
+    _announce(host, port, display, len(live_tokens), config.cors, processor)
     background = None
     if run_settings is not None:
         from bulkgen_cli.render import PlainView
 
         background = start_processor(run_settings, lambda: open_store(url, "create"), PlainView())
     run_server(config, host, port, background)
+
+
+def _announce(host: str, port: int, display: str, live_tokens: int, cors: tuple[str, ...], processor: bool) -> None:
+    note(f"bulkgen serve: http://{host}:{port}/api (OpenAPI at /openapi.json); store {display}; "
+         f"{live_tokens} live token{'s' if live_tokens != 1 else ''}; "
+         f"CORS {'for ' + ', '.join(cors) if cors else 'off'}; "
+         f"processor {'in this process' if processor else 'not here (run `bulkgen run --forever`)'}.")
+    if not live_tokens:
+        note("No API token yet: every request answers 401 until `bulkgen token create --user NAME`.", "yellow")
 
 
 UserArg = Annotated[str, typer.Option("--user", metavar="NAME", help="Whose token: the jobs it submits are "

@@ -156,14 +156,16 @@ def status_head(bulk: BulkJob) -> list[tuple[str, str]]:
 
 
 #: The items table: its columns, and how wide each may be on a terminal (None: as wide as it needs).
-ITEM_COLUMNS = (("#", None), ("Item", 50), ("Status", None), ("Tries", None), ("Error", 60))
+ITEM_COLUMNS = (("#", None), ("ID", None), ("Item", 50), ("Status", None), ("Tries", None), ("Error", 60))
 #: The list table's columns and widths, the same way.
 LIST_COLUMNS = (("ID", None), ("Name", 30), ("Priority", None), ("Mode", None), ("Status", None),
                 ("Done", None), ("Failed", None), ("Created", None))
 
 
-def item_rows(items: list[Item]) -> list[list[str]]:
-    return [[str(item.queue_position), f"{item.item_id}: {item.label}" if item.item_id else item.label,
+def item_rows(items: list[Item], short_ids: dict[str, str] | None = None) -> list[list[str]]:
+    """One row per item; ID is its short id (`items.short_ids`), else its whole id."""
+    return [[str(item.queue_position), (short_ids or {}).get(item.id, item.id),
+             f"{item.item_id}: {item.label}" if item.item_id else item.label,
              item.status, str(item.attempts), item.error or ""] for item in items]
 
 
@@ -180,12 +182,12 @@ def plain_table(columns: Sequence[tuple[str, int | None]], rows: list[list[str]]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
-def plain_status(bulk: BulkJob, items: list[Item] | None) -> str:
+def plain_status(bulk: BulkJob, items: list[Item] | None, short_ids: dict[str, str] | None = None) -> str:
     """`status` for a pipe: one `label: value` line per fact, then the items table whole."""
     lines = [f"{label}: {' '.join(visible(value).split())}" for label, value in status_head(bulk)]
     lines += [f"Error: {' '.join(visible(line).split())}" for line in bulk.error_summary]
     if items is not None:
-        lines += ["", plain_table(ITEM_COLUMNS, item_rows(items))]
+        lines += ["", plain_table(ITEM_COLUMNS, item_rows(items, short_ids))]
     return "\n".join(lines)
 
 
@@ -204,7 +206,7 @@ def _rich_table(columns: Sequence[tuple[str, int | None]], rows: list[list[str]]
     return table
 
 
-def status_renderables(bulk: BulkJob, items: list[Item] | None) -> list[Any]:
+def status_renderables(bulk: BulkJob, items: list[Item] | None, short_ids: dict[str, str] | None = None) -> list[Any]:
     from rich.table import Table
     from rich.text import Text
 
@@ -221,7 +223,7 @@ def status_renderables(bulk: BulkJob, items: list[Item] | None) -> list[Any]:
             errors.add_row(Text(visible(line), style="red"))
         out.append(errors)
     if items is not None:
-        out.append(_rich_table(ITEM_COLUMNS, item_rows(items), styled=2))
+        out.append(_rich_table(ITEM_COLUMNS, item_rows(items, short_ids), styled=3))
     return out
 
 

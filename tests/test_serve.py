@@ -292,3 +292,25 @@ def test_ctrl_c_stops_the_server_and_its_processor_with_the_store_consistent(pro
     with SqliteStore(tmp_path / "xdg" / "bulkgen" / "bulkgen.db", "read") as store:
         assert store.processor_leases() == []
     assert "Traceback" not in "".join(server.log)
+
+
+def test_one_article_and_its_retry_and_cancel_over_http(served, svc):
+    body = articles(9)
+    body["bulk_config"]["items"].append({"topic": "Refused [status:400]"})
+    job = submit(served, served.tokens["alice"], body)["bulk_job_id"]
+    assert run_cli(["run"], served.env | {"BULKGEN_API_URL": svc.url}).code == 0
+    with served.client(served.tokens["alice"]) as alice, served.client(served.tokens["bob"]) as bob:
+        rows = alice.get(f"/api/bulk-generate/{job}").json()["jobs"]
+        done, failed = rows[0]["id"], rows[9]["id"]
+        article = alice.get(f"/api/items/{done[:10]}").json()
+        assert (article["id"], article["status"], article["bulk_job_id"]) == (done, "completed", job)
+        assert article["text"] and article["front_matter"]["topic"] == "Topic 1"
+        assert bob.get(f"/api/items/{done}").status_code == 404
+        refused = alice.post(f"/api/items/{done}/retry")
+        assert refused.status_code == 409 and "only a failed or cancelled item can be retried" in refused.json()["detail"]
+        retried = alice.post(f"/api/items/{failed}/retry").json()
+        assert (retried["changed"], retried["previous"], retried["item"]["status"]) == (True, "failed", "queued")
+        assert retried["bulk_job"]["status"] == "queued"
+        cancelled = alice.post(f"/api/items/{failed}/cancel").json()
+        assert (cancelled["item"]["status"], cancelled["bulk_job"]["status"]) == ("cancelled", "completed")
+        assert alice.get("/api/items/zz").status_code == 400

@@ -29,10 +29,14 @@ from bulkgen_cli.server.auth import Caller, caller
 from bulkgen_cli.server.config import ENVELOPE_BYTES, ServerConfig
 from bulkgen_cli.server.limits import BodyLimit, BodyTooLarge
 from bulkgen_cli.server.problems import MEDIA_TYPE, HttpProblem, from_error, responses, too_large, validation
-from bulkgen_cli.server.schemas import BulkJobOut, ControlOut, StatusOut, SubmitIn, SubmitOut, TokenUserOut
+from bulkgen_cli.server.schemas import (
+    BulkJobOut, ControlOut, ItemControlOut, ItemRecordOut, StatusOut, SubmitIn, SubmitOut, TokenUserOut,
+)
 
 BODY_LIMIT = MAX_FILE_BYTES + ENVELOPE_BYTES
 BulkId = Annotated[str, Path(description="The bulk job's id", max_length=100)]
+ItemRef = Annotated[str, Path(description="An item's id, or a prefix of it (at least 4 digits), as `bulkgen show` "
+                              "takes it", max_length=100)]
 Me = Annotated[Caller, Depends(caller)]
 LastId = Annotated[Optional[int], Header(alias="Last-Event-ID", ge=0, le=2**62,
                                          description="resume after this event id (the browser sends it)")]
@@ -76,6 +80,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"])
     _job_routes(app, access)
     _control_routes(app, access)
+    _item_routes(app, access)
     _event_routes(app, access, poller, config)
     add_page(app, access)
     return app
@@ -174,8 +179,41 @@ def _control_route(app: FastAPI, access: StoreAccess, action: control.Action) ->
              responses=responses(401, 404, 409, 422, 503))(act)
 
 
+def _item_routes(app: FastAPI, access: StoreAccess) -> None:
+    """One article (README, "Single articles"): the item with its text; retry and cancel one item."""
+    from bulkgen_cli import items
+    from bulkgen_cli.render import bulk_dict, progress_dict
+
+    @app.get("/api/items/{item_ref}", response_model=ItemRecordOut, tags=["items"],
+             response_model_exclude_unset=True, responses=responses(400, 401, 404, 422, 503))
+    def item(item_ref: ItemRef, me: Me) -> Any:
+        """One item with its article, as `bulkgen show ITEM --json`."""
+        return access.call(lambda s: items.record(items.show(s, item_ref, me.user, me.admin)))
+
+    def acting(action: items.ItemAction) -> Any:
+        def act(item_ref: ItemRef, me: Me) -> Any:
+            def work(store: Any) -> dict[str, Any]:
+                result = items.apply(store, action, item_ref, me.user, me.admin)
+                bulk = store.get_bulk(result.bulk.id) or result.bulk
+                message = (f"Item {result.short_id}: {result.previous.value} -> {result.item.status}."
+                           if result.changed else f"Item {result.short_id} is already {result.item.status}.")
+                return {"success": True, "message": message, "changed": result.changed,
+                        "previous": result.previous.value, "bulk_job": bulk_dict(bulk), "progress": progress_dict(bulk),
+                        "item": items.record(items.Shown(result.item, bulk, result.short_id))}
+
+            return access.call(work)
+
+        act.__name__ = f"item_{action.value}"
+        act.__doc__ = f"{action.value.capitalize()} one item, by the item state rules (README, 'show, item retry, item cancel')."
+        return act
+
+    for action in items.ItemAction:
+        app.post(f"/api/items/{{item_ref}}/{action.value}", response_model=ItemControlOut, tags=["items"],
+                 response_model_exclude_unset=True, responses=responses(400, 401, 404, 409, 422, 503))(acting(action))
+
+
 def _event_routes(app: FastAPI, access: StoreAccess, poller: live.Poller, config: ServerConfig) -> None:
-    stream_doc = {200: {"description": "text/event-stream: `id` is the change number, `event` item.started, "
+    stream_doc: dict[int | str, dict[str, Any]] = {200: {"description": "text/event-stream: `id` is the change number, `event` item.started, "
                                        "item.completed, item.failed, item.cancelled, item.queued or bulk.STATUS",
                         "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
 

@@ -95,6 +95,35 @@ class ControlOut(BaseModel):
     progress: ProgressOut
 
 
+class ItemRecordOut(ItemOut):
+    """One item with its article, as `bulkgen show ITEM --json`."""
+
+    short_id: str
+    bulk_job_id: str
+    bulk_job_name: str
+    userId: str
+    mode: str
+    article: dict[str, object]
+    created_at: Optional[str]
+    started_at: Optional[str]
+    completed_at: Optional[str]
+    request_seconds: Optional[float]
+    waited_seconds: Optional[float]
+    front_matter: dict[str, object]
+    text: Optional[str] = Field(..., description="the article's text as stored; null until it completed")
+    verdict: Optional[dict[str, object]] = None
+
+
+class ItemControlOut(BaseModel):
+    success: bool
+    message: str
+    changed: bool = Field(..., description="false when the action already held (a no-op)")
+    previous: str
+    item: ItemRecordOut
+    bulk_job: BulkJobOut
+    progress: ProgressOut
+
+
 class TokenUserOut(BaseModel):
     user: str
     admin: bool

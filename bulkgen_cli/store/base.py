@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
-from bulkgen_cli.model import ApiToken, BulkJob, BulkStatus, Counts, Item, Outcome, StateChange
+from bulkgen_cli.model import ApiToken, BulkJob, BulkStatus, Counts, Item, ItemStatus, Outcome, StateChange
 from bulkgen_cli.store import rules
 # Decided in rules.py; importable from here too.
 from bulkgen_cli.store.rules import (  # noqa: F401
@@ -201,6 +201,45 @@ class Store(ABC):
         Each keeps its `retry_count` (+ 1) and starts a new round (`attempts` 0).
         Returns how many items are queued again; 0 (nothing changed) unless the
         job is `completed` with failed items.
+        """
+
+    # -- single items (design.md, "Item state rules") ------------------------------------------------
+
+    @abstractmethod
+    def get_item(self, item_id: str) -> Item | None:
+        """The item, or None when there is none with that id."""
+
+    @abstractmethod
+    def find_items(self, prefix: str, user: str | None, limit: int) -> list[Item]:
+        """Items whose id starts with `prefix` (lower-case hex), of `user` unless None, in id order, at most `limit`.
+
+        One index range query on the id (`rules.prefix_bounds`), never a scan.
+        """
+
+    @abstractmethod
+    def item_neighbours(self, item_ids: list[str]) -> dict[str, tuple[str | None, str | None]]:
+        """For each id, the ids just below and just above it among all items (for `rules.short_id`)."""
+
+    @abstractmethod
+    def cancel_item(self, item_id: str, from_status: ItemStatus, now: dt.datetime) -> Counts | None:
+        """Cancel one item that is still `from_status` (queued, or processing: its request is then aborted).
+
+        One conditional write on the item (its status the condition), then its
+        job's counters are refreshed from its items, which records the job's end
+        when nothing is left pending. None (nothing written) when the item is not
+        `from_status` any more; else the refresh's counts (`ended_now`).
+        """
+
+    @abstractmethod
+    def retry_item(self, item_id: str, from_status: ItemStatus, now: dt.datetime) -> Counts | None:
+        """Queue a failed or cancelled item again (a new round, as retry-failed does), if it is still `from_status`.
+
+        Refused (None, nothing left written) when its job is cancelled, or
+        completed with its last end's notification still open
+        (`rules.retry_item_allowed`). A completed job becomes queued again. Its
+        counters are refreshed; returns their counts. With `from_status` queued
+        the item is left as it is and only its completed job is queued again:
+        that finishes a retry that died between its two writes (MongoDB).
         """
 
     # -- the notification outbox (design.md, "The outbox and exactly-once delivery") --------------------------------------

@@ -352,6 +352,87 @@ class MongoStore(Store):
         cursor = self.items.find({"bulk_job_id": oid}).sort(rules.ITEM_ORDER, ASCENDING)
         return [_item(d) for d in cursor]
 
+    # -- single items (design.md, "Item state rules") ---------------------------------
+
+    @_unavailable
+    def get_item(self, item_id: str) -> Item | None:
+        oid = _oid(item_id)
+        doc = None if oid is None else self.items.find_one({"_id": oid})
+        return None if doc is None else _item(doc)
+
+    @_unavailable
+    def find_items(self, prefix: str, user: str | None, limit: int) -> list[Item]:
+        low, high = rules.prefix_bounds(prefix)
+        bounds: dict[str, Any] = {"$gte": ObjectId(low)}
+        if high is not None:
+            bounds["$lt"] = ObjectId(high)
+        query: dict[str, Any] = {"_id": bounds}
+        if user is not None:
+            query["userId"] = user
+        return [_item(d) for d in self.items.find(query).sort("_id", ASCENDING).limit(limit)]
+
+    @_unavailable
+    def item_neighbours(self, item_ids: list[str]) -> dict[str, tuple[str | None, str | None]]:
+        out = {}
+        for item_id in item_ids:
+            oid = ObjectId(item_id)
+            below = self.items.find_one({"_id": {"$lt": oid}}, {"_id": 1}, sort=[("_id", DESCENDING)])
+            above = self.items.find_one({"_id": {"$gt": oid}}, {"_id": 1}, sort=[("_id", ASCENDING)])
+            out[item_id] = (None if below is None else str(below["_id"]), None if above is None else str(above["_id"]))
+        return out
+
+    @_unavailable
+    def cancel_item(self, item_id: str, from_status: ItemStatus, now: dt.datetime) -> Counts | None:
+        oid = _oid(item_id)
+        doc = None if oid is None else self.items.find_one_and_update(
+            {"_id": oid, "status": from_status.value}, self._stamp(_update(rules.item_cancelled(from_status, now))),
+            {"bulk_job_id": 1})
+        if doc is None:
+            return None
+        # Item first, then the job derived from its items: a crash between leaves the counters behind, which
+        # the same command repeated (or any later refresh) sets right.
+        return self.refresh_counters(str(doc["bulk_job_id"]), now)
+
+    @_unavailable
+    def retry_item(self, item_id: str, from_status: ItemStatus, now: dt.datetime) -> Counts | None:
+        oid = _oid(item_id)
+        before = None if oid is None else self.items.find_one({"_id": oid, "status": from_status.value})
+        bulk = None if before is None else self.bulks.find_one({"_id": before["bulk_job_id"]}, {"status": 1, "outbox": 1})
+        if before is None or bulk is None or not rules.retry_item_allowed(bulk["status"], bulk.get("outbox")):
+            return None
+        # Item first: a completed job's queued item is not claimable, so nothing starts before the job is queued.
+        if from_status is not ItemStatus.queued and not self.items.update_one(
+                {"_id": oid, "status": from_status.value}, self._stamp(_update(rules.RETRIED_ITEM))).matched_count:
+            return None
+        return self._reopen(before, now)
+
+    def _reopen(self, before: dict[str, Any], now: dt.datetime) -> Counts | None:
+        """The job of an item just queued again: queued again if it has ended (design.md, "Item state rules").
+
+        The first refresh's compare-and-set on `refresh_seq` fences off any refresh
+        that counted before the item was queued: such a one can no longer record an
+        end (`_end` is conditional on the sequence it wrote). An end that it did
+        record before is seen in the second round: the job is queued again, or, while
+        that end's notification is open, the retry is undone (None).
+        """
+        bulk_id, counts = before["bulk_job_id"], None
+        for _ in range(2):
+            bulk = self.bulks.find_one({"_id": bulk_id}, {"status": 1, "outbox": 1})
+            queued = self.items.find_one({"_id": before["_id"], "status": ItemStatus.queued.value}, {"_id": 1})
+            if bulk is not None and bulk["status"] == rules.RETRY_FROM.value and queued is not None:
+                outbox = bulk.get("outbox")
+                if outbox_open(outbox):
+                    if before["status"] != ItemStatus.queued.value:
+                        self.items.update_one({"_id": before["_id"], "status": ItemStatus.queued.value, "attempts": 0},
+                                              self._stamp(_update(rules.retry_undone(before))))
+                    self.refresh_counters(str(bulk_id), now)
+                    return None
+                self.bulks.update_one({"_id": bulk_id, "status": rules.RETRY_FROM.value,
+                                       "outbox.event_id": (outbox or {}).get("event_id")},
+                                      self._stamp(_update(rules.RETRIED_JOB)))
+            counts = self.refresh_counters(str(bulk_id), now)
+        return counts
+
     # -- the processor's verbs -------------------------------------------------
 
     @_unavailable
@@ -561,21 +642,27 @@ class MongoStore(Store):
             fields = rules.counters(counts, failed, mean, now, seconds_between_items)
             written = self.bulks.update_one({"_id": oid, "refresh_seq": seq_filter},
                                             {"$set": {**fields, "refresh_seq": (seq or 0) + 1}})
-            if written.matched_count:
-                break
-            # Someone refreshed meanwhile from a later snapshot: count again.
-        else:
-            raise StoreUnavailable(f"the counters of bulk job {bulk_id} kept changing; try again.")
-        ended = counts.pending == 0 and self._end(oid, EventKind.completed, now)
-        return dataclasses.replace(counts, ended_now=ended)
+            if not written.matched_count:
+                continue  # someone refreshed meanwhile from a later snapshot: count again
+            # The end only under the sequence this count wrote: a later count (an item queued again) decides instead.
+            ended = counts.pending == 0 and self._end(oid, EventKind.completed, now, seq=(seq or 0) + 1)
+            if ended or counts.pending or not self._recounted(oid, (seq or 0) + 1):
+                return dataclasses.replace(counts, ended_now=ended)
+        raise StoreUnavailable(f"the counters of bulk job {bulk_id} kept changing; try again.")
 
-    def _end(self, oid: ObjectId, kind: EventKind, now: dt.datetime) -> bool:
-        """Record the job's end and its outbox in one conditional update."""
+    def _recounted(self, oid: ObjectId, seq: int) -> bool:
+        """Whether a job this refresh could not end is still active and was counted again since (`seq`)."""
+        doc = self.bulks.find_one({"_id": oid}, {"status": 1, "refresh_seq": 1})
+        return doc is not None and doc["status"] in [s.value for s in rules.ENDS_FROM] and doc.get("refresh_seq") != seq
+
+    def _end(self, oid: ObjectId, kind: EventKind, now: dt.datetime, seq: int | None = None) -> bool:
+        """Record the job's end and its outbox in one conditional update (with `seq`: only under that refresh_seq)."""
         doc = self.bulks.find_one({"_id": oid}, {"notify": 1})
         if doc is None:
             return False
+        fence = {} if seq is None else {"refresh_seq": seq}
         result = self.bulks.update_one(
-            {"_id": oid, "status": {"$in": [s.value for s in rules.ENDS_FROM]}},
+            {"_id": oid, "status": {"$in": [s.value for s in rules.ENDS_FROM]}, **fence},
             self._stamp({"$set": rules.end_fields(kind, list(doc.get("notify") or []), now)}),
         )
         return result.matched_count == 1

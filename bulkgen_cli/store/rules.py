@@ -29,7 +29,7 @@ from bulkgen_cli.model import (
     estimate_completion,
     iso,
     later,
-    new_id,
+    new_item_id,
     new_outbox,
     outbox_open,
     summarize_errors,
@@ -151,7 +151,7 @@ def new_bulk(bulk: BulkJob) -> dict[str, Any]:
 def new_item(bulk: BulkJob, article: dict[str, Any], position: int) -> dict[str, Any]:
     """Every stored field of one new item (1-based `position`, file order), queued."""
     fields = {f.name: f.fresh() for f in ITEM_FIELDS}
-    fields.update(id=new_id(), bulk_job_id=bulk.id, userId=bulk.userId, mode=bulk.mode, article=article,
+    fields.update(id=new_item_id(), bulk_job_id=bulk.id, userId=bulk.userId, mode=bulk.mode, article=article,
                   status=ItemStatus.queued.value, queue_position=position, created_at=bulk.created_at)
     return fields
 
@@ -253,6 +253,62 @@ RETRIED = ItemStatus.failed
 RETRIED_ITEM = Change({"status": ItemStatus.queued.value, "attempts": 0, "error": None, "result": None,
                        "started_at": None, "completed_at": None}, {"retry_count": 1})
 RETRIED_JOB = {"status": BulkStatus.queued.value, "completed_at": None}
+
+# -- single items: ids, item cancel and item retry (design.md, "Item state rules") ------------------------
+
+#: An item id is 24 lower-case hex digits; a prefix of at least this many names one (as git does).
+SHORT_ID_MIN = 4
+#: `status --items` shows at least this many characters of each id, more where a neighbour shares them.
+SHORT_ID_SHOWN = 8
+ID_LENGTH = 24
+#: item cancel: from which item statuses (what each becomes: as a job cancel's sweep, `cancel_sweeps`).
+ITEM_CANCEL_FROM = (ItemStatus.queued, ItemStatus.processing)
+#: item retry: from which item statuses; the item becomes `RETRIED_ITEM`, as in retry-failed.
+ITEM_RETRY_FROM = (ItemStatus.failed, ItemStatus.cancelled)
+
+
+def prefix_bounds(prefix: str) -> tuple[str, str | None]:
+    """The index range of the ids that start with `prefix` (lower-case hex): low <= id < high (None: no end).
+
+    Both bounds are padded to a whole id, so that they are also valid ObjectIds
+    (MongoDB compares those byte by byte, which is the hex text's order).
+    """
+    low = prefix.ljust(ID_LENGTH, "0")
+    if set(prefix) == {"f"}:
+        return low, None
+    above = format(int(prefix, 16) + 1, "x").rjust(len(prefix), "0")
+    return low, above.ljust(ID_LENGTH, "0")
+
+
+def short_id(item_id: str, neighbours: tuple[str | None, str | None], shown: int = SHORT_ID_SHOWN) -> str:
+    """The shortest prefix of `item_id`, at least `shown` long, that neither neighbour in id order shares."""
+    length = shown
+    for other in neighbours:
+        if other is not None:
+            common = next((n for n, (a, b) in enumerate(zip(item_id, other)) if a != b), len(item_id))
+            length = max(length, common + 1)
+    return item_id[:length]
+
+
+def item_cancelled(status: ItemStatus, now: dt.datetime) -> Change:
+    """What one cancelled item becomes: the same as in a job cancel (its request aborted when in flight)."""
+    return dict(cancel_sweeps(now))[status]
+
+
+def retry_item_allowed(bulk_status: str, outbox: dict[str, Any] | None) -> bool:
+    """Whether an item of a job in `bulk_status` may be queued again.
+
+    Not in a cancelled job (cancel is final); in a completed job only once the
+    notification of its last end is delivered (every end is notified once).
+    """
+    if bulk_status == BulkStatus.cancelled.value:
+        return False
+    return not (bulk_status == RETRY_FROM.value and outbox_open(outbox))
+
+
+def retry_undone(before: Mapping[str, Any]) -> Change:
+    """An item queued again by item retry put back as it was (`before`: its stored fields then)."""
+    return Change({name: before.get(name) for name in RETRIED_ITEM.set}, {"retry_count": -1})
 
 # -- counters and the end ------------------------------------------------------------------------------
 

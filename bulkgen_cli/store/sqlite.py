@@ -207,6 +207,11 @@ CLAIM_ITEM_SQL = (
     f" ORDER BY {rules.ITEM_ORDER} LIMIT 1"
 )
 
+#: The ids just below and just above an item's (short ids): each a lookup on the primary key's index.
+ITEM_NEIGHBOURS_SQL = (
+    "SELECT (SELECT max(id) FROM generation_jobs WHERE id < ?), (SELECT min(id) FROM generation_jobs WHERE id > ?)"
+)
+
 T = TypeVar("T")
 
 
@@ -471,6 +476,9 @@ class SqliteStore(Store):
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: committed whole, or rolled back whole (a failed COMMIT too)."""
         with self._lock:
+            if self.db.in_transaction:  # a verb made of verbs (cancel_item refreshes): one transaction, the outer one
+                yield self.db
+                return
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield self.db
@@ -545,6 +553,61 @@ class SqliteStore(Store):
             (bulk_id,),
         )
         return [_item(r) for r in rows]
+
+    # -- single items ------------------------------------------------------------
+
+    @_unavailable
+    def get_item(self, item_id: str) -> Item | None:
+        row = self.db.execute("SELECT * FROM generation_jobs WHERE id = ?", (item_id,)).fetchone()
+        return None if row is None else _item(row)
+
+    @_unavailable
+    def find_items(self, prefix: str, user: str | None, limit: int) -> list[Item]:
+        low, high = rules.prefix_bounds(prefix)
+        where, args = ["id >= ?"], [low]
+        if high is not None:
+            where.append("id < ?")
+            args.append(high)
+        if user is not None:
+            where.append("userId = ?")
+            args.append(user)
+        sql = f"SELECT * FROM generation_jobs WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
+        return [_item(r) for r in self.db.execute(sql, (*args, limit))]
+
+    @_unavailable
+    def item_neighbours(self, item_ids: list[str]) -> dict[str, tuple[str | None, str | None]]:
+        out = {}
+        for item_id in item_ids:  # two lookups on the primary key's index each
+            row = self.db.execute(ITEM_NEIGHBOURS_SQL, (item_id, item_id)).fetchone()
+            out[item_id] = (row[0], row[1])
+        return out
+
+    @_unavailable
+    def cancel_item(self, item_id: str, from_status: ItemStatus, now: dt.datetime) -> Counts | None:
+        with self._tx() as db:
+            row = db.execute("SELECT bulk_job_id FROM generation_jobs WHERE id = ? AND status = ?",
+                             (item_id, from_status.value)).fetchone()
+            if row is None:
+                return None
+            _update(db, "generation_jobs", rules.item_cancelled(from_status, now), "id = ?", item_id)
+            # The same transaction derives the job: its counters and, when nothing is pending, its end.
+            return self.refresh_counters(row["bulk_job_id"], now)
+
+    @_unavailable
+    def retry_item(self, item_id: str, from_status: ItemStatus, now: dt.datetime) -> Counts | None:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT i.bulk_job_id, b.status, b.outbox FROM generation_jobs i JOIN bulk_jobs b"
+                " ON b.id = i.bulk_job_id WHERE i.id = ? AND i.status = ?", (item_id, from_status.value),
+            ).fetchone()
+            outbox = None if row is None or row["outbox"] is None else json.loads(row["outbox"])
+            if row is None or not rules.retry_item_allowed(row["status"], outbox):
+                return None
+            if from_status is not ItemStatus.queued:
+                _update(db, "generation_jobs", rules.RETRIED_ITEM, "id = ?", item_id)
+            if row["status"] == rules.RETRY_FROM.value:
+                _update(db, "bulk_jobs", rules.RETRIED_JOB, "id = ?", row["bulk_job_id"])
+            return self.refresh_counters(row["bulk_job_id"], now)
 
     # -- the processor's verbs -------------------------------------------------
 
