@@ -23,11 +23,11 @@ from bulkgen_cli.errors import BulkgenError
 from bulkgen_cli.manifest import MAX_FILE_BYTES
 from bulkgen_cli.model import BulkStatus
 from bulkgen_cli.server import live, submission
-from bulkgen_cli.server.page import add_page
 from bulkgen_cli.server.access import StoreAccess
 from bulkgen_cli.server.auth import Caller, caller
 from bulkgen_cli.server.config import ENVELOPE_BYTES, ServerConfig
 from bulkgen_cli.server.limits import BodyLimit, BodyTooLarge
+from bulkgen_cli.server.page import add_page
 from bulkgen_cli.server.problems import MEDIA_TYPE, HttpProblem, from_error, responses, too_large, validation
 from bulkgen_cli.server.schemas import (
     BulkJobOut, ControlOut, ItemControlOut, ItemRecordOut, StatusOut, SubmitIn, SubmitOut, TokenUserOut,
@@ -82,7 +82,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     _control_routes(app, access)
     _item_routes(app, access)
     _event_routes(app, access, poller, config)
-    add_page(app, access)
+    add_page(app)
     return app
 
 

@@ -184,7 +184,8 @@
     if (!response.ok || !response.body) throw new Error(`events: ${response.status}`);
     state.retryMs = 2000;
     setLive(true, "Live updates on");
-    if (!state.loaded) loadJobs();
+    // Without a position in the stream (no event seen yet) only a fresh read can catch up.
+    if (!state.loaded || state.lastEventId === null) loadJobs();
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     const parser = sseParser(onEvent);
     for (;;) {
@@ -335,7 +336,8 @@
     v.summary = el("p", { className: "summary" });
     v.now = el("p", { className: "now" });
     v.note = el("p", { className: "note" });
-    v.errors = el("ul", { className: "errors" });
+    v.errorList = el("ul");
+    v.errors = el("div", { className: "errors" }, el("p", { text: "What went wrong so far:" }), v.errorList);
     v.buttons = {};
     const actions = el("div", { className: "actions", role: "group", "aria-label": "What to do with this job" });
     for (const spec of ACTIONS) {
@@ -374,7 +376,8 @@
     setText(v.summary, summaryLine(bulk, progress));
     renderNow(job);
     setText(v.note, noteFor(bulk, progress));
-    v.errors.replaceChildren(...(bulk.error_summary || []).map((e) => el("li", { text: e })));
+    v.errorList.replaceChildren(...(bulk.error_summary || []).map((e) => el("li", { text: e })));
+    v.errors.hidden = !(bulk.error_summary || []).length;
     for (const spec of ACTIONS) v.buttons[spec.action].disabled = !allowed(spec.action, bulk, progress);
     renderItems(job);
     setText(v.meta, metaLine(bulk));
@@ -450,7 +453,7 @@
     for (const item of items) {
       let row = v.rows.get(item.id);
       if (!row) {
-        row = buildRow(job.bulk.id, item);
+        row = buildRow(item);
         v.rows.set(item.id, row);
         v.tbody.append(row.tr);
       }
@@ -458,10 +461,10 @@
     }
   }
 
-  function buildRow(bulkId, item) {
+  function buildRow(item) {
     const row = {
       state: el("span", { className: "state" }), tries: el("td"), error: el("td", { className: "error-text" }),
-      link: el("a", { href: `#/article/${encodeURIComponent(bulkId)}/${encodeURIComponent(item.id)}` }),
+      link: el("a", { href: `#/article/${encodeURIComponent(item.id)}` }),
     };
     row.linkCell = el("td", {}, row.link);
     row.tr = el("tr", {}, el("td", { text: String(item.queue_position) }), el("td", { text: labelOf(item) }),
@@ -569,39 +572,49 @@
     $("upload-result").append(list);
   }
 
+  // As the CLI locates a problem: "Item 3 (line 14), field “word_cout”:"; a CSV's items are rows.
   function whereOf(problem, csv) {
     const parts = [];
-    if (problem.item !== null && problem.item !== undefined) parts.push(`${csv ? "Row" : "Item"} ${problem.item}`);
-    if (problem.line) parts.push(`line ${problem.line}`);
+    if (problem.item !== null && problem.item !== undefined) {
+      parts.push(`${csv ? "Row" : "Item"} ${problem.item}${problem.line ? ` (line ${problem.line})` : ""}`);
+    } else if (problem.line) {
+      parts.push(`Line ${problem.line}`);
+    }
     if (problem.field) parts.push(`field “${problem.field}”`);
     return parts.length ? `${parts.join(", ")}:` : "The file:";
   }
 
   // -- reading an article -------------------------------------------------------------------------
 
-  const ARTICLE_ROUTE = /^#\/article\/([^/]+)\/([^/]+)$/;
+  const ARTICLE_ROUTE = /^#\/article\/([^/]+)$/;
 
   function route() {
     if (!state.token) return;
     const match = ARTICLE_ROUTE.exec(location.hash);
     $("app").hidden = Boolean(match);
     $("article").hidden = !match;
-    if (match) showArticle(decodeURIComponent(match[1]), decodeURIComponent(match[2]));
+    if (match) showArticle(decodeURIComponent(match[1]));
   }
 
-  async function showArticle(bulkId, itemId) {
-    const job = state.jobs.get(bulkId);
-    const item = job && job.items && job.items.find((i) => i.id === itemId);
-    setText($("article-title"), item ? labelOf(item) : "Article");
-    setText($("article-meta"), job ? `Article ${item ? item.queue_position : ""} of “${job.bulk.name}”` : "");
+  // One item with its text (GET /api/items/{id}, as `bulkgen show ITEM --json`).
+  async function showArticle(itemId) {
+    setText($("article-title"), "Article");
+    setText($("article-meta"), "");
     $("article-body").hidden = true;
     $("article-error").hidden = true;
     try {
-      const text = await (await api(`/api/bulk-generate/${encodeURIComponent(bulkId)}/articles/${encodeURIComponent(itemId)}`)).text();
-      const split = /^---\n([\s\S]*?)\n---\n\n?/.exec(text);
-      setText($("article-front"), split ? split[1] : "");
-      setText($("article-text"), split ? text.slice(split[0].length) : text);
-      $("article-download").onclick = () => download(text, `${item ? item.queue_position : "article"}-${itemId}.md`);
+      const record = await apiJson(`/api/items/${encodeURIComponent(itemId)}`);
+      setText($("article-title"), (record.front_matter && record.front_matter.title) || labelOf(record));
+      setText($("article-meta"), `Article ${record.queue_position} of “${record.bulk_job_name}”` +
+        (record.status === "completed" ? "" : ` · ${ITEM_WORDS[record.status] || record.status}`));
+      if (record.text === null || record.text === undefined) throw new Error("it has not been written.");
+      const blocks = markdownBlocks(record.text);
+      // The text usually opens with its title, which the page already shows as the heading.
+      if (blocks.length && /^H\d$/.test(blocks[0].tagName) && blocks[0].textContent === $("article-title").textContent) blocks.shift();
+      $("article-text").replaceChildren(...blocks);
+      setText($("article-front"), Object.entries(record.front_matter || {})
+        .map(([key, value]) => `${key}: ${typeof value === "string" ? value : JSON.stringify(value)}`).join("\n"));
+      $("article-download").onclick = () => download(record.text, `${record.queue_position}-${record.short_id}.md`);
       $("article-body").hidden = false;
       $("article-title").focus();
     } catch (e) {
@@ -609,6 +622,23 @@
       $("article-error").hidden = false;
       setText($("article-error"), `This article cannot be shown: ${e.message}`);
     }
+  }
+
+  // The article's Markdown as a few kinds of blocks (headings, list items, paragraphs), each built
+  // with textContent: the text is shown, never interpreted as HTML.
+  function markdownBlocks(text) {
+    const blocks = [];
+    for (const chunk of text.replace(/\r\n?/g, "\n").split(/\n{2,}/)) {
+      const heading = /^(#{1,6})\s+(.*)$/s.exec(chunk.trim());
+      if (heading) {
+        blocks.push(el(`h${Math.min(heading[1].length + 2, 6)}`, { text: heading[2] }));
+      } else if (/^\s*[-*] /.test(chunk)) {
+        blocks.push(el("ul", {}, ...chunk.split(/\n(?=\s*[-*] )/).map((line) => el("li", { text: line.replace(/^\s*[-*] /, "") }))));
+      } else if (chunk.trim()) {
+        blocks.push(el("p", { text: chunk.trim() }));
+      }
+    }
+    return blocks;
   }
 
   function download(text, name) {
