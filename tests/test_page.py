@@ -248,6 +248,11 @@ def test_a_finished_job_offers_retry_failed_and_a_new_tab_asks_for_the_token(sit
         other.goto(site.url + "/")
         expect(other.get_by_role("heading", name="Sign in")).to_be_visible(timeout=WAIT)
         assert other.evaluate("sessionStorage.length") == 0
+        other.get_by_label("Access token").fill("bgk_not-a-token")
+        other.get_by_role("button", name="Sign in").click()
+        expect(other.get_by_role("alert").filter(has_text="This token is not valid")).to_be_visible(timeout=WAIT)
+        assert other.evaluate("sessionStorage.length") == 0
+        shots(other, "02-a-wrong-token")
     finally:
         other.context.close()
 

@@ -337,7 +337,7 @@
     v.now = el("p", { className: "now" });
     v.note = el("p", { className: "note" });
     v.errorList = el("ul");
-    v.errors = el("div", { className: "errors" }, el("p", { text: "What went wrong so far:" }), v.errorList);
+    v.errors = el("div", { className: "errors" }, el("p", { text: "What went wrong:" }), v.errorList);
     v.buttons = {};
     const actions = el("div", { className: "actions", role: "group", "aria-label": "What to do with this job" });
     for (const spec of ACTIONS) {
