@@ -33,7 +33,7 @@ NOT_RUN = {
     "BULKGEN_SMTP_URL=": "needs an SMTP server and notify-send (tests/test_notify.py covers both)",
 }
 #: The section whose curl examples need a `bulkgen serve` (started here, at its address in the README).
-SERVE_SECTION, SERVE_URL = "Serve over HTTP", "http://127.0.0.1:8080"
+SERVE_SECTION, SERVE_URL = "serve", "http://127.0.0.1:8080"
 #: Blocks that show a terminal mid-run: their commands must run, their output is illustrative.
 ILLUSTRATIVE = ("bulkgen status 6b0b564e5a3270849fe2ea28 --items",)
 
