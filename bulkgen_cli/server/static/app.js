@@ -83,6 +83,7 @@
   }
 
   async function api(path, options) {
+    if (!state.token) throw new ApiError(401, null); // signed out meanwhile (a late timer): ask nothing
     const opts = options || {};
     const headers = Object.assign({ Authorization: `Bearer ${state.token}` }, opts.headers || {});
     const response = await fetch(path, Object.assign({}, opts, { headers, cache: "no-store" }));
