@@ -8,15 +8,17 @@ self-fencing deadline; a reply that arrives after that is never recorded.
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from bulkgen_cli import quality
 from bulkgen_cli.content import Reply, ReplyKind, content_text, count_words
 from bulkgen_cli.errors import ServiceUnavailable
 from bulkgen_cli.events import ItemLost, ItemRetrying, ItemStarted
 from bulkgen_cli.leases import RENEW_EVERY, Watchdog
-from bulkgen_cli.model import CLAIMABLE_BULK, BulkStatus, Item, ItemStatus, Outcome, iso, later
+from bulkgen_cli.model import CLAIMABLE_BULK, BulkStatus, Item, ItemStatus, Outcome, iso, later, next_generation
 from bulkgen_cli.steps import Step
 
 if TYPE_CHECKING:
@@ -94,7 +96,7 @@ class Attempt:
 
     def _sort(self, reply: Reply) -> Step | Outcome | None:
         if reply.kind is ReplyKind.ok:
-            return Outcome(ItemStatus.completed, result=self._result(reply))
+            return self._gate(self._result(reply))
         if reply.kind in (ReplyKind.permanent, ReplyKind.fenced):
             return Outcome(ItemStatus.failed, error=reply.error)
         if reply.kind is ReplyKind.aborted or self.p.stopping:
@@ -127,6 +129,29 @@ class Attempt:
         self.p.on_event(ItemRetrying(self.item, reply.error or "transient error", wait, charged=True))
         if not self.leases.wait_holding(self.item, wait) or not self.store.begin_attempt(self.item.id, self.p.owner):
             return Step.released
+        self.tries += 1
+        return None
+
+    def _gate(self, result: dict[str, Any]) -> Outcome | Step | None:
+        """The quality gate (design.md, "The quality gate"): keep the article, fail the item, or ask again."""
+        bulk = self.p.known_bulk(self.item.bulk_job_id)
+        verdict = quality.judge(self.item, result["content"], bulk.quality_ratio,
+                                self.store.completed_contents(bulk.id), next_generation(self.item.verdict))
+        action = quality.decide(bulk.quality, verdict, self.tries, self.settings.max_attempts)
+        if action is quality.Action.keep:
+            return Outcome(ItemStatus.completed, result=result, verdict=verdict.to_dict())
+        if action is quality.Action.fail:
+            return Outcome(ItemStatus.failed, result=result, error=quality.failure(verdict, bulk.quality, self.tries),
+                           verdict=verdict.to_dict())
+        return self._regenerate(verdict)
+
+    def _regenerate(self, verdict: quality.Verdict) -> Step | None:
+        """Count a try and ask for a new article; the flagged verdict is kept on the item meanwhile."""
+        self.p.on_event(ItemRetrying(self.item, "quality: " + ", ".join(verdict.reasons), 0.0, charged=True))
+        rejected = verdict.to_dict()
+        if not self.store.begin_attempt(self.item.id, self.p.owner, rejected):
+            return Step.released
+        self.item = dataclasses.replace(self.item, verdict=rejected)  # the next request asks for the next generation
         self.tries += 1
         return None
 

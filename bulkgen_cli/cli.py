@@ -14,7 +14,7 @@ import typer
 from bulkgen_cli import __version__
 from bulkgen_cli.errors import BulkgenError, ManifestError, NotFound, Problem
 from bulkgen_cli.interrupts import exit_on_signals
-from bulkgen_cli.model import BulkJob, BulkStatus, Item, Priority
+from bulkgen_cli.model import DEFAULT_QUALITY_RATIO, BulkJob, BulkStatus, Item, Priority, QualityPolicy
 from bulkgen_cli.cli_common import (  # noqa: F401
     EXIT_CODES, AllUsersOpt, JsonOpt, QuietOpt, StoreOpt, UserOpt, note, open_db, paint, quiet_note, render_json,
 )
@@ -121,10 +121,17 @@ class InputFormat(str, Enum):
     csv = "csv"
 
 
-FileArg = Annotated[Path, typer.Argument(metavar="FILE", help="Articles file: .yaml/.yml/.json or .csv; - reads "
-                                         "standard input (YAML, or CSV with --format csv).", show_default=False)]
+FileArg = Annotated[Optional[Path], typer.Argument(metavar="FILE", help="Articles file: .yaml/.yml/.json or .csv; - "
+                                         "reads standard input (YAML, or CSV with --format csv). With --values: a "
+                                         "template (.yaml/.yml/.json).", show_default=False)]
 FormatOpt = Annotated[Optional[InputFormat], typer.Option("--format", help="The file's format, when its name does not "
-                      "say (standard input is YAML unless this says csv).", show_default=False)]
+                      "say (standard input is YAML unless this says csv); with --values, the values' format.",
+                      show_default=False)]
+TemplateOpt = Annotated[Optional[str], typer.Option("--template", metavar="NAME", help="A saved template (`bulkgen "
+                        "template list`), instead of FILE; needs --values.", show_default=False)]
+ValuesOpt = Annotated[Optional[Path], typer.Option("--values", metavar="ROWS", help="Rows that fill the template "
+                      "(FILE or --template), one article per row: CSV with a header, or a YAML/JSON list of "
+                      "mappings; - reads standard input.", show_default=False)]
 ModeOpt = Annotated[Optional[str], typer.Option("--mode", metavar="MODE", help="topic, keywords, trends or spin, when "
                     "the file names none. [default: topic]", show_default=False)]
 NameOpt = Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="Name of the bulk job. [default: the "
@@ -139,6 +146,11 @@ PriorityOpt = Annotated[Priority, typer.Option("--priority", help="Claims go by 
                         "first in, first out.")]
 NotBeforeOpt = Annotated[Optional[str], typer.Option("--not-before", metavar="WHEN", help="Queue it now, start it "
                          "then: ISO 8601 (local time without a zone) or +30m, +2h, +1d.", show_default=False)]
+QualityOpt = Annotated[QualityPolicy, typer.Option("--quality", help="The quality gate on each returned article "
+                       "(words, keywords, title, body, near-duplicates): warn keeps a flagged article, fail fails "
+                       "its item, retry generates it again up to the try limit.")]
+QualityRatioOpt = Annotated[float, typer.Option("--quality-ratio", min=0.0, max=1.0, metavar="RATIO", help="Share of "
+                            "the word_count asked that an article must reach (0 turns the words check off).")]
 NotifyOpt = Annotated[Optional[list[str]], typer.Option("--notify", metavar="CHANNEL", help="Tell someone when it "
                       "ends: webhook:https://… or email:someone@example.com; repeatable. [env: BULKGEN_NOTIFY, "
                       "comma-separated]", show_default=False)]
@@ -164,7 +176,9 @@ def root(
 @app.command(epilog=EXIT_CODES)
 @run_options
 def submit(
-    file: FileArg,
+    file: FileArg = None,
+    template: TemplateOpt = None,
+    values: ValuesOpt = None,
     format_: FormatOpt = None,
     mode: ModeOpt = None,
     name: NameOpt = None,
@@ -174,6 +188,8 @@ def submit(
     priority: PriorityOpt = Priority.normal,
     not_before: NotBeforeOpt = None,
     notify: NotifyOpt = None,
+    quality: QualityOpt = QualityPolicy.warn,
+    quality_ratio: QualityRatioOpt = DEFAULT_QUALITY_RATIO,
     store: StoreOpt = None,
     user: UserOpt = None,
     json_: JsonOpt = False,
@@ -182,37 +198,40 @@ def submit(
 ) -> None:
     """Validate an articles file and queue it as one bulk job; print its id.
 
+    A template (FILE or --template NAME) with --values ROWS makes one article per row.
     Example: id=$(bulkgen submit examples/articles.yaml) && bulkgen status "$id"
     """
-    from bulkgen_cli import jobs, manifest, settings
+    from bulkgen_cli import jobs, settings
+    from bulkgen_cli.cli_templates import submission
     from bulkgen_cli.model import utcnow
 
-    parsed = manifest.load(file, mode, split=split, fmt=format_.value if format_ else None)
+    parsed, source = submission(file, template, values, fmt=format_.value if format_ else None, mode=mode,
+                                split=split, store=store, user=user)
     channels = settings.notify_channels(notify)
     start = settings.parse_when(not_before, utcnow()) if not_before else None
     run_settings = settings.RunSettings.resolve(**(run_flags or {})) if wait else None  # type: ignore[arg-type]
     with open_db(store, "create") as db:
         done = jobs.submit(db, parsed, settings.user(user), name=name, idempotency_key=idempotency_key,
-                           notify=channels, priority=priority, not_before=start, split=split)
-        _report_submitted(done, file, start, wait, json_, quiet)
+                           notify=channels, priority=priority, not_before=start, split=split,
+                           quality=quality, quality_ratio=quality_ratio)
+        _report_submitted(done, source, start, wait, json_, quiet)
         if run_settings is not None:
             finals = _process(db, run_settings, until_bulks=done.ids, store_flag=store, quiet=quiet)
             if json_:
                 docs = [{"bulk_job_id": f.id, "total_items": f.total_items, "status": f.status,
                          "completed_items": f.completed_items, "failed_items": f.failed_items,
-                         "cancelled_items": f.cancelled_items} for f in finals]
+                         "cancelled_items": f.cancelled_items, "flagged_items": f.flagged_items} for f in finals]
                 render_json(docs if done.group is not None else docs[0])
             raise typer.Exit(max(_ended_code(f) for f in finals))
 
 
-def _report_submitted(done: Submitted, file: Path, start: dt.datetime | None, wait: bool, json_: bool,
+def _report_submitted(done: Submitted, source: str, start: dt.datetime | None, wait: bool, json_: bool,
                       quiet: bool = False) -> None:
     from bulkgen_cli.render import when
 
     say = quiet_note if quiet else note
     for bulk, created in done.jobs:
         if created:
-            source = "standard input" if str(file) == "-" else file
             say(f"Queued bulk job {bulk.id}: {bulk.total_items} {bulk.mode} articles from {source}.")
         else:
             say(f"Idempotency key {bulk.idempotency_key!r} was already used: bulk job {bulk.id} exists; "
@@ -565,6 +584,7 @@ def _process(db: Store, run_settings: RunSettings, forever: bool = False, until_
 #: Command modules beside this one (templates, schedules, single items); each has `register(app)`.
 COMMAND_MODULES: tuple[str, ...] = (
     "cli_items",
+    "cli_templates",
     "cli_serve",
 )
 
@@ -617,7 +637,7 @@ def main() -> None:
         sys.exit(exit_code)
     except ManifestError as exc:
         count = len(exc.problems)
-        message = f"the articles file has {count} problem{'s' if count > 1 else ''}; nothing was stored."
+        message = f"{exc.subject} has {count} problem{'s' if count > 1 else ''}; nothing was stored."
         if as_json:
             _json_error(exc.exit_code, message, exc.problems)
         _fail(message + "\n" + "\n".join(str(p) for p in exc.problems), exc.exit_code)

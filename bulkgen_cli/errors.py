@@ -26,23 +26,32 @@ class Problem:
     item: int | None = None  # 1-based position in the file
     line: int | None = None
     field: str | None = None
+    #: a template's values file: the 1-based row (one item per row) and the column, when the problem has them
+    row: int | None = None
+    column: str | None = None
 
     def __str__(self) -> str:
         where = [self.file]
         if self.item is not None:
             where.append(f"item {self.item}" + (f" (line {self.line})" if self.line else ""))
+        elif self.row is not None:
+            where.append(f"row {self.row}" + (f" (line {self.line})" if self.line else ""))
         elif self.line:
             where.append(f"line {self.line}")
+        if self.column:
+            where.append(f"column '{self.column}'")
         if self.field:
             where.append(f"field '{self.field}'")
         return ", ".join(where) + ": " + self.message
 
 
 class ManifestError(UsageError):
-    """The articles file is not acceptable; carries every problem found."""
+    """The articles file (or a template and its rows) is not acceptable; carries every problem found."""
 
-    def __init__(self, problems: list[Problem]):
+    def __init__(self, problems: list[Problem], subject: str = "the articles file"):
         self.problems = problems
+        #: what the problems are in, for the heading ("the articles file has 2 problems")
+        self.subject = subject
         super().__init__("\n".join(str(p) for p in problems))
 
 
@@ -54,6 +63,12 @@ class NotFound(BulkgenError):
 
 class InvalidTransition(BulkgenError):
     """The operation is not allowed in the bulk job's current state."""
+
+    exit_code = 4
+
+
+class NameTaken(BulkgenError):
+    """A name is already used (a saved template without --replace); nothing was written."""
 
     exit_code = 4
 

@@ -54,7 +54,7 @@ def front_matter(bulk: BulkJob, item: Item) -> dict[str, Any]:
             meta[name] = item.article[name]
     meta["mode"] = item.mode
     meta["word_count"] = item.article.get("word_count")
-    if item.status == ItemStatus.completed.value:
+    if item.status == ItemStatus.completed.value or content is not None:
         meta["words"] = result.get("words", count_words(content_text(content)))
     for name in ("tone", "language", "audience"):
         if item.article.get(name):
@@ -69,6 +69,10 @@ def front_matter(bulk: BulkJob, item: Item) -> dict[str, Any]:
     )
     if item.status != ItemStatus.completed.value:
         meta["error"] = item.error
+    if item.verdict is not None and content is not None:  # the quality gate's verdict on this article
+        meta["quality"] = item.verdict.get("status")
+        if item.verdict.get("reasons"):
+            meta["quality_reasons"] = list(item.verdict["reasons"])
     if isinstance(content, dict) and isinstance(content.get("meta"), dict):
         meta["meta"] = content["meta"]
     return meta
@@ -76,7 +80,8 @@ def front_matter(bulk: BulkJob, item: Item) -> dict[str, Any]:
 
 def markdown(bulk: BulkJob, item: Item) -> str:
     head = yaml.safe_dump(front_matter(bulk, item), sort_keys=False, allow_unicode=True, width=1000)
-    body = content_text((item.result or {}).get("content")) if item.status == ItemStatus.completed.value else ""
+    # A failed item may keep the article the quality gate turned down: it is written, under its error.
+    body = content_text((item.result or {}).get("content"))
     if not body and item.status != ItemStatus.completed.value:
         body = f"This article was not generated: {item.error or item.status}.\n"
     return f"---\n{head}---\n\n{body.rstrip()}\n"
@@ -148,6 +153,7 @@ def jsonl_record(bulk: BulkJob, item: Item) -> dict[str, Any]:
         "generator": result.get("generator"),
         "generated_at": result.get("generated_at"),
         "error": item.error,
+        "verdict": item.verdict,
         "attempts": item.attempts,
         "retry_count": item.retry_count,
     }

@@ -232,7 +232,8 @@ def facts(shown: Shown) -> list[tuple[str, str]]:
     found = verdict(item)
     if found is not None:
         reasons = "; ".join(str(r) for r in found.get("reasons") or [])
-        rows.append(("Verdict", ("passed" if found.get("passed") else "flagged") + (f": {reasons}" if reasons else "")))
+        state = found.get("status") or ("passed" if found.get("passed") else "flagged")  # quality.Verdict.to_dict
+        rows.append(("Verdict", str(state) + (f": {reasons}" if reasons else "")))
     rows += [(name, _value(value)) for name, value in front_matter(shown.bulk, item).items()
              if name not in ("status", "bulk_job_id", "queue_position", "error")]
     retries = f"{item.retry_count} {'retry' if item.retry_count == 1 else 'retries'} over its life"

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from bulkgen_cli import control
 from bulkgen_cli.errors import BulkgenError, NotFound, UsageError
-from bulkgen_cli.model import BulkJob, BulkStatus, Item, Priority, new_id, split_sizes, utcnow
+from bulkgen_cli.model import (
+    DEFAULT_QUALITY_RATIO, BulkJob, BulkStatus, Item, Priority, QualityPolicy, new_id, split_sizes, utcnow,
+)
 from bulkgen_cli.store.base import Store
 from bulkgen_cli.text import quoted
 
@@ -42,13 +44,17 @@ class Submitted:
 def submit(store: Store, parsed: Manifest, user: str, *, name: str | None = None,
            idempotency_key: str | None = None, notify: list[str] | None = None,
            priority: Priority = Priority.normal, not_before: dt.datetime | None = None,
-           split: bool = False, notify_policy: dict[str, Any] | None = None) -> Submitted:
+           split: bool = False, quality: QualityPolicy = QualityPolicy.warn,
+           quality_ratio: float = DEFAULT_QUALITY_RATIO,
+           notify_policy: dict[str, Any] | None = None) -> Submitted:
     """Store a validated file as one bulk job (or, with `split`, balanced parts linked by a group), all or nothing.
 
     When storing a part fails, the parts stored before it are cancelled (a half
     group must not run) and the error is raised, saying which part could not be
-    cancelled if any.
+    cancelled if any. `quality` and `quality_ratio`: the quality gate's policy and words ratio (0 to 1).
     """
+    if not 0 <= quality_ratio <= 1:
+        raise UsageError(f"the quality ratio must be between 0 and 1 (0 turns the words check off), got {quality_ratio:g}.")
     sizes = split_sizes(len(parsed.articles)) if split else [len(parsed.articles)]
     group = new_id() if len(sizes) > 1 else None
     base_name = (name or parsed.name).strip()[:NAME_LIMIT] or parsed.name
@@ -63,6 +69,7 @@ def submit(store: Store, parsed: Manifest, user: str, *, name: str | None = None
                 status=BulkStatus.queued.value, total_items=size, created_at=utcnow(),
                 idempotency_key=f"{idempotency_key}#{number}" if part and idempotency_key else idempotency_key,
                 notify=list(notify or []), priority=priority.value, not_before=not_before, group_id=group,
+                quality=QualityPolicy(quality).value, quality_ratio=float(quality_ratio),
                 notify_policy=notify_policy,
             )
             jobs.append(store.create_bulk(bulk, parsed.articles[offset:offset + size]))

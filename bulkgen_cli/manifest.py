@@ -16,7 +16,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -50,6 +50,7 @@ TEXT_FIELDS = ("topic", "trend", "source_text", "tone", "language", "title", "au
 MAP_TAG = "tag:yaml.org,2002:map"
 SEQ_TAG = "tag:yaml.org,2002:seq"
 MODE_OF_FIELD = {name: mode for mode, names in REQUIRED_FIELD.items() for name in names}
+T = TypeVar("T")
 
 
 @dataclass
@@ -329,11 +330,22 @@ class _Converter:
 
 
 def _read_yaml(text: str, problems: _Problems) -> _Read:
+    nothing: _Read = (None, None, {}, [])
+    return read_yaml(text, problems, _yaml_document, nothing)
+
+
+def read_yaml(text: str, problems: _Problems, document: Callable[[Node | None, _Converter, _Problems], T],
+              empty: T) -> T:
+    """Parse YAML safely (tags, aliases, depth and size checked) and hand its root node to `document`.
+
+    `empty` is what comes back when the text is no usable YAML (the problem noted).
+    Articles files and templates (templates.py) are both read through here.
+    """
     try:
         loader = yaml.SafeLoader(text)
     except yaml.YAMLError as exc:  # the reader refuses control characters up front
         problems.add(f"is not valid YAML: {str(exc).splitlines()[0]}.")
-        return None, None, {}, []
+        return empty
     try:
         try:
             root = loader.get_single_node()
@@ -341,26 +353,35 @@ def _read_yaml(text: str, problems: _Problems) -> _Read:
             mark = exc.problem_mark or exc.context_mark
             problems.add(f"is not valid YAML: {exc.problem or exc.context}.",
                          line=mark.line + 1 if mark else None)
-            return None, None, {}, []
+            return empty
         except yaml.YAMLError as exc:
             problems.add(f"is not valid YAML: {str(exc).splitlines()[0]}.")
-            return None, None, {}, []
+            return empty
         except RecursionError:  # PyYAML composes nested collections recursively
             problems.add(f"nests deeper than {MAX_DEPTH} levels.")
-            return None, None, {}, []
+            return empty
         conv = _Converter(loader, problems)
         try:
             _check_tags(root)
             _check_expansion(root)
-            return _yaml_document(root, conv, problems)
+            return document(root, conv, problems)
         except _TooBig as exc:
             problems.add(str(exc))
         except yaml.constructor.ConstructorError as exc:
             mark = exc.problem_mark
             problems.add(f"unsupported YAML: {exc.problem}.", line=mark.line + 1 if mark else None)
-        return None, None, {}, []
+        return empty
     finally:
         loader.dispose()
+
+
+def _is_template(top: dict[str, Node], problems: _Problems) -> bool:
+    """A template (templates.py) given as an articles file: one sentence rather than a list of unknown keys."""
+    if "item" in top and "items" not in top:
+        problems.add("is a template (it has 'item:', one article with {placeholders}), not an articles "
+                     "file: submit it with --values ROWS (a CSV file or a YAML list of rows).")
+        return True
+    return False
 
 
 def _yaml_document(root: Node | None, conv: _Converter, problems: _Problems) -> _Read:
@@ -378,6 +399,8 @@ def _yaml_document(root: Node | None, conv: _Converter, problems: _Problems) -> 
                 problems.add("'bulk_config' must be the only top-level key.", line=_line(root))
             root = top["bulk_config"]
             top = dict(conv.mapping(root, None, None))
+        if _is_template(top, problems):
+            return None, None, {}, []
         for key, node in top.items():
             if key not in TOP_KEYS:
                 problems.add(f"unknown top-level key '{key}'{suggest(key, TOP_KEYS)}", line=_line(node))
@@ -522,17 +545,11 @@ def _validate_article(fields: dict[str, _Field], mode: Mode, number: int, line: 
                       problems: _Problems) -> dict[str, Any]:
     article: dict[str, Any] = {}
     required = REQUIRED_FIELD[mode]
-    allowed = required + OPTIONAL_FIELDS
     for key, fld in fields.items():
         where = (number, fld.line or line, key)
         if fld.value is None:
             continue  # `tone:` with no value is the same as no tone
-        if key not in allowed:
-            if key in MODE_OF_FIELD:
-                problems.add(f"belongs to mode '{MODE_OF_FIELD[key].value}', but this bulk job's mode is "
-                             f"'{mode.value}' (set mode: {MODE_OF_FIELD[key].value} or --mode).", *where)
-            else:
-                problems.add(f"unknown field{suggest(key, allowed)}", *where)
+        if not _known_field(key, mode, problems, where):
             continue
         value = _validate_field(key, fld.value, problems, where)
         if value is not None:
@@ -546,6 +563,19 @@ def _validate_article(fields: dict[str, _Field], mode: Mode, number: int, line: 
 
 
 Where = tuple[int | None, int | None, str]
+
+
+def _known_field(key: str, mode: Mode, problems: _Problems, where: Where) -> bool:
+    """Whether `key` is an article field of `mode`; if not, a problem noted (a suggestion, or the field's mode)."""
+    allowed = REQUIRED_FIELD[mode] + OPTIONAL_FIELDS
+    if key in allowed:
+        return True
+    if key in MODE_OF_FIELD:
+        problems.add(f"belongs to mode '{MODE_OF_FIELD[key].value}', but this bulk job's mode is "
+                     f"'{mode.value}' (set mode: {MODE_OF_FIELD[key].value} or --mode).", *where)
+    else:
+        problems.add(f"unknown field{suggest(key, allowed)}", *where)
+    return False
 
 
 def _validate_field(key: str, value: Any, problems: _Problems, where: Where) -> Any:
@@ -631,3 +661,18 @@ FIELD_CHECKS = {"word_count": _word_count, "keywords": _keywords, "extra": _extr
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "…"
+
+
+# -- shared with templates.py: a template's rows are read and checked by the same code as any articles file ---
+
+Problems = _Problems
+FieldValue = _Field
+Converter = _Converter
+read_text = _read_text
+node_line = _line
+parse_mode = _parse_mode
+known_field = _known_field
+validate_field = _validate_field
+validate_defaults = _validate_defaults
+validate_articles = _articles
+csv_value = _csv_value

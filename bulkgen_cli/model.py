@@ -70,6 +70,40 @@ class Priority(str, Enum):
 PRIORITY_RANK = {Priority.high: 0, Priority.normal: 1, Priority.low: 2}
 
 
+class QualityPolicy(str, Enum):
+    """What the quality gate does with an article it flags (`submit --quality`; design.md, "The quality gate")."""
+
+    #: keep it as completed, flagged
+    warn = "warn"
+    #: the item fails, the reasons as its error
+    fail = "fail"
+    #: generate it again, each try counted, up to the try limit; then it fails
+    retry = "retry"
+
+
+class VerdictStatus(str, Enum):
+    #: every check of the quality gate held
+    passed = "passed"
+    #: at least one check failed; the verdict's reasons say which
+    flagged = "flagged"
+
+
+#: The quality gate's default share of the asked `word_count` an article must reach.
+DEFAULT_QUALITY_RATIO = 0.7
+
+
+def next_generation(verdict: dict[str, Any] | None) -> int:
+    """Which generation of an item's article the next request asks for (design.md, "The quality gate").
+
+    0 until the gate has flagged one; one more than the last flagged one's after that, so a
+    service that keeps its answers by Idempotency-Key makes a new article instead of the kept one.
+    """
+    if verdict is None:
+        return 0
+    generation = int(verdict.get("generation") or 0)
+    return generation + 1 if verdict.get("status") == VerdictStatus.flagged.value else generation
+
+
 class Mode(str, Enum):
     topic = "topic"
     keywords = "keywords"
@@ -223,6 +257,12 @@ class BulkJob:
     not_before: dt.datetime | None = None
     #: links the parts of one file submitted with --split
     group_id: str | None = None
+    #: the quality gate's policy (`QualityPolicy`) and its words ratio, chosen at submit
+    quality: str = QualityPolicy.warn.value
+    quality_ratio: float = DEFAULT_QUALITY_RATIO
+    #: derived like the counters: completed items the gate flagged, and one line per flagged item
+    flagged_items: int = 0
+    quality_summary: list[str] = field(default_factory=list)
     #: a job submitted over HTTP: where its notifications may go (netpolicy.Policy.to_record); None: anywhere
     notify_policy: dict[str, Any] | None = None
 
@@ -258,6 +298,8 @@ class Item:
     lease_expires_at: dt.datetime | None = None
     #: the fencing token of the claim that holds (or last held) it; grows with every claim
     fence: int | None = None
+    #: the quality gate's verdict on its article (`quality.Verdict.to_dict`), None until one was checked
+    verdict: dict[str, Any] | None = None
 
     @property
     def label(self) -> str:
@@ -276,6 +318,8 @@ class Outcome:
     status: ItemStatus  # completed, failed or cancelled
     result: dict[str, Any] | None = None
     error: str | None = None
+    #: the quality gate's verdict on `result`, recorded in the same write
+    verdict: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -309,6 +353,15 @@ def summarize_errors(items: list[Item]) -> list[str]:
     return lines
 
 
+def summarize_flagged(flagged: list[tuple[int, dict[str, Any]]]) -> list[str]:
+    """quality_summary: one short line per flagged article, from (queue position, verdict), capped."""
+    lines = [f"#{position} {', '.join(verdict.get('reasons') or ['flagged'])}"[:200]
+             for position, verdict in flagged[:ERROR_SUMMARY_CAP]]
+    if len(flagged) > ERROR_SUMMARY_CAP:
+        lines.append(f"… and {len(flagged) - ERROR_SUMMARY_CAP} more flagged items")
+    return lines
+
+
 def new_outbox(kind: EventKind, channels: list[str], now: dt.datetime) -> dict[str, Any]:
     """The outbox written together with a job's end: one step per channel, all pending.
 
@@ -335,6 +388,37 @@ def outbox_open(outbox: dict[str, Any] | None) -> bool:
     )
 
 
+# -- saved templates (templates.py; README "Templates") ------------------------------------------------
+
+
+@dataclass
+class SavedTemplate:
+    """A template kept in the store by `bulkgen template save`: one per (user, name)."""
+
+    name: str
+    userId: str
+    #: the template file's text, exactly as saved (what `template show` prints)
+    text: str
+    #: the template's own `mode:`, when it names one
+    mode: str | None = None
+    #: its placeholders, in the order of their first use
+    placeholders: list[str] = field(default_factory=list)
+    #: the file it was saved from, as it was named
+    source: str = ""
+    created_at: dt.datetime | None = None
+    #: the last save (a replace keeps `created_at` and moves this)
+    updated_at: dt.datetime | None = None
+
+
+class SaveOutcome(str, Enum):
+    """What `Store.save_template` did."""
+
+    #: the user had no template of that name; this one is stored
+    created = "created"
+    #: one existed and a replace was asked for: this one took its place
+    replaced = "replaced"
+    #: one existed and no replace was asked for: nothing was written
+    exists = "exists"
 # -- the HTTP server's records (bulkgen serve) ---------------------------------------------------------
 
 

@@ -36,6 +36,10 @@ def bulk_dict(bulk: BulkJob) -> dict[str, Any]:
         "priority": bulk.priority,
         "not_before": iso(bulk.not_before),
         "group_id": bulk.group_id,
+        "quality": bulk.quality,
+        "quality_ratio": bulk.quality_ratio,
+        "flagged_items": bulk.flagged_items,
+        "quality_summary": list(bulk.quality_summary),
     }
 
 
@@ -56,7 +60,7 @@ def item_dict(item: Item) -> dict[str, Any]:
     for name in REQUIRED_FIELD[Mode(item.mode)]:
         if name in item.article or name == REQUIRED_FIELD[Mode(item.mode)][0]:
             out[name] = item.article.get(name)
-    out.update(retry_count=item.retry_count, attempts=item.attempts, error=item.error)
+    out.update(retry_count=item.retry_count, attempts=item.attempts, error=item.error, verdict=item.verdict)
     return out
 
 
@@ -149,6 +153,7 @@ def status_head(bulk: BulkJob) -> list[tuple[str, str]]:
         rows.append(("ETA", "none while paused (`bulkgen resume` continues it)"))
     elif bulk.estimated_completion:
         rows.append(("ETA", when(bulk.estimated_completion)))
+    rows.append(("Quality", f"{bulk.quality} (ratio {bulk.quality_ratio:g}): {flagged_count(bulk)}"))
     for n in notifications(bulk):
         detail = n["state"] + (f" after {n['attempts']} tries: {n['last_error']}" if n["last_error"] else "")
         rows.append(("Notify", f"{n['channel']}: {detail}"))
@@ -156,7 +161,8 @@ def status_head(bulk: BulkJob) -> list[tuple[str, str]]:
 
 
 #: The items table: its columns, and how wide each may be on a terminal (None: as wide as it needs).
-ITEM_COLUMNS = (("#", None), ("ID", None), ("Item", 50), ("Status", None), ("Tries", None), ("Error", 60))
+ITEM_COLUMNS = (("#", None), ("ID", None), ("Item", 50), ("Status", None), ("Tries", None), ("Error", 60),
+                ("Quality", 40))
 #: The list table's columns and widths, the same way.
 LIST_COLUMNS = (("ID", None), ("Name", 30), ("Priority", None), ("Mode", None), ("Status", None),
                 ("Done", None), ("Failed", None), ("Created", None))
@@ -166,7 +172,28 @@ def item_rows(items: list[Item], short_ids: dict[str, str] | None = None) -> lis
     """One row per item; ID is its short id (`items.short_ids`), else its whole id."""
     return [[str(item.queue_position), (short_ids or {}).get(item.id, item.id),
              f"{item.item_id}: {item.label}" if item.item_id else item.label,
-             item.status, str(item.attempts), item.error or ""] for item in items]
+             item.status, str(item.attempts), item.error or "", quality_cell(item)] for item in items]
+
+
+def quality_cell(item: Item) -> str:
+    """The quality gate's verdict on an ended item's article: passed, or flagged with its reasons."""
+    verdict = item.verdict
+    if verdict is None or item.status not in ("completed", "failed"):
+        return ""
+    reasons = verdict.get("reasons") or []
+    return verdict.get("status", "") + (": " + ", ".join(reasons) if reasons else "")
+
+
+def flagged_count(bulk: BulkJob) -> str:
+    n = bulk.flagged_items
+    return "none flagged" if not n else f"{n} article{'s' if n > 1 else ''} flagged"
+
+
+def flagged_line(bulk: BulkJob) -> str | None:
+    """"3 articles flagged: #4 612 of 1500 words; #7 …" for a job whose kept articles the quality gate flagged."""
+    if not bulk.flagged_items:
+        return None
+    return f"{flagged_count(bulk)}: {'; '.join(bulk.quality_summary)}"
 
 
 def list_rows(bulks: list[BulkJob]) -> list[list[str]]:
@@ -186,6 +213,7 @@ def plain_status(bulk: BulkJob, items: list[Item] | None, short_ids: dict[str, s
     """`status` for a pipe: one `label: value` line per fact, then the items table whole."""
     lines = [f"{label}: {' '.join(visible(value).split())}" for label, value in status_head(bulk)]
     lines += [f"Error: {' '.join(visible(line).split())}" for line in bulk.error_summary]
+    lines += [f"Flagged: {' '.join(visible(line).split())}" for line in bulk.quality_summary]
     if items is not None:
         lines += ["", plain_table(ITEM_COLUMNS, item_rows(items, short_ids))]
     return "\n".join(lines)
@@ -222,6 +250,11 @@ def status_renderables(bulk: BulkJob, items: list[Item] | None, short_ids: dict[
         for line in bulk.error_summary:
             errors.add_row(Text(visible(line), style="red"))
         out.append(errors)
+    if bulk.quality_summary:
+        flagged = Table(title="Flagged by the quality gate", title_justify="left", show_header=False, box=None)
+        for line in bulk.quality_summary:
+            flagged.add_row(Text(visible(line), style="yellow"))
+        out.append(flagged)
     if items is not None:
         out.append(_rich_table(ITEM_COLUMNS, item_rows(items, short_ids), styled=3))
     return out
@@ -269,6 +302,7 @@ class PlainView:
             self.items_done += 1
             b = event.bulk
             reason = f": {short(event.outcome.error or '', 120)}" if event.outcome.error else ""
+            reason = reason or flagged_reason(event.outcome)
             self.line(
                 f"[{b.total_items - b.pending}/{b.total_items}] {b.id} #{event.item.queue_position} "
                 f"{short(event.item.label, 50)!r} {event.outcome.status.value} in {event.seconds:.1f}s"
@@ -277,7 +311,8 @@ class PlainView:
             )
         elif isinstance(event, p.ItemRetrying):
             charged = "" if event.charged else ", not counted as a try"
-            self.line(f"  #{event.item.queue_position} {short(event.error, 120)}; retrying in {event.wait:.1f}s{charged}")
+            when = f"retrying in {event.wait:.1f}s" if event.wait >= 0.05 else "retrying now"
+            self.line(f"  #{event.item.queue_position} {short(event.error, 120)}; {when}{charged}")
         elif isinstance(event, p.BulkEnded):
             self.ended.append(event.bulk.id)
             self.line(f"bulk job {summary_line(event.bulk)}")
@@ -300,6 +335,14 @@ class PlainView:
                     self.seen[b.id] = state
                     self.line(f"{b.id} {b.status}: {b.completed_items} of {b.total_items} completed, "
                               f"{b.failed_items} failed, {b.cancelled_items} cancelled")
+
+
+def flagged_reason(outcome: Any) -> str:
+    """", flagged: 612 of 1500 words" for a kept article the quality gate flagged, else ""."""
+    verdict = outcome.verdict or {}
+    if verdict.get("status") != "flagged":
+        return ""
+    return f", flagged: {short(', '.join(verdict.get('reasons') or []), 120)}"
 
 
 def changed_line(bulk: BulkJob) -> str:
@@ -389,6 +432,9 @@ class LiveView(PlainView):
             if event.outcome.error:
                 self.line(f"#{event.item.queue_position} {short(event.item.label, 40)} failed: "
                           f"{short(event.outcome.error, 120)}")
+            elif flagged_reason(event.outcome):
+                self.line(f"#{event.item.queue_position} {short(event.item.label, 40)} completed"
+                          f"{flagged_reason(event.outcome)}")
         elif isinstance(event, p.BulkEnded):
             self.ended.append(event.bulk.id)
             self._update(event.bulk, event.bulk.status)
@@ -445,7 +491,9 @@ def print_summary(bulks: Sequence[BulkJob | None], plain: bool = False) -> None:
         return
     if not sys.stderr.isatty() or plain:
         for b in done:
-            sys.stderr.write(f"summary: {summary_line(b)}; results: bulkgen results {b.id} --out articles/\n")
+            flagged = flagged_line(b)
+            sys.stderr.write(f"summary: {summary_line(b)}{'; ' + visible(flagged) if flagged else ''}; "
+                             f"results: bulkgen results {b.id} --out articles/\n")
         return
     from rich.console import Console
     from rich.panel import Panel
@@ -465,6 +513,9 @@ def print_summary(bulks: Sequence[BulkJob | None], plain: bool = False) -> None:
             grid.add_row("Duration", duration((b.completed_at - started).total_seconds()))
         for line in b.error_summary:
             grid.add_row("", Text(visible(line)))
+        flagged = flagged_line(b)
+        if flagged:
+            grid.add_row("Flagged", Text(visible(flagged), style="yellow"))
         grid.add_row("Results", f"bulkgen results {b.id} --out articles/")
-        style = "green" if b.status == "completed" and not b.failed_items else "yellow"
+        style = "green" if b.status == "completed" and not b.failed_items and not b.flagged_items else "yellow"
         console.print(Panel(grid, title=Text(f"{short(b.name, 80)} — {b.status}"), border_style=style, expand=False))

@@ -51,7 +51,7 @@ def test_an_unreachable_mongodb_is_one_sentence(cli):
 
 def test_usage_names_the_file_argument_plainly(cli):
     result = cli("submit", "--help")
-    assert "Usage: bulkgen submit [OPTIONS] FILE" in result.out and "{FILE}" not in result.out
+    assert "Usage: bulkgen submit [OPTIONS] [FILE]" in result.out and "{FILE}" not in result.out
 
 
 def test_results_prints_paths_as_the_user_named_the_folder(cli, tmp_path, monkeypatch):

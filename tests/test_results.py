@@ -36,7 +36,7 @@ def test_markdown_files_and_front_matter(cli, tmp_path):
         "topic": "How to choose coffee beans for home brewing",
         "mode": "topic", "word_count": 1200, "words": 1200, "tone": "friendly", "language": "en",
         "status": "completed", "generated_at": meta["generated_at"], "generator": "offline",
-        "bulk_job_id": bulk_id, "item_id": "beans", "queue_position": 1,
+        "bulk_job_id": bulk_id, "item_id": "beans", "queue_position": 1, "quality": "passed",
     }
     assert body.lstrip().startswith("# How to choose coffee beans")
     # Exporting again overwrites the job's own files.

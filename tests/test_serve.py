@@ -314,3 +314,31 @@ def test_one_article_and_its_retry_and_cancel_over_http(served, svc):
         cancelled = alice.post(f"/api/items/{failed}/cancel").json()
         assert (cancelled["item"]["status"], cancelled["bulk_job"]["status"]) == ("cancelled", "completed")
         assert alice.get("/api/items/zz").status_code == 400
+
+
+def test_saved_templates_and_a_submit_that_fills_one(served):
+    from tests.cli_helpers import EXAMPLES
+
+    template = (EXAMPLES / "city-guides.yaml").read_text()
+    with served.client(served.tokens["alice"]) as alice, served.client(served.tokens["bob"]) as bob:
+        saved = alice.put("/api/templates/cities", json={"text": template})
+        assert saved.status_code == 201 and saved.json()["placeholders"][:2] == ["slug", "city"]
+        taken = alice.put("/api/templates/cities", json={"text": template})
+        assert taken.status_code == 409 and taken.json()["exit_code"] == 4
+        assert alice.put("/api/templates/cities", json={"text": template, "replace": True}).status_code == 200
+        assert [t["name"] for t in alice.get("/api/templates").json()] == ["cities"]
+        assert alice.get("/api/templates/cities").json()["text"] == template
+        assert bob.get("/api/templates/cities").status_code == 404 and bob.get("/api/templates").json() == []
+        bad = alice.put("/api/templates/broken", json={"text": "item:\n  topik: '{x}'\n"})
+        assert bad.status_code == 422 and bad.json()["problems"][0]["field"] == "topik"
+        upload = alice.post("/api/bulk-generate", data={"template": "cities"},
+                            files={"file": ("cities.csv", (EXAMPLES / "cities.csv").read_bytes(), "text/csv")})
+        assert upload.status_code == 201, upload.text
+        rows = [{"slug": f"c{i}", "city": f"City {i}", "landmark": "the square"} for i in range(10)]
+        made = alice.post("/api/bulk-generate", json={"template": "cities", "values": rows}).json()
+        doc = alice.get(f"/api/bulk-generate/{made['bulk_job_id']}").json()
+        assert doc["bulk_job"]["name"] == "City guides" and doc["jobs"][0]["topic"].startswith("A weekend in City 0")
+        short = alice.post("/api/bulk-generate", json={"template": "cities", "values": rows[:3]})
+        assert short.status_code == 422 and "a bulk job takes 10 to 50" in short.text
+        assert alice.delete("/api/templates/cities").json()["success"] is True
+        assert alice.delete("/api/templates/cities").status_code == 404

@@ -52,7 +52,7 @@ def test_the_api_keeps_to_its_openapi_document(api):
 
         check()
         checked.append(operation.label)
-    assert len(checked) == 11, checked
+    assert len(checked) == 15, checked
 
 
 def test_the_document_describes_every_route_with_its_problems(api):
@@ -62,7 +62,8 @@ def test_the_document_describes_every_route_with_its_problems(api):
     paths = doc["paths"]
     assert set(paths) == {"/api/bulk-generate", "/api/bulk-generate/{bulk_id}", "/api/me", "/api/events",
                           "/api/bulk-generate/{bulk_id}/events", "/api/items/{item_ref}",
-                          "/api/items/{item_ref}/retry", "/api/items/{item_ref}/cancel"} | {
+                          "/api/items/{item_ref}/retry", "/api/items/{item_ref}/cancel", "/api/templates",
+                          "/api/templates/{name}"} | {
         f"/api/bulk-generate/{{bulk_id}}/{a}" for a in ("pause", "resume", "cancel", "retry-failed")}
     for path, operations in paths.items():
         for method, operation in operations.items():

@@ -140,3 +140,26 @@ def test_events_on_each_store(store):
     assert [name for _, name in everything][:4] == ["event: bulk.queued", "event: item.started",
                                                    "event: bulk.processing", "event: item.completed"]
     assert resumed == everything[6:]
+
+
+def test_sqlite_store_of_schema_6_gets_the_serve_tables_and_triggers(tmp_path):
+    import sqlite3
+
+    from bulkgen_cli.store.sqlite import SCHEMA_VERSION, SqliteStore
+
+    path = tmp_path / "v6.db"
+    with SqliteStore(path) as store:
+        bulk = submit(store, 10)
+    db = sqlite3.connect(path, isolation_level=None)
+    for statement in ("DROP TRIGGER changes_bulk_new", "DROP TRIGGER changes_bulk_status",
+                      "DROP TRIGGER changes_item_status", "DROP TABLE changes", "DROP TABLE api_tokens",
+                      "ALTER TABLE bulk_jobs DROP COLUMN notify_policy", "PRAGMA user_version = 6"):
+        db.execute(statement)
+    db.close()
+    with SqliteStore(path) as store:
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+        assert store.get_bulk(bulk.id).notify_policy is None and store.changes_since(0) == []
+        store.cancel_bulk(bulk.id, utcnow())
+        assert [c.status for c in store.changes_since(0)][:2] == ["cancelled", "cancelled"]
+        tokens.create(store, "alice")
+        assert len(store.list_tokens()) == 1

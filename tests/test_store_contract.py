@@ -521,13 +521,18 @@ def test_sqlite_store_of_schema_1_is_migrated_to_the_current_one(tmp_path):
                       "ALTER TABLE bulk_jobs DROP COLUMN outbox",
                       "ALTER TABLE bulk_jobs DROP COLUMN notify_pending",
                       "ALTER TABLE bulk_jobs DROP COLUMN hook_pending", "ALTER TABLE generation_jobs DROP COLUMN fence",
-                      "DROP TABLE counters", "ALTER TABLE bulk_jobs DROP COLUMN notify_policy",
+                      "DROP TABLE counters", "DROP TABLE templates",
+                      "ALTER TABLE bulk_jobs DROP COLUMN quality", "ALTER TABLE bulk_jobs DROP COLUMN quality_ratio",
+                      "ALTER TABLE bulk_jobs DROP COLUMN flagged_items",
+                      "ALTER TABLE bulk_jobs DROP COLUMN quality_summary",
+                      "ALTER TABLE generation_jobs DROP COLUMN verdict",
+                      "ALTER TABLE bulk_jobs DROP COLUMN notify_policy",
                       "PRAGMA user_version = 1"):
         db.execute(statement)
     db.close()
     store = SqliteStore(path)
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
         assert store.get_bulk(bulk.id).total_items == 10
         assert run_to_end(store, store.get_bulk(bulk.id), utcnow()).ended_now
         assert store.get_bulk(bulk.id).outbox is not None

@@ -313,6 +313,10 @@ def test_an_old_schema_is_not_upgraded_by_a_reading_command(cli, tmp_path):
     db.execute("ALTER TABLE bulk_jobs DROP COLUMN group_id")
     db.execute("ALTER TABLE generation_jobs DROP COLUMN fence")
     db.execute("DROP TABLE counters")
+    for column in ("quality", "quality_ratio", "flagged_items", "quality_summary"):
+        db.execute(f"ALTER TABLE bulk_jobs DROP COLUMN {column}")
+    db.execute("ALTER TABLE generation_jobs DROP COLUMN verdict")
+    db.execute("ALTER TABLE bulk_jobs DROP COLUMN notify_policy")
     db.execute("PRAGMA user_version = 3")
     db.close()
 

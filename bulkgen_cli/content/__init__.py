@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
-from bulkgen_cli.model import Item
+from bulkgen_cli.model import Item, next_generation
 
 
 class ReplyKind(str, Enum):
@@ -59,9 +59,16 @@ class Generator(Protocol):
 FENCING_HEADER = "Bulkgen-Fencing-Token"
 
 
+def idempotency_key(item: Item) -> str:
+    """The item's id; after the quality gate flagged its article, with the generation asked for now
+    (design.md, "The quality gate"): a service that keeps answers by key then writes a new one."""
+    generation = next_generation(item.verdict)
+    return item.id if generation == 0 else f"{item.id}:regenerate-{generation}"
+
+
 def request_headers(item: Item) -> dict[str, str]:
-    """The item's id as Idempotency-Key, and its claim's fencing token."""
-    headers = {"Idempotency-Key": item.id}
+    """The item's Idempotency-Key, and its claim's fencing token."""
+    headers = {"Idempotency-Key": idempotency_key(item)}
     if item.fence is not None:
         headers[FENCING_HEADER] = str(item.fence)
     return headers

@@ -17,6 +17,16 @@ per article, by directives in its text fields, so tests are deterministic:
     [hang] or [hang:N]         never answer (the first N tries); the time the client closes is recorded
     [drop]                     close the connection without answering
 
+Articles the quality gate should flag (design.md, "The quality gate"), each a
+normal 200 reply; with N, only the first N tries, then the article as asked:
+
+    [words:W] or [words:W:N]   the article has W words of prose instead of its word_count
+    [offtopic] or [offtopic:N] the article is about something else: its topic, trend and keywords are absent
+    [empty] or [empty:N]       the article has a title and an empty body
+    [untitled] or [untitled:N] the article has no title, neither in the content nor as a heading
+    [copy:KEY]                 the article of an imagined item whose topic is KEY, under its own title
+                               and first sentence: items with the same KEY get near-duplicates
+
 Fencing. A client may send, on every request, two headers:
 
     Idempotency-Key: <item id>            the same string as the body's job_id
@@ -52,6 +62,7 @@ at arrival is not counted as a try of the directives above (its `try` is null).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import re
@@ -259,7 +270,7 @@ class ReferenceService:
             assert call.token is not None and highest is not None
             self._refuse_stale(call.handler, call.record, call.token, highest)
             return
-        content = self._content(call.mode, call.body, "text" in call.directives)
+        content = self._content(call.mode, call.body, "text" in call.directives, _flaws(call))
         if call.record["idempotency_key"] is not None:
             with self.lock:
                 self.kept[call.record["idempotency_key"]] = content
@@ -291,7 +302,7 @@ class ReferenceService:
             "success": False, "error": f"stale fencing token {token}: a newer claim (token {highest}) holds this item"})
 
     @staticmethod
-    def _content(mode: str, body: dict[str, Any], as_text: bool) -> Any:
+    def _content(mode: str, body: dict[str, Any], as_text: bool, flaws: dict[str, str] | None = None) -> Any:
         try:
             Mode(mode)
         except ValueError:
@@ -299,10 +310,50 @@ class ReferenceService:
         article = {k: v for k, v in body.items() if k not in ("mode", "job_id", "user_id", "bulk_job_id")}
         item = Item(id=str(body.get("job_id")), bulk_job_id="", userId="", mode=mode,
                     article=article, status="processing", queue_position=0)
-        written = draft(item)
+        written = _flawed(item, flaws or {})
         if as_text:
             return written["body"]
         return {"title": written["title"], "body": written["body"], "meta": {"generator": "reference"}}
+
+
+#: The directives that make an article the quality gate should flag; their argument and try count.
+FLAWS = ("words", "offtopic", "empty", "untitled", "copy")
+
+
+def _flaws(call: Call) -> dict[str, str]:
+    """The flaw directives that apply to this try: {name: argument}."""
+    out = {}
+    for name in FLAWS:
+        if name not in call.directives:
+            continue
+        first, second = call.directives[name]
+        argument, limit = (first or "", second) if name in ("words", "copy") else ("", first)
+        if limit is None or call.tries <= int(limit):
+            out[name] = argument
+    return out
+
+
+def _flawed(item: Item, flaws: dict[str, str]) -> dict[str, str]:
+    """The offline draft of the item, with the flaws asked for."""
+    article = dict(item.article)
+    if "words" in flaws:
+        article["word_count"] = int(flaws["words"])
+    if "offtopic" in flaws or "copy" in flaws:
+        subject = flaws.get("copy") or "an unrelated subject"
+        other = Item(id=item.id, bulk_job_id="", userId="", mode=Mode.topic.value, status="processing",
+                     queue_position=0, article={"topic": subject, "word_count": article.get("word_count", 1000)})
+        written = draft(other)
+        if "copy" in flaws:  # its own title and first sentence, the rest copied
+            own = draft(dataclasses.replace(item, article=article))
+            lead = own["body"].split("\n\n")[:2]
+            written = {"title": own["title"], "body": "\n\n".join(lead + written["body"].split("\n\n")[2:])}
+    else:
+        written = draft(dataclasses.replace(item, article=article))
+    if "empty" in flaws:
+        written = {"title": written["title"], "body": ""}
+    if "untitled" in flaws:
+        written = {"title": "", "body": written["body"].split("\n\n", 1)[-1]}
+    return written
 
 
 @dataclass

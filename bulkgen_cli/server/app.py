@@ -30,7 +30,8 @@ from bulkgen_cli.server.limits import BodyLimit, BodyTooLarge
 from bulkgen_cli.server.page import add_page
 from bulkgen_cli.server.problems import MEDIA_TYPE, HttpProblem, from_error, responses, too_large, validation
 from bulkgen_cli.server.schemas import (
-    BulkJobOut, ControlOut, ItemControlOut, ItemRecordOut, StatusOut, SubmitIn, SubmitOut, TokenUserOut,
+    BulkJobOut, ControlOut, DoneOut, ItemControlOut, ItemRecordOut, StatusOut, SubmitIn, SubmitOut, TemplateIn,
+    TemplateOut, TokenUserOut,
 )
 
 BODY_LIMIT = MAX_FILE_BYTES + ENVELOPE_BYTES
@@ -38,6 +39,7 @@ BulkId = Annotated[str, Path(description="The bulk job's id", max_length=100)]
 ItemRef = Annotated[str, Path(description="An item's id, or a prefix of it (at least 4 digits), as `bulkgen show` "
                               "takes it", max_length=100)]
 Me = Annotated[Caller, Depends(caller)]
+TemplateName = Annotated[str, Path(max_length=100, description="the template's name")]
 LastId = Annotated[Optional[int], Header(alias="Last-Event-ID", ge=0, le=2**62,
                                          description="resume after this event id (the browser sends it)")]
 FOLLOW_UP = {
@@ -81,6 +83,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     _job_routes(app, access)
     _control_routes(app, access)
     _item_routes(app, access)
+    _template_routes(app, access)
     _event_routes(app, access, poller, config)
     add_page(app)
     return app
@@ -120,7 +123,7 @@ def _job_routes(app: FastAPI, access: StoreAccess) -> None:
 
     @app.post("/api/bulk-generate", status_code=201, response_model=SubmitOut, tags=["bulk jobs"],
               responses={200: {"model": SubmitOut, "description": "Idempotency-Key used before: the job it made"},
-                         **responses(400, 401, 413, 415, 422, 503)},
+                         **responses(400, 401, 404, 413, 415, 422, 503)},
               openapi_extra=submission.REQUEST_BODY)
     async def submit(request: Request, me: Me,
                      idempotency_key: Annotated[Optional[str], Header(alias="Idempotency-Key", max_length=200)] = None,
@@ -210,6 +213,45 @@ def _item_routes(app: FastAPI, access: StoreAccess) -> None:
     for action in items.ItemAction:
         app.post(f"/api/items/{{item_ref}}/{action.value}", response_model=ItemControlOut, tags=["items"],
                  response_model_exclude_unset=True, responses=responses(400, 401, 404, 409, 422, 503))(acting(action))
+
+
+def _template_routes(app: FastAPI, access: StoreAccess) -> None:
+    """Saved templates (README, "Templates"), each user's own; a submit fills one with `template` and `values`."""
+    from bulkgen_cli import templates
+    from bulkgen_cli.model import SaveOutcome, SavedTemplate, iso
+
+    def doc(saved: SavedTemplate, text: bool = False) -> dict[str, Any]:
+        out = {"name": saved.name, "mode": saved.mode, "placeholders": saved.placeholders, "source": saved.source,
+               "created_at": iso(saved.created_at), "updated_at": iso(saved.updated_at)}
+        return {**out, "text": saved.text} if text else out
+
+    @app.get("/api/templates", response_model=list[TemplateOut], tags=["templates"],
+             response_model_exclude_unset=True, responses=responses(401, 503))
+    def list_templates(me: Me) -> Any:
+        """Your saved templates, by name."""
+        return [doc(t) for t in access.call(lambda s: templates.list_saved(s, me.user))]
+
+    @app.get("/api/templates/{name}", response_model=TemplateOut, tags=["templates"],
+             responses=responses(401, 404, 422, 503))
+    def get_template(name: TemplateName, me: Me) -> Any:
+        """One saved template with its text."""
+        return doc(access.call(lambda s: templates.load_saved(s, me.user, name)), text=True)
+
+    @app.put("/api/templates/{name}", response_model=TemplateOut, status_code=201, tags=["templates"],
+             response_model_exclude_unset=True,
+             responses={200: {"model": TemplateOut, "description": "replaced"}, **responses(400, 401, 409, 413, 422)})
+    def save_template(name: TemplateName, body: TemplateIn, me: Me) -> Any:
+        """Check a template and keep it under `name` (409 when you have one of that name, unless `replace`)."""
+        saved, outcome = access.call(lambda s: templates.save(s, me.user, name, body.text, source=f"template '{name}'",
+                                                              replace=body.replace))
+        return JSONResponse(doc(saved), status_code=201 if outcome is SaveOutcome.created else 200)
+
+    @app.delete("/api/templates/{name}", response_model=DoneOut, tags=["templates"],
+                responses=responses(400, 401, 404, 422, 503))
+    def remove_template(name: TemplateName, me: Me) -> Any:
+        """Delete one of your saved templates."""
+        access.call(lambda s: templates.remove(s, me.user, name))
+        return {"success": True, "message": f"Template {name!r} removed."}
 
 
 def _event_routes(app: FastAPI, access: StoreAccess, poller: live.Poller, config: ServerConfig) -> None:

@@ -73,12 +73,19 @@ def from_error(exc: BulkgenError) -> HttpProblem:
     if isinstance(exc, UsageError):
         return HttpProblem(400, "bad-request", "The request is not acceptable", str(exc), code)
     if isinstance(exc, NotFound):
-        return HttpProblem(404, "not-found", "No such bulk job", str(exc), code)
+        return HttpProblem(404, "not-found", "Not found for this token", str(exc), code)
     if isinstance(exc, InvalidTransition):
         return HttpProblem(409, "invalid-state", "Not allowed in the job's current state", str(exc), code)
     if isinstance(exc, (StoreUnavailable, NoStore)):
         return HttpProblem(503, "store-unavailable", "The store cannot be used", str(exc), code)
-    return HttpProblem(500, "error", "The request failed", str(exc), code)
+    # Any other error by the meaning of its exit code (a name taken is 4, as a state rule is).
+    status, kind, title = BY_EXIT_CODE.get(code, (500, "error", "The request failed"))
+    return HttpProblem(status, kind, title, str(exc), code)
+
+
+#: Errors without a mapping of their own, by their exit code.
+BY_EXIT_CODE = {2: (400, "bad-request", "The request is not acceptable"), 3: (404, "not-found", "Not found"),
+                4: (409, "conflict", "Not allowed now"), 5: (503, "unavailable", "A service it needs is unavailable")}
 
 
 def validation(errors: list[Any]) -> HttpProblem:
@@ -95,7 +102,7 @@ def validation(errors: list[Any]) -> HttpProblem:
 
 #: Problem responses for the OpenAPI document, by status.
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    described = {400: "Bad request", 401: "No valid bearer token", 404: "No such bulk job for this user",
+    described = {400: "Bad request", 401: "No valid bearer token", 404: "Not found for this token",
                  409: "Not allowed in the job's current state", 413: "Request body over 1 MiB",
                  415: "Neither JSON nor a multipart upload", 422: "Not valid (located problems)",
                  503: "Store unavailable"}

@@ -124,6 +124,28 @@ class ItemControlOut(BaseModel):
     progress: ProgressOut
 
 
+class TemplateOut(BaseModel):
+    """A saved template, as `bulkgen template list --json` shows it (`text` only for one template)."""
+
+    name: str
+    mode: Optional[str]
+    placeholders: list[str]
+    source: str
+    created_at: Optional[str]
+    updated_at: Optional[str]
+    text: Optional[str] = None
+
+
+class TemplateIn(BaseModel):
+    text: str = Field(..., max_length=1024 * 1024, description="the template file's text (YAML or JSON)")
+    replace: bool = Field(False, description="replace a template of that name (else 409)")
+
+
+class DoneOut(BaseModel):
+    success: bool
+    message: str
+
+
 class TokenUserOut(BaseModel):
     user: str
     admin: bool
@@ -143,3 +165,5 @@ class SubmitIn(BaseModel):
     priority: Optional[str] = Field(None, description="high, normal or low")
     not_before: Optional[str] = Field(None, description="ISO 8601 with a zone, or +30m, +2h, +1d")
     notify: Optional[Union[list[str], str]] = Field(None, description="webhook:https://… or email:…")
+    template: Optional[str] = Field(None, description="a saved template's name; `values` are its rows")
+    values: Optional[list[dict[str, object]]] = Field(None, description="the rows that fill `template`")

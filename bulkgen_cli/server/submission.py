@@ -20,7 +20,7 @@ from bulkgen_cli.server.schemas import SubmitOut
 from bulkgen_cli.store.base import Store
 
 #: What a JSON body may hold beside the articles (the rest is the articles document).
-OPTIONS = ("name", "priority", "not_before", "notify")
+OPTIONS = ("name", "priority", "not_before", "notify", "template", "values")
 #: Where problems of a JSON body say they are.
 JSON_SOURCE = "request body"
 SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".json": "yaml", ".csv": "csv"}
@@ -31,7 +31,8 @@ REQUEST_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
         "file": {"type": "string", "format": "binary", "description": "an articles file: .yaml, .yml, .json or .csv"},
         "name": {"type": "string"}, "priority": {"type": "string", "enum": ["high", "normal", "low"]},
         "not_before": {"type": "string"}, "notify": {"type": "array", "items": {"type": "string"}},
-        "format": {"type": "string", "enum": ["yaml", "csv"]}}}},
+        "format": {"type": "string", "enum": ["yaml", "csv"]},
+        "template": {"type": "string", "description": "a saved template's name: `file` holds its values (rows)"}}}},
 }}}
 
 
@@ -46,6 +47,8 @@ class Form:
     priority: str | None = None
     not_before: str | None = None
     notify: list[str] = field(default_factory=list)
+    #: a saved template's name: `text` holds the rows that fill it
+    template: str | None = None
 
 
 async def read(request: Request) -> Form:
@@ -68,14 +71,18 @@ def _from_json(body: bytes) -> Form:
     options = {key: doc.pop(key) for key in OPTIONS if key in doc}
     notify = options.get("notify") or []
     notify = [notify] if isinstance(notify, str) else notify
-    for key in ("name", "priority", "not_before"):
+    for key in ("name", "priority", "not_before", "template"):
         if options.get(key) is not None and not isinstance(options[key], str):
             raise UsageError(f"'{key}' must be text.")
+    if options.get("template") is not None:  # the rows of a saved template
+        if doc:
+            raise UsageError("with 'template', send the rows as 'values' and no articles.")
+        doc = options.get("values")  # type: ignore[assignment]
     if not isinstance(notify, list) or not all(isinstance(n, str) for n in notify):
         raise UsageError("'notify' must be a list of channels such as webhook:https://… or email:….")
     text = json.dumps(doc, ensure_ascii=False).encode()
     return Form(text, JSON_SOURCE, "yaml", options.get("name"), options.get("priority"), options.get("not_before"),
-                notify)
+                notify, options.get("template"))
 
 
 async def _from_upload(request: Request) -> Form:
@@ -99,7 +106,7 @@ async def _from_upload(request: Request) -> Form:
     fmt = str(form.get("format") or "") or SUFFIXES.get(Path(source).suffix.lower(), "")
     if fmt not in ("yaml", "csv"):
         raise UsageError(f"{source}: unknown file type: use .yaml, .yml, .json or .csv (or a `format` field).")
-    text_fields = {key: form.get(key) for key in ("name", "priority", "not_before")}
+    text_fields = {key: form.get(key) for key in ("name", "priority", "not_before", "template")}
     return Form(text, source, fmt, **{k: v if isinstance(v, str) else None for k, v in text_fields.items()},
                 notify=[n for n in form.getlist("notify") if isinstance(n, str)])
 
@@ -122,12 +129,24 @@ def validate(form: Form) -> manifest.Manifest:
     return parsed
 
 
+def from_template(db: Store, form: Form, user: str) -> manifest.Manifest:
+    """A saved template filled with the form's rows, checked as `submit --template NAME --values ROWS` checks."""
+    from bulkgen_cli import templates
+
+    saved = templates.load_saved(db, user, templates.check_name(form.template or ""))
+    try:
+        text = form.text.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UsageError(f"{form.source}: the values are not UTF-8 text.") from None
+    return templates.expand_saved(saved, text, form.fmt, values_source=form.source)
+
+
 def store(db: Store, form: Form, user: str, key: str | None, policy: netpolicy.Policy) -> SubmitOut:
     """Validate everything, then store the job with the policy its notifications will follow."""
     from bulkgen_cli import settings
     from bulkgen_cli.notify import parse_channels
 
-    parsed = validate(form)
+    parsed = from_template(db, form, user) if form.template is not None else validate(form)
     channels = parse_channels(form.notify)
     netpolicy.check_channels(channels, policy)
     try:

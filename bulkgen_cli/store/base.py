@@ -13,7 +13,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
-from bulkgen_cli.model import ApiToken, BulkJob, BulkStatus, Counts, Item, ItemStatus, Outcome, StateChange
+from bulkgen_cli.model import (
+    ApiToken, BulkJob, BulkStatus, Counts, Item, ItemStatus, Outcome, SavedTemplate, SaveOutcome, StateChange,
+)
 from bulkgen_cli.store import rules
 # Decided in rules.py; importable from here too.
 from bulkgen_cli.store.rules import (  # noqa: F401
@@ -78,6 +80,14 @@ class Store(ABC):
     def list_items(self, bulk_id: str) -> list[Item]:
         """A bulk job's items in queue order."""
 
+    @abstractmethod
+    def completed_contents(self, bulk_id: str) -> list[tuple[str, int, Any]]:
+        """(item id, queue position, content) of a bulk job's completed items, in queue order.
+
+        A read of what the quality gate compares a new article with (design.md, "The quality gate"),
+        without the rest of the records.
+        """
+
     # -- the processor's verbs -----------------------------------------------
 
     @abstractmethod
@@ -111,9 +121,13 @@ class Store(ABC):
         is not extended.
         """
 
-    def begin_attempt(self, item_id: str, owner: str) -> bool:
-        """Count one more try of a held item (`attempts` and `retry_count` + 1)."""
-        return self._write_held(item_id, owner, rules.ONE_MORE_TRY)
+    def begin_attempt(self, item_id: str, owner: str, rejected: dict[str, Any] | None = None) -> bool:
+        """Count one more try of a held item (`attempts` and `retry_count` + 1).
+
+        `rejected`: the quality gate's verdict on the article it turned down, kept as the item's
+        `verdict` in the same write (it names how many were turned down: the next request asks anew).
+        """
+        return self._write_held(item_id, owner, rules.one_more_try(rejected))
 
     def finish_item(self, item_id: str, owner: str, outcome: Outcome, now: dt.datetime) -> bool:
         """Record a held item's end; False (nothing written) when `owner` lost it."""
@@ -322,6 +336,33 @@ class Store(ABC):
     def processor_leases(self) -> list[Lease]:
         """Every slot's lease record (maybe expired)."""
 
+    # -- saved templates (design.md, "Saved templates") ---------------------------------------------------
+    #
+    # One template per (userId, name), each a single record: every verb is one
+    # conditional write (or read) of that record, so no transaction is needed.
+
+    @abstractmethod
+    def save_template(self, template: SavedTemplate, replace: bool = False) -> SaveOutcome:
+        """Store `template` under its (userId, name), atomically.
+
+        When the user has none of that name it is stored (`created`). When one
+        exists: with `replace` it takes that one's place whole, keeping its
+        `created_at` (`replaced`); without, nothing is written (`exists`). Two
+        racing saves of a new name: one is `created`, the other `exists` (or,
+        with `replace`, `replaced`).
+        """
+
+    @abstractmethod
+    def get_template(self, user: str, name: str) -> SavedTemplate | None:
+        """The user's template of that name, or None (another user's is never returned)."""
+
+    @abstractmethod
+    def list_templates(self, user: str) -> list[SavedTemplate]:
+        """The user's templates, by name."""
+
+    @abstractmethod
+    def remove_template(self, user: str, name: str) -> bool:
+        """Delete the user's template of that name; False when there was none."""
     # -- the HTTP server: tokens and the change log (design.md, "Live progress") -----------------------
 
     #: Seconds after its number was taken within which a change may still be written (MongoDB takes the

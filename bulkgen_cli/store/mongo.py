@@ -32,12 +32,12 @@ from pymongo.errors import (
 from bulkgen_cli.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.model import (
     ARTICLE_FIELDS, CLAIMABLE_BULK, ApiToken, BulkJob, BulkStatus, ChangeKind, Counts, EventKind, Item, ItemStatus,
-    Outcome, StateChange, later, outbox_open, utcnow,
+    Outcome, SavedTemplate, SaveOutcome, StateChange, later, outbox_open, utcnow,
 )
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, OpenMode, Store, slot_names
 from bulkgen_cli.store.rules import (
-    BULK_FIELDS, CHANGE_FIELDS, ITEM_FIELDS, LEASE_FIELDS, TOKEN_FIELDS, Change, Conditions, record,
+    BULK_FIELDS, CHANGE_FIELDS, ITEM_FIELDS, LEASE_FIELDS, TEMPLATE_FIELDS, TOKEN_FIELDS, Change, Conditions, record,
 )
 
 BULK_JOBS = "bulk_jobs"
@@ -50,7 +50,8 @@ CHANGES = "changes"
 #: A change's number is taken before its write: a write may land this many seconds after (a re-read window).
 CHANGE_LAG = 10.0
 META = "bulkgen_meta"
-SCHEMA_VERSION = 5
+TEMPLATES = "templates"
+SCHEMA_VERSION = 6
 #: The counter document of the fencing tokens, in META.
 FENCE = "fence"
 #: How many candidates one claim tries before it reports nothing claimable.
@@ -117,6 +118,10 @@ def _lease(doc: dict[str, Any]) -> Lease:
     return record(Lease, LEASE_FIELDS, doc, _aware, _same)  # type: ignore[no-any-return]
 
 
+def _template(doc: dict[str, Any]) -> SavedTemplate:
+    return record(SavedTemplate, TEMPLATE_FIELDS, doc, _aware, _same)  # type: ignore[no-any-return]
+
+
 def _doc(fields: dict[str, Any]) -> dict[str, Any]:
     """A new record's document: `_id` and `bulk_job_id` as ObjectIds, an item's article as top-level fields."""
     doc = dict(fields)
@@ -175,6 +180,7 @@ class MongoStore(Store):
         self.leases = db[LEASES]
         self.keys = db[IDEMPOTENCY]
         self.meta = db[META]
+        self.templates = db[TEMPLATES]
         self.tokens = db[TOKENS]
         try:
             marker = self.meta.find_one({"_id": "schema"})
@@ -248,6 +254,8 @@ class MongoStore(Store):
             [("status", ASCENDING), ("priority_rank", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)]
         )
         self.bulks.create_index([("hook_pending", ASCENDING), ("completed_at", ASCENDING)])
+        # One template per user and name: the unique index is what makes a save of a new name atomic.
+        self.templates.create_index([("userId", ASCENDING), ("name", ASCENDING)], unique=True)
         self._ensure_serve_indexes()
         self.meta.update_one(
             {"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}}, upsert=True
@@ -351,6 +359,15 @@ class MongoStore(Store):
             return []
         cursor = self.items.find({"bulk_job_id": oid}).sort(rules.ITEM_ORDER, ASCENDING)
         return [_item(d) for d in cursor]
+
+    @_unavailable
+    def completed_contents(self, bulk_id: str) -> list[tuple[str, int, Any]]:
+        oid = _oid(bulk_id)
+        if oid is None:
+            return []
+        cursor = self.items.find({"bulk_job_id": oid, "status": ItemStatus.completed.value},
+                                 {"queue_position": 1, "result.content": 1}).sort(rules.ITEM_ORDER, ASCENDING)
+        return [(str(d["_id"]), d["queue_position"], (d.get("result") or {}).get("content")) for d in cursor]
 
     # -- single items (design.md, "Item state rules") ---------------------------------
 
@@ -639,7 +656,7 @@ class MongoStore(Store):
                 ).sort(rules.ITEM_ORDER, ASCENDING)
                 failed = [_item(d) for d in cursor]
             seq_filter: Any = seq if seq is not None else {"$exists": False}
-            fields = rules.counters(counts, failed, mean, now, seconds_between_items)
+            fields = rules.counters(counts, failed, mean, now, seconds_between_items, self._flagged(oid, counts))
             written = self.bulks.update_one({"_id": oid, "refresh_seq": seq_filter},
                                             {"$set": {**fields, "refresh_seq": (seq or 0) + 1}})
             if not written.matched_count:
@@ -649,6 +666,15 @@ class MongoStore(Store):
             if ended or counts.pending or not self._recounted(oid, (seq or 0) + 1):
                 return dataclasses.replace(counts, ended_now=ended)
         raise StoreUnavailable(f"the counters of bulk job {bulk_id} kept changing; try again.")
+
+    def _flagged(self, oid: ObjectId, counts: Counts) -> list[tuple[int, dict[str, Any]]]:
+        """(queue position, verdict) of the job's completed items the quality gate flagged, in queue order."""
+        if not counts.completed:
+            return []
+        status, verdict = rules.FLAGGED_ITEM
+        cursor = self.items.find({"bulk_job_id": oid, "status": status.value, "verdict.status": verdict.value},
+                                 {"queue_position": 1, "verdict": 1}).sort(rules.ITEM_ORDER, ASCENDING)
+        return [(d["queue_position"], d["verdict"]) for d in cursor]
 
     def _recounted(self, oid: ObjectId, seq: int) -> bool:
         """Whether a job this refresh could not end is still active and was counted again since (`seq`)."""
@@ -809,6 +835,41 @@ class MongoStore(Store):
         doc = self.leases.find_one({"_id": PROCESSOR_LEASE})
         return None if doc is None else _lease(doc)
 
+    # -- saved templates ---------------------------------------------------------
+
+    @_unavailable
+    def save_template(self, template: SavedTemplate, replace: bool = False) -> SaveOutcome:
+        key = {"userId": template.userId, "name": template.name}
+        if not replace:
+            try:
+                self.templates.insert_one(rules.template_fields(template))
+            except DuplicateKeyError:  # the unique index: the user has one of that name
+                return SaveOutcome.exists
+            return SaveOutcome.created
+        update = {"$set": rules.template_replacement(template), "$setOnInsert": {"created_at": template.created_at}}
+        for _ in range(2):
+            try:
+                before = self.templates.find_one_and_update(key, update, upsert=True,
+                                                            return_document=ReturnDocument.BEFORE)
+            except DuplicateKeyError:
+                # Two upserts of a new name raced and the other one inserted first: MongoDB's
+                # documented answer is to retry, which now finds that record and replaces it.
+                continue
+            return SaveOutcome.created if before is None else SaveOutcome.replaced
+        raise StoreUnavailable(f"could not save template {template.name!r}; try again.")
+
+    @_unavailable
+    def get_template(self, user: str, name: str) -> SavedTemplate | None:
+        doc = self.templates.find_one({"userId": user, "name": name})
+        return None if doc is None else _template(doc)
+
+    @_unavailable
+    def list_templates(self, user: str) -> list[SavedTemplate]:
+        return [_template(d) for d in self.templates.find({"userId": user}).sort("name", ASCENDING)]
+
+    @_unavailable
+    def remove_template(self, user: str, name: str) -> bool:
+        return self.templates.delete_one({"userId": user, "name": name}).deleted_count == 1
     # -- the HTTP server: tokens and the change log (design.md, "Live progress") -------------------------
 
     change_lag = CHANGE_LAG

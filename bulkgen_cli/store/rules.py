@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 
 from bulkgen_cli.model import (
     ACTIVE_BULK,
+    DEFAULT_QUALITY_RATIO,
     PRIORITY_RANK,
     BulkJob,
     BulkStatus,
@@ -25,7 +26,10 @@ from bulkgen_cli.model import (
     ItemStatus,
     Outcome,
     Priority,
+    QualityPolicy,
+    SavedTemplate,
     StepState,
+    VerdictStatus,
     estimate_completion,
     iso,
     later,
@@ -33,6 +37,7 @@ from bulkgen_cli.model import (
     new_outbox,
     outbox_open,
     summarize_errors,
+    summarize_flagged,
 )
 
 #: The error kept on an item whose request was aborted by a cancel.
@@ -84,6 +89,10 @@ BULK_FIELDS = (
     Field("priority", PLAIN, Priority.normal.value, given=True),
     Field("not_before", TIME, given=True),
     Field("group_id", PLAIN, given=True),
+    Field("quality", PLAIN, QualityPolicy.warn.value, given=True),
+    Field("quality_ratio", PLAIN, DEFAULT_QUALITY_RATIO, given=True),
+    Field("flagged_items", PLAIN, 0),
+    Field("quality_summary", JSON, list),
     Field("notify_policy", JSON, given=True),
 )
 
@@ -106,7 +115,22 @@ ITEM_FIELDS = (
     Field("lease_owner", PLAIN),
     Field("lease_expires_at", TIME),
     Field("fence", PLAIN),
+    Field("verdict", JSON),
 )
+
+#: A saved template: `SavedTemplate`'s fields as stored; (userId, name) is unique.
+TEMPLATE_FIELDS = (
+    Field("name", TEXT, REQUIRED),
+    Field("userId", TEXT, REQUIRED),
+    Field("text", TEXT, REQUIRED),
+    Field("mode", PLAIN),
+    Field("placeholders", JSON, list),
+    Field("source", PLAIN, ""),
+    Field("created_at", TIME),
+    Field("updated_at", TIME),
+)
+#: What replacing a saved template keeps of the stored one: its key and when it was first saved.
+TEMPLATE_KEPT = ("userId", "name", "created_at")
 
 #: A processor slot: `base.Lease`'s fields as stored.
 LEASE_FIELDS = (
@@ -154,6 +178,16 @@ def new_item(bulk: BulkJob, article: dict[str, Any], position: int) -> dict[str,
     fields.update(id=new_item_id(), bulk_job_id=bulk.id, userId=bulk.userId, mode=bulk.mode, article=article,
                   status=ItemStatus.queued.value, queue_position=position, created_at=bulk.created_at)
     return fields
+
+
+def template_fields(template: SavedTemplate) -> dict[str, Any]:
+    """Every stored field of a template being saved."""
+    return {f.name: getattr(template, f.name) for f in TEMPLATE_FIELDS}
+
+
+def template_replacement(template: SavedTemplate) -> dict[str, Any]:
+    """The fields a replace writes over a stored template (all but `TEMPLATE_KEPT`)."""
+    return {k: v for k, v in template_fields(template).items() if k not in TEMPLATE_KEPT}
 
 
 def new_slot(owner: str, expires: dt.datetime, now: dt.datetime, host: str, pid: int) -> dict[str, Any]:
@@ -206,10 +240,20 @@ def job_started(now: dt.datetime) -> tuple[tuple[dict[str, Any], dict[str, Any]]
 ONE_MORE_TRY = Change(add={"attempts": 1, "retry_count": 1})
 
 
+def one_more_try(rejected: dict[str, Any] | None = None) -> Change:
+    """A held item's next try; after the quality gate turned its article down, with that verdict kept on it."""
+    if rejected is None:
+        return ONE_MORE_TRY
+    return Change({"verdict": rejected}, ONE_MORE_TRY.add)
+
+
 def finished(outcome: Outcome, now: dt.datetime) -> Change:
     """A held item's end as its processor reports it."""
-    return Change({"status": ItemStatus(outcome.status).value, "result": outcome.result, "error": outcome.error,
-                   "completed_at": now, **_NO_LEASE})
+    fields = {"status": ItemStatus(outcome.status).value, "result": outcome.result, "error": outcome.error,
+              "completed_at": now, **_NO_LEASE}
+    if outcome.verdict is not None:  # else the verdict on its last checked article stays (design.md, "The quality gate")
+        fields["verdict"] = outcome.verdict
+    return Change(fields)
 
 
 def released(charge: bool) -> Change:
@@ -324,15 +368,26 @@ def tally(groups: Mapping[str, tuple[int, float | None]]) -> tuple[Counts, float
 
 
 def counters(counts: Counts, failed: list[Item], mean_seconds: float | None, now: dt.datetime,
-             seconds_between: float) -> dict[str, Any]:
-    """A job's derived fields (design.md, "Counters"): counters, error_summary (from its failed items) and ETA."""
-    return {
+             seconds_between: float, flagged: list[tuple[int, dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """A job's derived fields (design.md, "Counters"): counters, error_summary (from its failed items) and ETA.
+
+    With `flagged` ((queue position, verdict) of its completed items the quality gate flagged, in queue
+    order), also `flagged_items` and `quality_summary`.
+    """
+    fields = {
         "completed_items": counts.completed,
         "failed_items": counts.failed,
         "cancelled_items": counts.cancelled,
         "error_summary": summarize_errors(failed),
         "estimated_completion": estimate_completion(now, counts.pending, mean_seconds, seconds_between),
     }
+    if flagged is not None:
+        fields.update(flagged_items=len(flagged), quality_summary=summarize_flagged(flagged))
+    return fields
+
+
+#: The items a job's `flagged_items` counts: completed, with a flagged verdict (the quality gate kept them).
+FLAGGED_ITEM = (ItemStatus.completed, VerdictStatus.flagged)
 
 
 #: The statuses a job may end from (completed by a refresh, cancelled by a cancel).

@@ -29,15 +29,16 @@ from urllib.parse import quote
 
 from bulkgen_cli.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.model import (
-    CLAIMABLE_BULK, ApiToken, BulkJob, BulkStatus, Counts, EventKind, Item, ItemStatus, StateChange, iso, later,
+    CLAIMABLE_BULK, ApiToken, BulkJob, BulkStatus, Counts, EventKind, Item, ItemStatus, SavedTemplate, SaveOutcome,
+    StateChange, iso, later,
 )
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, OpenMode, Store, slot_names
 from bulkgen_cli.store.rules import (
-    BULK_FIELDS, CHANGE_FIELDS, ITEM_FIELDS, LEASE_FIELDS, TOKEN_FIELDS, Change, record,
+    BULK_FIELDS, CHANGE_FIELDS, ITEM_FIELDS, LEASE_FIELDS, TEMPLATE_FIELDS, TOKEN_FIELDS, Change, record,
 )
 
-SCHEMA_VERSION = 6  # serve: 7 once #12's 5 -> 6 is merged (see MIGRATE_6_TO_7)
+SCHEMA_VERSION = 7
 BUSY_TIMEOUT_S = 30.0
 #: An I/O error with less free space than this on the store's disk is taken for a full disk.
 FULL_BELOW_BYTES = 1 << 20
@@ -68,6 +69,10 @@ CREATE TABLE IF NOT EXISTS bulk_jobs (
     priority_rank INTEGER NOT NULL DEFAULT 1,
     not_before TEXT,
     group_id TEXT,
+    quality TEXT NOT NULL DEFAULT 'warn',
+    quality_ratio REAL NOT NULL DEFAULT 0.7,
+    flagged_items INTEGER NOT NULL DEFAULT 0,
+    quality_summary TEXT NOT NULL DEFAULT '[]',
     notify_policy TEXT
 );
 CREATE INDEX IF NOT EXISTS bulk_jobs_status ON bulk_jobs (status, created_at, id);
@@ -95,7 +100,8 @@ CREATE TABLE IF NOT EXISTS generation_jobs (
     completed_at TEXT,
     lease_owner TEXT,
     lease_expires_at TEXT,
-    fence INTEGER
+    fence INTEGER,
+    verdict TEXT
 );
 CREATE INDEX IF NOT EXISTS generation_jobs_queue
     ON generation_jobs (bulk_job_id, status, queue_position);
@@ -117,6 +123,19 @@ CREATE TABLE IF NOT EXISTS leases (
     host TEXT NOT NULL,
     pid INTEGER NOT NULL
 );
+
+CREATE TABLE IF NOT EXISTS templates (
+    userId TEXT NOT NULL,
+    name TEXT NOT NULL,
+    text TEXT NOT NULL,
+    mode TEXT,
+    placeholders TEXT NOT NULL DEFAULT '[]',
+    source TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (userId, name)
+);
+
 CREATE TABLE IF NOT EXISTS api_tokens (
     id TEXT PRIMARY KEY,
     userId TEXT NOT NULL,
@@ -161,6 +180,39 @@ ALTER TABLE bulk_jobs ADD COLUMN group_id TEXT;
 MIGRATE_4_TO_5 = """
 ALTER TABLE generation_jobs ADD COLUMN fence INTEGER;
 """
+
+#: From schema 5 to 6: saved templates; the quality gate (its policy and ratio on the job, the derived
+#: flagged counter and summary, the verdict on each item).
+MIGRATE_5_TO_6 = """
+CREATE TABLE IF NOT EXISTS templates (
+    userId TEXT NOT NULL,
+    name TEXT NOT NULL,
+    text TEXT NOT NULL,
+    mode TEXT,
+    placeholders TEXT NOT NULL DEFAULT '[]',
+    source TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (userId, name)
+);
+ALTER TABLE bulk_jobs ADD COLUMN quality TEXT NOT NULL DEFAULT 'warn';
+ALTER TABLE bulk_jobs ADD COLUMN quality_ratio REAL NOT NULL DEFAULT 0.7;
+ALTER TABLE bulk_jobs ADD COLUMN flagged_items INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE bulk_jobs ADD COLUMN quality_summary TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE generation_jobs ADD COLUMN verdict TEXT;
+"""
+
+#: A job's completed items the quality gate flagged, in queue order: their position and verdict.
+FLAGGED_SQL = (
+    "SELECT queue_position, verdict FROM generation_jobs"
+    " WHERE bulk_job_id = ? AND status = ? AND json_extract(verdict, '$.status') = ?"
+    f" ORDER BY {rules.ITEM_ORDER}"
+)
+#: A job's completed articles, in queue order (the quality gate's near-duplicate check).
+COMPLETED_SQL = (
+    "SELECT id, queue_position, result FROM generation_jobs WHERE bulk_job_id = ? AND status = ?"
+    f" ORDER BY {rules.ITEM_ORDER}"
+)
 
 #: From schema 6 to 7 (bulkgen serve: API tokens, the change log, a job's notification policy).
 #: The new tables are in SCHEMA (created if missing); the triggers are CHANGE_TRIGGERS.
@@ -241,6 +293,10 @@ def _item(row: sqlite3.Row) -> Item:
 
 def _lease(row: sqlite3.Row) -> Lease:
     return record(Lease, LEASE_FIELDS, dict(row), _ts, json.loads)  # type: ignore[no-any-return]
+
+
+def _template(row: sqlite3.Row) -> SavedTemplate:
+    return record(SavedTemplate, TEMPLATE_FIELDS, dict(row), _ts, json.loads)  # type: ignore[no-any-return]
 
 
 def _marks(values: Iterable[Any]) -> str:
@@ -464,7 +520,8 @@ class SqliteStore(Store):
             script = (MIGRATE_1_TO_2 if version == 1 else "") + (MIGRATE_2_TO_3 if version in (1, 2) else "")
             script += (MIGRATE_3_TO_4 if version in (1, 2, 3) else "")
             script += (MIGRATE_4_TO_5 if version in (1, 2, 3, 4) else "")
-            script += (MIGRATE_6_TO_7 if 0 < version < 6 else "") + SCHEMA
+            script += (MIGRATE_5_TO_6 if version in (1, 2, 3, 4, 5) else "")
+            script += (MIGRATE_6_TO_7 if 0 < version < 7 else "") + SCHEMA
             for statement in script.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -553,6 +610,11 @@ class SqliteStore(Store):
             (bulk_id,),
         )
         return [_item(r) for r in rows]
+
+    @_unavailable
+    def completed_contents(self, bulk_id: str) -> list[tuple[str, int, Any]]:
+        rows = self.db.execute(COMPLETED_SQL, (bulk_id, ItemStatus.completed.value))
+        return [(r[0], r[1], (json.loads(r[2]) if r[2] else {}).get("content")) for r in rows]
 
     # -- single items ------------------------------------------------------------
 
@@ -833,7 +895,10 @@ class SqliteStore(Store):
                 f"SELECT * FROM generation_jobs WHERE bulk_job_id = ? AND status = ? ORDER BY {rules.ITEM_ORDER}",
                 (bulk_id, ItemStatus.failed.value),
             )]
-            _update(db, "bulk_jobs", rules.counters(counts, failed, mean, now, seconds_between_items),
+            status, verdict = rules.FLAGGED_ITEM
+            flagged = [] if not counts.completed else [
+                (r[0], json.loads(r[1])) for r in db.execute(FLAGGED_SQL, (bulk_id, status.value, verdict.value))]
+            _update(db, "bulk_jobs", rules.counters(counts, failed, mean, now, seconds_between_items, flagged),
                     "id = ?", bulk_id)
             ended = counts.pending == 0 and self._end(db, bulk_id, EventKind.completed, now)
         return dataclasses.replace(counts, ended_now=ended)
@@ -904,6 +969,37 @@ class SqliteStore(Store):
         row = self.db.execute("SELECT * FROM leases WHERE name = ?", (PROCESSOR_LEASE,)).fetchone()
         return None if row is None else _lease(row)
 
+    # -- saved templates ---------------------------------------------------------
+
+    @_unavailable
+    def save_template(self, template: SavedTemplate, replace: bool = False) -> SaveOutcome:
+        with self._tx() as db:
+            # One transaction: the look and the write cannot interleave with another save.
+            found = db.execute("SELECT 1 FROM templates WHERE userId = ? AND name = ?",
+                               (template.userId, template.name)).fetchone()
+            if found is None:
+                _insert(db, "templates", [rules.template_fields(template)])
+                return SaveOutcome.created
+            if not replace:
+                return SaveOutcome.exists
+            _update(db, "templates", rules.template_replacement(template), "userId = ? AND name = ?",
+                    template.userId, template.name)
+            return SaveOutcome.replaced
+
+    @_unavailable
+    def get_template(self, user: str, name: str) -> SavedTemplate | None:
+        row = self.db.execute("SELECT * FROM templates WHERE userId = ? AND name = ?", (user, name)).fetchone()
+        return None if row is None else _template(row)
+
+    @_unavailable
+    def list_templates(self, user: str) -> list[SavedTemplate]:
+        rows = self.db.execute("SELECT * FROM templates WHERE userId = ? ORDER BY name", (user,))
+        return [_template(r) for r in rows]
+
+    @_unavailable
+    def remove_template(self, user: str, name: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM templates WHERE userId = ? AND name = ?", (user, name)).rowcount == 1
     # -- the HTTP server: tokens and the change log --------------------------------------------------
 
     @_unavailable
