@@ -1,4 +1,4 @@
-"""The dashboard page (`GET /`): three files shipped in the package, served under a strict policy.
+"""The dashboard page (`GET /`; design.md, "The dashboard page"): three files shipped in the package.
 
 The page is plain HTML, CSS and a script (static/): no build step, nothing
 fetched from elsewhere; it reads everything through the API with the user's
