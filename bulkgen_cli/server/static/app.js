@@ -581,6 +581,8 @@
     } else if (problem.line) {
       parts.push(`Line ${problem.line}`);
     }
+    if (problem.row !== null && problem.row !== undefined) parts.push(`values row ${problem.row}`);
+    if (problem.column) parts.push(`column “${problem.column}”`);
     if (problem.field) parts.push(`field “${problem.field}”`);
     return parts.length ? `${parts.join(", ")}:` : "The file:";
   }
