@@ -567,6 +567,10 @@ def _process(db: Store, run_settings: RunSettings, forever: bool = False, until_
     scheduled = db.next_start(utcnow())
     if scheduled is not None:
         say(f"A scheduled job starts {render.when(scheduled)}; `bulkgen run --forever` waits for it.")
+    upcoming = None if forever else db.next_schedule_at()
+    if upcoming is not None:
+        due = "was due" if upcoming <= utcnow() else "is"
+        say(f"A schedule's next run {due} {render.when(upcoming)}; only `bulkgen run --forever` queues scheduled runs.")
     if view.items_done:
         note(f"Processed {view.items_done} items; the queue is empty.")
     else:
@@ -585,6 +589,7 @@ def _process(db: Store, run_settings: RunSettings, forever: bool = False, until_
 COMMAND_MODULES: tuple[str, ...] = (
     "cli_items",
     "cli_templates",
+    "cli_schedules",
     "cli_serve",
 )
 

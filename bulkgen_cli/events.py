@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from bulkgen_cli.model import BulkJob, Item, Outcome
@@ -81,4 +82,19 @@ class Queue:
     bulks: list[BulkJob]
 
 
-Event = Queue | Stopping | JobChanged | ItemStarted | ItemFinished | ItemRetrying | ItemLost | BulkEnded | Waiting | Snapshot
+@dataclass(frozen=True)
+class ScheduleFired:
+    """`run --forever` handled a schedule's occurrence: submitted as a bulk job, or failed (design.md, "Recurring schedules")."""
+
+    schedule: str
+    user: str
+    #: the occurrence, in UTC; `zone` is the schedule's
+    at: dt.datetime
+    zone: str
+    bulk_job_id: str | None
+    error: str | None
+    #: earlier occurrences missed since the last one handled
+    skipped: int
+
+
+Event = Queue | Stopping | JobChanged | ItemStarted | ItemFinished | ItemRetrying | ItemLost | BulkEnded | Waiting | Snapshot | ScheduleFired

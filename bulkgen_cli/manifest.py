@@ -180,6 +180,38 @@ def load(path: str | Path, mode: str | None = None, split: bool = False, fmt: st
     text = _read_text(path, problems)
     problems.raise_if_any()
     assert text is not None
+    stdin = str(path) == STDIN
+    return _parse(text, suffix, flag_mode, split, problems, "standard input" if stdin else path.stem)
+
+
+def read_source(path: str | Path, fmt: str | None = None) -> tuple[str, str]:
+    """An articles file's text and its format ("yaml" or "csv"), checked as `load` reads it (size, UTF-8).
+
+    For callers that keep the text itself (a schedule stores what it submits);
+    `load_text` then validates it exactly as `load` would have.
+    """
+    path = Path(path)
+    problems = _Problems("standard input" if str(path) == STDIN else str(path))
+    suffix = {"yaml": ".yaml", "csv": ".csv"}.get(fmt or "", "") or (".yaml" if str(path) == STDIN else path.suffix.lower())
+    if suffix not in (".yaml", ".yml", ".json", ".csv"):
+        problems.add("unknown file type: use .yaml, .yml, .json or .csv (or --format yaml|csv).")
+    text = None if problems.items else _read_text(path, problems)
+    problems.raise_if_any()
+    assert text is not None
+    return text, "csv" if suffix == ".csv" else "yaml"
+
+
+def load_text(text: str, source: str, fmt: str, mode: str | None = None, split: bool = False) -> Manifest:
+    """Validate an articles file's text (`fmt`: "yaml" or "csv") as `load` validates a file; `source` names it."""
+    problems = _Problems(source)
+    flag_mode = _parse_mode(mode, problems, "--mode") if mode is not None else None
+    problems.raise_if_any()
+    return _parse(text, ".csv" if fmt == "csv" else ".yaml", flag_mode, split, problems, Path(source).stem)
+
+
+def _parse(text: str, suffix: str, flag_mode: Mode | None, split: bool, problems: _Problems,
+           stem: str) -> Manifest:
+    """The validation shared by `load` and `load_text`: every problem at once, or the manifest."""
     reader = _read_csv if suffix == ".csv" else _read_yaml
     file_mode, name, defaults, rows = reader(text, problems)
     if not rows:
@@ -196,9 +228,7 @@ def load(path: str | Path, mode: str | None = None, split: bool = False, fmt: st
         problems.add(f"has {len(rows)} items; a bulk job takes {low} to {high}.{hint}")
     articles = _articles(rows, _validate_defaults(defaults, chosen, problems), chosen, problems)
     problems.raise_if_any()
-    stdin = str(path) == STDIN
-    return Manifest("standard input" if stdin else str(path), chosen, name or ("standard input" if stdin else path.stem),
-                    articles)
+    return Manifest(problems.file, chosen, name or stem, articles)
 
 
 def _validate_defaults(defaults: dict[str, _Field], mode: Mode, problems: _Problems) -> dict[str, _Field]:

@@ -419,6 +419,69 @@ class SaveOutcome(str, Enum):
     replaced = "replaced"
     #: one existed and no replace was asked for: nothing was written
     exists = "exists"
+
+
+# -- recurring schedules (design.md, "Recurring schedules") --------------------------------------------
+
+
+class ScheduleStatus(str, Enum):
+    #: its occurrences are submitted by `run --forever`
+    active = "active"
+    #: nothing is submitted; resuming starts from the next occurrence after the resume
+    paused = "paused"
+
+
+class OccurrenceState(str, Enum):
+    """One occurrence of a schedule, keyed by (schedule, time in UTC): written once, finished once."""
+
+    #: a processor took it and is submitting its job (another takes it over once the claim is stale)
+    claimed = "claimed"
+    #: its bulk job is stored (`bulk_job_id`)
+    submitted = "submitted"
+    #: its file or template could not be made into a job (`error`); nothing was stored
+    failed = "failed"
+    #: not submitted: the schedule was paused, removed or moved past it while it was claimed (a stalled processor)
+    dropped = "dropped"
+
+
+@dataclass
+class Schedule:
+    id: str
+    userId: str
+    name: str
+    cron: str
+    zone: str
+    status: str
+    #: what each occurrence submits: {"kind": "file", "text", "format", "file"} or
+    #: {"kind": "template", "template", "values_text", "values_format", "values_file"}
+    source: dict[str, Any]
+    #: the job's options: name, mode, priority, notify
+    options: dict[str, Any] = field(default_factory=dict)
+    created_at: dt.datetime | None = None
+    #: the earliest occurrence not handled yet (UTC); None while paused
+    next_at: dt.datetime | None = None
+    #: the latest occurrence handled, its bulk job and its error
+    last_at: dt.datetime | None = None
+    last_bulk_job_id: str | None = None
+    last_error: str | None = None
+    #: occurrences missed while no `run --forever` ran: how many, and the latest few (ISO, UTC)
+    skipped_count: int = 0
+    skipped_recent: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Occurrence:
+    schedule_id: str
+    at: dt.datetime
+    userId: str
+    state: str
+    owner: str | None = None
+    claimed_at: dt.datetime | None = None
+    bulk_job_id: str | None = None
+    error: str | None = None
+    finished_at: dt.datetime | None = None
+    #: the earlier occurrences this one skipped
+    skipped: int = 0
 # -- the HTTP server's records (bulkgen serve) ---------------------------------------------------------
 
 

@@ -100,6 +100,8 @@ class Processor:
         #: the latest known state of each job, for the events (saves a read per item)
         self._bulks: dict[str, BulkJob] = {}
         self._next_job_look = 0.0
+        #: `run --forever`: when the next schedule occurrence is due (runner.Runner sets it), to wake up for it
+        self.wake_at: Callable[[], dt.datetime | None] | None = None
 
     # -- control ---------------------------------------------------------------
 
@@ -215,6 +217,9 @@ class Processor:
         start = self.store.next_start(self.clock())
         if start is not None:  # wake up when a scheduled job may start, not later
             waits.idle = min(waits.idle, max((start - self.clock()).total_seconds(), 0.05))
+        due = self.wake_at() if self.wake_at is not None else None
+        if due is not None and due > self.clock():  # a schedule's next occurrence: its job is there just after
+            waits.idle = min(waits.idle, (due - self.clock()).total_seconds() + 0.05)
         self.leases.hold_for(waits.idle)
         waits.idle = min(waits.idle * 2, POLL_MAX)
         return True

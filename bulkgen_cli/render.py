@@ -219,7 +219,7 @@ def plain_status(bulk: BulkJob, items: list[Item] | None, short_ids: dict[str, s
     return "\n".join(lines)
 
 
-def _rich_table(columns: Sequence[tuple[str, int | None]], rows: list[list[str]], styled: int | None = None) -> Any:
+def rich_table(columns: Sequence[tuple[str, int | None]], rows: list[list[str]], styled: int | None = None) -> Any:
     from rich.table import Table
     from rich.text import Text
 
@@ -256,12 +256,12 @@ def status_renderables(bulk: BulkJob, items: list[Item] | None, short_ids: dict[
             flagged.add_row(Text(visible(line), style="yellow"))
         out.append(flagged)
     if items is not None:
-        out.append(_rich_table(ITEM_COLUMNS, item_rows(items, short_ids), styled=3))
+        out.append(rich_table(ITEM_COLUMNS, item_rows(items, short_ids), styled=3))
     return out
 
 
 def list_table(bulks: list[BulkJob]) -> Any:
-    return _rich_table(LIST_COLUMNS, list_rows(bulks), styled=4)
+    return rich_table(LIST_COLUMNS, list_rows(bulks), styled=4)
 
 
 # -- the processor's live view ------------------------------------------------------
@@ -328,6 +328,8 @@ class PlainView:
             self.line(f"waiting: {event.reason} (next check in {event.seconds:.1f}s)")
         elif isinstance(event, p.ItemLost):
             self.line(f"#{event.item.queue_position} {short(event.item.label, 50)!r} stopped: {event.reason}")
+        elif isinstance(event, p.ScheduleFired):
+            self.line(schedule_fired_line(event))
         elif isinstance(event, p.Snapshot):
             for b in event.bulks:
                 state = (b.status, b.completed_items, b.failed_items, b.cancelled_items)
@@ -343,6 +345,17 @@ def flagged_reason(outcome: Any) -> str:
     if verdict.get("status") != "flagged":
         return ""
     return f", flagged: {short(', '.join(verdict.get('reasons') or []), 120)}"
+
+
+def schedule_fired_line(event: Any) -> str:
+    """A line about a schedule's occurrence that `run --forever` submitted (or could not)."""
+    from bulkgen_cli.schedules import local_time
+
+    head = f"schedule {event.schedule!r} ({event.user}), run of {local_time(event.at, event.zone)}"
+    done = f"failed: {short(event.error or '', 200)}" if event.error else f"queued as bulk job {event.bulk_job_id}"
+    missed = (f"; {event.skipped} earlier run{'s' if event.skipped > 1 else ''} skipped (no `run --forever` was "
+              "running then)" if event.skipped else "")
+    return f"{head}: {done}{missed}"
 
 
 def changed_line(bulk: BulkJob) -> str:

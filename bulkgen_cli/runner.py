@@ -14,7 +14,7 @@ import signal
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from bulkgen_cli import settings as settings_
 from bulkgen_cli.content import Generator
@@ -24,6 +24,9 @@ from bulkgen_cli.notify import Delivery, Notifier
 from bulkgen_cli.processor import Processor
 from bulkgen_cli.settings import RunSettings
 from bulkgen_cli.store.base import Store
+
+if TYPE_CHECKING:
+    from bulkgen_cli.schedules import Ticker
 
 ENDED = {s.value for s in ENDED_BULK}
 #: At most this many jobs are shown as rows when a run starts.
@@ -70,16 +73,31 @@ class Runner:
         self.on_event(Queue(sorted(waiting, key=lambda b: (b.created_at, b.id))))
         self.workers = [self._processor(self.store if n == 0 else self.open_store())
                         for n in range(self.settings.concurrency)]
+        schedules = self._schedules() if forever else None
         try:
             with self._signals() as received:
                 self._work(forever, until_bulks)
         finally:
+            if schedules is not None:
+                schedules.stop()
             for processor in self.workers[1:]:
                 processor.store.close()
         if self.errors and not received:
             raise self.errors[0]
         finals = [b for b in (self.store.get_bulk(i) for i in until_bulks or []) if b is not None]
         return RunResult(received.get("code"), finals, sum(p.handed_back for p in self.workers), self._attached)
+
+    def _schedules(self) -> Ticker:
+        """`run --forever` submits the schedules' occurrences: a thread with its own connection (schedules.Ticker)."""
+        from bulkgen_cli.schedules import Ticker
+
+        ticker = Ticker(self.open_store(), f"{self.workers[0].owner}:schedules", self.on_event)
+        thread = threading.Thread(target=ticker.run, name="schedules", daemon=True)
+        ticker.thread = thread
+        for processor in self.workers:
+            processor.wake_at = ticker.next_due  # an idle processor wakes up for the next occurrence
+        thread.start()
+        return ticker
 
     def _processor(self, store: Store) -> Processor:
         processor = Processor(store, generator_for(self.settings), self.settings, on_event=self.on_event)

@@ -184,7 +184,8 @@ def test_an_uploaded_file_with_mistakes_answers_its_located_problems(served, tmp
     assert (problem["type"], problem["exit_code"]) == ("urn:bulkgen:problem:invalid-articles", 2)
     assert problem["detail"] == "the articles file has 1 problem; nothing was stored."
     assert problem["problems"] == [{"file": "my articles.yaml", "item": 10, "line": 12, "field": "word_cout",
-                                    "message": "unknown field; did you mean 'word_count'?"}]
+                                    "message": "unknown field; did you mean 'word_count'?", "row": None,
+                                    "column": None}]
     cli = run_cli(["submit", str(_write(tmp_path / "my articles.yaml", text))], served.env)
     assert cli.code == 2 and "field 'word_cout': unknown field; did you mean 'word_count'?" in cli.err
     assert run_cli(["list", "--all-users", "--json"], served.env).out.strip() == "[]"

@@ -526,6 +526,7 @@ def test_sqlite_store_of_schema_1_is_migrated_to_the_current_one(tmp_path):
                       "ALTER TABLE bulk_jobs DROP COLUMN flagged_items",
                       "ALTER TABLE bulk_jobs DROP COLUMN quality_summary",
                       "ALTER TABLE generation_jobs DROP COLUMN verdict",
+                      "DROP TABLE schedule_occurrences", "DROP TABLE schedules",
                       "ALTER TABLE bulk_jobs DROP COLUMN notify_policy",
                       "PRAGMA user_version = 1"):
         db.execute(statement)
@@ -536,6 +537,7 @@ def test_sqlite_store_of_schema_1_is_migrated_to_the_current_one(tmp_path):
         assert store.get_bulk(bulk.id).total_items == 10
         assert run_to_end(store, store.get_bulk(bulk.id), utcnow()).ended_now
         assert store.get_bulk(bulk.id).outbox is not None
+        assert store.list_schedules() == [] and store.next_schedule_at() is None
     finally:
         store.close()
 

@@ -24,6 +24,8 @@ class LocatedProblem(BaseModel):
     item: int | None = Field(None, description="1-based position of the item in the file")
     line: int | None = None
     field: str | None = None
+    row: int | None = Field(None, description="a template's values: the 1-based row")
+    column: str | None = Field(None, description="a template's values: the column")
 
 
 class ProblemDetails(BaseModel):

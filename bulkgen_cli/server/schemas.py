@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 class BulkJobOut(BaseModel):
     """A bulk job as `status --json` shows it."""
 
+    model_config = ConfigDict(extra="allow")
+
     id: str
     name: str
     mode: str
@@ -27,6 +29,10 @@ class BulkJobOut(BaseModel):
     priority: str
     not_before: Optional[str]
     group_id: Optional[str]
+    quality: Optional[str] = Field(None, description="the quality gate's policy: warn, fail or retry")
+    quality_ratio: Optional[float] = None
+    flagged_items: Optional[int] = None
+    quality_summary: Optional[list[str]] = None
     notified_at: Optional[str] = None
 
 
@@ -51,6 +57,7 @@ class ItemOut(BaseModel):
     retry_count: int
     attempts: int
     error: Optional[str]
+    verdict: Optional[dict[str, object]] = Field(None, description="the quality gate's verdict, once checked")
     topic: Optional[str] = None
     keywords: Optional[list[str]] = None
     trend: Optional[str] = None
@@ -111,7 +118,6 @@ class ItemRecordOut(ItemOut):
     waited_seconds: Optional[float]
     front_matter: dict[str, object]
     text: Optional[str] = Field(..., description="the article's text as stored; null until it completed")
-    verdict: Optional[dict[str, object]] = None
 
 
 class ItemControlOut(BaseModel):

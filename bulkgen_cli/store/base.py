@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
 from bulkgen_cli.model import (
-    ApiToken, BulkJob, BulkStatus, Counts, Item, ItemStatus, Outcome, SavedTemplate, SaveOutcome, StateChange,
+    ApiToken, BulkJob, BulkStatus, Counts, Item, ItemStatus, Occurrence, Outcome, SavedTemplate, SaveOutcome,
+    Schedule, ScheduleStatus, StateChange,
 )
 from bulkgen_cli.store import rules
 # Decided in rules.py; importable from here too.
@@ -403,6 +404,63 @@ class Store(ABC):
 
         Numbers may be skipped (MongoDB takes one before a conditional write that then matches nothing).
         """
+
+    # -- recurring schedules (design.md, "Recurring schedules") -----------------------------------------
+
+    @abstractmethod
+    def add_schedule(self, schedule: Schedule) -> bool:
+        """Store a new schedule; False (nothing stored) when its user has one of that name (a unique index)."""
+
+    @abstractmethod
+    def get_schedule(self, user: str, name: str) -> Schedule | None:
+        """The user's schedule of that name, or None."""
+
+    @abstractmethod
+    def list_schedules(self, user: str | None = None) -> list[Schedule]:
+        """Schedules by name; of one user unless `user` is None."""
+
+    @abstractmethod
+    def set_schedule_state(self, schedule_id: str, allowed_from: ScheduleStatus, to: ScheduleStatus,
+                           fields: dict[str, Any]) -> bool:
+        """Pause or resume: set the status `to` and `fields` only if the status is `allowed_from`."""
+
+    @abstractmethod
+    def remove_schedule(self, schedule_id: str) -> bool:
+        """Delete a schedule and its occurrences; False when there was none. Its bulk jobs stay."""
+
+    @abstractmethod
+    def due_schedules(self, now: dt.datetime) -> list[Schedule]:
+        """Active schedules whose `next_at` is `now` or earlier (every user's)."""
+
+    @abstractmethod
+    def next_schedule_at(self) -> dt.datetime | None:
+        """The earliest `next_at` of any active schedule, or None: when `run --forever` must look next."""
+
+    @abstractmethod
+    def claim_occurrence(self, schedule: Schedule, at: dt.datetime, owner: str, now: dt.datetime,
+                         stale_before: dt.datetime, skipped: int = 0) -> tuple[Occurrence, bool]:
+        """Take the occurrence (schedule, `at` in UTC) for submitting: one conditional write.
+
+        The occurrence is inserted under a unique key (schedule id, `at`), so for
+        each occurrence exactly one caller's insert succeeds. When it exists and is
+        still `claimed` by a processor whose claim is older than `stale_before`
+        (it died before finishing), one caller takes it over by a conditional
+        update. Returns (the occurrence, True) when this caller now holds it;
+        (the occurrence as stored, False) otherwise: held by another, or finished.
+        """
+
+    @abstractmethod
+    def finish_occurrence(self, schedule_id: str, at: dt.datetime, owner: str, fields: dict[str, Any]) -> bool:
+        """Record a held occurrence's end (`rules.occurrence_end`); False when `owner` no longer holds it."""
+
+    @abstractmethod
+    def advance_schedule(self, schedule_id: str, expected_next: dt.datetime, fields: dict[str, Any]) -> bool:
+        """Move a schedule past a handled occurrence (`rules.advanced`): only while its `next_at` is
+        still `expected_next`, so each step is written once; False (nothing written) otherwise."""
+
+    @abstractmethod
+    def list_occurrences(self, schedule_id: str, limit: int = 20) -> list[Occurrence]:
+        """A schedule's occurrences, latest first."""
 
     def close(self) -> None:
         """Release connections."""

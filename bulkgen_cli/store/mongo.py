@@ -32,12 +32,14 @@ from pymongo.errors import (
 from bulkgen_cli.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.model import (
     ARTICLE_FIELDS, CLAIMABLE_BULK, ApiToken, BulkJob, BulkStatus, ChangeKind, Counts, EventKind, Item, ItemStatus,
-    Outcome, SavedTemplate, SaveOutcome, StateChange, later, outbox_open, utcnow,
+    Occurrence, OccurrenceState, Outcome, SavedTemplate, SaveOutcome, Schedule, ScheduleStatus, StateChange, later,
+    outbox_open, utcnow,
 )
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, OpenMode, Store, slot_names
 from bulkgen_cli.store.rules import (
-    BULK_FIELDS, CHANGE_FIELDS, ITEM_FIELDS, LEASE_FIELDS, TEMPLATE_FIELDS, TOKEN_FIELDS, Change, Conditions, record,
+    BULK_FIELDS, CHANGE_FIELDS, ITEM_FIELDS, LEASE_FIELDS, OCCURRENCE_FIELDS, SCHEDULE_FIELDS, TEMPLATE_FIELDS,
+    TOKEN_FIELDS, Change, Conditions, record,
 )
 
 BULK_JOBS = "bulk_jobs"
@@ -51,6 +53,8 @@ CHANGES = "changes"
 CHANGE_LAG = 10.0
 META = "bulkgen_meta"
 TEMPLATES = "templates"
+SCHEDULES = "schedules"
+OCCURRENCES = "schedule_occurrences"
 SCHEMA_VERSION = 6
 #: The counter document of the fencing tokens, in META.
 FENCE = "fence"
@@ -122,6 +126,14 @@ def _template(doc: dict[str, Any]) -> SavedTemplate:
     return record(SavedTemplate, TEMPLATE_FIELDS, doc, _aware, _same)  # type: ignore[no-any-return]
 
 
+def _schedule(doc: dict[str, Any]) -> Schedule:
+    return record(Schedule, SCHEDULE_FIELDS, {**doc, "id": doc["_id"]}, _aware, _same)  # type: ignore[no-any-return]
+
+
+def _occurrence(doc: dict[str, Any]) -> Occurrence:
+    return record(Occurrence, OCCURRENCE_FIELDS, doc, _aware, _same)  # type: ignore[no-any-return]
+
+
 def _doc(fields: dict[str, Any]) -> dict[str, Any]:
     """A new record's document: `_id` and `bulk_job_id` as ObjectIds, an item's article as top-level fields."""
     doc = dict(fields)
@@ -181,6 +193,8 @@ class MongoStore(Store):
         self.keys = db[IDEMPOTENCY]
         self.meta = db[META]
         self.templates = db[TEMPLATES]
+        self.schedules = db[SCHEDULES]
+        self.occurrences = db[OCCURRENCES]
         self.tokens = db[TOKENS]
         try:
             marker = self.meta.find_one({"_id": "schema"})
@@ -256,6 +270,9 @@ class MongoStore(Store):
         self.bulks.create_index([("hook_pending", ASCENDING), ("completed_at", ASCENDING)])
         # One template per user and name: the unique index is what makes a save of a new name atomic.
         self.templates.create_index([("userId", ASCENDING), ("name", ASCENDING)], unique=True)
+        self.schedules.create_index([("userId", ASCENDING), ("name", ASCENDING)], unique=True)
+        self.schedules.create_index([("status", ASCENDING), ("next_at", ASCENDING)])
+        self.occurrences.create_index([("schedule_id", ASCENDING), ("at", DESCENDING)])
         self._ensure_serve_indexes()
         self.meta.update_one(
             {"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}}, upsert=True
@@ -870,6 +887,101 @@ class MongoStore(Store):
     @_unavailable
     def remove_template(self, user: str, name: str) -> bool:
         return self.templates.delete_one({"userId": user, "name": name}).deleted_count == 1
+
+    # -- recurring schedules -------------------------------------------------------
+    #
+    # A schedule is one document; an occurrence is one document whose _id is its key
+    # (schedule id, time in UTC): the insert that claims it is the one conditional
+    # write that can succeed once (design.md, "Exactly once per occurrence").
+
+    @_unavailable
+    def add_schedule(self, schedule: Schedule) -> bool:
+        fields = rules.new_schedule(schedule)
+        try:
+            self.schedules.insert_one({"_id": ObjectId(fields.pop("id")), **fields})
+        except DuplicateKeyError:
+            return False  # the user has a schedule of that name (a unique index)
+        return True
+
+    @_unavailable
+    def get_schedule(self, user: str, name: str) -> Schedule | None:
+        doc = self.schedules.find_one({"userId": user, "name": name})
+        return None if doc is None else _schedule(doc)
+
+    @_unavailable
+    def list_schedules(self, user: str | None = None) -> list[Schedule]:
+        cursor = self.schedules.find({} if user is None else {"userId": user}).sort(_order(rules.SCHEDULE_ORDER))
+        return [_schedule(d) for d in cursor]
+
+    @_unavailable
+    def set_schedule_state(self, schedule_id: str, allowed_from: ScheduleStatus, to: ScheduleStatus,
+                           fields: dict[str, Any]) -> bool:
+        oid = _oid(schedule_id)
+        result = None if oid is None else self.schedules.update_one(
+            {"_id": oid, "status": allowed_from.value}, {"$set": {**fields, "status": to.value}})
+        return result is not None and result.matched_count == 1
+
+    @_unavailable
+    def remove_schedule(self, schedule_id: str) -> bool:
+        oid = _oid(schedule_id)
+        if oid is None:
+            return False
+        # The schedule first: once it is gone no processor finds it due; then its history.
+        removed = self.schedules.delete_one({"_id": oid}).deleted_count == 1
+        self.occurrences.delete_many({"schedule_id": oid})
+        return removed
+
+    @_unavailable
+    def due_schedules(self, now: dt.datetime) -> list[Schedule]:
+        cursor = self.schedules.find({"status": ScheduleStatus.active.value, "next_at": {"$lte": now}})
+        return [_schedule(d) for d in cursor.sort("next_at", ASCENDING)]
+
+    @_unavailable
+    def next_schedule_at(self) -> dt.datetime | None:
+        doc = self.schedules.find_one({"status": ScheduleStatus.active.value, "next_at": {"$ne": None}},
+                                      {"next_at": 1}, sort=[("next_at", ASCENDING)])
+        return None if doc is None else _aware(doc["next_at"])
+
+    @_unavailable
+    def claim_occurrence(self, schedule: Schedule, at: dt.datetime, owner: str, now: dt.datetime,
+                         stale_before: dt.datetime, skipped: int = 0) -> tuple[Occurrence, bool]:
+        key = rules.occurrence_id(schedule.id, at)
+        doc = {**rules.claimed_occurrence(schedule, at, owner, now, skipped), "_id": key,
+               "schedule_id": ObjectId(schedule.id)}
+        try:
+            self.occurrences.insert_one(doc)
+            return _occurrence(doc), True
+        except DuplicateKeyError:
+            pass  # taken already: by a live processor, by one that died (stale), or finished
+        taken = self.occurrences.find_one_and_update(
+            {"_id": key, "state": OccurrenceState.claimed.value, "claimed_at": {"$lt": stale_before}},
+            {"$set": rules.taken_over(owner, now)}, return_document=ReturnDocument.AFTER)
+        if taken is not None:
+            return _occurrence(taken), True
+        current = self.occurrences.find_one({"_id": key})
+        return _occurrence(current if current is not None else doc), False
+
+    @_unavailable
+    def finish_occurrence(self, schedule_id: str, at: dt.datetime, owner: str, fields: dict[str, Any]) -> bool:
+        result = self.occurrences.update_one(
+            {"_id": rules.occurrence_id(schedule_id, at), "state": OccurrenceState.claimed.value, "owner": owner},
+            {"$set": fields})
+        return result.matched_count == 1
+
+    @_unavailable
+    def advance_schedule(self, schedule_id: str, expected_next: dt.datetime, fields: dict[str, Any]) -> bool:
+        oid = _oid(schedule_id)
+        result = None if oid is None else self.schedules.update_one(
+            {"_id": oid, "next_at": expected_next}, {"$set": fields})
+        return result is not None and result.matched_count == 1
+
+    @_unavailable
+    def list_occurrences(self, schedule_id: str, limit: int = 20) -> list[Occurrence]:
+        oid = _oid(schedule_id)
+        if oid is None:
+            return []
+        cursor = self.occurrences.find({"schedule_id": oid}).sort("at", DESCENDING).limit(limit)
+        return [_occurrence(d) for d in cursor]
     # -- the HTTP server: tokens and the change log (design.md, "Live progress") -------------------------
 
     change_lag = CHANGE_LAG

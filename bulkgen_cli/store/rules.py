@@ -24,10 +24,13 @@ from bulkgen_cli.model import (
     EventKind,
     Item,
     ItemStatus,
+    OccurrenceState,
     Outcome,
     Priority,
     QualityPolicy,
     SavedTemplate,
+    Schedule,
+    ScheduleStatus,
     StepState,
     VerdictStatus,
     estimate_completion,
@@ -459,6 +462,100 @@ def delivery_flags(outbox: dict[str, Any], now: dt.datetime | None) -> dict[str,
     return flags
 
 
+# -- recurring schedules (design.md, "Recurring schedules") ----------------------------------------------
+
+#: A schedule: `Schedule`'s fields as stored.
+SCHEDULE_FIELDS = (
+    Field("id", TEXT, REQUIRED),
+    Field("userId", TEXT, REQUIRED),
+    Field("name", PLAIN, REQUIRED),
+    Field("cron", PLAIN, REQUIRED),
+    Field("zone", PLAIN, REQUIRED),
+    Field("status", PLAIN, REQUIRED),
+    Field("source", JSON, dict),
+    Field("options", JSON, dict),
+    Field("created_at", TIME),
+    Field("next_at", TIME),
+    Field("last_at", TIME),
+    Field("last_bulk_job_id", PLAIN),
+    Field("last_error", PLAIN),
+    Field("skipped_count", PLAIN, 0),
+    Field("skipped_recent", JSON, list),
+)
+
+#: One occurrence of a schedule: `Occurrence`'s fields as stored.
+OCCURRENCE_FIELDS = (
+    Field("schedule_id", TEXT, REQUIRED),
+    Field("at", TIME, REQUIRED),
+    Field("userId", TEXT, REQUIRED),
+    Field("state", PLAIN, REQUIRED),
+    Field("owner", PLAIN),
+    Field("claimed_at", TIME),
+    Field("bulk_job_id", PLAIN),
+    Field("error", PLAIN),
+    Field("finished_at", TIME),
+    Field("skipped", PLAIN, 0),
+)
+
+#: How many of the latest skipped occurrences a schedule keeps (the count keeps them all).
+SKIPPED_KEPT = 10
+#: Listing order of schedules: by name.
+SCHEDULE_ORDER = ("name", "id")
+
+#: pause and resume: from which status, to which (anything else is a no-op or refused; see schedules.py).
+SCHEDULE_MOVES: dict[str, tuple[ScheduleStatus, ScheduleStatus]] = {
+    "pause": (ScheduleStatus.active, ScheduleStatus.paused),
+    "resume": (ScheduleStatus.paused, ScheduleStatus.active),
+}
+
+
+def new_schedule(schedule: Schedule) -> dict[str, Any]:
+    """Every stored field of a new schedule."""
+    return {f.name: getattr(schedule, f.name) for f in SCHEDULE_FIELDS}
+
+
+def occurrence_id(schedule_id: str, at: dt.datetime) -> str:
+    """The occurrence's unique key: its schedule and its time in UTC (design.md, "Exactly once per occurrence")."""
+    return f"{schedule_id}@{iso(at)}"
+
+
+def occurrence_key(schedule_id: str, at: dt.datetime) -> str:
+    """The idempotency key of the occurrence's bulk job, derived from the occurrence's key."""
+    return f"schedule:{occurrence_id(schedule_id, at)}"
+
+
+def claimed_occurrence(schedule: Schedule, at: dt.datetime, owner: str, now: dt.datetime,
+                       skipped: int) -> dict[str, Any]:
+    """Every stored field of an occurrence a processor has just taken."""
+    fields = {f.name: f.fresh() for f in OCCURRENCE_FIELDS}
+    fields.update(schedule_id=schedule.id, at=at, userId=schedule.userId, state=OccurrenceState.claimed.value,
+                  owner=owner, claimed_at=now, skipped=skipped)
+    return fields
+
+
+def taken_over(owner: str, now: dt.datetime) -> dict[str, Any]:
+    """A stale claim taken over by `owner` (its processor died between the claim and the end)."""
+    return {"owner": owner, "claimed_at": now}
+
+
+def occurrence_end(bulk_job_id: str | None, error: str | None, now: dt.datetime,
+                   dropped: bool = False) -> dict[str, Any]:
+    """A claimed occurrence's end: submitted, failed with `error`, or dropped (no longer owed)."""
+    state = (OccurrenceState.dropped if dropped else
+             OccurrenceState.failed if error is not None else OccurrenceState.submitted)
+    return {"state": state.value, "bulk_job_id": bulk_job_id, "error": error, "finished_at": now}
+
+
+def advanced(schedule: Schedule, at: dt.datetime, next_at: dt.datetime | None, bulk_job_id: str | None,
+             error: str | None, skipped: list[dt.datetime], skipped_count: int) -> dict[str, Any]:
+    """A schedule after its occurrence `at` was handled: the next one, the last run, the skipped ones added.
+
+    Written only while `next_at` is still what the caller read (`Store.advance_schedule`),
+    so each step forward is recorded once and the skipped list is merged from a current read.
+    """
+    recent = (schedule.skipped_recent + [str(iso(t)) for t in skipped])[-SKIPPED_KEPT:]
+    return {"next_at": next_at, "last_at": at, "last_bulk_job_id": bulk_job_id, "last_error": error,
+            "skipped_count": schedule.skipped_count + skipped_count, "skipped_recent": recent}
 # -- the HTTP server's records (bulkgen serve) ---------------------------------------------------------
 
 #: An API token: `model.ApiToken`'s fields as stored (the token itself never is).

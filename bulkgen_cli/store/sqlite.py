@@ -29,19 +29,57 @@ from urllib.parse import quote
 
 from bulkgen_cli.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.model import (
-    CLAIMABLE_BULK, ApiToken, BulkJob, BulkStatus, Counts, EventKind, Item, ItemStatus, SavedTemplate, SaveOutcome,
-    StateChange, iso, later,
+    CLAIMABLE_BULK, ApiToken, BulkJob, BulkStatus, Counts, EventKind, Item, ItemStatus, Occurrence, OccurrenceState,
+    SavedTemplate, SaveOutcome, Schedule, ScheduleStatus, StateChange, iso, later,
 )
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, OpenMode, Store, slot_names
 from bulkgen_cli.store.rules import (
-    BULK_FIELDS, CHANGE_FIELDS, ITEM_FIELDS, LEASE_FIELDS, TEMPLATE_FIELDS, TOKEN_FIELDS, Change, record,
+    BULK_FIELDS, CHANGE_FIELDS, ITEM_FIELDS, LEASE_FIELDS, OCCURRENCE_FIELDS, SCHEDULE_FIELDS, TEMPLATE_FIELDS,
+    TOKEN_FIELDS, Change, record,
 )
 
 SCHEMA_VERSION = 7
 BUSY_TIMEOUT_S = 30.0
 #: An I/O error with less free space than this on the store's disk is taken for a full disk.
 FULL_BELOW_BYTES = 1 << 20
+
+#: Recurring schedules and their occurrences (design.md, "Recurring schedules"); new in schema 6.
+SCHEDULE_TABLES = """
+CREATE TABLE IF NOT EXISTS schedules (
+    id TEXT PRIMARY KEY,
+    userId TEXT NOT NULL,
+    name TEXT NOT NULL,
+    cron TEXT NOT NULL,
+    zone TEXT NOT NULL,
+    status TEXT NOT NULL,
+    source TEXT NOT NULL,
+    options TEXT NOT NULL DEFAULT '{}',
+    created_at TEXT NOT NULL,
+    next_at TEXT,
+    last_at TEXT,
+    last_bulk_job_id TEXT,
+    last_error TEXT,
+    skipped_count INTEGER NOT NULL DEFAULT 0,
+    skipped_recent TEXT NOT NULL DEFAULT '[]'
+);
+CREATE UNIQUE INDEX IF NOT EXISTS schedules_name ON schedules (userId, name);
+CREATE INDEX IF NOT EXISTS schedules_due ON schedules (status, next_at);
+
+CREATE TABLE IF NOT EXISTS schedule_occurrences (
+    schedule_id TEXT NOT NULL,
+    at TEXT NOT NULL,
+    userId TEXT NOT NULL,
+    state TEXT NOT NULL,
+    owner TEXT,
+    claimed_at TEXT,
+    bulk_job_id TEXT,
+    error TEXT,
+    finished_at TEXT,
+    skipped INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (schedule_id, at)
+);
+"""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bulk_jobs (
@@ -157,7 +195,7 @@ CREATE TABLE IF NOT EXISTS changes (
     queue_position INTEGER,
     error TEXT
 );
-"""
+""" + SCHEDULE_TABLES
 
 #: From schema 1 (before notifications) to 2.
 MIGRATE_1_TO_2 = """
@@ -182,7 +220,7 @@ ALTER TABLE generation_jobs ADD COLUMN fence INTEGER;
 """
 
 #: From schema 5 to 6: saved templates; the quality gate (its policy and ratio on the job, the derived
-#: flagged counter and summary, the verdict on each item).
+#: flagged counter and summary, the verdict on each item); recurring schedules (SCHEDULE_TABLES).
 MIGRATE_5_TO_6 = """
 CREATE TABLE IF NOT EXISTS templates (
     userId TEXT NOT NULL,
@@ -200,7 +238,7 @@ ALTER TABLE bulk_jobs ADD COLUMN quality_ratio REAL NOT NULL DEFAULT 0.7;
 ALTER TABLE bulk_jobs ADD COLUMN flagged_items INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE bulk_jobs ADD COLUMN quality_summary TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE generation_jobs ADD COLUMN verdict TEXT;
-"""
+""" + SCHEDULE_TABLES
 
 #: A job's completed items the quality gate flagged, in queue order: their position and verdict.
 FLAGGED_SQL = (
@@ -297,6 +335,14 @@ def _lease(row: sqlite3.Row) -> Lease:
 
 def _template(row: sqlite3.Row) -> SavedTemplate:
     return record(SavedTemplate, TEMPLATE_FIELDS, dict(row), _ts, json.loads)  # type: ignore[no-any-return]
+
+
+def _schedule(row: sqlite3.Row) -> Schedule:
+    return record(Schedule, SCHEDULE_FIELDS, dict(row), _ts, json.loads)  # type: ignore[no-any-return]
+
+
+def _occurrence(row: sqlite3.Row) -> Occurrence:
+    return record(Occurrence, OCCURRENCE_FIELDS, dict(row), _ts, json.loads)  # type: ignore[no-any-return]
 
 
 def _marks(values: Iterable[Any]) -> str:
@@ -1000,6 +1046,90 @@ class SqliteStore(Store):
     def remove_template(self, user: str, name: str) -> bool:
         with self._tx() as db:
             return db.execute("DELETE FROM templates WHERE userId = ? AND name = ?", (user, name)).rowcount == 1
+
+    # -- recurring schedules -------------------------------------------------------
+
+    @_unavailable
+    def add_schedule(self, schedule: Schedule) -> bool:
+        try:
+            with self._tx() as db:
+                _insert(db, "schedules", [rules.new_schedule(schedule)])
+        except sqlite3.IntegrityError:
+            return False  # the user has a schedule of that name (schedules_name)
+        return True
+
+    @_unavailable
+    def get_schedule(self, user: str, name: str) -> Schedule | None:
+        row = self.db.execute("SELECT * FROM schedules WHERE userId = ? AND name = ?", (user, name)).fetchone()
+        return None if row is None else _schedule(row)
+
+    @_unavailable
+    def list_schedules(self, user: str | None = None) -> list[Schedule]:
+        order = ", ".join(rules.SCHEDULE_ORDER)
+        if user is None:
+            rows = self.db.execute(f"SELECT * FROM schedules ORDER BY {order}")
+        else:
+            rows = self.db.execute(f"SELECT * FROM schedules WHERE userId = ? ORDER BY {order}", (user,))
+        return [_schedule(r) for r in rows]
+
+    @_unavailable
+    def set_schedule_state(self, schedule_id: str, allowed_from: ScheduleStatus, to: ScheduleStatus,
+                           fields: dict[str, Any]) -> bool:
+        with self._tx() as db:
+            return _update(db, "schedules", {**fields, "status": to.value}, "id = ? AND status = ?",
+                           schedule_id, allowed_from.value) == 1
+
+    @_unavailable
+    def remove_schedule(self, schedule_id: str) -> bool:
+        with self._tx() as db:
+            db.execute("DELETE FROM schedule_occurrences WHERE schedule_id = ?", (schedule_id,))
+            return db.execute("DELETE FROM schedules WHERE id = ?", (schedule_id,)).rowcount == 1
+
+    @_unavailable
+    def due_schedules(self, now: dt.datetime) -> list[Schedule]:
+        rows = self.db.execute("SELECT * FROM schedules WHERE status = ? AND next_at <= ? ORDER BY next_at",
+                               (ScheduleStatus.active.value, iso(now)))
+        return [_schedule(r) for r in rows]
+
+    @_unavailable
+    def next_schedule_at(self) -> dt.datetime | None:
+        row = self.db.execute("SELECT min(next_at) FROM schedules WHERE status = ?",
+                              (ScheduleStatus.active.value,)).fetchone()
+        return _ts(row[0])
+
+    @_unavailable
+    def claim_occurrence(self, schedule: Schedule, at: dt.datetime, owner: str, now: dt.datetime,
+                         stale_before: dt.datetime, skipped: int = 0) -> tuple[Occurrence, bool]:
+        key = "schedule_id = ? AND at = ?"
+        with self._tx() as db:
+            # The primary key (schedule_id, at) lets one insert win; a stale claim is taken over conditionally.
+            fields = rules.claimed_occurrence(schedule, at, owner, now, skipped)
+            inserted = db.execute(
+                f"INSERT INTO schedule_occurrences ({', '.join(fields)}) VALUES {_marks(fields)}"
+                " ON CONFLICT (schedule_id, at) DO NOTHING", [_sql(v) for v in fields.values()],
+            ).rowcount == 1
+            mine = inserted or _update(
+                db, "schedule_occurrences", rules.taken_over(owner, now), f"{key} AND state = ? AND claimed_at < ?",
+                schedule.id, iso(at), OccurrenceState.claimed.value, iso(stale_before)) == 1
+            row = db.execute(f"SELECT * FROM schedule_occurrences WHERE {key}", (schedule.id, iso(at))).fetchone()
+        return _occurrence(row), mine
+
+    @_unavailable
+    def finish_occurrence(self, schedule_id: str, at: dt.datetime, owner: str, fields: dict[str, Any]) -> bool:
+        with self._tx() as db:
+            return _update(db, "schedule_occurrences", fields, "schedule_id = ? AND at = ? AND state = ? AND owner = ?",
+                           schedule_id, iso(at), OccurrenceState.claimed.value, owner) == 1
+
+    @_unavailable
+    def advance_schedule(self, schedule_id: str, expected_next: dt.datetime, fields: dict[str, Any]) -> bool:
+        with self._tx() as db:
+            return _update(db, "schedules", fields, "id = ? AND next_at = ?", schedule_id, iso(expected_next)) == 1
+
+    @_unavailable
+    def list_occurrences(self, schedule_id: str, limit: int = 20) -> list[Occurrence]:
+        rows = self.db.execute("SELECT * FROM schedule_occurrences WHERE schedule_id = ? ORDER BY at DESC LIMIT ?",
+                               (schedule_id, limit))
+        return [_occurrence(r) for r in rows]
     # -- the HTTP server: tokens and the change log --------------------------------------------------
 
     @_unavailable

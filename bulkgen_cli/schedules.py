@@ -1,0 +1,457 @@
+"""Recurring schedules, as a library (design.md, "Recurring schedules"): the CLI calls it, and so will a server.
+
+A schedule submits the same articles file (or a saved template with its
+values) as a bulk job at each time a cron expression names, in an IANA time
+zone. The file's text is stored, not its path, so that a processor on another
+machine can submit it. Only `run --forever` submits occurrences (`Ticker`);
+each one exactly once however many processors run (`fire`; design.md,
+"Exactly once per occurrence").
+
+Cron expressions are read by cronsim, imported only here and only when a
+schedule is added, listed or due: `bulkgen --help` and the other commands
+never load it. Nothing here prints or exits; errors are `BulkgenError`s.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import threading
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from bulkgen_cli import jobs
+from bulkgen_cli.errors import BulkgenError, InvalidTransition, NotFound, StoreUnavailable, UsageError
+from bulkgen_cli.events import ScheduleFired, Waiting
+from bulkgen_cli.model import (
+    DEFAULT_QUALITY_RATIO, Priority, QualityPolicy, SavedTemplate, Schedule, ScheduleStatus, new_id, utcnow,
+)
+from bulkgen_cli.store import rules
+from bulkgen_cli.store.base import Store
+from bulkgen_cli.text import quoted
+
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
+    from bulkgen_cli.manifest import Manifest
+
+#: A schedule's name: a short slug, unique per user.
+NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+#: The five fields of a cron expression, in order, and what each accepts.
+CRON_FIELDS = (
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day of month", "1-31 or L"),
+    ("month", "1-12 or JAN-DEC"),
+    ("day of week", "0-7 or SUN-SAT (0 and 7 are Sunday), MON#2 or 5L"),
+)
+#: cronsim's words for its fields, as its errors name them ("Bad day-of-week").
+_CRONSIM_FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
+#: The usual shorthands, as the five fields they stand for.
+NICKNAMES = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@weekly": "0 0 * * 0",
+             "@monthly": "0 0 1 * *", "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *"}
+#: A claimed occurrence whose processor has not finished it after this long is taken over (it died).
+STALE_CLAIM_SECONDS = 60.0
+#: Missed occurrences are counted one by one up to this many (a per-minute schedule: about 69 days).
+MAX_COUNTED = 100_000
+#: How often `run --forever` looks for a due schedule, at most (seconds); and after a store error.
+LOOK_SECONDS = 1.0
+LOOK_AFTER_ERROR = 5.0
+UTC = dt.timezone.utc
+
+
+# -- names, cron expressions and zones -------------------------------------------------------------------
+
+
+def check_name(name: str) -> str:
+    if not NAME_RULE.match(name):
+        raise UsageError(f"schedule name {quoted(name)} is not allowed: use 1-64 letters, digits, '-', '_' or '.', "
+                         "starting with a letter or digit.")
+    return name
+
+
+def parse_cron(expr: str) -> str:
+    """The expression, checked, as five fields (a shorthand such as @daily expanded); UsageError says which field."""
+    text = " ".join(expr.split())
+    fields = NICKNAMES.get(text.lower(), text).split()
+    if len(fields) != 5:
+        raise UsageError(f"--cron {quoted(expr)} has {len(fields)} field{'s' if len(fields) != 1 else ''}; a cron "
+                         "expression has 5: minute hour day-of-month month day-of-week (e.g. \"0 6 * * MON\"), "
+                         f"or one of {', '.join(NICKNAMES)}.")
+    from cronsim import CronSim, CronSimError
+
+    normal = " ".join(fields)
+    try:
+        CronSim(normal, dt.datetime(2000, 1, 1, tzinfo=UTC))
+    except CronSimError as exc:
+        raise UsageError(_cron_problem(expr, fields, str(exc))) from None
+    return normal
+
+
+def _cron_problem(expr: str, fields: list[str], message: str) -> str:
+    """One sentence naming the field cronsim refused, its text, and what it accepts."""
+    for number, (name, allowed) in enumerate(CRON_FIELDS):
+        if _CRONSIM_FIELDS[number] in message.lower():
+            return (f"--cron {quoted(expr)}: field {number + 1} ({name}) {quoted(fields[number])} is not valid; "
+                    f"it takes {allowed}, with * , - and / (e.g. \"0 6 * * MON\" is 06:00 every Monday).")
+    return f"--cron {quoted(expr)} is not a valid cron expression ({message})."
+
+
+def zone_of(name: str) -> ZoneInfo:
+    """The IANA time zone; UsageError with a suggestion when there is none of that name."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        pass
+    known = available_timezones()
+    if not known:
+        raise UsageError(f"--zone {quoted(name)}: this machine has no time zone data; `pip install tzdata` "
+                         "provides it.")
+    return ZoneInfo(_suggest_zone(name, known))
+
+
+def _suggest_zone(name: str, known: set[str]) -> str:
+    import difflib
+
+    by_case = {k.lower(): k for k in known}
+    close = by_case.get(name.lower()) or next(iter(difflib.get_close_matches(name, sorted(known), n=1)), None)
+    hint = f"; did you mean {close}?" if close else "; use an IANA name such as Europe/Berlin, America/New_York or UTC."
+    raise UsageError(f"--zone {quoted(name)} is not a known time zone{hint}")
+
+
+def occurrences(cron: str, zone: str, after: dt.datetime, reverse: bool = False) -> Iterator[dt.datetime]:
+    """The cron's times in `zone`, as UTC, strictly after `after` (or before it, with `reverse`).
+
+    The zone decides daylight-saving changes (cronsim follows Debian cron): a
+    time that does not exist runs once, right after the clock jumps; a time
+    that happens twice runs once, the first time.
+    """
+    from cronsim import CronSim
+
+    it = CronSim(cron, after.astimezone(zone_of(zone)), reverse=reverse)
+    for local in it:
+        at = local.astimezone(UTC)
+        # Started inside a repeated hour, cronsim may name that hour's first pass, before `after`.
+        if (at < after) if reverse else (at > after):
+            yield at
+
+
+def next_after(cron: str, zone: str, after: dt.datetime) -> dt.datetime | None:
+    return next(occurrences(cron, zone, after), None)
+
+
+@dataclass(frozen=True)
+class Due:
+    """What a due schedule owes: its latest occurrence, and the earlier ones missed since `next_at`."""
+
+    latest: dt.datetime
+    #: the latest few skipped occurrences, oldest first (rules.SKIPPED_KEPT)
+    skipped: list[dt.datetime]
+    #: how many were skipped (counted up to MAX_COUNTED)
+    skipped_count: int
+
+
+def due(schedule: Schedule, now: dt.datetime) -> Due | None:
+    """The occurrences from `next_at` up to `now`: the latest is submitted, the others are skipped."""
+    if schedule.next_at is None or schedule.next_at > now:
+        return None
+    seen: deque[dt.datetime] = deque(maxlen=rules.SKIPPED_KEPT + 1)
+    count = 0
+    for at in occurrences(schedule.cron, schedule.zone, schedule.next_at - dt.timedelta(seconds=1)):
+        if at > now or count == MAX_COUNTED:
+            break
+        seen.append(at)
+        count += 1
+    if count == MAX_COUNTED:  # too many to count: the latest, and the few before it, found backwards
+        back = occurrences(schedule.cron, schedule.zone, now + dt.timedelta(seconds=1), reverse=True)
+        seen = deque(reversed([at for _, at in zip(range(rules.SKIPPED_KEPT + 1), back)]))
+    if not seen:
+        return None
+    latest = seen.pop()
+    return Due(latest, list(seen)[-rules.SKIPPED_KEPT:], count - 1)
+
+
+def local_time(at: dt.datetime | None, zone: str) -> str | None:
+    """A time as the schedule's zone reads it: 2026-11-30 06:00 CET."""
+    return None if at is None else at.astimezone(zone_of(zone)).strftime("%Y-%m-%d %H:%M %Z")
+
+
+# -- what a schedule submits -------------------------------------------------------------------------------
+
+
+def file_source(path: str, fmt: str | None = None, mode: str | None = None) -> dict[str, Any]:
+    """An articles file read and validated exactly as `submit` would (ManifestError: nothing stored), as a source."""
+    from bulkgen_cli import manifest
+
+    text, kind = manifest.read_source(path, fmt)
+    source = "standard input" if path == manifest.STDIN else path
+    manifest.load_text(text, source, kind, mode)
+    return {"kind": "file", "text": text, "format": kind, "file": source}
+
+
+def source_of(file: str | None, template: str | None, values: str | None, fmt: str | None, mode: str | None,
+              saved: Callable[[str], SavedTemplate]) -> dict[str, Any]:
+    """What a schedule queues, checked as `submit` checks it: an articles FILE, a template FILE with --values
+    ROWS, or a saved --template NAME (`saved(NAME)` reads it) with --values ROWS. The texts are kept; of a saved
+    template only its name (each run reads it, so `template save --replace` reaches the later runs)."""
+    from bulkgen_cli import templates
+
+    if file is not None and template is not None:
+        raise UsageError("give either an articles FILE or --template NAME, not both.")
+    if file is None and template is None:
+        raise UsageError("give an articles FILE, or a template: --template NAME (or a template FILE) with --values ROWS.")
+    if values is None:
+        if template is not None:
+            raise UsageError(f"template {quoted(template)} needs its rows: add --values ROWS (a CSV file, or a YAML "
+                             "list of rows), one article per row.")
+        assert file is not None
+        return file_source(file, fmt, mode)
+    if file == "-" and values == "-":
+        raise UsageError("the template and its --values cannot both come from standard input.")
+    rows = {"values_format": templates.values_format(values, fmt), "values_file": templates.display(values)}
+    rows["values_text"] = templates.read_file(values, "the values file")
+    if template is not None:
+        source = {"kind": "template", "template": template, **rows}
+        _expand(source, mode, saved(template))
+        return source
+    assert file is not None
+    templates.template_file(file)
+    source = {"kind": "template-file", "text": templates.read_file(file, templates.OF_TEMPLATE),
+              "file": templates.display(file), **rows}
+    _expand(source, mode)
+    return source
+
+
+def _expand(source: dict[str, Any], mode: str | None, saved: SavedTemplate | None = None) -> Manifest:
+    """A template source's rows made into articles (templates.expand), or its located problems."""
+    from bulkgen_cli import templates
+
+    values = (source["values_text"], source["values_format"])
+    if saved is not None:
+        return templates.expand_saved(saved, *values, values_source=source["values_file"], mode=mode)
+    stem = "standard input" if source["file"] == "standard input" else Path(source["file"]).stem
+    return templates.expand(source["text"], *values, template_source=source["file"],
+                            values_source=source["values_file"], mode=mode, default_name=stem)
+
+
+def manifest_of(store: Store, schedule: Schedule) -> Manifest:
+    """The validated articles of one occurrence, from the stored texts (and the saved template as it is now)."""
+    from bulkgen_cli import manifest, templates
+
+    source, mode = schedule.source, schedule.options.get("mode")
+    kind = source.get("kind")
+    if kind == "file":
+        return manifest.load_text(source["text"], source["file"], source["format"], mode)
+    if kind == "template":  # removed since: NotFound, and the run is recorded as failed
+        return _expand(source, mode, templates.load_saved(store, schedule.userId, source["template"]))
+    if kind == "template-file":
+        return _expand(source, mode)
+    raise UsageError(f"schedule {quoted(schedule.name)} has a source of unknown kind {quoted(kind)}.")
+
+
+def job_name(schedule: Schedule, parsed: Manifest, at: dt.datetime) -> str:
+    """The bulk job's name: the file's (or --job-name), then the schedule and the run's time in its zone."""
+    base = schedule.options.get("name") or parsed.name
+    return f"{base} ({schedule.name} {local_time(at, schedule.zone)})"
+
+
+def submit_for(store: Store, schedule: Schedule, at: dt.datetime, key: str | None) -> jobs.Submitted:
+    """Store the schedule's articles as one bulk job for its user (idempotent on `key`)."""
+    parsed = manifest_of(store, schedule)
+    options = schedule.options
+    return jobs.submit(store, parsed, schedule.userId, name=job_name(schedule, parsed, at), idempotency_key=key,
+                       notify=list(options.get("notify") or []),
+                       priority=Priority(options.get("priority") or Priority.normal.value),
+                       quality=QualityPolicy(options.get("quality") or QualityPolicy.warn.value),
+                       quality_ratio=float(options.get("quality_ratio", DEFAULT_QUALITY_RATIO)))
+
+
+# -- the verbs -----------------------------------------------------------------------------------------------
+
+
+def add(store: Store, user: str, name: str, cron: str, zone: str, source: dict[str, Any],
+        options: dict[str, Any], now: dt.datetime | None = None) -> Schedule:
+    """Store a schedule after checking everything (name, cron, zone); its first run is the next after `now`."""
+    now = now or utcnow()
+    schedule = Schedule(id=new_id(), userId=user, name=check_name(name), cron=parse_cron(cron),
+                        zone=zone_of(zone).key, status=ScheduleStatus.active.value, source=source,
+                        options=options, created_at=now)
+    schedule.next_at = next_after(schedule.cron, schedule.zone, now)
+    if not store.add_schedule(schedule):
+        raise UsageError(f"you have a schedule named {quoted(name)} already; nothing was stored "
+                         f"(`bulkgen schedule remove {name}` first, or choose another name).")
+    return schedule
+
+
+def get(store: Store, user: str, name: str) -> Schedule:
+    schedule = store.get_schedule(user, name)
+    if schedule is None:
+        raise NotFound(f"no schedule {quoted(name)} for this user (see `bulkgen schedule list`).")
+    return schedule
+
+
+def list_for(store: Store, user: str, all_users: bool = False) -> list[Schedule]:
+    return store.list_schedules(None if all_users else user)
+
+
+def set_state(store: Store, user: str, name: str, action: str, now: dt.datetime | None = None) -> tuple[Schedule, bool]:
+    """Pause or resume (rules.SCHEDULE_MOVES): (the schedule now, whether this call changed it).
+
+    Resuming starts from the next occurrence after now: what fell in the pause is not owed.
+    """
+    now = now or utcnow()
+    allowed_from, to = rules.SCHEDULE_MOVES[action]
+    schedule = get(store, user, name)
+    if schedule.status == to.value:
+        return schedule, False
+    fields = {"next_at": next_after(schedule.cron, schedule.zone, now)} if to is ScheduleStatus.active else {}
+    if not store.set_schedule_state(schedule.id, allowed_from, to, fields):
+        current = get(store, user, name)
+        if current.status == to.value:
+            return current, False
+        raise InvalidTransition(f"schedule {quoted(name)} changed meanwhile; try again.")
+    return get(store, user, name), True
+
+
+def remove(store: Store, user: str, name: str) -> Schedule:
+    """Delete the schedule and its occurrence records; the bulk jobs it made stay."""
+    schedule = get(store, user, name)
+    store.remove_schedule(schedule.id)
+    return schedule
+
+
+def run_now(store: Store, user: str, name: str, now: dt.datetime | None = None) -> jobs.Submitted:
+    """Submit the schedule's articles now, once, outside its times (paused or not); its times are unchanged."""
+    return submit_for(store, get(store, user, name), now or utcnow(), None)
+
+
+# -- occurrences: exactly once (design.md, "Exactly once per occurrence") -------------------------------------
+
+
+def tick(store: Store, owner: str, now: dt.datetime | None = None) -> list[ScheduleFired]:
+    """Submit every due schedule's latest occurrence (as processor `owner`); what was done, for the view."""
+    now = now or utcnow()
+    fired = [fire(store, schedule, owner, now) for schedule in store.due_schedules(now)]
+    return [f for f in fired if f is not None]
+
+
+def fire(store: Store, schedule: Schedule, owner: str, now: dt.datetime) -> ScheduleFired | None:
+    """Claim the schedule's latest due occurrence, submit its job, record it, move the schedule on.
+
+    A StoreUnavailable leaves the claim in place: it goes stale and another
+    processor (or this one, later) finishes it, idempotently.
+    """
+    owed = due(schedule, now)
+    if owed is None:  # next_at names no time of the cron (a store edited by hand): start again from now
+        if schedule.next_at is not None and schedule.next_at <= now:
+            store.advance_schedule(schedule.id, schedule.next_at,
+                                   {"next_at": next_after(schedule.cron, schedule.zone, now)})
+        return None
+    stale = now - dt.timedelta(seconds=STALE_CLAIM_SECONDS)
+    occurrence, mine = store.claim_occurrence(schedule, owed.latest, owner, now, stale, owed.skipped_count)
+    if not mine:
+        if occurrence.state != "claimed":  # finished by another processor that stopped before moving the schedule
+            _advance(store, schedule, owed, occurrence.bulk_job_id, occurrence.error)
+        return None
+    if not _still_owed(store, schedule, owed.latest):
+        store.finish_occurrence(schedule.id, owed.latest, owner, rules.occurrence_end(None, None, now, dropped=True))
+        return None
+    bulk_id, error = None, None
+    try:
+        bulk_id = submit_for(store, schedule, owed.latest, rules.occurrence_key(schedule.id, owed.latest)).ids[0]
+    except StoreUnavailable:
+        raise
+    except BulkgenError as exc:  # the saved template is gone, or its values no longer make a valid file
+        error = " ".join(str(exc).split())[:500]
+    store.finish_occurrence(schedule.id, owed.latest, owner, rules.occurrence_end(bulk_id, error, now))
+    _advance(store, schedule, owed, bulk_id, error)
+    return ScheduleFired(schedule.name, schedule.userId, owed.latest, schedule.zone, bulk_id, error,
+                         owed.skipped_count)
+
+
+def _still_owed(store: Store, schedule: Schedule, at: dt.datetime) -> bool:
+    """The check before the submit: still active and not moved past `at` (a stalled claimer must not submit)."""
+    current = store.get_schedule(schedule.userId, schedule.name)
+    return (current is not None and current.id == schedule.id and current.status == ScheduleStatus.active.value
+            and current.next_at is not None and current.next_at <= at)
+
+
+def _advance(store: Store, schedule: Schedule, owed: Due, bulk_id: str | None, error: str | None) -> None:
+    assert schedule.next_at is not None
+    fields = rules.advanced(schedule, owed.latest, next_after(schedule.cron, schedule.zone, owed.latest), bulk_id,
+                            error, owed.skipped, owed.skipped_count)
+    store.advance_schedule(schedule.id, schedule.next_at, fields)
+
+
+class Ticker:
+    """`run --forever`'s look at the schedules: a thread with its own store connection (runner.Runner starts it).
+
+    It looks at most once a second (one indexed read), submits what is due, and
+    tells the processors when the next occurrence is (`next_due`), so that an
+    idle processor wakes up for it. It never holds up an item in flight.
+    """
+
+    def __init__(self, store: Store, owner: str, on_event: Callable[[Any], None],
+                 clock: Callable[[], dt.datetime] = utcnow):
+        self.store, self.owner, self.on_event, self.clock = store, owner, on_event, clock
+        self.stopped = threading.Event()
+        #: the thread running `run`, when one does
+        self.thread: threading.Thread | None = None
+        self._next: dt.datetime | None = None
+
+    def next_due(self) -> dt.datetime | None:
+        """The next occurrence of any active schedule, as last read."""
+        return self._next
+
+    def stop(self) -> None:
+        """Stop looking; wait for a look under way to end; close the store connection."""
+        self.stopped.set()
+        if self.thread is not None:
+            self.thread.join()
+        self.store.close()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            self.stopped.wait(self.step())
+
+    def step(self) -> float:
+        """One look: submit what is due; how long to wait before the next look."""
+        try:
+            now = self.clock()
+            self._next = self.store.next_schedule_at()
+            if self._next is not None and self._next <= now:
+                for fired in tick(self.store, self.owner, now):
+                    self.on_event(fired)
+                self._next = self.store.next_schedule_at()
+        except BulkgenError as exc:  # the store is down (or a schedule cannot be read): look again later
+            self.on_event(Waiting(f"schedules: {exc}", LOOK_AFTER_ERROR))
+            return LOOK_AFTER_ERROR
+        if self._next is None:
+            return LOOK_SECONDS
+        return min(max((self._next - self.clock()).total_seconds(), 0.01), LOOK_SECONDS)
+
+
+# -- as data -------------------------------------------------------------------------------------------------
+
+
+def document(schedule: Schedule) -> dict[str, Any]:
+    """A schedule as `schedule list --json` shows it: times in UTC (ISO) and in its zone; no stored text."""
+    from bulkgen_cli.model import iso
+
+    source = {k: v for k, v in schedule.source.items() if not k.endswith("text")}
+    active = schedule.status == ScheduleStatus.active.value
+    last = None if schedule.last_at is None else {
+        "at": iso(schedule.last_at), "at_local": local_time(schedule.last_at, schedule.zone),
+        "bulk_job_id": schedule.last_bulk_job_id, "error": schedule.last_error}
+    return {
+        "id": schedule.id, "name": schedule.name, "userId": schedule.userId, "cron": schedule.cron,
+        "zone": schedule.zone, "status": schedule.status, "created_at": iso(schedule.created_at),
+        "next_run": iso(schedule.next_at) if active else None,
+        "next_run_local": local_time(schedule.next_at, schedule.zone) if active else None,
+        "source": source, "job": dict(schedule.options), "last_run": last,
+        "skipped": {"count": schedule.skipped_count, "recent": list(schedule.skipped_recent)},
+    }

@@ -1,0 +1,125 @@
+"""Schedules with real processes: two `bulkgen run --forever` on one SQLite store submit each occurrence once
+(design.md, "Exactly once per occurrence"), record the runs they missed, and an idle one wakes up for a run.
+
+An occurrence is made due without waiting for a cron minute: the test moves the schedule's stored next
+time back (as a processor that was down for days would find it), then starts the processors.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import signal
+
+from bulkgen_cli import schedules
+from bulkgen_cli.model import ItemStatus, utcnow
+from bulkgen_cli.store import rules
+from bulkgen_cli.store.sqlite import SqliteStore
+from tests.cli_helpers import EXAMPLES, env_for, finish, run_cli
+from tests.conftest import wait_for
+
+UTC = dt.timezone.utc
+
+
+def far_cron(now: dt.datetime, minute_offset: int = 0) -> str:
+    """Daily at a time about 12 hours from now: no new occurrence falls due while a test runs."""
+    return f"{(now.minute + minute_offset) % 60} {(now.hour + 12) % 24} * * *"
+
+
+def missed(path, user: str, name: str, days: int) -> dt.datetime:
+    """Move the schedule's next time `days` runs back, as if no processor ran since; its latest due run."""
+    with SqliteStore(path, "write") as store:
+        schedule = store.get_schedule(user, name)
+        latest = next(schedules.occurrences(schedule.cron, schedule.zone, utcnow(), reverse=True))
+        assert store.advance_schedule(schedule.id, schedule.next_at, {"next_at": latest - dt.timedelta(days=days)})
+    return latest
+
+
+def scheduled(path):
+    with SqliteStore(path, "read") as store:
+        found = {s.name: s for s in store.list_schedules()}
+        bulks = [b for b in store.list_bulks(None, 1000) if (b.idempotency_key or "").startswith("schedule:")]
+        occurrences = {name: store.list_occurrences(s.id) for name, s in found.items()}
+    return found, bulks, occurrences
+
+
+def test_two_processors_submit_each_occurrence_once_and_record_what_was_skipped(tmp_path, processes):
+    path = tmp_path / "store.db"
+    env = env_for(tmp_path, BULKGEN_STORE=f"sqlite:///{path}", BULKGEN_USER="alice")
+    now = utcnow()
+    for name, offset in (("morning", 0), ("later", 1)):
+        added = run_cli(["schedule", "add", name, "--cron", far_cron(now, offset), str(EXAMPLES / "articles.yaml")], env)
+        assert added.code == 0, added.err
+    latest = {name: missed(path, "alice", name, days=3) for name in ("morning", "later")}
+    first = processes.spawn(["run", "--forever"], env)
+    second = processes.spawn(["run", "--forever"], env)
+
+    def all_done():
+        found, bulks, _ = scheduled(path)
+        return (all(s.last_at is not None for s in found.values()) and len(bulks) >= 2
+                and all(b.status == "completed" for b in bulks))
+
+    wait_for(all_done, timeout=60, what="both schedules' runs queued and processed")
+    found, bulks, occurrences = scheduled(path)
+    outputs = []
+    for proc in (first, second):
+        proc.send_signal(signal.SIGTERM)
+        outputs.append(finish(proc))
+    assert [o.code for o in outputs] == [143, 143] and not any("Traceback" in o.err for o in outputs)
+    assert sorted(b.idempotency_key for b in bulks) == sorted(
+        rules.occurrence_key(found[name].id, at) for name, at in latest.items())  # one job per occurrence
+    for name, at in latest.items():
+        schedule = found[name]
+        assert schedule.skipped_count == 3 and schedule.last_at == at
+        assert schedule.skipped_recent == [f"{(at - dt.timedelta(days=d)).isoformat(timespec='milliseconds')[:-6]}Z"
+                                           for d in (3, 2, 1)]
+        assert [(o.state, o.skipped) for o in occurrences[name]] == [("submitted", 3)]
+        assert schedule.next_at == at + dt.timedelta(days=1)
+    lines = [line for o in outputs for line in o.err.splitlines() if line.startswith("schedule '")]
+    assert len(lines) == 2 and all("3 earlier runs skipped" in line for line in lines), lines
+    listed = json.loads(run_cli(["schedule", "list", "--json"], env).out)
+    assert {s["name"]: s["skipped"]["count"] for s in listed} == {"morning": 3, "later": 3}
+
+
+def test_an_idle_run_forever_queues_a_run_that_falls_due_and_processes_it(tmp_path, processes):
+    path = tmp_path / "store.db"
+    env = env_for(tmp_path, BULKGEN_STORE=f"sqlite:///{path}", BULKGEN_USER="alice")
+    assert run_cli(["schedule", "add", "daily", "--cron", far_cron(utcnow()), str(EXAMPLES / "articles.yaml")],
+                   env).code == 0
+    proc = processes.spawn(["run", "--forever"], env)
+
+    def holds_the_lease():
+        with SqliteStore(path, "read") as store:
+            return store.processor_lease() is not None
+
+    wait_for(holds_the_lease, timeout=30, what="the processor to start")
+    latest = missed(path, "alice", "daily", days=0)  # due now, nothing skipped
+
+    def processed():
+        _, bulks, _ = scheduled(path)
+        if bulks:
+            with SqliteStore(path, "read") as store:
+                return all(i.status == ItemStatus.completed.value for i in store.list_items(bulks[0].id))
+        return False
+
+    wait_for(processed, timeout=30, what="the run queued and processed by the idle processor")
+    proc.send_signal(signal.SIGTERM)
+    result = finish(proc)
+    assert result.code == 143
+    found, bulks, _ = scheduled(path)
+    assert len(bulks) == 1 and found["daily"].last_at == latest and found["daily"].skipped_count == 0
+    assert "queued as bulk job" in result.err
+
+
+def test_plain_run_queues_no_scheduled_run_and_says_who_does(cli, tmp_path):
+    path = tmp_path / "store.db"
+    env = {"BULKGEN_STORE": f"sqlite:///{path}", "BULKGEN_USER": "alice"}
+    assert cli("schedule", "add", "daily", "--cron", far_cron(utcnow()), str(EXAMPLES / "articles.yaml"),
+               env=env).code == 0
+    result = cli("run")
+    assert result.code == 0 and "A schedule's next run is" in result.err
+    missed(path, "alice", "daily", days=1)
+    result = cli("run")
+    assert "A schedule's next run was due" in result.err and "only `bulkgen run --forever` queues" in result.err
+    _, bulks, _ = scheduled(path)
+    assert bulks == []
