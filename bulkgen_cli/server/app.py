@@ -27,6 +27,7 @@ from bulkgen_cli.server.access import StoreAccess
 from bulkgen_cli.server.auth import Caller, caller
 from bulkgen_cli.server.config import ENVELOPE_BYTES, ServerConfig
 from bulkgen_cli.server.limits import BodyLimit, BodyTooLarge
+from bulkgen_cli.server.page import add_page
 from bulkgen_cli.server.problems import MEDIA_TYPE, HttpProblem, from_error, responses, too_large, validation
 from bulkgen_cli.server.schemas import (
     BulkJobOut, ControlOut, DoneOut, ItemControlOut, ItemRecordOut, ScheduleIn, ScheduleOut, ScheduleStateOut,
@@ -86,6 +87,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     _template_routes(app, access)
     _schedule_routes(app, access)
     _event_routes(app, access, poller, config)
+    add_page(app)
     return app
 
 
