@@ -1,0 +1,44 @@
+"""`bulkgen serve` against hostile input: a real server on 127.0.0.1, every answer a 4xx problem, never a 500
+and never a traceback in the server's log."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from tests.cli_helpers import base_env
+from tests.serve_helpers import articles, make_token, start_server
+
+
+@pytest.fixture
+def served(processes, tmp_path):
+    env = base_env(tmp_path)
+    token = make_token(env, "alice")
+    server = start_server(processes, env)
+    server.token = token  # type: ignore[attr-defined]
+    return server
+
+
+def problem(response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    return response.json()
+
+
+def no_traceback(server) -> None:
+    time.sleep(0.3)  # the log line of the last request
+    assert not any("Traceback" in line for line in server.log), "".join(server.log)
+
+
+def test_numbers_with_too_many_digits_are_located_problems(served):
+    digits = "9" * 5000
+    yaml_text = "mode: topic\nitems:\n" + "".join(f"  - topic: t{i}\n    word_count: {digits}\n" for i in range(10))
+    csv_text = "topic,word_count\n" + "".join(f"t{i},{digits}\n" for i in range(10))
+    with served.client(served.token) as client:
+        for name, text in [("long.yaml", yaml_text), ("long.csv", csv_text)]:
+            body = problem(client.post("/api/bulk-generate", files={"file": (name, text.encode())}), 422)
+            first = body["problems"][0]
+            assert (first["item"], first["field"]) == (1, "word_count") and "too many digits" in first["message"]
+    no_traceback(served)
