@@ -561,6 +561,9 @@ def _csv_value(column: str, cell: str, problems: _Problems, number: int, line: i
     if column == "extra":
         try:
             value = json.loads(cell)
+        except RecursionError:
+            problems.add(f"nests deeper than {MAX_DEPTH} levels.", number, line, "extra")
+            return {}
         except ValueError:
             problems.add("must be a JSON object in a CSV cell, like {\"seo\": true}.", number, line, "extra")
             return {}

@@ -42,3 +42,12 @@ def test_numbers_with_too_many_digits_are_located_problems(served):
             first = body["problems"][0]
             assert (first["item"], first["field"]) == (1, "word_count") and "too many digits" in first["message"]
     no_traceback(served)
+
+
+def test_a_csv_extra_cell_nested_too_deep_is_a_located_problem(served):
+    deep = "[" * 5000 + "]" * 5000
+    csv_text = 'topic,extra\n' + "".join(f't{i},"{{""a"":{deep}}}"\n' for i in range(10))
+    with served.client(served.token) as client:
+        body = problem(client.post("/api/bulk-generate", files={"file": ("deep.csv", csv_text.encode())}), 422)
+    assert (body["problems"][0]["item"], body["problems"][0]["field"]) == (1, "extra")
+    no_traceback(served)
