@@ -51,3 +51,17 @@ def test_a_csv_extra_cell_nested_too_deep_is_a_located_problem(served):
         body = problem(client.post("/api/bulk-generate", files={"file": ("deep.csv", csv_text.encode())}), 422)
     assert (body["problems"][0]["item"], body["problems"][0]["field"]) == (1, "extra")
     no_traceback(served)
+
+
+def test_json_text_that_is_not_unicode_is_a_bad_request(served):
+    """A lone surrogate (\\ud800) is valid JSON but no UTF-8 can hold it."""
+    items = b",".join(b'{"topic":"t%d"}' % i for i in range(10))
+    bodies = [("/api/bulk-generate", b'{"bulk_config":{"mode":"topic","items":[{"topic":"\\ud800"},' + items + b"]}}"),
+              ("/api/bulk-generate", b'{"name":"\\udfff","bulk_config":{"mode":"topic","items":[' + items + b"]}}"),
+              ("/api/schedules", b'{"schedule":"s","cron":"0 9 * * *","zone":"UTC","name":"\\ud800",'
+                                 b'"bulk_config":{"mode":"topic","items":[' + items + b"]}}")]
+    with served.client(served.token) as client:
+        for path, body in bodies:
+            answer = problem(client.post(path, content=body, headers={"content-type": "application/json"}), 400)
+            assert "surrogate" in answer["detail"]
+    no_traceback(served)
