@@ -65,3 +65,11 @@ def test_json_text_that_is_not_unicode_is_a_bad_request(served):
             answer = problem(client.post(path, content=body, headers={"content-type": "application/json"}), 400)
             assert "surrogate" in answer["detail"]
     no_traceback(served)
+
+
+@pytest.mark.parametrize("when", ["+999999999h", "+" + "9" * 400 + "s", "9999-12-31T23:59:59-23:59"])
+def test_a_not_before_past_the_calendar_is_a_bad_request(served, when):
+    with served.client(served.token) as client:
+        body = problem(client.post("/api/bulk-generate", json={**articles(), "not_before": when}), 400)
+    assert "past the year 9999" in body["detail"]
+    no_traceback(served)
