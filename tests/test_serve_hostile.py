@@ -73,3 +73,11 @@ def test_a_not_before_past_the_calendar_is_a_bad_request(served, when):
         body = problem(client.post("/api/bulk-generate", json={**articles(), "not_before": when}), 400)
     assert "past the year 9999" in body["detail"]
     no_traceback(served)
+
+
+@pytest.mark.parametrize("url", ["http://[::1/", "http://[x]/", "http://]/"])
+def test_a_webhook_url_that_cannot_be_read_is_a_bad_request(served, url):
+    with served.client(served.token) as client:
+        body = problem(client.post("/api/bulk-generate", json={**articles(), "notify": [f"webhook:{url}"]}), 400)
+    assert "cannot be read" in body["detail"]
+    no_traceback(served)
