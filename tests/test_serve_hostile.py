@@ -81,3 +81,16 @@ def test_a_webhook_url_that_cannot_be_read_is_a_bad_request(served, url):
         body = problem(client.post("/api/bulk-generate", json={**articles(), "notify": [f"webhook:{url}"]}), 400)
     assert "cannot be read" in body["detail"]
     no_traceback(served)
+
+
+@pytest.mark.parametrize("path", ["/api/bulk-generate", "/api/schedules"])
+def test_a_client_that_leaves_in_the_middle_of_its_body_leaves_no_traceback(served, path):
+    port = int(served.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {served.token}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"bulk".encode())
+        time.sleep(0.3)  # the route is reading the body
+    time.sleep(0.5)
+    no_traceback(served)
+    with served.client(served.token) as client:  # and the server goes on
+        assert client.get("/api/bulk-generate").status_code == 200
