@@ -94,3 +94,16 @@ def test_a_client_that_leaves_in_the_middle_of_its_body_leaves_no_traceback(serv
     no_traceback(served)
     with served.client(served.token) as client:  # and the server goes on
         assert client.get("/api/bulk-generate").status_code == 200
+
+
+def test_a_token_pasted_into_a_path_or_any_query_value_stays_out_of_the_log(served):
+    token = served.token
+    with served.client(token) as client:
+        assert client.get(f"/api/bulk-generate/{token}").status_code == 404
+        assert client.get(f"/api/items/{token}").status_code == 400
+        client.get(f"/{token}")
+        client.get("/api/bulk-generate", params={"q": token})
+    served.stop()
+    log = "".join(served.log)
+    assert "/api/bulk-generate/bgk_*** HTTP/1.1" in log
+    assert token not in log and token[4:20] not in log
