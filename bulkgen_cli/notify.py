@@ -59,7 +59,10 @@ def parse_channel(text: str) -> str:
     kind, _, target = text.strip().partition(":")
     kind = kind.lower()
     if kind == "webhook":
-        parts = urlsplit(target)
+        try:
+            parts = urlsplit(target)
+        except ValueError:  # http://[::1/ (an unclosed bracket), http://[x]/
+            raise UsageError(f"--notify {text!r}: the webhook URL cannot be read.") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UsageError(f"--notify {text!r}: a webhook needs an http:// or https:// URL.")
         return f"webhook:{target}"

@@ -14,9 +14,10 @@ from typing import Annotated, Any, AsyncIterator, Optional
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from bulkgen_cli import __version__, control, jobs
 from bulkgen_cli.errors import BulkgenError
@@ -118,6 +119,12 @@ def _errors(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(BodyTooLarge, on_too_large)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
+
+
+async def on_disconnect(request: Request, exc: Exception) -> Response:
+    """The client left before its body arrived: nobody reads an answer, and it is no error of the server's."""
+    return Response(status_code=400)
 
 
 def _job_routes(app: FastAPI, access: StoreAccess) -> None:

@@ -22,6 +22,8 @@ from bulkgen_cli.store.base import Store
 #: Query parameters whose values never reach a log line.
 SECRET_PARAM = re.compile(r"((?:token|key|password|secret|auth)[^=&\s]*=)[^&\s\"]*", re.IGNORECASE)
 BEARER = re.compile(r"(bearer\s+)\S+", re.IGNORECASE)
+#: A token wherever it stands (a path, a query value by any name): tokens.PREFIX and what follows it.
+TOKEN = re.compile(r"bgk_[A-Za-z0-9_-]+")
 
 
 class Redact(logging.Filter):
@@ -36,7 +38,7 @@ class Redact(logging.Filter):
 
 
 def _scrub(text: str) -> str:
-    return BEARER.sub(r"\1***", SECRET_PARAM.sub(r"\1***", text))
+    return TOKEN.sub("bgk_***", BEARER.sub(r"\1***", SECRET_PARAM.sub(r"\1***", text)))
 
 
 @dataclass

@@ -58,11 +58,21 @@ async def read(request: Request) -> Form:
                       "send application/json (a bulk_config) or multipart/form-data with a `file` field.")
 
 
-def _from_json(body: bytes) -> Form:
+def _load_json(body: bytes) -> Any:
+    """The body's JSON, whose text UTF-8 can hold (JSON itself allows a lone surrogate such as \\ud800)."""
     try:
         doc = json.loads(body)
+        json.dumps(doc, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise UsageError("the request body holds a lone surrogate (such as \\ud800): its text is not Unicode.") \
+            from None
     except (ValueError, RecursionError):
         raise UsageError("the request body is not JSON.") from None
+    return doc
+
+
+def _from_json(body: bytes) -> Form:
+    doc = _load_json(body)
     if not isinstance(doc, dict):
         raise UsageError("the request body must be a JSON object: {\"bulk_config\": {\"mode\": …, \"items\": […]}}.")
     options = {key: doc.pop(key) for key in OPTIONS if key in doc}
@@ -160,10 +170,7 @@ def store(db: Store, form: Form, user: str, key: str | None, policy: netpolicy.P
 
 def schedule_parts(body: bytes) -> tuple[dict[str, Any], Form]:
     """A schedule's JSON body: its own fields (schedule, cron, zone), and the submit it makes at each run."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
-        raise UsageError("the request body is not JSON.") from None
+    doc = _load_json(body)
     if not isinstance(doc, dict):
         raise UsageError("the request body must be a JSON object: {\"schedule\": …, \"cron\": …, \"zone\": …, …}.")
     own = {key: doc.pop(key, None) for key in ("schedule", "cron", "zone")}
