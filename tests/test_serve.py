@@ -351,7 +351,7 @@ def test_schedules_over_http(served):
         made = alice.post("/api/schedules", json=body)
         assert made.status_code == 201, made.text
         assert (made.json()["name"], made.json()["status"], made.json()["job"]["priority"]) == ("weekly", "active", "high")
-        assert alice.post("/api/schedules", json=body).status_code == 400  # the name is taken
+        assert alice.post("/api/schedules", json=body).status_code == 409  # the name is taken (exit 4: not allowed now, as template save)
         inward = alice.post("/api/schedules", json={**body, "schedule": "hooked",
                                                     "notify": ["webhook:http://localhost:9/h"]})
         assert inward.status_code == 422 and "loopback" in inward.json()["detail"]
