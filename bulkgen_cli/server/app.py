@@ -15,6 +15,7 @@ from typing import Annotated, Any, AsyncIterator, Optional
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -88,7 +89,25 @@ def create_app(config: ServerConfig) -> FastAPI:
     _schedule_routes(app, access)
     _event_routes(app, access, poller, config)
     add_page(app)
+    _document_bodies(app, SubmitIn, ScheduleIn)
     return app
+
+
+def _document_bodies(app: FastAPI, *models: type[BaseModel]) -> None:
+    """Put the JSON bodies the routes read themselves (no parameter declares them) into components.schemas,
+    so that every `$ref` of the document resolves."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = plain().setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(schema.pop("$defs", {}))
+                schemas[model.__name__] = schema
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _errors(app: FastAPI) -> None:
