@@ -103,3 +103,12 @@ def test_every_ref_of_the_document_resolves(api):
             node = node[part]
     bulk_config = doc["components"]["schemas"]["BulkConfigIn"]
     assert bulk_config["required"] == ["items"] and {"mode", "name", "defaults", "items"} == set(bulk_config["properties"])
+
+
+def test_no_docs_page_that_needs_a_cdn(api):
+    """FastAPI's /docs and /redoc load their scripts from cdn.jsdelivr.net: blank without internet. Not served."""
+    import httpx
+
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert httpx.get(api.url + path).status_code == 404, path
+    assert httpx.get(api.url + "/openapi.json").status_code == 200

@@ -71,7 +71,9 @@ def create_app(config: ServerConfig) -> FastAPI:
                 await task
             access.close()
 
-    app = FastAPI(title="bulkgen", version=__version__, lifespan=lifespan,
+    # No /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a CDN, and nothing here is fetched
+    # from elsewhere (the dashboard neither); /openapi.json goes into any viewer the reader has.
+    app = FastAPI(title="bulkgen", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Queue 10-50 articles as one bulk job; follow it live. Every route but this "
                               "document needs `Authorization: Bearer TOKEN` (`bulkgen token create`).")
     app.state.access, app.state.poller, app.state.config = access, poller, config
