@@ -346,3 +346,24 @@ def test_the_page_ships_in_the_wheel(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in ("index.html", "app.js", "app.css"):
         assert f"bulkgen_cli/server/static/{name}" in names
+
+
+def test_on_a_phone_only_the_articles_table_scrolls_sideways(site, browser, shots):
+    """At 390 px (a phone) an opened articles table scrolls inside its box; the page never scrolls sideways."""
+    with site.client(site.token) as client:
+        body = articles(10, "A rather long topic about brewing coffee at home, step by step", word_count=100)
+        body["bulk_config"]["items"][1]["topic"] += " [status:400]"
+        client.post("/api/bulk-generate", json=body).raise_for_status()
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    try:
+        sign_in(page, site, site.token)
+        job = page.locator("li.job").first
+        expect(job.locator(".badge")).to_have_text("Finished, 1 failed", timeout=WAIT)
+        job.get_by_text("Show the 10 articles").click()
+        expect(job.locator("tr.item-failed")).to_be_visible()
+        shots(page, "01-articles-at-390px")
+        width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert width[0] <= width[1], f"the page scrolls sideways: {width[0]} px wide in a {width[1]} px window"
+    finally:
+        context.close()

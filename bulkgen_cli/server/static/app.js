@@ -351,11 +351,13 @@
     v.itemsSummary = el("summary");
     v.rows = new Map();
     v.tbody = el("tbody");
-    v.details = el("details", { className: "items" }, v.itemsSummary, el("table", {},
-      el("caption", { className: "visually-hidden", text: "The articles of this job" }),
-      el("thead", {}, el("tr", {}, ...["#", "Article", "State", "Tries", "Problem", ""].map(
-        (h) => el("th", { scope: "col", text: h })))),
-      v.tbody));
+    // On a narrow screen the table scrolls sideways inside its box; the page itself never does.
+    v.details = el("details", { className: "items" }, v.itemsSummary, el("div", { className: "table-scroll" },
+      el("table", {},
+        el("caption", { className: "visually-hidden", text: "The articles of this job" }),
+        el("thead", {}, el("tr", {}, ...["#", "Article", "State", "Tries", "Problem", ""].map(
+          (h) => el("th", { scope: "col", text: h })))),
+        v.tbody)));
     v.meta = el("p", { className: "meta" });
     v.card = el("li", { className: "job" }, el("article", { "aria-labelledby": titleId },
       el("div", { className: "job-head" }, v.name, v.badge), v.bar, v.summary, v.now, v.note, v.errors,
