@@ -153,7 +153,7 @@ def test_a_creator_uploads_follows_pauses_resumes_cancels_and_reads(site, page, 
     expect(job.locator(".badge")).to_have_text("In progress", timeout=WAIT)
     expect(job.locator(".summary")).to_have_text(re.compile(r"^([3-9]|1\d) of 20 articles done · 1 failed"),
                                                  timeout=WAIT)
-    expect(bar).to_have_attribute("value", re.compile(r"^([4-9]|1\d)$"))
+    expect(bar).to_have_attribute("value", re.compile(r"^([3-9]|1\d)$"))  # the articles written
     expect(job.locator(".now")).to_contain_text("Now writing: #")
     job.get_by_text("Show the 20 articles").click()
     failed_row = job.locator("tr.item-failed")
@@ -199,7 +199,7 @@ def test_a_creator_uploads_follows_pauses_resumes_cancels_and_reads(site, page, 
                                                  timeout=WAIT)
     assert buttons_enabled(job) == {"Pause": False, "Resume": False, "Retry failed articles": False,
                                     "Cancel job": False}
-    expect(bar).to_have_attribute("value", "20")
+    expect(bar).to_have_attribute("value", str(done_count(job)))  # not full: the written share only
     expect(job.locator("tr.item-cancelled").first).to_contain_text("Cancelled")
     shots(page, "09-cancelled")
 
@@ -236,6 +236,24 @@ def test_a_finished_job_offers_retry_failed_and_a_new_tab_asks_for_the_token(sit
     expect(job.locator(".badge")).to_have_text("Finished, 1 failed", timeout=WAIT)
     expect(job.locator(".summary")).to_have_text("9 of 10 articles done · 1 failed")
     expect(job.locator(".note")).to_contain_text("1 article could not be written")
+    reason = job.locator(".errors li")
+    expect(reason).to_have_count(1)
+    expect(reason).to_contain_text("#5 “Tea 5 [status:400]”: The writing service refused this article: scripted status")
+    raw = reason.locator("details")
+    expect(raw.locator("summary")).to_have_text("What the service said")
+    expect(raw.locator("code")).to_be_hidden()
+    raw.locator("summary").click()
+    expect(raw.locator("code")).to_have_text('HTTP 400: {"success": false, "error": "scripted status"}')
+    bar = job.locator("progress")
+    expect(bar).to_have_attribute("value", "9")
+    expect(bar).to_have_attribute("aria-label", "Tea job: 9 of 10 articles written, 1 failed")
+    # the last tenth of the track is the failed share, in red: the bar is not all green
+    track = bar.evaluate("b => [getComputedStyle(b).getPropertyValue('--failed-from'), "
+                         "getComputedStyle(b).getPropertyValue('--failed-to'), getComputedStyle(b).backgroundImage]")
+    assert track[:2] == ["90.00%", "100.00%"] and "rgb(185, 28, 28)" in track[2], track
+    job.get_by_text("Show the 10 articles").click()
+    expect(job.locator("tr.item-failed .error-text")).to_contain_text(
+        "The writing service refused this article: scripted status")
     assert buttons_enabled(job) == {"Pause": False, "Resume": False, "Retry failed articles": True,
                                     "Cancel job": False}
     shots(page, "01-finished-with-a-failure")
@@ -346,3 +364,24 @@ def test_the_page_ships_in_the_wheel(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in ("index.html", "app.js", "app.css"):
         assert f"bulkgen_cli/server/static/{name}" in names
+
+
+def test_on_a_phone_only_the_articles_table_scrolls_sideways(site, browser, shots):
+    """At 390 px (a phone) an opened articles table scrolls inside its box; the page never scrolls sideways."""
+    with site.client(site.token) as client:
+        body = articles(10, "A rather long topic about brewing coffee at home, step by step", word_count=100)
+        body["bulk_config"]["items"][1]["topic"] += " [status:400]"
+        client.post("/api/bulk-generate", json=body).raise_for_status()
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    try:
+        sign_in(page, site, site.token)
+        job = page.locator("li.job").first
+        expect(job.locator(".badge")).to_have_text("Finished, 1 failed", timeout=WAIT)
+        job.get_by_text("Show the 10 articles").click()
+        expect(job.locator("tr.item-failed")).to_be_visible()
+        shots(page, "01-articles-at-390px")
+        width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert width[0] <= width[1], f"the page scrolls sideways: {width[0]} px wide in a {width[1]} px window"
+    finally:
+        context.close()

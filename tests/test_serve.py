@@ -351,7 +351,9 @@ def test_schedules_over_http(served):
         made = alice.post("/api/schedules", json=body)
         assert made.status_code == 201, made.text
         assert (made.json()["name"], made.json()["status"], made.json()["job"]["priority"]) == ("weekly", "active", "high")
-        assert alice.post("/api/schedules", json=body).status_code == 409  # the name is taken (exit 4: not allowed now, as template save)
+        taken = alice.post("/api/schedules", json=body)  # 409 as a taken template name is (it said 400 here)
+        assert taken.status_code == 409 and taken.json()["detail"] == \
+            "you have a schedule named 'weekly' already; nothing was stored (DELETE it first, or choose another name)."
         inward = alice.post("/api/schedules", json={**body, "schedule": "hooked",
                                                     "notify": ["webhook:http://localhost:9/h"]})
         assert inward.status_code == 422 and "loopback" in inward.json()["detail"]
@@ -371,3 +373,36 @@ def test_schedules_over_http(served):
 
     with SqliteStore(served.env["XDG_DATA_HOME"] + "/bulkgen/bulkgen.db", "read") as store:
         assert store.get_bulk(ran["bulk_job_id"]).notify_policy["origin"] == "http"  # its notifications: HTTP rules
+
+
+def test_http_answers_speak_http_not_cli_flags(served):
+    """An HTTP client has no `bulkgen list`, --all-users or --notify: the answers name routes and fields;
+    the CLI's own messages are unchanged (tests/test_cli.py)."""
+    token = served.tokens["alice"]
+    with served.client(token) as client:
+        missing = client.get("/api/bulk-generate/0123456789abcdef01234567").json()
+        assert missing["detail"] == "no bulk job '0123456789abcdef01234567' for this user (job ids are whole, never prefixes)."
+        item = client.get("/api/items/abcd1234").json()
+        assert item["detail"] == "no item 'abcd1234' for this user (GET /api/bulk-generate/{id} lists a job's items)."
+        assert client.get("/api/templates/nope").json()["detail"] == \
+            "no template 'nope' for this user (GET /api/templates lists yours)."
+        assert client.get("/api/schedules/nope").json()["detail"] == \
+            "no schedule 'nope' for this user (GET /api/schedules lists yours)."
+        notify = client.post("/api/bulk-generate", json={**articles(), "notify": ["slack:#x"]}).json()
+        assert notify["detail"] == "notify 'slack:#x': use webhook:https://… or email:someone@example.com."
+        body = articles()
+        body["bulk_config"]["items"][0]["word_cout"] = 900
+        bad = client.post("/api/bulk-generate", json=body).json()
+        assert bad["detail"] == "'bulk_config' has 1 problem; nothing was stored."
+        assert bad["problems"][0]["file"] == "bulk_config" and bad["problems"][0]["field"] == "word_cout"
+        body = articles()
+        body["bulk_config"]["priority"] = "high"
+        misplaced = client.post("/api/bulk-generate", json=body)
+        assert misplaced.status_code == 400
+        assert misplaced.json()["detail"] == ("'priority' is an option of the submit, not of the articles: send it "
+                                              "beside 'bulk_config', not inside it.")
+        for answer in (missing, item, notify, bad, misplaced.json()):
+            assert "--" not in answer["detail"] and "`bulkgen" not in answer["detail"], answer
+    env = served.env | {"BULKGEN_USER": "alice"}
+    cli = run_cli(["status", "0123456789abcdef01234567"], env)
+    assert cli.code == 3 and "(see `bulkgen list`; --all-users to look wider" in cli.err

@@ -75,3 +75,40 @@ def test_the_document_describes_every_route_with_its_problems(api):
     submit = paths["/api/bulk-generate"]["post"]
     assert set(submit["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
     assert {"201", "200", "413", "422"} <= set(submit["responses"])
+
+
+def test_every_ref_of_the_document_resolves(api):
+    """A client generator follows every `$ref`: each names a schema the document holds (the JSON bodies too)."""
+    import httpx
+
+    doc = httpx.get(api.url + "/openapi.json").json()
+
+    def refs(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("$ref"), str):
+                yield node["$ref"]
+            for value in node.values():
+                yield from refs(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from refs(value)
+
+    found = set(refs(doc))
+    assert {"#/components/schemas/SubmitIn", "#/components/schemas/ScheduleIn"} <= found
+    for ref in found:
+        assert ref.startswith("#/"), ref
+        node = doc
+        for part in ref[2:].split("/"):
+            assert part in node, f"{ref} does not resolve"
+            node = node[part]
+    bulk_config = doc["components"]["schemas"]["BulkConfigIn"]
+    assert bulk_config["required"] == ["items"] and {"mode", "name", "defaults", "items"} == set(bulk_config["properties"])
+
+
+def test_no_docs_page_that_needs_a_cdn(api):
+    """FastAPI's /docs and /redoc load their scripts from cdn.jsdelivr.net: blank without internet. Not served."""
+    import httpx
+
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert httpx.get(api.url + path).status_code == 404, path
+    assert httpx.get(api.url + "/openapi.json").status_code == 200

@@ -15,6 +15,7 @@ from typing import Annotated, Any, AsyncIterator, Optional
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -71,7 +72,9 @@ def create_app(config: ServerConfig) -> FastAPI:
                 await task
             access.close()
 
-    app = FastAPI(title="bulkgen", version=__version__, lifespan=lifespan,
+    # No /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a CDN, and nothing here is fetched
+    # from elsewhere (the dashboard neither); /openapi.json goes into any viewer the reader has.
+    app = FastAPI(title="bulkgen", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Queue 10-50 articles as one bulk job; follow it live. Every route but this "
                               "document needs `Authorization: Bearer TOKEN` (`bulkgen token create`).")
     app.state.access, app.state.poller, app.state.config = access, poller, config
@@ -89,7 +92,25 @@ def create_app(config: ServerConfig) -> FastAPI:
     _schedule_routes(app, access)
     _event_routes(app, access, poller, config)
     add_page(app)
+    _document_bodies(app, SubmitIn, ScheduleIn)
     return app
+
+
+def _document_bodies(app: FastAPI, *models: type[BaseModel]) -> None:
+    """Put the JSON bodies the routes read themselves (no parameter declares them) into components.schemas,
+    so that every `$ref` of the document resolves."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = plain().setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(schema.pop("$defs", {}))
+                schemas[model.__name__] = schema
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _errors(app: FastAPI) -> None:

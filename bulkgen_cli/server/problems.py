@@ -68,21 +68,35 @@ def from_error(exc: BulkgenError) -> HttpProblem:
     code = exc.exit_code
     if isinstance(exc, ManifestError):
         count = len(exc.problems)
-        detail = f"the articles file has {count} problem{'s' if count > 1 else ''}; nothing was stored."
+        detail = f"{exc.subject} has {count} problem{'s' if count > 1 else ''}; nothing was stored."
         return HttpProblem(422, "invalid-articles", "The articles are not valid", detail, code, problems=exc.problems)
     if isinstance(exc, Refused):
-        return HttpProblem(422, "notification-refused", "A notification target is not allowed", str(exc), code)
+        return HttpProblem(422, "notification-refused", "A notification target is not allowed", http_words(exc), code)
     if isinstance(exc, UsageError):
-        return HttpProblem(400, "bad-request", "The request is not acceptable", str(exc), code)
+        return HttpProblem(400, "bad-request", "The request is not acceptable", http_words(exc), code)
     if isinstance(exc, NotFound):
-        return HttpProblem(404, "not-found", "Not found for this token", str(exc), code)
+        return HttpProblem(404, "not-found", "Not found for this token", http_words(exc), code)
     if isinstance(exc, InvalidTransition):
-        return HttpProblem(409, "invalid-state", "Not allowed in the job's current state", str(exc), code)
+        return HttpProblem(409, "invalid-state", "Not allowed in the job's current state", http_words(exc), code)
     if isinstance(exc, (StoreUnavailable, NoStore)):
-        return HttpProblem(503, "store-unavailable", "The store cannot be used", str(exc), code)
+        return HttpProblem(503, "store-unavailable", "The store cannot be used", http_words(exc), code)
     # Any other error by the meaning of its exit code (a name taken is 4, as a state rule is).
     status, kind, title = BY_EXIT_CODE.get(code, (500, "error", "The request failed"))
-    return HttpProblem(status, kind, title, str(exc), code)
+    return HttpProblem(status, kind, title, http_words(exc), code)
+
+
+#: Flags whose checks the HTTP routes share (a submit's notify, a schedule's cron and zone): a message that
+#: opens with the flag opens with the field's name over HTTP.
+FLAG_FIELDS = {"--notify ": "notify ", "--cron ": "cron ", "--zone ": "zone ", "--not-before ": "not_before "}
+
+
+def http_words(exc: BulkgenError) -> str:
+    """The error's message as an HTTP answer says it: no CLI flag or command in it."""
+    text = exc.for_http()
+    for flag, name in FLAG_FIELDS.items():
+        if text.startswith(flag):
+            return name + text[len(flag):]
+    return text
 
 
 #: Errors without a mapping of their own, by their exit code.

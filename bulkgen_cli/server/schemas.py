@@ -185,12 +185,25 @@ class TokenUserOut(BaseModel):
     email: Optional[str]
 
 
+class BulkConfigIn(BaseModel):
+    """The articles as an articles file holds them (README, "Articles files"), checked exactly as a file is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Optional[str] = Field(None, description="topic (the default), keywords, trends or spin")
+    name: Optional[str] = Field(None, description="the job's name")
+    defaults: Optional[dict[str, object]] = Field(None, description="fields every item gets unless it sets its own")
+    items: list[dict[str, object]] = Field(
+        ..., description="10 to 50 articles, each with its mode's field (topic, keywords, trend, source_text or "
+                         "source_url) and optional word_count, tone, language, title, audience, id, instructions")
+
+
 class SubmitIn(BaseModel):
     """A JSON submit: the articles as in an articles file (the story's bulk_config), and the submit options."""
 
     model_config = ConfigDict(extra="allow")
 
-    bulk_config: Optional[dict[str, object]] = Field(
+    bulk_config: Optional[BulkConfigIn] = Field(
         None, description="{mode, name, defaults, items}: validated exactly as an articles file")
     mode: Optional[str] = Field(None, description="the story's form: {mode, items} at the top level")
     items: Optional[list[object]] = None

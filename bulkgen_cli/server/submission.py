@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from fastapi import Request
 
@@ -81,6 +82,11 @@ def _from_json(body: bytes) -> Form:
     for key in ("name", "priority", "not_before", "template"):
         if options.get(key) is not None and not isinstance(options[key], str):
             raise UsageError(f"'{key}' must be text.")
+    inner = doc.get("bulk_config")
+    misplaced = [key for key in OPTIONS if key != "name" and isinstance(inner, dict) and key in inner]
+    if misplaced:  # `name` is also an articles file's own key; the other options are the submit's
+        raise UsageError(f"'{misplaced[0]}' is an option of the submit, not of the articles: send it beside "
+                         "'bulk_config', not inside it.")
     if options.get("template") is not None:  # the rows of a saved template
         if doc:
             raise UsageError("with 'template', send the rows as 'values' and no articles.")
@@ -120,7 +126,8 @@ async def _from_upload(request: Request) -> Form:
 
 def validate(form: Form) -> manifest.Manifest:
     """The articles, checked by manifest.load_text exactly as `bulkgen submit` checks a file."""
-    parsed = manifest.load_text(_text(form), form.source, form.fmt)
+    with _json_located(form):
+        parsed = manifest.load_text(_text(form), form.source, form.fmt)
     if form.source == JSON_SOURCE and parsed.name == Path(JSON_SOURCE).stem:  # the document names none
         parsed.name = "request"
     return parsed
@@ -140,7 +147,22 @@ def from_template(db: Store, form: Form, user: str) -> manifest.Manifest:
     from bulkgen_cli import templates
 
     saved = templates.load_saved(db, user, templates.check_name(form.template or ""))
-    return templates.expand_saved(saved, _text(form), form.fmt, values_source=form.source)
+    with _json_located(form):
+        return templates.expand_saved(saved, _text(form), form.fmt, values_source=form.source)
+
+
+@contextmanager
+def _json_located(form: Form) -> Iterator[None]:
+    """A JSON body's problems are in its `bulk_config` (or `values`), not in a file: say so."""
+    try:
+        yield
+    except ManifestError as exc:
+        if form.source != JSON_SOURCE:
+            raise
+        where = "values" if form.template is not None else "bulk_config"
+        problems = [replace(p, file=where) if p.file == JSON_SOURCE else p for p in exc.problems]
+        subject = exc.subject if form.template is not None else f"'{where}'"
+        raise ManifestError(problems, subject) from None
 
 
 def store(db: Store, form: Form, user: str, key: str | None, policy: netpolicy.Policy) -> SubmitOut:

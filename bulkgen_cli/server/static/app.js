@@ -351,11 +351,13 @@
     v.itemsSummary = el("summary");
     v.rows = new Map();
     v.tbody = el("tbody");
-    v.details = el("details", { className: "items" }, v.itemsSummary, el("table", {},
-      el("caption", { className: "visually-hidden", text: "The articles of this job" }),
-      el("thead", {}, el("tr", {}, ...["#", "Article", "State", "Tries", "Problem", ""].map(
-        (h) => el("th", { scope: "col", text: h })))),
-      v.tbody));
+    // On a narrow screen the table scrolls sideways inside its box; the page itself never does.
+    v.details = el("details", { className: "items" }, v.itemsSummary, el("div", { className: "table-scroll" },
+      el("table", {},
+        el("caption", { className: "visually-hidden", text: "The articles of this job" }),
+        el("thead", {}, el("tr", {}, ...["#", "Article", "State", "Tries", "Problem", ""].map(
+          (h) => el("th", { scope: "col", text: h })))),
+        v.tbody)));
     v.meta = el("p", { className: "meta" });
     v.card = el("li", { className: "job" }, el("article", { "aria-labelledby": titleId },
       el("div", { className: "job-head" }, v.name, v.badge), v.bar, v.summary, v.now, v.note, v.errors,
@@ -370,18 +372,81 @@
     v.card.className = `job state-${status}${troubled ? " troubled" : ""}`;
     setText(v.name, bulk.name);
     setText(v.badge, troubled ? `Finished, ${progress.failed} failed` : STATE_WORDS[status] || status);
-    const finished = progress.total - progress.remaining;
+    // The bar fills with the articles written; the failed share shows red on the track after it, so a
+    // job that ended with failures (or was cancelled) never reads as a full bar.
     v.bar.max = Math.max(progress.total, 1);
-    v.bar.value = finished;
-    v.bar.setAttribute("aria-label", `${bulk.name}: ${finished} of ${progress.total} articles handled`);
+    v.bar.value = progress.completed;
+    const share = (n) => `${((100 * n) / Math.max(progress.total, 1)).toFixed(2)}%`;
+    v.bar.style.setProperty("--failed-from", share(progress.completed));
+    v.bar.style.setProperty("--failed-to", share(progress.completed + progress.failed));
+    v.bar.setAttribute("aria-label", `${bulk.name}: ${progress.completed} of ${progress.total} articles written` +
+      (progress.failed ? `, ${progress.failed} failed` : ""));
     setText(v.summary, summaryLine(bulk, progress));
     renderNow(job);
     setText(v.note, noteFor(bulk, progress));
-    v.errorList.replaceChildren(...(bulk.error_summary || []).map((e) => el("li", { text: e })));
-    v.errors.hidden = !(bulk.error_summary || []).length;
+    renderErrors(job);
     for (const spec of ACTIONS) v.buttons[spec.action].disabled = !allowed(spec.action, bulk, progress);
     renderItems(job);
     setText(v.meta, metaLine(bulk));
+  }
+
+  // The failed articles, each with a plain reason first and the service's own words in a details
+  // element; before the articles are read, the job's error_summary as it is.
+  function renderErrors(job) {
+    const { bulk, view: v } = job;
+    const failed = (job.items || []).filter((i) => i.status === "failed");
+    let lines;
+    if (job.items) {
+      lines = failed.slice(0, 20).map((item) => el("li", {}, `#${item.queue_position} “${labelOf(item)}”: `,
+        ...reasonNodes(item.error)));
+      if (failed.length > 20) lines.push(el("li", { text: `… and ${failed.length - 20} more failed articles` }));
+    } else {
+      lines = (bulk.error_summary || []).map((e) => el("li", { text: e }));
+    }
+    v.errorList.replaceChildren(...lines);
+    v.errors.hidden = !lines.length;
+  }
+
+  function reasonNodes(error) {
+    if (!error) return [];
+    const sentence = plainReason(error);
+    if (sentence === error) return [sentence];
+    return [sentence, " ", el("details", { className: "raw" }, el("summary", { text: "What the service said" }),
+      el("code", { text: error }))];
+  }
+
+  // An item's error as a sentence for a reader (the raw text stays available beside it).
+  function plainReason(error) {
+    const raw = error.replace(/\s*\(gave up after (\d+) tries\)$/, "");
+    const gaveUp = raw !== error ? ` (gave up after ${/(\d+) tries\)$/.exec(error)[1]} tries)` : "";
+    let match = /^HTTP (\d{3})(?: \([^)]*\))?: ([\s\S]*)$/.exec(raw);
+    if (match) {
+      const code = Number(match[1]);
+      const reason = serviceReason(match[2]);
+      if (code === 429) return `The writing service kept asking to slow down${gaveUp}: ${reason}`;
+      if (code >= 500 || code === 408) return `The writing service had a problem of its own${gaveUp}: ${reason}`;
+      return `The writing service refused this article: ${reason}`;
+    }
+    if ((match = /^the service refused it: ([\s\S]*)$/.exec(raw))) {
+      return `The writing service refused this article: ${match[1]}`;
+    }
+    if (raw.startsWith("quality: ")) return `The quality check turned this article down: ${raw.slice(9)}`;
+    if (/^cannot connect to /.test(raw)) return `The writing service could not be reached${gaveUp}.`;
+    if (/^no reply within /.test(raw)) return `The writing service did not answer in time${gaveUp}.`;
+    if (/^connection failed/.test(raw)) return `The connection to the writing service failed${gaveUp}.`;
+    if (/^HTTP \d{3} reply /.test(raw)) return "The writing service sent a reply bulkgen cannot read.";
+    if (raw === "the service replied success but sent no content") return "The writing service sent an empty article.";
+    return error;
+  }
+
+  // The reason inside a service's reply: its JSON `error` (or `message`, `detail`), else the text.
+  function serviceReason(body) {
+    try {
+      const doc = JSON.parse(body);
+      const said = doc && (doc.error || doc.message || doc.detail);
+      if (typeof said === "string" && said.trim()) return said.trim();
+    } catch (e) { /* not JSON: the text itself */ }
+    return body.trim() || "no reason given";
   }
 
   function summaryLine(bulk, p) {
@@ -464,7 +529,7 @@
 
   function buildRow(item) {
     const row = {
-      state: el("span", { className: "state" }), tries: el("td"), error: el("td", { className: "error-text" }),
+      state: el("span", { className: "state" }), tries: el("td"), error: el("td", { className: "error-text" }), errorText: null,
       link: el("a", { href: `#/article/${encodeURIComponent(item.id)}` }),
     };
     row.linkCell = el("td", {}, row.link);
@@ -478,7 +543,10 @@
     setText(row.state, ITEM_WORDS[item.status] || item.status);
     row.state.className = `state state-${item.status}`;
     setText(row.tries, item.attempts ? String(item.attempts) : "");
-    setText(row.error, item.error || "");
+    if (row.errorText !== (item.error || "")) {
+      row.errorText = item.error || "";
+      row.error.replaceChildren(...reasonNodes(item.error));
+    }
     row.link.hidden = item.status !== "completed";
     setText(row.link, "Read the article");
     row.link.setAttribute("aria-label", `Read article ${item.queue_position}: ${labelOf(item)}`);
