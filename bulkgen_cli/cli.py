@@ -598,6 +598,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cli_items",
     "cli_templates",
     "cli_schedules",
+    "cli_serve",
 )
 
 for _module in COMMAND_MODULES:

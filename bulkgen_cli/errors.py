@@ -6,9 +6,29 @@ from dataclasses import dataclass
 
 
 class BulkgenError(Exception):
-    """Root of every error bulkgen raises on purpose."""
+    """Root of every error bulkgen raises on purpose.
+
+    `cli` ends the message where the CLI prints it (a flag or command to try); `http` ends it in an HTTP
+    answer instead, which names no flag or command (server/problems.py).
+    """
 
     exit_code = 1
+    cli = ""
+    http = ""
+
+    def __init__(self, *args: object, cli: str = "", http: str = "") -> None:
+        super().__init__(*args)
+        if cli:
+            self.cli = cli
+        if http:
+            self.http = http
+
+    def __str__(self) -> str:
+        return super().__str__() + self.cli
+
+    def for_http(self) -> str:
+        """The message as an HTTP answer says it: without the CLI's ending."""
+        return super().__str__() + self.http
 
 
 class UsageError(BulkgenError):

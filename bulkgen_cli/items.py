@@ -83,10 +83,12 @@ def resolve(store: Store, ref: str, user: str, all_users: bool = False) -> Item:
     if not found:
         bulk = store.get_bulk(prefix)
         if bulk is not None and (all_users or bulk.userId == user):
-            raise NotFound(f"no item {quoted(ref)} for this user: that is a bulk job: `bulkgen status {prefix}` "
-                           "shows it (--items lists its items).")
-        raise NotFound(f"no item {quoted(ref)} for this user (`bulkgen status BULK_ID --items` lists a job's "
-                       "items; --all-users to look wider).")
+            raise NotFound(f"no item {quoted(ref)} for this user: that is a bulk job",
+                           cli=f": `bulkgen status {prefix}` shows it (--items lists its items).",
+                           http=f": GET /api/bulk-generate/{prefix} shows it with its items.")
+        raise NotFound(f"no item {quoted(ref)} for this user",
+                       cli=" (`bulkgen status BULK_ID --items` lists a job's items; --all-users to look wider).",
+                       http=" (GET /api/bulk-generate/{id} lists a job's items).")
     if len(found) > 1:
         names = ", ".join(f"{_candidate(found, n)} (#{i.queue_position} {quoted(i.label, 30)} of bulk job "
                           f"{i.bulk_job_id})" for n, i in enumerate(found[:CANDIDATES]))

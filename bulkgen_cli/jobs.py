@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from bulkgen_cli import control
 from bulkgen_cli.errors import BulkgenError, NotFound, UsageError
@@ -45,7 +45,8 @@ def submit(store: Store, parsed: Manifest, user: str, *, name: str | None = None
            idempotency_key: str | None = None, notify: list[str] | None = None,
            priority: Priority = Priority.normal, not_before: dt.datetime | None = None,
            split: bool = False, quality: QualityPolicy = QualityPolicy.warn,
-           quality_ratio: float = DEFAULT_QUALITY_RATIO) -> Submitted:
+           quality_ratio: float = DEFAULT_QUALITY_RATIO,
+           notify_policy: dict[str, Any] | None = None) -> Submitted:
     """Store a validated file as one bulk job (or, with `split`, balanced parts linked by a group), all or nothing.
 
     When storing a part fails, the parts stored before it are cancelled (a half
@@ -69,6 +70,7 @@ def submit(store: Store, parsed: Manifest, user: str, *, name: str | None = None
                 idempotency_key=f"{idempotency_key}#{number}" if part and idempotency_key else idempotency_key,
                 notify=list(notify or []), priority=priority.value, not_before=not_before, group_id=group,
                 quality=QualityPolicy(quality).value, quality_ratio=float(quality_ratio),
+                notify_policy=notify_policy,
             )
             jobs.append(store.create_bulk(bulk, parsed.articles[offset:offset + size]))
             offset += size
@@ -93,19 +95,23 @@ def visible(store: Store, bulk_id: str, user: str, all_users: bool = False) -> B
     """The bulk job if it exists and `user` may see it; NotFound (exit 3) otherwise."""
     bulk = store.get_bulk(bulk_id)
     if bulk is None or (not all_users and bulk.userId != user):
-        raise NotFound(f"no bulk job {quoted(bulk_id)} for this user{_not_a_job(store, bulk_id, user, all_users)}")
+        cli, http = _not_a_job(store, bulk_id, user, all_users)
+        raise NotFound(f"no bulk job {quoted(bulk_id)} for this user", cli=cli, http=http)
     return bulk
 
 
-def _not_a_job(store: Store, ref: str, user: str, all_users: bool) -> str:
-    """The end of "no bulk job": a hint when `ref` is an item's id (or prefix), else where to look."""
+def _not_a_job(store: Store, ref: str, user: str, all_users: bool) -> tuple[str, str]:
+    """The end of "no bulk job" (for the CLI, for HTTP): a hint when `ref` is an item's id (or prefix), else
+    where to look."""
     from bulkgen_cli import items
 
     try:
         item = items.resolve(store, ref, user, all_users)
     except BulkgenError:
-        return " (see `bulkgen list`; --all-users to look wider; job ids are whole, never prefixes)."
-    return f": that is an item of bulk job {item.bulk_job_id}: `bulkgen show {ref.strip().lower()}` shows it."
+        return (" (see `bulkgen list`; --all-users to look wider; job ids are whole, never prefixes).",
+                " (job ids are whole, never prefixes).")
+    return (f": that is an item of bulk job {item.bulk_job_id}: `bulkgen show {ref.strip().lower()}` shows it.",
+            f": that is an item of bulk job {item.bulk_job_id}: GET /api/items/{ref.strip().lower()} shows it.")
 
 
 def targets(store: Store, bulk_id: str | None, group: str | None, user: str, all_users: bool = False) -> list[BulkJob]:

@@ -351,7 +351,11 @@ class _Converter:
         if isinstance(node, ScalarNode):
             if node.tag == "tag:yaml.org,2002:timestamp":
                 return node.value  # a date stays the text the user wrote
-            return self.loader.construct_object(node, deep=True)
+            try:
+                return self.loader.construct_object(node, deep=True)
+            except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+                self.problems.add(f"the number {_show(node.value)} has too many digits.", item, _line(node), fld)
+                return None
         if node.tag not in (SEQ_TAG, MAP_TAG):
             raise yaml.constructor.ConstructorError(
                 None, None, f"tag {node.tag} is not allowed", node.start_mark
@@ -548,10 +552,18 @@ def _csv_value(column: str, cell: str, problems: _Problems, number: int, line: i
     if column == "keywords":
         return [part.strip() for part in re.split(r"[;,]", cell)]
     if column == "word_count":
-        return int(cell) if re.fullmatch(r"[+-]?\d+", cell) else cell
+        if re.fullmatch(r"[+-]?\d+", cell):
+            if len(cell) <= 100:
+                return int(cell)
+            problems.add(f"the number {_show(cell)} has too many digits.", number, line, "word_count")
+            return None
+        return cell
     if column == "extra":
         try:
             value = json.loads(cell)
+        except RecursionError:
+            problems.add(f"nests deeper than {MAX_DEPTH} levels.", number, line, "extra")
+            return {}
         except ValueError:
             problems.add("must be a JSON object in a CSV cell, like {\"seo\": true}.", number, line, "extra")
             return {}

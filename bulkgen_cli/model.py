@@ -265,6 +265,8 @@ class BulkJob:
     quality_summary: list[str] = field(default_factory=list)
     #: derived like the counters: failed items whose article the gate turned down (`turned_down`)
     turned_down_items: int = 0
+    #: a job submitted over HTTP: where its notifications may go (netpolicy.Policy.to_record); None: anywhere
+    notify_policy: dict[str, Any] | None = None
 
     @property
     def pending(self) -> int:
@@ -491,3 +493,43 @@ class Occurrence:
     finished_at: dt.datetime | None = None
     #: the earlier occurrences this one skipped
     skipped: int = 0
+# -- the HTTP server's records (bulkgen serve) ---------------------------------------------------------
+
+
+@dataclass
+class ApiToken:
+    """A user's bearer token for `bulkgen serve`; only its hash is stored (the token is shown once)."""
+
+    id: str
+    userId: str
+    #: sha256 of the token, hex
+    token_hash: str
+    admin: bool = False
+    #: the user's own address: e-mail notifications may always go there
+    email: str | None = None
+    created_at: dt.datetime | None = None
+    revoked_at: dt.datetime | None = None
+
+
+class ChangeKind(str, Enum):
+    #: a bulk job was created or changed state
+    bulk = "bulk"
+    #: an item changed state
+    item = "item"
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """One state change of a bulk job or an item, numbered by the store (design.md, "Live progress")."""
+
+    #: the store's change sequence number
+    seq: int
+    kind: str
+    #: the bulk job's or the item's id
+    record_id: str
+    bulk_job_id: str
+    userId: str
+    status: str
+    at: dt.datetime | None = None
+    queue_position: int | None = None
+    error: str | None = None

@@ -59,7 +59,10 @@ def parse_channel(text: str) -> str:
     kind, _, target = text.strip().partition(":")
     kind = kind.lower()
     if kind == "webhook":
-        parts = urlsplit(target)
+        try:
+            parts = urlsplit(target)
+        except ValueError:  # http://[::1/ (an unclosed bracket), http://[x]/
+            raise UsageError(f"--notify {text!r}: the webhook URL cannot be read.") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UsageError(f"--notify {text!r}: a webhook needs an http:// or https:// URL.")
         return f"webhook:{target}"
@@ -246,7 +249,7 @@ class Notifier:
                 continue
             if not self.store.claim_step(bulk.id, outbox["event_id"], index, self.owner, now, LOCK_SECONDS):
                 continue
-            error = self._send(step["channel"], event)
+            error = self._send(step["channel"], event, bulk.notify_policy)
             tries = step["attempts"] + 1
             retry_at = None
             if error is not None and tries <= len(self.retry_delays):
@@ -301,37 +304,46 @@ class Notifier:
 
     # -- channels --------------------------------------------------------------
 
-    def _send(self, channel: str, event: dict[str, Any]) -> str | None:
-        """Send one channel; None when delivered, else a one-line reason."""
+    def _send(self, channel: str, event: dict[str, Any], policy: dict[str, Any] | None = None) -> str | None:
+        """Send one channel; None when delivered, else a one-line reason.
+
+        A job submitted over HTTP carries a policy: its targets are checked again
+        now (netpolicy), and a webhook connects to the address just checked.
+        """
+        from bulkgen_cli.netpolicy import Policy, Refused, check_email
+
         kind, _, target = channel.partition(":")
         try:
             if kind == "webhook":
-                return self._webhook(target, event)
+                return self._webhook(target, event, None if policy is None else Policy.from_record(policy))
             if kind == "email":
+                if policy is not None:
+                    check_email(target, Policy.from_record(policy))
                 if self.smtp is None:
                     return "no BULKGEN_SMTP_URL is set on the processor that delivered it"
                 self.smtp.send(email_message(event, self.smtp.sender, target))
                 return None
             return f"unknown channel kind {kind!r}"
+        except Refused as exc:
+            return f"refused: {exc}"
         except Exception as exc:  # noqa: BLE001  a channel's failure is recorded, never raised
             return self._scrub(f"{type(exc).__name__}: {exc}")[:300]
 
-    def _webhook(self, url: str, event: dict[str, Any]) -> str | None:
+    def _webhook(self, url: str, event: dict[str, Any], policy: Any = None) -> str | None:
         import httpx
+
+        from bulkgen_cli.netpolicy import check_webhook, pinned_request
 
         if urlsplit(url).scheme not in ("http", "https"):
             return "not an http(s) URL"
-        response = httpx.post(
-            url,
-            json=event,
-            timeout=WEBHOOK_TIMEOUT,
-            follow_redirects=False,
-            headers={
-                "User-Agent": f"bulkgen/{__version__}",
-                "X-Bulkgen-Event": event["event"],
-                "Idempotency-Key": event["event_id"],
-            },
-        )
+        headers = {"User-Agent": f"bulkgen/{__version__}", "X-Bulkgen-Event": event["event"],
+                   "Idempotency-Key": event["event_id"]}
+        extensions: dict[str, Any] = {}
+        if policy is not None:  # connect to the address just checked: no window for DNS rebinding
+            url, host, extensions = pinned_request(url, check_webhook(url, policy)[0])
+            headers.update(host)
+        with httpx.Client(timeout=WEBHOOK_TIMEOUT, follow_redirects=False) as client:
+            response = client.post(url, json=event, headers=headers, extensions=extensions)
         if 200 <= response.status_code < 300:
             return None
         body = " ".join(response.text.split())[:120]

@@ -276,7 +276,8 @@ def submit_for(store: Store, schedule: Schedule, at: dt.datetime, key: str | Non
                        notify=list(options.get("notify") or []),
                        priority=Priority(options.get("priority") or Priority.normal.value),
                        quality=QualityPolicy(options.get("quality") or QualityPolicy.warn.value),
-                       quality_ratio=float(options.get("quality_ratio", DEFAULT_QUALITY_RATIO)))
+                       quality_ratio=float(options.get("quality_ratio", DEFAULT_QUALITY_RATIO)),
+                       notify_policy=options.get("notify_policy"))  # a schedule made over HTTP (netpolicy)
 
 
 # -- the verbs -----------------------------------------------------------------------------------------------
@@ -291,15 +292,17 @@ def add(store: Store, user: str, name: str, cron: str, zone: str, source: dict[s
                         options=options, created_at=now)
     schedule.next_at = next_after(schedule.cron, schedule.zone, now)
     if not store.add_schedule(schedule):
-        raise NameTaken(f"you have a schedule named {quoted(name)} already; nothing was stored "
-                         f"(`bulkgen schedule remove {name}` first, or choose another name).")
+        raise NameTaken(f"you have a schedule named {quoted(name)} already; nothing was stored",
+                        cli=f" (`bulkgen schedule remove {name}` first, or choose another name).",
+                        http=" (DELETE it first, or choose another name).")
     return schedule
 
 
 def get(store: Store, user: str, name: str) -> Schedule:
     schedule = store.get_schedule(user, name)
     if schedule is None:
-        raise NotFound(f"no schedule {quoted(name)} for this user (see `bulkgen schedule list`).")
+        raise NotFound(f"no schedule {quoted(name)} for this user", cli=" (see `bulkgen schedule list`).",
+                       http=" (GET /api/schedules lists yours).")
     return schedule
 
 

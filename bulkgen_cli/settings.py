@@ -195,19 +195,21 @@ def parse_when(text: str, now: dt.datetime) -> dt.datetime:
 
     raw = text.strip()
     match = re.fullmatch(r"\+(\d+(?:\.\d+)?)\s*([smhd])", raw)
-    if match:
-        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-        return now + dt.timedelta(seconds=float(match.group(1)) * unit)
     try:
+        if match:
+            unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+            return now + dt.timedelta(seconds=float(match.group(1)) * unit)
         when = dt.datetime.fromisoformat(raw)
+        if when.tzinfo is None:
+            when = when.astimezone()  # a time without a zone is local time
+        when = when.astimezone(dt.timezone.utc)
+    except OverflowError:  # +999999999h, or a time at the calendar's end shifted past it by its zone
+        raise UsageError(f"--not-before {text!r} is past the year 9999.") from None
     except ValueError:
         raise UsageError(
             f"--not-before {text!r}: use an ISO 8601 time (2026-12-01T09:00, with or without a zone) "
             "or a delay like +30m, +2h, +1d."
         ) from None
-    if when.tzinfo is None:
-        when = when.astimezone()  # a time without a zone is local time
-    when = when.astimezone(dt.timezone.utc)
     if when < now - PAST_TOLERANCE:
         from bulkgen_cli.text import duration
 

@@ -708,8 +708,9 @@ def save(store: Store, user: str, name: str, template_text: str, *, source: str,
                           placeholders=template.placeholders, source=source, created_at=now, updated_at=now)
     outcome = store.save_template(saved, replace)
     if outcome is SaveOutcome.exists:
-        raise NameTaken(f"you have a template named '{name}' already; nothing was saved. "
-                        f"`bulkgen template save {name} FILE --replace` replaces it.")
+        raise NameTaken(f"you have a template named '{name}' already; nothing was saved.",
+                        cli=f" `bulkgen template save {name} FILE --replace` replaces it.",
+                        http=' {"replace": true} replaces it.')
     if outcome is SaveOutcome.replaced:  # as stored: a replacement keeps when the name was first saved
         saved = store.get_template(user, name) or saved
     return saved, outcome
@@ -719,7 +720,8 @@ def load_saved(store: Store, user: str, name: str) -> SavedTemplate:
     """`user`'s saved template `name`; NotFound (exit 3) when there is none (another user's is never found)."""
     saved = store.get_template(user, name)
     if saved is None:
-        raise NotFound(f"no template {quoted(name)} for this user (see `bulkgen template list`).")
+        raise NotFound(f"no template {quoted(name)} for this user", cli=" (see `bulkgen template list`).",
+                       http=" (GET /api/templates lists yours).")
     return saved
 
 
@@ -731,7 +733,8 @@ def list_saved(store: Store, user: str) -> list[SavedTemplate]:
 def remove(store: Store, user: str, name: str) -> None:
     """Delete `user`'s saved template `name`; NotFound (exit 3) when there is none."""
     if not store.remove_template(user, name):
-        raise NotFound(f"no template {quoted(name)} for this user (see `bulkgen template list`).")
+        raise NotFound(f"no template {quoted(name)} for this user", cli=" (see `bulkgen template list`).",
+                       http=" (GET /api/templates lists yours).")
 
 
 def expand_saved(saved: SavedTemplate, values_text: str, values_format: str, *, values_source: str,

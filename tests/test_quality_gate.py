@@ -263,11 +263,12 @@ def test_sqlite_store_of_schema_5_gets_the_quality_fields(tmp_path):
     for column in ("quality", "quality_ratio", "flagged_items", "quality_summary", "turned_down_items"):
         db.execute(f"ALTER TABLE bulk_jobs DROP COLUMN {column}")
     db.execute("ALTER TABLE generation_jobs DROP COLUMN verdict")
+    db.execute("ALTER TABLE bulk_jobs DROP COLUMN notify_policy")  # schema 7's (bulkgen serve)
     db.execute("PRAGMA user_version = 5")
     db.close()
     store = SqliteStore(path)
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
         job = store.get_bulk(bulk.id)
         assert (job.quality, job.quality_ratio, job.flagged_items) == ("warn", 0.7, 0)
         assert all(i.verdict is None for i in store.list_items(bulk.id))

@@ -32,6 +32,8 @@ NOT_RUN = {
     "bulkgen run --forever": "a long-lived worker never exits by design (tests/test_processes.py runs it)",
     "BULKGEN_SMTP_URL=": "needs an SMTP server and notify-send (tests/test_notify.py covers both)",
 }
+#: The section whose curl examples need a `bulkgen serve` (started here, at its address in the README).
+SERVE_SECTION, SERVE_URL = "serve", "http://127.0.0.1:8080"
 #: Blocks that show a terminal mid-run: their commands must run, their output is illustrative.
 ILLUSTRATIVE = ("bulkgen status 6b0b564e5a3270849fe2ea28 --items",)
 
@@ -100,8 +102,11 @@ def job_for(section: str, home: Path, env: dict[str, str]) -> str:
     return env["id"]  # the first job: completed by then
 
 
-def test_every_readme_command_runs_and_shows_what_the_readme_says(scratch):
+def test_every_readme_command_runs_and_shows_what_the_readme_says(scratch, processes):
+    from tests.serve_helpers import start_server
+
     home, env, service = scratch
+    server = None
     shell = shutil.which("bash")
     assert shell and shutil.which("jq"), "the README's examples use bash and jq"
     ran, sections, skipped = 0, {}, set()
@@ -111,6 +116,10 @@ def test_every_readme_command_runs_and_shows_what_the_readme_says(scratch):
             skipped.add(reason)
             continue
         text = command.text.replace("http://127.0.0.1:8000", service.url)
+        if command.section == SERVE_SECTION and server is None:  # its processor works against the service
+            server = start_server(processes, env, "--processor")
+        if server is not None:
+            text = text.replace(SERVE_URL, server.url)
         if command.section == "list" and "list" not in sections:  # something to list as queued
             sections["list"] = bulkgen(env, home, "submit", "examples/articles.yaml")
         if EXAMPLE_ID in text:
@@ -134,3 +143,4 @@ def test_every_readme_command_runs_and_shows_what_the_readme_says(scratch):
         ran += 1
     assert skipped == set(NOT_RUN) and ran == len(commands()) - len(skipped) >= 19, (ran, skipped)
     assert os.path.exists(home / "articles" / "01-beans.md") and (home / "all.jsonl").exists()
+    assert server is not None and env["token"].startswith("bgk_") and env["job"]

@@ -316,6 +316,7 @@ def test_an_old_schema_is_not_upgraded_by_a_reading_command(cli, tmp_path):
     for column in ("quality", "quality_ratio", "flagged_items", "quality_summary", "turned_down_items"):
         db.execute(f"ALTER TABLE bulk_jobs DROP COLUMN {column}")
     db.execute("ALTER TABLE generation_jobs DROP COLUMN verdict")
+    db.execute("ALTER TABLE bulk_jobs DROP COLUMN notify_policy")
     db.execute("PRAGMA user_version = 3")
     db.close()
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
 from bulkgen_cli.model import (
-    BulkJob, BulkStatus, Counts, Item, ItemStatus, Occurrence, Outcome, SavedTemplate, SaveOutcome, Schedule,
-    ScheduleStatus,
+    ApiToken, BulkJob, BulkStatus, Counts, Item, ItemStatus, Occurrence, Outcome, SavedTemplate, SaveOutcome,
+    Schedule, ScheduleStatus, StateChange,
 )
 from bulkgen_cli.store import rules
 # Decided in rules.py; importable from here too.
@@ -364,6 +364,46 @@ class Store(ABC):
     @abstractmethod
     def remove_template(self, user: str, name: str) -> bool:
         """Delete the user's template of that name; False when there was none."""
+    # -- the HTTP server: tokens and the change log (design.md, "Live progress") -----------------------
+
+    #: Seconds after its number was taken within which a change may still be written (MongoDB takes the
+    #: number before the write, so writes can land out of order); 0 where numbers are in commit order.
+    change_lag: float = 0.0
+
+    @abstractmethod
+    def add_token(self, token: ApiToken) -> None:
+        """Store a new API token (its hash only)."""
+
+    @abstractmethod
+    def token_by_hash(self, token_hash: str) -> ApiToken | None:
+        """The unrevoked token with this hash, or None (an indexed lookup)."""
+
+    @abstractmethod
+    def list_tokens(self, user: str | None = None) -> list[ApiToken]:
+        """Every token (revoked ones too), oldest first; of one user unless `user` is None."""
+
+    @abstractmethod
+    def revoke_token(self, token_id: str, now: dt.datetime) -> bool:
+        """Revoke a token; False when there is none with that id or it was revoked already."""
+
+    @abstractmethod
+    def changes_since(self, after: int, limit: int = 500) -> list[StateChange]:
+        """State changes of bulk jobs and items numbered above `after`, in number order.
+
+        Every change of a job's or an item's status gets the next number of a
+        store-wide sequence, written with the change itself. Where numbers are in
+        commit order (`change_lag` 0) this is exact: a change numbered at or below
+        `after` is never seen later. Otherwise the answer also holds the changes
+        made in the last `change_lag` seconds, whatever their number; callers
+        dedupe by (seq, record_id).
+        """
+
+    @abstractmethod
+    def last_change(self) -> int:
+        """A number at or above every change written so far (0 when none): where a new reader starts.
+
+        Numbers may be skipped (MongoDB takes one before a conditional write that then matches nothing).
+        """
 
     # -- recurring schedules (design.md, "Recurring schedules") -----------------------------------------
 

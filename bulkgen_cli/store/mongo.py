@@ -31,20 +31,26 @@ from pymongo.errors import (
 
 from bulkgen_cli.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.model import (
-    ARTICLE_FIELDS, CLAIMABLE_BULK, BulkJob, BulkStatus, Counts, EventKind, Item, ItemStatus, Occurrence,
-    OccurrenceState, Outcome, SavedTemplate, SaveOutcome, Schedule, ScheduleStatus, later, outbox_open,
+    ARTICLE_FIELDS, CLAIMABLE_BULK, ApiToken, BulkJob, BulkStatus, ChangeKind, Counts, EventKind, Item, ItemStatus,
+    Occurrence, OccurrenceState, Outcome, SavedTemplate, SaveOutcome, Schedule, ScheduleStatus, StateChange, later,
+    outbox_open, utcnow,
 )
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, OpenMode, Store, slot_names
 from bulkgen_cli.store.rules import (
-    BULK_FIELDS, ITEM_FIELDS, LEASE_FIELDS, OCCURRENCE_FIELDS, SCHEDULE_FIELDS, TEMPLATE_FIELDS, Change, Conditions,
-    record,
+    BULK_FIELDS, CHANGE_FIELDS, ITEM_FIELDS, LEASE_FIELDS, OCCURRENCE_FIELDS, SCHEDULE_FIELDS, TEMPLATE_FIELDS,
+    TOKEN_FIELDS, Change, Conditions, record,
 )
 
 BULK_JOBS = "bulk_jobs"
 GENERATION_JOBS = "generation_jobs"
 LEASES = "processor_leases"
 IDEMPOTENCY = "bulk_idempotency_keys"
+TOKENS = "api_tokens"
+#: The counter document of the change sequence, in META (design.md, "Live progress").
+CHANGES = "changes"
+#: A change's number is taken before its write: a write may land this many seconds after (a re-read window).
+CHANGE_LAG = 10.0
 META = "bulkgen_meta"
 TEMPLATES = "templates"
 SCHEDULES = "schedules"
@@ -189,6 +195,7 @@ class MongoStore(Store):
         self.templates = db[TEMPLATES]
         self.schedules = db[SCHEDULES]
         self.occurrences = db[OCCURRENCES]
+        self.tokens = db[TOKENS]
         try:
             marker = self.meta.find_one({"_id": "schema"})
             if mode != "create" and marker is None and BULK_JOBS not in db.list_collection_names():
@@ -266,6 +273,7 @@ class MongoStore(Store):
         self.schedules.create_index([("userId", ASCENDING), ("name", ASCENDING)], unique=True)
         self.schedules.create_index([("status", ASCENDING), ("next_at", ASCENDING)])
         self.occurrences.create_index([("schedule_id", ASCENDING), ("at", DESCENDING)])
+        self._ensure_serve_indexes()
         self.meta.update_one(
             {"_id": "schema"}, {"$set": {"version": SCHEMA_VERSION}}, upsert=True
         )
@@ -284,6 +292,8 @@ class MongoStore(Store):
                 return existing, False
         docs = [_doc(rules.new_item(bulk, article, n)) for n, article in enumerate(articles, start=1)]
         bulk_doc = {**_doc(rules.new_bulk(bulk)), "refresh_seq": 0}
+        stamped = self._stamp({"$set": bulk_doc})
+        bulk_doc = {**stamped["$set"], "changes": stamped["$push"]["changes"]["$each"]}
         if bulk.idempotency_key is None:
             del bulk_doc["idempotency_key"]  # the field only where a key was given
         # Items first: without their bulk job they are invisible and never claimed,
@@ -409,7 +419,7 @@ class MongoStore(Store):
     def cancel_item(self, item_id: str, from_status: ItemStatus, now: dt.datetime) -> Counts | None:
         oid = _oid(item_id)
         doc = None if oid is None else self.items.find_one_and_update(
-            {"_id": oid, "status": from_status.value}, _update(rules.item_cancelled(from_status, now)),
+            {"_id": oid, "status": from_status.value}, self._stamp(_update(rules.item_cancelled(from_status, now))),
             {"bulk_job_id": 1})
         if doc is None:
             return None
@@ -426,7 +436,7 @@ class MongoStore(Store):
             return None
         # Item first: a completed job's queued item is not claimable, so nothing starts before the job is queued.
         if from_status is not ItemStatus.queued and not self.items.update_one(
-                {"_id": oid, "status": from_status.value}, _update(rules.RETRIED_ITEM)).matched_count:
+                {"_id": oid, "status": from_status.value}, self._stamp(_update(rules.RETRIED_ITEM))).matched_count:
             return None
         return self._reopen(before, now)
 
@@ -451,7 +461,8 @@ class MongoStore(Store):
             if bulk is not None and bulk["status"] == rules.RETRY_FROM.value and queued is not None:
                 outbox = bulk.get("outbox")
                 self.bulks.update_one({"_id": bulk_id, "status": rules.RETRY_FROM.value,
-                                       "outbox.event_id": (outbox or {}).get("event_id")}, _update(rules.RETRIED_JOB))
+                                       "outbox.event_id": (outbox or {}).get("event_id")},
+                                      self._stamp(_update(rules.RETRIED_JOB)))
             counts = self.refresh_counters(str(bulk_id), now)
         return counts
 
@@ -459,7 +470,7 @@ class MongoStore(Store):
         """Put an item that item retry queued back as it was (`before`), unless it has been claimed since."""
         if before["status"] != ItemStatus.queued.value:
             self.items.update_one({"_id": before["_id"], "status": ItemStatus.queued.value, "attempts": 0},
-                                  _update(rules.retry_undone(before)))
+                                  self._stamp(_update(rules.retry_undone(before))))
         self.refresh_counters(bulk_id, now)
 
     # -- the processor's verbs -------------------------------------------------
@@ -494,7 +505,7 @@ class MongoStore(Store):
                 return None
             doc = self.items.find_one_and_update(
                 {"_id": candidate["_id"], "status": ItemStatus.queued.value, **_below(fence)},
-                _update(rules.claimed(owner, later(now, lease_seconds), now, fence)),
+                self._stamp(_update(rules.claimed(owner, later(now, lease_seconds), now, fence))),
                 return_document=ReturnDocument.AFTER,
             )
             if doc is None:
@@ -542,7 +553,7 @@ class MongoStore(Store):
         """Mark the claimed item's bulk job started; None (item handed back) if it was paused or cancelled."""
         bulk_id = doc["bulk_job_id"]
         for condition, fields in rules.job_started(now):
-            self.bulks.update_one({"_id": bulk_id, **condition}, {"$set": fields})
+            self.bulks.update_one({"_id": bulk_id, **condition}, self._stamp({"$set": fields}))
         # A pause or cancel may have committed between choosing the item and the
         # claim: check again, and hand the item back untouched if so.
         current = self.bulks.find_one({"_id": bulk_id}, {"status": 1})
@@ -556,7 +567,7 @@ class MongoStore(Store):
 
     @_unavailable
     def _write_held(self, item_id: str, owner: str, change: Change) -> bool:
-        result = self.items.update_one({"_id": ObjectId(item_id), **rules.held(owner)}, _update(change))
+        result = self.items.update_one({"_id": ObjectId(item_id), **rules.held(owner)}, self._stamp(_update(change)))
         return result.matched_count == 1
 
     @_unavailable
@@ -588,7 +599,7 @@ class MongoStore(Store):
             # The bulk job is cancelled first, so no claim can start meanwhile;
             # these sweeps are idempotent, and a repeated cancel finishes them.
             for status, change in rules.cancel_sweeps(now):
-                self.items.update_many({"bulk_job_id": oid, "status": status.value}, _update(change))
+                self.items.update_many({"bulk_job_id": oid, "status": status.value}, self._stamp(_update(change)))
         return changed
 
     @_unavailable
@@ -599,11 +610,12 @@ class MongoStore(Store):
             return 0
         # Items first: a completed job's queued items are not claimable, so nothing
         # starts before the job itself is queued again.
-        self.items.update_many({"bulk_job_id": oid, "status": rules.RETRIED.value}, _update(rules.RETRIED_ITEM))
+        self.items.update_many({"bulk_job_id": oid, "status": rules.RETRIED.value},
+                               self._stamp(_update(rules.RETRIED_ITEM)))
         # Counted, not taken from update_many: a retry that died half-way is finished here.
         requeued = self.items.count_documents({"bulk_job_id": oid, "status": ItemStatus.queued.value})
         if requeued:
-            self.bulks.update_one({"_id": oid, "status": rules.RETRY_FROM.value}, _update(rules.RETRIED_JOB))
+            self.bulks.update_one({"_id": oid, "status": rules.RETRY_FROM.value}, self._stamp(_update(rules.RETRIED_JOB)))
         return requeued
 
     @_unavailable
@@ -614,7 +626,7 @@ class MongoStore(Store):
             bulk = self.bulks.find_one({"_id": doc["bulk_job_id"]}, {"status": 1})
             change = rules.expired(None if bulk is None else bulk["status"], doc.get("attempts", 0), max_attempts, now)
             # Conditional on the lease still being expired: a late heartbeat wins.
-            if self.items.update_one({"_id": doc["_id"], **expired}, _update(change)).matched_count:
+            if self.items.update_one({"_id": doc["_id"], **expired}, self._stamp(_update(change))).matched_count:
                 touched.add(str(doc["bulk_job_id"]))
         return sorted(touched)
 
@@ -700,7 +712,7 @@ class MongoStore(Store):
         fence = {} if seq is None else {"refresh_seq": seq}
         result = self.bulks.update_one(
             {"_id": oid, "status": {"$in": [s.value for s in rules.ENDS_FROM]}, **fence},
-            {"$set": rules.end_fields(kind, list(doc.get("notify") or []), now)},
+            self._stamp({"$set": rules.end_fields(kind, list(doc.get("notify") or []), now)}),
         )
         return result.matched_count == 1
 
@@ -788,7 +800,7 @@ class MongoStore(Store):
             return False
         result = self.bulks.update_one(
             {"_id": oid, "status": {"$in": [BulkStatus(s).value for s in allowed_from]}},
-            {"$set": {"status": BulkStatus(to).value}},
+            self._stamp({"$set": {"status": BulkStatus(to).value}}),
         )
         return result.matched_count == 1
 
@@ -976,3 +988,84 @@ class MongoStore(Store):
             return []
         cursor = self.occurrences.find({"schedule_id": oid}).sort("at", DESCENDING).limit(limit)
         return [_occurrence(d) for d in cursor]
+    # -- the HTTP server: tokens and the change log (design.md, "Live progress") -------------------------
+
+    change_lag = CHANGE_LAG
+
+    def _ensure_serve_indexes(self) -> None:
+        self.tokens.create_index([("token_hash", ASCENDING)], unique=True)
+        for collection in (self.bulks, self.items):
+            collection.create_index([("change_seq", ASCENDING)])
+            collection.create_index([("change_at", ASCENDING)])
+
+    def _stamp(self, update: dict[str, Any]) -> dict[str, Any]:
+        """A status write numbered: the record keeps its latest number and a short history of its changes.
+
+        The number is taken before the write (no transactions): two writes can land out of number
+        order, which `changes_since` covers by re-reading the last CHANGE_LAG seconds.
+        """
+        fields = update.get("$set", {})
+        if "status" not in fields:
+            return update
+        seq = int(self.meta.find_one_and_update({"_id": CHANGES}, {"$inc": {"value": 1}}, upsert=True,
+                                                return_document=ReturnDocument.AFTER)["value"])
+        at = utcnow()
+        entry = {"seq": seq, "status": fields["status"], "at": at, "error": fields.get("error")}
+        return {**update, "$set": {**fields, "change_seq": seq, "change_at": at},
+                "$push": {"changes": {"$each": [entry], "$slice": -rules.CHANGE_HISTORY}}}
+
+    @_unavailable
+    def add_token(self, token: ApiToken) -> None:
+        self.tokens.insert_one({"_id": token.id, **{f.name: getattr(token, f.name) for f in TOKEN_FIELDS
+                                                    if f.name != "id"}})
+
+    @_unavailable
+    def token_by_hash(self, token_hash: str) -> ApiToken | None:
+        doc = self.tokens.find_one({"token_hash": token_hash, "revoked_at": None})
+        return None if doc is None else _token(doc)
+
+    @_unavailable
+    def list_tokens(self, user: str | None = None) -> list[ApiToken]:
+        query = {} if user is None else {"userId": user}
+        return [_token(d) for d in self.tokens.find(query).sort([("created_at", ASCENDING), ("_id", ASCENDING)])]
+
+    @_unavailable
+    def revoke_token(self, token_id: str, now: dt.datetime) -> bool:
+        return self.tokens.update_one({"_id": token_id, "revoked_at": None},
+                                      {"$set": {"revoked_at": now}}).matched_count == 1
+
+    @_unavailable
+    def changes_since(self, after: int, limit: int = 500) -> list[StateChange]:
+        recent = utcnow() - dt.timedelta(seconds=self.change_lag)
+        found: list[StateChange] = []
+        for kind, collection in ((ChangeKind.bulk, self.bulks), (ChangeKind.item, self.items)):
+            query = {"$or": [{"change_seq": {"$gt": after}}, {"change_at": {"$gte": recent}}]}
+            cursor = collection.find(query, {"article": 0, "result": 0, "outbox": 0}).sort("change_seq", ASCENDING)
+            for doc in cursor.limit(limit):
+                found.extend(_changes(kind, doc, after, recent))
+        found.sort(key=lambda c: (c.seq, c.record_id))
+        return found[:limit]
+
+    @_unavailable
+    def last_change(self) -> int:
+        doc = self.meta.find_one({"_id": CHANGES})
+        return 0 if doc is None else int(doc["value"])
+
+
+def _token(doc: dict[str, Any]) -> ApiToken:
+    return record(ApiToken, TOKEN_FIELDS, {**doc, "id": doc["_id"]}, _aware, _same)  # type: ignore[no-any-return]
+
+
+def _changes(kind: ChangeKind, doc: dict[str, Any], after: int, recent: dt.datetime) -> list[StateChange]:
+    """A record's history entries numbered above `after` or made since `recent`."""
+    out = []
+    for entry in doc.get("changes") or []:
+        at = _aware(entry.get("at"))
+        if entry["seq"] <= after and (at is None or at < recent):
+            continue
+        bulk_id = doc["_id"] if kind is ChangeKind.bulk else doc["bulk_job_id"]
+        values = {"seq": entry["seq"], "kind": kind.value, "record_id": doc["_id"], "bulk_job_id": bulk_id,
+                  "userId": doc["userId"], "status": entry["status"], "at": at, "error": entry.get("error"),
+                  "queue_position": doc.get("queue_position") if kind is ChangeKind.item else None}
+        out.append(record(StateChange, CHANGE_FIELDS, values, _aware, _same))
+    return out

@@ -98,6 +98,7 @@ BULK_FIELDS = (
     Field("flagged_items", PLAIN, 0),
     Field("quality_summary", JSON, list),
     Field("turned_down_items", PLAIN, 0),
+    Field("notify_policy", JSON, given=True),
 )
 
 #: An item: `Item`'s fields as stored (`article` is one JSON column in SQLite, top-level fields in MongoDB).
@@ -559,3 +560,31 @@ def advanced(schedule: Schedule, at: dt.datetime, next_at: dt.datetime | None, b
     recent = (schedule.skipped_recent + [str(iso(t)) for t in skipped])[-SKIPPED_KEPT:]
     return {"next_at": next_at, "last_at": at, "last_bulk_job_id": bulk_job_id, "last_error": error,
             "skipped_count": schedule.skipped_count + skipped_count, "skipped_recent": recent}
+# -- the HTTP server's records (bulkgen serve) ---------------------------------------------------------
+
+#: An API token: `model.ApiToken`'s fields as stored (the token itself never is).
+TOKEN_FIELDS = (
+    Field("id", TEXT, REQUIRED),
+    Field("userId", TEXT, REQUIRED),
+    Field("token_hash", TEXT, REQUIRED),
+    Field("admin", PLAIN, False),
+    Field("email", PLAIN),
+    Field("created_at", TIME),
+    Field("revoked_at", TIME),
+)
+
+#: A state change: `model.StateChange`'s fields as stored (design.md, "Live progress").
+CHANGE_FIELDS = (
+    Field("seq", PLAIN, REQUIRED),
+    Field("kind", PLAIN, REQUIRED),
+    Field("record_id", TEXT, REQUIRED),
+    Field("bulk_job_id", TEXT, REQUIRED),
+    Field("userId", TEXT, REQUIRED),
+    Field("status", PLAIN, REQUIRED),
+    Field("at", TIME),
+    Field("queue_position", PLAIN),
+    Field("error", PLAIN),
+)
+
+#: How many state changes a MongoDB record keeps in its own history (older ones were long since read).
+CHANGE_HISTORY = 20

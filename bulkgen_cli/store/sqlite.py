@@ -29,16 +29,17 @@ from urllib.parse import quote
 
 from bulkgen_cli.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.model import (
-    CLAIMABLE_BULK, BulkJob, BulkStatus, Counts, EventKind, Item, ItemStatus, Occurrence, OccurrenceState,
-    SavedTemplate, SaveOutcome, Schedule, ScheduleStatus, iso, later,
+    CLAIMABLE_BULK, ApiToken, BulkJob, BulkStatus, Counts, EventKind, Item, ItemStatus, Occurrence, OccurrenceState,
+    SavedTemplate, SaveOutcome, Schedule, ScheduleStatus, StateChange, iso, later,
 )
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, OpenMode, Store, slot_names
 from bulkgen_cli.store.rules import (
-    BULK_FIELDS, ITEM_FIELDS, LEASE_FIELDS, OCCURRENCE_FIELDS, SCHEDULE_FIELDS, TEMPLATE_FIELDS, Change, record,
+    BULK_FIELDS, CHANGE_FIELDS, ITEM_FIELDS, LEASE_FIELDS, OCCURRENCE_FIELDS, SCHEDULE_FIELDS, TEMPLATE_FIELDS,
+    TOKEN_FIELDS, Change, record,
 )
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 BUSY_TIMEOUT_S = 30.0
 #: An I/O error with less free space than this on the store's disk is taken for a full disk.
 FULL_BELOW_BYTES = 1 << 20
@@ -125,7 +126,8 @@ CREATE TABLE IF NOT EXISTS bulk_jobs (
     quality_ratio REAL NOT NULL DEFAULT 0.7,
     flagged_items INTEGER NOT NULL DEFAULT 0,
     quality_summary TEXT NOT NULL DEFAULT '[]',
-    turned_down_items INTEGER NOT NULL DEFAULT 0
+    turned_down_items INTEGER NOT NULL DEFAULT 0,
+    notify_policy TEXT
 );
 CREATE INDEX IF NOT EXISTS bulk_jobs_status ON bulk_jobs (status, created_at, id);
 CREATE INDEX IF NOT EXISTS bulk_jobs_claim ON bulk_jobs (status, priority_rank, created_at, id);
@@ -175,6 +177,28 @@ CREATE TABLE IF NOT EXISTS leases (
     host TEXT NOT NULL,
     pid INTEGER NOT NULL
 );
+
+CREATE TABLE IF NOT EXISTS api_tokens (
+    id TEXT PRIMARY KEY,
+    userId TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    admin INTEGER NOT NULL DEFAULT 0,
+    email TEXT,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+);
+
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    bulk_job_id TEXT NOT NULL,
+    userId TEXT NOT NULL,
+    status TEXT NOT NULL,
+    at TEXT NOT NULL,
+    queue_position INTEGER,
+    error TEXT
+);
 """ + TEMPLATES_TABLE + SCHEDULE_TABLES
 
 #: From schema 1 (before notifications) to 2.
@@ -220,6 +244,30 @@ FLAGGED_SQL = (
 COMPLETED_SQL = (
     "SELECT id, queue_position, result FROM generation_jobs WHERE bulk_job_id = ? AND status = ?"
     f" ORDER BY {rules.ITEM_ORDER}"
+)
+
+#: From schema 6 to 7 (bulkgen serve: API tokens, the change log, a job's notification policy).
+#: The new tables are in SCHEMA (created if missing); the triggers are CHANGE_TRIGGERS.
+MIGRATE_6_TO_7 = """
+ALTER TABLE bulk_jobs ADD COLUMN notify_policy TEXT;
+"""
+
+_NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+#: Every status change of a bulk job or an item is logged in `changes` by the write's own transaction,
+#: so the log's numbers are in commit order (design.md, "Live progress"). Run one by one: each holds ';'.
+CHANGE_TRIGGERS = (
+    "CREATE TRIGGER IF NOT EXISTS changes_bulk_new AFTER INSERT ON bulk_jobs BEGIN"
+    " INSERT INTO changes (kind, record_id, bulk_job_id, userId, status, at)"
+    f" VALUES ('bulk', NEW.id, NEW.id, NEW.userId, NEW.status, {_NOW}); END",
+    "CREATE TRIGGER IF NOT EXISTS changes_bulk_status AFTER UPDATE OF status ON bulk_jobs"
+    " WHEN NEW.status IS NOT OLD.status BEGIN"
+    " INSERT INTO changes (kind, record_id, bulk_job_id, userId, status, at)"
+    f" VALUES ('bulk', NEW.id, NEW.id, NEW.userId, NEW.status, {_NOW}); END",
+    "CREATE TRIGGER IF NOT EXISTS changes_item_status AFTER UPDATE OF status ON generation_jobs"
+    " WHEN NEW.status IS NOT OLD.status BEGIN"
+    " INSERT INTO changes (kind, record_id, bulk_job_id, userId, status, at, queue_position, error)"
+    f" VALUES ('item', NEW.id, NEW.bulk_job_id, NEW.userId, NEW.status, {_NOW}, NEW.queue_position, NEW.error);"
+    " END",
 )
 
 #: The claim's two lookups (see claim_next); a test checks their query plans.
@@ -512,10 +560,13 @@ class SqliteStore(Store):
             script = (MIGRATE_1_TO_2 if version == 1 else "") + (MIGRATE_2_TO_3 if version in (1, 2) else "")
             script += (MIGRATE_3_TO_4 if version in (1, 2, 3) else "")
             script += (MIGRATE_4_TO_5 if version in (1, 2, 3, 4) else "")
-            script += (MIGRATE_5_TO_6 if version in (1, 2, 3, 4, 5) else "") + SCHEMA
+            script += (MIGRATE_5_TO_6 if version in (1, 2, 3, 4, 5) else "")
+            script += (MIGRATE_6_TO_7 if 0 < version < 7 else "") + SCHEMA
             for statement in script.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            for trigger in CHANGE_TRIGGERS:
+                db.execute(trigger)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
@@ -1073,3 +1124,45 @@ class SqliteStore(Store):
         rows = self.db.execute("SELECT * FROM schedule_occurrences WHERE schedule_id = ? ORDER BY at DESC LIMIT ?",
                                (schedule_id, limit))
         return [_occurrence(r) for r in rows]
+    # -- the HTTP server: tokens and the change log --------------------------------------------------
+
+    @_unavailable
+    def add_token(self, token: ApiToken) -> None:
+        with self._tx() as db:
+            _insert(db, "api_tokens", [{f.name: getattr(token, f.name) for f in TOKEN_FIELDS}])
+
+    @_unavailable
+    def token_by_hash(self, token_hash: str) -> ApiToken | None:
+        row = self.db.execute("SELECT * FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL",
+                              (token_hash,)).fetchone()
+        return None if row is None else _token(row)
+
+    @_unavailable
+    def list_tokens(self, user: str | None = None) -> list[ApiToken]:
+        where, args = ("WHERE userId = ?", (user,)) if user is not None else ("", ())
+        return [_token(r) for r in self.db.execute(f"SELECT * FROM api_tokens {where} ORDER BY created_at, id", args)]
+
+    @_unavailable
+    def revoke_token(self, token_id: str, now: dt.datetime) -> bool:
+        with self._tx() as db:
+            return _update(db, "api_tokens", {"revoked_at": now}, "id = ? AND revoked_at IS NULL", token_id) == 1
+
+    @_unavailable
+    def changes_since(self, after: int, limit: int = 500) -> list[StateChange]:
+        rows = self.db.execute("SELECT * FROM changes WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))
+        return [_change(r) for r in rows]
+
+    @_unavailable
+    def last_change(self) -> int:
+        row = self.db.execute("SELECT max(seq) FROM changes").fetchone()
+        return int(row[0] or 0)
+
+
+def _token(row: sqlite3.Row) -> ApiToken:
+    values = dict(row)
+    values["admin"] = bool(values["admin"])
+    return record(ApiToken, TOKEN_FIELDS, values, _ts, json.loads)  # type: ignore[no-any-return]
+
+
+def _change(row: sqlite3.Row) -> StateChange:
+    return record(StateChange, CHANGE_FIELDS, dict(row), _ts, json.loads)  # type: ignore[no-any-return]

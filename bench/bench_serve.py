@@ -1,0 +1,128 @@
+"""Latency of `GET /api/bulk-generate/{id}` with 50 concurrent clients while a job runs.
+
+    python bench/bench_serve.py [--clients 50] [--seconds 20] [--latency 0.2] [--processor]
+
+A `bulkgen serve` on 127.0.0.1 (SQLite store), a 50-item job processed by a
+`bulkgen run` beside it (or the server's own --processor) against the
+reference service at a fixed latency, and N clients (httpx, one connection
+each) asking for the job's status as fast as they get answers. Prints the
+median and 99th percentile of the status route's latency, the requests per
+second, and how many items the job finished meanwhile; also the same
+measure with no job running, for reference. Needs `pip install -e '.[serve]'`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from bulkgen_cli.content.reference import ReferenceService  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def hammer(url: str, token: str, clients: int, seconds: float) -> list[float]:
+    """Latencies (seconds) of every status request made by `clients` clients during `seconds`."""
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+
+    async def client() -> None:
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30,
+                                     limits=httpx.Limits(max_connections=1)) as http:
+            while time.perf_counter() < stop:
+                started = time.perf_counter()
+                response = await http.get(url)
+                latencies.append(time.perf_counter() - started)
+                response.raise_for_status()
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return latencies
+
+
+def report(label: str, latencies: list[float], seconds: float) -> None:
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    print(f"  {label}: {len(ordered)} requests, {len(ordered) / seconds:.0f}/s; "
+          f"median {statistics.median(ordered) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
+
+
+def run(cli: list[str], env: dict[str, str], **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bulkgen_cli", *cli], env=env, text=True, capture_output=True,
+                          check=True, **kw)  # type: ignore[call-overload]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--latency", type=float, default=0.2, help="the reference service's latency")
+    parser.add_argument("--processor", action="store_true", help="process in the server, not a separate run")
+    args = parser.parse_args()
+    service = ReferenceService(latency=args.latency).start()
+    with tempfile.TemporaryDirectory() as home:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BULKGEN_")}
+        env.update(XDG_DATA_HOME=home, BULKGEN_API_URL=service.url, BULKGEN_DELAY="0", BULKGEN_USER="bench")
+        token = run(["token", "create", "--user", "bench"], env).stdout.strip()
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "bulkgen_cli", "serve", "--port", str(port), "--delay", "0",
+                                   *(["--processor"] if args.processor else [])],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            asyncio.run(_measure(base, token, env, args))
+        finally:
+            server.terminate()
+            server.wait(30)
+            service.stop()
+
+
+async def _measure(base: str, token: str, env: dict[str, str], args: argparse.Namespace) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/openapi.json").status_code == 200:
+                break
+        except httpx.TransportError:
+            await asyncio.sleep(0.1)
+    headers = {"Authorization": f"Bearer {token}"}
+    items = [{"topic": f"Article {i}"} for i in range(50)]
+    idle_job = httpx.post(base + "/api/bulk-generate", headers=headers,
+                          json={"bulk_config": {"items": items}, "not_before": "+1d"}).json()["bulk_job_id"]
+    print(f"{args.clients} clients, {args.seconds:g} s each measure; service latency {args.latency:g} s; SQLite store")
+    await hammer(f"{base}/api/bulk-generate/{idle_job}", token, args.clients, 2.0)  # warm up: threads open the store
+    report("no job running", await hammer(f"{base}/api/bulk-generate/{idle_job}", token, args.clients, 5.0), 5.0)
+    job = httpx.post(base + "/api/bulk-generate", headers=headers, json={"bulk_config": {"items": items}}).json()
+    worker = None if args.processor else subprocess.Popen([sys.executable, "-m", "bulkgen_cli", "run", "--forever"],
+                                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"{base}/api/bulk-generate/{job['bulk_job_id']}"
+    before = httpx.get(url, headers=headers).json()["progress"]["completed"]
+    latencies = await hammer(url, token, args.clients, args.seconds)
+    after = httpx.get(url, headers=headers).json()["progress"]["completed"]
+    report(f"while the job runs ({'the server' if args.processor else 'a bulkgen run'} processing)", latencies,
+           args.seconds)
+    ideal = min(len(items) - before, args.seconds / args.latency)
+    print(f"  items completed meanwhile: {after - before} (at most {ideal:.0f})")
+    if worker is not None:
+        worker.terminate()
+        worker.wait(30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""`bulkgen serve` and `bulkgen token`: the HTTP API and its bearer tokens (design.md, "The HTTP server").
+
+Nothing of the server (FastAPI, uvicorn) is imported here: only `serve` loads it,
+so the other commands start as fast as before.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from bulkgen_cli.cli_common import EXIT_CODES, JsonOpt, StoreOpt, note, open_db, render_json
+
+if TYPE_CHECKING:
+    from bulkgen_cli.model import ApiToken
+
+INSTALL_HINT = "bulkgen serve needs the serve extra: pip install 'bulkgen[serve]'."
+
+HostOpt = Annotated[str, typer.Option("--host", metavar="HOST", help="Address to listen on. Anything but "
+                    "loopback needs at least one token (`bulkgen token create`).")]
+PortOpt = Annotated[int, typer.Option("--port", min=1, max=65535, metavar="PORT", help="Port to listen on.")]
+ProcessorOpt = Annotated[bool, typer.Option("--processor", help="Also run the processor in this process "
+                         "(as `bulkgen run --forever`); without it, `bulkgen run` elsewhere does the work.")]
+CorsOpt = Annotated[Optional[list[str]], typer.Option("--cors", metavar="ORIGIN", help="Allow a browser page "
+                    "from ORIGIN (https://app.example.com) to call the API; repeatable. [default: CORS off]",
+                    show_default=False)]
+WebhookAllowOpt = Annotated[Optional[list[str]], typer.Option("--webhook-allow", metavar="HOST|CIDR", help="Let "
+                            "webhooks of jobs submitted over HTTP reach this host or network although it is "
+                            "loopback, private or link-local; repeatable.", show_default=False)]
+EmailAllowOpt = Annotated[Optional[list[str]], typer.Option("--email-allow", metavar="DOMAIN", help="Let jobs "
+                          "submitted over HTTP e-mail any address at DOMAIN (a user may always e-mail the "
+                          "address recorded with their token); repeatable.", show_default=False)]
+
+
+def register(app: typer.Typer) -> None:
+    from bulkgen_cli.cli import run_options
+
+    app.command("serve", epilog=EXIT_CODES)(run_options(serve))
+    token_app = typer.Typer(help="API tokens for `bulkgen serve`: create, list, revoke.", no_args_is_help=True)
+    token_app.command("create", epilog=EXIT_CODES)(token_create)
+    token_app.command("list", epilog=EXIT_CODES)(token_list)
+    token_app.command("revoke", epilog=EXIT_CODES)(token_revoke)
+    app.add_typer(token_app, name="token")
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8080,
+    processor: ProcessorOpt = False,
+    cors: CorsOpt = None,
+    webhook_allow: WebhookAllowOpt = None,
+    email_allow: EmailAllowOpt = None,
+    store: StoreOpt = None,
+    heartbeat: Annotated[float, typer.Option("--heartbeat", min=0.05, hidden=True, help="Seconds between "
+                         "heartbeat comments on idle event streams.")] = 15.0,
+    run_flags: Optional[dict[str, Optional[object]]] = None,
+) -> None:
+    """Serve the bulk-job API over HTTP (and, with --processor, process the queue too).
+
+    Every route needs a bearer token (`bulkgen token create --user NAME`).
+    Example: bulkgen serve --port 8080 --processor
+    """
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        note(INSTALL_HINT, "red")
+        raise typer.Exit(2) from None
+    from bulkgen_cli import netpolicy, settings
+    from bulkgen_cli.server.config import ServerConfig
+    from bulkgen_cli.server.run import serve as run_server, start_processor
+
+    url = settings.store_url(store)
+    run_settings = settings.RunSettings.resolve(**(run_flags or {})) if processor else None  # type: ignore[arg-type]
+    allow = netpolicy.parse_allow(webhook_allow or [])
+    with open_db(store, "create") as db:
+        live_tokens = [t for t in db.list_tokens() if t.revoked_at is None]
+        display = db.display_url
+    if not is_loopback(host) and not live_tokens:
+        note(f"Error: refusing to listen on {host} while no API token exists: create one first with "
+             "`bulkgen token create --user NAME`.", "red")
+        raise typer.Exit(2)
+    from bulkgen_cli.store import open_store
+
+    config = ServerConfig(lambda: open_store(url, "create"), display, tuple(cors or ()), allow,
+                          tuple(d.strip().lower() for d in email_allow or ()), heartbeat=heartbeat)
+    _announce(host, port, display, len(live_tokens), config.cors, processor)
+    background = None
+    if run_settings is not None:
+        from bulkgen_cli.render import PlainView
+
+        background = start_processor(run_settings, lambda: open_store(url, "create"), PlainView())
+    run_server(config, host, port, background)
+
+
+def _announce(host: str, port: int, display: str, live_tokens: int, cors: tuple[str, ...], processor: bool) -> None:
+    note(f"bulkgen serve: http://{host}:{port}/api (OpenAPI at /openapi.json); store {display}; "
+         f"{live_tokens} live token{'s' if live_tokens != 1 else ''}; "
+         f"CORS {'for ' + ', '.join(cors) if cors else 'off'}; "
+         f"processor {'in this process' if processor else 'not here (run `bulkgen run --forever`)'}.")
+    if not live_tokens:
+        note("No API token yet: every request answers 401 until `bulkgen token create --user NAME`.", "yellow")
+
+
+UserArg = Annotated[str, typer.Option("--user", metavar="NAME", help="Whose token: the jobs it submits are "
+                    "theirs, and it sees only theirs.", show_default=False)]
+
+
+def token_create(
+    user: UserArg,
+    admin: Annotated[bool, typer.Option("--admin", help="The token sees and controls every user's jobs.")] = False,
+    email: Annotated[Optional[str], typer.Option("--email", metavar="ADDRESS", help="The user's own address: "
+                     "jobs they submit may always e-mail it.", show_default=False)] = None,
+    store: StoreOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Create an API token for a user; it is printed once, and only its hash is stored.
+
+    Example: bulkgen token create --user alice --email alice@example.com
+    """
+    from bulkgen_cli import tokens
+
+    with open_db(store, "create") as db:
+        record, token = tokens.create(db, user, admin, email)
+    if json_:
+        render_json({**_token_doc(record), "token": token})
+    else:
+        print(token, flush=True)
+    note(f"Token {record.id} for {record.userId}{' (admin)' if admin else ''} created. It is shown this once: "
+         "keep it; send it as `Authorization: Bearer TOKEN`. `bulkgen token revoke "
+         f"{record.id}` ends it.")
+
+
+def token_list(
+    user: Annotated[Optional[str], typer.Option("--user", metavar="NAME", help="Only this user's tokens.",
+                    show_default=False)] = None,
+    store: StoreOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """List API tokens (never the tokens themselves: they are not stored).
+
+    Example: bulkgen token list --json
+    """
+    from bulkgen_cli import render
+
+    with open_db(store, "read") as db:
+        found = db.list_tokens(user)
+    if json_:
+        render_json([_token_doc(t) for t in found])
+        return
+    if not found:
+        note("No API tokens yet: `bulkgen token create --user NAME` makes one.")
+        return
+    rows = [[t.id, t.userId, "admin" if t.admin else "", t.email or "", render.when(t.created_at),
+             "revoked " + render.when(t.revoked_at) if t.revoked_at else "live"] for t in found]
+    columns = (("ID", None), ("USER", None), ("ROLE", None), ("E-MAIL", None), ("CREATED", None), ("STATE", None))
+    print(render.plain_table(columns, rows))
+
+
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(metavar="TOKEN_ID", help="The token's id (from `token list`).",
+                        show_default=False)],
+    store: StoreOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Revoke an API token: the next request with it answers 401.
+
+    Example: bulkgen token revoke 3f2a91c04be1d6a7
+    """
+    from bulkgen_cli import tokens
+
+    with open_db(store, "write") as db:
+        record = tokens.revoke(db, token_id)
+    if json_:
+        render_json(_token_doc(record))
+    note(f"Token {record.id} of {record.userId} revoked.")
+
+
+def _token_doc(token: ApiToken) -> dict[str, object]:
+    from bulkgen_cli.model import iso
+
+    return {"id": token.id, "user": token.userId, "admin": token.admin, "email": token.email,
+            "created_at": iso(token.created_at), "revoked_at": iso(token.revoked_at)}
+
+
+__all__ = ["register", "INSTALL_HINT"]

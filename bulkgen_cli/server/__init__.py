@@ -1,0 +1,5 @@
+"""`bulkgen serve`: the library layer over HTTP (design.md, "The HTTP server").
+
+Imported only by `bulkgen serve` (FastAPI and uvicorn are the `serve` extra):
+the plain CLI never loads this package.
+"""

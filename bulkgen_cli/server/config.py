@@ -1,0 +1,38 @@
+"""What one server process is told by `bulkgen serve`'s options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from bulkgen_cli.netpolicy import Policy
+from bulkgen_cli.store.base import Store
+
+#: Request bodies are capped as articles files are (manifest.MAX_FILE_BYTES), plus room for a
+#: multipart envelope around a file of that size.
+ENVELOPE_BYTES = 16 * 1024
+#: Seconds between two heartbeat comments on an idle event stream.
+HEARTBEAT_SECONDS = 15.0
+#: Seconds between two reads of the store's change log (one reader per process, shared by all streams).
+POLL_SECONDS = 0.25
+
+
+@dataclass
+class ServerConfig:
+    #: gives each worker thread its own store connection
+    open_store: Callable[[], Store]
+    #: the store's address for messages (passwords masked)
+    store_display: str = ""
+    #: origins allowed by CORS; none: CORS off
+    cors: tuple[str, ...] = ()
+    webhook_allow: tuple[str, ...] = ()
+    email_allow: tuple[str, ...] = ()
+    heartbeat: float = HEARTBEAT_SECONDS
+    poll: float = POLL_SECONDS
+    #: one store object for every thread, used under one lock (mongomock in tests: not thread-safe)
+    shared_store: bool = False
+    #: True once the server is shutting down: event streams end
+    stopping: Callable[[], bool] = field(default=lambda: False)
+
+    def policy(self, user_email: str | None) -> Policy:
+        return Policy(self.webhook_allow, self.email_allow, user_email)
