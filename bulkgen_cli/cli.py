@@ -586,7 +586,7 @@ def _process(db: Store, run_settings: RunSettings, forever: bool = False, until_
     paused = db.list_bulks(None, 100, [BulkStatus.paused])
     if paused and not quiet:
         first = paused[-1]
-        note(f"{len(paused)} bulk job{'s are' if len(paused) > 1 else ' is'} paused, its items waiting "
+        note(f"{len(paused)} bulk job{'s are' if len(paused) > 1 else ' is'} paused, {'their' if len(paused) > 1 else 'its'} items waiting "
              f"(oldest: {first.id} {first.name}): `bulkgen resume {first.id}` puts it back in the queue.")
     return []
 

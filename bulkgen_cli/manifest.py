@@ -231,7 +231,7 @@ def _parse(text: str, suffix: str, flag_mode: Mode | None, split: bool, problems
         high = MAX_SPLIT_ITEMS
     if not low <= len(rows) <= high:
         hint = " Use --split to make several bulk jobs of it." if len(rows) > ITEMS_RANGE[1] and not split else ""
-        problems.add(f"has {len(rows)} items; a bulk job takes {low} to {high}.{hint}")
+        problems.add(f"has {len(rows)} item{'' if len(rows) == 1 else 's'}; a bulk job takes {low} to {high}.{hint}")
     articles = _articles(rows, _validate_defaults(defaults, chosen, problems), chosen, problems)
     problems.raise_if_any()
     return Manifest(problems.file, chosen, name or stem, articles)

@@ -80,7 +80,7 @@ def test_submit_reads_standard_input(tmp_path):
     csv_in = submit(["--format", "csv", "--json"], (EXAMPLES / "articles.csv").read_text())
     assert csv_in.returncode == 0 and json.loads(csv_in.stdout)["total_items"] == 11
     bad = submit([], "items: [{topic: x}]\n")
-    assert bad.returncode == 2 and "standard input: has 1 items" in bad.stderr
+    assert bad.returncode == 2 and "standard input: has 1 item;" in bad.stderr
     listed = subprocess.run([sys.executable, "-m", "bulkgen_cli", "list", "--json"], env=env, capture_output=True,
                             text=True, cwd=ROOT, timeout=60)
     assert [j["name"] for j in json.loads(listed.stdout)].count("standard input") >= 1

@@ -17,7 +17,10 @@ def test_run_with_only_a_paused_job_says_how_to_resume_it(cli):
     result = cli("run")
     assert result.code == 0
     assert "Nothing to process" in result.err
-    assert "1 bulk job is paused" in result.err and f"`bulkgen resume {bulk_id}`" in result.err
+    assert "1 bulk job is paused, its items waiting" in result.err and f"`bulkgen resume {bulk_id}`" in result.err
+    other = cli("submit", str(EXAMPLES / "keywords.yaml")).out.strip()
+    assert cli("pause", other).code == 0
+    assert "2 bulk jobs are paused, their items waiting" in cli("run").err
 
 
 def watch_events(store, bulk_id, hint_after):
