@@ -169,6 +169,10 @@ def test_retry_failed_over_http(served, svc):
     assert run_cli(["run"], served.env | {"BULKGEN_API_URL": svc.url}).code == 0
     with served.client(served.tokens["alice"]) as client:
         assert client.get(f"/api/bulk-generate/{job}").json()["progress"]["failed"] == 1
+        unnamed = articles(10)
+        del unnamed["bulk_config"]["name"]
+        other = client.post("/api/bulk-generate", json=unnamed).json()["bulk_job_id"]
+        assert client.get(f"/api/bulk-generate/{other}").json()["bulk_job"]["name"] == "Untitled job"
         retried = client.post(f"/api/bulk-generate/{job}/retry-failed").json()
         assert (retried["previous"], retried["bulk_job"]["status"]) == ("completed", "queued")
 

@@ -129,7 +129,7 @@ def validate(form: Form) -> manifest.Manifest:
     with _json_located(form):
         parsed = manifest.load_text(_text(form), form.source, form.fmt)
     if form.source == JSON_SOURCE and parsed.name == Path(JSON_SOURCE).stem:  # the document names none
-        parsed.name = "request"
+        parsed.name = "Untitled job"
     return parsed
 
 
