@@ -82,8 +82,12 @@ def parse_allow(entries: list[str]) -> tuple[str, ...]:
 
 def why_not_public(address: Address) -> str | None:
     """Why a webhook may not reach this address without an allow entry, or None when it is public."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        # An IPv4 address carried inside IPv6 (mapped, 6to4, Teredo's client) is judged as that IPv4
+        # address: a relay or tunnel may deliver 2002:7f00:1:: to 127.0.0.1.
+        embedded = address.ipv4_mapped or address.sixtofour or (address.teredo[1] if address.teredo else None)
+        if embedded is not None:
+            address = embedded
     checks = (("loopback", address.is_loopback), ("link-local (cloud metadata lives there)", address.is_link_local),
               ("multicast", address.is_multicast), ("unspecified", address.is_unspecified),
               ("private", address.is_private), ("reserved", address.is_reserved or not address.is_global))

@@ -97,6 +97,18 @@ def test_names_that_resolve_inward_are_refused(monkeypatch):
     assert netpolicy.check_webhook("https://hooks.example.test/h", netpolicy.Policy(("hooks.example.test",)))
 
 
+def test_ipv4_carried_inside_ipv6_is_judged_as_that_ipv4_address():
+    """6to4 (2002::/16) and Teredo (2001::/32) carry an IPv4 address that a relay or tunnel may deliver to."""
+    import ipaddress
+
+    for text, reason in (("2002:7f00:1::", "loopback"), ("2002:a9fe:a9fe::", "link-local"),
+                         ("2002:0a01:0203::", "private"), ("::ffff:169.254.169.254", "link-local"),
+                         # Teredo: the client's IPv4 address is stored inverted in the last 32 bits.
+                         ("2001:0:4136:e378:8000:63bf:80ff:fffe", "loopback")):
+        assert reason in (netpolicy.why_not_public(ipaddress.ip_address(text)) or ""), text
+    assert netpolicy.why_not_public(ipaddress.ip_address("2002:5db8:d822::")) is None  # 6to4 of 93.184.216.34
+
+
 def _ended_http_job(store, channel: str, policy: netpolicy.Policy):
     parsed = Manifest("t.yaml", Mode.topic, "t", [{"topic": f"T{i}", "word_count": 500} for i in range(10)])
     bulk = jobs.submit(store, parsed, "alice", notify=[channel], notify_policy=policy.to_record()).jobs[0][0]

@@ -133,7 +133,7 @@ def _errors(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         kind = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
         detail = exc.detail if isinstance(exc.detail, str) else "the request failed."
-        return problem_response(HttpProblem(exc.status_code, kind, detail, detail, 2, headers=exc.headers))
+        return problem_response(HttpProblem(exc.status_code, kind, detail, detail, 2, headers=dict(exc.headers) if exc.headers else None))
 
     app.add_exception_handler(HttpProblem, on_problem)
     app.add_exception_handler(BulkgenError, on_bulkgen)
