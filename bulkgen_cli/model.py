@@ -302,6 +302,8 @@ class Item:
     fence: int | None = None
     #: the quality gate's verdict on its article (`quality.Verdict.to_dict`), None until one was checked
     verdict: dict[str, Any] | None = None
+    #: when the current try's request was sent; None while it is not (a try is charged only once sent)
+    sent_at: dt.datetime | None = None
 
     @property
     def label(self) -> str:
@@ -493,6 +495,8 @@ class Occurrence:
     finished_at: dt.datetime | None = None
     #: the earlier occurrences this one skipped
     skipped: int = 0
+    #: the token of the claim that holds it (a new one at each take-over); its writes are conditional on it
+    claim: str | None = None
 # -- the HTTP server's records (bulkgen serve) ---------------------------------------------------------
 
 

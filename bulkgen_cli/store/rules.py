@@ -121,6 +121,7 @@ ITEM_FIELDS = (
     Field("lease_expires_at", TIME),
     Field("fence", PLAIN),
     Field("verdict", JSON),
+    Field("sent_at", TIME),
 )
 
 #: A saved template: `SavedTemplate`'s fields as stored; (userId, name) is unique.
@@ -499,6 +500,7 @@ OCCURRENCE_FIELDS = (
     Field("error", PLAIN),
     Field("finished_at", TIME),
     Field("skipped", PLAIN, 0),
+    Field("claim", PLAIN),
 )
 
 #: How many of the latest skipped occurrences a schedule keeps (the count keeps them all).

@@ -39,7 +39,7 @@ from bulkgen_cli.store.rules import (
     TOKEN_FIELDS, Change, record,
 )
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 BUSY_TIMEOUT_S = 30.0
 #: An I/O error with less free space than this on the store's disk is taken for a full disk.
 FULL_BELOW_BYTES = 1 << 20
@@ -96,6 +96,9 @@ CREATE TABLE IF NOT EXISTS schedule_occurrences (
 );
 """
 
+#: The tables as schema 7 made them: a new store takes SCHEMA, then every step of MIGRATIONS above it.
+#: SCHEMA never changes again (an older store's steps, some of which create tables, must meet what they expect).
+SCHEMA_BASE = 7
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bulk_jobs (
     id TEXT PRIMARY KEY,
@@ -251,6 +254,24 @@ COMPLETED_SQL = (
 MIGRATE_6_TO_7 = """
 ALTER TABLE bulk_jobs ADD COLUMN notify_policy TEXT;
 """
+
+#: From schema 7 to 8 (a job is never stuck): when the current try's request was sent (a try is charged
+#: only once sent), and the token of an occurrence's claim (occurrences fenced like items).
+MIGRATE_7_TO_8 = """
+ALTER TABLE generation_jobs ADD COLUMN sent_at TEXT;
+ALTER TABLE schedule_occurrences ADD COLUMN claim TEXT;
+"""
+
+#: The migrations in order: (the schema version a step makes, its statements). A new step goes at the end.
+MIGRATIONS = (
+    (2, MIGRATE_1_TO_2),
+    (3, MIGRATE_2_TO_3),
+    (4, MIGRATE_3_TO_4),
+    (5, MIGRATE_4_TO_5),
+    (6, MIGRATE_5_TO_6),
+    (7, MIGRATE_6_TO_7),
+    (8, MIGRATE_7_TO_8),
+)
 
 _NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 #: Every status change of a bulk job or an item is logged in `changes` by the write's own transaction,
@@ -557,11 +578,10 @@ class SqliteStore(Store):
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise self._newer(version)
-            script = (MIGRATE_1_TO_2 if version == 1 else "") + (MIGRATE_2_TO_3 if version in (1, 2) else "")
-            script += (MIGRATE_3_TO_4 if version in (1, 2, 3) else "")
-            script += (MIGRATE_4_TO_5 if version in (1, 2, 3, 4) else "")
-            script += (MIGRATE_5_TO_6 if version in (1, 2, 3, 4, 5) else "")
-            script += (MIGRATE_6_TO_7 if 0 < version < 7 else "") + SCHEMA
+            if version == 0:  # a new file: schema 7's tables, then every later step
+                script = SCHEMA + "".join(step for target, step in MIGRATIONS if target > SCHEMA_BASE)
+            else:  # each step whose target is above the file's version, in order; SCHEMA adds missing tables
+                script = "".join(step for target, step in MIGRATIONS if target > version) + SCHEMA
             for statement in script.split(";"):
                 if statement.strip():
                     db.execute(statement)
