@@ -10,6 +10,10 @@ never creates, upgrades or writes the file; where SQLite cannot open the WAL
 index (a read-only directory or a full disk without the -shm file) and the log
 holds nothing, it reads the main file as an immutable snapshot, reopened for
 every call so that changes made since are seen.
+
+Before every verb the WAL index (-shm), which SQLite maps into memory, is
+checked to be the file mapped, no shorter and writable: a truncated one would
+kill the process with SIGBUS (design.md, "The store's files under the processes").
 """
 
 from __future__ import annotations
