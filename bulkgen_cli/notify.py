@@ -1,17 +1,19 @@
-"""Notifications when a bulk job ends (design.md, "The outbox and exactly-once delivery"): webhook, email, and --on-complete.
+"""Notifications when a bulk job ends (design.md, "The outbox and at-least-once delivery"): webhook, email, and --on-complete.
 
 The job's end and its outbox are written in one atomic step by the store;
 `Notifier.deliver` works through an outbox: it fills in the event once (so every
 channel gets the same one), then takes each due step, sends, and records the
-result. A step once sent is never sent again; one whose sender died is taken
-back when its lock expires. A receiver that stays down is recorded on the job
-and never fails the job or the processor. Nothing read from the store is run:
+result. A step recorded as sent is never sent again; one whose sender died is
+taken back when its lock expires, seconds after its send's deadline: delivery
+is at least once, with one Idempotency-Key per event. A receiver that stays
+down is recorded on the job and never fails the job or the processor. Nothing read from the store is run:
 the on-complete command is the processor's own setting.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import re
@@ -258,7 +260,6 @@ class Deadline:
         thread.start()
         thread.join(self.left())
         if not result:
-            self.left()
             raise TimeoutError(f"no answer within {self.seconds:g} s")
         ok, value = result[0]
         if not ok:
@@ -495,22 +496,30 @@ class Notifier:
 
 def within_deadline(client: Any, deadline: Deadline) -> None:
     """Make every connection `client` opens (directly or through a proxy from the environment) resolve,
-    connect, shake hands, write and read within `deadline`: httpx's timeouts hold each operation only."""
+    connect, shake hands, write and read within `deadline`: httpx's timeouts hold each operation only.
+    httpx has no public way to give its pools a network backend; tests/test_notify_lock.py notices if
+    this one stops working."""
     for transport in (client._transport, *client._mounts.values()):
         pool = getattr(transport, "_pool", None)
         if pool is not None:
-            pool._network_backend = _DeadlineBackend(deadline)
+            pool._network_backend = _deadline_backend_class()(deadline)
 
 
-def _DeadlineBackend(deadline: Deadline) -> Any:
-    """httpcore's synchronous network backend, every step within `deadline` (a factory: httpcore loads late)."""
+@functools.cache
+def _deadline_backend_class() -> Any:
+    """httpcore's synchronous network backend with every step held to a Deadline (made on first use:
+    httpcore is loaded only for a webhook)."""
     import httpcore
     from httpcore._backends.sync import SyncStream
 
     class Stream(SyncStream):
+        def __init__(self, sock: socket.socket, deadline: Deadline):
+            super().__init__(sock)
+            self.deadline = deadline
+
         def _rest(self, timeout: float | None, error: type[Exception]) -> float:
             try:
-                rest = deadline.left()
+                rest = self.deadline.left()
             except TimeoutError as exc:
                 raise error(str(exc)) from exc
             return rest if timeout is None else min(timeout, rest)
@@ -519,7 +528,7 @@ def _DeadlineBackend(deadline: Deadline) -> Any:
             return super().read(max_bytes, self._rest(timeout, httpcore.ReadTimeout))
 
         def write(self, buffer: bytes, timeout: float | None = None) -> None:
-            while buffer:  # SyncStream's loop gives every partial send the whole timeout
+            while buffer:  # SyncStream's own loop gives every partial send the whole timeout
                 try:
                     self._sock.settimeout(self._rest(timeout, httpcore.WriteTimeout))
                     sent = self._sock.send(buffer)
@@ -532,13 +541,16 @@ def _DeadlineBackend(deadline: Deadline) -> Any:
         def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
                       timeout: float | None = None) -> Any:
             tls = super().start_tls(ssl_context, server_hostname, self._rest(timeout, httpcore.ConnectTimeout))
-            return Stream(tls._sock)
+            return Stream(tls._sock, self.deadline)
 
     class Backend(httpcore.SyncBackend):
+        def __init__(self, deadline: Deadline):
+            self.deadline = deadline
+
         def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                         local_address: str | None = None, socket_options: Any = None) -> Any:
             try:
-                sock = deadline.connect(host, port, None if local_address is None else (local_address, 0))
+                sock = self.deadline.connect(host, port, None if local_address is None else (local_address, 0))
             except TimeoutError as exc:
                 raise httpcore.ConnectTimeout(str(exc)) from exc
             except OSError as exc:
@@ -546,6 +558,6 @@ def _DeadlineBackend(deadline: Deadline) -> Any:
             for option in socket_options or ():
                 sock.setsockopt(*option)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return Stream(sock)
+            return Stream(sock, self.deadline)
 
-    return Backend()
+    return Backend

@@ -1,7 +1,7 @@
 """Notifications are at least once, and a second delivery (or a delayed first one) comes within seconds.
 
-A step is taken under a lock a little longer than its channel's send deadline (design.md, "The outbox and
-exactly-once delivery"); a send is held to that deadline as a whole. Real processes killed at the two
+A step is taken under a lock a little longer than its channel's send deadline, and a send is held to that
+deadline as a whole (design.md, "The outbox and at-least-once delivery"). Real processes killed at the two
 moments that matter, a real webhook receiver on 127.0.0.1, and receivers that answer a byte at a time.
 """
 
