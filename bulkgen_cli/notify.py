@@ -238,6 +238,9 @@ class Deadline:
         self.seconds = seconds
         self.at = time.monotonic() + seconds
 
+    def expired(self) -> bool:
+        return time.monotonic() >= self.at
+
     def left(self) -> float:
         """The time left, or TimeoutError when there is none."""
         rest = self.at - time.monotonic()
@@ -359,10 +362,11 @@ class Notifier:
             now = self.clock()  # each step's own: its lock starts when it is taken, not when the first was
             if not self._can(step["channel"]) or not step_claimable(step, now):
                 continue
+            deadline = Deadline(send_timeout(step["channel"]))  # from `now`: the store's write counts too
             if not self.store.claim_step(bulk.id, outbox["event_id"], index, self.owner, now,
                                          lock_seconds(step["channel"])):
                 continue
-            error = self._send(step["channel"], event, bulk.notify_policy)
+            error = self._send(step["channel"], event, bulk.notify_policy, deadline)
             tries = step["attempts"] + 1
             retry_at = None
             if error is not None and tries <= len(self.retry_delays):
@@ -417,8 +421,10 @@ class Notifier:
 
     # -- channels --------------------------------------------------------------
 
-    def _send(self, channel: str, event: dict[str, Any], policy: dict[str, Any] | None = None) -> str | None:
-        """Send one channel; None when delivered, else a one-line reason.
+    def _send(self, channel: str, event: dict[str, Any], policy: dict[str, Any] | None = None,
+              deadline: Deadline | None = None) -> str | None:
+        """Send one channel within `deadline` (which the step's lock outlasts); None when delivered, else a
+        one-line reason.
 
         A job submitted over HTTP carries a policy: its targets are checked again
         now (netpolicy), and a webhook connects to the address just checked.
@@ -426,7 +432,9 @@ class Notifier:
         from bulkgen_cli.netpolicy import Policy, Refused, check_email
 
         kind, _, target = channel.partition(":")
-        deadline = Deadline(send_timeout(channel))  # the step's lock outlasts it (lock_seconds)
+        deadline = deadline or Deadline(send_timeout(channel))
+        if deadline.expired():
+            return f"not sent: the store took more than the send's {deadline.seconds:g} s to hand the step over"
         try:
             if kind == "webhook":
                 return self._webhook(target, event, None if policy is None else Policy.from_record(policy),

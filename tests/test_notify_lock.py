@@ -27,7 +27,7 @@ KILLED_BEFORE_SEND = """\
 import os, signal, sys
 from bulkgen_cli import notify
 
-def killed(self, channel, event, policy=None):
+def killed(self, *args):
     os.kill(os.getpid(), signal.SIGKILL)
 
 notify.Notifier._send = killed
@@ -191,3 +191,30 @@ def test_a_name_lookup_that_hangs_is_given_up_at_the_deadline(monkeypatch):
             Deadline(0.2).call(stuck.wait, 30)
     finally:
         stuck.set()
+
+
+def test_a_step_the_store_was_slow_to_hand_over_is_not_sent_past_its_lock(store, monkeypatch):
+    """The deadline starts when the lock's time is read, before the store's write that takes the step:
+    a write that waited out the send's whole time (a busy store) leaves nothing to send within the lock."""
+    from tests.conftest import submit
+    from tests.test_store_contract import run_to_end
+    from bulkgen_cli.model import utcnow
+
+    receiver = WebhookReceiver()
+    try:
+        monkeypatch.setattr(notify, "WEBHOOK_TIMEOUT", 0.3)
+        bulk = submit(store, 10, notify=[f"webhook:{receiver.url}"])
+        run_to_end(store, bulk, utcnow())
+        claim = store.claim_step
+
+        def slow_claim(*args, **kwargs):
+            time.sleep(0.5)
+            return claim(*args, **kwargs)
+
+        monkeypatch.setattr(store, "claim_step", slow_claim)
+        Notifier(store, "slow").deliver(store.get_bulk(bulk.id))
+        [step] = store.get_bulk(bulk.id).outbox["steps"]
+        assert receiver.posts == [] and step["state"] == "pending" and step["attempts"] == 1
+        assert step["last_error"].startswith("not sent: the store took more than the send's 0.3 s"), step
+    finally:
+        receiver.stop()
