@@ -494,7 +494,11 @@ class SqliteStore(Store):
         if mode == "read":
             self.db, self.snapshot = self._read_connection()
             if not self.snapshot:
-                self._check_shm()
+                try:
+                    self._check_shm()
+                except BaseException:
+                    self.close()  # not SQLite's close if the index is gone (see close)
+                    raise
             return
         try:
             if mode == "create":
@@ -509,13 +513,13 @@ class SqliteStore(Store):
             if version != SCHEMA_VERSION:
                 self._create_schema()
             self.db.execute("PRAGMA synchronous = NORMAL")
+            self._check_shm()
         except sqlite3.Error as exc:
             self.db.close()
             raise store_error(self.path, exc, opening=True) from exc
         except BaseException:
-            self.db.close()
+            self.close()  # not SQLite's close if the index is gone (see close)
             raise
-        self._check_shm()
 
     def _exists(self) -> bool:
         try:
@@ -653,10 +657,10 @@ class SqliteStore(Store):
         if self._abandoned is not None:
             raise self._shm_fault(self._abandoned)
         state = _shm_state(self.path)
-        if self._shm is None:  # not in WAL mode yet, or its index not made yet: nothing mapped to guard
-            if state is not None:
-                self._shm, self._shm_size = (state.st_dev, state.st_ino), state.st_size
-            return
+        if self._shm is None:  # the first look (or not in WAL mode yet): what is there is what SQLite mapped
+            if state is None:
+                return
+            self._shm, self._shm_size = (state.st_dev, state.st_ino), state.st_size
         problem = None
         if state is None:
             problem = "was removed"
