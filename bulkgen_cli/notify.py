@@ -6,8 +6,9 @@ channel gets the same one), then takes each due step, sends, and records the
 result. A step recorded as sent is never sent again; one whose sender died is
 taken back when its lock expires, seconds after its send's deadline: delivery
 is at least once, with one Idempotency-Key per event. A receiver that stays
-down is recorded on the job and never fails the job or the processor. Nothing read from the store is run:
-the on-complete command is the processor's own setting.
+down is recorded on the job and never fails the job or the processor. Nothing
+read from the store is run: the on-complete command is the processor's own
+setting.
 """
 
 from __future__ import annotations
