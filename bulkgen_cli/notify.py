@@ -1,23 +1,29 @@
-"""Notifications when a bulk job ends (design.md, "The outbox and exactly-once delivery"): webhook, email, and --on-complete.
+"""Notifications when a bulk job ends (design.md, "The outbox and at-least-once delivery"): webhook, email, and --on-complete.
 
 The job's end and its outbox are written in one atomic step by the store;
 `Notifier.deliver` works through an outbox: it fills in the event once (so every
 channel gets the same one), then takes each due step, sends, and records the
-result. A step once sent is never sent again; one whose sender died is taken
-back when its lock expires. A receiver that stays down is recorded on the job
-and never fails the job or the processor. Nothing read from the store is run:
-the on-complete command is the processor's own setting.
+result. A step recorded as sent is never sent again; one whose sender died is
+taken back when its lock expires, seconds after its send's deadline: delivery
+is at least once, with one Idempotency-Key per event. A receiver that stays
+down is recorded on the job and never fails the job or the processor. Nothing
+read from the store is run: the on-complete command is the processor's own
+setting.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import re
+import socket
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import unquote, urlsplit
 
 from bulkgen_cli import __version__
@@ -37,13 +43,19 @@ if TYPE_CHECKING:  # imported where used: `status` shows channels without loadin
 
 #: Waits after the 1st, 2nd and 3rd failed try: 4 tries over about a minute.
 RETRY_DELAYS = (5.0, 15.0, 40.0)
-#: A sender holds a step this long; if it dies, another takes the step back after.
-LOCK_SECONDS = 120.0
 #: How often a busy processor looks for notifications left pending by others (seconds).
 SCAN_EVERY = 5.0
+#: A webhook's and an e-mail's whole send, each a deadline (`Deadline`): resolving the name, connecting,
+#: TLS, every write and every read together, not each of them.
 WEBHOOK_TIMEOUT = 10.0
 SMTP_TIMEOUT = 30.0
+#: The on-complete hook's limit; the hook is claimed once (`claim_hook`), never under a step's lock.
 HOOK_TIMEOUT = 300.0
+#: What a step's lock adds to its channel's send deadline: the clock reads and the store write around the
+#: send, and the clocks' disagreement between machines sharing a store.
+LOCK_MARGIN = 5.0
+#: The longest a sender holds a step (e-mail's); if it dies, another takes the step back after its lock.
+LOCK_SECONDS = max(WEBHOOK_TIMEOUT, SMTP_TIMEOUT) + LOCK_MARGIN
 #: An on-complete hook is run for ends at most this old (a processor started
 #: later does not replay the whole history).
 HOOK_WINDOW = dt.timedelta(hours=24)
@@ -52,6 +64,16 @@ EMAIL = re.compile(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+")
 
 
 # -- channels -------------------------------------------------------------------
+
+
+def send_timeout(channel: str) -> float:
+    """The whole time one send on `channel` may take (a deadline it is held to)."""
+    return SMTP_TIMEOUT if channel.startswith("email:") else WEBHOOK_TIMEOUT
+
+
+def lock_seconds(channel: str) -> float:
+    """How long a step on `channel` is taken for: past its send's deadline, so no send outlives its lock."""
+    return send_timeout(channel) + LOCK_MARGIN
 
 
 def parse_channel(text: str) -> str:
@@ -174,25 +196,119 @@ class SmtpSettings:
         return cls(parts.scheme, parts.hostname, port, user, password,
                    sender or unquote(query.get("from", "")) or "bulkgen@localhost")
 
-    def send(self, message: EmailMessage) -> None:
+    def send(self, message: EmailMessage, deadline: Deadline | None = None) -> None:
+        """Send `message`, the whole exchange within `deadline` (SMTP_TIMEOUT from now by default)."""
         import smtplib
         import ssl
 
+        deadline = deadline or Deadline(SMTP_TIMEOUT)
         context = ssl.create_default_context()
-        if self.scheme == "smtps":
-            smtp: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=SMTP_TIMEOUT, context=context)
-        else:
-            smtp = smtplib.SMTP(self.host, self.port, timeout=SMTP_TIMEOUT)
-        with smtp:
-            smtp.ehlo()
-            if self.user and self.scheme == "smtp":
-                if not smtp.has_extn("starttls"):
-                    raise RuntimeError("the SMTP server offers no STARTTLS; the password is not sent in clear")
-                smtp.starttls(context=context)
+        smtp = (smtplib.SMTP_SSL(timeout=SMTP_TIMEOUT, context=context) if self.scheme == "smtps"
+                else smtplib.SMTP(timeout=SMTP_TIMEOUT))
+
+        def connected(host: str, port: int, timeout: float) -> Any:  # smtplib's own, within the deadline
+            sock = deadline.connect(host, port, smtp.source_address)
+            return context.wrap_socket(sock, server_hostname=host) if self.scheme == "smtps" else sock
+
+        smtp._get_socket = connected  # type: ignore[method-assign]
+        smtp._host = self.host  # the name STARTTLS checks the certificate against, as SMTP(host) sets it
+        with deadline.cutting(lambda: smtp.sock):
+            smtp.connect(self.host, self.port)
+            with smtp:
                 smtp.ehlo()
-            if self.user:
-                smtp.login(self.user, self.password or "")
-            smtp.send_message(message)
+                if self.user and self.scheme == "smtp":
+                    if not smtp.has_extn("starttls"):
+                        raise RuntimeError("the SMTP server offers no STARTTLS; the password is not sent in clear")
+                    smtp.starttls(context=context)
+                    smtp.ehlo()
+                if self.user:
+                    smtp.login(self.user, self.password or "")
+                smtp.send_message(message)
+
+
+# -- one send's deadline ---------------------------------------------------------------
+
+
+class Deadline:
+    """One send's whole time. Python's socket timeouts hold each operation (httpx's and smtplib's too), and
+    name resolution has none: a receiver answering a byte at a time, or several addresses each slow to
+    refuse, would keep a send going past its step's lock, and another processor would send it again
+    meanwhile. So every step of a send gets only what is left of this deadline."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def left(self) -> float:
+        """The time left, or TimeoutError when there is none."""
+        rest = self.at - time.monotonic()
+        if rest <= 0:
+            raise TimeoutError(f"no answer within {self.seconds:g} s")
+        return rest
+
+    def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """`function(*args)` (a name lookup, which has no timeout of its own), given up at the deadline:
+        it then finishes alone in its thread, and nothing is sent."""
+        result: list[Any] = []
+
+        def run() -> None:
+            try:
+                result.append((True, function(*args)))
+            except BaseException as exc:  # noqa: BLE001  raised in the caller's thread below
+                result.append((False, exc))
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(self.left())
+        if not result:
+            raise TimeoutError(f"no answer within {self.seconds:g} s")
+        ok, value = result[0]
+        if not ok:
+            raise value
+        return value
+
+    def connect(self, host: str, port: int, source: tuple[str, int] | None = None) -> socket.socket:
+        """A TCP connection to `host`, each address tried with the time left; its timeout is what is left."""
+        error: OSError = OSError(f"{host} has no address")
+        for family, kind, proto, _, address in self.call(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(self.left())
+                if source:
+                    sock.bind(source)
+                sock.connect(address)
+                return sock
+            except OSError as exc:
+                sock.close()
+                error = exc
+        raise error
+
+    @contextmanager
+    def cutting(self, current: Callable[[], socket.socket | None]) -> Iterator[None]:
+        """Shut the connection `current()` down at the deadline, waking whatever read or write waits on it."""
+
+        def cut() -> None:
+            sock = current()
+            if sock is not None:
+                try:
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the socket's own, under TLS too
+                except OSError:
+                    pass  # already closed
+
+        timer = threading.Timer(max(self.at - time.monotonic(), 0.0), cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        except OSError as exc:
+            if time.monotonic() >= self.at:
+                raise TimeoutError(f"no answer within {self.seconds:g} s") from exc
+            raise
+        finally:
+            timer.cancel()
 
 
 # -- delivery ------------------------------------------------------------------------
@@ -243,13 +359,15 @@ class Notifier:
         event = outbox["event"] or self._fill(bulk)
         if event is None:
             return  # another end replaced this one meanwhile
-        now = self.clock()
         for index, step in enumerate(outbox["steps"]):
+            now = self.clock()  # each step's own: its lock starts when it is taken, not when the first was
             if not self._can(step["channel"]) or not step_claimable(step, now):
                 continue
-            if not self.store.claim_step(bulk.id, outbox["event_id"], index, self.owner, now, LOCK_SECONDS):
+            deadline = Deadline(send_timeout(step["channel"]))  # from `now`: the store's write counts too
+            if not self.store.claim_step(bulk.id, outbox["event_id"], index, self.owner, now,
+                                         lock_seconds(step["channel"])):
                 continue
-            error = self._send(step["channel"], event, bulk.notify_policy)
+            error = self._send(step["channel"], event, bulk.notify_policy, deadline)
             tries = step["attempts"] + 1
             retry_at = None
             if error is not None and tries <= len(self.retry_delays):
@@ -304,8 +422,10 @@ class Notifier:
 
     # -- channels --------------------------------------------------------------
 
-    def _send(self, channel: str, event: dict[str, Any], policy: dict[str, Any] | None = None) -> str | None:
-        """Send one channel; None when delivered, else a one-line reason.
+    def _send(self, channel: str, event: dict[str, Any], policy: dict[str, Any] | None = None,
+              deadline: Deadline | None = None) -> str | None:
+        """Send one channel within `deadline` (which the step's lock outlasts); None when delivered, else a
+        one-line reason.
 
         A job submitted over HTTP carries a policy: its targets are checked again
         now (netpolicy), and a webhook connects to the address just checked.
@@ -313,15 +433,19 @@ class Notifier:
         from bulkgen_cli.netpolicy import Policy, Refused, check_email
 
         kind, _, target = channel.partition(":")
+        deadline = deadline or Deadline(send_timeout(channel))
+        if deadline.expired():
+            return f"not sent: the store took more than the send's {deadline.seconds:g} s to hand the step over"
         try:
             if kind == "webhook":
-                return self._webhook(target, event, None if policy is None else Policy.from_record(policy))
+                return self._webhook(target, event, None if policy is None else Policy.from_record(policy),
+                                     deadline)
             if kind == "email":
                 if policy is not None:
                     check_email(target, Policy.from_record(policy))
                 if self.smtp is None:
                     return "no BULKGEN_SMTP_URL is set on the processor that delivered it"
-                self.smtp.send(email_message(event, self.smtp.sender, target))
+                self.smtp.send(email_message(event, self.smtp.sender, target), deadline)
                 return None
             return f"unknown channel kind {kind!r}"
         except Refused as exc:
@@ -329,20 +453,23 @@ class Notifier:
         except Exception as exc:  # noqa: BLE001  a channel's failure is recorded, never raised
             return self._scrub(f"{type(exc).__name__}: {exc}")[:300]
 
-    def _webhook(self, url: str, event: dict[str, Any], policy: Any = None) -> str | None:
+    def _webhook(self, url: str, event: dict[str, Any], policy: Any = None,
+                 deadline: Deadline | None = None) -> str | None:
         import httpx
 
         from bulkgen_cli.netpolicy import check_webhook, pinned_request
 
+        deadline = deadline or Deadline(WEBHOOK_TIMEOUT)
         if urlsplit(url).scheme not in ("http", "https"):
             return "not an http(s) URL"
         headers = {"User-Agent": f"bulkgen/{__version__}", "X-Bulkgen-Event": event["event"],
                    "Idempotency-Key": event["event_id"]}
         extensions: dict[str, Any] = {}
         if policy is not None:  # connect to the address just checked: no window for DNS rebinding
-            url, host, extensions = pinned_request(url, check_webhook(url, policy)[0])
+            url, host, extensions = pinned_request(url, deadline.call(check_webhook, url, policy)[0])
             headers.update(host)
         with httpx.Client(timeout=WEBHOOK_TIMEOUT, follow_redirects=False) as client:
+            within_deadline(client, deadline)
             response = client.post(url, json=event, headers=headers, extensions=extensions)
         if 200 <= response.status_code < 300:
             return None
@@ -371,3 +498,75 @@ class Notifier:
         except (OSError, subprocess.TimeoutExpired) as exc:
             error = str(exc)[:200]
         self.on_delivery(Delivery(bulk.id, "on-complete", error is None, error))
+
+
+# -- a webhook's connections, held to the send's deadline ----------------------------------
+
+
+def within_deadline(client: Any, deadline: Deadline) -> None:
+    """Make every connection `client` opens (directly or through a proxy from the environment) resolve,
+    connect, shake hands, write and read within `deadline`: httpx's timeouts hold each operation only.
+    httpx has no public way to give its pools a network backend; tests/test_notify_lock.py notices if
+    this one stops working."""
+    for transport in (client._transport, *client._mounts.values()):
+        pool = getattr(transport, "_pool", None)
+        if pool is not None:
+            pool._network_backend = _deadline_backend_class()(deadline)
+
+
+@functools.cache
+def _deadline_backend_class() -> Any:
+    """httpcore's synchronous network backend with every step held to a Deadline (made on first use:
+    httpcore is loaded only for a webhook)."""
+    import httpcore
+    from httpcore._backends.sync import SyncStream
+
+    class Stream(SyncStream):
+        def __init__(self, sock: socket.socket, deadline: Deadline):
+            super().__init__(sock)
+            self.deadline = deadline
+
+        def _rest(self, timeout: float | None, error: type[Exception]) -> float:
+            try:
+                rest = self.deadline.left()
+            except TimeoutError as exc:
+                raise error(str(exc)) from exc
+            return rest if timeout is None else min(timeout, rest)
+
+        def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+            return super().read(max_bytes, self._rest(timeout, httpcore.ReadTimeout))
+
+        def write(self, buffer: bytes, timeout: float | None = None) -> None:
+            while buffer:  # SyncStream's own loop gives every partial send the whole timeout
+                try:
+                    self._sock.settimeout(self._rest(timeout, httpcore.WriteTimeout))
+                    sent = self._sock.send(buffer)
+                except socket.timeout as exc:
+                    raise httpcore.WriteTimeout(str(exc)) from exc
+                except OSError as exc:
+                    raise httpcore.WriteError(str(exc)) from exc
+                buffer = buffer[sent:]
+
+        def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                      timeout: float | None = None) -> Any:
+            tls = super().start_tls(ssl_context, server_hostname, self._rest(timeout, httpcore.ConnectTimeout))
+            return Stream(tls._sock, self.deadline)
+
+    class Backend(httpcore.SyncBackend):
+        def __init__(self, deadline: Deadline):
+            self.deadline = deadline
+
+        def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                        local_address: str | None = None, socket_options: Any = None) -> Any:
+            try:
+                sock = self.deadline.connect(host, port, None if local_address is None else (local_address, 0))
+            except TimeoutError as exc:
+                raise httpcore.ConnectTimeout(str(exc)) from exc
+            except OSError as exc:
+                raise httpcore.ConnectError(str(exc)) from exc
+            for option in socket_options or ():
+                sock.setsockopt(*option)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return Stream(sock, self.deadline)
+
+    return Backend

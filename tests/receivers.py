@@ -12,10 +12,13 @@ from typing import Any
 
 
 class WebhookReceiver:
-    """Records every POST; answers `fail_first` of them with 500."""
+    """Records every POST; answers `fail_first` of them with 500. The first `hold_first` are recorded, then
+    held unanswered until `release` is set (a sender killed meanwhile has delivered but not recorded it)."""
 
-    def __init__(self, fail_first: int = 0, port: int = 0):
+    def __init__(self, fail_first: int = 0, port: int = 0, hold_first: int = 0):
         self.fail_first = fail_first
+        self.hold_first = hold_first
+        self.release = threading.Event()
         self.posts: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         receiver = self
@@ -29,9 +32,15 @@ class WebhookReceiver:
                 with receiver.lock:
                     receiver.posts.append({"body": body, "headers": dict(self.headers)})
                     fail = len(receiver.posts) <= receiver.fail_first
-                self.send_response(500 if fail else 204)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                    hold = len(receiver.posts) <= receiver.hold_first
+                if hold:
+                    receiver.release.wait(60)
+                try:
+                    self.send_response(500 if fail else 204)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                except OSError:
+                    pass  # a held sender may be gone
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
@@ -46,6 +55,7 @@ class WebhookReceiver:
             return [p["body"] for p in self.posts]
 
     def stop(self) -> None:
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()
 

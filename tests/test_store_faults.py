@@ -27,7 +27,7 @@ from bulkgen_cli.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailab
 from bulkgen_cli.model import BulkStatus, utcnow
 from bulkgen_cli.store.sqlite import SCHEMA_VERSION, SqliteStore
 from tests.cli_helpers import EXAMPLES, ROOT, Result, base_env
-from tests.conftest import submit
+from tests.conftest import submit, wait_for
 from tests.files import write_articles
 
 NOBODY = 65534
@@ -267,6 +267,74 @@ def test_writing_commands_on_a_read_only_store_exit_5_and_change_nothing(read_on
     try:
         assert {b.id: b.status for b in store.list_bulks()} == {first: first_status, second: "cancelled"}
         assert [i.status for i in store.list_items(first)] == ["queued"] * 10
+    finally:
+        store.close()
+
+
+# -- the WAL index changed under a running processor ----------------------------------------------
+
+SHM_FAULTS = {
+    # What SQLite's first opener does to it, or `: > bulkgen.db-shm`: its mapped pages now lie past the end.
+    "truncated": lambda shm: os.truncate(shm, 0),
+    # A copy made read-only put in its place (cp + chmod + mv): the processor maps the old file.
+    "replaced": lambda shm: (shutil.copyfile(shm, f"{shm}.new"), os.chmod(f"{shm}.new", 0o444),
+                             os.replace(f"{shm}.new", shm)),
+    # chmod 0444, for a processor that file modes bind (root ignores them).
+    "read-only": lambda shm: os.chmod(shm, 0o444),
+}
+
+
+@pytest.mark.parametrize("fault", list(SHM_FAULTS))
+def test_a_wal_index_changed_mid_run_ends_the_processor_with_exit_5_not_a_signal(store_dir, tmp_path, fault):
+    """The reporter's SIGBUS (exit -7, no message): SQLite maps bulkgen.db-shm into memory, and a page
+    past the end of a truncated file kills the process on its next touch. The processor must look first."""
+    preexec = None
+    if fault == "read-only":
+        way = bound_by_permissions()
+        if way is None:
+            pytest.skip("as root, neither dropping CAP_DAC_OVERRIDE nor becoming nobody works here")
+        preexec = way[0]
+        store_dir.chmod(0o777)  # nobody (if that is the way) must be able to write the store
+    path = store_dir / "store.db"
+    first, _ = populate(path)
+    for child in store_dir.iterdir():
+        child.chmod(0o666)
+    env = base_env(tmp_path) | {"BULKGEN_STORE": str(path), "BULKGEN_USER": "alice"}
+    proc = subprocess.Popen([sys.executable, "-m", "bulkgen_cli", "run", "--forever"], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
+    try:
+        def first_done() -> bool:
+            reader = SqliteStore(path, "read")
+            try:
+                return reader.get_bulk(first.id).status == "completed"
+            finally:
+                reader.close()
+
+        wait_for(first_done, timeout=30, what="the processor to finish the first job")
+        shm = f"{path}-shm"
+        assert os.path.getsize(shm) >= 32768  # mapped by the idle processor, which keeps looking for work
+        SHM_FAULTS[fault](shm)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 5, (proc.returncode, err[-2000:])
+    last = err.strip().splitlines()[-1]
+    if fault == "read-only":
+        assert last == (f"Error: the store at {path} is read-only: its shared-memory file {shm} cannot be "
+                        "written by this user; nothing was changed."), err
+    else:
+        assert last.startswith(f"Error: cannot use the SQLite store {path} safely: its shared-memory file "
+                               f"{shm} {'was truncated (from' if fault == 'truncated' else 'was replaced'}"), err
+    assert "Traceback" not in err
+    # Nothing was lost: once the processor is gone, the store opens (rebuilding its index) with every result.
+    if os.path.exists(shm):  # a read-only one was closed cleanly: the last connection removed it
+        os.chmod(shm, 0o644)
+    store = SqliteStore(path)
+    try:
+        assert [i.status for i in store.list_items(first.id)] == ["completed"] * 10
+        assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         store.close()
 

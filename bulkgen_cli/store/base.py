@@ -257,7 +257,7 @@ class Store(ABC):
         that finishes a retry that died between its two writes (MongoDB).
         """
 
-    # -- the notification outbox (design.md, "The outbox and exactly-once delivery") --------------------------------------
+    # -- the notification outbox (design.md, "The outbox and at-least-once delivery") --------------------------------------
     #
     # A job's end (completed by `refresh_counters`, cancelled by `cancel_bulk`)
     # writes, in the same atomic step, an outbox with one pending step per

@@ -403,7 +403,7 @@ ENDS_FROM = ACTIVE_BULK
 
 
 def end_fields(kind: EventKind, channels: list[str], now: dt.datetime) -> dict[str, Any]:
-    """A job's end (design.md, "The outbox and exactly-once delivery"): its status, time and outbox."""
+    """A job's end (design.md, "The outbox and at-least-once delivery"): its status, time and outbox."""
     status = BulkStatus.completed if kind is EventKind.completed else BulkStatus.cancelled
     return {"status": status.value, "completed_at": now, "estimated_completion": None,
             "outbox": new_outbox(kind, channels, now), "notify_pending": bool(channels),

@@ -10,10 +10,15 @@ never creates, upgrades or writes the file; where SQLite cannot open the WAL
 index (a read-only directory or a full disk without the -shm file) and the log
 holds nothing, it reads the main file as an immutable snapshot, reopened for
 every call so that changes made since are seen.
+
+Before every verb the WAL index (-shm), which SQLite maps into memory, is
+checked to be the file mapped, no shorter and writable: a truncated one would
+kill the process with SIGBUS (design.md, "The store's files under the processes").
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import datetime as dt
 import errno
@@ -21,6 +26,7 @@ import functools
 import json
 import os
 import sqlite3
+import stat
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -440,6 +446,18 @@ def _log_holds_changes(path: Path) -> bool:
     return False
 
 
+def _shm_state(path: Path) -> os.stat_result | None:
+    """The WAL index beside the store as it is now (not opened: closing a descriptor of it would drop
+    this process's SQLite locks on it), or None when there is none."""
+    try:
+        return os.stat(f"{path}-shm")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot use the SQLite store {path}: its shared-memory file {path}-shm "
+                               f"cannot be looked at ({exc.strerror}).") from exc
+
+
 def _unavailable(method: Callable[..., T]) -> Callable[..., T]:
     """Turn SQLite's errors into StoreUnavailable (read-only, full, …) with the file named."""
 
@@ -448,6 +466,8 @@ def _unavailable(method: Callable[..., T]) -> Callable[..., T]:
         try:
             if self.snapshot:
                 self._reopen_snapshot()
+            else:
+                self._check_shm()
             return method(self, *args, **kwargs)
         except sqlite3.DatabaseError as exc:
             raise store_error(self.path, exc) from exc
@@ -463,10 +483,22 @@ class SqliteStore(Store):
         #: Reading the main file as an immutable snapshot (see the module's docstring).
         self.snapshot = False
         self._lock = threading.RLock()
+        #: The WAL index (-shm) this connection mapped: its (device, inode) and the largest size seen
+        #: (design.md, "The store's files under the processes").
+        self._shm: tuple[int, int] | None = None
+        self._shm_size = 0
+        #: Why the connection was abandoned (see `_abandon`), or None.
+        self._abandoned: str | None = None
         if mode != "create" and not self._exists():
             raise self._no_store()
         if mode == "read":
             self.db, self.snapshot = self._read_connection()
+            if not self.snapshot:
+                try:
+                    self._check_shm()
+                except BaseException:
+                    self.close()  # not SQLite's close if the index is gone (see close)
+                    raise
             return
         try:
             if mode == "create":
@@ -481,11 +513,12 @@ class SqliteStore(Store):
             if version != SCHEMA_VERSION:
                 self._create_schema()
             self.db.execute("PRAGMA synchronous = NORMAL")
+            self._check_shm()
         except sqlite3.Error as exc:
             self.db.close()
             raise store_error(self.path, exc, opening=True) from exc
         except BaseException:
-            self.db.close()
+            self.close()  # not SQLite's close if the index is gone (see close)
             raise
 
     def _exists(self) -> bool:
@@ -613,8 +646,71 @@ class SqliteStore(Store):
             except sqlite3.Error:
                 pass  # uncommitted changes never reach the file: the next open discards them
 
+    def _check_shm(self) -> None:
+        """Before SQLite reads or writes its memory-mapped WAL index (-shm): it must still be the file
+        this connection mapped, no shorter, and (for a writer) writable by this user.
+
+        A mapped page past a truncated file's end kills the process with SIGBUS on the next touch; a
+        replaced or removed file leaves this process and the others with two different indexes of one
+        log. Either way the connection is abandoned (see `_abandon`) and the store fault is said.
+        """
+        if self._abandoned is not None:
+            raise self._shm_fault(self._abandoned)
+        state = _shm_state(self.path)
+        if self._shm is None:  # the first look (or not in WAL mode yet): what is there is what SQLite mapped
+            if state is None:
+                return
+            self._shm, self._shm_size = (state.st_dev, state.st_ino), state.st_size
+        problem = None
+        if state is None:
+            problem = "was removed"
+        elif (state.st_dev, state.st_ino) != self._shm or not stat.S_ISREG(state.st_mode):
+            problem = "was replaced"
+        elif state.st_size < self._shm_size:
+            problem = f"was truncated (from {self._shm_size} to {state.st_size} bytes)"
+        if problem is not None:
+            self._abandon(problem)
+            raise self._shm_fault(problem)
+        self._shm_size = state.st_size
+        if self.mode != "read" and not os.access(f"{self.path}-shm", os.W_OK):
+            raise StoreReadOnly(f"the store at {self.path} is read-only: its shared-memory file "
+                                f"{self.path}-shm cannot be written by this user; nothing was changed.")
+
+    def _shm_fault(self, problem: str) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"cannot use the SQLite store {self.path} safely: its shared-memory file {self.path}-shm {problem} "
+            "while this process had it open; nothing more was changed, and the next bulkgen to open the store "
+            "once every process using it has stopped rebuilds that file from the store and its log."
+        )
+
+    def _abandon(self, problem: str) -> None:
+        """Leave this connection open until the process ends: closing it would checkpoint through the
+        mapped index (SIGBUS on a truncated one, stale pages from a replaced one). The extra reference
+        keeps Python from closing it when the store is dropped; the process's exit releases it, and every
+        change committed before is in the log, which the next opener reads."""
+        if self._abandoned is None:
+            self._abandoned = problem
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(self.db))
+
     def close(self) -> None:
-        self.db.close()
+        if not self.snapshot and self._abandoned is None:
+            try:
+                self._check_shm()
+            except StoreReadOnly:
+                pass  # unwritable now, but still the file mapped: closing is safe
+            except StoreUnavailable:
+                return  # abandoned: not closed
+        if self._abandoned is None:
+            self.db.close()
+
+    def __del__(self) -> None:
+        # A store dropped without close(): the same check, so that Python does not close an abandoned
+        # connection's sibling through a truncated index either.
+        try:
+            if "db" in self.__dict__:
+                self.close()
+        except Exception:  # noqa: BLE001  never from a finaliser
+            pass
 
     # -- submit and read -------------------------------------------------------
 
