@@ -302,10 +302,18 @@ class Processor:
             self._pool = new_pool()
         return self._pool
 
-    def refresh(self, bulk_id: str, finished: tuple[Item, Outcome, float, float] | None = None) -> Counts:
-        """Recompute the job's counters; report the item's end, and the job's if this call recorded it."""
-        between = self.settings.delay if self.generator.remote else 0.0
-        counts = self.store.refresh_counters(bulk_id, self.clock(), between)
+    def between(self) -> float:
+        """The pause between two items that the job's estimate counts (seconds)."""
+        return self.settings.delay if self.generator.remote else 0.0
+
+    def refresh(self, bulk_id: str) -> Counts:
+        """Recompute the job's counters; report the job's end if this call recorded it."""
+        return self.report(bulk_id, self.store.refresh_counters(bulk_id, self.clock(), self.between()))
+
+    def report(self, bulk_id: str, counts: Counts,
+               finished: tuple[Item, Outcome, float, float] | None = None) -> Counts:
+        """After a refresh (or an item's end, which refreshes): report the item's end, and the job's if
+        that step recorded it, and deliver its notifications (whoever records the end delivers at once)."""
         if finished is not None or counts.ended_now:
             bulk = self.store.get_bulk(bulk_id)
             assert bulk is not None

@@ -30,7 +30,7 @@ from urllib.parse import quote
 from bulkgen_cli.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.model import (
     CLAIMABLE_BULK, ApiToken, BulkJob, BulkStatus, Counts, EventKind, Item, ItemStatus, Occurrence, OccurrenceState,
-    SavedTemplate, SaveOutcome, Schedule, ScheduleStatus, StateChange, iso, later,
+    Outcome, SavedTemplate, SaveOutcome, Schedule, ScheduleStatus, StateChange, iso, later,
 )
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, OpenMode, Store, slot_names
@@ -766,6 +766,14 @@ class SqliteStore(Store):
                     _update(db, "bulk_jobs", fields, "id = ?", row["bulk_job_id"])
             item = db.execute("SELECT * FROM generation_jobs WHERE id = ?", (row["id"],)).fetchone()
         return _item(item)
+
+    @_unavailable
+    def finish_item(self, item_id: str, owner: str, outcome: Outcome, now: dt.datetime,
+                    seconds_between_items: float = 0.0) -> Counts | None:
+        # One transaction: the item's end, the job's counters and, for its last item, the job's end and
+        # outbox (design.md, "Counters"). A crash leaves all of it or none of it.
+        with self._tx():
+            return super().finish_item(item_id, owner, outcome, now, seconds_between_items)
 
     @_unavailable
     def _write_held(self, item_id: str, owner: str, change: Change) -> bool:
