@@ -622,13 +622,26 @@ class MongoStore(Store):
     def requeue_expired(self, now: dt.datetime, max_attempts: int) -> list[str]:
         touched: set[str] = set()
         expired = {"status": ItemStatus.processing.value, "lease_expires_at": {"$lt": now}}
-        for doc in self.items.find(expired, {"_id": 1, "bulk_job_id": 1, "attempts": 1}):
+        for doc in self.items.find(expired, {"_id": 1, "bulk_job_id": 1, "attempts": 1, "fence": 1}):
             bulk = self.bulks.find_one({"_id": doc["bulk_job_id"]}, {"status": 1})
             change = rules.expired(None if bulk is None else bulk["status"], doc.get("attempts", 0), max_attempts, now)
-            # Conditional on the lease still being expired: a late heartbeat wins.
-            if self.items.update_one({"_id": doc["_id"], **expired}, self._stamp(_update(change))).matched_count:
+            # Conditional on everything the decision read from the item (design.md, "Every MongoDB decision in
+            # one conditional write"): its lease still expired (a late heartbeat wins), the same claim and try.
+            as_read = {"_id": doc["_id"], **expired, "fence": doc.get("fence"), "attempts": doc.get("attempts", 0)}
+            if self.items.update_one(as_read, self._stamp(_update(change))).matched_count:
                 touched.add(str(doc["bulk_job_id"]))
+                self._cancelled_since(doc, now)
         return sorted(touched)
+
+    def _cancelled_since(self, doc: dict[str, Any], now: dt.datetime) -> None:
+        """The job of an item just queued again, read after the write: cancelled meanwhile, the item is swept
+        as the cancel's own sweep would have (it may have swept before the item was queued)."""
+        bulk = self.bulks.find_one({"_id": doc["bulk_job_id"]}, {"status": 1})
+        if bulk is None or bulk["status"] != BulkStatus.cancelled.value:
+            return
+        status, change = rules.cancel_sweeps(now)[0]  # the queued sweep; a new claim would carry a new fence
+        self.items.update_one({"_id": doc["_id"], "status": status.value, "fence": doc.get("fence")},
+                              self._stamp(_update(change)))
 
     @_unavailable
     def next_start(self, now: dt.datetime) -> dt.datetime | None:
