@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
+from bulkgen_cli import repair
 from bulkgen_cli.attempt import Attempt, new_pool
 from bulkgen_cli.content import Generator
 from bulkgen_cli.errors import ServiceUnavailable
@@ -143,6 +144,7 @@ class Processor:
         after = {Step.done: self._after_done, Step.unreachable: self._after_unreachable,
                  Step.busy: self._after_busy, Step.idle: self._after_idle, Step.released: self._after_released}
         try:
+            self.repair()  # at start: a job a stopped processor left half-recorded is finished first
             while not self.stopping and not (until is not None and until()):
                 step = self.work_once()
                 self._look_at_jobs()
@@ -165,6 +167,7 @@ class Processor:
             self._next_requeue = self.ticker() + self.settings.lease / 3
             for bulk_id in self.store.requeue_expired(now, self.settings.max_attempts):
                 self.refresh(bulk_id)
+            self.repair()
         item = self.store.claim_next(self.owner, self.settings.lease, now, self.settings.concurrency)
         if item is None:
             self._next_requeue = 0.0  # idle: look again at once next time
@@ -301,6 +304,13 @@ class Processor:
         if self._pool is None:
             self._pool = new_pool()
         return self._pool
+
+    def repair(self) -> None:
+        """Finish jobs whose state disagrees with their items (design.md, "Repair"), through the same
+        refresh as a normal end: a job's end recorded here is reported and delivered as any other."""
+        for finding in repair.repair(self.store, self.clock(), self.between()):
+            if finding.counts is not None:
+                self.report(finding.bulk.id, finding.counts)
 
     def between(self) -> float:
         """The pause between two items that the job's estimate counts (seconds)."""

@@ -89,6 +89,19 @@ class Store(ABC):
         without the rest of the records.
         """
 
+    # -- reads of the repair (design.md, "Repair") ----------------------------------------
+
+    @abstractmethod
+    def item_counts(self, bulk_id: str) -> Counts:
+        """A bulk job's items counted by status (a read: nothing is written)."""
+
+    @abstractmethod
+    def pending_bulk_ids(self) -> list[str]:
+        """The ids of the bulk jobs that have a queued or processing item, sorted.
+
+        One range of the items' status index: it costs what is pending, never what has ended.
+        """
+
     # -- the processor's verbs -----------------------------------------------
 
     @abstractmethod

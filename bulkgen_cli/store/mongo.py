@@ -32,8 +32,8 @@ from pymongo.errors import (
 from bulkgen_cli.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.model import (
     ARTICLE_FIELDS, CLAIMABLE_BULK, ApiToken, BulkJob, BulkStatus, ChangeKind, Counts, EventKind, Item, ItemStatus,
-    Occurrence, OccurrenceState, Outcome, SavedTemplate, SaveOutcome, Schedule, ScheduleStatus, StateChange, later,
-    outbox_open, utcnow,
+    Occurrence, OccurrenceState, Outcome, PENDING_ITEM, SavedTemplate, SaveOutcome, Schedule, ScheduleStatus,
+    StateChange, later, outbox_open, utcnow,
 )
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, OpenMode, Store, slot_names
@@ -385,6 +385,20 @@ class MongoStore(Store):
         cursor = self.items.find({"bulk_job_id": oid, "status": ItemStatus.completed.value},
                                  {"queue_position": 1, "result.content": 1}).sort(rules.ITEM_ORDER, ASCENDING)
         return [(str(d["_id"]), d["queue_position"], (d.get("result") or {}).get("content")) for d in cursor]
+
+    # -- reads of the repair (design.md, "Repair") ---------------------------------------
+
+    @_unavailable
+    def item_counts(self, bulk_id: str) -> Counts:
+        oid = _oid(bulk_id)
+        groups = [] if oid is None else self.items.aggregate(
+            [{"$match": {"bulk_job_id": oid}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}])
+        return rules.tally({g["_id"]: (g["n"], None) for g in groups})[0]
+
+    @_unavailable
+    def pending_bulk_ids(self) -> list[str]:
+        pending = [s.value for s in PENDING_ITEM]
+        return sorted(str(i) for i in self.items.distinct("bulk_job_id", {"status": {"$in": pending}}))
 
     # -- single items (design.md, "Item state rules") ---------------------------------
 

@@ -30,7 +30,7 @@ from urllib.parse import quote
 from bulkgen_cli.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.model import (
     CLAIMABLE_BULK, ApiToken, BulkJob, BulkStatus, Counts, EventKind, Item, ItemStatus, Occurrence, OccurrenceState,
-    Outcome, SavedTemplate, SaveOutcome, Schedule, ScheduleStatus, StateChange, iso, later,
+    Outcome, PENDING_ITEM, SavedTemplate, SaveOutcome, Schedule, ScheduleStatus, StateChange, iso, later,
 )
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, OpenMode, Store, slot_names
@@ -675,6 +675,21 @@ class SqliteStore(Store):
     def completed_contents(self, bulk_id: str) -> list[tuple[str, int, Any]]:
         rows = self.db.execute(COMPLETED_SQL, (bulk_id, ItemStatus.completed.value))
         return [(r[0], r[1], (json.loads(r[2]) if r[2] else {}).get("content")) for r in rows]
+
+    # -- reads of the repair ---------------------------------------------------
+
+    @_unavailable
+    def item_counts(self, bulk_id: str) -> Counts:
+        rows = self.db.execute("SELECT status, count(*) FROM generation_jobs WHERE bulk_job_id = ? GROUP BY status",
+                               (bulk_id,))
+        return rules.tally({status: (n, None) for status, n in rows})[0]
+
+    @_unavailable
+    def pending_bulk_ids(self) -> list[str]:
+        pending = [s.value for s in PENDING_ITEM]
+        rows = self.db.execute("SELECT DISTINCT bulk_job_id FROM generation_jobs INDEXED BY generation_jobs_lease"
+                               f" WHERE status IN {_marks(pending)} ORDER BY bulk_job_id", pending)
+        return [r[0] for r in rows]
 
     # -- single items ------------------------------------------------------------
 
