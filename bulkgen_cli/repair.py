@@ -3,7 +3,7 @@
 The policy is written once, here, over small store reads (`pending_bulk_ids`,
 `item_counts`, `list_bulks`), so it is the same for both stores. Every fix is
 a verb of a normal run: `refresh_counters` derives the job from its items and
-records its end and outbox once (invariant 6), `cancel_bulk` runs its
+records its end and outbox once (design.md, "Invariants", 6), `cancel_bulk` runs its
 idempotent sweeps again, `retry_item` finishes an item retry that stopped
 half-way. A repaired job therefore ends, and is notified, exactly as if
 nothing had happened. Every processor runs the cheap look (`thorough=False`:
@@ -58,6 +58,33 @@ def diagnose(bulk: BulkJob, items: Counts) -> str | None:
         return ("its counters say {} completed, {} failed, {} cancelled; its items say {}, {}, {}"
                 .format(*stored, items.completed, items.failed, items.cancelled))
     return None
+
+
+def seen(bulk: BulkJob, items: Counts) -> BulkJob:
+    """An active job as its items say it is, for reading commands (they never write).
+
+    Counters that disagree with the items are shown as the items count them; a
+    job with nothing pending is shown `completed` without ETA, its `completed_at`
+    still None until a processor or `doctor --fix` records the end (`UNRECORDED_END`).
+    """
+    if bulk.status not in ACTIVE_STATUSES:
+        return bulk
+    shown = dataclasses.replace(bulk, completed_items=items.completed, failed_items=items.failed,
+                                cancelled_items=items.cancelled)
+    if items.pending:
+        return shown
+    return dataclasses.replace(shown, status=BulkStatus.completed.value, estimated_completion=None,
+                               completed_at=None)
+
+
+def unrecorded_end(bulk: BulkJob) -> bool:
+    """Whether a job shown completed has its end still to be recorded (`seen`)."""
+    return bulk.status == BulkStatus.completed.value and bulk.completed_at is None
+
+
+#: What status says of such a job.
+UNRECORDED_END = ("not recorded yet: nothing of it is pending, and any `bulkgen run` (or `bulkgen doctor --fix`) "
+                  "records its end and sends its notifications")
 
 
 def look(store: Store, thorough: bool = False) -> list[Finding]:

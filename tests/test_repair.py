@@ -111,3 +111,52 @@ def test_a_processor_finishes_a_half_recorded_end_at_start_and_reports_it(store)
     ended = [e for e in events if isinstance(e, BulkEnded)]
     assert [e.bulk.id for e in ended] == [bulk.id]
     assert store.get_bulk(bulk.id).status == "completed"
+
+
+def test_reading_commands_never_show_running_when_nothing_is_pending(store):
+    from bulkgen_cli import jobs, render
+
+    bulk, _ = half_recorded_end(store)
+    [(shown, _)] = jobs.status(store, bulk.id, None, "alice")
+    [listed] = jobs.list_jobs(store, "alice")
+    for job in (shown, listed):
+        assert (job.status, job.completed_items, job.pending, job.estimated_completion) == ("completed", 3, 0, None)
+        assert job.completed_at is None
+    rows = dict(render.status_head(shown))
+    assert rows["Status"] == "completed" and "ETA" not in rows
+    assert rows["Ended"].startswith("not recorded yet: nothing of it is pending")
+    assert render.bulk_dict(shown)["status"] == "completed"
+    assert store.get_bulk(bulk.id).status == "processing"  # a reading command writes nothing
+    repair.repair(store, utcnow())
+    [(recorded, _)] = jobs.status(store, bulk.id, None, "alice")
+    assert recorded.completed_at is not None and "not recorded" not in dict(render.status_head(recorded))["Ended"]
+
+
+def test_doctor_lists_then_fixes_and_says_so(cli, tmp_path):
+    import json
+
+    from bulkgen_cli.store.sqlite import SqliteStore
+
+    path = tmp_path / "doctor.db"
+    with SqliteStore(path) as db:
+        bulk, _ = half_recorded_end(db)
+    env = {"BULKGEN_STORE": f"sqlite:///{path}"}
+    found = cli("doctor", env=env)
+    assert found.code == 1
+    assert found.out.strip() == (f"Bulk job {bulk.id} (alice, 'Topic job'): it is processing but none of its 3 items "
+                                 "is pending: its end was never recorded.")
+    assert "`bulkgen doctor --fix` repairs it" in found.err
+    doc = json.loads(cli("doctor", "--json", env=env).out)
+    assert doc["left"] == 1 and [p["bulk_job_id"] for p in doc["problems"]] == [bulk.id]
+    with SqliteStore(path) as db:
+        assert db.get_bulk(bulk.id).status == "processing"  # without --fix nothing is written
+    fixed = cli("doctor", "--fix", "--json", env=env)
+    assert fixed.code == 0, fixed.err
+    doc = json.loads(fixed.out)
+    assert doc["left"] == 0 and doc["problems"][0]["fixed"] and doc["problems"][0]["ended_now"]
+    assert "Notification webhook" in fixed.err  # its end's notification is delivered (here: refused, retried later)
+    with SqliteStore(path) as db:
+        assert db.get_bulk(bulk.id).status == "completed"
+    again = cli("doctor", env=env)
+    assert (again.code, again.out) == (0, "")
+    assert "nothing to repair" in again.err

@@ -639,8 +639,8 @@ class MongoStore(Store):
         for doc in self.items.find(expired, {"_id": 1, "bulk_job_id": 1, "attempts": 1, "fence": 1}):
             bulk = self.bulks.find_one({"_id": doc["bulk_job_id"]}, {"status": 1})
             change = rules.expired(None if bulk is None else bulk["status"], doc.get("attempts", 0), max_attempts, now)
-            # Conditional on everything the decision read from the item (design.md, "Every MongoDB decision in
-            # one conditional write"): its lease still expired (a late heartbeat wins), the same claim and try.
+            # Conditional on everything the decision read from the item: its lease still expired (a late
+            # heartbeat wins), the same claim and try (design.md, "Every MongoDB decision in one conditional write").
             as_read = {"_id": doc["_id"], **expired, "fence": doc.get("fence"), "attempts": doc.get("attempts", 0)}
             if self.items.update_one(as_read, self._stamp(_update(change))).matched_count:
                 touched.add(str(doc["bulk_job_id"]))
