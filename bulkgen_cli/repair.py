@@ -90,17 +90,23 @@ UNRECORDED_END = ("not recorded yet: nothing of it is pending, and any `bulkgen 
 def look(store: Store, thorough: bool = False) -> list[Finding]:
     """The jobs that disagree with their items, oldest first.
 
-    Routine (`thorough` False): the active jobs and the jobs with a queued or
-    processing item, two indexed reads, then one count of each such job's items.
-    Thorough: every job.
+    Routine (`thorough` False): only the jobs whose state can disagree, from two
+    indexed reads (the active jobs; the jobs with a queued or processing item):
+    an active job without a pending item, or a pending item in a job that is not
+    active; each such job's items are then counted. Counters that are off in an
+    active job with items pending are left to that job's next refresh (every
+    item's end makes one). Thorough: every job, each counted.
     """
-    statuses = None if thorough else ACTIVE_BULK
-    jobs = {b.id: b for b in store.list_bulks(limit=EVERY_JOB, statuses=statuses)}
-    for bulk_id in store.pending_bulk_ids():
-        if bulk_id not in jobs:
-            bulk = store.get_bulk(bulk_id)
-            if bulk is not None:
-                jobs[bulk_id] = bulk
+    pending = set(store.pending_bulk_ids())
+    active = {b.id: b for b in store.list_bulks(limit=EVERY_JOB, statuses=ACTIVE_BULK)}
+    if thorough:
+        jobs = {b.id: b for b in store.list_bulks(limit=EVERY_JOB)}
+    else:
+        jobs = {bulk_id: bulk for bulk_id, bulk in active.items() if bulk_id not in pending}
+    for bulk_id in pending - active.keys() - jobs.keys():
+        bulk = store.get_bulk(bulk_id)
+        if bulk is not None:
+            jobs[bulk_id] = bulk
     findings = []
     for bulk in sorted(jobs.values(), key=lambda b: (b.created_at, b.id)):
         items = store.item_counts(bulk.id)
