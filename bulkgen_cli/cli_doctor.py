@@ -80,7 +80,8 @@ def _say(findings: list[Finding], fix: bool) -> None:
         print(line)
     left = sum(not f.fixed for f in findings)
     if not fix:
-        note(f"{_jobs(len(findings))} to repair: `bulkgen doctor --fix` repairs {'it' if len(findings) == 1 else 'them'} "
+        them = "it" if len(findings) == 1 else "them"
+        note(f"{_jobs(len(findings))} to repair: `bulkgen doctor --fix` repairs {them} "
              "(so does any `bulkgen run`, for jobs not yet ended).")
     elif left:
         note(f"{_jobs(left)} not repaired.", "red")
