@@ -156,10 +156,12 @@ class Attempt:
         return None
 
     def _record(self, outcome: Outcome) -> Step:
-        if not self.store.finish_item(self.item.id, self.p.owner, outcome, self.p.clock()):
+        # The item's end and its job's counters (and end) in one step (design.md, "Counters").
+        counts = self.store.finish_item(self.item.id, self.p.owner, outcome, self.p.clock(), self.p.between())
+        if counts is None:
             return Step.released
-        self.p.refresh(self.item.bulk_job_id,
-                       finished=(self.item, outcome, self.request_seconds, self.p.ticker() - self.started))
+        self.p.report(self.item.bulk_job_id, counts,
+                      finished=(self.item, outcome, self.request_seconds, self.p.ticker() - self.started))
         return Step.done
 
     def _result(self, reply: Reply) -> dict:

@@ -599,6 +599,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cli_templates",
     "cli_schedules",
     "cli_serve",
+    "cli_doctor",
 )
 
 for _module in COMMAND_MODULES:

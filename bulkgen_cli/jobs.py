@@ -129,15 +129,26 @@ def targets(store: Store, bulk_id: str | None, group: str | None, user: str, all
 
 def status(store: Store, bulk_id: str | None, group: str | None, user: str, all_users: bool = False,
            with_items: bool = False) -> list[tuple[BulkJob, list[Item] | None]]:
-    """The jobs named, each with its items when asked."""
-    return [(bulk, store.list_items(bulk.id) if with_items else None)
+    """The jobs named (as their items say they are: `as_seen`), each with its items when asked."""
+    return [(as_seen(store, bulk), store.list_items(bulk.id) if with_items else None)
             for bulk in targets(store, bulk_id, group, user, all_users)]
 
 
 def list_jobs(store: Store, user: str, all_users: bool = False, limit: int = 20,
               status_filter: BulkStatus | None = None) -> list[BulkJob]:
-    """`user`'s bulk jobs (everyone's with `all_users`), newest first."""
-    return store.list_bulks(None if all_users else user, limit, [status_filter] if status_filter else None)
+    """`user`'s bulk jobs (everyone's with `all_users`), newest first, as their items say they are."""
+    bulks = store.list_bulks(None if all_users else user, limit, [status_filter] if status_filter else None)
+    return [as_seen(store, bulk) for bulk in bulks]
+
+
+def as_seen(store: Store, bulk: BulkJob) -> BulkJob:
+    """An active job as its items say it is (`repair.seen`): never shown running when nothing of it is pending,
+    whatever a stopped process left unrecorded (design.md, "Repair"). One count of its items; writes nothing."""
+    from bulkgen_cli import repair
+
+    if bulk.status not in repair.ACTIVE_STATUSES:
+        return bulk
+    return repair.seen(bulk, store.item_counts(bulk.id))
 
 
 def apply(store: Store, action: control.Action, bulk_id: str, user: str, all_users: bool = False,

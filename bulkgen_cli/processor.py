@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
+from bulkgen_cli import repair
 from bulkgen_cli.attempt import Attempt, new_pool
 from bulkgen_cli.content import Generator
 from bulkgen_cli.errors import ServiceUnavailable
@@ -143,6 +144,7 @@ class Processor:
         after = {Step.done: self._after_done, Step.unreachable: self._after_unreachable,
                  Step.busy: self._after_busy, Step.idle: self._after_idle, Step.released: self._after_released}
         try:
+            self.repair()  # at start: a job a stopped processor left half-recorded is finished first
             while not self.stopping and not (until is not None and until()):
                 step = self.work_once()
                 self._look_at_jobs()
@@ -165,6 +167,7 @@ class Processor:
             self._next_requeue = self.ticker() + self.settings.lease / 3
             for bulk_id in self.store.requeue_expired(now, self.settings.max_attempts):
                 self.refresh(bulk_id)
+            self.repair()
         item = self.store.claim_next(self.owner, self.settings.lease, now, self.settings.concurrency)
         if item is None:
             self._next_requeue = 0.0  # idle: look again at once next time
@@ -302,10 +305,25 @@ class Processor:
             self._pool = new_pool()
         return self._pool
 
-    def refresh(self, bulk_id: str, finished: tuple[Item, Outcome, float, float] | None = None) -> Counts:
-        """Recompute the job's counters; report the item's end, and the job's if this call recorded it."""
-        between = self.settings.delay if self.generator.remote else 0.0
-        counts = self.store.refresh_counters(bulk_id, self.clock(), between)
+    def repair(self) -> None:
+        """Finish jobs whose state disagrees with their items (design.md, "Repair"), through the same
+        refresh as a normal end: a job's end recorded here is reported and delivered as any other."""
+        for finding in repair.repair(self.store, self.clock(), self.between()):
+            if finding.counts is not None:
+                self.report(finding.bulk.id, finding.counts)
+
+    def between(self) -> float:
+        """The pause between two items that the job's estimate counts (seconds)."""
+        return self.settings.delay if self.generator.remote else 0.0
+
+    def refresh(self, bulk_id: str) -> Counts:
+        """Recompute the job's counters; report the job's end if this call recorded it."""
+        return self.report(bulk_id, self.store.refresh_counters(bulk_id, self.clock(), self.between()))
+
+    def report(self, bulk_id: str, counts: Counts,
+               finished: tuple[Item, Outcome, float, float] | None = None) -> Counts:
+        """After a refresh (or an item's end, which refreshes): report the item's end, and the job's if
+        that step recorded it, and deliver its notifications (whoever records the end delivers at once)."""
         if finished is not None or counts.ended_now:
             bulk = self.store.get_bulk(bulk_id)
             assert bulk is not None

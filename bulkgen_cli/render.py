@@ -11,6 +11,7 @@ import sys
 from typing import Any, Sequence, TextIO
 
 from bulkgen_cli.model import REQUIRED_FIELD, BulkJob, Item, Mode, iso, utcnow
+from bulkgen_cli.repair import UNRECORDED_END, unrecorded_end
 from bulkgen_cli.text import duration, visible  # noqa: F401  (duration: re-exported)
 
 
@@ -150,6 +151,8 @@ def status_head(bulk: BulkJob) -> list[tuple[str, str]]:
     rows += [("Created", when(bulk.created_at)), ("Started", when(bulk.started_at))]
     if bulk.completed_at:
         rows.append(("Ended", when(bulk.completed_at)))
+    elif unrecorded_end(bulk):
+        rows.append(("Ended", UNRECORDED_END))
     elif bulk.status == "paused":
         rows.append(("ETA", "none while paused (`bulkgen resume` continues it)"))
     elif bulk.estimated_completion:

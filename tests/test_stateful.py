@@ -121,8 +121,11 @@ class StoreMachine(RuleBasedStateMachine):
         bulk_id = next(b for b, items in self.bulks.items() if item_id in items)
         outcome = Outcome(status, {"content": "x"} if status is ItemStatus.completed else None,
                           None if status is ItemStatus.completed else "bad")
-        if self.store.finish_item(item_id, owner, outcome, self.now):
-            self.refresh(bulk_id)
+        counts = self.store.finish_item(item_id, owner, outcome, self.now)
+        # The item's end and its job's counters (and end) are one step: no refresh follows, and the
+        # invariants (counters equal the items, an active job has something pending) must hold at once.
+        if counts is not None and counts.ended_now:
+            self.ends[bulk_id] += 1
 
     @rule(data=st.data())
     def heartbeat(self, data) -> None:

@@ -243,8 +243,8 @@ def test_counters_follow_items_and_end_is_recorded_once(store):
             else Outcome(ItemStatus.completed, {"content": "x"})
         )
         t += dt.timedelta(seconds=2)
-        store.finish_item(item.id, "p1", outcome, t)
-        counts = store.refresh_counters(bulk.id, t, seconds_between_items=1.0)
+        # The item's end refreshes its job in the same step (design.md, "Counters").
+        counts = store.finish_item(item.id, "p1", outcome, t, seconds_between_items=1.0)
         got = store.get_bulk(bulk.id)
         truth = counts_by_status(store, bulk.id)
         assert (got.completed_items, got.failed_items, got.cancelled_items) == (
@@ -259,6 +259,7 @@ def test_counters_follow_items_and_end_is_recorded_once(store):
     assert got.status == "completed" and got.completed_at == t
     assert got.failed_items == 3 and got.completed_items == 7
     assert got.estimated_completion is None
+    assert not store.refresh_counters(bulk.id, t).ended_now  # one end: a later refresh records none
     assert got.error_summary == [
         "#1 Topic 1: HTTP 400: bad 0",
         "#5 Topic 5: HTTP 400: bad 4",
@@ -273,8 +274,7 @@ def test_paused_job_whose_last_item_finishes_is_completed(store):
     complete_next(store, 9, t)
     last = claim(store, "p1", LEASE, t)
     assert store.set_bulk_state(bulk.id, [BulkStatus.processing], BulkStatus.paused, t)
-    store.finish_item(last.id, "p1", Outcome(ItemStatus.completed), t)
-    assert store.refresh_counters(bulk.id, t).ended_now
+    assert store.finish_item(last.id, "p1", Outcome(ItemStatus.completed), t).ended_now
     assert store.get_bulk(bulk.id).status == "completed"
 
 
@@ -388,8 +388,8 @@ def test_retry_failed_starts_a_new_round(store):
     for position in (3, 6):
         item = claim(store, "p1", LEASE, t)
         assert item.queue_position == position
-        store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), t)
-    assert store.refresh_counters(bulk.id, t).ended_now
+        counts = store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), t)
+    assert counts.ended_now
     assert store.retry_failed(bulk.id, t) == 0  # nothing failed now
 
 
@@ -417,8 +417,7 @@ def run_to_end(store, bulk, t, fail=()):
     for n in range(bulk.total_items):
         item = claim(store, "p1", LEASE, t)
         outcome = Outcome(ItemStatus.failed, error="bad") if n in fail else Outcome(ItemStatus.completed)
-        store.finish_item(item.id, "p1", outcome, t)
-        counts = store.refresh_counters(bulk.id, t)
+        counts = store.finish_item(item.id, "p1", outcome, t)
     return counts
 
 
@@ -499,8 +498,7 @@ def test_a_new_round_gets_a_new_event(store):
     first = store.get_bulk(bulk.id).outbox["event_id"]
     assert store.retry_failed(bulk.id, t) == 1
     item = claim(store, "p1", LEASE, t)
-    store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), t)
-    assert store.refresh_counters(bulk.id, t).ended_now
+    assert store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), t).ended_now
     assert store.get_bulk(bulk.id).outbox["event_id"] != first
 
 

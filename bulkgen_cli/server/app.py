@@ -179,7 +179,7 @@ def _job_routes(app: FastAPI, access: StoreAccess) -> None:
     def status(bulk_id: BulkId, me: Me) -> Any:
         """One job: {bulk_job, jobs, progress}, as `bulkgen status ID --json`."""
         def read(store: Any) -> dict[str, Any]:
-            bulk = jobs.visible(store, bulk_id, me.user, me.admin)
+            bulk = jobs.as_seen(store, jobs.visible(store, bulk_id, me.user, me.admin))
             return status_document(bulk, store.list_items(bulk.id))
 
         return access.call(read)

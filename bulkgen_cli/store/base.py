@@ -89,6 +89,19 @@ class Store(ABC):
         without the rest of the records.
         """
 
+    # -- reads of the repair (design.md, "Repair") ----------------------------------------
+
+    @abstractmethod
+    def item_counts(self, bulk_id: str) -> Counts:
+        """A bulk job's items counted by status (a read: nothing is written)."""
+
+    @abstractmethod
+    def pending_bulk_ids(self) -> list[str]:
+        """The ids of the bulk jobs that have a queued or processing item, sorted.
+
+        One range of the items' status index: it costs what is pending, never what has ended.
+        """
+
     # -- the processor's verbs -----------------------------------------------
 
     @abstractmethod
@@ -130,9 +143,20 @@ class Store(ABC):
         """
         return self._write_held(item_id, owner, rules.one_more_try(rejected))
 
-    def finish_item(self, item_id: str, owner: str, outcome: Outcome, now: dt.datetime) -> bool:
-        """Record a held item's end; False (nothing written) when `owner` lost it."""
-        return self._write_held(item_id, owner, rules.finished(outcome, now))
+    def finish_item(self, item_id: str, owner: str, outcome: Outcome, now: dt.datetime,
+                    seconds_between_items: float = 0.0) -> Counts | None:
+        """Record a held item's end and derive its job from its items, as one step.
+
+        None (nothing written) when `owner` lost the item; else the job's refreshed
+        counts (`refresh_counters`), with `ended_now` when this step recorded the
+        job's end and its outbox. SQLite makes the item's end, the counters and the
+        job's end one transaction; MongoDB writes the item first, then refreshes, and
+        a crash between leaves a job that the repair finishes (design.md, "Repair").
+        """
+        if not self._write_held(item_id, owner, rules.finished(outcome, now)):
+            return None
+        item = self.get_item(item_id)
+        return Counts() if item is None else self.refresh_counters(item.bulk_job_id, now, seconds_between_items)
 
     def release_item(self, item_id: str, owner: str, charge: bool = False) -> bool:
         """Put a held item back in the queue at its place.

@@ -32,8 +32,8 @@ from pymongo.errors import (
 from bulkgen_cli.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.model import (
     ARTICLE_FIELDS, CLAIMABLE_BULK, ApiToken, BulkJob, BulkStatus, ChangeKind, Counts, EventKind, Item, ItemStatus,
-    Occurrence, OccurrenceState, Outcome, SavedTemplate, SaveOutcome, Schedule, ScheduleStatus, StateChange, later,
-    outbox_open, utcnow,
+    Occurrence, OccurrenceState, Outcome, PENDING_ITEM, SavedTemplate, SaveOutcome, Schedule, ScheduleStatus,
+    StateChange, later, outbox_open, utcnow,
 )
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, OpenMode, Store, slot_names
@@ -386,6 +386,20 @@ class MongoStore(Store):
                                  {"queue_position": 1, "result.content": 1}).sort(rules.ITEM_ORDER, ASCENDING)
         return [(str(d["_id"]), d["queue_position"], (d.get("result") or {}).get("content")) for d in cursor]
 
+    # -- reads of the repair (design.md, "Repair") ---------------------------------------
+
+    @_unavailable
+    def item_counts(self, bulk_id: str) -> Counts:
+        oid = _oid(bulk_id)
+        groups = [] if oid is None else self.items.aggregate(
+            [{"$match": {"bulk_job_id": oid}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}])
+        return rules.tally({g["_id"]: (g["n"], None) for g in groups})[0]
+
+    @_unavailable
+    def pending_bulk_ids(self) -> list[str]:
+        pending = [s.value for s in PENDING_ITEM]
+        return sorted(str(i) for i in self.items.distinct("bulk_job_id", {"status": {"$in": pending}}))
+
     # -- single items (design.md, "Item state rules") ---------------------------------
 
     @_unavailable
@@ -622,13 +636,26 @@ class MongoStore(Store):
     def requeue_expired(self, now: dt.datetime, max_attempts: int) -> list[str]:
         touched: set[str] = set()
         expired = {"status": ItemStatus.processing.value, "lease_expires_at": {"$lt": now}}
-        for doc in self.items.find(expired, {"_id": 1, "bulk_job_id": 1, "attempts": 1}):
+        for doc in self.items.find(expired, {"_id": 1, "bulk_job_id": 1, "attempts": 1, "fence": 1}):
             bulk = self.bulks.find_one({"_id": doc["bulk_job_id"]}, {"status": 1})
             change = rules.expired(None if bulk is None else bulk["status"], doc.get("attempts", 0), max_attempts, now)
-            # Conditional on the lease still being expired: a late heartbeat wins.
-            if self.items.update_one({"_id": doc["_id"], **expired}, self._stamp(_update(change))).matched_count:
+            # Conditional on everything the decision read from the item: its lease still expired (a late
+            # heartbeat wins), the same claim and try (design.md, "Every MongoDB decision in one conditional write").
+            as_read = {"_id": doc["_id"], **expired, "fence": doc.get("fence"), "attempts": doc.get("attempts", 0)}
+            if self.items.update_one(as_read, self._stamp(_update(change))).matched_count:
                 touched.add(str(doc["bulk_job_id"]))
+                self._cancelled_since(doc, now)
         return sorted(touched)
+
+    def _cancelled_since(self, doc: dict[str, Any], now: dt.datetime) -> None:
+        """The job of an item just queued again, read after the write: cancelled meanwhile, the item is swept
+        as the cancel's own sweep would have (it may have swept before the item was queued)."""
+        bulk = self.bulks.find_one({"_id": doc["bulk_job_id"]}, {"status": 1})
+        if bulk is None or bulk["status"] != BulkStatus.cancelled.value:
+            return
+        status, change = rules.cancel_sweeps(now)[0]  # the queued sweep; a new claim would carry a new fence
+        self.items.update_one({"_id": doc["_id"], "status": status.value, "fence": doc.get("fence")},
+                              self._stamp(_update(change)))
 
     @_unavailable
     def next_start(self, now: dt.datetime) -> dt.datetime | None:

@@ -36,7 +36,7 @@ from urllib.parse import quote
 from bulkgen_cli.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.model import (
     CLAIMABLE_BULK, ApiToken, BulkJob, BulkStatus, Counts, EventKind, Item, ItemStatus, Occurrence, OccurrenceState,
-    SavedTemplate, SaveOutcome, Schedule, ScheduleStatus, StateChange, iso, later,
+    Outcome, PENDING_ITEM, SavedTemplate, SaveOutcome, Schedule, ScheduleStatus, StateChange, iso, later,
 )
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, OpenMode, Store, slot_names
@@ -772,6 +772,21 @@ class SqliteStore(Store):
         rows = self.db.execute(COMPLETED_SQL, (bulk_id, ItemStatus.completed.value))
         return [(r[0], r[1], (json.loads(r[2]) if r[2] else {}).get("content")) for r in rows]
 
+    # -- reads of the repair ---------------------------------------------------
+
+    @_unavailable
+    def item_counts(self, bulk_id: str) -> Counts:
+        rows = self.db.execute("SELECT status, count(*) FROM generation_jobs WHERE bulk_job_id = ? GROUP BY status",
+                               (bulk_id,))
+        return rules.tally({status: (n, None) for status, n in rows})[0]
+
+    @_unavailable
+    def pending_bulk_ids(self) -> list[str]:
+        pending = [s.value for s in PENDING_ITEM]
+        rows = self.db.execute("SELECT DISTINCT bulk_job_id FROM generation_jobs INDEXED BY generation_jobs_lease"
+                               f" WHERE status IN {_marks(pending)} ORDER BY bulk_job_id", pending)
+        return [r[0] for r in rows]
+
     # -- single items ------------------------------------------------------------
 
     @_unavailable
@@ -862,6 +877,14 @@ class SqliteStore(Store):
                     _update(db, "bulk_jobs", fields, "id = ?", row["bulk_job_id"])
             item = db.execute("SELECT * FROM generation_jobs WHERE id = ?", (row["id"],)).fetchone()
         return _item(item)
+
+    @_unavailable
+    def finish_item(self, item_id: str, owner: str, outcome: Outcome, now: dt.datetime,
+                    seconds_between_items: float = 0.0) -> Counts | None:
+        # One transaction: the item's end, the job's counters and, for its last item, the job's end and
+        # outbox (design.md, "Counters"). A crash leaves all of it or none of it.
+        with self._tx():
+            return super().finish_item(item_id, owner, outcome, now, seconds_between_items)
 
     @_unavailable
     def _write_held(self, item_id: str, owner: str, change: Change) -> bool:

@@ -1,0 +1,92 @@
+"""MongoDB decisions that read one document and write another, interleaved deterministically (mongomock).
+
+Without multi-document transactions a verb that decides from a read of the job
+and writes the item can have its decision made stale by a command that lands
+between the two (design.md, "Every MongoDB decision in one conditional write").
+Each test runs one verb's write at a chosen point inside another verb, on two
+stores sharing one mongomock client, in one thread: the order is exact.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Callable
+
+import pytest
+
+from bulkgen_cli.model import ItemStatus, utcnow
+from tests.conftest import claim, submit
+
+mongomock = pytest.importorskip("mongomock")
+
+LEASE = 30.0
+
+
+class Hooked:
+    """A collection whose `method` runs `before(n, call)` before its n-th call (from 1); `call` makes it."""
+
+    def __init__(self, collection: Any, method: str, before: Callable[[int, Callable[[], Any]], Any]) -> None:
+        self._collection, self._method, self._before, self.calls = collection, method, before, 0
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._collection, name)
+        if name != self._method:
+            return target
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return self._before(self.calls, lambda: target(*args, **kwargs))
+
+        return call
+
+
+def two_stores() -> tuple[Any, Any]:
+    from bulkgen_cli.store.mongo import MongoStore
+
+    client = mongomock.MongoClient(tz_aware=True)
+    return MongoStore(client, "bulkgen", "mongodb://mock"), MongoStore(client, "bulkgen", "mongodb://mock")
+
+
+def test_requeue_expired_landing_between_cancel_sweeps_leaves_nothing_queued():
+    """requeue_expired reads the job (active), cancel_bulk cancels it and sweeps the queued items, the
+    requeue then writes its item back to queued, and the cancel's second sweep (processing) misses it."""
+    requeuer, canceller = two_stores()
+    bulk = submit(requeuer, 3)
+    t0 = utcnow()
+    item = claim(requeuer, "dead", LEASE, t0)
+    later = t0 + dt.timedelta(seconds=LEASE + 1)  # its processor died: the lease ran out
+    order: list[str] = []
+    pending_write: list[Callable[[], Any]] = []
+
+    def between_sweeps(n: int, sweep: Callable[[], Any]) -> Any:
+        if n == 2:  # the processing sweep: the requeue's write lands just before it
+            order.append("requeue writes")
+            pending_write.pop()()
+        order.append(f"sweep {n}")
+        return sweep()
+
+    def requeue_write(n: int, write: Callable[[], Any]) -> Any:
+        if n != 1:
+            return write()
+        # The requeue has read the job (still active) and decided: the whole cancel runs now, and
+        # the decided write lands between its two sweeps.
+        result: list[Any] = []
+        pending_write.append(lambda: result.append(write()))
+        order.append("cancel")
+        canceller.items = Hooked(canceller.items, "update_many", between_sweeps)
+        assert canceller.cancel_bulk(bulk.id, later)
+        return result[0]
+
+    requeuer.items = Hooked(requeuer.items, "update_one", requeue_write)
+    touched = requeuer.requeue_expired(later, max_attempts=3)
+    assert order == ["cancel", "sweep 1", "requeue writes", "sweep 2"], order  # the interleaving happened
+    assert touched == [bulk.id]
+    for store in (requeuer, canceller):
+        store.refresh_counters(bulk.id, later)
+    job = canceller.get_bulk(bulk.id)
+    items = {i.id: i for i in canceller.list_items(bulk.id)}
+    assert job.status == "cancelled"
+    assert [i.status for i in items.values() if i.status in ("queued", "processing")] == [], \
+        "a queued item was left inside a cancelled job: never claimed, never swept"
+    assert items[item.id].status == ItemStatus.cancelled.value
+    assert job.cancelled_items == 3 and job.completed_at is not None
