@@ -10,11 +10,19 @@ reference service mixing successes, 500s, 429s, hangs, slow and malformed
 replies, a stream of pause / resume / cancel / retry-failed from other
 processes, processors killed with SIGKILL at random moments and restarted,
 and (unless --no-stalls) processors stalled with SIGSTOP for longer than their
-lease (2 s) at random moments, then continued with SIGCONT.
+lease (2 s) at random moments, then continued with SIGCONT. Some kills are
+aimed at a job's end: when a job has one item left in flight, the processor
+holding it (its pid is in the item's lease owner) is killed a few milliseconds
+after the service answered it, on the path that records the item, the job's
+counters, its end and its notification.
 At the end it prints, and checks: items lost, items requested beyond their
-tries, counter drift, the most requests in flight at once, notifications per
-job end, the time from each cancel to the connection closing, duplicate
-requests and articles generated more than once. Exit 1 when any check fails.
+tries, counter drift, jobs stuck (a job whose state is not what its items say:
+running with nothing pending, or ended with something pending), the most
+requests in flight at once, notifications per job end (one event per end; a
+second delivery of one event, with its Idempotency-Key, only when a processor
+was killed between the two), the time from each cancel to the connection
+closing, duplicate requests and articles generated more than once. Exit 1
+when any check fails.
 
 Duplicates, from the service's request log, per item (job_id), requests in the
 order they arrived. A request beyond the item's first is a retry when every
@@ -50,6 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bulkgen_cli.content.reference import ReferenceService  # noqa: E402
+from bulkgen_cli.store.sqlite import SqliteStore  # noqa: E402
 from tests.receivers import WebhookReceiver  # noqa: E402
 
 STALL_SECONDS = (2.5, 4.0)  # longer than BULKGEN_LEASE_SECONDS below
@@ -113,6 +122,42 @@ def duplicates(requests: list[dict], kills: list[float], stalls: list[float]) ->
     return counts, sorted(set(unexplained))
 
 
+def stuck_jobs(docs: dict[str, dict]) -> list[str]:
+    """Jobs whose state is not what their items say: running with nothing pending, or ended with something pending."""
+    stuck = []
+    for job, doc in docs.items():
+        pending = sum(1 for i in doc["jobs"] if i["status"] in ("queued", "processing"))
+        ended = doc["bulk_job"]["status"] in ("completed", "cancelled")
+        if ended == bool(pending):
+            stuck.append(f"{job}: {doc['bulk_job']['status']} with {pending} items pending")
+    return stuck
+
+
+def repeated_events(posts: list[dict], kills: list[float]) -> tuple[int, int]:
+    """Deliveries of an event already received: (explained by a kill between the two, unexplained)."""
+    first: dict[str, float] = {}
+    explained = unexplained = 0
+    for post in sorted(posts, key=lambda p: p["at"]):
+        event_id = post["body"]["event_id"]
+        if event_id not in first:
+            first[event_id] = post["at"]
+        elif any(first[event_id] - START_SLACK <= t <= post["at"] for t in kills):
+            explained += 1
+        else:
+            unexplained += 1
+    return explained, unexplained
+
+
+def holder_near_its_jobs_end(store_path: Path) -> tuple[int, str] | None:
+    """(pid, item id) of a processor holding the last pending item of a job, if one does now."""
+    with SqliteStore(store_path, mode="read") as store:
+        for item in store.in_flight():
+            pending = [i for i in store.list_items(item.bulk_job_id) if i.status in ("queued", "processing")]
+            if len(pending) == 1 and item.lease_owner:
+                return int(item.lease_owner.split(":")[1]), item.id
+    return None
+
+
 def most_in_flight(requests: list[dict], stalls: list[float]) -> int:
     """The most requests open at once in the log, leaving out those open when a processor was stalled."""
     events = []
@@ -140,7 +185,7 @@ def main() -> int:
     args = parser.parse_args()
     rng = random.Random(args.seed)
     folder = tempfile.mkdtemp(prefix="bulkgen-chaos-")
-    service = ReferenceService(fail_rate=0.05, seed=args.seed).start()
+    service = ReferenceService(fail_rate=0.05, seed=args.seed, latency=0.05).start()
     hook = WebhookReceiver()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BULKGEN_")}
     env.update(XDG_DATA_HOME=folder, BULKGEN_USER="chaos", BULKGEN_API_URL=service.url, BULKGEN_DELAY="0",
@@ -182,6 +227,37 @@ def main() -> int:
             time.sleep(min(left, 0.05))
         wake()
 
+    store_path = Path(folder) / "bulkgen" / "bulkgen.db"
+    aimed = 0
+
+    def kill(victim: int) -> None:
+        kill_times.append(time.time())
+        procs[victim].send_signal(signal.SIGKILL)
+        procs[victim].wait()
+        if victim in stalled:
+            continued[stalled.pop(victim)[1]] = kill_times[-1]
+        procs[victim] = start()
+
+    def kill_at_a_jobs_end() -> bool:
+        """Kill the holder of a job's last item just after the service answered it; False if none came in 3 s."""
+        give_up = time.monotonic() + 3
+        while time.monotonic() < give_up:
+            found = holder_near_its_jobs_end(store_path)
+            victims = [] if found is None else [i for i, p in enumerate(procs)
+                                                if p.pid == found[0] and i not in stalled]
+            if not victims:
+                nap(0.01)
+                continue
+            answered_by = time.monotonic() + 2
+            while time.monotonic() < answered_by:  # the request of that item is out: wait for its answer
+                mine = [r for r in service.stats()["requests"] if r["job_id"] == found[1]]
+                if mine and all(r["end"] is not None for r in mine):
+                    time.sleep(rng.uniform(0, 0.02))  # somewhere on the path that records it
+                    kill(victims[0])
+                    return True
+                time.sleep(0.002)
+        return False
+
     actions: dict[str, int] = {}
     cancels: list[tuple[str, float]] = []
     rounds = {j: 1 for j in jobs}
@@ -191,16 +267,13 @@ def main() -> int:
         while time.monotonic() < deadline:
             nap(rng.uniform(0.1, 0.5))
             roll = rng.random()
-            if roll < 0.15:
-                victim = rng.randrange(len(procs))
-                kill_times.append(time.time())
-                procs[victim].send_signal(signal.SIGKILL)
-                procs[victim].wait()
-                if victim in stalled:
-                    continued[stalled.pop(victim)[1]] = kill_times[-1]
-                procs[victim] = start()
+            if roll < 0.1:
+                kill(rng.randrange(len(procs)))
                 continue
-            if args.stalls and roll < 0.25:
+            if roll < 0.2:
+                aimed += kill_at_a_jobs_end()
+                continue
+            if args.stalls and roll < 0.3:
                 running = [i for i in range(len(procs)) if i not in stalled]
                 if len(running) > 1:  # keep one processor going
                     victim = rng.choice(running)
@@ -213,9 +286,9 @@ def main() -> int:
                 continue  # keep most jobs alive to the end
             job = rng.choice(jobs)
             asked_at = time.time()  # cancel latency counts from when the user typed it
-            result = cli([action, job], env)
+            t0 = time.monotonic(); result = cli([action, job], env); took = time.monotonic() - t0
             if result.returncode not in (0, 4):
-                print(f"unexpected exit {result.returncode} from {action}: {result.stderr}", file=sys.stderr)
+                print(f"unexpected exit {result.returncode} from {action} after {took:.2f} s: {result.stderr}", file=sys.stderr)
                 return 1
             actions[action] = actions.get(action, 0) + 1
             if result.returncode == 0 and action == "cancel" and "->" in result.stderr:
@@ -240,7 +313,10 @@ def main() -> int:
         end_by = chaos_over + 180
         while not settled():
             if time.monotonic() > end_by:
-                print("jobs did not settle within 180 s after the chaos", file=sys.stderr)
+                docs = {job: json.loads(cli(["status", job, "--json"], env).stdout) for job in jobs}
+                print("jobs did not settle within 180 s after the chaos; stuck: "
+                      + "; ".join(stuck_jobs(docs) or ["none by their items (notifications pending)"]),
+                      file=sys.stderr)
                 return 1
             time.sleep(0.5)
         settle_time = time.monotonic() - chaos_over
@@ -282,7 +358,10 @@ def main() -> int:
     events: dict[str, list[str]] = {}
     for event in hook.events():
         events.setdefault(event["bulk_job_id"], []).append(event["event_id"])
-    duplicate_events = sum(len(ids) - len(set(ids)) for ids in events.values())
+    with hook.lock:
+        posts = list(hook.posts)
+    repeated_explained, duplicate_events = repeated_events(posts, kill_times)
+    stuck = stuck_jobs(docs)
     # One event per end: each round of a job (its first, and one per retry-failed) ends once.
     missing_events = sum(abs(len(set(events.get(job, []))) - rounds[job]) for job in jobs)
     close_times = []
@@ -297,13 +376,16 @@ def main() -> int:
     counts, unexplained = duplicates(stats["requests"], kill_times, stall_times)
     twice = {job_id: n for job_id, n in stats["generated_per_job"].items() if n > 1}
     most = most_in_flight(stats["requests"], stall_times)
-    print(f"  processors killed (SIGKILL): {len(kill_times)}; stalled (SIGSTOP {STALL_SECONDS[0]:g}-"
+    print(f"  processors killed (SIGKILL): {len(kill_times)} ({aimed} aimed at a job's end); stalled (SIGSTOP {STALL_SECONDS[0]:g}-"
           f"{STALL_SECONDS[1]:g} s): {len(stall_times) if args.stalls else 'off'}; control commands: {actions}")
     print(f"  requests to the service: {len(stats['requests'])}; most in flight at once: {stats['max_in_flight']}"
           + (f" (not counting requests open across a stall: {most})" if stall_times else ""))
     print(f"  items lost: {lost}")
     print(f"  items requested beyond their tries: {beyond}")
     print(f"  counter drift: {drift}")
+    print(f"  jobs stuck (state not what its items say): {len(stuck)}")
+    for line in stuck:
+        print(f"    {line}")
     print(f"  requests beyond an item's first: {counts['beyond the first']} ({counts['retries']} retries after "
           f"an ended try, {counts['extra']} extra); extra explained by closed-by-client {counts['closed-by-client']}, "
           f"stale {counts['stale']}, replayed {counts['replayed']}, kill {counts['kill']}, stall {counts['stall']}")
@@ -324,13 +406,14 @@ def main() -> int:
     print(f"  jobs ended: {sum(1 for s in ends.values() if s == 'completed')} completed, "
           f"{sum(1 for s in ends.values() if s == 'cancelled')} cancelled")
     print(f"  notifications: {sum(len(v) for v in events.values())} received for {len(jobs)} jobs; "
-          f"ends without exactly one event: {missing_events}; duplicates of one event: {duplicate_events}")
+          f"ends without exactly one event: {missing_events}; an event delivered again: {repeated_explained} after "
+          f"a kill between the two (the same Idempotency-Key), {duplicate_events} unexplained")
     if close_times:
         print(f"  cancel -> connection closed: median {statistics.median(close_times):.2f} s, "
               f"max {max(close_times):.2f} s over {len(close_times)} in-flight cancels")
     else:
         print("  cancel -> connection closed: no cancel hit an item in flight this run")
-    ok = lost == 0 and beyond == 0 and drift == 0 and most <= args.concurrency \
+    ok = lost == 0 and beyond == 0 and drift == 0 and not stuck and most <= args.concurrency \
         and (stall_times or stats["max_in_flight"] <= args.concurrency) \
         and counts["unexplained"] == 0 and not twice and missing_events == 0 \
         and duplicate_events == 0 and all(t < 3.0 for t in close_times)

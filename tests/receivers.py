@@ -6,6 +6,7 @@ import base64
 import json
 import socketserver
 import threading
+import time
 from email import message_from_bytes, policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -30,7 +31,7 @@ class WebhookReceiver:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with receiver.lock:
-                    receiver.posts.append({"body": body, "headers": dict(self.headers)})
+                    receiver.posts.append({"body": body, "headers": dict(self.headers), "at": time.time()})
                     fail = len(receiver.posts) <= receiver.fail_first
                     hold = len(receiver.posts) <= receiver.hold_first
                 if hold:

@@ -39,6 +39,7 @@ def most_in_flight(stdout: str) -> int:
 def test_chaos_run_keeps_every_invariant():
     proc = run_chaos("--seed", "3")
     assert "items lost: 0" in proc.stdout and most_in_flight(proc.stdout) == 1
+    assert "jobs stuck (state not what its items say): 0" in proc.stdout
     assert "unexplained duplicate requests: 0" in proc.stdout
     assert "items with more than one article generated: 0" in proc.stdout
     assert "all invariants held" in proc.stdout
@@ -115,3 +116,26 @@ def test_most_in_flight_leaves_out_requests_open_across_a_stall():
     assert chaos.most_in_flight(log, stalls=[]) == 2
     assert chaos.most_in_flight(log, stalls=[1]) == 1
     assert chaos.most_in_flight([req("a", 0, 1, "ok"), req("a", 1, 2, "ok")], stalls=[]) == 1  # back to back
+
+
+def doc(status: str, *items: str) -> dict:
+    return {"bulk_job": {"status": status}, "jobs": [{"status": s} for s in items]}
+
+
+def test_a_job_is_stuck_when_its_state_is_not_what_its_items_say():
+    docs = {"done": doc("completed", "completed", "failed"), "cut": doc("cancelled", "cancelled", "completed"),
+            "running": doc("processing", "completed", "queued"), "paused": doc("paused", "queued"),
+            "no-end": doc("processing", "completed", "completed"), "early": doc("completed", "queued")}
+    assert chaos.stuck_jobs(docs) == ["no-end: processing with 0 items pending", "early: completed with 1 items pending"]
+
+
+def post(event_id: str, at: float) -> dict:
+    return {"body": {"event_id": event_id}, "at": at}
+
+
+def test_an_event_delivered_again_is_explained_only_by_a_kill_between_the_two():
+    posts = [post("e1", 1.0), post("e2", 2.0), post("e1", 5.0)]
+    assert chaos.repeated_events(posts, kills=[]) == (0, 1)
+    assert chaos.repeated_events(posts, kills=[3.0]) == (1, 0)
+    assert chaos.repeated_events(posts, kills=[6.0]) == (0, 1)  # a kill after the second explains nothing
+    assert chaos.repeated_events(posts[:2], kills=[]) == (0, 0)
