@@ -286,7 +286,9 @@ def main() -> int:
                 continue  # keep most jobs alive to the end
             job = rng.choice(jobs)
             asked_at = time.time()  # cancel latency counts from when the user typed it
-            t0 = time.monotonic(); result = cli([action, job], env); took = time.monotonic() - t0
+            sent_at = time.monotonic()
+            result = cli([action, job], env)
+            took = time.monotonic() - sent_at
             if result.returncode not in (0, 4):
                 print(f"unexpected exit {result.returncode} from {action} after {took:.2f} s: {result.stderr}", file=sys.stderr)
                 return 1
