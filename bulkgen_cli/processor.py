@@ -165,7 +165,9 @@ class Processor:
             self._next_requeue = self.ticker() + self.settings.lease / 3
             for bulk_id in self.store.requeue_expired(now, self.settings.max_attempts):
                 self.refresh(bulk_id)
-        item = self.store.claim_next(self.owner, self.settings.lease, now, self.settings.concurrency)
+        # A local generator sends nothing anywhere: its claim is its send (design.md, "When a try counts").
+        item = self.store.claim_next(self.owner, self.settings.lease, now, self.settings.concurrency,
+                                     sent=not self.generator.remote)
         if item is None:
             self._next_requeue = 0.0  # idle: look again at once next time
             return Step.idle

@@ -267,14 +267,14 @@ def test_a_renewal_that_hangs_does_not_keep_the_request_in_flight(tmp_path):
     checks: list[float] = []
 
     class HangingRenewals(CheckingStore):
-        def heartbeat(self, *args: Any) -> bool:
+        def heartbeat(self, *args: Any, **kwargs: Any) -> bool:
             if not checks:  # the check before the send: the lease runs from here
                 checks.append(time.time())
             elif len(checks) == 1:  # the first renewal in flight hangs for two leases
                 checks.append(time.time())
                 time.sleep(2 * lease)
                 service.latency = 0.0  # the next try is answered at once
-            return self._store.heartbeat(*args)
+            return self._store.heartbeat(*args, **kwargs)
 
     try:
         bulk = submit_articles(store, [{"topic": "Hanging store", "word_count": 300}])
