@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from collections import defaultdict
@@ -177,3 +178,49 @@ def held_by_a_new_claim(tmp_path, item_id: str, fence: int) -> bool:
     with store_of(tmp_path) as store:
         item = store.get_item(item_id)
     return item.status == "processing" and (item.fence or 0) > fence
+
+
+def test_a_write_lock_held_past_the_busy_timeout_keeps_the_reply_in_hand(tmp_path, svc, processes):
+    """Another process holds the store's write lock (BEGIN IMMEDIATE) while A's request is in flight and after
+    its reply came, well past A's busy timeout: A's renewals and its record fail meanwhile, the record is tried
+    again until the lease ends, and lands once the lock goes (before: exit 5, the reply lost)."""
+    ids = queue(tmp_path, ["Slow one [slow:1.5]"])
+    env = env_for(tmp_path, svc, BULKGEN_LEASE_SECONDS="6", BULKGEN_SQLITE_BUSY_TIMEOUT="0.2")
+    a = processes.spawn(["run"], env)
+    wait_for(lambda: in_flight(svc, ids[0]), timeout=20, what="A's request in flight")
+    holder = sqlite3.connect(tmp_path / "xdg" / "bulkgen" / "bulkgen.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        locked = time.monotonic()
+        wait_for(lambda: not in_flight(svc, ids[0]), timeout=20, what="the service's reply")
+        # The reply is in A's hands; A's writes wait 0.2 s for the lock, then fail: several of them.
+        wait_for(lambda: time.monotonic() - locked >= 2.5, timeout=5, what="the lock held")
+        assert a.poll() is None, finish(a).err
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    finish_ok(a)
+    item = items(tmp_path)[0]
+    assert (item.status, item.attempts) == ("completed", 1)
+    assert [r["outcome"] for r in requests_of(svc)[ids[0]]] == ["ok"]
+
+
+def test_a_write_lock_held_past_the_lease_gives_the_reply_up_and_says_so(tmp_path, svc, processes):
+    """The lock outlasts the lease: the record is given up (exit 5), and the loss is said with the item's id."""
+    ids = queue(tmp_path, ["Quick one [slow:0.3]"])
+    env = env_for(tmp_path, svc, BULKGEN_LEASE_SECONDS="2", BULKGEN_SQLITE_BUSY_TIMEOUT="0.2")
+    a = processes.spawn(["run"], env)
+    wait_for(lambda: in_flight(svc, ids[0]), timeout=20, what="A's request in flight")
+    holder = sqlite3.connect(tmp_path / "xdg" / "bulkgen" / "bulkgen.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        result = finish(a, timeout=30)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert result.code == 5, result.err
+    assert "database is locked" in result.err
+    assert f"The reply for item {ids[0]} of job " in result.err and "will be asked for again" in result.err
+    assert "Traceback" not in result.err
+    assert [r["outcome"] for r in requests_of(svc)[ids[0]]] == ["ok"]
+    assert items(tmp_path)[0].status == "processing"  # its lease runs out; the next run asks for it again
