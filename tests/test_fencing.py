@@ -28,7 +28,7 @@ from bulkgen_cli.content.reference import ReferenceService
 from bulkgen_cli.model import ItemStatus, utcnow
 from bulkgen_cli.processor import Processor
 from bulkgen_cli.settings import RunSettings
-from tests.conftest import submit_articles
+from tests.conftest import submit_articles, wait_for
 
 LEASE = 0.4
 LATENCY = 0.25
@@ -309,3 +309,29 @@ def test_mongo_a_stall_between_the_writes_of_a_claim_never_sends_twice(concurren
                  "claim_next:leases.update_one", "claim_next:items.find_one_and_update", "heartbeat:items.update_one"):
         assert paused_at.get(step), (step, dict(paused_at))
     assert sum(paused_at.values()) >= len(solo) - 3, (paused_at, solo)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mongo"])
+def test_a_stall_alone_during_a_request_keeps_the_reply(kind, tmp_path):
+    """Time jumps two leases while A's request is in flight, nobody else on the store: past its deadline A renews
+    first (nobody took the item, so it succeeds) instead of aborting, and records the reply: one request."""
+    store_a, _, checker = open_stores(kind, tmp_path)
+    service = ReferenceService(latency=1.0).start()
+    clock = Clock()
+    try:
+        bulk = submit_articles(checker, [{"topic": "Alone", "word_count": 300}])
+        a = Processor(store_a, HttpGenerator(service.url), settings(1), clock=clock.now, ticker=clock.a_ticks,
+                      owner="A")
+        thread = threading.Thread(target=a.run, kwargs={"until_idle": True}, daemon=True)
+        thread.start()
+        wait_for(lambda: service.stats()["in_flight"] == 1, timeout=10, what="A's request in flight")
+        clock.offset += LEASE * 2  # the stall: A's clocks and the store's time jump together
+        thread.join(30)
+        a.generator.close()
+        item = checker.list_items(bulk.id)[0]
+        assert (item.status, item.attempts, item.retry_count) == ("completed", 1, 0)
+        assert [r["outcome"] for r in service.stats()["requests"]] == ["ok"]
+    finally:
+        service.stop()
+        for store in (store_a, checker):
+            store.close()
