@@ -337,6 +337,7 @@ class Processor:
         except StoreUnavailable:
             if not quietly:
                 raise  # else the slot expires by itself
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None

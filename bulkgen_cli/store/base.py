@@ -185,8 +185,8 @@ class Store(ABC):
         Each goes back to `queued` (its try stays counted, `retry_count` + 1), or to
         `failed` once it has used `max_attempts` tries, or to `cancelled` when its
         bulk job was cancelled meanwhile; a try whose request was never sent
-        (`sent_at` unset) goes back uncounted (`rules.expired`). Returns the ids of the bulk jobs touched,
-        whose counters the caller refreshes.
+        (`sent_at` unset) goes back uncounted (`rules.expired`). Returns the ids
+        of the bulk jobs touched, whose counters the caller refreshes.
         """
 
     @abstractmethod
