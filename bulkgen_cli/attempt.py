@@ -263,7 +263,7 @@ class Attempt:
             now = self.p.ticker()
             if lost or watchdog.fired.is_set() or self.p.abort_now():
                 self.p.generator.abort()  # repeated each poll: an abort that raced the request's start is not lost
-            elif now >= next_beat or self.leases.fenced():  # past the deadline (a stall): renew now, or the watchdog aborts
+            elif now >= next_beat or self.leases.fenced():  # past the deadline (a stall): renew now
                 next_beat, next_check = now + beat_every, now + HELD_POLL
                 lost = not self._asking(lambda: self.leases.heartbeat(self.item))
             elif now >= next_check:
@@ -272,7 +272,7 @@ class Attempt:
 
     @staticmethod
     def _asking(question: Callable[[], bool]) -> bool:
-        """A renewal or a look while a request is in flight; a store fault is no answer (the watchdog keeps the deadline)."""
+        """A renewal or a look while a request is in flight; a store fault is no answer (the watchdog keeps time)."""
         try:
             return question()
         except StoreUnavailable:
