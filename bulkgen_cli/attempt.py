@@ -253,8 +253,8 @@ class Attempt:
         next_check = self.p.ticker() + HELD_POLL
         lost = False
         while True:
-            try:
-                reply = future.result(timeout=STOP_POLL)
+            try:  # awake at the self-fencing deadline, not a poll later: its renewal has little time
+                reply = future.result(timeout=min(STOP_POLL, max(self.leases.fence_deadline - self.p.ticker(), 0.005)))
             except FutureTimeout:
                 pass
             else:  # a reply in hand is kept (the store decides at its record); an abort's remains are not

@@ -15,6 +15,7 @@ After every store call of either processor, and at the end, it checks:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 import time
@@ -320,12 +321,13 @@ def test_a_stall_alone_during_a_request_keeps_the_reply(kind, tmp_path):
     clock = Clock()
     try:
         bulk = submit_articles(checker, [{"topic": "Alone", "word_count": 300}])
-        a = Processor(store_a, HttpGenerator(service.url), settings(1), clock=clock.now, ticker=clock.a_ticks,
-                      owner="A")
+        lease = 2.0  # the renewal past the deadline has 1/8 of it to succeed, on a busy machine too
+        a = Processor(store_a, HttpGenerator(service.url), dataclasses.replace(settings(1), lease=lease),
+                      clock=clock.now, ticker=clock.a_ticks, owner="A")
         thread = threading.Thread(target=a.run, kwargs={"until_idle": True}, daemon=True)
         thread.start()
         wait_for(lambda: service.stats()["in_flight"] == 1, timeout=10, what="A's request in flight")
-        clock.offset += LEASE * 2  # the stall: A's clocks and the store's time jump together
+        clock.offset += lease * 2  # the stall: A's clocks and the store's time jump together
         thread.join(30)
         a.generator.close()
         item = checker.list_items(bulk.id)[0]
