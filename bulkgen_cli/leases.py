@@ -135,8 +135,8 @@ class Leases:
 
 
 class Watchdog:
-    """Self-fencing that waits for nothing: past the deadline, give one renewal (the request's own thread
-    makes it) `RESCUE_WITHIN` of a lease to succeed, then abort the request even while that renewal hangs."""
+    """Self-fencing that waits for nothing: past the deadline, give one renewal (the thread waiting for the
+    reply makes it) `RESCUE_WITHIN` of a lease to succeed, then abort the request even while that renewal hangs."""
 
     def __init__(self, leases: Leases, abort: Callable[[], None]):
         self._leases, self._abort = leases, abort
