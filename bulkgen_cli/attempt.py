@@ -2,20 +2,23 @@
 
 `Attempt(processor, item).run()` returns the processor's next `Step`. Every
 send is fenced (design.md, "Fencing"): the leases are checked right before
-it, renewed while it is in flight, and a watchdog aborts it at the
-self-fencing deadline; a reply that arrives after that is never recorded.
+it (which marks the try sent), renewed while it is in flight, and past the
+self-fencing deadline renewed at once or aborted by a watchdog. A reply in
+hand is recorded when the store still holds the item under this claim's token,
+however late it came (design.md, "A reply in hand").
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from bulkgen_cli import quality
 from bulkgen_cli.content import Reply, ReplyKind, content_text, count_words
-from bulkgen_cli.errors import ServiceUnavailable
+from bulkgen_cli.errors import ServiceUnavailable, StoreUnavailable
 from bulkgen_cli.events import ItemLost, ItemRetrying, ItemStarted
 from bulkgen_cli.leases import RENEW_EVERY, Watchdog
 from bulkgen_cli.model import CLAIMABLE_BULK, BulkStatus, Item, ItemStatus, Outcome, iso, later, next_generation
@@ -29,6 +32,11 @@ CLAIMABLE_STATUSES = {s.value for s in CLAIMABLE_BULK}
 STOP_POLL = 0.1
 #: How often a request in flight checks that its item is still held (not cancelled).
 HELD_POLL = 0.5
+#: How long to wait between two tries of a store write that failed while a reply is in hand.
+KEEP_RETRY = 0.25
+
+
+T = TypeVar("T")
 
 
 class Attempt:
@@ -41,6 +49,7 @@ class Attempt:
         #: time spent in requests to the service (all tries), not in waits before them
         self.request_seconds = 0.0
         self._paused = False
+        self.leases.claimed(self.started)  # the item's lease was taken just now
 
     def run(self) -> Step:
         """Generate the item with in-place retries, then record its end."""
@@ -127,7 +136,7 @@ class Attempt:
             return Outcome(ItemStatus.failed, error=f"{reply.error} (gave up after {self.tries} tries)")
         wait = self.p.backoff(self.tries)
         self.p.on_event(ItemRetrying(self.item, reply.error or "transient error", wait, charged=True))
-        if not self.leases.wait_holding(self.item, wait) or not self.store.begin_attempt(self.item.id, self.p.owner):
+        if not self.leases.wait_holding(self.item, wait) or not self._begin_attempt():
             return Step.released
         self.tries += 1
         return None
@@ -149,20 +158,45 @@ class Attempt:
         """Count a try and ask for a new article; the flagged verdict is kept on the item meanwhile."""
         self.p.on_event(ItemRetrying(self.item, "quality: " + ", ".join(verdict.reasons), 0.0, charged=True))
         rejected = verdict.to_dict()
-        if not self.store.begin_attempt(self.item.id, self.p.owner, rejected):
+        if not self._begin_attempt(rejected):
             return Step.released
         self.item = dataclasses.replace(self.item, verdict=rejected)  # the next request asks for the next generation
         self.tries += 1
         return None
 
     def _record(self, outcome: Outcome) -> Step:
-        # The item's end and its job's counters (and end) in one step (design.md, "Counters").
-        counts = self.store.finish_item(self.item.id, self.p.owner, outcome, self.p.clock(), self.p.between())
+        # The item's end and its job's counters (and end) in one step (design.md, "Counters"), written while the
+        # claim's token stands, even past its lease (design.md, "A reply in hand").
+        counts = self._keep(lambda: self.store.finish_item(self.item.id, self.p.owner, outcome, self.p.clock(),
+                                                           self.p.between(), fence=self.item.fence))
         if counts is None:
-            return Step.released
+            return self._lost()  # taken by a newer claim, or cancelled: the reply goes
         self.p.report(self.item.bulk_job_id, counts,
                       finished=(self.item, outcome, self.request_seconds, self.p.ticker() - self.started))
         return Step.done
+
+    def _begin_attempt(self, rejected: dict[str, Any] | None = None) -> bool:
+        """Count the next try (held: a new request needs a live hold); a local generator's is sent at once."""
+        sent_at = None if self.p.generator.remote else self.p.clock()
+        return self.store.begin_attempt(self.item.id, self.p.owner, rejected, sent_at=sent_at)
+
+    def _keep(self, write: Callable[[], T]) -> T:
+        """A store write with a reply in hand: retried on a store fault until the item's lease ends, then given up.
+
+        Until then no other processor may take the item, so the write may still land;
+        after that the loss is said, and the item is asked for again (design.md, "A reply in hand").
+        """
+        while True:
+            try:
+                return write()
+            except StoreUnavailable as exc:
+                left = self.leases.lease_left()
+                if left <= 0 or self.p.abort_now():
+                    raise StoreUnavailable(
+                        f"{exc} The reply for item {self.item.id} of job {self.item.bulk_job_id} could not be "
+                        "recorded and is lost; the item will be asked for again."
+                    ) from exc
+                time.sleep(min(KEEP_RETRY, left))
 
     def _result(self, reply: Reply) -> dict:
         return {
@@ -197,8 +231,8 @@ class Attempt:
         """One try; a remote call runs in a worker thread while this one renews leases.
 
         None when the item was lost meanwhile (cancelled, taken over, or this
-        processor failed to renew before its self-fencing deadline); a reply that
-        arrives after that deadline is never returned.
+        processor failed to renew by its self-fencing deadline) and no reply worth
+        keeping came; a reply that came is returned however late (the store decides).
         """
         generator = self.p.generator
         sent = self.p.ticker()
@@ -225,22 +259,30 @@ class Attempt:
         next_check = self.p.ticker() + HELD_POLL
         lost = False
         while True:
-            try:
-                reply = future.result(timeout=STOP_POLL)
-                return None if lost or watchdog.fired.is_set() or self.leases.fenced() else reply
+            try:  # awake at the self-fencing deadline, not a poll later: its renewal has little time
+                reply = future.result(timeout=min(STOP_POLL, max(self.leases.fence_deadline - self.p.ticker(), 0.005)))
             except FutureTimeout:
                 pass
+            else:  # a reply in hand is kept (the store decides at its record); an abort's remains are not
+                gone = lost or watchdog.fired.is_set()
+                return None if gone and reply.kind not in (ReplyKind.ok, ReplyKind.permanent) else reply
             now = self.p.ticker()
-            # Past the deadline (a stall, a renewal that hung): lost, before any renewal could extend it.
-            lost = lost or watchdog.fired.is_set() or self.leases.fenced()
-            if lost or self.p.abort_now():
+            if lost or watchdog.fired.is_set() or self.p.abort_now():
                 self.p.generator.abort()  # repeated each poll: an abort that raced the request's start is not lost
-            elif now >= next_beat:
+            elif now >= next_beat or self.leases.fenced():  # past the deadline (a stall): renew now
                 next_beat, next_check = now + beat_every, now + HELD_POLL
-                lost = not self.leases.heartbeat(self.item)
+                lost = not self._asking(lambda: self.leases.heartbeat(self.item))
             elif now >= next_check:
                 next_check = now + HELD_POLL
-                lost = not self.store.is_held(self.item.id, self.p.owner)
+                lost = not self._asking(lambda: self.store.is_held(self.item.id, self.p.owner))
+
+    @staticmethod
+    def _asking(question: Callable[[], bool]) -> bool:
+        """A renewal or a look while a request is in flight; a store fault is no answer (the watchdog keeps time)."""
+        try:
+            return question()
+        except StoreUnavailable:
+            return True
 
     # -- letting go ------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import datetime as dt
 import os
 import random
 import socket
+import sys
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ from typing import Callable
 from bulkgen_cli import repair
 from bulkgen_cli.attempt import Attempt, new_pool
 from bulkgen_cli.content import Generator
-from bulkgen_cli.errors import ServiceUnavailable
+from bulkgen_cli.errors import ServiceUnavailable, StoreUnavailable
 from bulkgen_cli.events import (  # noqa: F401  (re-exported: the events are the processor's words)
     BulkEnded,
     Event,
@@ -153,8 +154,9 @@ class Processor:
                 if not after[step](waits):
                     return
         finally:
-            self.observer.finish()
-            self.release()
+            if sys.exc_info()[1] is None:
+                self.observer.finish()
+            self.release(quietly=sys.exc_info()[1] is not None)
 
     def work_once(self) -> Step:
         """One step: hold a slot, take back expired items, claim and process one."""
@@ -168,7 +170,9 @@ class Processor:
             for bulk_id in self.store.requeue_expired(now, self.settings.max_attempts):
                 self.refresh(bulk_id)
             self.repair()
-        item = self.store.claim_next(self.owner, self.settings.lease, now, self.settings.concurrency)
+        # A local generator sends nothing anywhere: its claim is its send (design.md, "When a try counts").
+        item = self.store.claim_next(self.owner, self.settings.lease, now, self.settings.concurrency,
+                                     sent=not self.generator.remote)
         if item is None:
             self._next_requeue = 0.0  # idle: look again at once next time
             return Step.idle
@@ -344,8 +348,14 @@ class Processor:
         base = self.settings.backoff * (2 ** max(attempt - 1, 0))
         return base / 2 + self._random.uniform(0, base / 2)
 
-    def release(self) -> None:
-        self.leases.release_slot()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+    def release(self, quietly: bool = False) -> None:
+        """Give the slot back; `quietly` (an error is on its way out): a store fault here must not hide it."""
+        try:
+            self.leases.release_slot()
+        except StoreUnavailable:
+            if not quietly:
+                raise  # else the slot expires by itself
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None

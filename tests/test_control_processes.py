@@ -122,7 +122,8 @@ def test_sigkill_after_claim_before_the_request(tmp_path, svc, processes):
     kill_then_recover(env, proc)
     doc = assert_counters_true(env, a)
     assert doc["bulk_job"]["status"] == "completed" and doc["progress"]["completed"] == 10
-    assert doc["jobs"][1]["attempts"] == 2 and doc["jobs"][1]["retry_count"] == 1  # the lost claim counted
+    # The lost claim sent nothing, so it is not charged (design.md, "When a try counts").
+    assert doc["jobs"][1]["attempts"] == 1 and doc["jobs"][1]["retry_count"] == 0
     requests = [r["job_id"] for r in svc.stats()["requests"]]
     assert requests.count(second) == 1 and len(requests) == 10  # nothing requested twice
 

@@ -15,6 +15,7 @@ After every store call of either processor, and at the end, it checks:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 import time
@@ -28,7 +29,7 @@ from bulkgen_cli.content.reference import ReferenceService
 from bulkgen_cli.model import ItemStatus, utcnow
 from bulkgen_cli.processor import Processor
 from bulkgen_cli.settings import RunSettings
-from tests.conftest import submit_articles
+from tests.conftest import submit_articles, wait_for
 
 LEASE = 0.4
 LATENCY = 0.25
@@ -267,14 +268,14 @@ def test_a_renewal_that_hangs_does_not_keep_the_request_in_flight(tmp_path):
     checks: list[float] = []
 
     class HangingRenewals(CheckingStore):
-        def heartbeat(self, *args: Any) -> bool:
+        def heartbeat(self, *args: Any, **kwargs: Any) -> bool:
             if not checks:  # the check before the send: the lease runs from here
                 checks.append(time.time())
             elif len(checks) == 1:  # the first renewal in flight hangs for two leases
                 checks.append(time.time())
                 time.sleep(2 * lease)
                 service.latency = 0.0  # the next try is answered at once
-            return self._store.heartbeat(*args)
+            return self._store.heartbeat(*args, **kwargs)
 
     try:
         bulk = submit_articles(store, [{"topic": "Hanging store", "word_count": 300}])
@@ -309,3 +310,30 @@ def test_mongo_a_stall_between_the_writes_of_a_claim_never_sends_twice(concurren
                  "claim_next:leases.update_one", "claim_next:items.find_one_and_update", "heartbeat:items.update_one"):
         assert paused_at.get(step), (step, dict(paused_at))
     assert sum(paused_at.values()) >= len(solo) - 3, (paused_at, solo)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mongo"])
+def test_a_stall_alone_during_a_request_keeps_the_reply(kind, tmp_path):
+    """Time jumps two leases while A's request is in flight, nobody else on the store: past its deadline A renews
+    first (nobody took the item, so it succeeds) instead of aborting, and records the reply: one request."""
+    store_a, _, checker = open_stores(kind, tmp_path)
+    service = ReferenceService(latency=1.0).start()
+    clock = Clock()
+    try:
+        bulk = submit_articles(checker, [{"topic": "Alone", "word_count": 300}])
+        lease = 2.0  # the renewal past the deadline has 1/8 of it to succeed, on a busy machine too
+        a = Processor(store_a, HttpGenerator(service.url), dataclasses.replace(settings(1), lease=lease),
+                      clock=clock.now, ticker=clock.a_ticks, owner="A")
+        thread = threading.Thread(target=a.run, kwargs={"until_idle": True}, daemon=True)
+        thread.start()
+        wait_for(lambda: service.stats()["in_flight"] == 1, timeout=10, what="A's request in flight")
+        clock.offset += lease * 2  # the stall: A's clocks and the store's time jump together
+        thread.join(30)
+        a.generator.close()
+        item = checker.list_items(bulk.id)[0]
+        assert (item.status, item.attempts, item.retry_count) == ("completed", 1, 0)
+        assert [r["outcome"] for r in service.stats()["requests"]] == ["ok"]
+    finally:
+        service.stop()
+        for store in (store_a, checker):
+            store.close()

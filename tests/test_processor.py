@@ -260,15 +260,18 @@ def test_offline_generator_needs_no_delay(store):
     assert sum(isinstance(e, ItemFinished) for e in events) == 10
 
 
-def test_dead_processors_item_is_taken_back_after_its_lease(store, service):
+@pytest.mark.parametrize("sent", [True, False])
+def test_dead_processors_item_is_taken_back_after_its_lease(store, service, sent):
+    """Its try counts only if its request went out (design.md, "When a try counts")."""
     bulk = submit_articles(store, fill([]))
     store.acquire_processor_lease("dead", 0.3, utcnow(), "h", 1)
     stuck = claim(store, "dead", 0.3, utcnow())
+    assert store.heartbeat(stuck.id, "dead", 0.3, utcnow(), sent=sent)
     run(store, http(service), lease=1.0)
     got, items = check_counters(store, bulk.id)
     assert got.status == "completed" and got.completed_items == 10
     again = next(i for i in items if i.id == stuck.id)
-    assert again.attempts == 2 and again.retry_count == 1
+    assert (again.attempts, again.retry_count) == ((2, 1) if sent else (1, 0))
     assert [r["job_id"] for r in service.stats()["requests"]].count(stuck.id) == 1
 
 

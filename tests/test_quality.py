@@ -228,6 +228,6 @@ def test_an_end_writes_its_verdict_or_leaves_the_last_one():
     verdict = {"status": "passed", "reasons": [], "generation": 1}
     assert rules.finished(Outcome(ItemStatus.completed, verdict=verdict), utcnow()).set["verdict"] == verdict
     assert "verdict" not in rules.finished(Outcome(ItemStatus.cancelled), utcnow()).set
-    assert rules.one_more_try(None) is rules.ONE_MORE_TRY
-    assert rules.one_more_try(verdict).set == {"verdict": verdict} and rules.one_more_try(verdict).add == {
+    assert "verdict" not in rules.one_more_try(None).set
+    assert rules.one_more_try(verdict).set == {"verdict": verdict, "sent_at": None} and rules.one_more_try(verdict).add == {
         "attempts": 1, "retry_count": 1}

@@ -118,6 +118,16 @@ def test_a_higher_token_is_accepted_and_tokens_are_per_job(service):
     assert [r["outcome"] for r in stats["requests"] if r["job_id"] == "item-1"] == ["ok", "replayed", "stale"]
 
 
+def test_a_service_that_ignores_the_headers_generates_every_time(start_service):
+    service = start_service(honour_headers=False)
+    with httpx.Client() as client:
+        replies = [post(client, service.url, "item-1", token=t) for t in (9, 8, 9)]
+    assert [r.status_code for r in replies] == [200, 200, 200]
+    stats = service.stats()
+    assert [(r["token"], r["outcome"]) for r in stats["requests"]] == [(None, "ok")] * 3
+    assert stats["generated_per_job"] == {"item-1": 3} and stats["highest_token_per_job"] == {}
+
+
 def test_requests_without_the_header_are_served_unfenced(service):
     with httpx.Client() as client:
         assert post(client, service.url, "item-1", token=None, key=False).status_code == 200

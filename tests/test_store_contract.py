@@ -186,6 +186,7 @@ def test_expired_lease_is_taken_back_counting_the_try(store):
     bulk = submit(store)
     t0 = utcnow()
     item = claim(store, "dead", LEASE, t0)
+    assert store.heartbeat(item.id, "dead", LEASE, t0, sent=True)  # its request went out
     assert store.requeue_expired(t0 + dt.timedelta(seconds=LEASE - 1), 3) == []
     assert store.list_items(bulk.id)[0].status == "processing"
     touched = store.requeue_expired(t0 + dt.timedelta(seconds=LEASE + 1), 3)
@@ -196,6 +197,52 @@ def test_expired_lease_is_taken_back_counting_the_try(store):
     assert not store.finish_item(item.id, "dead", Outcome(ItemStatus.completed), t0)
     again = claim(store, "p2", LEASE, t0 + dt.timedelta(seconds=LEASE + 1))
     assert again.id == item.id and again.attempts == 2
+
+
+def test_an_expired_try_never_sent_goes_back_uncounted(store):
+    """Died (or stalled) before its request, on every try: nothing is charged, however often (retry_count stays)."""
+    bulk = submit(store)
+    t = utcnow()
+    for _ in range(4):
+        held = claim(store, "dead", LEASE, t)
+        assert held.attempts == 1 and held.sent_at is None
+        assert store.heartbeat(held.id, "dead", LEASE, t)  # a renewal while it waited: not a send
+        t += dt.timedelta(seconds=LEASE + 1)
+        assert store.requeue_expired(t, 3) == [bulk.id]
+        back = store.get_item(held.id)
+        assert back.status == "queued" and back.attempts == 0 and back.retry_count == 0
+    sent = claim(store, "p", LEASE, t)
+    assert store.heartbeat(sent.id, "p", LEASE, t, sent=True) and store.get_item(sent.id).sent_at is not None
+    assert store.begin_attempt(sent.id, "p") and store.get_item(sent.id).sent_at is None  # the next try, not sent
+
+
+def test_a_reply_in_hand_is_recorded_while_no_newer_claim_took_the_item(store):
+    """Past its lease, and after requeue_expired put it back, the claim's reply is still recorded (its token);
+    once a newer claim took it, or it was cancelled, it is not."""
+    submit(store)
+    t = utcnow()
+    first = claim(store, "p1", LEASE, t)
+    late = t + dt.timedelta(seconds=LEASE + 1)
+    assert store.finish_item(first.id, "p1", Outcome(ItemStatus.completed, {"content": "x"}), late, fence=first.fence)
+    second = claim(store, "p1", LEASE, late)
+    store.heartbeat(second.id, "p1", LEASE, late, sent=True)
+    later = late + dt.timedelta(seconds=LEASE + 1)
+    assert store.requeue_expired(later, 3)  # expired, back in the queue, nobody claimed it since
+    assert store.finish_item(second.id, "p1", Outcome(ItemStatus.completed, {"content": "y"}), later,
+                             fence=second.fence)
+    assert store.get_item(second.id).status == "completed" and store.get_item(second.id).result == {"content": "y"}
+    third = claim(store, "p1", LEASE, later)
+    store.heartbeat(third.id, "p1", LEASE, later, sent=True)
+    latest = later + dt.timedelta(seconds=LEASE + 1)
+    store.requeue_expired(latest, 3)
+    store.acquire_processor_lease("p2", LEASE, latest, "h", 2)
+    newer = claim(store, "p2", LEASE, latest)
+    assert newer.id == third.id and newer.fence > third.fence
+    assert not store.finish_item(third.id, "p1", Outcome(ItemStatus.completed), latest, fence=third.fence)
+    assert store.get_item(third.id).status == "processing" and store.get_item(third.id).lease_owner == "p2"
+    store.cancel_item(newer.id, ItemStatus.processing, latest)
+    assert not store.finish_item(newer.id, "p2", Outcome(ItemStatus.completed), latest, fence=newer.fence)
+    assert store.get_item(newer.id).status == "cancelled"
 
 
 def test_next_lease_expiry(store):
@@ -212,7 +259,8 @@ def test_expired_lease_past_the_limit_fails_the_item(store):
     bulk = submit(store)
     t = utcnow()
     for _ in range(3):
-        claim(store, "dead", LEASE, t)
+        held = claim(store, "dead", LEASE, t)
+        assert store.heartbeat(held.id, "dead", LEASE, t, sent=True)
         t += dt.timedelta(seconds=LEASE + 1)
         store.requeue_expired(t, 3)
     item = store.list_items(bulk.id)[0]

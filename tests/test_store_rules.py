@@ -85,8 +85,10 @@ def test_a_new_item_is_queued_at_its_place_with_every_field():
 def test_a_claim_holds_the_item_under_its_token_and_counts_a_try():
     change = rules.claimed("p1", T0 + dt.timedelta(seconds=30), T0, 42)
     assert change.set == {"status": "processing", "lease_owner": "p1", "lease_expires_at": T0 + dt.timedelta(seconds=30),
-                          "started_at": T0, "error": None, "fence": 42}
+                          "started_at": T0, "error": None, "fence": 42, "sent_at": None}
     assert change.add == {"attempts": 1}
+    # A local generator's claim is its send.
+    assert rules.claimed("p1", T0, T0, 42, sent=True).set["sent_at"] == T0
     assert rules.job_started(T0) == (({"status": "queued"}, {"status": "processing"}),
                                      ({"started_at": None}, {"started_at": T0}))
 
@@ -98,9 +100,30 @@ def test_finish_and_release_clear_the_lease():
     assert rules.released(charge=False).add == {"attempts": -1}
     assert rules.released(charge=True).add == {}
     assert rules.released(charge=True).set == {"status": "queued", "lease_owner": None, "lease_expires_at": None,
-                                               "started_at": None}
+                                               "started_at": None, "sent_at": None}
     assert rules.ONE_MORE_TRY.add == {"attempts": 1, "retry_count": 1}
     assert rules.held("p1") == {"status": "processing", "lease_owner": "p1"}
+
+
+def test_a_reply_in_hand_is_recorded_while_no_newer_claim_holds_the_item():
+    assert rules.answerable("p1", 42) == {"fence": 42, "status": ("processing", "queued")}
+    assert rules.answerable("p1", None) == rules.held("p1")
+
+
+def test_the_check_before_a_send_marks_the_try_sent_and_a_new_try_clears_it():
+    assert rules.renewed(T0, T0).set == {"lease_expires_at": T0}
+    assert rules.renewed(T0 + dt.timedelta(seconds=9), T0, sent=True).set == {
+        "lease_expires_at": T0 + dt.timedelta(seconds=9), "sent_at": T0}
+    assert rules.one_more_try().set == {"sent_at": None} and rules.one_more_try().add == {"attempts": 1, "retry_count": 1}
+    assert rules.one_more_try(None, T0).set == {"sent_at": T0}
+
+
+@pytest.mark.parametrize("attempts", [1, 3, 9])
+def test_an_expired_try_never_sent_goes_back_uncounted(attempts):
+    change = rules.expired("processing", attempts, 3, T0, sent=False)
+    assert change.set["status"] == "queued" and change.set["sent_at"] is None
+    assert change.add == {"attempts": -1}
+    assert rules.expired("cancelled", attempts, 3, T0, sent=False).set["status"] == "cancelled"
 
 
 @pytest.mark.parametrize("bulk_status, attempts, status, retry", [

@@ -45,7 +45,9 @@ the header is served as before, unfenced (old clients, strict services); a token
 that is not an integer answers 400 and is not recorded. A request that repeats
 an Idempotency-Key whose article was made already gets the kept article at
 once (outcome "replayed", nothing generated), as a service that keeps its
-answers by key would.
+answers by key would. Started with `honour_headers=False` (`--ignore-headers`)
+it does neither, as a service that ignores both headers: every request is
+served and generates (the headers are still logged).
 
 GET /_stats gives every request seen (job_id, mode, try, start, end, outcome,
 auth, token, idempotency_key), the requests in flight now and the most ever in
@@ -96,8 +98,11 @@ class ReferenceService:
         fail_rate: float = 0.0,
         token: str | None = None,
         seed: int = 0,
+        honour_headers: bool = True,
     ):
         self.latency = latency
+        #: False: a service that ignores the fencing token and the Idempotency-Key
+        self.honour_headers = honour_headers
         self.fail_rate = fail_rate
         self.token = token
         self.random = random.Random(seed)
@@ -166,7 +171,7 @@ class ReferenceService:
 
     def _admit(self, handler: Handler, mode: str, body: dict[str, Any]) -> Call | None:
         """Read the fencing token and the directives, and log the request; None when refused as malformed."""
-        raw_token = handler.headers.get(FENCING_HEADER)
+        raw_token = handler.headers.get(FENCING_HEADER) if self.honour_headers else None
         token: int | None = None
         if raw_token is not None:
             try:
@@ -207,7 +212,7 @@ class ReferenceService:
             assert call.token is not None
             self._refuse_stale(call.handler, call.record, call.token, call.stale_for)
             return None
-        key = call.record["idempotency_key"]
+        key = call.record["idempotency_key"] if self.honour_headers else None
         with self.lock:
             kept = self.kept.get(key) if key is not None else None
         if kept is not None:
@@ -439,8 +444,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fail-rate", type=float, default=0.0, help="share of tries that answer 500")
     parser.add_argument("--token", default=None, help="require this bearer token")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ignore-headers", action="store_true",
+                        help="ignore the fencing token and the Idempotency-Key (a service that honours neither)")
     args = parser.parse_args(argv)
-    service = ReferenceService("127.0.0.1", args.port, args.latency, args.fail_rate, args.token, args.seed)
+    service = ReferenceService("127.0.0.1", args.port, args.latency, args.fail_rate, args.token, args.seed,
+                               honour_headers=not args.ignore_headers)
     print(f"reference content service on {service.url} (Ctrl-C to stop)", flush=True)
     try:
         service.server.serve_forever()

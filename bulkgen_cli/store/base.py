@@ -106,7 +106,7 @@ class Store(ABC):
 
     @abstractmethod
     def claim_next(
-        self, owner: str, lease_seconds: float, now: dt.datetime, max_in_flight: int = 1
+        self, owner: str, lease_seconds: float, now: dt.datetime, max_in_flight: int = 1, sent: bool = False
     ) -> Item | None:
         """Atomically take the next item, or None when nothing is claimable.
 
@@ -123,37 +123,46 @@ class Store(ABC):
         `processing` with a lease for `owner` and the next fencing token
         (`Item.fence`, from a store-wide counter that only grows), its `attempts`
         grows by one, and its bulk job becomes `processing` (with `started_at`
-        set the first time).
+        set the first time). Its try counts as sent at once only with `sent`
+        (a local generator; `rules.claimed`).
         """
 
     @abstractmethod
-    def heartbeat(self, item_id: str, owner: str, lease_seconds: float, now: dt.datetime) -> bool:
+    def heartbeat(self, item_id: str, owner: str, lease_seconds: float, now: dt.datetime,
+                  sent: bool = False) -> bool:
         """Renew `owner`'s processor slot and the item's lease together: the check before a send.
 
         True only when `owner` still holds both (then both run until `now` +
         `lease_seconds`); False when either passed on, and then the item's lease
-        is not extended.
+        is not extended. With `sent` (the check right before a request), the
+        same write marks the try sent (`rules.renewed`).
         """
 
-    def begin_attempt(self, item_id: str, owner: str, rejected: dict[str, Any] | None = None) -> bool:
-        """Count one more try of a held item (`attempts` and `retry_count` + 1).
+    def begin_attempt(self, item_id: str, owner: str, rejected: dict[str, Any] | None = None,
+                      sent_at: dt.datetime | None = None) -> bool:
+        """Count one more try of a held item (`attempts` and `retry_count` + 1), not sent yet.
 
         `rejected`: the quality gate's verdict on the article it turned down, kept as the item's
         `verdict` in the same write (it names how many were turned down: the next request asks anew).
+        `sent_at`: the try is sent at once (a local generator's).
         """
-        return self._write_held(item_id, owner, rules.one_more_try(rejected))
+        return self._write_held(item_id, owner, rules.one_more_try(rejected, sent_at))
 
     def finish_item(self, item_id: str, owner: str, outcome: Outcome, now: dt.datetime,
-                    seconds_between_items: float = 0.0) -> Counts | None:
-        """Record a held item's end and derive its job from its items, as one step.
+                    seconds_between_items: float = 0.0, fence: int | None = None) -> Counts | None:
+        """Record an item's end and derive its job from its items, as one step.
 
-        None (nothing written) when `owner` lost the item; else the job's refreshed
-        counts (`refresh_counters`), with `ended_now` when this step recorded the
-        job's end and its outbox. SQLite makes the item's end, the counters and the
-        job's end one transaction; MongoDB writes the item first, then refreshes, and
-        a crash between leaves a job that the repair finishes (design.md, "Repair").
+        With `fence` (the claim's token: a reply in hand), written while the store
+        still holds the item under that claim (`rules.answerable`): not taken by a
+        newer claim, not cancelled, even past its lease. Without, while `owner`
+        holds it. None (nothing written) when it may not be; else the job's
+        refreshed counts (`refresh_counters`), with `ended_now` when this step
+        recorded the job's end and its outbox. SQLite makes the item's end, the
+        counters and the job's end one transaction; MongoDB writes the item first,
+        then refreshes, and a crash between leaves a job that the repair finishes
+        (design.md, "Repair").
         """
-        if not self._write_held(item_id, owner, rules.finished(outcome, now)):
+        if not self._write_where(item_id, rules.answerable(owner, fence), rules.finished(outcome, now)):
             return None
         item = self.get_item(item_id)
         return Counts() if item is None else self.refresh_counters(item.bulk_job_id, now, seconds_between_items)
@@ -168,9 +177,16 @@ class Store(ABC):
         """
         return self._write_held(item_id, owner, rules.released(charge))
 
-    @abstractmethod
     def _write_held(self, item_id: str, owner: str, change: rules.Change) -> bool:
         """Write `change` on an item in one conditional write, only while `owner` holds it (`rules.held`).
+
+        False (nothing written) when it does not.
+        """
+        return self._write_where(item_id, rules.held(owner), change)
+
+    @abstractmethod
+    def _write_where(self, item_id: str, condition: dict[str, Any], change: rules.Change) -> bool:
+        """Write `change` on an item in one conditional write, only while it meets `condition` (from rules.py).
 
         False (nothing written) when it does not.
         """
@@ -185,12 +201,13 @@ class Store(ABC):
 
     @abstractmethod
     def requeue_expired(self, now: dt.datetime, max_attempts: int) -> list[str]:
-        """Take back items whose lease expired (their processor died).
+        """Take back items whose lease expired (their processor died or stalled).
 
         Each goes back to `queued` (its try stays counted, `retry_count` + 1), or to
         `failed` once it has used `max_attempts` tries, or to `cancelled` when its
-        bulk job was cancelled meanwhile. Returns the ids of the bulk jobs touched,
-        whose counters the caller refreshes.
+        bulk job was cancelled meanwhile; a try whose request was never sent
+        (`sent_at` unset) goes back uncounted (`rules.expired`). Returns the ids
+        of the bulk jobs touched, whose counters the caller refreshes.
         """
 
     @abstractmethod

@@ -157,6 +157,11 @@ def _update(change: Change | dict[str, Any], prefix: str = "") -> dict[str, Any]
     return {op: fields for op, fields in update.items() if fields}
 
 
+def _where(condition: dict[str, Any]) -> dict[str, Any]:
+    """A filter from a rules.py condition: each field equals its value (a tuple: one of its values)."""
+    return {k: {"$in": list(v)} if isinstance(v, tuple) else v for k, v in condition.items()}
+
+
 def _match(conditions: Conditions, prefix: str = "") -> dict[str, Any]:
     """A filter: one of the alternatives holds (fields under `prefix`)."""
     alternatives = [{prefix + k: v if op == "eq" else {f"${op}": v} for k, (op, v) in alt.items()}
@@ -491,7 +496,7 @@ class MongoStore(Store):
 
     @_unavailable
     def claim_next(
-        self, owner: str, lease_seconds: float, now: dt.datetime, max_in_flight: int = 1
+        self, owner: str, lease_seconds: float, now: dt.datetime, max_in_flight: int = 1, sent: bool = False
     ) -> Item | None:
         # A cheap first look (not atomic with the claim): processors started with a
         # smaller --concurrency than others stay within their own limit. The fence
@@ -519,7 +524,7 @@ class MongoStore(Store):
                 return None
             doc = self.items.find_one_and_update(
                 {"_id": candidate["_id"], "status": ItemStatus.queued.value, **_below(fence)},
-                self._stamp(_update(rules.claimed(owner, later(now, lease_seconds), now, fence))),
+                self._stamp(_update(rules.claimed(owner, later(now, lease_seconds), now, fence, sent))),
                 return_document=ReturnDocument.AFTER,
             )
             if doc is None:
@@ -580,19 +585,20 @@ class MongoStore(Store):
         return _item(doc)
 
     @_unavailable
-    def _write_held(self, item_id: str, owner: str, change: Change) -> bool:
-        result = self.items.update_one({"_id": ObjectId(item_id), **rules.held(owner)}, self._stamp(_update(change)))
+    def _write_where(self, item_id: str, condition: dict[str, Any], change: Change) -> bool:
+        result = self.items.update_one({"_id": ObjectId(item_id), **_where(condition)}, self._stamp(_update(change)))
         return result.matched_count == 1
 
     @_unavailable
-    def heartbeat(self, item_id: str, owner: str, lease_seconds: float, now: dt.datetime) -> bool:
+    def heartbeat(self, item_id: str, owner: str, lease_seconds: float, now: dt.datetime,
+                  sent: bool = False) -> bool:
         # Two single-document conditional writes, slot first: the item's lease is
         # extended only while the slot is still ours (design.md, "Fencing").
         expires = later(now, lease_seconds)
         slot = self.leases.update_one({"owner": owner, "_id": {"$ne": COOLDOWN}}, {"$set": {"expires_at": expires}})
         if not slot.matched_count:
             return False
-        return self._write_held(item_id, owner, Change({"lease_expires_at": expires}))
+        return self._write_held(item_id, owner, rules.renewed(expires, now, sent))
 
     @_unavailable
     def is_held(self, item_id: str, owner: str) -> bool:
@@ -636,12 +642,16 @@ class MongoStore(Store):
     def requeue_expired(self, now: dt.datetime, max_attempts: int) -> list[str]:
         touched: set[str] = set()
         expired = {"status": ItemStatus.processing.value, "lease_expires_at": {"$lt": now}}
-        for doc in self.items.find(expired, {"_id": 1, "bulk_job_id": 1, "attempts": 1, "fence": 1}):
+        for doc in self.items.find(expired, {"_id": 1, "bulk_job_id": 1, "attempts": 1, "fence": 1, "sent_at": 1}):
             bulk = self.bulks.find_one({"_id": doc["bulk_job_id"]}, {"status": 1})
-            change = rules.expired(None if bulk is None else bulk["status"], doc.get("attempts", 0), max_attempts, now)
+            sent_at = doc.get("sent_at")
+            change = rules.expired(None if bulk is None else bulk["status"], doc.get("attempts", 0), max_attempts, now,
+                                   sent=sent_at is not None)
             # Conditional on everything the decision read from the item: its lease still expired (a late
-            # heartbeat wins), the same claim and try (design.md, "Every MongoDB decision in one conditional write").
-            as_read = {"_id": doc["_id"], **expired, "fence": doc.get("fence"), "attempts": doc.get("attempts", 0)}
+            # heartbeat wins), the same claim, try and send (design.md, "Every MongoDB decision in one
+            # conditional write").
+            as_read = {"_id": doc["_id"], **expired, "fence": doc.get("fence"), "attempts": doc.get("attempts", 0),
+                       "sent_at": sent_at}
             if self.items.update_one(as_read, self._stamp(_update(change))).matched_count:
                 touched.add(str(doc["bulk_job_id"]))
                 self._cancelled_since(doc, now)

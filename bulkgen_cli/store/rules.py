@@ -222,14 +222,42 @@ _NO_LEASE = {"lease_owner": None, "lease_expires_at": None}
 
 
 def held(owner: str) -> dict[str, Any]:
-    """The fields that say `owner` holds an item (every write by its holder is conditional on them)."""
+    """The fields that say `owner` holds an item (every write by its holder is conditional on them).
+
+    A condition is a dict of fields and values; a tuple value means "one of" (SQL `IN`, MongoDB `$in`).
+    """
     return {"status": ItemStatus.processing.value, "lease_owner": owner}
 
 
-def claimed(owner: str, expires: dt.datetime, now: dt.datetime, fence: int) -> Change:
-    """A claimed item: processing under `owner`'s lease and token `fence`, one more try."""
+#: The statuses in which a reply in hand may still be recorded (design.md, "A reply in hand").
+ANSWERABLE = (ItemStatus.processing.value, ItemStatus.queued.value)
+
+
+def answerable(owner: str, fence: int | None) -> dict[str, Any]:
+    """Where a reply in hand of the claim with token `fence` may be recorded as the item's end.
+
+    A token is unique to one claim, so `fence` still on the item means no newer claim
+    took it: `processing` (still held, even past its lease) or `queued` (an expired
+    lease put it back and nobody claimed it since). Not once it ended (cancelled) or
+    another claim raised its token. Without a token: while `owner` holds it (`held`).
+    """
+    return held(owner) if fence is None else {"fence": fence, "status": ANSWERABLE}
+
+
+def claimed(owner: str, expires: dt.datetime, now: dt.datetime, fence: int, sent: bool = False) -> Change:
+    """A claimed item: processing under `owner`'s lease and token `fence`, one more try.
+
+    Its try counts as sent (`sent_at`) at once only with `sent` (a local generator: its claim is its send);
+    otherwise once the check right before its request says so (`renewed`).
+    """
     return Change({"status": ItemStatus.processing.value, "lease_owner": owner, "lease_expires_at": expires,
-                   "started_at": now, "error": None, "fence": fence}, {"attempts": 1})
+                   "started_at": now, "error": None, "fence": fence, "sent_at": now if sent else None},
+                  {"attempts": 1})
+
+
+def renewed(expires: dt.datetime, now: dt.datetime, sent: bool = False) -> Change:
+    """A held item's lease renewed (`Store.heartbeat`); with `sent`, the check right before a request: the try is sent."""
+    return Change({"lease_expires_at": expires, **({"sent_at": now} if sent else {})})
 
 
 def job_started(now: dt.datetime) -> tuple[tuple[dict[str, Any], dict[str, Any]], ...]:
@@ -246,11 +274,13 @@ def job_started(now: dt.datetime) -> tuple[tuple[dict[str, Any], dict[str, Any]]
 ONE_MORE_TRY = Change(add={"attempts": 1, "retry_count": 1})
 
 
-def one_more_try(rejected: dict[str, Any] | None = None) -> Change:
-    """A held item's next try; after the quality gate turned its article down, with that verdict kept on it."""
-    if rejected is None:
-        return ONE_MORE_TRY
-    return Change({"verdict": rejected}, ONE_MORE_TRY.add)
+def one_more_try(rejected: dict[str, Any] | None = None, sent_at: dt.datetime | None = None) -> Change:
+    """A held item's next try, not sent yet (unless `sent_at`: a local generator's); after the quality gate
+    turned its article down, with that verdict kept on it."""
+    fields: dict[str, Any] = {"sent_at": sent_at}
+    if rejected is not None:
+        fields["verdict"] = rejected
+    return Change(fields, ONE_MORE_TRY.add)
 
 
 def finished(outcome: Outcome, now: dt.datetime) -> Change:
@@ -264,18 +294,29 @@ def finished(outcome: Outcome, now: dt.datetime) -> Change:
 
 def released(charge: bool) -> Change:
     """A held item back in the queue at its place; its try is counted only with `charge`."""
-    return Change({"status": ItemStatus.queued.value, **_NO_LEASE, "started_at": None},
+    return Change({"status": ItemStatus.queued.value, **_NO_LEASE, "started_at": None, "sent_at": None},
                   {} if charge else {"attempts": -1})
 
 
-def expired(bulk_status: str | None, attempts: int, max_attempts: int, now: dt.datetime) -> Change:
-    """An item whose lease expired (its processor died): cancelled with its job, failed, or queued again."""
+def expired(bulk_status: str | None, attempts: int, max_attempts: int, now: dt.datetime,
+            sent: bool = True) -> Change:
+    """An item whose lease expired (its processor died or stalled): cancelled with its job, failed, or queued again.
+
+    Its try is charged only when its request was sent (`sent`: the item's `sent_at`
+    is set): then it stays counted and may fail the item at `max_attempts`.
+    A try whose request was never sent (a stall or a death during the delay before
+    it) goes back uncounted (design.md, "When a try counts").
+    """
     if bulk_status == BulkStatus.cancelled.value:
         return Change({"status": ItemStatus.cancelled.value, "completed_at": now, **_NO_LEASE})
+    if not sent:
+        return Change({"status": ItemStatus.queued.value, **_NO_LEASE, "started_at": None, "sent_at": None},
+                      {"attempts": -1})
     if attempts >= max_attempts:
         return Change({"status": ItemStatus.failed.value, "completed_at": now,
                        "error": lease_lost_error(attempts), **_NO_LEASE})
-    return Change({"status": ItemStatus.queued.value, **_NO_LEASE, "started_at": None}, {"retry_count": 1})
+    return Change({"status": ItemStatus.queued.value, **_NO_LEASE, "started_at": None, "sent_at": None},
+                  {"retry_count": 1})
 
 
 def lease_lost_error(attempts: int) -> str:

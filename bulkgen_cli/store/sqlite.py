@@ -47,6 +47,8 @@ from bulkgen_cli.store.rules import (
 
 SCHEMA_VERSION = 8
 BUSY_TIMEOUT_S = 30.0
+#: A testing and tuning knob: seconds a write waits for another process's write lock (default BUSY_TIMEOUT_S).
+ENV_BUSY_TIMEOUT = "BULKGEN_SQLITE_BUSY_TIMEOUT"
 #: An I/O error with less free space than this on the store's disk is taken for a full disk.
 FULL_BELOW_BYTES = 1 << 20
 
@@ -377,9 +379,23 @@ def _insert(db: sqlite3.Connection, table: str, rows: list[dict[str, Any]], verb
                        [[_sql(row[c]) for c in columns] for row in rows])
 
 
+def busy_timeout() -> float:
+    """How long a statement waits for a lock another process holds: BUSY_TIMEOUT_S, or the knob's positive number."""
+    try:
+        seconds = float(os.environ.get(ENV_BUSY_TIMEOUT, ""))
+    except ValueError:
+        return BUSY_TIMEOUT_S
+    return seconds if 0 < seconds < float("inf") else BUSY_TIMEOUT_S
+
+
 def _equal(fields: Mapping[str, Any]) -> tuple[str, list[Any]]:
-    """A WHERE clause: each field equals its value."""
-    return " AND ".join(f"{k} = ?" for k in fields), [_sql(v) for v in fields.values()]
+    """A WHERE clause: each field equals its value (a tuple: one of its values)."""
+    terms, args = [], []
+    for k, v in fields.items():
+        values = v if isinstance(v, tuple) else (v,)
+        terms.append(f"{k} = ?" if len(values) == 1 else f"{k} IN {_marks(values)}")
+        args += [_sql(x) for x in values]
+    return " AND ".join(terms), args
 
 
 def _update(db: sqlite3.Connection, table: str, change: Change | Mapping[str, Any], where: str,
@@ -538,7 +554,7 @@ class SqliteStore(Store):
         """Connect through a `file:` URI, so that `mode=ro` / `mode=rw` never create the file."""
         uri = f"file:{quote(str(self.path.absolute()))}?mode={mode}" + ("&immutable=1" if immutable else "")
         try:
-            db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+            db = sqlite3.connect(uri, uri=True, timeout=busy_timeout(), isolation_level=None,
                                  check_same_thread=False)
         except sqlite3.Error as exc:
             if (mode == "rwc" and getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_CANTOPEN
@@ -547,7 +563,7 @@ class SqliteStore(Store):
                                     f"{self.path.parent}, which this user may not write.") from exc
             raise store_error(self.path, exc, opening=True) from exc
         db.row_factory = sqlite3.Row
-        db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        db.execute(f"PRAGMA busy_timeout = {int(busy_timeout() * 1000)}")
         return db
 
     def _read_connection(self) -> tuple[sqlite3.Connection, bool]:
@@ -846,7 +862,7 @@ class SqliteStore(Store):
 
     @_unavailable
     def claim_next(
-        self, owner: str, lease_seconds: float, now: dt.datetime, max_in_flight: int = 1
+        self, owner: str, lease_seconds: float, now: dt.datetime, max_in_flight: int = 1, sent: bool = False
     ) -> Item | None:
         claimable = tuple(s.value for s in CLAIMABLE_BULK)
         with self._tx() as db:
@@ -870,7 +886,7 @@ class SqliteStore(Store):
             if row is None:
                 return None
             fence = db.execute(NEXT_FENCE_SQL).fetchone()[0]
-            _update(db, "generation_jobs", rules.claimed(owner, later(now, lease_seconds), now, fence),
+            _update(db, "generation_jobs", rules.claimed(owner, later(now, lease_seconds), now, fence, sent),
                     "id = ?", row["id"])
             for condition, fields in rules.job_started(now):
                 if all(bulk[k] == v for k, v in condition.items()):
@@ -880,21 +896,22 @@ class SqliteStore(Store):
 
     @_unavailable
     def finish_item(self, item_id: str, owner: str, outcome: Outcome, now: dt.datetime,
-                    seconds_between_items: float = 0.0) -> Counts | None:
+                    seconds_between_items: float = 0.0, fence: int | None = None) -> Counts | None:
         # One transaction: the item's end, the job's counters and, for its last item, the job's end and
         # outbox (design.md, "Counters"). A crash leaves all of it or none of it.
         with self._tx():
-            return super().finish_item(item_id, owner, outcome, now, seconds_between_items)
+            return super().finish_item(item_id, owner, outcome, now, seconds_between_items, fence)
 
     @_unavailable
-    def _write_held(self, item_id: str, owner: str, change: Change) -> bool:
-        """Write `change` on an item only while `owner` still holds it."""
-        where, args = _equal(rules.held(owner))
+    def _write_where(self, item_id: str, condition: dict[str, Any], change: Change) -> bool:
+        """Write `change` on an item only while it meets `condition`."""
+        where, args = _equal(condition)
         with self._tx() as db:
             return _update(db, "generation_jobs", change, f"id = ? AND {where}", item_id, *args) == 1
 
     @_unavailable
-    def heartbeat(self, item_id: str, owner: str, lease_seconds: float, now: dt.datetime) -> bool:
+    def heartbeat(self, item_id: str, owner: str, lease_seconds: float, now: dt.datetime,
+                  sent: bool = False) -> bool:
         expires = iso(later(now, lease_seconds))
         where, args = _equal(rules.held(owner))
         with self._tx() as db:
@@ -904,8 +921,8 @@ class SqliteStore(Store):
             )
             if slot.rowcount == 0:
                 return False
-            return _update(db, "generation_jobs", {"lease_expires_at": expires}, f"id = ? AND {where}",
-                           item_id, *args) == 1
+            return _update(db, "generation_jobs", rules.renewed(later(now, lease_seconds), now, sent),
+                           f"id = ? AND {where}", item_id, *args) == 1
 
     @_unavailable
     def is_held(self, item_id: str, owner: str) -> bool:
@@ -1033,13 +1050,14 @@ class SqliteStore(Store):
     def requeue_expired(self, now: dt.datetime, max_attempts: int) -> list[str]:
         with self._tx() as db:
             rows = db.execute(
-                "SELECT i.id, i.bulk_job_id, i.attempts, b.status AS bulk_status"
+                "SELECT i.id, i.bulk_job_id, i.attempts, i.sent_at, b.status AS bulk_status"
                 " FROM generation_jobs i JOIN bulk_jobs b ON b.id = i.bulk_job_id"
                 " WHERE i.status = 'processing' AND i.lease_expires_at < ?",
                 (iso(now),),
             ).fetchall()
             for row in rows:
-                change = rules.expired(row["bulk_status"], row["attempts"], max_attempts, now)
+                change = rules.expired(row["bulk_status"], row["attempts"], max_attempts, now,
+                                       sent=row["sent_at"] is not None)
                 _update(db, "generation_jobs", change, "id = ?", row["id"])
         return sorted({row["bulk_job_id"] for row in rows})
 
