@@ -31,7 +31,8 @@ def missed(path, user: str, name: str, days: int) -> dt.datetime:
     with SqliteStore(path, "write") as store:
         schedule = store.get_schedule(user, name)
         latest = next(schedules.occurrences(schedule.cron, schedule.zone, utcnow(), reverse=True))
-        assert store.advance_schedule(schedule.id, schedule.next_at, {"next_at": latest - dt.timedelta(days=days)})
+        assert store.advance_schedule(schedule.id, schedule.next_at, schedule.last_at,
+                                      {"next_at": latest - dt.timedelta(days=days)})
     return latest
 
 
