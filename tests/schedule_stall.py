@@ -4,9 +4,14 @@
 
 STALL_AT names a function of `bulkgen_cli.schedules`: `_still_owed` (the process stops right after its
 first check that passes) or `submit_for` (right before its first job is made, after the decision). There
-it writes its pid to STALL_FILE and stops itself (SIGSTOP) until continued (SIGCONT).
+it writes its pid to STALL_FILE and stops itself (SIGSTOP); continued (SIGCONT), it goes on once the file
+STALL_FILE + ".go" exists.
 CLOCK_SHIFT (seconds) moves the clock `run --forever` reads the schedules by, so that a test need not wait
 for the next occurrence: a processor a day ahead finds the next daily run due.
+
+The process stops only between SQLite write transactions of its threads (its processors keep polling the
+queue): stopped inside one, it would hold the store's write lock, and every other process would wait for
+it, which is not what these tests are about.
 """
 
 from __future__ import annotations
@@ -15,16 +20,43 @@ import datetime as dt
 import os
 import signal
 import sys
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from bulkgen_cli import schedules
 from bulkgen_cli.model import utcnow
+from bulkgen_cli.store.sqlite import SqliteStore
+
+#: held by every write transaction of this process, and while it is stopped
+WRITES = threading.RLock()
 
 
 def stop_here() -> None:
-    Path(os.environ["STALL_FILE"]).write_text(str(os.getpid()))
-    os.kill(os.getpid(), signal.SIGSTOP)
+    """Say so (STALL_FILE), stop (SIGSTOP), and go on once continued and told to (STALL_FILE + ".go").
+
+    A SIGSTOP that a thread sends its own process takes effect only once the main thread handles it, so
+    the test waits until the process is stopped, and this thread waits for the word, given after SIGCONT."""
+    stall = Path(os.environ["STALL_FILE"])
+    with WRITES:
+        stall.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGSTOP)
+        go = stall.with_name(stall.name + ".go")
+        while not go.exists():
+            time.sleep(0.01)
+
+
+def one_writer_at_a_time() -> None:
+    real = SqliteStore._tx
+
+    @contextmanager
+    def tx(self: SqliteStore) -> Iterator[Any]:
+        with WRITES, real(self) as db:
+            yield db
+
+    SqliteStore._tx = tx  # type: ignore[method-assign]
 
 
 def hooked(real: Callable[..., Any], after: bool) -> Callable[..., Any]:
@@ -44,6 +76,7 @@ def hooked(real: Callable[..., Any], after: bool) -> Callable[..., Any]:
 
 
 def install() -> None:
+    one_writer_at_a_time()
     shift = dt.timedelta(seconds=float(os.environ.get("CLOCK_SHIFT", "0")))
     init = schedules.Ticker.__init__
 

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from bulkgen_cli import schedules
 from bulkgen_cli.model import ItemStatus, iso, utcnow
@@ -140,11 +141,20 @@ def spawn_stalling(processes, env: dict[str, str], **knobs: str):
     return proc
 
 
-def stop_both(stopped, running) -> None:
+def stopped_at(stall, proc) -> bool:
+    """The process said it stops there (the stall file), and is stopped (Linux: state T in /proc)."""
+    if not stall.exists():
+        return False
+    stat = Path(f"/proc/{proc.pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] in "Tt"
+
+
+def stop_both(stopped, stall, running) -> None:
     """SIGTERM the running one; continue the stopped one and SIGTERM it: its look under way ends first."""
     running.send_signal(signal.SIGTERM)
     assert finish(running).code == 143
     os.kill(stopped.pid, signal.SIGCONT)
+    stall.with_name(stall.name + ".go").touch()
     stopped.send_signal(signal.SIGTERM)
     result = finish(stopped)
     assert result.code == 143 and "Traceback" not in result.err, result.err
@@ -172,11 +182,11 @@ def test_a_processor_stopped_after_its_check_past_the_next_run_queues_nothing_th
     path, env, o1, o2 = one_daily_run_due(tmp_path)
     stall = tmp_path / "p1-stopped"
     p1 = spawn_stalling(processes, env, STALL_AT="_still_owed", STALL_FILE=str(stall))
-    wait_for(stall.exists, timeout=30, what="P1 stopped after its check")
+    wait_for(lambda: stopped_at(stall, p1), timeout=30, what="P1 stopped after its check")
     p2 = spawn_stalling(processes, env, CLOCK_SHIFT="86400")
     wait_for(lambda: queued_at(path, o2) and scheduled(path)[0]["daily"].next_at > o2, timeout=30,
              what="P2 to queue the next run")
-    stop_both(p1, p2)
+    stop_both(p1, stall, p2)
     found, bulks, occurrences = scheduled(path)
     daily = found["daily"]
     assert [b.idempotency_key for b in bulks] == [rules.occurrence_key(daily.id, o2)]
@@ -190,10 +200,10 @@ def test_a_processor_stopped_after_deciding_has_its_run_queued_first_by_the_othe
     path, env, o1, o2 = one_daily_run_due(tmp_path)
     stall = tmp_path / "p1-stopped"
     p1 = spawn_stalling(processes, env, STALL_AT="submit_for", STALL_FILE=str(stall))
-    wait_for(stall.exists, timeout=30, what="P1 stopped after deciding")
+    wait_for(lambda: stopped_at(stall, p1), timeout=30, what="P1 stopped after deciding")
     p2 = spawn_stalling(processes, env, CLOCK_SHIFT="86400")
     wait_for(lambda: queued_at(path, o2), timeout=30, what="P2 to queue both runs")
-    stop_both(p1, p2)
+    stop_both(p1, stall, p2)
     found, bulks, occurrences = scheduled(path)
     daily = found["daily"]
     made = sorted(bulks, key=lambda b: (b.created_at, b.id))
