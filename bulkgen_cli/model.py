@@ -445,15 +445,18 @@ class ScheduleStatus(str, Enum):
 
 
 class OccurrenceState(str, Enum):
-    """One occurrence of a schedule, keyed by (schedule, time in UTC): written once, finished once."""
+    """One occurrence of a schedule, keyed by (schedule, time in UTC): written once, finished once
+    (design.md, "Exactly once per occurrence")."""
 
-    #: a processor took it and is submitting its job (another takes it over once the claim is stale)
+    #: a processor holds it (its token: `Occurrence.claim`); decided once the schedule names it as `last_at`,
+    #: and then its job is being made; a stale claim is taken over with a new token
     claimed = "claimed"
     #: its bulk job is stored (`bulk_job_id`)
     submitted = "submitted"
     #: its file or template could not be made into a job (`error`); nothing was stored
     failed = "failed"
-    #: not submitted: the schedule was paused, removed or moved past it while it was claimed (a stalled processor)
+    #: never decided, so never queued: the schedule was paused, removed or moved past it while it was claimed
+    #: (a stalled processor; it is then counted among the skipped runs)
     dropped = "dropped"
 
 

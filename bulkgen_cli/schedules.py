@@ -25,7 +25,8 @@ from bulkgen_cli import jobs
 from bulkgen_cli.errors import BulkgenError, InvalidTransition, NameTaken, NotFound, StoreUnavailable, UsageError
 from bulkgen_cli.events import ScheduleFired, Waiting
 from bulkgen_cli.model import (
-    DEFAULT_QUALITY_RATIO, Priority, QualityPolicy, SavedTemplate, Schedule, ScheduleStatus, new_id, utcnow,
+    DEFAULT_QUALITY_RATIO, Occurrence, OccurrenceState, Priority, QualityPolicy, SavedTemplate, Schedule,
+    ScheduleStatus, new_id, utcnow,
 )
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import Store
@@ -363,67 +364,136 @@ def tick(store: Store, owner: str, now: dt.datetime | None = None,
     problems: list[BulkgenError] = []
     for schedule in store.due_schedules(now):
         try:
-            done = fire(store, schedule, owner, now)
+            fired += fire(store, schedule, owner, now)
         except StoreUnavailable:
             raise
         except BulkgenError as exc:
             problems.append(exc)
             if on_problem is not None:
                 on_problem(schedule, exc)
-            continue
-        if done is not None:
-            fired.append(done)
     if problems and on_problem is None:
         raise problems[0]
     return fired
 
 
-def fire(store: Store, schedule: Schedule, owner: str, now: dt.datetime) -> ScheduleFired | None:
-    """Claim the schedule's latest due occurrence, submit its job, record it, move the schedule on.
+def fire(store: Store, schedule: Schedule, owner: str, now: dt.datetime) -> list[ScheduleFired]:
+    """Handle a due schedule as read (design.md, "Exactly once per occurrence"): first the occurrence decided
+    last, if its job is not recorded yet (a live holder is waited for, a stale one taken over); then the
+    latest due occurrence: claim it, decide it on the schedule, queue its job, record it, move on.
 
-    A StoreUnavailable leaves the claim in place: it goes stale and another
+    What was queued, for the view. A StoreUnavailable leaves the claim in place: it goes stale and another
     processor (or this one, later) finishes it, idempotently.
     """
+    fired: list[ScheduleFired] = []
+    if schedule.last_at is not None:
+        done, event = _finish_last(store, schedule, owner, now)
+        fired += event
+        if not done:  # its holder is alive and queuing it: look again later
+            return fired
+        if rules.pending(schedule):  # moved on just now: handle what is due from the schedule as it is now
+            current = store.get_schedule(schedule.userId, schedule.name)
+            if (current is None or current.id != schedule.id or current.last_at != schedule.last_at
+                    or rules.pending(current) or not _due(current, now)):
+                return fired
+            schedule = current
+    return fired + _fire_latest(store, schedule, owner, now)
+
+
+def _due(schedule: Schedule, now: dt.datetime) -> bool:
+    return (schedule.status == ScheduleStatus.active.value and schedule.next_at is not None
+            and schedule.next_at <= now)
+
+
+def _finish_last(store: Store, schedule: Schedule, owner: str,
+                 now: dt.datetime) -> tuple[bool, list[ScheduleFired]]:
+    """The occurrence decided last (`last_at`) finished first, so that jobs are made in occurrence order:
+    (whether it is finished now, what this call queued). A pending schedule then moves on."""
+    assert schedule.last_at is not None
+    at, fired = schedule.last_at, []
+    held = store.get_occurrence(schedule.id, at)
+    if held is not None and held.state == OccurrenceState.claimed.value:  # decided, its job not recorded
+        stale = now - dt.timedelta(seconds=STALE_CLAIM_SECONDS)
+        held, mine = store.claim_occurrence(schedule, at, owner, now, stale, held.skipped)
+        if mine:  # its holder died or stalled: queue it with the same key (a job it made is handed back)
+            fired = [e for e in [_queue(store, schedule, held, now)] if e is not None]
+            held = store.get_occurrence(schedule.id, at)
+        if held is not None and held.state == OccurrenceState.claimed.value:
+            return False, fired  # a live holder is queuing it
+    if held is not None and schedule.last_bulk_job_id is None and schedule.last_error is None:
+        store.set_last_run(schedule.id, at, rules.last_run(held.bulk_job_id, held.error))  # its holder died
+    if rules.pending(schedule):
+        store.advance_schedule(schedule.id, at, at, {"next_at": next_after(schedule.cron, schedule.zone, at)})
+    return True, fired
+
+
+def _fire_latest(store: Store, schedule: Schedule, owner: str, now: dt.datetime) -> list[ScheduleFired]:
+    """Claim the latest due occurrence, check, decide it (one conditional write on the schedule), queue it."""
     owed = due(schedule, now)
     if owed is None:  # next_at names no time of the cron (a store edited by hand): start again from now
         if schedule.next_at is not None and schedule.next_at <= now:
-            store.advance_schedule(schedule.id, schedule.next_at,
+            store.advance_schedule(schedule.id, schedule.next_at, schedule.last_at,
                                    {"next_at": next_after(schedule.cron, schedule.zone, now)})
-        return None
+        return []
+    assert schedule.next_at is not None
     stale = now - dt.timedelta(seconds=STALE_CLAIM_SECONDS)
-    occurrence, mine = store.claim_occurrence(schedule, owed.latest, owner, now, stale, owed.skipped_count)
+    held, mine = store.claim_occurrence(schedule, owed.latest, owner, now, stale, owed.skipped_count)
     if not mine:
-        if occurrence.state != "claimed":  # finished by another processor that stopped before moving the schedule
-            _advance(store, schedule, owed, occurrence.bulk_job_id, occurrence.error)
-        return None
-    if not _still_owed(store, schedule, owed.latest):
-        store.finish_occurrence(schedule.id, owed.latest, owner, rules.occurrence_end(None, None, now, dropped=True))
-        return None
+        if held.state != OccurrenceState.claimed.value:  # finished, the schedule not moved (a store from before)
+            _advance(store, schedule, owed, held.bulk_job_id, held.error)
+        return []
+    dropped = rules.occurrence_end(None, None, now, dropped=True)
+    if not _still_owed(store, schedule, owed.latest) or not _decide(store, schedule, owed, held):
+        store.finish_occurrence(held, dropped)  # never decided: not owed, and no one can decide it now
+        return []
+    store.drop_undecided(schedule.id, owed.latest, dropped)  # earlier claims can never be decided now
+    event = _queue(store, schedule, held, now)
+    if event is not None:
+        store.advance_schedule(schedule.id, owed.latest, owed.latest,
+                               {"next_at": next_after(schedule.cron, schedule.zone, owed.latest)})
+    return [] if event is None else [event]
+
+
+def _still_owed(store: Store, schedule: Schedule, at: dt.datetime) -> bool:
+    """A look before deciding: still active and not moved past `at`. Only a shortcut: the decision itself
+    (`_decide`) is conditional, so a processor that stalls after this look decides nothing stale."""
+    current = store.get_schedule(schedule.userId, schedule.name)
+    return (current is not None and current.id == schedule.id and current.status == ScheduleStatus.active.value
+            and current.next_at is not None and current.next_at <= at)
+
+
+def _decide(store: Store, schedule: Schedule, owed: Due, held: Occurrence) -> bool:
+    """The decision that `owed.latest` is queued and the earlier ones skipped: one conditional write on the
+    schedule (as read: still active, `next_at` and `last_at` unchanged). False: not decided by this claim,
+    unless the claim it took over had decided it (the schedule then names it as its last occurrence)."""
+    assert schedule.next_at is not None
+    fields = rules.decided(schedule, owed.latest, owed.skipped, owed.skipped_count)
+    if store.advance_schedule(schedule.id, schedule.next_at, schedule.last_at, fields):
+        return True
+    current = store.get_schedule(schedule.userId, schedule.name)
+    return current is not None and current.id == schedule.id and current.last_at == held.at
+
+
+def _queue(store: Store, schedule: Schedule, held: Occurrence, now: dt.datetime) -> ScheduleFired | None:
+    """Make the decided occurrence's job (idempotent on its key: a repeat makes no second one) and record it
+    on the occurrence (conditional on this claim) and on the schedule. None when another claim finished it."""
     bulk_id, error = None, None
     try:
-        bulk_id = submit_for(store, schedule, owed.latest, rules.occurrence_key(schedule.id, owed.latest)).ids[0]
+        bulk_id = submit_for(store, schedule, held.at, rules.occurrence_key(schedule.id, held.at)).ids[0]
     except StoreUnavailable:
         raise
     except BulkgenError as exc:  # the saved template is gone, or its values no longer make a valid file
         error = " ".join(str(exc).split())[:500]
-    store.finish_occurrence(schedule.id, owed.latest, owner, rules.occurrence_end(bulk_id, error, now))
-    _advance(store, schedule, owed, bulk_id, error)
-    return ScheduleFired(schedule.name, schedule.userId, owed.latest, schedule.zone, bulk_id, error,
-                         owed.skipped_count)
-
-
-def _still_owed(store: Store, schedule: Schedule, at: dt.datetime) -> bool:
-    """The check before the submit: still active and not moved past `at` (a stalled claimer must not submit)."""
-    current = store.get_schedule(schedule.userId, schedule.name)
-    return (current is not None and current.id == schedule.id and current.status == ScheduleStatus.active.value
-            and current.next_at is not None and current.next_at <= at)
+    if not store.finish_occurrence(held, rules.occurrence_end(bulk_id, error, now)):
+        return None
+    store.set_last_run(schedule.id, held.at, rules.last_run(bulk_id, error))
+    return ScheduleFired(schedule.name, schedule.userId, held.at, schedule.zone, bulk_id, error, held.skipped)
 
 
 def _advance(store: Store, schedule: Schedule, owed: Due, bulk_id: str | None, error: str | None) -> None:
     assert schedule.next_at is not None
     fields = rules.advanced(schedule, owed.latest, next_after(schedule.cron, schedule.zone, owed.latest), bulk_id,
                             error, owed.skipped, owed.skipped_count)
-    store.advance_schedule(schedule.id, schedule.next_at, fields)
+    store.advance_schedule(schedule.id, schedule.next_at, schedule.last_at, fields)
 
 
 class Ticker:
@@ -480,7 +550,10 @@ class Ticker:
             return LOOK_AFTER_ERROR
         if self._next is None:
             return LOOK_SECONDS
-        return min(max((self._next - self.clock()).total_seconds(), 0.01), LOOK_SECONDS)
+        ahead = (self._next - self.clock()).total_seconds()
+        # Still due after the look: another processor holds the occurrence (it is queuing it): look again in a
+        # second, not at once.
+        return LOOK_SECONDS if ahead <= 0 else min(max(ahead, 0.01), LOOK_SECONDS)
 
 
 # -- as data -------------------------------------------------------------------------------------------------

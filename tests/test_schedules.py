@@ -77,30 +77,77 @@ def test_claim_occurrence_once_then_a_stale_claim_is_taken_over_once(store):
     stale = now - dt.timedelta(seconds=60)
     first, mine = store.claim_occurrence(daily, at, "p1", now, stale, 2)
     assert mine and first.state == "claimed" and first.owner == "p1" and first.skipped == 2 and first.at == at
+    assert first.claim and store.get_occurrence(daily.id, at) == first
     again, mine = store.claim_occurrence(daily, at, "p2", now, stale)
-    assert not mine and again.owner == "p1"
-    # p1 died: 61 s on, its claim is stale, and exactly one of two callers takes it over.
+    assert not mine and again.owner == "p1" and again.claim == first.claim
+    # p1 stalled: 61 s on, its claim is stale, and exactly one of two callers takes it over, with a new token.
     later = now + dt.timedelta(seconds=61)
-    took = [store.claim_occurrence(daily, at, owner, later, later - dt.timedelta(seconds=60))[1] for owner in ("p2", "p3")]
-    assert took == [True, False]
-    assert not store.finish_occurrence(daily.id, at, "p1", rules.occurrence_end("b1", None, later))
-    assert store.finish_occurrence(daily.id, at, "p2", rules.occurrence_end("b1", None, later))
-    assert not store.finish_occurrence(daily.id, at, "p2", rules.occurrence_end("b2", None, later))
+    took = [store.claim_occurrence(daily, at, owner, later, later - dt.timedelta(seconds=60)) for owner in ("p2", "p3")]
+    assert [mine for _, mine in took] == [True, False]
+    taker = took[0][0]
+    assert taker.owner == "p2" and taker.claim not in (None, first.claim) and took[1][0].claim == taker.claim
+    assert not store.finish_occurrence(first, rules.occurrence_end("b1", None, later))  # the old token is fenced
+    assert store.finish_occurrence(taker, rules.occurrence_end("b1", None, later))
+    assert not store.finish_occurrence(taker, rules.occurrence_end("b2", None, later))  # finished once
     [done] = store.list_occurrences(daily.id)
     assert (done.state, done.bulk_job_id, done.owner) == ("submitted", "b1", "p2")
     # Finished, it is never taken over, however old.
     assert not store.claim_occurrence(daily, at, "p4", later + dt.timedelta(days=1), later + dt.timedelta(days=1))[1]
+    assert store.get_occurrence(daily.id, at + dt.timedelta(days=1)) is None
 
 
-def test_advance_is_written_once_per_step(store):
+def test_a_claim_is_fenced_by_its_token_not_its_owner(store):
+    """The same processor name taking a stale claim over (a restarted processor) still fences its old claim."""
+    daily = add(store)
+    at = daily.next_at
+    old, _ = store.claim_occurrence(daily, at, "p1", at, at)
+    new, mine = store.claim_occurrence(daily, at, "p1", at + dt.timedelta(seconds=61), at + dt.timedelta(seconds=1))
+    assert mine and new.owner == old.owner and new.claim != old.claim
+    assert not store.finish_occurrence(old, rules.occurrence_end(None, None, at, dropped=True))
+    assert store.get_occurrence(daily.id, at).state == "claimed"
+
+
+def test_undecided_claims_before_a_time_are_dropped_whoever_holds_them(store):
+    daily = add(store)
+    times = [daily.next_at + dt.timedelta(days=n) for n in range(4)]
+    held = [store.claim_occurrence(daily, t, f"p{n}", t, t)[0] for n, t in enumerate(times)]
+    assert store.finish_occurrence(held[1], rules.occurrence_end("b1", None, times[1]))
+    dropped = rules.occurrence_end(None, None, times[3], dropped=True)
+    assert store.drop_undecided(daily.id, times[2], dropped) == 1  # only the claimed one before the time
+    assert {o.at: o.state for o in store.list_occurrences(daily.id)} == {
+        times[0]: "dropped", times[1]: "submitted", times[2]: "claimed", times[3]: "claimed"}
+    assert not store.finish_occurrence(held[0], rules.occurrence_end("b0", None, times[3]))  # its holder: nothing
+    assert store.drop_undecided(daily.id, times[2], dropped) == 0
+    assert store.drop_undecided(new_id(), times[3], dropped) == 0
+
+
+def test_advance_is_written_once_per_step_while_active(store):
     daily = add(store)
     step = rules.advanced(daily, daily.next_at, daily.next_at + dt.timedelta(days=1), "b1", None,
                           [DAY0], 1)
-    assert store.advance_schedule(daily.id, daily.next_at, step)
-    assert not store.advance_schedule(daily.id, daily.next_at, step)  # the same step again: nothing
+    assert not store.advance_schedule(daily.id, daily.next_at, DAY0, step)  # last_at is not what was read
+    assert store.advance_schedule(daily.id, daily.next_at, None, step)
+    assert not store.advance_schedule(daily.id, daily.next_at, None, step)  # the same step again: nothing
     got = store.get_schedule("alice", "daily")
     assert got.next_at == daily.next_at + dt.timedelta(days=1) and got.skipped_count == 1
-    assert got.skipped_recent == [iso(DAY0)] and got.last_bulk_job_id == "b1"
+    assert got.skipped_recent == [iso(DAY0)] and got.last_bulk_job_id == "b1" and got.last_at == daily.next_at
+    schedules.set_state(store, "alice", "daily", "pause", DAY0)
+    assert not store.advance_schedule(daily.id, got.next_at, got.last_at, {"next_at": None})  # paused: nothing
+    assert store.get_schedule("alice", "daily").next_at == got.next_at
+    assert not store.advance_schedule(new_id(), got.next_at, got.last_at, {"next_at": None})
+
+
+def test_a_decision_leaves_the_schedule_pending_until_its_run_is_recorded(store):
+    daily = add(store)
+    at = daily.next_at
+    assert store.advance_schedule(daily.id, at, None, rules.decided(daily, at, [], 0))
+    got = store.get_schedule("alice", "daily")
+    assert rules.pending(got) and (got.last_at, got.next_at, got.last_bulk_job_id) == (at, at, None)
+    assert not store.advance_schedule(daily.id, at, None, rules.decided(daily, at, [], 0))  # decided once
+    assert not store.set_last_run(daily.id, at + dt.timedelta(days=1), rules.last_run("b9", None))
+    assert store.set_last_run(daily.id, at, rules.last_run("b1", None))
+    assert store.get_schedule("alice", "daily").last_bulk_job_id == "b1"
+    assert not store.set_last_run(new_id(), at, rules.last_run("b1", None))
 
 
 def test_remove_takes_its_occurrences_along_but_not_its_jobs(store):
@@ -170,13 +217,35 @@ def test_a_claimer_that_died_after_submitting_leaves_one_job(store):
 
 
 def test_a_finished_occurrence_whose_processor_died_before_moving_the_schedule_is_not_repeated(store):
+    """A store written before occurrences were fenced: finished, and the schedule not moved on."""
     daily = add(store)
     now = daily.next_at + dt.timedelta(seconds=1)
-    store.claim_occurrence(daily, daily.next_at, "dead", now, now)
-    store.finish_occurrence(daily.id, daily.next_at, "dead", rules.occurrence_end("b-dead", None, now))
+    held, _ = store.claim_occurrence(daily, daily.next_at, "dead", now, now)
+    store.finish_occurrence(held, rules.occurrence_end("b-dead", None, now))
     assert schedules.tick(store, "p2", now + dt.timedelta(seconds=2)) == [] and scheduled_jobs(store) == []
     got = store.get_schedule("alice", "daily")
     assert got.last_bulk_job_id == "b-dead" and got.next_at == daily.next_at + dt.timedelta(days=1)
+
+
+def test_a_processor_that_died_after_deciding_has_its_run_queued_by_another(store):
+    """Decided on the schedule, then the processor died before the job: the schedule stays due (pending), a live
+    claim is waited for, a stale one is taken over and the job made once, before the next occurrence's."""
+    daily = add(store)
+    at, now = daily.next_at, daily.next_at + dt.timedelta(seconds=1)
+    held, _ = store.claim_occurrence(daily, at, "dead", now, now)
+    assert store.advance_schedule(daily.id, at, None, rules.decided(daily, at, [], 0))
+    assert [s.name for s in store.due_schedules(now)] == ["daily"]
+    assert schedules.tick(store, "p2", now + dt.timedelta(seconds=10)) == [] and scheduled_jobs(store) == []
+    next_day = at + dt.timedelta(days=1, seconds=5)
+    fired = schedules.tick(store, "p2", next_day)  # its claim is stale: queued, then the next day's
+    assert [f.at for f in fired] == [at, at + dt.timedelta(days=1)]
+    jobs_made = sorted(scheduled_jobs(store), key=lambda b: (b.created_at, b.id))
+    assert [b.idempotency_key for b in jobs_made] == [rules.occurrence_key(daily.id, f.at) for f in fired]
+    assert [o.state for o in store.list_occurrences(daily.id)] == ["submitted", "submitted"]
+    got = store.get_schedule("alice", "daily")
+    assert got.skipped_count == 0 and got.last_bulk_job_id == fired[1].bulk_job_id
+    # The dead processor's late writes change nothing.
+    assert not store.finish_occurrence(held, rules.occurrence_end(None, None, next_day, dropped=True))
 
 
 def test_a_stalled_claimer_does_not_submit_once_the_schedule_moved_past_it(store, monkeypatch):
@@ -202,7 +271,7 @@ def test_a_stalled_claimer_does_not_submit_once_the_schedule_moved_past_it(store
 def test_a_file_that_no_longer_makes_a_job_fails_that_run_and_the_schedule_goes_on(store):
     daily = add(store)
     broken = Schedule(**{**daily.__dict__, "source": {**daily.source, "text": "items: []\n"}})
-    [fired] = [schedules.fire(store, broken, "p1", DAY0 + dt.timedelta(days=1))]
+    [fired] = schedules.fire(store, broken, "p1", DAY0 + dt.timedelta(days=1))
     assert fired.bulk_job_id is None and "has 0 items" in fired.error
     got = store.get_schedule("alice", "daily")
     assert got.last_error == fired.error and got.next_at == daily.next_at + dt.timedelta(days=1)
@@ -212,7 +281,7 @@ def test_a_file_that_no_longer_makes_a_job_fails_that_run_and_the_schedule_goes_
 def test_a_hand_edited_next_time_off_the_cron_starts_again_from_now(store):
     daily = add(store)
     off = daily.next_at + dt.timedelta(minutes=7)
-    assert store.advance_schedule(daily.id, daily.next_at, {"next_at": off})
+    assert store.advance_schedule(daily.id, daily.next_at, None, {"next_at": off})
     assert schedules.tick(store, "p1", off + dt.timedelta(minutes=1)) == []
     assert store.get_schedule("alice", "daily").next_at == daily.next_at + dt.timedelta(days=1)
 

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 from bulkgen_cli import schedules
-from bulkgen_cli.model import ItemStatus, utcnow
+from bulkgen_cli.model import ItemStatus, iso, utcnow
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.sqlite import SqliteStore
-from tests.cli_helpers import EXAMPLES, env_for, finish, run_cli
+from tests.cli_helpers import EXAMPLES, ROOT, env_for, finish, run_cli
 from tests.conftest import wait_for
 
 UTC = dt.timezone.utc
@@ -31,7 +35,8 @@ def missed(path, user: str, name: str, days: int) -> dt.datetime:
     with SqliteStore(path, "write") as store:
         schedule = store.get_schedule(user, name)
         latest = next(schedules.occurrences(schedule.cron, schedule.zone, utcnow(), reverse=True))
-        assert store.advance_schedule(schedule.id, schedule.next_at, {"next_at": latest - dt.timedelta(days=days)})
+        assert store.advance_schedule(schedule.id, schedule.next_at, schedule.last_at,
+                                      {"next_at": latest - dt.timedelta(days=days)})
     return latest
 
 
@@ -123,3 +128,86 @@ def test_plain_run_queues_no_scheduled_run_and_says_who_does(cli, tmp_path):
     assert "Schedule 'daily' (alice): next run was due" in result.err and "only `bulkgen run --forever` queues" in result.err
     _, bulks, _ = scheduled(path)
     assert bulks == []
+
+
+# -- a processor stopped in the middle of an occurrence (issue 17: "Occurrences fenced like items") -------------
+
+
+def spawn_stalling(processes, env: dict[str, str], **knobs: str):
+    """`run --forever` through tests/schedule_stall.py (a stall point and a shifted clock); cleaned up after."""
+    proc = subprocess.Popen([sys.executable, "-m", "tests.schedule_stall", "run", "--forever"], env=env | knobs,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    processes.spawned.append(proc)
+    return proc
+
+
+def stopped_at(stall, proc) -> bool:
+    """The process said it stops there (the stall file), and is stopped (Linux: state T in /proc)."""
+    if not stall.exists():
+        return False
+    stat = Path(f"/proc/{proc.pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] in "Tt"
+
+
+def stop_both(stopped, stall, running) -> None:
+    """SIGTERM the running one; continue the stopped one and SIGTERM it: its look under way ends first."""
+    running.send_signal(signal.SIGTERM)
+    assert finish(running).code == 143
+    os.kill(stopped.pid, signal.SIGCONT)
+    stall.with_name(stall.name + ".go").touch()
+    stopped.send_signal(signal.SIGTERM)
+    result = finish(stopped)
+    assert result.code == 143 and "Traceback" not in result.err, result.err
+
+
+def one_daily_run_due(tmp_path):
+    path = tmp_path / "store.db"
+    env = env_for(tmp_path, BULKGEN_STORE=f"sqlite:///{path}", BULKGEN_USER="alice")
+    assert run_cli(["schedule", "add", "daily", "--cron", far_cron(utcnow()), str(EXAMPLES / "articles.yaml")],
+                   env).code == 0
+    first = missed(path, "alice", "daily", days=0)  # due now, nothing skipped
+    return path, env, first, first + dt.timedelta(days=1)
+
+
+def queued_at(path, at):
+    found, bulks, _ = scheduled(path)
+    key = rules.occurrence_key(found["daily"].id, at)
+    return [b for b in bulks if b.idempotency_key == key]
+
+
+def test_a_processor_stopped_after_its_check_past_the_next_run_queues_nothing_the_other_recorded(tmp_path,
+                                                                                               processes):
+    """P1 claims O1, passes its still-owed check and is stopped; P2 (a day ahead) queues O2 and records O1 as
+    skipped; P1 continues: it queues nothing, and O1's record says dropped (it used to queue O1 late)."""
+    path, env, o1, o2 = one_daily_run_due(tmp_path)
+    stall = tmp_path / "p1-stopped"
+    p1 = spawn_stalling(processes, env, STALL_AT="_still_owed", STALL_FILE=str(stall))
+    wait_for(lambda: stopped_at(stall, p1), timeout=30, what="P1 stopped after its check")
+    p2 = spawn_stalling(processes, env, CLOCK_SHIFT="86400")
+    wait_for(lambda: queued_at(path, o2) and scheduled(path)[0]["daily"].next_at > o2, timeout=30,
+             what="P2 to queue the next run")
+    stop_both(p1, stall, p2)
+    found, bulks, occurrences = scheduled(path)
+    daily = found["daily"]
+    assert [b.idempotency_key for b in bulks] == [rules.occurrence_key(daily.id, o2)]
+    assert {o.at: o.state for o in occurrences["daily"]} == {o1: "dropped", o2: "submitted"}
+    assert daily.skipped_count == 1 and daily.skipped_recent == [iso(o1)] and daily.last_at == o2
+
+
+def test_a_processor_stopped_after_deciding_has_its_run_queued_first_by_the_other(tmp_path, processes):
+    """P1 decides O1 and is stopped before making its job; P2 (a day ahead: P1's claim is stale to it) queues
+    O1 with its key, then O2; P1 continues: the key hands its job back, nothing is made twice or skipped."""
+    path, env, o1, o2 = one_daily_run_due(tmp_path)
+    stall = tmp_path / "p1-stopped"
+    p1 = spawn_stalling(processes, env, STALL_AT="submit_for", STALL_FILE=str(stall))
+    wait_for(lambda: stopped_at(stall, p1), timeout=30, what="P1 stopped after deciding")
+    p2 = spawn_stalling(processes, env, CLOCK_SHIFT="86400")
+    wait_for(lambda: queued_at(path, o2), timeout=30, what="P2 to queue both runs")
+    stop_both(p1, stall, p2)
+    found, bulks, occurrences = scheduled(path)
+    daily = found["daily"]
+    made = sorted(bulks, key=lambda b: (b.created_at, b.id))
+    assert [b.idempotency_key for b in made] == [rules.occurrence_key(daily.id, at) for at in (o1, o2)]
+    assert {o.at: (o.state, o.owner.endswith(":schedules")) for o in occurrences["daily"]} == {
+        o1: ("submitted", True), o2: ("submitted", True)}
+    assert daily.skipped_count == 0 and daily.last_at == o2 and daily.last_bulk_job_id == made[1].id

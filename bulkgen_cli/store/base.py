@@ -480,24 +480,44 @@ class Store(ABC):
     @abstractmethod
     def claim_occurrence(self, schedule: Schedule, at: dt.datetime, owner: str, now: dt.datetime,
                          stale_before: dt.datetime, skipped: int = 0) -> tuple[Occurrence, bool]:
-        """Take the occurrence (schedule, `at` in UTC) for submitting: one conditional write.
+        """Take the occurrence (schedule, `at` in UTC): one conditional write.
+
+        design.md, "Exactly once per occurrence": the claim is one of its steps.
 
         The occurrence is inserted under a unique key (schedule id, `at`), so for
         each occurrence exactly one caller's insert succeeds. When it exists and is
         still `claimed` by a processor whose claim is older than `stale_before`
-        (it died before finishing), one caller takes it over by a conditional
-        update. Returns (the occurrence, True) when this caller now holds it;
-        (the occurrence as stored, False) otherwise: held by another, or finished.
+        (it died or stalled), one caller takes it over by a conditional update.
+        Either way the claim gets a fresh token (`Occurrence.claim`), on which every
+        later write of this holder is conditional. Returns (the occurrence, True)
+        when this caller now holds it; (the occurrence as stored, False) otherwise:
+        held by another, or finished.
         """
 
     @abstractmethod
-    def finish_occurrence(self, schedule_id: str, at: dt.datetime, owner: str, fields: dict[str, Any]) -> bool:
-        """Record a held occurrence's end (`rules.occurrence_end`); False when `owner` no longer holds it."""
+    def get_occurrence(self, schedule_id: str, at: dt.datetime) -> Occurrence | None:
+        """The occurrence (schedule, `at`), or None when there is no record of it."""
 
     @abstractmethod
-    def advance_schedule(self, schedule_id: str, expected_next: dt.datetime, fields: dict[str, Any]) -> bool:
-        """Move a schedule past a handled occurrence (`rules.advanced`): only while its `next_at` is
-        still `expected_next`, so each step is written once; False (nothing written) otherwise."""
+    def finish_occurrence(self, held: Occurrence, fields: dict[str, Any]) -> bool:
+        """Record a held occurrence's end (`rules.occurrence_end`) only while it is still `claimed` under
+        `held`'s owner and token; False (nothing written) once it was taken over, dropped or finished."""
+
+    @abstractmethod
+    def drop_undecided(self, schedule_id: str, before: dt.datetime, fields: dict[str, Any]) -> int:
+        """End as dropped (`fields`) every occurrence of the schedule before `before` that is still
+        `claimed`, whoever holds it: each one conditional on that state. How many were dropped."""
+
+    @abstractmethod
+    def advance_schedule(self, schedule_id: str, expected_next: dt.datetime, expected_last: dt.datetime | None,
+                         fields: dict[str, Any]) -> bool:
+        """Decide, or move on (`rules.decided`, `rules.advanced`): write `fields` only while the schedule is
+        active and its `next_at` and `last_at` are still what the caller read, so each step is written once;
+        False (nothing written) otherwise."""
+
+    @abstractmethod
+    def set_last_run(self, schedule_id: str, at: dt.datetime, fields: dict[str, Any]) -> bool:
+        """Record the decided occurrence's job or error (`rules.last_run`) while `last_at` is still `at`."""
 
     @abstractmethod
     def list_occurrences(self, schedule_id: str, limit: int = 20) -> list[Occurrence]:

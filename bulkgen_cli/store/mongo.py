@@ -1005,17 +1005,41 @@ class MongoStore(Store):
         return _occurrence(current if current is not None else doc), False
 
     @_unavailable
-    def finish_occurrence(self, schedule_id: str, at: dt.datetime, owner: str, fields: dict[str, Any]) -> bool:
+    def get_occurrence(self, schedule_id: str, at: dt.datetime) -> Occurrence | None:
+        doc = self.occurrences.find_one({"_id": rules.occurrence_id(schedule_id, at)})
+        return None if doc is None else _occurrence(doc)
+
+    @_unavailable
+    def finish_occurrence(self, held: Occurrence, fields: dict[str, Any]) -> bool:
         result = self.occurrences.update_one(
-            {"_id": rules.occurrence_id(schedule_id, at), "state": OccurrenceState.claimed.value, "owner": owner},
+            {"_id": rules.occurrence_id(held.schedule_id, held.at), "state": OccurrenceState.claimed.value,
+             "owner": held.owner, "claim": held.claim},
             {"$set": fields})
         return result.matched_count == 1
 
     @_unavailable
-    def advance_schedule(self, schedule_id: str, expected_next: dt.datetime, fields: dict[str, Any]) -> bool:
+    def drop_undecided(self, schedule_id: str, before: dt.datetime, fields: dict[str, Any]) -> int:
+        oid = _oid(schedule_id)
+        if oid is None:
+            return 0
+        # Each document's update is atomic and matched on its own state: no transaction is needed.
+        return self.occurrences.update_many(
+            {"schedule_id": oid, "at": {"$lt": before}, "state": OccurrenceState.claimed.value},
+            {"$set": fields}).modified_count
+
+    @_unavailable
+    def advance_schedule(self, schedule_id: str, expected_next: dt.datetime, expected_last: dt.datetime | None,
+                         fields: dict[str, Any]) -> bool:
         oid = _oid(schedule_id)
         result = None if oid is None else self.schedules.update_one(
-            {"_id": oid, "next_at": expected_next}, {"$set": fields})
+            {"_id": oid, "status": ScheduleStatus.active.value, "next_at": expected_next,
+             "last_at": expected_last}, {"$set": fields})
+        return result is not None and result.matched_count == 1
+
+    @_unavailable
+    def set_last_run(self, schedule_id: str, at: dt.datetime, fields: dict[str, Any]) -> bool:
+        oid = _oid(schedule_id)
+        result = None if oid is None else self.schedules.update_one({"_id": oid, "last_at": at}, {"$set": fields})
         return result is not None and result.matched_count == 1
 
     @_unavailable

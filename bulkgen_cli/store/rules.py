@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import operator
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -571,38 +572,62 @@ def occurrence_key(schedule_id: str, at: dt.datetime) -> str:
     return f"schedule:{occurrence_id(schedule_id, at)}"
 
 
+def new_claim() -> str:
+    """A fresh claim token: each claim of an occurrence, and each take-over, has its own."""
+    return secrets.token_hex(8)
+
+
 def claimed_occurrence(schedule: Schedule, at: dt.datetime, owner: str, now: dt.datetime,
                        skipped: int) -> dict[str, Any]:
-    """Every stored field of an occurrence a processor has just taken."""
+    """Every stored field of an occurrence a processor has just taken (with a fresh claim token)."""
     fields = {f.name: f.fresh() for f in OCCURRENCE_FIELDS}
     fields.update(schedule_id=schedule.id, at=at, userId=schedule.userId, state=OccurrenceState.claimed.value,
-                  owner=owner, claimed_at=now, skipped=skipped)
+                  owner=owner, claimed_at=now, skipped=skipped, claim=new_claim())
     return fields
 
 
 def taken_over(owner: str, now: dt.datetime) -> dict[str, Any]:
-    """A stale claim taken over by `owner` (its processor died between the claim and the end)."""
-    return {"owner": owner, "claimed_at": now}
+    """A stale claim taken over by `owner` (its processor died or stalled): a new token fences the old holder."""
+    return {"owner": owner, "claimed_at": now, "claim": new_claim()}
 
 
 def occurrence_end(bulk_job_id: str | None, error: str | None, now: dt.datetime,
                    dropped: bool = False) -> dict[str, Any]:
-    """A claimed occurrence's end: submitted, failed with `error`, or dropped (no longer owed)."""
+    """A claimed occurrence's end: submitted, failed with `error`, or dropped (never decided, so not owed)."""
     state = (OccurrenceState.dropped if dropped else
              OccurrenceState.failed if error is not None else OccurrenceState.submitted)
     return {"state": state.value, "bulk_job_id": bulk_job_id, "error": error, "finished_at": now}
 
 
-def advanced(schedule: Schedule, at: dt.datetime, next_at: dt.datetime | None, bulk_job_id: str | None,
-             error: str | None, skipped: list[dt.datetime], skipped_count: int) -> dict[str, Any]:
-    """A schedule after its occurrence `at` was handled: the next one, the last run, the skipped ones added.
+def decided(schedule: Schedule, at: dt.datetime, skipped: list[dt.datetime], skipped_count: int) -> dict[str, Any]:
+    """The decision that occurrence `at` is queued and the ones before it skipped: `last_at` and `next_at`
+    both `at` (its job is pending), the skipped ones added (design.md, "Exactly once per occurrence").
 
-    Written only while `next_at` is still what the caller read (`Store.advance_schedule`),
-    so each step forward is recorded once and the skipped list is merged from a current read.
+    Written only while `next_at` and `last_at` are still what the caller read and the schedule is active
+    (`Store.advance_schedule`), so exactly one decision follows each state of the schedule.
     """
     recent = (schedule.skipped_recent + [str(iso(t)) for t in skipped])[-SKIPPED_KEPT:]
-    return {"next_at": next_at, "last_at": at, "last_bulk_job_id": bulk_job_id, "last_error": error,
+    return {"next_at": at, "last_at": at, "last_bulk_job_id": None, "last_error": None,
             "skipped_count": schedule.skipped_count + skipped_count, "skipped_recent": recent}
+
+
+def pending(schedule: Schedule) -> bool:
+    """An occurrence was decided and its job is not yet recorded: `last_at` and `next_at` are that occurrence."""
+    return schedule.last_at is not None and schedule.last_at == schedule.next_at
+
+
+def last_run(bulk_job_id: str | None, error: str | None) -> dict[str, Any]:
+    """The decided occurrence's outcome, on its schedule (written while `last_at` is still that occurrence)."""
+    return {"last_bulk_job_id": bulk_job_id, "last_error": error}
+
+
+def advanced(schedule: Schedule, at: dt.datetime, next_at: dt.datetime | None, bulk_job_id: str | None,
+             error: str | None, skipped: list[dt.datetime], skipped_count: int) -> dict[str, Any]:
+    """A schedule moved past an occurrence found already finished while the schedule was not (a store
+    written before occurrences were fenced): the next one, the last run, the skipped ones added."""
+    return {**decided(schedule, at, skipped, skipped_count), "next_at": next_at, **last_run(bulk_job_id, error)}
+
+
 # -- the HTTP server's records (bulkgen serve) ---------------------------------------------------------
 
 #: An API token: `model.ApiToken`'s fields as stored (the token itself never is).

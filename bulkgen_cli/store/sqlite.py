@@ -1266,15 +1266,36 @@ class SqliteStore(Store):
         return _occurrence(row), mine
 
     @_unavailable
-    def finish_occurrence(self, schedule_id: str, at: dt.datetime, owner: str, fields: dict[str, Any]) -> bool:
-        with self._tx() as db:
-            return _update(db, "schedule_occurrences", fields, "schedule_id = ? AND at = ? AND state = ? AND owner = ?",
-                           schedule_id, iso(at), OccurrenceState.claimed.value, owner) == 1
+    def get_occurrence(self, schedule_id: str, at: dt.datetime) -> Occurrence | None:
+        row = self.db.execute("SELECT * FROM schedule_occurrences WHERE schedule_id = ? AND at = ?",
+                              (schedule_id, iso(at))).fetchone()
+        return None if row is None else _occurrence(row)
 
     @_unavailable
-    def advance_schedule(self, schedule_id: str, expected_next: dt.datetime, fields: dict[str, Any]) -> bool:
+    def finish_occurrence(self, held: Occurrence, fields: dict[str, Any]) -> bool:
         with self._tx() as db:
-            return _update(db, "schedules", fields, "id = ? AND next_at = ?", schedule_id, iso(expected_next)) == 1
+            return _update(db, "schedule_occurrences", fields,
+                           "schedule_id = ? AND at = ? AND state = ? AND owner = ? AND claim IS ?",
+                           held.schedule_id, iso(held.at), OccurrenceState.claimed.value, held.owner,
+                           held.claim) == 1
+
+    @_unavailable
+    def drop_undecided(self, schedule_id: str, before: dt.datetime, fields: dict[str, Any]) -> int:
+        with self._tx() as db:
+            return _update(db, "schedule_occurrences", fields, "schedule_id = ? AND at < ? AND state = ?",
+                           schedule_id, iso(before), OccurrenceState.claimed.value)
+
+    @_unavailable
+    def advance_schedule(self, schedule_id: str, expected_next: dt.datetime, expected_last: dt.datetime | None,
+                         fields: dict[str, Any]) -> bool:
+        with self._tx() as db:
+            return _update(db, "schedules", fields, "id = ? AND status = ? AND next_at = ? AND last_at IS ?",
+                           schedule_id, ScheduleStatus.active.value, iso(expected_next), iso(expected_last)) == 1
+
+    @_unavailable
+    def set_last_run(self, schedule_id: str, at: dt.datetime, fields: dict[str, Any]) -> bool:
+        with self._tx() as db:
+            return _update(db, "schedules", fields, "id = ? AND last_at = ?", schedule_id, iso(at)) == 1
 
     @_unavailable
     def list_occurrences(self, schedule_id: str, limit: int = 20) -> list[Occurrence]:
