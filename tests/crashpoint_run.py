@@ -9,9 +9,9 @@ counts each: a kill there falls inside its transaction), and its name
 appended to FILE. After the K-th the process kills itself with SIGKILL, as a
 crash at that point would. K = 0 never kills: FILE then lists the whole path.
 
-The notification send lock is made 1 s (`notify.LOCK_SECONDS`), so that a
-step a killed sender left locked is taken back within seconds whatever the
-product's lock is.
+A step that a killed sender left locked is taken back when its lock ends (a
+webhook's: its send deadline plus a margin, 15 s), so a kill there costs the
+next run that long.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import signal
 import sys
 from typing import Any, Callable
 
-from bulkgen_cli import notify
 from bulkgen_cli.store.base import Store
 from bulkgen_cli.store.sqlite import SqliteStore
 
@@ -68,7 +67,6 @@ def main() -> None:
     args = sys.argv[1:]
     split = args.index("--")
     options, command = dict(zip(args[:split:2], args[1:split:2])), args[split + 1:]
-    notify.LOCK_SECONDS = 1.0
     path = Path(int(options["--last"]), int(options["--kill-after"]), open(options["--calls"], "a"))
     for name in verbs():
         setattr(SqliteStore, name, wrap(name, getattr(SqliteStore, name), path))
