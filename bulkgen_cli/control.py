@@ -102,16 +102,22 @@ def _do(store: Store, action: Action, bulk: BulkJob, status: BulkStatus, now: dt
         return changed, changed
     # retry-failed
     if outbox_open(bulk.outbox):
-        # A new round would end with a new outbox; the last end's event is sent first.
-        raise InvalidTransition(
-            f"cannot retry-failed bulk job {bulk.id} yet: the notification of its last end is still being "
-            "delivered (a processor retries it within about a minute; see `bulkgen status`)."
-        )
+        raise _notification_open(bulk.id)
     requeued = store.retry_failed(bulk.id, now)
     if requeued:
         store.refresh_counters(bulk.id, now)
         return True, False
     current = store.get_bulk(bulk.id)
     if current is not None and current.status == BulkStatus.completed.value:
+        if outbox_open(current.outbox):  # another round ended meanwhile, its notification on its way
+            raise _notification_open(bulk.id)
         raise InvalidTransition(f"cannot retry-failed bulk job {bulk.id}: it has no failed items.")
     return False, False  # it left `completed` meanwhile: decide again
+
+
+def _notification_open(bulk_id: str) -> InvalidTransition:
+    # A new round would end with a new outbox; the last end's event is sent first.
+    return InvalidTransition(
+        f"cannot retry-failed bulk job {bulk_id} yet: the notification of its last end is still being "
+        "delivered (a processor retries it within about a minute; see `bulkgen status`)."
+    )

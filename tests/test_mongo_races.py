@@ -90,3 +90,37 @@ def test_requeue_expired_landing_between_cancel_sweeps_leaves_nothing_queued():
         "a queued item was left inside a cancelled job: never claimed, never swept"
     assert items[item.id].status == ItemStatus.cancelled.value
     assert job.cancelled_items == 3 and job.completed_at is not None
+
+
+def test_retry_failed_never_starts_a_round_over_a_newer_end_still_being_notified():
+    """retry-failed reads the job (completed, its end delivered); before it sweeps, another retry-failed
+    starts a round that fails and ends again, its notification still open. The first one's sweep then
+    queues the new round's failed items, but its job write is for the end it read: refused, so the new
+    end keeps its outbox; the items wait in the completed job until the repair queues it, once that end
+    is delivered."""
+    from bulkgen_cli import repair
+    from bulkgen_cli.model import Outcome
+    from tests.test_store_contract import CHANNELS, deliver_all, run_to_end
+
+    first, other = two_stores()
+    bulk = submit(first, 3, notify=CHANNELS)
+    t = utcnow()
+    run_to_end(first, first.get_bulk(bulk.id), t, fail=(0,))
+    deliver_all(first, bulk.id, t)
+    ended = first.get_bulk(bulk.id).outbox["event_id"]
+
+    def another_round_first(n: int, sweep: Callable[[], Any]) -> Any:
+        if n == 1:
+            assert other.retry_failed(bulk.id, t) == 1
+            item = claim(other, "p1", LEASE, t)  # run_to_end's processor, which holds the one slot
+            assert other.finish_item(item.id, "p1", Outcome(ItemStatus.failed, error="again"), t).ended_now
+        return sweep()
+
+    first.items = Hooked(first.items, "update_many", another_round_first)
+    assert first.retry_failed(bulk.id, t) == 0
+    job = other.get_bulk(bulk.id)
+    assert job.status == "completed" and job.outbox["event_id"] != ended
+    assert job.outbox["event"] is None  # the newer end's outbox is still there, undelivered
+    deliver_all(other, bulk.id, t)
+    repair.repair(other, t)
+    assert other.get_bulk(bulk.id).status == "queued"

@@ -696,3 +696,25 @@ def test_an_owner_that_gave_up_its_slot_claims_nothing_beside_its_item(store):
     claim(store, "B", LEASE, t, max_in_flight=3)  # B takes a slot, maybe A's former one, and maybe an item
     assert claim(store, "A", LEASE, t, max_in_flight=3) is None
     assert [i.id for i in store.in_flight() if i.lease_owner == "A"] == [first.id]
+
+
+def deliver_all(store, bulk_id, t):
+    """Every step of the job's open outbox sent and recorded (a deliverer's work, without the sending)."""
+    box = store.get_bulk(bulk_id).outbox
+    for index in range(len(box["steps"])):
+        assert store.claim_step(bulk_id, box["event_id"], index, "deliverer", t, 30)
+        assert store.finish_step(bulk_id, box["event_id"], index, "deliverer", t, None, None)
+
+
+def test_retry_failed_waits_for_the_last_ends_notification_in_its_own_write(store):
+    """The store's verb decides it, not only its caller's earlier read: an end whose notification is still
+    open is never replaced by a new round's (it would be lost)."""
+    bulk = submit(store, 10, notify=CHANNELS)
+    t = utcnow()
+    assert run_to_end(store, bulk, t, fail=(3,)).ended_now
+    assert store.retry_failed(bulk.id, t) == 0  # the end's notification is open
+    assert store.get_bulk(bulk.id).status == "completed"
+    assert [i.status for i in store.list_items(bulk.id)].count("failed") == 1
+    deliver_all(store, bulk.id, t)
+    assert store.retry_failed(bulk.id, t) == 1
+    assert store.get_bulk(bulk.id).status == "queued"

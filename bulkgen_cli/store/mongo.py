@@ -625,8 +625,8 @@ class MongoStore(Store):
     @_unavailable
     def retry_failed(self, bulk_id: str, now: dt.datetime) -> int:
         oid = _oid(bulk_id)
-        bulk = None if oid is None else self.bulks.find_one({"_id": oid}, {"status": 1})
-        if bulk is None or bulk["status"] != rules.RETRY_FROM.value:
+        bulk = None if oid is None else self.bulks.find_one({"_id": oid}, {"status": 1, "outbox": 1})
+        if bulk is None or not rules.retry_failed_allowed(bulk["status"], bulk.get("outbox")):
             return 0
         # Items first: a completed job's queued items are not claimable, so nothing
         # starts before the job itself is queued again.
@@ -634,9 +634,19 @@ class MongoStore(Store):
                                self._stamp(_update(rules.RETRIED_ITEM)))
         # Counted, not taken from update_many: a retry that died half-way is finished here.
         requeued = self.items.count_documents({"bulk_job_id": oid, "status": ItemStatus.queued.value})
-        if requeued:
-            self.bulks.update_one({"_id": oid, "status": rules.RETRY_FROM.value}, self._stamp(_update(rules.RETRIED_JOB)))
-        return requeued
+        if not requeued:
+            return 0
+        # The decision's condition, in the job's own write: still the end that was read (design.md, "Every
+        # MongoDB decision in one conditional write"). A round that started and ended meanwhile has a new
+        # end, maybe with its notification still open: then these items stay queued in a completed job,
+        # never claimed, until the repair queues the job once that end is delivered (design.md, "Repair").
+        event_id = (bulk.get("outbox") or {}).get("event_id")
+        moved = self.bulks.update_one({"_id": oid, "status": rules.RETRY_FROM.value, "outbox.event_id": event_id},
+                                      self._stamp(_update(rules.RETRIED_JOB)))
+        if moved.matched_count:
+            return requeued
+        now_status = (self.bulks.find_one({"_id": oid}, {"status": 1}) or {}).get("status")
+        return requeued if now_status in [s.value for s in rules.ENDS_FROM] else 0  # joined a round under way
 
     @_unavailable
     def requeue_expired(self, now: dt.datetime, max_attempts: int) -> list[str]:

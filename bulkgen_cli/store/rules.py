@@ -387,6 +387,12 @@ def item_cancelled(status: ItemStatus, now: dt.datetime) -> Change:
     return dict(cancel_sweeps(now))[status]
 
 
+def retry_failed_allowed(bulk_status: str, outbox: dict[str, Any] | None) -> bool:
+    """Whether retry-failed may start a new round: the job is completed and its last end's notification is
+    delivered (a new round ends with a new outbox, which must not replace one still being delivered)."""
+    return bulk_status == RETRY_FROM.value and not outbox_open(outbox)
+
+
 def retry_item_allowed(bulk_status: str, outbox: dict[str, Any] | None) -> bool:
     """Whether an item of a job in `bulk_status` may be queued again.
 

@@ -1037,8 +1037,9 @@ class SqliteStore(Store):
     @_unavailable
     def retry_failed(self, bulk_id: str, now: dt.datetime) -> int:
         with self._tx() as db:
-            row = db.execute("SELECT status FROM bulk_jobs WHERE id = ?", (bulk_id,)).fetchone()
-            if row is None or row["status"] != rules.RETRY_FROM.value:
+            row = db.execute("SELECT status, outbox FROM bulk_jobs WHERE id = ?", (bulk_id,)).fetchone()
+            outbox = None if row is None or row["outbox"] is None else json.loads(row["outbox"])
+            if row is None or not rules.retry_failed_allowed(row["status"], outbox):
                 return 0
             requeued = _update(db, "generation_jobs", rules.RETRIED_ITEM, "bulk_job_id = ? AND status = ?",
                                bulk_id, rules.RETRIED.value)
