@@ -20,7 +20,7 @@ from bulkgen_cli import quality
 from bulkgen_cli.content import Reply, ReplyKind, content_text, count_words
 from bulkgen_cli.errors import ServiceUnavailable, StoreUnavailable
 from bulkgen_cli.events import ItemLost, ItemRetrying, ItemStarted
-from bulkgen_cli.leases import RENEW_EVERY, Watchdog
+from bulkgen_cli.leases import RENEW_EVERY, RESCUE_WITHIN, Watchdog
 from bulkgen_cli.model import CLAIMABLE_BULK, BulkStatus, Item, ItemStatus, Outcome, iso, later, next_generation
 from bulkgen_cli.steps import Step
 
@@ -167,7 +167,8 @@ class Attempt:
     def _record(self, outcome: Outcome) -> Step:
         # The item's end and its job's counters (and end) in one step (design.md, "Counters"), written while the
         # claim's token stands, even past its lease (design.md, "A reply in hand").
-        counts = self._keep(lambda: self.store.finish_item(self.item.id, self.p.owner, outcome, self.p.clock(),
+        now = self.p.clock()  # one time for every try of the write: a try that landed is known by it
+        counts = self._keep(lambda: self.store.finish_item(self.item.id, self.p.owner, outcome, now,
                                                            self.p.between(), fence=self.item.fence))
         if counts is None:
             return self._lost()  # taken by a newer claim, or cancelled: the reply goes
@@ -255,12 +256,17 @@ class Attempt:
     def _await(self, future: Future[Reply], watchdog: Watchdog) -> Reply | None:
         """Wait for the reply, renewing the leases and watching for a cancel or a stop."""
         beat_every = self.settings.lease * RENEW_EVERY
+        # Past the deadline, renewals are tried a few times within the rescue window, not at every poll.
+        rescue_every = min(0.25, self.settings.lease * RESCUE_WITHIN / 4)
         next_beat = self.p.ticker() + beat_every
         next_check = self.p.ticker() + HELD_POLL
+        next_rescue = 0.0
         lost = False
         while True:
-            try:  # awake at the self-fencing deadline, not a poll later: its renewal has little time
-                reply = future.result(timeout=min(STOP_POLL, max(self.leases.fence_deadline - self.p.ticker(), 0.005)))
+            # Awake at the self-fencing deadline, not a poll later: its renewal has little time.
+            wake = next_rescue if self.leases.fenced() else self.leases.fence_deadline
+            try:
+                reply = future.result(timeout=min(STOP_POLL, max(wake - self.p.ticker(), 0.005)))
             except FutureTimeout:
                 pass
             else:  # a reply in hand is kept (the store decides at its record); an abort's remains are not
@@ -269,8 +275,8 @@ class Attempt:
             now = self.p.ticker()
             if lost or watchdog.fired.is_set() or self.p.abort_now():
                 self.p.generator.abort()  # repeated each poll: an abort that raced the request's start is not lost
-            elif now >= next_beat or self.leases.fenced():  # past the deadline (a stall): renew now
-                next_beat, next_check = now + beat_every, now + HELD_POLL
+            elif now >= next_beat or (self.leases.fenced() and now >= next_rescue):  # a stall: renew now
+                next_beat, next_check, next_rescue = now + beat_every, now + HELD_POLL, now + rescue_every
                 lost = not self._asking(lambda: self.leases.heartbeat(self.item))
             elif now >= next_check:
                 next_check = now + HELD_POLL

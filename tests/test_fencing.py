@@ -337,3 +337,37 @@ def test_a_stall_alone_during_a_request_keeps_the_reply(kind, tmp_path):
         service.stop()
         for store in (store_a, checker):
             store.close()
+
+
+def test_past_the_deadline_a_failing_store_is_asked_a_few_times_not_at_every_poll(tmp_path):
+    """A store that fails at once (StoreUnavailable) while a request is past its self-fencing deadline: the
+    renewal is tried a few times within the rescue window, then the watchdog aborts; not 200 times a second."""
+    from bulkgen_cli.errors import StoreUnavailable
+    from bulkgen_cli.store.sqlite import SqliteStore
+
+    lease = 2.0
+    store = SqliteStore(tmp_path / "failing.db")
+    service = ReferenceService(latency=10).start()
+    failing: list[float] = []
+
+    class FailingRenewals(CheckingStore):
+        def heartbeat(self, *args: Any, **kwargs: Any) -> bool:
+            if failing or self._store.is_held(args[0], args[1]) and service.stats()["in_flight"]:
+                failing.append(time.monotonic())  # from the first renewal in flight on, the store fails at once
+                raise StoreUnavailable("the store did not answer")
+            return self._store.heartbeat(*args, **kwargs)
+
+    try:
+        submit_articles(store, [{"topic": "Failing store", "word_count": 300}])
+        processor = Processor(FailingRenewals(store, lambda: None), HttpGenerator(service.url),
+                              RunSettings(delay=0.0, timeout=30.0, backoff=0.01, lease=lease, give_up=5.0))
+        with pytest.raises(StoreUnavailable):
+            processor.run(until_idle=True)
+        processor.generator.close()
+        assert service.stats()["requests"][0]["outcome"] == "closed-by-client"
+        # The renewals in flight come every quarter of a lease until the deadline (3/4), then a few more until
+        # the watchdog aborts (by 7/8): every 1/32 of a lease at most, not at every 5 ms poll.
+        assert 2 <= len(failing) <= 2 + 8, len(failing)
+    finally:
+        service.stop()
+        store.close()

@@ -124,3 +124,33 @@ def test_retry_failed_never_starts_a_round_over_a_newer_end_still_being_notified
     deliver_all(other, bulk.id, t)
     repair.repair(other, t)
     assert other.get_bulk(bulk.id).status == "queued"
+
+
+def test_a_fault_in_the_refresh_after_the_items_end_is_not_a_lost_item():
+    """MongoDB writes an item's end and then refreshes its job: when the refresh fails (a store fault) and the
+    processor tries the record again, its own end is already written. It refreshes only, and reports the item
+    finished, not lost to another processor."""
+    from bulkgen_cli.content.offline import OfflineGenerator
+    from bulkgen_cli.errors import StoreUnavailable
+    from bulkgen_cli.events import ItemFinished, ItemLost
+    from bulkgen_cli.processor import Processor
+    from bulkgen_cli.settings import RunSettings
+
+    store, _ = two_stores()
+    bulk = submit(store, 2)
+    refresh, faults = store.refresh_counters, [1]
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        if faults:
+            faults.pop()
+            raise StoreUnavailable("the store did not answer")
+        return refresh(*args, **kwargs)
+
+    store.refresh_counters = flaky
+    events: list[Any] = []
+    settings = RunSettings(delay=0.0, backoff=0.01, lease=30.0, give_up=5.0)
+    Processor(store, OfflineGenerator(), settings, owner="A", on_event=events.append).run(until_idle=True)
+    assert not faults  # the fault happened
+    assert [type(e) for e in events if isinstance(e, (ItemFinished, ItemLost))] == [ItemFinished, ItemFinished]
+    job = store.get_bulk(bulk.id)
+    assert (job.status, job.completed_items) == ("completed", 2)

@@ -162,10 +162,13 @@ class Store(ABC):
         then refreshes, and a crash between leaves a job that the repair finishes
         (design.md, "Repair").
         """
-        if not self._write_where(item_id, rules.answerable(owner, fence), rules.finished(outcome, now)):
-            return None
+        written = self._write_where(item_id, rules.answerable(owner, fence), rules.finished(outcome, now))
         item = self.get_item(item_id)
-        return Counts() if item is None else self.refresh_counters(item.bulk_job_id, now, seconds_between_items)
+        if item is None or not (written or rules.ended_by(item, outcome, now, fence)):
+            return None
+        # Where the refresh is a second write (MongoDB), a caller that tries again after it failed finds its
+        # own end already written (`rules.ended_by`) and refreshes only.
+        return self.refresh_counters(item.bulk_job_id, now, seconds_between_items)
 
     def release_item(self, item_id: str, owner: str, charge: bool = False) -> bool:
         """Put a held item back in the queue at its place.

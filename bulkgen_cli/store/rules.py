@@ -293,6 +293,13 @@ def finished(outcome: Outcome, now: dt.datetime) -> Change:
     return Change(fields)
 
 
+def ended_by(item: Item, outcome: Outcome, now: dt.datetime, fence: int | None) -> bool:
+    """Whether the item holds the end `finished(outcome, now)` wrote under the claim `fence` (a write that landed
+    before a fault: the same claim, status and time)."""
+    return (fence is not None and item.fence == fence and item.status == ItemStatus(outcome.status).value
+            and item.completed_at == now)
+
+
 def released(charge: bool) -> Change:
     """A held item back in the queue at its place; its try is counted only with `charge`."""
     return Change({"status": ItemStatus.queued.value, **_NO_LEASE, "started_at": None, "sent_at": None},
