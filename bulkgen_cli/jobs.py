@@ -138,7 +138,9 @@ def list_jobs(store: Store, user: str, all_users: bool = False, limit: int = 20,
               status_filter: BulkStatus | None = None) -> list[BulkJob]:
     """`user`'s bulk jobs (everyone's with `all_users`), newest first, as their items say they are."""
     bulks = store.list_bulks(None if all_users else user, limit, [status_filter] if status_filter else None)
-    return [as_seen(store, bulk) for bulk in bulks]
+    seen = [as_seen(store, bulk) for bulk in bulks]
+    # An unrecorded end is shown completed: it is no longer what a filter on `processing` asks for.
+    return [bulk for bulk in seen if status_filter is None or bulk.status == BulkStatus(status_filter).value]
 
 
 def as_seen(store: Store, bulk: BulkJob) -> BulkJob:

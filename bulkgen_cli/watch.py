@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from bulkgen_cli import jobs
 from bulkgen_cli.errors import NotFound, TimedOut
 from bulkgen_cli.model import ENDED_BULK, BulkJob, BulkStatus, utcnow
 from bulkgen_cli.events import Event, Snapshot, Waiting
@@ -38,7 +39,7 @@ def follow(
             bulk = store.get_bulk(bulk_id)
             if bulk is None:
                 raise NotFound(f"bulk job {bulk_id} is gone from the store.")
-            bulks.append(bulk)
+            bulks.append(jobs.as_seen(store, bulk))  # an end not yet recorded is an end (design.md, "Repair")
         lease = store.processor_lease()
         live = lease is not None and lease.expires_at >= utcnow()
         holder = f"{lease.host} pid {lease.pid}" if lease and live else "no processor"

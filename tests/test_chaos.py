@@ -118,15 +118,36 @@ def test_most_in_flight_leaves_out_requests_open_across_a_stall():
     assert chaos.most_in_flight([req("a", 0, 1, "ok"), req("a", 1, 2, "ok")], stalls=[]) == 1  # back to back
 
 
-def doc(status: str, *items: str) -> dict:
-    return {"bulk_job": {"status": status}, "jobs": [{"status": s} for s in items]}
+def doc(status: str, *items: str, counters: tuple[int, int, int] | None = None) -> dict:
+    bulk = {"status": status}
+    if counters is not None:
+        bulk.update(zip(("completed_items", "failed_items", "cancelled_items"), counters))
+    return {"bulk_job": bulk, "jobs": [{"status": s} for s in items]}
 
 
 def test_a_job_is_stuck_when_its_state_is_not_what_its_items_say():
     docs = {"done": doc("completed", "completed", "failed"), "cut": doc("cancelled", "cancelled", "completed"),
             "running": doc("processing", "completed", "queued"), "paused": doc("paused", "queued"),
-            "no-end": doc("processing", "completed", "completed"), "early": doc("completed", "queued")}
-    assert chaos.stuck_jobs(docs) == ["no-end: processing with 0 items pending", "early: completed with 1 items pending"]
+            "no-end": doc("processing", "completed", "completed"), "early": doc("completed", "queued"),
+            "behind": doc("completed", "completed", "completed", counters=(1, 0, 0))}
+    assert [line.split(":")[0] for line in chaos.stuck_jobs(docs)] == ["no-end", "early", "behind"]
+
+
+def test_the_stuck_check_reads_the_store_itself_not_status(tmp_path):
+    """`status` shows an unrecorded end as its items say; the chaos check must see the stored job."""
+    from bulkgen_cli.model import ItemStatus, Outcome, utcnow
+    from bulkgen_cli.store.sqlite import SqliteStore
+    from tests.conftest import claim, submit
+
+    path = tmp_path / "bulkgen.db"
+    with SqliteStore(path) as store:
+        bulk = submit(store, 2)
+        for _ in range(2):
+            item = claim(store, "p1", 30, utcnow())
+            store.finish_item(item.id, "p1", Outcome(ItemStatus.completed), utcnow())
+        store.db.execute("UPDATE bulk_jobs SET status = 'processing', completed_items = 1 WHERE id = ?", (bulk.id,))
+    (line,) = chaos.stuck_jobs(chaos.stored_jobs(path, [bulk.id]))
+    assert line == f"{bulk.id}: processing with 0 items pending, counters (1, 0, 0)"
 
 
 def post(event_id: str, at: float) -> dict:

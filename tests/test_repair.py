@@ -117,7 +117,7 @@ def test_a_processor_finishes_a_half_recorded_end_at_start_and_reports_it(store)
 
 
 def test_reading_commands_never_show_running_when_nothing_is_pending(store):
-    from bulkgen_cli import jobs, render
+    from bulkgen_cli import jobs, render, watch
 
     bulk, _ = half_recorded_end(store)
     [(shown, _)] = jobs.status(store, bulk.id, None, "alice")
@@ -129,6 +129,9 @@ def test_reading_commands_never_show_running_when_nothing_is_pending(store):
     assert rows["Status"] == "completed" and "ETA" not in rows
     assert rows["Ended"].startswith("not recorded yet: nothing of it is pending")
     assert render.bulk_dict(shown)["status"] == "completed"
+    # `list --status processing` no longer lists it; `watch` sees it ended and returns.
+    assert jobs.list_jobs(store, "alice", status_filter=BulkStatus.processing) == []
+    assert [b.status for b in watch.follow(store, [bulk.id], lambda event: None, poll=0.01, timeout=5)] == ["completed"]
     assert store.get_bulk(bulk.id).status == "processing"  # a reading command writes nothing
     repair.repair(store, utcnow())
     [(recorded, _)] = jobs.status(store, bulk.id, None, "alice")
