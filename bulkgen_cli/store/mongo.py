@@ -636,10 +636,11 @@ class MongoStore(Store):
         requeued = self.items.count_documents({"bulk_job_id": oid, "status": ItemStatus.queued.value})
         if not requeued:
             return 0
-        # The decision's condition, in the job's own write: still the end that was read (design.md, "Every
-        # MongoDB decision in one conditional write"). A round that started and ended meanwhile has a new
-        # end, maybe with its notification still open: then these items stay queued in a completed job,
-        # never claimed, until the repair queues the job once that end is delivered (design.md, "Repair").
+        # The decision's condition, in the job's own write: still the end that was read
+        # (design.md, "Every MongoDB decision in one conditional write"). A round that started and ended
+        # meanwhile has a new end, maybe with its notification still open: then these items stay queued in
+        # a completed job, never claimed, until the repair queues the job once that end is delivered
+        # (design.md, "Repair").
         event_id = (bulk.get("outbox") or {}).get("event_id")
         moved = self.bulks.update_one({"_id": oid, "status": rules.RETRY_FROM.value, "outbox.event_id": event_id},
                                       self._stamp(_update(rules.RETRIED_JOB)))
@@ -658,8 +659,8 @@ class MongoStore(Store):
             change = rules.expired(None if bulk is None else bulk["status"], doc.get("attempts", 0), max_attempts, now,
                                    sent=sent_at is not None)
             # Conditional on everything the decision read from the item: its lease still expired (a late
-            # heartbeat wins), the same claim, try and send (design.md, "Every MongoDB decision in one
-            # conditional write").
+            # heartbeat wins), the same claim, try and send
+            # (design.md, "Every MongoDB decision in one conditional write").
             as_read = {"_id": doc["_id"], **expired, "fence": doc.get("fence"), "attempts": doc.get("attempts", 0),
                        "sent_at": sent_at}
             if self.items.update_one(as_read, self._stamp(_update(change))).matched_count:
