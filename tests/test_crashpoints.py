@@ -3,7 +3,9 @@
 SQLite: `bulkgen run` in a subprocess kills itself with SIGKILL after the k-th
 store call once it has claimed the job's last item (tests/crashpoint_run.py,
 a test harness; the product has no hook), for every k up to the end's
-notification being recorded. A new `bulkgen run` then finishes the job. After
+notification being recorded, with offline drafts and with the content service
+(where the check before the send, which marks the try sent, is a point too).
+A new `bulkgen run` then finishes the job. After
 each: every item completed once, the counters equal the items, exactly one
 end recorded (the store's change log has one `completed` for the job), and
 the receiver on 127.0.0.1 got the end's notification once.
@@ -37,8 +39,10 @@ from tests.conftest import submit
 from tests.receivers import WebhookReceiver
 
 ITEMS = 2
-#: The store calls of the last item's path (measured first, and checked): each one is a kill point.
-POINTS = 12
+#: The store calls of the last item's path (measured first, and checked), by generator: each one is a kill
+#: point. Offline drafts (the claim is the send) and the content service (a check before the send that marks
+#: it sent, renewals while it is in flight).
+POINTS = {"offline": 12, "service": 13}
 #: Where the path is cut: the end's notification recorded; nothing after it can leave the job stuck.
 PATH_END = "finish_step"
 
@@ -50,14 +54,27 @@ def receiver():
     hook.stop()
 
 
-def harness(tmp_path, hook: str, kill_after: int) -> tuple[dict[str, str], str, subprocess.CompletedProcess, list[str]]:
-    """Submit a job of ITEMS items notifying `hook`, run the harness; its calls on the last item's path."""
+@pytest.fixture(scope="module")
+def service():
+    from bulkgen_cli.content.reference import ReferenceService
+
+    svc = ReferenceService().start()
+    yield svc
+    svc.stop()
+
+
+def harness(tmp_path, hook: str, kill_after: int, api_url: str | None = None
+            ) -> tuple[dict[str, str], str, subprocess.CompletedProcess, list[str]]:
+    """Submit a job of ITEMS items notifying `hook`, run the harness (against `api_url`, else offline); its
+    calls on the last item's path."""
     from bulkgen_cli.store.sqlite import SqliteStore
 
     path = tmp_path / "store.db"
     with SqliteStore(path) as db:
         bulk = submit(db, ITEMS, user="tester", notify=[f"webhook:{hook}"])
     env = env_for(tmp_path, BULKGEN_STORE=f"sqlite:///{path}", BULKGEN_LEASE_SECONDS="1")
+    if api_url is not None:
+        env["BULKGEN_API_URL"] = api_url
     calls = tmp_path / "calls"
     proc = subprocess.run([sys.executable, "-m", "tests.crashpoint_run", "--last", str(ITEMS), "--kill-after",
                            str(kill_after), "--calls", str(calls), "--", "run", "-q"],
@@ -66,35 +83,42 @@ def harness(tmp_path, hook: str, kill_after: int) -> tuple[dict[str, str], str, 
 
 
 @pytest.fixture(scope="module")
-def last_path(tmp_path_factory) -> list[str]:
-    """The store calls of the last item's path, from its claim to its end's notification recorded."""
+def last_paths(tmp_path_factory, service) -> dict[str, list[str]]:
+    """The store calls of the last item's path, from its claim to its end's notification recorded, by generator."""
     hook = WebhookReceiver()
+    paths = {}
     try:
-        _, _, proc, calls = harness(tmp_path_factory.mktemp("count"), hook.url, 0)
+        for kind, url in (("offline", None), ("service", service.url)):
+            _, _, proc, calls = harness(tmp_path_factory.mktemp("count"), hook.url, 0, url)
+            assert proc.returncode == 0, proc.stderr
+            paths[kind] = calls[:calls.index(PATH_END) + 1]
     finally:
         hook.stop()
-    assert proc.returncode == 0, proc.stderr
-    return calls[:calls.index(PATH_END) + 1]
+    return paths
 
 
-def test_the_last_items_path_holds_its_end_and_notification(last_path):
+@pytest.mark.parametrize("kind", POINTS)
+def test_the_last_items_path_holds_its_end_and_notification(kind, last_paths):
     # In this order: the claim, the item's end with its job's counters and end (one step), the notification.
     order = ["claim_next", "finish_item", "set_event", "claim_step", "finish_step"]
-    assert [c for c in last_path if c in order] == order, last_path
+    assert [c for c in last_paths[kind] if c in order] == order, last_paths[kind]
+    if kind == "service":  # the check before the send, which marks the try sent, is a kill point too
+        assert last_paths[kind].index("heartbeat") < last_paths[kind].index("finish_item"), last_paths[kind]
     # Every call of the path is a kill point below: a path that grew or shrank must be looked at again.
-    assert len(last_path) == POINTS, f"the path has {len(last_path)} store calls now: set POINTS to that"
+    assert len(last_paths[kind]) == POINTS[kind], f"the path has {len(last_paths[kind])} store calls now"
 
 
-@pytest.mark.parametrize("k", range(1, POINTS + 1))
+@pytest.mark.parametrize(("kind", "k"), [(kind, k) for kind, n in POINTS.items() for k in range(1, n + 1)])
 def test_a_kill_after_each_store_call_of_the_last_item_leaves_a_job_that_a_new_run_finishes(
-        k, tmp_path, receiver, last_path):
-    env, bulk_id, killed, calls = harness(tmp_path, receiver.url, k)
+        kind, k, tmp_path, receiver, service, last_paths):
+    api_url = service.url if kind == "service" else None
+    env, bulk_id, killed, calls = harness(tmp_path, receiver.url, k, api_url)
     assert killed.returncode == -signal.SIGKILL, (k, killed.stderr)
-    assert calls == last_path[:k]  # killed right after `calls[-1]`
+    assert calls == last_paths[kind][:k]  # killed right after `calls[-1]`
     again = subprocess.run([sys.executable, "-m", "bulkgen_cli", "run", "-q"], env=env, cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 0, again.stderr
-    where = f"killed after {calls[-1]} (#{k})"
+    where = f"{kind}: killed after {calls[-1]} (#{k})"
     check_finished(env["BULKGEN_STORE"].removeprefix("sqlite:///"), bulk_id, where)
     keys = [p["headers"]["Idempotency-Key"] for p in receiver.posts]
     assert len(set(keys)) == 1, f"{where}: {len(set(keys))} ends notified"
