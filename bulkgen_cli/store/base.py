@@ -84,6 +84,15 @@ class Store(ABC):
         """Bulk jobs, newest first; of one user unless `user` is None; of one --split group."""
 
     @abstractmethod
+    def put_setting(self, name: str, value: dict[str, Any]) -> None:
+        """Keep a settings record (plain JSON) under `name`, replacing any: what one process tells every other
+        (`bulkgen serve`'s allow-lists, read by every processor's schedule runs; design.md, "Quotas")."""
+
+    @abstractmethod
+    def get_setting(self, name: str) -> dict[str, Any] | None:
+        """The settings record kept under `name`, or None."""
+
+    @abstractmethod
     def usage(self, user: str) -> Usage:
         """What `user`'s jobs hold: how many are active (queued, processing, paused), and their stored bytes
         summed (`BulkJob.stored_bytes`); read from an index, for the quotas (design.md, "Quotas")."""

@@ -1131,6 +1131,15 @@ class MongoStore(Store):
         doc = self.meta.find_one({"_id": CHANGES})
         return 0 if doc is None else int(doc["value"])
 
+    @_unavailable
+    def put_setting(self, name: str, value: dict[str, Any]) -> None:
+        self.meta.update_one({"_id": f"setting:{name}"}, {"$set": {"value": value}}, upsert=True)
+
+    @_unavailable
+    def get_setting(self, name: str) -> dict[str, Any] | None:
+        doc = self.meta.find_one({"_id": f"setting:{name}"})
+        return None if doc is None else dict(doc["value"])
+
 
 def _token(doc: dict[str, Any]) -> ApiToken:
     return record(ApiToken, TOKEN_FIELDS, {**doc, "id": doc["_id"]}, _aware, _same)  # type: ignore[no-any-return]

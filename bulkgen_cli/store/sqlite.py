@@ -275,6 +275,10 @@ ALTER TABLE schedule_occurrences ADD COLUMN claim TEXT;
 MIGRATE_8_TO_9 = """
 ALTER TABLE bulk_jobs ADD COLUMN stored_bytes INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS bulk_jobs_usage ON bulk_jobs (userId, status, stored_bytes);
+CREATE TABLE IF NOT EXISTS settings (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 #: The migrations in order: (the schema version a step makes, its statements). A new step goes at the end.
@@ -1350,6 +1354,17 @@ class SqliteStore(Store):
     def last_change(self) -> int:
         row = self.db.execute("SELECT max(seq) FROM changes").fetchone()
         return int(row[0] or 0)
+
+    @_unavailable
+    def put_setting(self, name: str, value: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET "
+                       "value = excluded.value", (name, json.dumps(value)))
+
+    @_unavailable
+    def get_setting(self, name: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+        return None if row is None else json.loads(row[0])  # type: ignore[no-any-return]
 
 
 def _token(row: sqlite3.Row) -> ApiToken:
