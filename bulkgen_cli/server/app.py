@@ -110,6 +110,7 @@ def _document_bodies(app: FastAPI, *models: type[BaseModel]) -> None:
                 schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 schemas.update(schema.pop("$defs", {}))
                 schemas[model.__name__] = schema
+            quotas.document_rate_limit(app.openapi_schema)
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]

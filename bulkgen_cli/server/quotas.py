@@ -14,7 +14,7 @@ import hashlib
 import math
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from fastapi import Request
 
@@ -74,6 +74,17 @@ async def write_rate(request: Request) -> None:
                           f"{buckets.burst} at once; try again in {retry} s. The operator sets the rate with "
                           "`bulkgen serve --write-rate N --write-burst N` (BULKGEN_WRITE_RATE, BULKGEN_WRITE_BURST).",
                           headers={"Retry-After": str(retry)})
+
+
+def document_rate_limit(document: dict[str, Any]) -> None:
+    """Every write route of the OpenAPI document may answer 429 (the write rate): say so."""
+    from bulkgen_cli.server.problems import responses
+
+    answer = {k: v for k, v in responses(429)[429].items() if k != "model"}  # the document holds no classes
+    for operations in document.get("paths", {}).values():
+        for method, operation in operations.items():
+            if method.upper() in WRITES:
+                operation.setdefault("responses", {}).setdefault("429", answer)
 
 
 def check_submit(store: Store, user: str, limits: ServeLimits, new_bytes: int) -> None:
