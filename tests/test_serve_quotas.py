@@ -220,3 +220,10 @@ def test_usage_counts_active_jobs_and_stored_bytes(store):
     store.cancel_bulk(made[0], utcnow())
     usage = store.usage("alice")
     assert usage.active_jobs == 1 and usage.stored_bytes == 2 * stored_size(plain(10)) > 0
+
+
+def test_a_settings_record_is_kept_and_replaced(store):
+    assert store.get_setting("serve_policy") is None
+    store.put_setting("serve_policy", {"webhook_allow": ["10.0.0.0/8"], "email_allow": []})
+    store.put_setting("serve_policy", {"webhook_allow": [], "email_allow": ["example.com"]})
+    assert store.get_setting("serve_policy") == {"webhook_allow": [], "email_allow": ["example.com"]}
