@@ -146,11 +146,18 @@ def list_(store: StoreOpt = None, user: UserOpt = None, all_users: AllUsersOpt =
     Console(highlight=False).print(render.rich_table(columns, rows, styled=3))
 
 
+def _last_error(schedule: Schedule) -> str:
+    """The last run's error; a run that paused the schedule says why (design.md, "Quotas")."""
+    if not schedule.last_error:
+        return "-"
+    return schedule.last_error if schedule.last_error.startswith("paused: ") else f"failed: {schedule.last_error}"
+
+
 def _table(found: list[Schedule], all_users: bool) -> tuple[list[tuple[str, int | None]], list[list[str]]]:
     columns: list[tuple[str, int | None]] = [("Name", 30), ("Cron", None), ("Zone", None), ("Status", None),
                                              ("Next run", None), ("Last job", 60), ("Skipped", None)]
     rows = [[s.name, s.cron, s.zone, s.status, _next_run(s),
-             s.last_bulk_job_id or (f"failed: {s.last_error}" if s.last_error else "-"), str(s.skipped_count)]
+             s.last_bulk_job_id or _last_error(s), str(s.skipped_count)]
             for s in found]
     if all_users:
         columns.insert(1, ("User", None))

@@ -64,6 +64,17 @@ def serve(
     store: StoreOpt = None,
     heartbeat: Annotated[float, typer.Option("--heartbeat", min=0.05, hidden=True, help="Seconds between "
                          "heartbeat comments on idle event streams.")] = 15.0,
+    # -- limits (README, "Limits"): each flag, else its BULKGEN_ variable, else settings.ServeLimits; 0: off --
+    max_active_jobs: Annotated[Optional[int], typer.Option("--max-active-jobs", min=0, metavar="N", help="Jobs a "
+                               "user may have queued, processing or paused at once. [default: 20]")] = None,
+    max_schedules: Annotated[Optional[int], typer.Option("--max-schedules", min=0, metavar="N",
+                             help="Schedules per user. [default: 10]")] = None,
+    max_stored_mb: Annotated[Optional[int], typer.Option("--max-stored-mb", min=0, metavar="MIB", help="The "
+                             "articles a user's jobs may store, in MiB. [default: 1024]")] = None,
+    write_rate: Annotated[Optional[float], typer.Option("--write-rate", min=0, metavar="N", help="Writes (POST, "
+                          "PUT, DELETE) a second per token, sustained. [default: 5]")] = None,
+    write_burst: Annotated[Optional[int], typer.Option("--write-burst", min=0, metavar="N", help="Writes per "
+                           "token at once, before --write-rate applies. [default: 60]")] = None,
     run_flags: Optional[dict[str, Optional[object]]] = None,
 ) -> None:
     """Serve the bulk-job API over HTTP (and, with --processor, process the queue too).
@@ -78,14 +89,19 @@ def serve(
         note(INSTALL_HINT, "red")
         raise typer.Exit(2) from None
     from bulkgen_cli import netpolicy, settings
+    from bulkgen_cli.schedules import SERVE_POLICY
     from bulkgen_cli.server.config import ServerConfig
     from bulkgen_cli.server.run import serve as run_server, start_processor
 
     url = settings.store_url(store)
+    limits = settings.ServeLimits.resolve(max_active_jobs, max_schedules, max_stored_mb, write_rate, write_burst)
     run_settings = settings.RunSettings.resolve(**(run_flags or {})) if processor else None  # type: ignore[arg-type]
     allow = netpolicy.parse_allow(webhook_allow or [])
     with open_db(store, "create") as db:
         live_tokens = [t for t in db.list_tokens() if t.revoked_at is None]
+        # every processor's schedule runs check against the allow-lists of now (design.md, "Quotas")
+        db.put_setting(SERVE_POLICY, {"webhook_allow": list(allow),
+                                      "email_allow": [d.strip().lower() for d in email_allow or ()]})
         display = db.display_url
     if not is_loopback(host) and not live_tokens:
         note(f"Error: refusing to listen on {host} while no API token exists: create one first with "
@@ -94,7 +110,8 @@ def serve(
     from bulkgen_cli.store import open_store
 
     config = ServerConfig(lambda: open_store(url, "create"), display, tuple(cors or ()), allow,
-                          tuple(d.strip().lower() for d in email_allow or ()), heartbeat=heartbeat)
+                          tuple(d.strip().lower() for d in email_allow or ()), heartbeat=heartbeat,
+                          limits=limits)
     _announce(host, port, display, len(live_tokens), config.cors, processor)
     background = None
     if run_settings is not None:

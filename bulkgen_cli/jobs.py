@@ -60,9 +60,12 @@ def submit(store: Store, parsed: Manifest, user: str, *, name: str | None = None
     base_name = (name or parsed.name).strip()[:NAME_LIMIT] or parsed.name
     jobs: list[tuple[BulkJob, bool]] = []
     offset = 0
+    from bulkgen_cli.manifest import stored_size
+
     try:
         for number, size in enumerate(sizes, start=1):
             part = group is not None
+            articles = parsed.articles[offset:offset + size]
             bulk = BulkJob(
                 id=new_id(), userId=user, mode=parsed.mode.value,
                 name=f"{base_name} ({number}/{len(sizes)})" if part else base_name,
@@ -70,9 +73,9 @@ def submit(store: Store, parsed: Manifest, user: str, *, name: str | None = None
                 idempotency_key=f"{idempotency_key}#{number}" if part and idempotency_key else idempotency_key,
                 notify=list(notify or []), priority=priority.value, not_before=not_before, group_id=group,
                 quality=QualityPolicy(quality).value, quality_ratio=float(quality_ratio),
-                notify_policy=notify_policy,
+                notify_policy=notify_policy, stored_bytes=stored_size(articles),
             )
-            jobs.append(store.create_bulk(bulk, parsed.articles[offset:offset + size]))
+            jobs.append(store.create_bulk(bulk, articles))
             offset += size
     except BulkgenError as exc:
         _undo(store, [bulk for bulk, created in jobs if created], exc)

@@ -36,6 +36,13 @@ from bulkgen_cli.model import (
 from bulkgen_cli.text import quoted
 
 MAX_FILE_BYTES = 1024 * 1024
+#: An item's `extra`, as JSON (UTF-8), may be at most this many bytes: it is copied into every item it is a
+#: default of (design.md, "Size caps").
+MAX_EXTRA_BYTES = 16 * 1024
+#: A job's articles as stored (JSON) may be at most STORED_FACTOR times its request (the file, or a template
+#: and its rows), or STORED_FLOOR bytes when that is more (design.md, "Size caps").
+STORED_FACTOR = 4
+STORED_FLOOR = 1024 * 1024
 #: The file name that means standard input.
 STDIN = "-"
 #: Bounds on the YAML node tree: an alias "bomb" or a deep nest stops here.
@@ -232,7 +239,12 @@ def _parse(text: str, suffix: str, flag_mode: Mode | None, split: bool, problems
     if not low <= len(rows) <= high:
         hint = " Use --split to make several bulk jobs of it." if len(rows) > ITEMS_RANGE[1] and not split else ""
         problems.add(f"has {len(rows)} item{'' if len(rows) == 1 else 's'}; a bulk job takes {low} to {high}.{hint}")
-    articles = _articles(rows, _validate_defaults(defaults, chosen, problems), chosen, problems)
+    valid = _validate_defaults(defaults, chosen, problems)
+    refused = {key: fld for key, fld in defaults.items() if key not in valid}  # said once, in 'defaults'
+    rows = [(line, {k: f for k, f in fields.items() if refused.get(k) is not f}) for line, fields in rows]
+    articles = _articles(rows, valid, chosen, problems)
+    problems.raise_if_any()
+    check_stored(articles, len(text.encode("utf-8", "surrogatepass")), problems)
     problems.raise_if_any()
     return Manifest(problems.file, chosen, name or stem, articles)
 
@@ -667,11 +679,37 @@ def _extra(key: str, value: Any, problems: _Problems, where: Where) -> Any:
         return None
     _check_keys(value, problems, where[0], where[1])
     try:
-        json.dumps(value)
+        size = len(json.dumps(value, ensure_ascii=False).encode())
     except (TypeError, ValueError):
         problems.add("must hold only text, numbers, booleans, lists and mappings.", *where)
         return None
+    except UnicodeEncodeError:
+        problems.add("holds text that is not Unicode (a lone surrogate).", *where)
+        return None
+    if size > MAX_EXTRA_BYTES:
+        problems.add(f"is {size:,} bytes as JSON; an item's extra may hold at most {MAX_EXTRA_BYTES:,} "
+                     "(16 KiB).", *where)
+        return None
     return value
+
+
+def stored_size(articles: list[dict[str, Any]]) -> int:
+    """The bytes the articles take as stored (their JSON, UTF-8): what a job's size caps and quotas count."""
+    return sum(len(json.dumps(article, ensure_ascii=False).encode()) for article in articles)
+
+
+def stored_bound(request_bytes: int) -> int:
+    return max(STORED_FLOOR, STORED_FACTOR * request_bytes)
+
+
+def check_stored(articles: list[dict[str, Any]], request_bytes: int, problems: _Problems) -> None:
+    """A job never stores more than a few times its request (design.md, "Size caps"): one problem if it would."""
+    size, bound = stored_size(articles), stored_bound(request_bytes)
+    if size > bound:
+        problems.add(f"its {len(articles)} items come to {size:,} bytes as stored (each item holds its own copy "
+                     f"of the defaults, aliases and placeholders it uses); a job may store at most {bound:,}: "
+                     f"{STORED_FACTOR} times the request's {request_bytes:,} bytes, or {STORED_FLOOR:,} (1 MiB) "
+                     "if that is more. Put long shared text in fewer items.")
 
 
 def _item_id(key: str, value: Any, problems: _Problems, where: Where) -> Any:

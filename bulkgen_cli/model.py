@@ -267,6 +267,9 @@ class BulkJob:
     turned_down_items: int = 0
     #: a job submitted over HTTP: where its notifications may go (netpolicy.Policy.to_record); None: anywhere
     notify_policy: dict[str, Any] | None = None
+    #: the bytes its articles take as stored (manifest.stored_size), recorded at submit: what the stored-bytes
+    #: quota sums (design.md, "Quotas")
+    stored_bytes: int = 0
 
     @property
     def pending(self) -> int:

@@ -58,6 +58,13 @@ MAX_COUNTED = 100_000
 LOOK_SECONDS = 1.0
 LOOK_AFTER_ERROR = 5.0
 UTC = dt.timezone.utc
+#: A schedule added by anyone but an admin (or the operator, on the CLI) runs at most this often (README, "Limits").
+MIN_INTERVAL = dt.timedelta(minutes=5)
+#: How many of a cron's next times are looked at for its shortest gap.
+GAP_LOOKAHEAD = 1000
+#: The settings record `bulkgen serve` writes at start: its allow-lists, read at every run of a schedule made
+#: over HTTP (design.md, "Quotas").
+SERVE_POLICY = "serve_policy"
 
 
 # -- names, cron expressions and zones -------------------------------------------------------------------
@@ -110,6 +117,31 @@ def _cron_problem(expr: str, fields: list[str], message: str) -> str:
             return (f"--cron {quoted(expr)}: field {number + 1} ({name}) {quoted(fields[number])} is not valid; "
                     f"it takes {allowed}, with * , - and / (e.g. \"0 6 * * MON\" is 06:00 every Monday).")
     return f"--cron {quoted(expr)} is not a valid cron expression ({message})."
+
+
+def shortest_gap(cron: str, zone: str, after: dt.datetime) -> tuple[dt.timedelta, dt.datetime] | None:
+    """The shortest time between two of the cron's next GAP_LOOKAHEAD times, and the first time of that pair."""
+    best: tuple[dt.timedelta, dt.datetime] | None = None
+    previous = None
+    for number, at in enumerate(occurrences(cron, zone, after)):
+        if number >= GAP_LOOKAHEAD:
+            break
+        if previous is not None and (best is None or at - previous < best[0]):
+            best = (at - previous, previous)
+        previous = at
+    return best
+
+
+def check_interval(expr: str, cron: str, zone: str, now: dt.datetime) -> None:
+    """UsageError when the cron runs more often than MIN_INTERVAL anywhere in its next times."""
+    from bulkgen_cli.text import duration
+
+    gap = shortest_gap(cron, zone, now)
+    if gap is not None and gap[0] < MIN_INTERVAL:
+        raise UsageError(f"--cron {quoted(expr)} runs {duration(gap[0].total_seconds())} apart (at "
+                         f"{local_time(gap[1], zone)} and {local_time(gap[1] + gap[0], zone)}); a schedule may run at "
+                         f"most every {duration(MIN_INTERVAL.total_seconds())} unless an admin adds it: use "
+                         "\"*/5 * * * *\" or slower.")
 
 
 def zone_of(name: str) -> ZoneInfo:
@@ -269,8 +301,33 @@ def job_name(schedule: Schedule, parsed: Manifest, at: dt.datetime) -> str:
     return f"{base} ({schedule.name} {local_time(at, schedule.zone)})"
 
 
-def submit_for(store: Store, schedule: Schedule, at: dt.datetime, key: str | None) -> jobs.Submitted:
-    """Store the schedule's articles as one bulk job for its user (idempotent on `key`)."""
+def permission(store: Store, schedule: Schedule) -> tuple[dict[str, Any] | None, str | None]:
+    """A run's check of a schedule made over HTTP (design.md, "Quotas"): (the notification policy its job
+    follows, made from `bulkgen serve`'s current allow-lists and the owner's current address; None: why it may
+    not run). A schedule made on the CLI is the operator's own: its stored policy (none), no check."""
+    from bulkgen_cli.netpolicy import Policy, Refused, check_channels
+
+    stored = schedule.options.get("notify_policy")
+    if not stored:
+        return stored, None
+    live = [t for t in store.list_tokens(schedule.userId) if t.revoked_at is None]
+    if not live:
+        return None, (f"its owner {quoted(schedule.userId)} has no live API token (revoked?); it runs again once "
+                      "resumed with a live token")
+    allow = store.get_setting(SERVE_POLICY) or stored
+    policy = Policy(tuple(allow.get("webhook_allow") or ()), tuple(allow.get("email_allow") or ()),
+                    next((t.email for t in live if t.email), None))
+    try:
+        check_channels(list(schedule.options.get("notify") or []), policy)
+    except Refused as exc:
+        return None, f"its notifications are no longer allowed: {exc}"
+    return policy.to_record(), None
+
+
+def submit_for(store: Store, schedule: Schedule, at: dt.datetime, key: str | None,
+               notify_policy: dict[str, Any] | None = None) -> jobs.Submitted:
+    """Store the schedule's articles as one bulk job for its user (idempotent on `key`), its notifications
+    following `notify_policy` (from `permission`)."""
     parsed = manifest_of(store, schedule)
     options = schedule.options
     return jobs.submit(store, parsed, schedule.userId, name=job_name(schedule, parsed, at), idempotency_key=key,
@@ -278,19 +335,22 @@ def submit_for(store: Store, schedule: Schedule, at: dt.datetime, key: str | Non
                        priority=Priority(options.get("priority") or Priority.normal.value),
                        quality=QualityPolicy(options.get("quality") or QualityPolicy.warn.value),
                        quality_ratio=float(options.get("quality_ratio", DEFAULT_QUALITY_RATIO)),
-                       notify_policy=options.get("notify_policy"))  # a schedule made over HTTP (netpolicy)
+                       notify_policy=notify_policy)  # a schedule made over HTTP (netpolicy)
 
 
 # -- the verbs -----------------------------------------------------------------------------------------------
 
 
 def add(store: Store, user: str, name: str, cron: str, zone: str, source: dict[str, Any],
-        options: dict[str, Any], now: dt.datetime | None = None) -> Schedule:
-    """Store a schedule after checking everything (name, cron, zone); its first run is the next after `now`."""
+        options: dict[str, Any], now: dt.datetime | None = None, limited: bool = False) -> Schedule:
+    """Store a schedule after checking everything (name, cron, zone); its first run is the next after `now`.
+    `limited` (a user's, not an admin's): the cron may run at most every MIN_INTERVAL."""
     now = now or utcnow()
     schedule = Schedule(id=new_id(), userId=user, name=check_name(name), cron=parse_cron(cron),
                         zone=zone_of(zone).key, status=ScheduleStatus.active.value, source=source,
                         options=options, created_at=now)
+    if limited:
+        check_interval(cron, schedule.cron, schedule.zone, now)
     schedule.next_at = next_after(schedule.cron, schedule.zone, now)
     if not store.add_schedule(schedule):
         raise NameTaken(f"you have a schedule named {quoted(name)} already; nothing was stored",
@@ -345,7 +405,11 @@ def remove(store: Store, user: str, name: str) -> Schedule:
 
 def run_now(store: Store, user: str, name: str, now: dt.datetime | None = None) -> jobs.Submitted:
     """Submit the schedule's articles now, once, outside its times (paused or not); its times are unchanged."""
-    return submit_for(store, get(store, user, name), now or utcnow(), None)
+    schedule = get(store, user, name)
+    policy, refused = permission(store, schedule)
+    if refused is not None:
+        raise UsageError(f"schedule {quoted(name)} cannot run: {refused}.")
+    return submit_for(store, schedule, now or utcnow(), None, policy)
 
 
 # -- occurrences: exactly once (design.md, "Exactly once per occurrence") -------------------------------------
@@ -478,7 +542,12 @@ def _queue(store: Store, schedule: Schedule, held: Occurrence, now: dt.datetime)
     on the occurrence (conditional on this claim) and on the schedule. None when another claim finished it."""
     bulk_id, error = None, None
     try:
-        bulk_id = submit_for(store, schedule, held.at, rules.occurrence_key(schedule.id, held.at)).ids[0]
+        policy, refused = permission(store, schedule)
+        if refused is not None:  # paused, and says why (`schedule list` shows the last run's error)
+            store.set_schedule_state(schedule.id, *rules.SCHEDULE_MOVES["pause"], {})
+            error = f"paused: {refused}."
+        else:
+            bulk_id = submit_for(store, schedule, held.at, rules.occurrence_key(schedule.id, held.at), policy).ids[0]
     except StoreUnavailable:
         raise
     except BulkgenError as exc:  # the saved template is gone, or its values no longer make a valid file

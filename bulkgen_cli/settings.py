@@ -218,3 +218,39 @@ def parse_when(text: str, now: dt.datetime) -> dt.datetime:
             "(check its zone; a time without one is local), or leave --not-before out to start at once."
         )
     return when.replace(microsecond=when.microsecond // 1000 * 1000)
+
+
+ENV_MAX_ACTIVE_JOBS = "BULKGEN_MAX_ACTIVE_JOBS"
+ENV_MAX_SCHEDULES = "BULKGEN_MAX_SCHEDULES"
+ENV_MAX_STORED_MB = "BULKGEN_MAX_STORED_MB"
+ENV_WRITE_RATE = "BULKGEN_WRITE_RATE"
+ENV_WRITE_BURST = "BULKGEN_WRITE_BURST"
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one user (one token, for the write rate) may do over HTTP; 0 turns a limit off (README, "Limits")."""
+
+    #: jobs queued, processing or paused at once, per user
+    max_active_jobs: int = 20
+    #: schedules per user
+    max_schedules: int = 10
+    #: the user's jobs' stored articles, summed (BulkJob.stored_bytes), in MiB
+    max_stored_mb: int = 1024
+    #: writes (POST, PUT, DELETE) a second per token, sustained, and in one burst
+    write_rate: float = 5.0
+    write_burst: int = 60
+
+    @classmethod
+    def resolve(cls, max_active_jobs: int | None = None, max_schedules: int | None = None,
+                max_stored_mb: int | None = None, write_rate: float | None = None,
+                write_burst: int | None = None) -> ServeLimits:
+        """Flags, else the environment, else the defaults of this class."""
+        plain = cls()
+        return cls(
+            max_active_jobs=pick(max_active_jobs, ENV_MAX_ACTIVE_JOBS, count, plain.max_active_jobs),
+            max_schedules=pick(max_schedules, ENV_MAX_SCHEDULES, count, plain.max_schedules),
+            max_stored_mb=pick(max_stored_mb, ENV_MAX_STORED_MB, count, plain.max_stored_mb),
+            write_rate=pick(write_rate, ENV_WRITE_RATE, seconds(), plain.write_rate),
+            write_burst=pick(write_burst, ENV_WRITE_BURST, count, plain.write_burst),
+        )

@@ -631,6 +631,9 @@ def expand(template_text: str, values_text: str, values_format: str, *, template
         tp.raise_if_any(vp)
     articles = manifest.validate_articles(_Expander(template, rows, vp).items(), template.defaults, template.mode, vp)
     vp.raise_if_any()
+    request = len(template_text.encode("utf-8", "surrogatepass")) + len(values_text.encode("utf-8", "surrogatepass"))
+    manifest.check_stored(articles, request, vp)
+    vp.raise_if_any()
     return Manifest(template_source, template.mode, template.name or default_name or template_source, articles)
 
 

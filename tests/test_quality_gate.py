@@ -265,12 +265,14 @@ def test_sqlite_store_of_schema_5_gets_the_quality_fields(tmp_path):
     db.execute("ALTER TABLE generation_jobs DROP COLUMN verdict")
     db.execute("ALTER TABLE bulk_jobs DROP COLUMN notify_policy")  # schema 7's (bulkgen serve)
     db.execute("ALTER TABLE generation_jobs DROP COLUMN sent_at")  # schema 8's
+    db.execute("DROP INDEX bulk_jobs_usage")  # schema 9's
+    db.execute("ALTER TABLE bulk_jobs DROP COLUMN stored_bytes")
     db.execute("ALTER TABLE schedule_occurrences DROP COLUMN claim")
     db.execute("PRAGMA user_version = 5")
     db.close()
     store = SqliteStore(path)
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
         job = store.get_bulk(bulk.id)
         assert (job.quality, job.quality_ratio, job.flagged_items) == ("warn", 0.7, 0)
         assert all(i.verdict is None for i in store.list_items(bulk.id))

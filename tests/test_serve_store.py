@@ -154,11 +154,12 @@ def test_sqlite_store_of_schema_6_gets_the_serve_tables_and_triggers(tmp_path):
     for statement in ("DROP TRIGGER changes_bulk_new", "DROP TRIGGER changes_bulk_status",
                       "DROP TRIGGER changes_item_status", "DROP TABLE changes", "DROP TABLE api_tokens",
                       "ALTER TABLE bulk_jobs DROP COLUMN notify_policy", "ALTER TABLE generation_jobs DROP COLUMN sent_at",
+                      "DROP INDEX bulk_jobs_usage", "ALTER TABLE bulk_jobs DROP COLUMN stored_bytes",
                       "ALTER TABLE schedule_occurrences DROP COLUMN claim", "PRAGMA user_version = 6"):
         db.execute(statement)
     db.close()
     with SqliteStore(path) as store:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
         assert store.get_bulk(bulk.id).notify_policy is None and store.changes_since(0) == []
         store.cancel_bulk(bulk.id, utcnow())
         assert [c.status for c in store.changes_since(0)][:2] == ["cancelled", "cancelled"]

@@ -577,12 +577,13 @@ def test_sqlite_store_of_schema_1_is_migrated_to_the_current_one(tmp_path):
                       "DROP TABLE schedule_occurrences", "DROP TABLE schedules",
                       "ALTER TABLE bulk_jobs DROP COLUMN notify_policy",
                       "ALTER TABLE generation_jobs DROP COLUMN sent_at",
+                      "DROP INDEX bulk_jobs_usage", "ALTER TABLE bulk_jobs DROP COLUMN stored_bytes",
                       "PRAGMA user_version = 1"):
         db.execute(statement)
     db.close()
     store = SqliteStore(path)
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
         assert store.get_bulk(bulk.id).total_items == 10
         assert run_to_end(store, store.get_bulk(bulk.id), utcnow()).ended_now
         assert store.get_bulk(bulk.id).outbox is not None

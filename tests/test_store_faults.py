@@ -386,6 +386,8 @@ def test_an_old_schema_is_not_upgraded_by_a_reading_command(cli, tmp_path):
     db.execute("ALTER TABLE generation_jobs DROP COLUMN verdict")
     db.execute("ALTER TABLE bulk_jobs DROP COLUMN notify_policy")
     db.execute("ALTER TABLE generation_jobs DROP COLUMN sent_at")
+    db.execute("DROP INDEX bulk_jobs_usage")
+    db.execute("ALTER TABLE bulk_jobs DROP COLUMN stored_bytes")
     db.execute("ALTER TABLE schedule_occurrences DROP COLUMN claim")
     db.execute("PRAGMA user_version = 3")
     db.close()

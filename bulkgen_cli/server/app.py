@@ -24,7 +24,7 @@ from bulkgen_cli import __version__, control, jobs
 from bulkgen_cli.errors import BulkgenError
 from bulkgen_cli.manifest import MAX_FILE_BYTES
 from bulkgen_cli.model import BulkStatus
-from bulkgen_cli.server import live, submission
+from bulkgen_cli.server import live, quotas, submission
 from bulkgen_cli.server.access import StoreAccess
 from bulkgen_cli.server.auth import Caller, caller
 from bulkgen_cli.server.config import ENVELOPE_BYTES, ServerConfig
@@ -75,9 +75,11 @@ def create_app(config: ServerConfig) -> FastAPI:
     # No /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a CDN, and nothing here is fetched
     # from elsewhere (the dashboard neither); /openapi.json goes into any viewer the reader has.
     app = FastAPI(title="bulkgen", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  dependencies=[Depends(quotas.write_rate)],
                   description="Queue 10-50 articles as one bulk job; follow it live. Every route but this "
                               "document needs `Authorization: Bearer TOKEN` (`bulkgen token create`).")
     app.state.access, app.state.poller, app.state.config = access, poller, config
+    app.state.write_buckets = quotas.TokenBuckets(config.limits.write_rate, config.limits.write_burst)
     _errors(app)
     app.add_middleware(BodyLimit, limit=BODY_LIMIT)
     if config.cors:
@@ -108,6 +110,7 @@ def _document_bodies(app: FastAPI, *models: type[BaseModel]) -> None:
                 schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 schemas.update(schema.pop("$defs", {}))
                 schemas[model.__name__] = schema
+            quotas.document_rate_limit(app.openapi_schema)
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -153,7 +156,7 @@ def _job_routes(app: FastAPI, access: StoreAccess) -> None:
 
     @app.post("/api/bulk-generate", status_code=201, response_model=SubmitOut, tags=["bulk jobs"],
               responses={200: {"model": SubmitOut, "description": "Idempotency-Key used before: the job it made"},
-                         **responses(400, 401, 404, 413, 415, 422, 503)},
+                         **responses(400, 401, 404, 413, 415, 422, 429, 503)},
               openapi_extra=submission.REQUEST_BODY)
     async def submit(request: Request, me: Me,
                      idempotency_key: Annotated[Optional[str], Header(alias="Idempotency-Key", max_length=200)] = None,
@@ -162,8 +165,8 @@ def _job_routes(app: FastAPI, access: StoreAccess) -> None:
         form = await submission.read(request)
         config: ServerConfig = request.app.state.config
         policy = config.policy(me.email)
-        answer = await run_in_threadpool(access.call, lambda s: submission.store(s, form, me.user, idempotency_key,
-                                                                                 policy))
+        answer = await run_in_threadpool(access.call, lambda s: submission.store(
+            s, form, me.user, idempotency_key, policy, None if me.admin else config.limits))
         return JSONResponse(answer.model_dump(), status_code=201 if answer.created else 200)
 
     @app.get("/api/bulk-generate", response_model=list[BulkJobOut], tags=["bulk jobs"],
@@ -300,7 +303,7 @@ def _schedule_routes(app: FastAPI, access: StoreAccess) -> None:
         return schedules.document(access.call(lambda s: schedules.get(s, me.user, name)))
 
     @app.post("/api/schedules", response_model=ScheduleOut, status_code=201, tags=["schedules"],
-              responses=responses(400, 401, 404, 413, 415, 422, 503),
+              responses=responses(400, 401, 404, 413, 415, 422, 429, 503),
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                   "schema": {"$ref": "#/components/schemas/ScheduleIn"}}}}})
     async def add_schedule(request: Request, me: Me) -> Any:
@@ -310,8 +313,8 @@ def _schedule_routes(app: FastAPI, access: StoreAccess) -> None:
             raise HttpProblem(415, "unsupported-media-type", "Send JSON", "a schedule is sent as application/json.")
         body = await request.body()
         config: ServerConfig = request.app.state.config
-        return await run_in_threadpool(access.call, lambda s: submission.add_schedule(s, body, me.user,
-                                                                                      config.policy(me.email)))
+        return await run_in_threadpool(access.call, lambda s: submission.add_schedule(
+            s, body, me.user, config.policy(me.email), None if me.admin else config.limits))
 
     for action in ("pause", "resume"):
         _schedule_state_route(app, access, action)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from bulkgen_cli.netpolicy import Policy
+from bulkgen_cli.settings import ServeLimits
 from bulkgen_cli.store.base import Store
 
 #: Request bodies are capped as articles files are (manifest.MAX_FILE_BYTES), plus room for a
@@ -33,6 +34,8 @@ class ServerConfig:
     shared_store: bool = False
     #: True once the server is shutting down: event streams end
     stopping: Callable[[], bool] = field(default=lambda: False)
+    #: per-user quotas and the per-token write rate (server/quotas.py)
+    limits: ServeLimits = field(default_factory=ServeLimits)
 
     def policy(self, user_email: str | None) -> Policy:
         return Policy(self.webhook_allow, self.email_allow, user_email)

@@ -121,7 +121,7 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     described = {400: "Bad request", 401: "No valid bearer token", 404: "Not found for this token",
                  409: "Not allowed in the job's current state", 413: "Request body over 1 MiB",
                  415: "Neither JSON nor a multipart upload", 422: "Not valid (located problems)",
-                 503: "Store unavailable"}
+                 429: "Over a limit (which one, and how to raise it, in `detail`)", 503: "Store unavailable"}
     return {s: {"model": ProblemDetails, "description": described[s],
                 "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}}}
             for s in statuses}

@@ -13,6 +13,8 @@ from fastapi import Request
 from bulkgen_cli import jobs, manifest, netpolicy
 from bulkgen_cli.errors import ManifestError, Problem, UsageError
 from bulkgen_cli.model import Priority, utcnow
+from bulkgen_cli.settings import ServeLimits
+from bulkgen_cli.server import quotas
 from bulkgen_cli.server.problems import HttpProblem, too_large
 from bulkgen_cli.server.schemas import SubmitOut
 from bulkgen_cli.store.base import Store
@@ -165,12 +167,16 @@ def _json_located(form: Form) -> Iterator[None]:
         raise ManifestError(problems, subject) from None
 
 
-def store(db: Store, form: Form, user: str, key: str | None, policy: netpolicy.Policy) -> SubmitOut:
-    """Validate everything, then store the job with the policy its notifications will follow."""
+def store(db: Store, form: Form, user: str, key: str | None, policy: netpolicy.Policy,
+          limits: ServeLimits | None = None) -> SubmitOut:
+    """Validate everything, check the user's quotas (`limits`; None: an admin's, unlimited), then store the job
+    with the policy its notifications will follow."""
     from bulkgen_cli import settings
     from bulkgen_cli.notify import parse_channels
 
     parsed = from_template(db, form, user) if form.template is not None else validate(form)
+    if limits is not None:
+        quotas.check_submit(db, user, limits, manifest.stored_size(parsed.articles))
     channels = parse_channels(form.notify)
     netpolicy.check_channels(channels, policy)
     try:
@@ -201,12 +207,16 @@ def schedule_parts(body: bytes) -> tuple[dict[str, Any], Form]:
     return own, _from_json(json.dumps(doc).encode())
 
 
-def add_schedule(db: Store, body: bytes, user: str, policy: netpolicy.Policy) -> dict[str, Any]:
-    """Check the articles (or the saved template and its rows) and the notifications, then store the schedule."""
+def add_schedule(db: Store, body: bytes, user: str, policy: netpolicy.Policy,
+                 limits: ServeLimits | None = None) -> dict[str, Any]:
+    """Check the articles (or the saved template and its rows) and the notifications, then store the schedule.
+    `limits`: the user's quotas (None: an admin's: no schedules limit, and any cron)."""
     from bulkgen_cli import schedules
     from bulkgen_cli.notify import parse_channels
 
     own, form = schedule_parts(body)
+    if limits is not None:
+        quotas.check_schedule(db, user, limits)
     channels = parse_channels(form.notify)
     netpolicy.check_channels(channels, policy)
     if form.template is not None:
@@ -222,4 +232,5 @@ def add_schedule(db: Store, body: bytes, user: str, policy: netpolicy.Policy) ->
         raise UsageError(f"priority must be high, normal or low, got {form.priority!r}.") from None
     options = {"name": form.name, "mode": None, "priority": priority.value, "notify": channels,
                "notify_policy": policy.to_record()}
-    return schedules.document(schedules.add(db, user, own["schedule"], own["cron"], own["zone"], source, options))
+    return schedules.document(schedules.add(db, user, own["schedule"], own["cron"], own["zone"], source, options,
+                                            limited=limits is not None))

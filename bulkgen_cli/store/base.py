@@ -45,6 +45,12 @@ class Lease:
     pid: int
 
 
+@dataclass(frozen=True)
+class Usage:
+    active_jobs: int
+    stored_bytes: int
+
+
 class Store(ABC):
     """A bulk-job queue. Backends: `sqlite.SqliteStore`, `mongo.MongoStore`."""
 
@@ -76,6 +82,20 @@ class Store(ABC):
         group_id: str | None = None,
     ) -> list[BulkJob]:
         """Bulk jobs, newest first; of one user unless `user` is None; of one --split group."""
+
+    @abstractmethod
+    def put_setting(self, name: str, value: dict[str, Any]) -> None:
+        """Keep a settings record (plain JSON) under `name`, replacing any: what one process tells every other
+        (`bulkgen serve`'s allow-lists, read by every processor's schedule runs; design.md, "Quotas")."""
+
+    @abstractmethod
+    def get_setting(self, name: str) -> dict[str, Any] | None:
+        """The settings record kept under `name`, or None."""
+
+    @abstractmethod
+    def usage(self, user: str) -> Usage:
+        """What `user`'s jobs hold: how many are active (queued, processing, paused), and their stored bytes
+        summed (`BulkJob.stored_bytes`); read from an index, for the quotas (design.md, "Quotas")."""
 
     @abstractmethod
     def list_items(self, bulk_id: str) -> list[Item]:

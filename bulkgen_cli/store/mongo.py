@@ -36,7 +36,7 @@ from bulkgen_cli.model import (
     StateChange, later, outbox_open, utcnow,
 )
 from bulkgen_cli.store import rules
-from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, OpenMode, Store, slot_names
+from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, OpenMode, Store, Usage, slot_names
 from bulkgen_cli.store.rules import (
     BULK_FIELDS, CHANGE_FIELDS, ITEM_FIELDS, LEASE_FIELDS, OCCURRENCE_FIELDS, SCHEDULE_FIELDS, TEMPLATE_FIELDS,
     TOKEN_FIELDS, Change, Conditions, record,
@@ -263,6 +263,7 @@ class MongoStore(Store):
         self.bulks.create_index([("userId", ASCENDING), ("created_at", DESCENDING)])
         self.bulks.create_index([("created_at", DESCENDING)])
         self.bulks.create_index([("userId", ASCENDING), ("idempotency_key", ASCENDING)])
+        self.bulks.create_index([("userId", ASCENDING), ("status", ASCENDING), ("stored_bytes", ASCENDING)])
         self.items.create_index(
             [("bulk_job_id", ASCENDING), ("status", ASCENDING), ("queue_position", ASCENDING)]
         )
@@ -373,6 +374,14 @@ class MongoStore(Store):
             query["status"] = {"$in": [BulkStatus(s).value for s in statuses]}
         cursor = self.bulks.find(query).sort(_order(rules.NEWEST_FIRST, DESCENDING))
         return [_bulk(d) for d in cursor.limit(limit)]
+
+    @_unavailable
+    def usage(self, user: str) -> Usage:
+        active = [s.value for s in rules.ACTIVE_BULK]
+        count = self.bulks.count_documents({"userId": user, "status": {"$in": active}})
+        summed = list(self.bulks.aggregate([{"$match": {"userId": user}},
+                                            {"$group": {"_id": None, "bytes": {"$sum": "$stored_bytes"}}}]))
+        return Usage(count, int(summed[0]["bytes"]) if summed else 0)
 
     @_unavailable
     def list_items(self, bulk_id: str) -> list[Item]:
@@ -1122,6 +1131,15 @@ class MongoStore(Store):
     def last_change(self) -> int:
         doc = self.meta.find_one({"_id": CHANGES})
         return 0 if doc is None else int(doc["value"])
+
+    @_unavailable
+    def put_setting(self, name: str, value: dict[str, Any]) -> None:
+        self.meta.update_one({"_id": f"setting:{name}"}, {"$set": {"value": value}}, upsert=True)
+
+    @_unavailable
+    def get_setting(self, name: str) -> dict[str, Any] | None:
+        doc = self.meta.find_one({"_id": f"setting:{name}"})
+        return None if doc is None else dict(doc["value"])
 
 
 def _token(doc: dict[str, Any]) -> ApiToken:

@@ -100,6 +100,7 @@ BULK_FIELDS = (
     Field("quality_summary", JSON, list),
     Field("turned_down_items", PLAIN, 0),
     Field("notify_policy", JSON, given=True),
+    Field("stored_bytes", PLAIN, 0, given=True),
 )
 
 #: An item: `Item`'s fields as stored (`article` is one JSON column in SQLite, top-level fields in MongoDB).

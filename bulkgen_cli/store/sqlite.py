@@ -39,13 +39,13 @@ from bulkgen_cli.model import (
     Outcome, PENDING_ITEM, SavedTemplate, SaveOutcome, Schedule, ScheduleStatus, StateChange, iso, later,
 )
 from bulkgen_cli.store import rules
-from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, OpenMode, Store, slot_names
+from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, OpenMode, Store, Usage, slot_names
 from bulkgen_cli.store.rules import (
     BULK_FIELDS, CHANGE_FIELDS, ITEM_FIELDS, LEASE_FIELDS, OCCURRENCE_FIELDS, SCHEDULE_FIELDS, TEMPLATE_FIELDS,
     TOKEN_FIELDS, Change, record,
 )
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 BUSY_TIMEOUT_S = 30.0
 #: A testing and tuning knob: seconds a write waits for another process's write lock (default BUSY_TIMEOUT_S).
 ENV_BUSY_TIMEOUT = "BULKGEN_SQLITE_BUSY_TIMEOUT"
@@ -270,6 +270,17 @@ ALTER TABLE generation_jobs ADD COLUMN sent_at TEXT;
 ALTER TABLE schedule_occurrences ADD COLUMN claim TEXT;
 """
 
+#: From schema 8 to 9 (quotas): the bytes a job's articles take as stored, recorded at submit, and an index
+#: that answers a user's active jobs and stored bytes without reading their rows (design.md, "Quotas").
+MIGRATE_8_TO_9 = """
+ALTER TABLE bulk_jobs ADD COLUMN stored_bytes INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS bulk_jobs_usage ON bulk_jobs (userId, status, stored_bytes);
+CREATE TABLE IF NOT EXISTS settings (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
 #: The migrations in order: (the schema version a step makes, its statements). A new step goes at the end.
 MIGRATIONS = (
     (2, MIGRATE_1_TO_2),
@@ -279,6 +290,7 @@ MIGRATIONS = (
     (6, MIGRATE_5_TO_6),
     (7, MIGRATE_6_TO_7),
     (8, MIGRATE_7_TO_8),
+    (9, MIGRATE_8_TO_9),
 )
 
 _NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
@@ -774,6 +786,13 @@ class SqliteStore(Store):
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY {', '.join(name + ' DESC' for name in rules.NEWEST_FIRST)} LIMIT ?"
         return [_bulk(r) for r in self.db.execute(sql, (*args, limit))]
+
+    @_unavailable
+    def usage(self, user: str) -> Usage:
+        active = [s.value for s in rules.ACTIVE_BULK]
+        row = self.db.execute(f"SELECT COALESCE(SUM(status IN {_marks(active)}), 0), COALESCE(SUM(stored_bytes), 0) "
+                              "FROM bulk_jobs INDEXED BY bulk_jobs_usage WHERE userId = ?", (*active, user)).fetchone()
+        return Usage(int(row[0]), int(row[1]))
 
     @_unavailable
     def list_items(self, bulk_id: str) -> list[Item]:
@@ -1335,6 +1354,17 @@ class SqliteStore(Store):
     def last_change(self) -> int:
         row = self.db.execute("SELECT max(seq) FROM changes").fetchone()
         return int(row[0] or 0)
+
+    @_unavailable
+    def put_setting(self, name: str, value: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET "
+                       "value = excluded.value", (name, json.dumps(value)))
+
+    @_unavailable
+    def get_setting(self, name: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+        return None if row is None else json.loads(row[0])  # type: ignore[no-any-return]
 
 
 def _token(row: sqlite3.Row) -> ApiToken:

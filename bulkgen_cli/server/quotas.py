@@ -1,0 +1,114 @@
+"""Per-user limits and the per-token write rate of `bulkgen serve` (design.md, "Quotas").
+
+The write rate is a token bucket per bearer token, kept in this process (keyed
+by the token's SHA-256, never the token): `burst` writes at once, refilled at
+`rate` a second. A full bucket is the same as no bucket, so full ones are
+dropped whenever the table grows: memory stays bounded whatever tokens are sent.
+A small class rather than a library: no rate-limiting package is a dependency
+yet, and this is the whole of what is needed (one process, one rule).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+import time
+from typing import Any, Callable
+
+from fastapi import Request
+
+from bulkgen_cli.server.problems import HttpProblem
+from bulkgen_cli.settings import ServeLimits
+from bulkgen_cli.store.base import Store
+
+#: The methods that write.
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: Past this many buckets, the full ones are dropped (they mean "never used").
+PRUNE_AT = 10_000
+MIB = 1024 * 1024
+
+
+class TokenBuckets:
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.buckets: dict[str, tuple[float, float]] = {}  # key: (tokens left, when counted)
+        self.lock = threading.Lock()
+
+    def take(self, key: str) -> float:
+        """Take one write for `key`: 0 if allowed, else the seconds until one is."""
+        if self.rate <= 0 or self.burst <= 0:
+            return 0.0
+        with self.lock:
+            now = self.clock()
+            left, then = self.buckets.get(key, (float(self.burst), now))
+            left = min(float(self.burst), left + (now - then) * self.rate)
+            if left < 1.0:
+                self.buckets[key] = (left, now)
+                return (1.0 - left) / self.rate
+            self.buckets[key] = (left - 1.0, now)
+            if len(self.buckets) > PRUNE_AT:
+                self._prune(now)
+            return 0.0
+
+    def _prune(self, now: float) -> None:
+        self.buckets = {k: (left, then) for k, (left, then) in self.buckets.items()
+                        if left + (now - then) * self.rate < self.burst}
+
+
+async def write_rate(request: Request) -> None:
+    """An app-wide dependency: a write (POST, PUT, DELETE) with a bearer token takes one from its bucket;
+    an empty bucket answers 429 with Retry-After. Reads and requests without a token are not counted here
+    (they get their 401 from the route)."""
+    if request.method not in WRITES:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return
+    buckets: TokenBuckets = request.app.state.write_buckets
+    wait = buckets.take(hashlib.sha256(token.strip().encode("utf-8", "surrogatepass")).hexdigest())
+    if wait > 0:
+        retry = max(1, math.ceil(wait))
+        raise HttpProblem(429, "rate-limited", "Too many writes for this token",
+                          f"this token may make {buckets.rate:g} writes (POST, PUT, DELETE) a second, "
+                          f"{buckets.burst} at once; try again in {retry} s. The operator sets the rate with "
+                          "`bulkgen serve --write-rate N --write-burst N` (BULKGEN_WRITE_RATE, BULKGEN_WRITE_BURST).",
+                          headers={"Retry-After": str(retry)})
+
+
+def document_rate_limit(document: dict[str, Any]) -> None:
+    """Every write route of the OpenAPI document may answer 429 (the write rate): say so."""
+    from bulkgen_cli.server.problems import responses
+
+    answer = {k: v for k, v in responses(429)[429].items() if k != "model"}  # the document holds no classes
+    for operations in document.get("paths", {}).values():
+        for method, operation in operations.items():
+            if method.upper() in WRITES:
+                operation.setdefault("responses", {}).setdefault("429", answer)
+
+
+def check_submit(store: Store, user: str, limits: ServeLimits, new_bytes: int) -> None:
+    """Refuse a new job over `user`'s active-jobs limit (429) or stored-bytes limit (413)."""
+    usage = store.usage(user)
+    if limits.max_active_jobs and usage.active_jobs >= limits.max_active_jobs:
+        raise HttpProblem(429, "too-many-active-jobs", "Too many active jobs",
+                          f"you have {usage.active_jobs} active jobs (queued, processing or paused); the limit is "
+                          f"{limits.max_active_jobs} per user. Wait for one to end or cancel one; the operator "
+                          "raises the limit with `bulkgen serve --max-active-jobs N` (BULKGEN_MAX_ACTIVE_JOBS).",
+                          headers={"Retry-After": "60"})
+    cap = limits.max_stored_mb * MIB
+    if cap and usage.stored_bytes + new_bytes > cap:
+        raise HttpProblem(413, "storage-quota", "Over the stored-bytes limit",
+                          f"your jobs store {usage.stored_bytes / MIB:.1f} MiB of articles and this one adds "
+                          f"{new_bytes / MIB:.1f} MiB; the limit is {limits.max_stored_mb} MiB per user. The "
+                          "operator raises it with `bulkgen serve --max-stored-mb N` (BULKGEN_MAX_STORED_MB).")
+
+
+def check_schedule(store: Store, user: str, limits: ServeLimits) -> None:
+    """Refuse a new schedule over `user`'s schedules limit (429)."""
+    have = len(store.list_schedules(user))
+    if limits.max_schedules and have >= limits.max_schedules:
+        raise HttpProblem(429, "too-many-schedules", "Too many schedules",
+                          f"you have {have} schedules; the limit is {limits.max_schedules} per user. Remove one "
+                          "first; the operator raises the limit with `bulkgen serve --max-schedules N` "
+                          "(BULKGEN_MAX_SCHEDULES).")

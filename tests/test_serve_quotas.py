@@ -1,0 +1,229 @@
+"""Quotas of `bulkgen serve` (design.md, "Quotas"; README, "Limits"): size caps where the store amplifies,
+per-user limits, the per-token write rate, and schedules that check their permissions at every run.
+
+Real `bulkgen serve` subprocesses on 127.0.0.1, a real SQLite file, a real webhook receiver. A schedule's
+run is made due by moving its stored next time back (as tests/test_schedules_processes.py does).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+import yaml
+
+from bulkgen_cli.manifest import MAX_EXTRA_BYTES
+from bulkgen_cli.model import utcnow
+from bulkgen_cli.store.sqlite import SqliteStore
+from tests.cli_helpers import env_for, run_cli
+from tests.conftest import wait_for
+from tests.receivers import WebhookReceiver
+from tests.serve_helpers import articles, make_token, start_server
+from tests.test_schedules_processes import far_cron, missed
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def receiver():
+    hook = WebhookReceiver()
+    yield hook
+    hook.stop()
+
+
+def store_env(tmp_path, svc=None):
+    path = tmp_path / "store.db"
+    return path, env_for(tmp_path, svc, BULKGEN_STORE=f"sqlite:///{path}")
+
+
+def stored_bytes(path) -> tuple[int, int]:
+    """(the SQLite files' size, the articles' text stored in the rows)."""
+    size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+    with sqlite3.connect(path) as db:
+        text = db.execute("SELECT COALESCE(SUM(length(CAST(article AS BLOB))), 0) FROM generation_jobs").fetchone()[0]
+    return size, text
+
+
+# -- size caps ------------------------------------------------------------------------------------------------
+
+
+def test_a_1_mib_request_never_stores_more_than_a_few_times_its_size(processes, tmp_path):
+    path, env = store_env(tmp_path)
+    token = make_token(env, "alice")
+    server = start_server(processes, env)
+    blob = {"notes": "x" * (MIB - 20_000)}  # one default copied into all 50 items: ~50 MiB before the cap
+    body = {"bulk_config": {"mode": "topic", "defaults": {"extra": blob},
+                            "items": [{"topic": f"T {i}"} for i in range(50)]}}
+    spin = "mode: spin\ndefaults: {source_text: &a " + "y" * 150_000 + "}\nitems:\n" + "".join(
+        f"  - {{title: T{i}, source_text: *a}}\n" for i in range(50))  # an alias, 50 times: 7.5 MB of articles
+    with server.client(token) as client:
+        amplified = client.post("/api/bulk-generate", json=body)
+        aliased = client.post("/api/bulk-generate", files={"file": ("spin.yaml", spin.encode(), "text/yaml")})
+        big = [{"title": f"T {i}", "source_text": "z" * 20_000} for i in range(50)]  # ~1 MB, each item its own
+        fine = client.post("/api/bulk-generate", json={"bulk_config": {"mode": "spin", "items": big}})
+    assert amplified.status_code == 422, amplified.text[:300]
+    problem = amplified.json()["problems"][0]
+    assert problem["field"] == "extra" and problem["file"] == "bulk_config"
+    assert f"at most {MAX_EXTRA_BYTES:,} (16 KiB)" in problem["message"]
+    assert len(amplified.json()["problems"]) == 1  # a default's problem is said once, not once per item
+    assert aliased.status_code == 422, aliased.text[:300]
+    assert "as stored" in aliased.json()["problems"][0]["message"]
+    assert "4 times the request's" in aliased.json()["problems"][0]["message"]
+    assert fine.status_code == 201, fine.text[:300]
+    request = len(json.dumps({"bulk_config": {"mode": "spin", "items": big}}).encode())
+    size, text = stored_bytes(path)
+    assert text <= 4 * request  # the stored articles of the one job taken: within its bound
+    assert size <= 12 * MIB  # the whole store after three ~1 MiB requests (it grew by ~55 MB before)
+
+
+def test_the_cli_has_the_same_extra_cap(cli, tmp_path):
+    doc = {"mode": "topic", "items": [{"topic": f"T {i}"} for i in range(10)]}
+    doc["items"][3]["extra"] = {"blob": "x" * (MAX_EXTRA_BYTES + 1)}
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    result = cli("submit", str(path))
+    assert result.code == 2 and "Traceback" not in result.err
+    assert "item 4" in result.err and "field 'extra'" in result.err and "16,384 (16 KiB)" in result.err
+    assert "no store at" in cli("list", "--json").out  # nothing stored, not even the store
+
+
+# -- the write rate and per-user limits -----------------------------------------------------------------------
+
+
+def test_a_submit_flood_from_one_token_gets_429_with_retry_after_while_another_still_writes(processes, tmp_path):
+    env = env_for(tmp_path)
+    alice, bob = make_token(env, "alice"), make_token(env, "bob")
+    server = start_server(processes, env, "--write-rate", "1", "--write-burst", "5", "--max-active-jobs", "0")
+    codes, refused = [], None
+    with server.client(alice) as client:
+        for _ in range(30):
+            response = client.post("/api/bulk-generate", json=articles())
+            codes.append(response.status_code)
+            if response.status_code == 429 and refused is None:
+                refused = response
+    assert set(codes) <= {201, 429} and codes[:5] == [201] * 5, codes
+    assert refused is not None, codes  # 30 accepted before
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert refused.json()["type"] == "urn:bulkgen:problem:rate-limited"
+    assert "--write-rate" in refused.json()["detail"] and "1 writes" in refused.json()["detail"]
+    with server.client(bob) as client:
+        assert client.post("/api/bulk-generate", json=articles()).status_code == 201
+        assert client.get("/api/bulk-generate").status_code == 200
+    with server.client(alice) as client:
+        assert client.get("/api/bulk-generate").status_code == 200  # reads are not counted
+
+
+def test_each_per_user_limit_says_which_limit_and_how_to_raise_it(processes, tmp_path):
+    env = env_for(tmp_path)
+    tokens = {user: make_token(env, user) for user in ("alice", "bob", "carol")}
+    admin = make_token(env, "root", "--admin")
+    server = start_server(processes, env, "--max-active-jobs", "2", "--max-schedules", "1", "--max-stored-mb", "1")
+    with server.client(tokens["alice"]) as client:
+        assert [client.post("/api/bulk-generate", json=articles()).status_code for _ in range(2)] == [201, 201]
+        third = client.post("/api/bulk-generate", json=articles())
+    assert third.status_code == 429, third.text
+    assert "you have 2 active jobs" in third.json()["detail"] and "the limit is 2 per user" in third.json()["detail"]
+    assert "--max-active-jobs" in third.json()["detail"]
+    big = articles(50, extra={"blob": "b" * 15_000})  # ~750 KB as stored
+    with server.client(tokens["bob"]) as client:
+        assert client.post("/api/bulk-generate", json=big).status_code == 201
+        over = client.post("/api/bulk-generate", json=big)
+    assert over.status_code == 413, over.text
+    assert "the limit is 1 MiB per user" in over.json()["detail"] and "--max-stored-mb" in over.json()["detail"]
+    body = {**articles(), "schedule": "daily", "cron": "0 6 * * *", "zone": "UTC"}
+    with server.client(tokens["carol"]) as client:
+        assert client.post("/api/schedules", json=body).status_code == 201
+        second = client.post("/api/schedules", json={**body, "schedule": "other"})
+    assert second.status_code == 429, second.text
+    assert "the limit is 1 per user" in second.json()["detail"] and "--max-schedules" in second.json()["detail"]
+    with server.client(admin) as client:  # an admin token is the operator's: no per-user limit
+        assert [client.post("/api/bulk-generate", json=articles()).status_code for _ in range(3)] == [201] * 3
+
+
+# -- schedules ------------------------------------------------------------------------------------------------
+
+
+def test_an_every_minute_schedule_is_refused_for_a_user_and_allowed_for_an_admin(processes, tmp_path):
+    env = env_for(tmp_path)
+    alice, admin = make_token(env, "alice"), make_token(env, "root", "--admin")
+    server = start_server(processes, env)
+    body = {**articles(), "schedule": "often", "cron": "* * * * *", "zone": "UTC"}
+    with server.client(alice) as client:
+        refused = client.post("/api/schedules", json=body)
+        fine = client.post("/api/schedules", json={**body, "cron": "*/5 * * * *"})
+    assert refused.status_code == 400, refused.text
+    detail = refused.json()["detail"]
+    assert detail.startswith("cron '* * * * *' runs 1m00s apart") and "at most every 5m00s" in detail
+    assert fine.status_code == 201, fine.text
+    with server.client(admin) as client:
+        assert client.post("/api/schedules", json=body).status_code == 201
+
+
+def test_a_schedule_loses_its_webhook_when_the_operator_narrows_the_allow_list(processes, tmp_path, receiver, svc):
+    path, env = store_env(tmp_path, svc)
+    alice = make_token(env, "alice")
+    server = start_server(processes, env, "--processor", "--webhook-allow", "127.0.0.1")
+    body = {**articles(), "schedule": "daily", "cron": far_cron(utcnow()), "zone": "UTC",
+            "notify": [f"webhook:{receiver.url}"]}
+    with server.client(alice) as client:
+        assert client.post("/api/schedules", json=body).status_code == 201, "added"
+        assert client.post("/api/schedules/daily/run").status_code == 201  # allowed today: it posts
+    wait_for(lambda: receiver.events(), timeout=60, what="the webhook while allowed")
+    server.stop()
+    server = start_server(processes, env, "--processor")  # the operator narrowed --webhook-allow
+    missed(path, "alice", "daily", days=0)  # the next run is due now
+
+    def ran():
+        with SqliteStore(path, "read") as store:
+            return store.get_schedule("alice", "daily").last_error
+    error = wait_for(ran, timeout=30, what="the run after the narrowing")
+    assert error.startswith("paused: its notifications are no longer allowed"), error
+    with SqliteStore(path, "read") as store:
+        assert store.get_schedule("alice", "daily").status == "paused"
+        assert len(store.list_bulks("alice")) == 1  # only the run made while allowed
+    assert len(receiver.events()) == 1
+
+
+def test_a_schedule_whose_owners_token_is_revoked_is_paused_with_the_reason(processes, tmp_path, svc):
+    path, env = store_env(tmp_path, svc)
+    server = start_server(processes, env, "--processor")
+    body = {**articles(), "schedule": "daily", "cron": far_cron(utcnow()), "zone": "UTC"}
+    with server.client(make_token(env, "alice")) as client:
+        assert client.post("/api/schedules", json=body).status_code == 201
+    for record in json.loads(run_cli(["token", "list", "--user", "alice", "--json"], env).out):
+        assert run_cli(["token", "revoke", record["id"]], env).code == 0
+    missed(path, "alice", "daily", days=0)
+
+    def paused():
+        with SqliteStore(path, "read") as store:
+            schedule = store.get_schedule("alice", "daily")
+            return schedule.status == "paused" and schedule
+    schedule = wait_for(paused, timeout=30, what="the schedule paused")
+    assert "its owner 'alice' has no live API token" in schedule.last_error
+    listed = run_cli(["schedule", "list", "--user", "alice"], env)
+    assert "paused" in listed.out and "no live API token" in listed.out, listed.out + listed.err
+    with SqliteStore(path, "read") as store:
+        assert store.list_bulks("alice") == []
+    server.stop()
+
+
+def test_usage_counts_active_jobs_and_stored_bytes(store):
+    from tests.conftest import articles as plain
+    from bulkgen_cli import jobs
+    from bulkgen_cli.manifest import Manifest, stored_size
+    from bulkgen_cli.model import Mode
+
+    assert (store.usage("alice").active_jobs, store.usage("alice").stored_bytes) == (0, 0)
+    made = [jobs.submit(store, Manifest("f", Mode.topic, "f", plain(10)), "alice").ids[0] for _ in range(2)]
+    jobs.submit(store, Manifest("f", Mode.topic, "f", plain(10)), "bob")
+    store.cancel_bulk(made[0], utcnow())
+    usage = store.usage("alice")
+    assert usage.active_jobs == 1 and usage.stored_bytes == 2 * stored_size(plain(10)) > 0
+
+
+def test_a_settings_record_is_kept_and_replaced(store):
+    assert store.get_setting("serve_policy") is None
+    store.put_setting("serve_policy", {"webhook_allow": ["10.0.0.0/8"], "email_allow": []})
+    store.put_setting("serve_policy", {"webhook_allow": [], "email_allow": ["example.com"]})
+    assert store.get_setting("serve_policy") == {"webhook_allow": [], "email_allow": ["example.com"]}
