@@ -80,7 +80,9 @@ class Guard:
             self._report = asyncio.get_running_loop().call_later(REPORT_SECONDS, self.report)
 
     def report(self) -> None:
-        """One line for every connection closed since the last one."""
+        """One line for every connection closed since the last one (and once more as the server stops)."""
+        if self._report is not None:
+            self._report.cancel()
         self._report = None
         slow, evicted, refused = self.counts["slow"], self.counts["evicted"], self.counts["refused"]
         self.counts = dict.fromkeys(self.counts, 0)
@@ -146,6 +148,7 @@ def guarded_protocol(limits: Limits) -> type[H11Protocol]:
                 guard.closed("slow")
                 self.transport.close()
 
+    Guarded.guard = guard  # type: ignore[attr-defined]
     return Guarded
 
 

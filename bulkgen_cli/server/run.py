@@ -147,5 +147,6 @@ def serve(config: ServerConfig, sock: socket.socket, processor: Background | Non
         server.run(sockets=[sock])
     finally:
         sock.close()
+        uvicorn_config.http_protocol_class.guard.report()  # type: ignore[union-attr]
         if processor is not None:
             stop_processor(processor)
