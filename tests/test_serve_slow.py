@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import resource
 import select
+import signal
 import socket
 import ssl
 import threading
@@ -217,3 +218,13 @@ def test_tls_options_go_together_and_are_checked_before_serving(tmp_path):
     swapped = run_cli(["serve", "--port", str(free_port()), "--ssl-certfile", key, "--ssl-keyfile", cert], env,
                       timeout=30)
     assert swapped.code == 2 and "--ssl-certfile" in swapped.err and "Traceback" not in swapped.err
+
+
+def test_sigterm_ends_the_server_with_slow_connections_open(quick):
+    socks = [connect(quick, b"GET /api/me HTTP/1.1\r\n") for _ in range(20)]
+    try:
+        assert quick.stop(signal.SIGTERM) == 143
+    finally:
+        for sock in socks:
+            sock.close()
+    assert "Traceback" not in "".join(quick.log)

@@ -152,23 +152,24 @@ def guarded_protocol(limits: Limits) -> type[H11Protocol]:
     return Guarded
 
 
-def raise_file_limit(limits: Limits) -> Limits:
-    """Let the process open the files `limits` needs (up to the hard limit); the cap shrinks to what it may."""
+def raise_file_limit(limits: Limits) -> tuple[Limits, str | None]:
+    """Let the process open the files `limits` needs (up to the hard limit); where it may not, the cap shrinks
+    to what it may and the second value says so."""
     try:
         import resource
     except ImportError:  # not on this system (Windows): the operating system's own limits stand
-        return limits
+        return limits, None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = limits.max_connections + RESERVED_FILES
     if soft != resource.RLIM_INFINITY and soft < wanted:
         soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    if soft != resource.RLIM_INFINITY and soft - RESERVED_FILES < limits.max_connections:
-        allowed = max(16, soft - RESERVED_FILES)
-        logger.warning("at most %d connections (not %d): this process may open only %d files (ulimit -n)",
-                       allowed, limits.max_connections, soft)
-        return Limits(limits.head, limits.body, limits.keep_alive, allowed)
-    return limits
+    if soft == resource.RLIM_INFINITY or soft - RESERVED_FILES >= limits.max_connections:
+        return limits, None
+    allowed = max(16, soft - RESERVED_FILES)
+    return (Limits(limits.head, limits.body, limits.keep_alive, allowed),
+            f"at most {allowed} connections (not {limits.max_connections}): this process may open only {soft} "
+            "files (ulimit -n)")
 
 
 def settings(limits: Limits) -> dict[str, Any]:

@@ -99,18 +99,21 @@ class Tls:
 
 def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
     """The listening socket, bound before anything else starts; CannotListen in one sentence if it cannot be."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = None
     try:
+        family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host.strip("[]"), port))
+        sock.bind(address)
         sock.listen(backlog)
-    except (OSError, OverflowError) as exc:
-        sock.close()
+    except (OSError, UnicodeError) as exc:
+        if sock is not None:
+            sock.close()
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise CannotListen(f"cannot listen on {host} port {port}: {reason.lower().rstrip('.')} (another server on "
-                           "that port, or an address this machine does not have); pick another --host or --port.")
-    sock.set_inheritable(True)
+        raise CannotListen(f"cannot listen on {host} port {port}: {reason.lower().rstrip('.')} (another program "
+                           "holds the port, or the address is not one of this machine's); pick another --host or "
+                           "--port.") from None
     return sock
 
 
@@ -134,11 +137,13 @@ def serve(config: ServerConfig, sock: socket.socket, processor: Background | Non
 
     from bulkgen_cli.server.app import create_app
 
-    limits = raise_file_limit(limits)
+    limits, shrunk = raise_file_limit(limits)
     uvicorn_config = uvicorn.Config(create_app(config), log_level="info", log_config=log_config(), access_log=False,
                                     timeout_graceful_shutdown=3, server_header=False,
                                     ssl_certfile=tls.certfile if tls else None,
                                     ssl_keyfile=tls.keyfile if tls else None, **connections.settings(limits))
+    if shrunk:
+        logging.getLogger("uvicorn.error").warning("%s", shrunk)
     server = uvicorn.Server(uvicorn_config)
     config.stopping = lambda: server.should_exit
     for name in ("uvicorn", "uvicorn.error"):
