@@ -5,6 +5,11 @@ shutdown, which ends the event streams (ServerConfig.stopping) and then this
 module stops the processor as a Ctrl-C stops `bulkgen run`: nothing new starts,
 the request in flight may finish within `--grace` and is recorded, else it is
 aborted and its item goes back to the queue uncharged; the slot is released.
+
+The listening socket is bound (`listen`) before the processor or the app
+starts, so a port in use is one sentence and exit 6; uvicorn serves on it with
+the deadlines and the connection cap of `connections.py` (design.md, "Slow and
+idle clients") and, given a certificate, TLS.
 """
 
 from __future__ import annotations
