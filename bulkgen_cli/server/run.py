@@ -8,8 +8,8 @@ aborted and its item goes back to the queue uncharged; the slot is released.
 
 The listening socket is bound (`listen`) before the processor or the app
 starts, so a port in use is one sentence and exit 6; uvicorn serves on it with
-the deadlines and the connection cap of `connections.py` (design.md, "Slow and
-idle clients") and, given a certificate, TLS.
+the deadlines and the connection cap of `connections.py`
+(design.md, "Slow and idle clients") and, given a certificate, TLS.
 """
 
 from __future__ import annotations
