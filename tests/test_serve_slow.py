@@ -160,13 +160,19 @@ def test_silent_slow_and_idle_connections_are_closed(quick):
         sock.close()
 
 
-def test_at_the_connection_cap_idle_connections_make_room(quick):
-    idle = [connect(quick, b"GET / HTTP/1.1\r\n") for _ in range(40)]
+def test_at_the_connection_cap_idle_connections_make_room(processes, tmp_path):
+    env = base_env(tmp_path)
+    token = make_token(env, "alice")
+    # A head deadline of a minute: within the wait below, only the cap can close a connection.
+    server = start(processes, env, "--header-timeout", "60", "--max-connections", "16")
+    idle = [connect(server, b"GET / HTTP/1.1\r\n") for _ in range(40)]
     try:
-        with quick.client(quick.token) as client:
+        with server.client(token) as client:
             for _ in range(5):
                 assert client.get("/api/me").json()["user"] == "alice"
-        wait_for(lambda: sum(closed_by_server(s) for s in idle) >= 40 - 16, what="idle connections to be evicted")
+        wait_for(lambda: sum(closed_by_server(s) for s in idle) >= 40 - 16, timeout=15,
+                 what="the oldest idle connections to make room")
+        assert not any(closed_by_server(s) for s in idle[-10:])  # the newest stay
     finally:
         for sock in idle:
             sock.close()
