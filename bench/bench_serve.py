@@ -8,7 +8,10 @@ reference service at a fixed latency, and N clients (httpx, one connection
 each) asking for the job's status as fast as they get answers. Prints the
 median and 99th percentile of the status route's latency, the requests per
 second, and how many items the job finished meanwhile; also the same
-measure with no job running, for reference. Needs `pip install -e '.[serve]'`.
+measure with no job running, for reference, and beside `--slow-heads` N
+connections (default 1000) that send a request head one byte a second and
+reconnect when the server closes them (issue 18: slow clients). Needs
+`pip install -e '.[serve]'`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -56,6 +60,44 @@ async def hammer(url: str, token: str, clients: int, seconds: float) -> list[flo
     return latencies
 
 
+def slow_heads(port: int, count: int, stop: threading.Event) -> list[int]:
+    """Background load in a thread: `count` connections that send a request head one byte a second and are
+    reopened as soon as the server closes one. Returns [connections the server closed], filled when `stop` is set."""
+    import resource
+    import select
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = count + 512
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
+    closed = [0]
+
+    def opened() -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"GET /api/me HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        return sock
+
+    def work() -> None:
+        socks = [opened() for _ in range(count)]
+        while not stop.wait(1.0):
+            for i, sock in enumerate(socks):
+                try:
+                    gone = bool(select.select([sock], [], [], 0)[0]) and sock.recv(4096) == b""
+                    if not gone:
+                        sock.send(b"X")
+                except OSError:
+                    gone = True
+                if gone:
+                    closed[0] += 1
+                    sock.close()
+                    socks[i] = opened()
+        for sock in socks:
+            sock.close()
+
+    threading.Thread(target=work, daemon=True).start()
+    return closed
+
+
 def report(label: str, latencies: list[float], seconds: float) -> None:
     ordered = sorted(latencies)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
@@ -74,6 +116,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--latency", type=float, default=0.2, help="the reference service's latency")
     parser.add_argument("--processor", action="store_true", help="process in the server, not a separate run")
+    parser.add_argument("--slow-heads", type=int, default=1000, help="slow-header connections as background load")
     args = parser.parse_args()
     service = ReferenceService(latency=args.latency).start()
     with tempfile.TemporaryDirectory() as home:
@@ -108,6 +151,14 @@ async def _measure(base: str, token: str, env: dict[str, str], args: argparse.Na
     print(f"{args.clients} clients, {args.seconds:g} s each measure; service latency {args.latency:g} s; SQLite store")
     await hammer(f"{base}/api/bulk-generate/{idle_job}", token, args.clients, 2.0)  # warm up: threads open the store
     report("no job running", await hammer(f"{base}/api/bulk-generate/{idle_job}", token, args.clients, 5.0), 5.0)
+    if args.slow_heads:
+        stop = threading.Event()
+        closed = slow_heads(int(base.rsplit(":", 1)[1]), args.slow_heads, stop)
+        await asyncio.sleep(2.0)
+        latencies = await hammer(f"{base}/api/bulk-generate/{idle_job}", token, args.clients, args.seconds)
+        stop.set()
+        report(f"beside {args.slow_heads} slow-header connections (reopened when closed)", latencies, args.seconds)
+        print(f"  slow connections the server closed meanwhile: {closed[0]}")
     job = httpx.post(base + "/api/bulk-generate", headers=headers, json={"bulk_config": {"items": items}}).json()
     worker = None if args.processor else subprocess.Popen([sys.executable, "-m", "bulkgen_cli", "run", "--forever"],
                                                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

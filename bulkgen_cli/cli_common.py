@@ -14,8 +14,8 @@ EXIT_CODES = """\
 Exit codes: 0 success; 1 a waited-for bulk job ended with failed or cancelled
 items, or `doctor` found jobs it did not repair; 2 bad input or usage, nothing stored; 3 no such job, item, template or schedule; 4 not allowed
 in the job's current state, or no store at the path (none is created); 5 store
-unreachable, read-only or on a full disk, or content service unreachable;
-124 `watch --timeout` ran out; 130/143 stopped by Ctrl-C / SIGTERM, store left consistent."""
+unreachable, read-only or on a full disk, or content service unreachable; 6 `serve`
+cannot listen on the address and port; 124 `watch --timeout` ran out; 130/143 stopped by Ctrl-C / SIGTERM, store left consistent."""
 
 StoreOpt = Annotated[
     Optional[str],

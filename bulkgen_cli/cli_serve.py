@@ -15,6 +15,7 @@ from bulkgen_cli.cli_common import EXIT_CODES, JsonOpt, StoreOpt, note, open_db,
 
 if TYPE_CHECKING:
     from bulkgen_cli.model import ApiToken
+    from bulkgen_cli.server.run import Tls
 
 INSTALL_HINT = "bulkgen serve needs the serve extra: pip install 'bulkgen[serve]'."
 
@@ -32,6 +33,20 @@ WebhookAllowOpt = Annotated[Optional[list[str]], typer.Option("--webhook-allow",
 EmailAllowOpt = Annotated[Optional[list[str]], typer.Option("--email-allow", metavar="DOMAIN", help="Let jobs "
                           "submitted over HTTP e-mail any address at DOMAIN (a user may always e-mail the "
                           "address recorded with their token); repeatable.", show_default=False)]
+
+# -- slow clients and TLS (README, "Slow clients and TLS") ----------------------------------------------
+HeadTimeoutOpt = Annotated[float, typer.Option("--header-timeout", min=0.1, metavar="SECONDS", help="Close a "
+                           "connection whose request head has not fully arrived within SECONDS.")]
+BodyTimeoutOpt = Annotated[float, typer.Option("--body-timeout", min=0.1, metavar="SECONDS", help="Close a "
+                           "connection whose request body has not fully arrived within SECONDS of its head.")]
+KeepAliveOpt = Annotated[int, typer.Option("--keep-alive-timeout", min=1, metavar="SECONDS", help="Close a "
+                         "connection idle between two requests after SECONDS.")]
+MaxConnectionsOpt = Annotated[int, typer.Option("--max-connections", min=16, metavar="N", help="At most N open "
+                              "connections; one more closes the oldest that has sent no complete request.")]
+SslCertOpt = Annotated[Optional[str], typer.Option("--ssl-certfile", metavar="PEM", help="Serve HTTPS with this "
+                       "certificate (chain); needs --ssl-keyfile.", show_default=False)]
+SslKeyOpt = Annotated[Optional[str], typer.Option("--ssl-keyfile", metavar="PEM", help="The private key of "
+                      "--ssl-certfile.", show_default=False)]
 
 
 def register(app: typer.Typer) -> None:
@@ -62,6 +77,12 @@ def serve(
     webhook_allow: WebhookAllowOpt = None,
     email_allow: EmailAllowOpt = None,
     store: StoreOpt = None,
+    header_timeout: HeadTimeoutOpt = 10.0,
+    body_timeout: BodyTimeoutOpt = 30.0,
+    keep_alive_timeout: KeepAliveOpt = 5,
+    max_connections: MaxConnectionsOpt = 2048,
+    ssl_certfile: SslCertOpt = None,
+    ssl_keyfile: SslKeyOpt = None,
     heartbeat: Annotated[float, typer.Option("--heartbeat", min=0.05, hidden=True, help="Seconds between "
                          "heartbeat comments on idle event streams.")] = 15.0,
     # -- limits (README, "Limits"): each flag, else its BULKGEN_ variable, else settings.ServeLimits; 0: off --
@@ -91,7 +112,7 @@ def serve(
     from bulkgen_cli import netpolicy, settings
     from bulkgen_cli.schedules import SERVE_POLICY
     from bulkgen_cli.server.config import ServerConfig
-    from bulkgen_cli.server.run import serve as run_server, start_processor
+    from bulkgen_cli.server.run import Limits, listen, serve as run_server, start_processor
 
     url = settings.store_url(store)
     limits = settings.ServeLimits.resolve(max_active_jobs, max_schedules, max_stored_mb, write_rate, write_burst)
@@ -107,22 +128,41 @@ def serve(
         note(f"Error: refusing to listen on {host} while no API token exists: create one first with "
              "`bulkgen token create --user NAME`.", "red")
         raise typer.Exit(2)
+    tls = _tls(ssl_certfile, ssl_keyfile)
+    if not is_loopback(host) and tls is None:
+        note(f"Warning: {host} is not loopback and there is no TLS: tokens cross the network in clear. Give "
+             "--ssl-certfile and --ssl-keyfile, or serve on 127.0.0.1 behind a reverse proxy that speaks HTTPS.",
+             "yellow")
     from bulkgen_cli.store import open_store
 
+    sock = listen(host, port)
     config = ServerConfig(lambda: open_store(url, "create"), display, tuple(cors or ()), allow,
                           tuple(d.strip().lower() for d in email_allow or ()), heartbeat=heartbeat,
                           limits=limits)
-    _announce(host, port, display, len(live_tokens), config.cors, processor)
+    _announce(f"{'https' if tls else 'http'}://{host}:{port}", display, len(live_tokens), config.cors, processor)
     background = None
     if run_settings is not None:
         from bulkgen_cli.render import PlainView
 
         background = start_processor(run_settings, lambda: open_store(url, "create"), PlainView())
-    run_server(config, host, port, background)
+    run_server(config, sock, background, Limits(header_timeout, body_timeout, keep_alive_timeout, max_connections), tls)
 
 
-def _announce(host: str, port: int, display: str, live_tokens: int, cors: tuple[str, ...], processor: bool) -> None:
-    note(f"bulkgen serve: http://{host}:{port}/api (OpenAPI at /openapi.json); store {display}; "
+def _tls(certfile: str | None, keyfile: str | None) -> Tls | None:
+    from bulkgen_cli.errors import UsageError
+    from bulkgen_cli.server.run import Tls
+
+    if certfile is None and keyfile is None:
+        return None
+    if certfile is None or keyfile is None:
+        raise UsageError("--ssl-certfile and --ssl-keyfile go together: give both, or neither for plain HTTP.")
+    tls = Tls(certfile, keyfile)
+    tls.check()
+    return tls
+
+
+def _announce(base: str, display: str, live_tokens: int, cors: tuple[str, ...], processor: bool) -> None:
+    note(f"bulkgen serve: {base}/api (OpenAPI at /openapi.json); store {display}; "
          f"{live_tokens} live token{'s' if live_tokens != 1 else ''}; "
          f"CORS {'for ' + ', '.join(cors) if cors else 'off'}; "
          f"processor {'in this process' if processor else 'not here (run `bulkgen run --forever`)'}.")

@@ -104,10 +104,10 @@ def check_webhook(url: str, policy: Policy) -> list[str]:
         raise Refused(f"webhook {quoted(url, 80)}: the port is not a number.") from None
     try:
         addresses = resolve(host, port)
-    except (OSError, UnicodeError) as exc:
-        raise Refused(f"webhook host {quoted(host)} cannot be resolved ({exc}).") from None
+    except (OSError, UnicodeError):
+        raise Refused(f"webhook host {quoted(host)} cannot be resolved.") from None
     if not addresses:
-        raise Refused(f"webhook host {quoted(host)} resolves to no address.")
+        raise Refused(f"webhook host {quoted(host)} cannot be resolved.")
     if host in policy.webhook_allow:
         return addresses
     networks = policy.networks()
@@ -115,8 +115,10 @@ def check_webhook(url: str, policy: Policy) -> list[str]:
         address = ipaddress.ip_address(text.split("%")[0])
         reason = why_not_public(address)
         if reason and not any(address in net for net in networks if net.version == address.version):
-            raise Refused(f"webhook host {quoted(host)} resolves to {text}, a {reason} address; the server's "
-                          "operator can allow it with `bulkgen serve --webhook-allow HOST|NETWORK`.")
+            # The rule, never the address: what the server's resolver answers is not the user's to learn.
+            raise Refused(f"webhook host {quoted(host)} is not a public address ({reason}): a webhook reaches "
+                          "only public addresses unless the server's operator allows the host or its network "
+                          "with `bulkgen serve --webhook-allow HOST|NETWORK`.")
     return addresses
 
 

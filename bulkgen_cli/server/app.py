@@ -28,6 +28,7 @@ from bulkgen_cli.server import live, quotas, submission
 from bulkgen_cli.server.access import StoreAccess
 from bulkgen_cli.server.auth import Caller, caller
 from bulkgen_cli.server.config import ENVELOPE_BYTES, ServerConfig
+from bulkgen_cli.server.edge import AccessLog, Headers
 from bulkgen_cli.server.limits import BodyLimit, BodyTooLarge
 from bulkgen_cli.server.page import add_page
 from bulkgen_cli.server.problems import MEDIA_TYPE, HttpProblem, from_error, responses, too_large, validation
@@ -82,11 +83,15 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.state.write_buckets = quotas.TokenBuckets(config.limits.write_rate, config.limits.write_burst)
     _errors(app)
     app.add_middleware(BodyLimit, limit=BODY_LIMIT)
+    app.add_middleware(Headers)
     if config.cors:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"])
+    app.add_middleware(AccessLog)  # outermost: it logs every answer, a refused one too
+    # No redirect from `/path/` to `/path`: Starlette's would name the client's Host header in its Location.
+    app.router.redirect_slashes = False
     _job_routes(app, access)
     _control_routes(app, access)
     _item_routes(app, access)

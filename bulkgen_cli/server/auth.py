@@ -29,4 +29,5 @@ def caller(request: Request, credentials: HTTPAuthorizationCredentials | None = 
     token = access.call(lambda store: tokens.authenticate(store, credentials.credentials))
     if token is None:
         raise unauthorized("the bearer token is not valid (unknown or revoked).")
+    request.scope.setdefault("state", {})["user"] = token.userId  # for the access log (edge.AccessLog)
     return Caller(token.userId, token.admin, token.email)

@@ -15,12 +15,14 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class BodyTooLarge(Exception):
-    """Raised from `receive` once a body passes the cap; the app answers 413 (problems.too_large)."""
+    """A body over the cap, should a route see one; the app answers 413 (problems.too_large)."""
 
 
 class BodyLimit:
     """ASGI middleware: a declared Content-Length over `limit` is refused before a byte is read; a body
-    without one (chunked) is counted as it arrives and refused the moment it passes `limit`."""
+    without one (chunked) is counted as it arrives and refused the moment it passes `limit`: the 413 is
+    sent from here at once, the route reads that the client left, and whatever it answers is dropped
+    (a route whose framework turns any failed read into a 400 answers 413 all the same)."""
 
     def __init__(self, app: App, limit: int):
         self.app, self.limit = app, limit
@@ -33,18 +35,29 @@ class BodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             await self._refuse(send)
             return
-        seen = 0
+        seen, refused, started = 0, False, False
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise BodyTooLarge()
+                    refused = True
+                    if not started:
+                        await self._refuse(send)
+                    return {"type": "http.disconnect"}
             return message
 
-        await self.app(scope, counted, send)
+        async def unless_refused(message: Message) -> None:
+            nonlocal started
+            if not refused:
+                started = True
+                await send(message)
+
+        await self.app(scope, counted, unless_refused)
 
     async def _refuse(self, send: Send) -> None:
         body = json.dumps(too_large(self.limit).body()).encode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -11,6 +12,8 @@ from bulkgen_cli.errors import (
     BulkgenError, InvalidTransition, ManifestError, NoStore, NotFound, Problem, StoreUnavailable, UsageError,
 )
 from bulkgen_cli.netpolicy import Refused
+
+logger = logging.getLogger("uvicorn.error")
 
 MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:bulkgen:problem:"
@@ -79,10 +82,20 @@ def from_error(exc: BulkgenError) -> HttpProblem:
     if isinstance(exc, InvalidTransition):
         return HttpProblem(409, "invalid-state", "Not allowed in the job's current state", http_words(exc), code)
     if isinstance(exc, (StoreUnavailable, NoStore)):
-        return HttpProblem(503, "store-unavailable", "The store cannot be used", http_words(exc), code)
+        return unavailable(exc, "store-unavailable", "The store cannot be used")
     # Any other error by the meaning of its exit code (a name taken is 4, as a state rule is).
     status, kind, title = BY_EXIT_CODE.get(code, (500, "error", "The request failed"))
+    if status >= 500:
+        return unavailable(exc, kind, title, status)
     return HttpProblem(status, kind, title, http_words(exc), code)
+
+
+def unavailable(exc: BulkgenError, kind: str, title: str, status: int = 503) -> HttpProblem:
+    """A fault of the server's side: its sentence (which may name a file, a host, a setting) goes to the
+    server's log; the answer only says that it is the server's and where the operator reads why."""
+    logger.warning("answered %d: %s", status, exc.for_http())
+    return HttpProblem(status, kind, title, "the server cannot do this now; its operator finds the reason in the "
+                       "server's log.", exc.exit_code)
 
 
 #: Flags whose checks the HTTP routes share (a submit's notify, a schedule's cron and zone): a message that

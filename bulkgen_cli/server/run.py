@@ -5,40 +5,40 @@ shutdown, which ends the event streams (ServerConfig.stopping) and then this
 module stops the processor as a Ctrl-C stops `bulkgen run`: nothing new starts,
 the request in flight may finish within `--grace` and is recorded, else it is
 aborted and its item goes back to the queue uncharged; the slot is released.
+
+The listening socket is bound (`listen`) before the processor or the app
+starts, so a port in use is one sentence and exit 6; uvicorn serves on it with
+the deadlines and the connection cap of `connections.py`
+(design.md, "Slow and idle clients") and, given a certificate, TLS.
 """
 
 from __future__ import annotations
 
 import logging
-import re
+import socket
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
+
+from bulkgen_cli.errors import BulkgenError, UsageError
+from bulkgen_cli.server import connections
+from bulkgen_cli.server.connections import Limits, raise_file_limit
 
 from bulkgen_cli.server.config import ServerConfig
+from bulkgen_cli.server.edge import scrub
 from bulkgen_cli.settings import RunSettings
 from bulkgen_cli.store.base import Store
-
-#: Query parameters whose values never reach a log line.
-SECRET_PARAM = re.compile(r"((?:token|key|password|secret|auth)[^=&\s]*=)[^&\s\"]*", re.IGNORECASE)
-BEARER = re.compile(r"(bearer\s+)\S+", re.IGNORECASE)
-#: A token wherever it stands (a path, a query value by any name): tokens.PREFIX and what follows it.
-TOKEN = re.compile(r"bgk_[A-Za-z0-9_-]+")
-
+from bulkgen_cli.text import quoted
 
 class Redact(logging.Filter):
-    """No token or password in any log line: secret-looking query values and bearer tokens become ***."""
+    """No token or password in any of uvicorn's own log lines (edge.scrub); the access log is edge.AccessLog's."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.args:
-            record.args = tuple(_scrub(a) if isinstance(a, str) else a for a in record.args)  # type: ignore[union-attr]
+            record.args = tuple(scrub(a) if isinstance(a, str) else a for a in record.args)  # type: ignore[union-attr]
         if isinstance(record.msg, str):
-            record.msg = _scrub(record.msg)
+            record.msg = scrub(record.msg)
         return True
-
-
-def _scrub(text: str) -> str:
-    return TOKEN.sub("bgk_***", BEARER.sub(r"\1***", SECRET_PARAM.sub(r"\1***", text)))
 
 
 @dataclass
@@ -77,20 +77,86 @@ def stop_processor(background: Background) -> None:
         background.thread.join(30.0)
 
 
-def serve(config: ServerConfig, host: str, port: int, processor: Background | None = None,
-          ready: Callable[[str], None] | None = None) -> None:
+class CannotListen(BulkgenError):
+    """The address and port cannot be bound (in use, or not an address of this machine)."""
+
+    exit_code = 6
+
+
+@dataclass(frozen=True)
+class Tls:
+    """`--ssl-certfile` and `--ssl-keyfile`: the server speaks HTTPS."""
+
+    certfile: str
+    keyfile: str
+
+    def check(self) -> None:
+        """UsageError unless the two files make a certificate and its key (read now, not on the first request)."""
+        import ssl
+
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.certfile, self.keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a PEM certificate and its key"
+            raise UsageError(f"--ssl-certfile {quoted(self.certfile)} with --ssl-keyfile {quoted(self.keyfile)}: "
+                             f"{reason}.") from None
+
+
+def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """The listening socket, bound before anything else starts; CannotListen in one sentence if it cannot be."""
+    sock = None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except (OSError, UnicodeError) as exc:
+        if sock is not None:
+            sock.close()
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CannotListen(f"cannot listen on {host} port {port}: {reason.lower().rstrip('.')} (another program "
+                           "holds the port, or the address is not one of this machine's); pick another --host or "
+                           "--port.") from None
+    return sock
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging, plus edge.AccessLog's lines on standard output in uvicorn's format."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["handlers"]["bulkgen_access"] = {"formatter": "default", "class": "logging.StreamHandler",
+                                            "stream": "ext://sys.stdout"}
+    config["loggers"]["bulkgen.access"] = {"handlers": ["bulkgen_access"], "level": "INFO", "propagate": False}
+    return config
+
+
+def serve(config: ServerConfig, sock: socket.socket, processor: Background | None = None,
+          limits: Limits = Limits(), tls: Tls | None = None) -> None:
+    """Serve on the bound `sock` until SIGINT/SIGTERM (which uvicorn then raises again: exit 130/143)."""
     import uvicorn
 
     from bulkgen_cli.server.app import create_app
 
-    uvicorn_config = uvicorn.Config(create_app(config), host=host, port=port, log_level="info",
-                                    timeout_graceful_shutdown=3, server_header=False)
+    limits, shrunk = raise_file_limit(limits)
+    uvicorn_config = uvicorn.Config(create_app(config), log_level="info", log_config=log_config(), access_log=False,
+                                    timeout_graceful_shutdown=3, server_header=False,
+                                    ssl_certfile=tls.certfile if tls else None,
+                                    ssl_keyfile=tls.keyfile if tls else None, **connections.settings(limits))
+    if shrunk:
+        logging.getLogger("uvicorn.error").warning("%s", shrunk)
     server = uvicorn.Server(uvicorn_config)
     config.stopping = lambda: server.should_exit
-    for name in ("uvicorn", "uvicorn.access", "uvicorn.error"):
+    for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).addFilter(Redact())
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
+        sock.close()
+        uvicorn_config.http_protocol_class.guard.report()  # type: ignore[union-attr]
         if processor is not None:
             stop_processor(processor)

@@ -503,6 +503,16 @@ def _unavailable(method: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+def _create_private(path: Path) -> None:
+    """Create the store's file readable and writable by its owner only (0600, whatever the umask); SQLite gives
+    its -wal and -shm files the main file's mode. An existing file keeps its mode; a file that cannot be
+    created is left to SQLite's own open, which says why."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError:
+        pass
+
+
 class SqliteStore(Store):
     def __init__(self, path: str | Path, mode: OpenMode = "create"):
         self.path = Path(path)
@@ -533,6 +543,8 @@ class SqliteStore(Store):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise _os_error(self.path, exc) from exc
+        if mode == "create":
+            _create_private(self.path)
         self.db = self._connect("rwc" if mode == "create" else "rw")
         try:
             version = self.db.execute("PRAGMA user_version").fetchone()[0]

@@ -1,0 +1,130 @@
+"""What every answer carries and what the access log says (design.md, "The HTTP server").
+
+Two ASGI middlewares around the app, independent of the ASGI server:
+
+- `Headers`: `X-Content-Type-Options: nosniff` on every answer and `Cache-Control: no-store` on the API's
+  (a route that sets its own Cache-Control keeps it);
+- `AccessLog`: one line per request, `CLIENT - USER - "METHOD TARGET HTTP/V" STATUS`, with the acting
+  user (set by auth.caller into the scope's state; `-` without one) and never a token or a secret:
+  the target is logged as sent (percent-encoded), masked by `scrub`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Awaitable, Callable
+from urllib.parse import unquote_plus
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+access_logger = logging.getLogger("bulkgen.access")
+
+#: Parts of a query parameter's name that mark its value as a secret (after percent-decoding the name).
+SECRET_NAMES = ("token", "key", "pass", "pwd", "secret", "auth", "sign", "sig", "credential", "session", "cookie",
+                "jwt", "private", "code")
+#: One `name=value` of a query string (or of any text logged: a value stops at &, ;, space or a quote).
+PARAM = re.compile(r"(?P<lead>[?&;\s]|^)(?P<name>[^=&;?\s\"]+)=(?P<value>[^&;\s\"]*)")
+BEARER = re.compile(r"(bearer\s+)\S+", re.IGNORECASE)
+#: A run of characters that may carry a token, each one literal or percent-encoded.
+WORD = re.compile(r"(?:[A-Za-z0-9_.~+-]|%[0-9A-Fa-f]{2})+")
+#: tokens.PREFIX, as it reads once decoded.
+TOKEN_PREFIX = "bgk_"
+
+
+def decoded(text: str) -> str:
+    """`text` percent-decoded until it no longer changes (twice at most: %255F is %5F is _)."""
+    for _ in range(3):
+        plain = unquote_plus(text)
+        if plain == text:
+            break
+        text = plain
+    return text
+
+
+def scrub(text: str) -> str:
+    """No token and no secret-looking query value in `text`, however percent-encoded."""
+    def param(match: re.Match[str]) -> str:
+        name = decoded(match["name"]).lower()
+        if any(part in name for part in SECRET_NAMES):
+            return f"{match['lead']}{match['name']}=***"
+        return match[0]
+
+    def word(match: re.Match[str]) -> str:
+        return "bgk_***" if TOKEN_PREFIX in decoded(match[0]).lower() else match[0]
+
+    return WORD.sub(word, BEARER.sub(r"\1***", PARAM.sub(param, text)))
+
+
+def printable(raw: bytes) -> str:
+    """Bytes of a request line as one log line: nothing that could start another line or fake one."""
+    return "".join(chr(b) if 0x20 < b < 0x7F else f"\\x{b:02x}" for b in raw)
+
+
+class Headers:
+    """nosniff on every answer; no-store on the API's unless the route set a Cache-Control itself."""
+
+    def __init__(self, app: App):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        api = scope.get("path", "").startswith("/api") or scope.get("path") == "/openapi.json"
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                names = {name.lower() for name, _ in headers}
+                if b"x-content-type-options" not in names:
+                    headers.append((b"x-content-type-options", b"nosniff"))
+                if api and b"cache-control" not in names:
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+class AccessLog:
+    """One masked line per answered request, naming the acting user."""
+
+    def __init__(self, app: App):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 0
+
+        async def noted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noted)
+        except Exception:
+            status = status or 500  # Starlette's outermost middleware answers it
+            raise
+        finally:
+            if status:
+                access_logger.info("%s", line(scope, status))
+
+
+def line(scope: Scope, status: int) -> str:
+    client = scope.get("client")
+    where = f"{client[0]}:{client[1]}" if client else "-"
+    user = (scope.get("state") or {}).get("user") or "-"
+    target = scope.get("raw_path") or scope.get("path", "").encode()
+    if scope.get("query_string"):
+        target += b"?" + scope["query_string"]
+    request = f'{scope.get("method", "-")} {printable(target)} HTTP/{scope.get("http_version", "1.1")}'
+    return scrub(f'{where} - {printable(str(user).encode())} - "{request}" {status}')
