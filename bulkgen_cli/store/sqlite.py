@@ -327,7 +327,9 @@ CLAIM_FIRST_TURN_SQL = _CLAIM_JOB.format(index="bulk_jobs_turn", where="",
                                          order=", ".join("b." + name for name in rules.TURN_ORDER))
 #: Whose turn was last; and the record of the turn a claim took.
 LAST_TURN_SQL = "SELECT userId FROM turns WHERE name = ?"
-TAKE_TURN_SQL = "INSERT INTO turns (name, userId) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET userId = excluded.userId"
+TAKE_TURN_SQL = (
+    "INSERT INTO turns (name, userId) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET userId = excluded.userId"
+)
 #: Whether `owner` holds a live processor slot.
 SLOT_HELD_SQL = "SELECT 1 FROM leases WHERE owner = ? AND name != ? AND expires_at >= ?"
 #: Whether `owner` holds an item already.
