@@ -71,3 +71,37 @@ def test_the_operator_queues_an_urgent_job_on_the_cli(tmp_path):
     assert status_of(env, done.out.strip())["bulk_job"]["priority"] == "urgent"
     wrong = run_cli(["submit", str(path), "--priority", "top"], env)
     assert wrong.code == 2 and "urgent" in wrong.err and "Traceback" not in wrong.err
+
+
+def test_concurrent_claims_on_sqlite_take_exact_turns(tmp_path):
+    """Three processors (threads, each with its own connection) claiming at once: the turn is read and recorded in
+    each claim's transaction, so the claims, in fencing-token order, still alternate between the users exactly."""
+    import threading
+
+    from bulkgen_cli.model import ItemStatus, Outcome
+    from bulkgen_cli.store.sqlite import SqliteStore
+    from tests.conftest import claim, submit
+
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as setup:
+        t = utcnow() - dt.timedelta(seconds=10)
+        jobs = [submit(setup, 10, user="alice", created_at=t + dt.timedelta(seconds=n)) for n in range(3)]
+        jobs.append(submit(setup, 10, user="bob", created_at=t + dt.timedelta(seconds=5)))
+
+    def work(owner: str) -> None:
+        with SqliteStore(path) as store:
+            while any(i.status == "queued" for job in jobs for i in store.list_items(job.id)):
+                item = claim(store, owner, 30, utcnow(), max_in_flight=3)
+                if item is not None:
+                    store.finish_item(item.id, owner, Outcome(ItemStatus.completed), utcnow())
+
+    threads = [threading.Thread(target=work, args=(f"p{n}",)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    with SqliteStore(path, "read") as store:
+        claimed = sorted((i for job in jobs for i in store.list_items(job.id)), key=lambda i: i.fence)
+    assert all(i.status == "completed" for i in claimed)
+    assert [i.userId for i in claimed] == ["alice", "bob"] * 10 + ["alice"] * 20
