@@ -143,8 +143,9 @@ WaitOpt = Annotated[bool, typer.Option("--wait", help="Then process it (or attac
                     "ends; exit 0 if every item completed, 1 otherwise.")]
 SplitOpt = Annotated[bool, typer.Option("--split", help="A file of more than 50 items becomes several bulk jobs of "
                      "balanced sizes (each 10-50, in file order), linked by a group id; one id per line.")]
-PriorityOpt = Annotated[Priority, typer.Option("--priority", help="Claims go by priority (high, normal, low), then "
-                        "first in, first out.")]
+PriorityOpt = Annotated[Priority, typer.Option("--priority", help="Orders this user's own jobs (high, normal, low; "
+                        "then first in, first out) while users take turns; urgent, the operator's, goes ahead of "
+                        "everyone's.")]
 NotBeforeOpt = Annotated[Optional[str], typer.Option("--not-before", metavar="WHEN", help="Queue it now, start it "
                          "then: ISO 8601 (local time without a zone) or +30m, +2h, +1d.", show_default=False)]
 QualityOpt = Annotated[QualityPolicy, typer.Option("--quality", help="The quality gate on each returned article "

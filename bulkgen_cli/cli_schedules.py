@@ -58,7 +58,8 @@ ModeOpt = Annotated[Optional[str], typer.Option("--mode", metavar="MODE", help="
                     "the file names none. [default: topic]", show_default=False)]
 FormatOpt = Annotated[Optional[InputFormat], typer.Option("--format", help="The articles file's (or, with a "
                       "template, the rows') format, when its name does not say.", show_default=False)]
-PriorityOpt = Annotated[Priority, typer.Option("--priority", help="Each job's priority.")]
+PriorityOpt = Annotated[Priority, typer.Option("--priority", help="Each job's priority (urgent goes ahead of every "
+                        "user's turn).")]
 NotifyOpt = Annotated[Optional[list[str]], typer.Option("--notify", metavar="CHANNEL", help="Tell someone when each "
                       "job ends: webhook:https://… or email:someone@example.com; repeatable. [env: BULKGEN_NOTIFY, "
                       "read when the schedule is added]", show_default=False)]

@@ -59,15 +59,16 @@ class EventKind(str, Enum):
 
 
 class Priority(str, Enum):
-    """Claims go by priority, then FIFO."""
+    """The order of a user's own jobs; `urgent` (an operator's) goes ahead of everyone's (design.md, "Fair turns")."""
 
+    urgent = "urgent"
     high = "high"
     normal = "normal"
     low = "low"
 
 
 #: Sort key of each priority (stored beside it as `priority_rank`).
-PRIORITY_RANK = {Priority.high: 0, Priority.normal: 1, Priority.low: 2}
+PRIORITY_RANK = {Priority.urgent: -1, Priority.high: 0, Priority.normal: 1, Priority.low: 2}
 
 
 class QualityPolicy(str, Enum):

@@ -35,13 +35,14 @@ def test_priority_goes_first(cli):
     normal = cli("submit", str(EXAMPLES / "articles.yaml")).out.strip()
     low = cli("submit", str(EXAMPLES / "trends.yaml"), "--priority", "low").out.strip()
     high = cli("submit", str(EXAMPLES / "keywords.yaml"), "--priority", "high").out.strip()
+    urgent = cli("submit", str(EXAMPLES / "articles.yaml"), "--priority", "urgent").out.strip()  # the operator's
     assert cli("run").code == 0
-    started = {j: json.loads(cli("status", j, "--json").out)["bulk_job"] for j in (normal, low, high)}
+    started = {j: json.loads(cli("status", j, "--json").out)["bulk_job"] for j in (normal, low, high, urgent)}
     assert started[high]["priority"] == "high" and started[low]["priority"] == "low"
     order = sorted(started, key=lambda j: started[j]["started_at"])
-    assert order == [high, normal, low]
+    assert order == [urgent, high, normal, low]  # one user's jobs: by priority (turns are between users)
     assert "high" in cli("list").out
-    assert cli("submit", str(EXAMPLES / "articles.yaml"), "--priority", "urgent").code == 2
+    assert cli("submit", str(EXAMPLES / "articles.yaml"), "--priority", "top").code == 2
 
 
 def test_scheduled_job_waits_and_run_says_so(cli):

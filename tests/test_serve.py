@@ -216,7 +216,8 @@ def test_bad_bodies_are_4xx_problems_never_500(served):
             (client.post("/api/bulk-generate", content=b"{not json", headers={"content-type": "application/json"}), 400),
             (client.post("/api/bulk-generate", json=[1, 2]), 400),
             (client.post("/api/bulk-generate", json={"bulk_config": {"items": []}}), 422),
-            (client.post("/api/bulk-generate", json={**articles(), "priority": "urgent"}), 400),
+            (client.post("/api/bulk-generate", json={**articles(), "priority": "top"}), 400),
+            (client.post("/api/bulk-generate", json={**articles(), "priority": "urgent"}), 403),
             (client.post("/api/bulk-generate", content=b"topic\n", headers={"content-type": "text/csv"}), 415),
             (client.post("/api/bulk-generate", files={"file": ("a.exe", b"MZ", "application/octet-stream")}), 400),
             (client.post("/api/bulk-generate", content=b"--x\r\nbroken", headers={

@@ -159,7 +159,7 @@ def test_sqlite_store_of_schema_6_gets_the_serve_tables_and_triggers(tmp_path):
         db.execute(statement)
     db.close()
     with SqliteStore(path) as store:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
         assert store.get_bulk(bulk.id).notify_policy is None and store.changes_since(0) == []
         store.cancel_bulk(bulk.id, utcnow())
         assert [c.status for c in store.changes_since(0)][:2] == ["cancelled", "cancelled"]

@@ -24,6 +24,7 @@ from bulkgen_cli.model import BulkJob, BulkStatus, ItemStatus, Outcome, new_id
 LEASE = 30.0
 MAX_ATTEMPTS = 3
 OWNERS = ("A", "B", "C", "D")
+USERS = ("u1", "u2", "u3")
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
 
@@ -42,6 +43,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.lease_owner: str | None = None
         self.lease_until = T0
         self.last_fence = 0
+        self.last_turn: str | None = None  # the user whose turn the last claim took (design.md, "Fair turns")
 
     def open_store(self):  # pragma: no cover - overridden
         raise NotImplementedError
@@ -55,28 +57,44 @@ class StoreMachine(RuleBasedStateMachine):
         if self.store.refresh_counters(bulk_id, self.now).ended_now:
             self.ends[bulk_id] += 1
 
-    def expected_next(self) -> str | None:
-        """Priority, then FIFO: the first queued item of the oldest due claimable job."""
-        rank = {"high": 0, "normal": 1, "low": 2}
+    def expected_next(self) -> tuple[str, str | None] | None:
+        """Fair turns (design.md, "Fair turns"): the item the next claim must take, and whose turn it takes.
+
+        The first queued item of the oldest due claimable urgent job (no turn); else of the first user
+        after the last turn's user that has such a job (wrapping around), that user's jobs by priority
+        then oldest first.
+        """
+        rank = {"urgent": -1, "high": 0, "normal": 1, "low": 2}
         jobs = [self.store.get_bulk(b) for b in self.bulks]
-        jobs = sorted((j for j in jobs if j.status in ("queued", "processing")
-                       and (j.not_before is None or j.not_before <= self.now)),
-                      key=lambda j: (rank[j.priority], j.created_at, j.id))
+        jobs = [j for j in jobs if j.status in ("queued", "processing")
+                and (j.not_before is None or j.not_before <= self.now)]
+        firsts = {}
         for job in jobs:
-            for item in self.store.list_items(job.id):
-                if item.status == "queued":
-                    return item.id
-        return None
+            queued = [i for i in self.store.list_items(job.id) if i.status == "queued"]
+            if queued:
+                firsts[job.id] = min(queued, key=lambda i: i.queue_position).id
+        ready = [j for j in jobs if j.id in firsts]
+        urgent = sorted((j for j in ready if j.priority == "urgent"), key=lambda j: (j.created_at, j.id))
+        if urgent:
+            return firsts[urgent[0].id], None
+        users = sorted({j.userId for j in ready})
+        if not users:
+            return None
+        after = [u for u in users if self.last_turn is not None and u > self.last_turn]
+        user = (after or users)[0]
+        job = min((j for j in ready if j.userId == user), key=lambda j: (rank[j.priority], j.created_at, j.id))
+        return firsts[job.id], user
 
     # -- rules ------------------------------------------------------------------
 
     @precondition(lambda self: len(self.bulks) < 4)
     @rule(n=st.integers(min_value=1, max_value=4),  # small jobs reach their end within a run
-          priority=st.sampled_from(["high", "normal", "normal", "low"]),
-          wait=st.one_of(st.none(), st.integers(min_value=1, max_value=60)))
-    def submit(self, n: int, priority: str, wait: int | None) -> None:
+          priority=st.sampled_from(["urgent", "high", "normal", "normal", "low"]),
+          wait=st.one_of(st.none(), st.integers(min_value=1, max_value=60)),
+          user=st.sampled_from(USERS))
+    def submit(self, n: int, priority: str, wait: int | None, user: str) -> None:
         self.now += dt.timedelta(milliseconds=1)
-        bulk = BulkJob(id=new_id(), userId="u", mode="topic", name="j", status="queued", total_items=n,
+        bulk = BulkJob(id=new_id(), userId=user, mode="topic", name="j", status="queued", total_items=n,
                        created_at=self.now, notify=["webhook:http://127.0.0.1:9/h"], priority=priority,
                        not_before=None if wait is None else self.now + dt.timedelta(seconds=wait))
         self.store.create_bulk(bulk, [{"topic": f"T{i}", "word_count": 500} for i in range(n)])
@@ -106,8 +124,11 @@ class StoreMachine(RuleBasedStateMachine):
             return
         assert has_slot and not busy and not full, \
             "an item was claimed without a slot, beside the owner's own item, or beyond the concurrency bound"
-        assert item.id == expected, \
-            "claim broke priority/FIFO, took a paused or cancelled job's item, or started one before its time"
+        assert expected is not None and item.id == expected[0], \
+            "claim broke the turns, priority/FIFO within a user or urgent first, took a paused or cancelled " \
+            "job's item, or started one before its time"
+        if expected[1] is not None:
+            self.last_turn = expected[1]
         assert item.fence is not None and item.fence > self.last_fence, "fencing tokens must only grow"
         self.last_fence = item.fence
         self.held[item.id] = owner

@@ -561,14 +561,14 @@ def test_sqlite_store_of_schema_1_is_migrated_to_the_current_one(tmp_path):
     bulk = submit(store, 10)
     store.close()
     db = sqlite3.connect(path, isolation_level=None)
-    for statement in ("DROP INDEX bulk_jobs_notify", "DROP INDEX bulk_jobs_hook", "DROP INDEX bulk_jobs_claim",
+    for statement in ("DROP INDEX bulk_jobs_urgent", "DROP INDEX bulk_jobs_turn", "DROP INDEX bulk_jobs_notify", "DROP INDEX bulk_jobs_hook", "DROP INDEX bulk_jobs_claim",
                       "DROP INDEX bulk_jobs_group", "ALTER TABLE bulk_jobs DROP COLUMN group_id",
                       "ALTER TABLE bulk_jobs DROP COLUMN priority", "ALTER TABLE bulk_jobs DROP COLUMN priority_rank",
                       "ALTER TABLE bulk_jobs DROP COLUMN not_before",
                       "ALTER TABLE bulk_jobs DROP COLUMN outbox",
                       "ALTER TABLE bulk_jobs DROP COLUMN notify_pending",
                       "ALTER TABLE bulk_jobs DROP COLUMN hook_pending", "ALTER TABLE generation_jobs DROP COLUMN fence",
-                      "DROP TABLE counters", "DROP TABLE templates",
+                      "DROP TABLE counters", "DROP TABLE templates", "DROP TABLE turns",
                       "ALTER TABLE bulk_jobs DROP COLUMN quality", "ALTER TABLE bulk_jobs DROP COLUMN quality_ratio",
                       "ALTER TABLE bulk_jobs DROP COLUMN flagged_items",
                       "ALTER TABLE bulk_jobs DROP COLUMN quality_summary",
@@ -583,7 +583,7 @@ def test_sqlite_store_of_schema_1_is_migrated_to_the_current_one(tmp_path):
     db.close()
     store = SqliteStore(path)
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
         assert store.get_bulk(bulk.id).total_items == 10
         assert run_to_end(store, store.get_bulk(bulk.id), utcnow()).ended_now
         assert store.get_bulk(bulk.id).outbox is not None
@@ -593,25 +593,41 @@ def test_sqlite_store_of_schema_1_is_migrated_to_the_current_one(tmp_path):
 
 
 def test_sqlite_claim_uses_indexes_with_many_finished_jobs(tmp_path):
-    """Regression: the claim used to walk every bulk job in creation order (found by bench/bench_huey.py)."""
-    from bulkgen_cli.store.sqlite import CLAIM_ITEM_SQL, CLAIM_JOB_SQL, SqliteStore
+    """Regression: the claim used to walk every bulk job in creation order (found by bench/bench_huey.py).
+
+    Each of the claim's lookups (an urgent job, the next user's turn, the first user's) is a search or
+    a walk of a partial index over claimable jobs only, stopping at the first hit: no sort, no finished job.
+    """
+    from bulkgen_cli.store.sqlite import (
+        CLAIM_FIRST_TURN_SQL, CLAIM_ITEM_SQL, CLAIM_TURN_SQL, CLAIM_URGENT_SQL, SqliteStore,
+    )
 
     store = SqliteStore(tmp_path / "big.db")
     try:
         t = utcnow()
         for n in range(200):
-            bulk = submit(store, 10, created_at=t + dt.timedelta(milliseconds=n))
+            bulk = submit(store, 10, user=f"user{n % 7}", created_at=t + dt.timedelta(milliseconds=n))
             if n % 10:
                 store.db.execute("UPDATE bulk_jobs SET status = 'completed' WHERE id = ?", (bulk.id,))
         store.db.execute("ANALYZE")
-        job_plan = " ".join(r[3] for r in store.db.execute("EXPLAIN QUERY PLAN " + CLAIM_JOB_SQL, ("queued", "processing", "2026")))
-        item_plan = " ".join(r[3] for r in store.db.execute("EXPLAIN QUERY PLAN " + CLAIM_ITEM_SQL, (bulk.id,)))
-        assert "INDEX bulk_jobs_claim (status=?)" in job_plan and "SCAN b" not in job_plan
+
+        def plan(sql, *args):
+            return " ".join(r[3] for r in store.db.execute("EXPLAIN QUERY PLAN " + sql, args))
+
+        urgent, turn = plan(CLAIM_URGENT_SQL, -1, "2026"), plan(CLAIM_TURN_SQL, "user3", "2026")
+        first = plan(CLAIM_FIRST_TURN_SQL, "2026")
+        item_plan = plan(CLAIM_ITEM_SQL, bulk.id)
+        assert "SEARCH b USING INDEX bulk_jobs_urgent (priority_rank=?)" in urgent
+        assert "SEARCH b USING INDEX bulk_jobs_turn (userId>?)" in turn
+        assert "SCAN b USING INDEX bulk_jobs_turn" in first  # partial: claimable jobs only, first hit ends it
+        assert not any("TEMP B-TREE" in p for p in (urgent, turn, first))
         assert "INDEX generation_jobs_queue (bulk_job_id=? AND status=?)" in item_plan
         assert "TEMP B-TREE" not in item_plan
+        partial = dict(store.db.execute("SELECT name, sql FROM sqlite_master WHERE name LIKE 'bulk_jobs_%'"))
+        assert "WHERE status IN ('queued', 'processing')" in partial["bulk_jobs_turn"]
+        assert "WHERE status IN ('queued', 'processing')" in partial["bulk_jobs_urgent"]
     finally:
         store.close()
-
 
 
 def test_claims_go_by_priority_then_fifo(store):
@@ -627,6 +643,62 @@ def test_claims_go_by_priority_then_fifo(store):
         store.finish_item(item.id, "p", Outcome(ItemStatus.completed), t)
     assert order == [high.id] * 10 + [high2.id] * 10 + [normal.id] * 10 + [low.id] * 10
     assert store.get_bulk(high.id).priority == "high" and store.get_bulk(normal.id).priority == "normal"
+
+
+def claim_and_finish(store, t, owner="p1"):
+    """One claim by `owner`, finished at once: (the user, the job, the item's position), or None."""
+    item = claim(store, owner, LEASE, t)
+    if item is None:
+        return None
+    store.finish_item(item.id, owner, Outcome(ItemStatus.completed), t)
+    return item.userId, item.bulk_job_id, item.queue_position
+
+
+def test_users_take_turns_whatever_one_users_priorities(store):
+    """Fair turns: A's ten earlier jobs (three high) do not hold B's one job; within A, priority then FIFO."""
+    t = utcnow()
+    a = [submit(store, 2, user="alice", created_at=t + dt.timedelta(seconds=n), prefix=f"A{n}",
+                priority="high" if n in (3, 6, 9) else "normal") for n in range(10)]
+    b = submit(store, 3, user="bob", created_at=t + dt.timedelta(seconds=20), prefix="B")
+    seen = [claim_and_finish(store, t) for _ in range(23)]
+    assert ("bob", b.id, 1) in seen[:2]
+    a_order = [a[3], a[6], a[9]] + [job for n, job in enumerate(a) if n not in (3, 6, 9)]
+    alice = [("alice", job.id, p) for job in a_order for p in (1, 2)]
+    bob = [("bob", b.id, p) for p in (1, 2, 3)]
+    assert seen == [alice[0], bob[0], alice[1], bob[1], alice[2], bob[2], *alice[3:]]
+    assert claim(store, "p1", LEASE, t) is None
+
+
+def test_an_urgent_job_goes_ahead_of_every_turn_and_takes_none(store):
+    t = utcnow()
+    a = submit(store, 3, user="alice", created_at=t, prefix="A", priority="high")
+    b = submit(store, 3, user="bob", created_at=t + dt.timedelta(seconds=1), prefix="B")
+    assert claim_and_finish(store, t) == ("alice", a.id, 1)
+    urgent = submit(store, 2, user="carol", created_at=t + dt.timedelta(seconds=2), prefix="U", priority="urgent")
+    urgent2 = submit(store, 1, user="alice", created_at=t + dt.timedelta(seconds=3), prefix="U2", priority="urgent")
+    seen = [claim_and_finish(store, t) for _ in range(9)]
+    assert seen[:3] == [("carol", urgent.id, 1), ("carol", urgent.id, 2), ("alice", urgent2.id, 1)]
+    # The turns go on where they were: bob's, since alice had the last one.
+    assert seen[3:] == [("bob", b.id, 1), ("alice", a.id, 2), ("bob", b.id, 2), ("alice", a.id, 3),
+                        ("bob", b.id, 3), None]
+    assert store.get_bulk(urgent.id).priority == "urgent"
+
+
+def test_turns_skip_users_whose_jobs_wait_are_paused_or_cancelled(store):
+    t = utcnow()
+    a = submit(store, 4, user="alice", created_at=t, prefix="A")
+    paused = submit(store, 2, user="bob", created_at=t, prefix="P", priority="high")
+    cancelled = submit(store, 2, user="carl", created_at=t, prefix="C", priority="urgent")
+    waiting = submit(store, 2, user="dora", created_at=t, prefix="W", not_before=t + dt.timedelta(hours=1))
+    assert store.set_bulk_state(paused.id, [BulkStatus.queued], BulkStatus.paused, t)
+    assert store.cancel_bulk(cancelled.id, t)
+    assert [claim_and_finish(store, t) for _ in range(2)] == [("alice", a.id, 1), ("alice", a.id, 2)]
+    assert store.set_bulk_state(paused.id, [BulkStatus.paused], BulkStatus.queued, t)
+    later_on = t + dt.timedelta(hours=2)
+    assert [claim_and_finish(store, later_on) for _ in range(6)] == [
+        ("bob", paused.id, 1), ("dora", waiting.id, 1), ("alice", a.id, 3), ("bob", paused.id, 2),
+        ("dora", waiting.id, 2), ("alice", a.id, 4)]
+    assert all(i.status == "cancelled" for i in store.list_items(cancelled.id))
 
 
 def test_nothing_is_claimed_before_not_before(store):

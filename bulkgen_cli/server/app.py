@@ -161,7 +161,7 @@ def _job_routes(app: FastAPI, access: StoreAccess) -> None:
 
     @app.post("/api/bulk-generate", status_code=201, response_model=SubmitOut, tags=["bulk jobs"],
               responses={200: {"model": SubmitOut, "description": "Idempotency-Key used before: the job it made"},
-                         **responses(400, 401, 404, 413, 415, 422, 429, 503)},
+                         **responses(400, 401, 403, 404, 413, 415, 422, 429, 503)},
               openapi_extra=submission.REQUEST_BODY)
     async def submit(request: Request, me: Me,
                      idempotency_key: Annotated[Optional[str], Header(alias="Idempotency-Key", max_length=200)] = None,
@@ -171,7 +171,7 @@ def _job_routes(app: FastAPI, access: StoreAccess) -> None:
         config: ServerConfig = request.app.state.config
         policy = config.policy(me.email)
         answer = await run_in_threadpool(access.call, lambda s: submission.store(
-            s, form, me.user, idempotency_key, policy, None if me.admin else config.limits))
+            s, form, me.user, idempotency_key, policy, me.admin, None if me.admin else config.limits))
         return JSONResponse(answer.model_dump(), status_code=201 if answer.created else 200)
 
     @app.get("/api/bulk-generate", response_model=list[BulkJobOut], tags=["bulk jobs"],
@@ -308,7 +308,7 @@ def _schedule_routes(app: FastAPI, access: StoreAccess) -> None:
         return schedules.document(access.call(lambda s: schedules.get(s, me.user, name)))
 
     @app.post("/api/schedules", response_model=ScheduleOut, status_code=201, tags=["schedules"],
-              responses=responses(400, 401, 404, 413, 415, 422, 429, 503),
+              responses=responses(400, 401, 403, 404, 413, 415, 422, 429, 503),
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                   "schema": {"$ref": "#/components/schemas/ScheduleIn"}}}}})
     async def add_schedule(request: Request, me: Me) -> Any:
@@ -319,7 +319,7 @@ def _schedule_routes(app: FastAPI, access: StoreAccess) -> None:
         body = await request.body()
         config: ServerConfig = request.app.state.config
         return await run_in_threadpool(access.call, lambda s: submission.add_schedule(
-            s, body, me.user, config.policy(me.email), None if me.admin else config.limits))
+            s, body, me.user, config.policy(me.email), me.admin, None if me.admin else config.limits))
 
     for action in ("pause", "resume"):
         _schedule_state_route(app, access, action)

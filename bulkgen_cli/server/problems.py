@@ -131,7 +131,8 @@ def validation(errors: list[Any]) -> HttpProblem:
 
 #: Problem responses for the OpenAPI document, by status.
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    described = {400: "Bad request", 401: "No valid bearer token", 404: "Not found for this token",
+    described = {400: "Bad request", 401: "No valid bearer token", 403: "Only an admin may do this",
+                 404: "Not found for this token",
                  409: "Not allowed in the job's current state", 413: "Request body over 1 MiB",
                  415: "Neither JSON nor a multipart upload", 422: "Not valid (located problems)",
                  429: "Over a limit (which one, and how to raise it, in `detail`)", 503: "Store unavailable"}

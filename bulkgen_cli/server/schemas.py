@@ -208,7 +208,8 @@ class SubmitIn(BaseModel):
     mode: Optional[str] = Field(None, description="the story's form: {mode, items} at the top level")
     items: Optional[list[object]] = None
     name: Optional[str] = None
-    priority: Optional[str] = Field(None, description="high, normal or low")
+    priority: Optional[str] = Field(None, description="high, normal or low: the order of your own jobs (users take "
+                                                      "turns); urgent, an admin's only, goes ahead of everyone's")
     not_before: Optional[str] = Field(None, description="ISO 8601 with a zone, or +30m, +2h, +1d")
     notify: Optional[Union[list[str], str]] = Field(None, description="webhook:https://… or email:…")
     template: Optional[str] = Field(None, description="a saved template's name; `values` are its rows")

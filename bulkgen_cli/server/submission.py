@@ -29,7 +29,10 @@ REQUEST_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"$ref": "#/components/schemas/SubmitIn"}},
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary", "description": "an articles file: .yaml, .yml, .json or .csv"},
-        "name": {"type": "string"}, "priority": {"type": "string", "enum": ["high", "normal", "low"]},
+        "name": {"type": "string"}, "priority": {
+            "type": "string", "enum": [p.value for p in Priority],
+            "description": "orders your own jobs (high, normal, low); urgent (an admin token only) goes ahead of "
+                           "everyone's"},
         "not_before": {"type": "string"}, "notify": {"type": "array", "items": {"type": "string"}},
         "format": {"type": "string", "enum": ["yaml", "csv"]},
         "template": {"type": "string", "description": "a saved template's name: `file` holds its values (rows)"}}}},
@@ -167,22 +170,33 @@ def _json_located(form: Form) -> Iterator[None]:
         raise ManifestError(problems, subject) from None
 
 
+def priority_of(form: Form, admin: bool) -> Priority:
+    """The submit's priority: a user's orders their own jobs; `urgent` goes ahead of everyone's, so an admin's only
+    (design.md, "Fair turns")."""
+    try:
+        priority = Priority(form.priority or Priority.normal.value)
+    except ValueError:
+        raise UsageError(f"priority must be urgent, high, normal or low, got {form.priority!r}.") from None
+    if priority is Priority.urgent and not admin:
+        raise HttpProblem(403, "forbidden", "Only an admin may queue an urgent job",
+                          "priority 'urgent' puts a job ahead of every user's and needs an admin token; use 'high' "
+                          "to put this job ahead of your own others.")
+    return priority
+
+
 def store(db: Store, form: Form, user: str, key: str | None, policy: netpolicy.Policy,
-          limits: ServeLimits | None = None) -> SubmitOut:
+          admin: bool = False, limits: ServeLimits | None = None) -> SubmitOut:
     """Validate everything, check the user's quotas (`limits`; None: an admin's, unlimited), then store the job
     with the policy its notifications will follow."""
     from bulkgen_cli import settings
     from bulkgen_cli.notify import parse_channels
 
+    priority = priority_of(form, admin)
     parsed = from_template(db, form, user) if form.template is not None else validate(form)
     if limits is not None:
         quotas.check_submit(db, user, limits, manifest.stored_size(parsed.articles))
     channels = parse_channels(form.notify)
     netpolicy.check_channels(channels, policy)
-    try:
-        priority = Priority(form.priority or Priority.normal.value)
-    except ValueError:
-        raise UsageError(f"priority must be high, normal or low, got {form.priority!r}.") from None
     start = settings.parse_when(form.not_before, utcnow()) if form.not_before else None
     done = jobs.submit(db, parsed, user, name=form.name, idempotency_key=key, notify=channels, priority=priority,
                        not_before=start, notify_policy=policy.to_record())
@@ -208,7 +222,7 @@ def schedule_parts(body: bytes) -> tuple[dict[str, Any], Form]:
 
 
 def add_schedule(db: Store, body: bytes, user: str, policy: netpolicy.Policy,
-                 limits: ServeLimits | None = None) -> dict[str, Any]:
+                 admin: bool = False, limits: ServeLimits | None = None) -> dict[str, Any]:
     """Check the articles (or the saved template and its rows) and the notifications, then store the schedule.
     `limits`: the user's quotas (None: an admin's: no schedules limit, and any cron)."""
     from bulkgen_cli import schedules
@@ -217,6 +231,7 @@ def add_schedule(db: Store, body: bytes, user: str, policy: netpolicy.Policy,
     own, form = schedule_parts(body)
     if limits is not None:
         quotas.check_schedule(db, user, limits)
+    priority = priority_of(form, admin)
     channels = parse_channels(form.notify)
     netpolicy.check_channels(channels, policy)
     if form.template is not None:
@@ -226,10 +241,6 @@ def add_schedule(db: Store, body: bytes, user: str, policy: netpolicy.Policy,
     else:
         validate(form)
         source = {"kind": "file", "text": _text(form), "format": form.fmt, "file": form.source}
-    try:
-        priority = Priority(form.priority or Priority.normal.value)
-    except ValueError:
-        raise UsageError(f"priority must be high, normal or low, got {form.priority!r}.") from None
     options = {"name": form.name, "mode": None, "priority": priority.value, "notify": channels,
                "notify_policy": policy.to_record()}
     return schedules.document(schedules.add(db, user, own["schedule"], own["cron"], own["zone"], source, options,

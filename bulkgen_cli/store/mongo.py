@@ -55,7 +55,7 @@ META = "bulkgen_meta"
 TEMPLATES = "templates"
 SCHEDULES = "schedules"
 OCCURRENCES = "schedule_occurrences"
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 #: The counter document of the fencing tokens, in META.
 FENCE = "fence"
 #: How many candidates one claim tries before it reports nothing claimable.
@@ -270,9 +270,11 @@ class MongoStore(Store):
         self.items.create_index([("status", ASCENDING), ("lease_expires_at", ASCENDING)])
         self.bulks.create_index([("notify_pending", ASCENDING)])
         self.bulks.create_index([("group_id", ASCENDING)])
+        # The claim's lookups (design.md, "Fair turns"): urgent jobs oldest first; each user's jobs in turn.
         self.bulks.create_index(
             [("status", ASCENDING), ("priority_rank", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)]
         )
+        self.bulks.create_index([("status", ASCENDING), *_order(rules.TURN_ORDER)])
         self.bulks.create_index([("hook_pending", ASCENDING), ("completed_at", ASCENDING)])
         # One template per user and name: the unique index is what makes a save of a new name atomic.
         self.templates.create_index([("userId", ASCENDING), ("name", ASCENDING)], unique=True)
@@ -518,9 +520,10 @@ class MongoStore(Store):
             slot = self.leases.find_one({"owner": owner, "_id": {"$ne": COOLDOWN}, "expires_at": {"$gte": now}})
             if slot is None or not self._slot_free(slot):
                 return None
-            candidate = self._next_queued(now)
-            if candidate is None:
+            found = self._next_queued(now)
+            if found is None:
                 return None
+            candidate, served = found
             fence = self._next_fence()
             # The claim itself: only while `owner` still holds the slot and the slot
             # still holds what was just found finished. One single-document write.
@@ -540,6 +543,8 @@ class MongoStore(Store):
                 continue  # taken or cancelled meanwhile: the slot stays free (nothing in flight under `fence`)
             item = self._started(doc, owner, now)
             if item is not None:
+                if served is not None:  # the turn taken; a racing claim may write its own after (last one wins)
+                    self.meta.update_one({"_id": rules.TURN}, {"$set": {"userId": served}}, upsert=True)
                 return item
         return None
 
@@ -554,21 +559,29 @@ class MongoStore(Store):
         doc = self.items.find_one({"_id": item_id}, {"status": 1, "fence": 1})
         return doc is None or not (doc["status"] == ItemStatus.processing.value and doc.get("fence") == fence)
 
-    def _next_queued(self, now: dt.datetime) -> dict[str, Any] | None:
-        """The first queued item of the first claimable job, by priority then FIFO."""
+    def _next_queued(self, now: dt.datetime) -> tuple[dict[str, Any], str | None] | None:
+        """The first queued item of the job whose turn it is (rules.claim_lookups), and the user its turn serves.
+
+        Only a choice of which item to try: the claim's fence is the slot protocol, and a
+        claim that loses the item to a racing one tries again from the turn then recorded.
+        """
         claimable = [s.value for s in CLAIMABLE_BULK]
-        bulks = self.bulks.find(
-            {"status": {"$in": claimable}, "$or": [{"not_before": None}, {"not_before": {"$lte": now}}]},
-            {"_id": 1},
-        ).sort(_order(rules.JOB_ORDER))
-        for bulk in bulks:
-            doc = self.items.find_one(
-                {"bulk_job_id": bulk["_id"], "status": ItemStatus.queued.value},
-                {"_id": 1},
-                sort=[(rules.ITEM_ORDER, ASCENDING)],
-            )
-            if doc is not None:
-                return doc
+        last = self.meta.find_one({"_id": rules.TURN}, {"userId": 1})
+        for lookup in rules.claim_lookups(None if last is None else last.get("userId")):
+            query: dict[str, Any] = {"status": {"$in": claimable},
+                                     "$or": [{"not_before": None}, {"not_before": {"$lte": now}}]}
+            if lookup.urgent:
+                query["priority_rank"] = rules.URGENT_RANK
+            elif lookup.after is not None:
+                query["userId"] = {"$gt": lookup.after}
+            for bulk in self.bulks.find(query, {"_id": 1, "userId": 1}).sort(_order(lookup.order)):
+                doc = self.items.find_one(
+                    {"bulk_job_id": bulk["_id"], "status": ItemStatus.queued.value},
+                    {"_id": 1},
+                    sort=[(rules.ITEM_ORDER, ASCENDING)],
+                )
+                if doc is not None:
+                    return doc, rules.turn_taken(lookup, bulk["userId"])
         return None
 
     def _next_fence(self) -> int:

@@ -214,9 +214,50 @@ class Change:
     add: dict[str, int] = field(default_factory=dict)
 
 
-#: Claim order (design.md, "Invariants", 4): jobs by priority, then oldest first; then items in file order.
+# -- the claim's order (design.md, "Fair turns") -------------------------------------------------------
+
+#: One user's jobs (and the operator's urgent jobs among themselves): by priority, then oldest first.
 JOB_ORDER = ("priority_rank", "created_at", "id")
+#: Then a job's items in file order.
 ITEM_ORDER = "queue_position"
+#: The rank of `urgent`: an operator's job, claimed before any user's turn.
+URGENT_RANK = PRIORITY_RANK[Priority.urgent]
+#: A turn's walk: users in order, each user's jobs in JOB_ORDER.
+TURN_ORDER = ("userId", *JOB_ORDER)
+#: The name of the store's one record of whose turn was last (SQLite `turns` row, MongoDB `meta` document).
+TURN = "turn"
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """One lookup of a claim: the first claimable, due job with a queued item, in `order`.
+
+    `urgent`: among urgent jobs only (any user's); else among every job of the users after
+    `after` in user order (all users when None).
+    """
+
+    urgent: bool
+    after: str | None
+    order: tuple[str, ...]
+
+
+def claim_lookups(last_user: str | None) -> list[Lookup]:
+    """The lookups of one claim, tried in turn until one finds a job (design.md, "Fair turns").
+
+    An operator's urgent job first, oldest first; else the next user after the one the last
+    turn served (`last_user`) that has a claimable job, wrapping around to the first user
+    (the last served one included, when nobody else has work); within a user, JOB_ORDER.
+    """
+    lookups = [Lookup(urgent=True, after=None, order=JOB_ORDER)]
+    if last_user is not None:
+        lookups.append(Lookup(urgent=False, after=last_user, order=TURN_ORDER))
+    return lookups + [Lookup(urgent=False, after=None, order=TURN_ORDER)]
+
+
+def turn_taken(lookup: Lookup, user: str) -> str | None:
+    """Whose turn a claim found by `lookup` records as served: `user`, or None for an urgent claim (no turn)."""
+    return None if lookup.urgent else user
+
 #: Listing order of bulk jobs: newest first.
 NEWEST_FIRST = ("created_at", "id")
 

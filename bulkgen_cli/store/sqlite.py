@@ -45,7 +45,7 @@ from bulkgen_cli.store.rules import (
     TOKEN_FIELDS, Change, record,
 )
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 BUSY_TIMEOUT_S = 30.0
 #: A testing and tuning knob: seconds a write waits for another process's write lock (default BUSY_TIMEOUT_S).
 ENV_BUSY_TIMEOUT = "BULKGEN_SQLITE_BUSY_TIMEOUT"
@@ -281,6 +281,16 @@ CREATE TABLE IF NOT EXISTS settings (
 );
 """
 
+#: The statuses a claim takes from, as SQL text: the claim's partial indexes and its lookups must say it alike.
+CLAIMABLE_SQL = "status IN (" + ", ".join(f"'{s.value}'" for s in CLAIMABLE_BULK) + ")"
+#: From schema 9 to 10 (fair turns, design.md "Fair turns"): whose turn was last, and the claim's two indexes,
+#: over claimable jobs only: urgent jobs oldest first, and each user's jobs in rules.JOB_ORDER.
+MIGRATE_9_TO_10 = f"""
+CREATE TABLE IF NOT EXISTS turns (name TEXT PRIMARY KEY, userId TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS bulk_jobs_urgent ON bulk_jobs (priority_rank, created_at, id) WHERE {CLAIMABLE_SQL};
+CREATE INDEX IF NOT EXISTS bulk_jobs_turn ON bulk_jobs (userId, priority_rank, created_at, id) WHERE {CLAIMABLE_SQL};
+"""
+
 #: The migrations in order: (the schema version a step makes, its statements). A new step goes at the end.
 MIGRATIONS = (
     (2, MIGRATE_1_TO_2),
@@ -291,6 +301,7 @@ MIGRATIONS = (
     (7, MIGRATE_6_TO_7),
     (8, MIGRATE_7_TO_8),
     (9, MIGRATE_8_TO_9),
+    (10, MIGRATE_9_TO_10),
 )
 
 _NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
@@ -311,12 +322,25 @@ CHANGE_TRIGGERS = (
     " END",
 )
 
-#: The claim's two lookups (see claim_next); a test checks their query plans.
-CLAIM_JOB_SQL = (
-    "SELECT b.id, b.status, b.started_at FROM bulk_jobs b INDEXED BY bulk_jobs_claim"
-    " WHERE b.status IN (?, ?) AND (b.not_before IS NULL OR b.not_before <= ?)"
+#: The claim's job lookups (rules.claim_lookups; see claim_next), each over one partial index of claimable
+#: jobs: an urgent job, the next user's first job after the last turn's user, the first user's; a test checks
+#: their query plans.
+_CLAIM_JOB = (
+    "SELECT b.id, b.userId, b.status, b.started_at FROM bulk_jobs b INDEXED BY {index}"
+    f" WHERE b.{CLAIMABLE_SQL} AND {{where}} (b.not_before IS NULL OR b.not_before <= ?)"
     " AND EXISTS (SELECT 1 FROM generation_jobs i WHERE i.bulk_job_id = b.id AND i.status = 'queued')"
-    f" ORDER BY {', '.join('b.' + name for name in rules.JOB_ORDER)} LIMIT 1"
+    " ORDER BY {order} LIMIT 1"
+)
+CLAIM_URGENT_SQL = _CLAIM_JOB.format(index="bulk_jobs_urgent", where="b.priority_rank = ? AND",
+                                     order=", ".join("b." + name for name in rules.JOB_ORDER))
+CLAIM_TURN_SQL = _CLAIM_JOB.format(index="bulk_jobs_turn", where="b.userId > ? AND",
+                                   order=", ".join("b." + name for name in rules.TURN_ORDER))
+CLAIM_FIRST_TURN_SQL = _CLAIM_JOB.format(index="bulk_jobs_turn", where="",
+                                         order=", ".join("b." + name for name in rules.TURN_ORDER))
+#: Whose turn was last; and the record of the turn a claim took.
+LAST_TURN_SQL = "SELECT userId FROM turns WHERE name = ?"
+TAKE_TURN_SQL = (
+    "INSERT INTO turns (name, userId) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET userId = excluded.userId"
 )
 #: Whether `owner` holds a live processor slot.
 SLOT_HELD_SQL = "SELECT 1 FROM leases WHERE owner = ? AND name != ? AND expires_at >= ?"
@@ -895,7 +919,6 @@ class SqliteStore(Store):
     def claim_next(
         self, owner: str, lease_seconds: float, now: dt.datetime, max_in_flight: int = 1, sent: bool = False
     ) -> Item | None:
-        claimable = tuple(s.value for s in CLAIMABLE_BULK)
         with self._tx() as db:
             # One transaction: the slot, the in-flight count and the claim cannot
             # interleave with another process's (design.md, "Fencing").
@@ -908,11 +931,10 @@ class SqliteStore(Store):
             ).fetchone()[0]
             if in_flight >= max_in_flight:
                 return None
-            # The oldest active job with a queued item, then its first queued item:
-            # two index lookups, where one join would sort every queued item of
-            # every active job. INDEXED BY: with thousands of finished jobs, the
-            # planner would rather walk all jobs in creation order.
-            bulk = db.execute(CLAIM_JOB_SQL, (*claimable, iso(now))).fetchone()
+            # Whose turn it is, then that job's first queued item: index lookups, where
+            # one join would sort every queued item of every active job. The turn is
+            # read and recorded in this transaction, so concurrent claims take turns.
+            bulk = self._claim_job(db, now)
             row = None if bulk is None else db.execute(CLAIM_ITEM_SQL, (bulk["id"],)).fetchone()
             if row is None:
                 return None
@@ -924,6 +946,24 @@ class SqliteStore(Store):
                     _update(db, "bulk_jobs", fields, "id = ?", row["bulk_job_id"])
             item = db.execute("SELECT * FROM generation_jobs WHERE id = ?", (row["id"],)).fetchone()
         return _item(item)
+
+    @staticmethod
+    def _claim_job(db: sqlite3.Connection, now: dt.datetime) -> sqlite3.Row | None:
+        """The job whose turn it is (rules.claim_lookups), its turn recorded; inside the claim's transaction."""
+        last = db.execute(LAST_TURN_SQL, (rules.TURN,)).fetchone()
+        for lookup in rules.claim_lookups(None if last is None else last["userId"]):
+            if lookup.urgent:
+                bulk = db.execute(CLAIM_URGENT_SQL, (rules.URGENT_RANK, iso(now))).fetchone()
+            elif lookup.after is not None:
+                bulk = db.execute(CLAIM_TURN_SQL, (lookup.after, iso(now))).fetchone()
+            else:
+                bulk = db.execute(CLAIM_FIRST_TURN_SQL, (iso(now),)).fetchone()
+            if bulk is not None:
+                served = rules.turn_taken(lookup, bulk["userId"])
+                if served is not None:
+                    db.execute(TAKE_TURN_SQL, (rules.TURN, served))
+                return bulk
+        return None
 
     @_unavailable
     def finish_item(self, item_id: str, owner: str, outcome: Outcome, now: dt.datetime,
