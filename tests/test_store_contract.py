@@ -581,7 +581,7 @@ def test_sqlite_store_of_schema_1_is_migrated_to_the_current_one(tmp_path):
     db.close()
     store = SqliteStore(path)
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
         assert store.get_bulk(bulk.id).total_items == 10
         assert run_to_end(store, store.get_bulk(bulk.id), utcnow()).ended_now
         assert store.get_bulk(bulk.id).outbox is not None
