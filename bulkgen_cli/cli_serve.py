@@ -33,6 +33,37 @@ EmailAllowOpt = Annotated[Optional[list[str]], typer.Option("--email-allow", met
                           "submitted over HTTP e-mail any address at DOMAIN (a user may always e-mail the "
                           "address recorded with their token); repeatable.", show_default=False)]
 
+# -- live progress (design.md, "Live progress") --------------------------------------------------------------
+MaxStreamsOpt = Annotated[Optional[int], typer.Option("--max-streams", min=1, metavar="N", help="Event streams one "
+                          "token may hold open; the next is refused (429). Env BULKGEN_MAX_STREAMS. [default: 10]",
+                          show_default=False)]
+RetentionOpt = Annotated[Optional[float], typer.Option("--events-retention", min=0.0, metavar="DAYS", help="Days "
+                         "the change log keeps events; older ones are pruned, and a client resuming from before "
+                         "them is told to reload. 0 keeps them for ever. Env BULKGEN_EVENTS_RETENTION. "
+                         "[default: 7]", show_default=False)]
+
+
+def live_settings(max_streams: int | None, retention_days: float | None) -> tuple[int, float | None]:
+    """(streams per token, the change log's retention in seconds or None), from the flags, else the environment."""
+    from bulkgen_cli import settings
+    from bulkgen_cli.server import config
+
+    def positive(raw: str) -> int:
+        if not raw.isdigit() or int(raw) < 1:
+            raise ValueError("expected a whole number ≥ 1.")
+        return int(raw)
+
+    streams = settings.pick(max_streams, config.ENV_MAX_STREAMS, positive, config.MAX_STREAMS)
+    days = settings.pick(retention_days, config.ENV_RETENTION, _days, config.RETENTION_DAYS)
+    return streams, (days * 86_400 if days > 0 else None)
+
+
+def _days(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value < float("inf"):
+        raise ValueError("expected a number of days ≥ 0.")
+    return value
+
 
 def register(app: typer.Typer) -> None:
     from bulkgen_cli.cli import run_options
@@ -64,6 +95,8 @@ def serve(
     store: StoreOpt = None,
     heartbeat: Annotated[float, typer.Option("--heartbeat", min=0.05, hidden=True, help="Seconds between "
                          "heartbeat comments on idle event streams.")] = 15.0,
+    max_streams: MaxStreamsOpt = None,
+    events_retention: RetentionOpt = None,
     run_flags: Optional[dict[str, Optional[object]]] = None,
 ) -> None:
     """Serve the bulk-job API over HTTP (and, with --processor, process the queue too).
@@ -95,6 +128,7 @@ def serve(
 
     config = ServerConfig(lambda: open_store(url, "create"), display, tuple(cors or ()), allow,
                           tuple(d.strip().lower() for d in email_allow or ()), heartbeat=heartbeat)
+    config.max_streams, config.retention = live_settings(max_streams, events_retention)
     _announce(host, port, display, len(live_tokens), config.cors, processor)
     background = None
     if run_settings is not None:

@@ -171,8 +171,8 @@ class Inbox:
 class Poller:
     """Reads the store's change log for every stream of this process and hands each event to its inboxes."""
 
-    def __init__(self, access: StoreAccess, interval: float, stuck: float = STUCK_SECONDS):
-        self.access, self.interval, self.stuck = access, interval, stuck
+    def __init__(self, access: StoreAccess, interval: float, stuck: float | None = None):
+        self.access, self.interval, self.stuck = access, interval, stuck or STUCK_SECONDS
         self.cursor = 0
         #: whether the store's change numbers are in commit order (Store.change_lag is 0)
         self.strict = True
@@ -219,7 +219,8 @@ class Poller:
     # -- reading ---------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.fresh_at = time.monotonic()
+        if self._task is None:
+            self.fresh_at = time.monotonic()
         self._task = asyncio.get_running_loop().create_task(self.run(), name="bulkgen-event-poller")
 
     async def stop(self) -> None:
@@ -269,6 +270,9 @@ class Poller:
         return changes, to_events(store, new)
 
     def _first_time(self, key: Key) -> bool:
+        """Whether a change is new; only a store whose numbers land late re-reads any (and needs the keys)."""
+        if self.strict:
+            return True
         if key in self._seen:
             return False
         self._seen[key] = None
@@ -312,12 +316,12 @@ class Poller:
         return top > self.cursor
 
 
-async def watchdog(poller: Poller, every: float = WATCH_SECONDS) -> None:
+async def watchdog(poller: Poller, every: float | None = None) -> None:
     """Says when live progress stops and starts flowing; restarts a poller that stopped or hangs (after
     `stuck` seconds, then at growing intervals while it stays stuck)."""
     backoff, restarted, stuck = poller.stuck, -math.inf, False
     while True:
-        await asyncio.sleep(every)
+        await asyncio.sleep(every or WATCH_SECONDS)
         trouble = poller.trouble()
         if trouble is not None and not stuck:
             LOG.error("live progress is stuck: %s; /healthz answers 503", trouble)
@@ -380,9 +384,9 @@ class Streams:
             if not mine:
                 del self.open[token]
 
-    async def end_revoked(self, every: float = TOKEN_CHECK_SECONDS) -> None:
+    async def end_revoked(self) -> None:
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(TOKEN_CHECK_SECONDS)
             hashes = list(self.open)
             if not hashes:
                 continue
