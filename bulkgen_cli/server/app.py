@@ -83,7 +83,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     # from elsewhere (the dashboard neither); /openapi.json goes into any viewer the reader has.
     app = FastAPI(title="bulkgen", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Queue 10-50 articles as one bulk job; follow it live. Every route but this "
-                              "document and /healthz needs `Authorization: Bearer TOKEN` (`bulkgen token create`).")
+                              "document needs `Authorization: Bearer TOKEN` (`bulkgen token create`).")
     app.state.access, app.state.poller, app.state.config = access, poller, config
     _errors(app)
     app.add_middleware(BodyLimit, limit=BODY_LIMIT)
@@ -387,7 +387,7 @@ def _event_routes(app: FastAPI, access: StoreAccess, poller: live.Poller, stream
         bulk = access.call(lambda s: jobs.visible(s, bulk_id, me.user, me.admin))
         return sse(live.Watch(me.user, me.admin, bulk.id), last_event_id, credentials)
 
-    @app.get("/healthz", tags=["health"], responses={503: {"description": "live progress is stuck"}})
+    @app.get("/healthz", include_in_schema=False)
     def healthz() -> JSONResponse:
         """200 while live progress flows, 503 while the change log's reader is stuck; no token, no data."""
         ok = poller.trouble() is None
