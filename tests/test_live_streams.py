@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 import threading
 from typing import Iterator
@@ -268,4 +269,4 @@ def test_a_resume_from_before_the_pruned_floor_gets_a_reset_then_live_events(sto
     reset, floor = run_app(store, scenario)
     head, data = reset.decode().split("\ndata: ")
     assert head.startswith("id: ") and int(head.split("\n")[0][4:]) >= floor and "event: reset" in head
-    assert __import__("json").loads(data)["type"] == "reset"
+    assert json.loads(data)["type"] == "reset"
