@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -125,6 +126,7 @@ def main() -> None:
         token = run(["token", "create", "--user", "bench"], env).stdout.strip()
         port = free_port()
         server = subprocess.Popen([sys.executable, "-m", "bulkgen_cli", "serve", "--port", str(port), "--delay", "0",
+                                   "--max-streams", "1000",
                                    *(["--processor"] if args.processor else [])],
                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         base = f"http://127.0.0.1:{port}"
@@ -173,6 +175,46 @@ async def _measure(base: str, token: str, env: dict[str, str], args: argparse.Na
     if worker is not None:
         worker.terminate()
         worker.wait(30)
+    streamer = run(["token", "create", "--user", "streamer"], env).stdout.strip()
+    await with_streams(base, streamer, lambda: hammer(f"{base}/api/bulk-generate/{idle_job}", token, args.clients,
+                                                       args.seconds), args.seconds)
+
+
+async def with_streams(base: str, token: str, measure: Any, seconds: float, idle: int = 600,
+                       churn: int = 20) -> None:
+    """The status route beside another user's 600 idle event streams, 20 more opened and dropped over and over,
+    and that user's job paused and resumed 20 times a second (design.md, "Live progress")."""
+    headers = {"Authorization": f"Bearer {token}"}
+    limits = httpx.Limits(max_connections=idle + churn + 10)
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60, limits=limits) as http:
+        job = (await http.post("/api/bulk-generate", json={"bulk_config": {"items": [{"topic": "x"}] * 10},
+                                                           "not_before": "+1d"})).json()["bulk_job_id"]
+        stop = asyncio.Event()
+        opened = {"idle": 0, "churned": 0}
+
+        async def hold(forever: bool) -> None:
+            while not stop.is_set():
+                async with http.stream("GET", "/api/events") as response:
+                    async for _ in response.aiter_bytes():
+                        if stop.is_set() or not forever:
+                            break
+                opened["idle" if forever else "churned"] += 1
+
+        async def toggle() -> None:
+            while not stop.is_set():
+                for action in ("pause", "resume"):
+                    await http.post(f"/api/bulk-generate/{job}/{action}")
+                await asyncio.sleep(0.1)
+
+        tasks = [asyncio.create_task(hold(n < idle)) for n in range(idle + churn)] + [asyncio.create_task(toggle())]
+        await asyncio.sleep(3)  # the streams open
+        latencies = await measure()
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    report(f"beside {idle} idle streams, {churn} churning ({opened['churned']} opened and dropped), "
+           "events 20/s", latencies, seconds)
 
 
 if __name__ == "__main__":

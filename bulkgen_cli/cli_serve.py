@@ -48,6 +48,37 @@ SslCertOpt = Annotated[Optional[str], typer.Option("--ssl-certfile", metavar="PE
 SslKeyOpt = Annotated[Optional[str], typer.Option("--ssl-keyfile", metavar="PEM", help="The private key of "
                       "--ssl-certfile.", show_default=False)]
 
+# -- live progress (design.md, "Live progress") --------------------------------------------------------------
+MaxStreamsOpt = Annotated[Optional[int], typer.Option("--max-streams", min=1, metavar="N", help="Event streams one "
+                          "token may hold open; the next is refused (429). Env BULKGEN_MAX_STREAMS. [default: 10]",
+                          show_default=False)]
+RetentionOpt = Annotated[Optional[float], typer.Option("--events-retention", min=0.0, metavar="DAYS", help="Days "
+                         "the change log keeps events; older ones are pruned, and a client resuming from before "
+                         "them is told to reload. 0 keeps them for ever. Env BULKGEN_EVENTS_RETENTION. "
+                         "[default: 7]", show_default=False)]
+
+
+def live_settings(max_streams: int | None, retention_days: float | None) -> tuple[int, float | None]:
+    """(streams per token, the change log's retention in seconds or None), from the flags, else the environment."""
+    from bulkgen_cli import settings
+    from bulkgen_cli.server import config
+
+    def positive(raw: str) -> int:
+        if not raw.isdigit() or int(raw) < 1:
+            raise ValueError("expected a whole number ≥ 1.")
+        return int(raw)
+
+    streams = settings.pick(max_streams, config.ENV_MAX_STREAMS, positive, config.MAX_STREAMS)
+    days = settings.pick(retention_days, config.ENV_RETENTION, _days, config.RETENTION_DAYS)
+    return streams, (days * 86_400 if days > 0 else None)
+
+
+def _days(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value < float("inf"):
+        raise ValueError("expected a number of days ≥ 0.")
+    return value
+
 
 def register(app: typer.Typer) -> None:
     from bulkgen_cli.cli import run_options
@@ -96,6 +127,8 @@ def serve(
                           "PUT, DELETE) a second per token, sustained. [default: 5]")] = None,
     write_burst: Annotated[Optional[int], typer.Option("--write-burst", min=0, metavar="N", help="Writes per "
                            "token at once, before --write-rate applies. [default: 60]")] = None,
+    max_streams: MaxStreamsOpt = None,
+    events_retention: RetentionOpt = None,
     run_flags: Optional[dict[str, Optional[object]]] = None,
 ) -> None:
     """Serve the bulk-job API over HTTP (and, with --processor, process the queue too).
@@ -139,6 +172,7 @@ def serve(
     config = ServerConfig(lambda: open_store(url, "create"), display, tuple(cors or ()), allow,
                           tuple(d.strip().lower() for d in email_allow or ()), heartbeat=heartbeat,
                           limits=limits)
+    config.max_streams, config.retention = live_settings(max_streams, events_retention)
     _announce(f"{'https' if tls else 'http'}://{host}:{port}", display, len(live_tokens), config.cors, processor)
     background = None
     if run_settings is not None:

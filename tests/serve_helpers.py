@@ -136,5 +136,52 @@ class EventReader:
                     name, _, value = line.partition(":")
                     fields[name] = value[1:] if value.startswith(" ") else value
 
+    @property
+    def ended(self) -> bool:
+        """The server ended the stream (or the reader was closed)."""
+        return not self._thread.is_alive()
+
     def close(self) -> None:
         self._stop.set()
+
+
+class RawStream:
+    """An event stream over a plain socket: opened without waiting, read as bytes, dropped abruptly at will
+    (a client that hangs up, as hundreds of browser tabs closing do)."""
+
+    def __init__(self, server: Server, token: str, path: str = "/api/events", last_id: int | None = None):
+        host, port = server.url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=30)
+        resume = f"Last-Event-ID: {last_id}\r\n" if last_id is not None else ""
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+                          f"Accept: text/event-stream\r\n{resume}\r\n".encode())
+        self.received = b""
+
+    def read(self, until: bytes, limit: int = 1 << 20, deadline: float | None = None) -> bytes:
+        """Read until `until` is among what arrived (or `limit` bytes came); what arrived so far. Past
+        `deadline` (time.monotonic()) without it, the test fails."""
+        while until not in self.received and len(self.received) < limit:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"{until!r} did not arrive in time")
+                self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                raise AssertionError(f"{until!r} did not arrive in time") from None
+            if not chunk:
+                break
+            self.received += chunk
+        return self.received
+
+    def status(self) -> int:
+        return int(self.read(b"\r\n\r\n").split(b" ", 2)[1])
+
+    def drop(self, reset: bool = True) -> None:
+        """Hang up: with `reset`, at once (RST, as a killed client), else with an orderly close."""
+        if reset:
+            import struct
+
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()

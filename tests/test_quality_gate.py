@@ -272,7 +272,7 @@ def test_sqlite_store_of_schema_5_gets_the_quality_fields(tmp_path):
     db.close()
     store = SqliteStore(path)
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 11
         job = store.get_bulk(bulk.id)
         assert (job.quality, job.quality_ratio, job.flagged_items) == ("warn", 0.7, 0)
         assert all(i.verdict is None for i in store.list_items(bulk.id))

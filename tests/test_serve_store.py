@@ -126,11 +126,16 @@ def test_events_on_each_store(store):
 
         async def take(last_id, count):
             out = []
-            async for chunk in live.stream(poller, watch, last_id, 5.0, lambda: False):
-                if chunk.startswith(b"id:"):
-                    out.append(chunk.decode().split("\n")[:2])
-                if len(out) == count:
-                    return out
+            inbox = live.Inbox(watch)
+            poller.subscribe(inbox)
+            offload = lambda work: asyncio.to_thread(app.state.access.call, work)  # noqa: E731
+            try:
+                async for chunk in live.stream(poller, inbox, last_id, 5.0, lambda: False, offload):
+                    out.extend(e.split("\n")[:2] for e in chunk.decode().split("\n\n") if e.startswith("id:"))
+                    if len(out) >= count:
+                        return out[:count]
+            finally:
+                poller.unsubscribe(inbox)
 
         everything = await asyncio.wait_for(take(0, 15), 10)
         resumed = await asyncio.wait_for(take(int(everything[5][0][4:]), 9), 10)
@@ -159,7 +164,7 @@ def test_sqlite_store_of_schema_6_gets_the_serve_tables_and_triggers(tmp_path):
         db.execute(statement)
     db.close()
     with SqliteStore(path) as store:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 11
         assert store.get_bulk(bulk.id).notify_policy is None and store.changes_since(0) == []
         store.cancel_bulk(bulk.id, utcnow())
         assert [c.status for c in store.changes_since(0)][:2] == ["cancelled", "cancelled"]

@@ -583,7 +583,7 @@ def test_sqlite_store_of_schema_1_is_migrated_to_the_current_one(tmp_path):
     db.close()
     store = SqliteStore(path)
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 11
         assert store.get_bulk(bulk.id).total_items == 10
         assert run_to_end(store, store.get_bulk(bulk.id), utcnow()).ended_now
         assert store.get_bulk(bulk.id).outbox is not None

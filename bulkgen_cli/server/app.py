@@ -15,6 +15,7 @@ from typing import Annotated, Any, AsyncIterator, Optional
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -26,7 +27,7 @@ from bulkgen_cli.manifest import MAX_FILE_BYTES
 from bulkgen_cli.model import BulkStatus
 from bulkgen_cli.server import live, quotas, submission
 from bulkgen_cli.server.access import StoreAccess
-from bulkgen_cli.server.auth import Caller, caller
+from bulkgen_cli.server.auth import Caller, bearer, caller
 from bulkgen_cli.server.config import ENVELOPE_BYTES, ServerConfig
 from bulkgen_cli.server.edge import AccessLog, Headers
 from bulkgen_cli.server.limits import BodyLimit, BodyTooLarge
@@ -42,6 +43,7 @@ BulkId = Annotated[str, Path(description="The bulk job's id", max_length=100)]
 ItemRef = Annotated[str, Path(description="An item's id, or a prefix of it (at least 4 digits), as `bulkgen show` "
                               "takes it", max_length=100)]
 Me = Annotated[Caller, Depends(caller)]
+Credentials = Annotated[Optional[HTTPAuthorizationCredentials], Depends(bearer)]
 ScheduleName = Annotated[str, Path(max_length=100, description="the schedule's name")]
 TemplateName = Annotated[str, Path(max_length=100, description="the template's name")]
 LastId = Annotated[Optional[int], Header(alias="Last-Event-ID", ge=0, le=2**62,
@@ -61,16 +63,21 @@ def problem_response(problem: HttpProblem) -> JSONResponse:
 def create_app(config: ServerConfig) -> FastAPI:
     access = StoreAccess(config.open_store, config.shared_store)
     poller = live.Poller(access, config.poll)
+    streams = live.Streams(access, config.max_streams)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(poller.run())
+        poller.start()
+        tasks = [asyncio.create_task(work) for work in (live.watchdog(poller), streams.end_revoked(),
+                                                        live.prune_forever(access, config.retention))]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await poller.stop()
             access.close()
 
     # No /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a CDN, and nothing here is fetched
@@ -97,7 +104,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     _item_routes(app, access)
     _template_routes(app, access)
     _schedule_routes(app, access)
-    _event_routes(app, access, poller, config)
+    _event_routes(app, access, poller, streams, config)
     add_page(app)
     _document_bodies(app, SubmitIn, ScheduleIn)
     return app
@@ -354,28 +361,45 @@ def _schedule_state_route(app: FastAPI, access: StoreAccess, action: str) -> Non
              responses=responses(401, 404, 409, 422, 503))(act)
 
 
-def _event_routes(app: FastAPI, access: StoreAccess, poller: live.Poller, config: ServerConfig) -> None:
-    stream_doc: dict[int | str, dict[str, Any]] = {200: {"description": "text/event-stream: `id` is the change number, `event` item.started, "
-                                       "item.completed, item.failed, item.cancelled, item.queued or bulk.STATUS",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+def _event_routes(app: FastAPI, access: StoreAccess, poller: live.Poller, streams: live.Streams,
+                  config: ServerConfig) -> None:
+    """The event streams (design.md, "Live progress") and `/healthz`, which says whether they flow."""
+    from bulkgen_cli.tokens import token_hash
 
-    def sse(watch: live.Watch, last_id: int | None) -> StreamingResponse:
-        body = live.stream(poller, watch, last_id, config.heartbeat, config.stopping)
-        return StreamingResponse(body, media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    stream_doc: dict[int | str, dict[str, Any]] = {200: {"description": "text/event-stream: `id` is the change number, `event` item.started, "
+                                       "item.completed, item.failed, item.cancelled, item.queued, bulk.STATUS, or "
+                                       "reset (read your jobs again: the events since Last-Event-ID are no longer kept)",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+    too_many = {429: {**responses(401)[401], "description": "Too many event streams open with this token"}}
+    refusal = problem_response(HttpProblem(
+        429, "too-many-streams", "Too many event streams",
+        f"this token has {config.max_streams} event streams open, the most the server allows (its --max-streams); "
+        "close one, or try again later.", headers={"Retry-After": str(live.STREAM_RETRY_AFTER)}))
+
+    def sse(watch: live.Watch, last_id: int | None, credentials: HTTPAuthorizationCredentials | None) -> Response:
+        assert credentials is not None  # `Me` refused the request otherwise
+        return live.EventStream(poller, streams, token_hash(credentials.credentials), watch, last_id,
+                                config.heartbeat, config.stopping,
+                                lambda work: run_in_threadpool(access.call, work), refusal)
 
     @app.get("/api/events", response_class=StreamingResponse, tags=["events"],
-             responses={**stream_doc, **responses(401, 422)})
-    def all_events(me: Me, last_event_id: LastId = None) -> StreamingResponse:
+             responses={**stream_doc, **responses(401, 422), **too_many})
+    def all_events(me: Me, credentials: Credentials, last_event_id: LastId = None) -> Response:
         """Live state changes of your jobs (everyone's for an admin) as Server-Sent Events."""
-        return sse(live.Watch(me.user, me.admin), last_event_id)
+        return sse(live.Watch(me.user, me.admin), last_event_id, credentials)
 
     @app.get("/api/bulk-generate/{bulk_id}/events", response_class=StreamingResponse, tags=["events"],
-             responses={**stream_doc, **responses(401, 404, 422)})
-    def job_events(bulk_id: BulkId, me: Me, last_event_id: LastId = None) -> StreamingResponse:
+             responses={**stream_doc, **responses(401, 404, 422), **too_many})
+    def job_events(bulk_id: BulkId, me: Me, credentials: Credentials, last_event_id: LastId = None) -> Response:
         """Live state changes of one job as Server-Sent Events; `Last-Event-ID` resumes without loss."""
         bulk = access.call(lambda s: jobs.visible(s, bulk_id, me.user, me.admin))
-        return sse(live.Watch(me.user, me.admin, bulk.id), last_event_id)
+        return sse(live.Watch(me.user, me.admin, bulk.id), last_event_id, credentials)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> JSONResponse:
+        """200 while live progress flows, 503 while the change log's reader is stuck; no token, no data."""
+        ok = poller.trouble() is None
+        return JSONResponse({"ok": ok}, status_code=200 if ok else 503, headers={"Cache-Control": "no-store"})
 
 
 __all__ = ["create_app", "SubmitIn"]

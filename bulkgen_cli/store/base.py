@@ -451,8 +451,10 @@ class Store(ABC):
         """Revoke a token; False when there is none with that id or it was revoked already."""
 
     @abstractmethod
-    def changes_since(self, after: int, limit: int = 500) -> list[StateChange]:
-        """State changes of bulk jobs and items numbered above `after`, in number order.
+    def changes_since(self, after: int, limit: int = 500, user: str | None = None,
+                      bulk_id: str | None = None) -> list[StateChange]:
+        """State changes of bulk jobs and items numbered above `after`, in number order: one page of at
+        most `limit`; of one user's jobs, or of one job, when `user` or `bulk_id` is given (an indexed read).
 
         Every change of a job's or an item's status gets the next number of a
         store-wide sequence, written with the change itself. Where numbers are in
@@ -461,6 +463,16 @@ class Store(ABC):
         made in the last `change_lag` seconds, whatever their number; callers
         dedupe by (seq, record_id).
         """
+
+    @abstractmethod
+    def prune_changes(self, before: dt.datetime, limit: int) -> int:
+        """Drop from the log up to `limit` of the oldest changes made before `before`, in one bounded write;
+        how many went (fewer than `limit`: none older is left). `changes_floor` then covers them."""
+
+    @abstractmethod
+    def changes_floor(self) -> int:
+        """The highest number pruning may have dropped (0 when none was): every change numbered above it is
+        still in the log, so a reader that has seen `n` below it may have missed some (design.md, "Live progress")."""
 
     @abstractmethod
     def last_change(self) -> int:

@@ -49,6 +49,8 @@ IDEMPOTENCY = "bulk_idempotency_keys"
 TOKENS = "api_tokens"
 #: The counter document of the change sequence, in META (design.md, "Live progress").
 CHANGES = "changes"
+#: The highest change number pruning may have dropped (Store.changes_floor).
+CHANGES_FLOOR = "changes_floor"
 #: A change's number is taken before its write: a write may land this many seconds after (a re-read window).
 CHANGE_LAG = 10.0
 META = "bulkgen_meta"
@@ -1129,11 +1131,19 @@ class MongoStore(Store):
                                       {"$set": {"revoked_at": now}}).matched_count == 1
 
     @_unavailable
-    def changes_since(self, after: int, limit: int = 500) -> list[StateChange]:
+    def changes_since(self, after: int, limit: int = 500, user: str | None = None,
+                      bulk_id: str | None = None) -> list[StateChange]:
         recent = utcnow() - dt.timedelta(seconds=self.change_lag)
         found: list[StateChange] = []
+        oid = None if bulk_id is None else _oid(bulk_id)
+        if bulk_id is not None and oid is None:
+            return found
         for kind, collection in ((ChangeKind.bulk, self.bulks), (ChangeKind.item, self.items)):
-            query = {"$or": [{"change_seq": {"$gt": after}}, {"change_at": {"$gte": recent}}]}
+            query: dict[str, Any] = {"$or": [{"change_seq": {"$gt": after}}, {"change_at": {"$gte": recent}}]}
+            if user is not None:
+                query["userId"] = user
+            if oid is not None:
+                query["_id" if kind is ChangeKind.bulk else "bulk_job_id"] = oid
             cursor = collection.find(query, {"article": 0, "result": 0, "outbox": 0}).sort("change_seq", ASCENDING)
             for doc in cursor.limit(limit):
                 found.extend(_changes(kind, doc, after, recent))
@@ -1153,6 +1163,32 @@ class MongoStore(Store):
     def get_setting(self, name: str) -> dict[str, Any] | None:
         doc = self.meta.find_one({"_id": f"setting:{name}"})
         return None if doc is None else dict(doc["value"])
+
+    @_unavailable
+    def prune_changes(self, before: dt.datetime, limit: int) -> int:
+        """Each record keeps its own short history: a record whose latest change is older than `before` has
+        its history emptied and its `change_at` removed (so the indexed query finds it no more), one
+        conditional write per page of records; a record changed since is left alone."""
+        gone, top = 0, 0
+        for collection in (self.bulks, self.items):
+            old = {"change_at": {"$lt": before}}
+            docs = list(collection.find(old, {"_id": 1, "change_seq": 1}).sort("change_at", ASCENDING)
+                        .limit(limit - gone))
+            if docs:
+                collection.update_many({"_id": {"$in": [d["_id"] for d in docs]}, **old},
+                                       {"$set": {"changes": []}, "$unset": {"change_at": ""}})
+                gone += len(docs)
+                top = max([top, *(int(d.get("change_seq") or 0) for d in docs)])
+            if gone >= limit:
+                break
+        if top:
+            self.meta.update_one({"_id": CHANGES_FLOOR}, {"$max": {"value": top}}, upsert=True)
+        return gone
+
+    @_unavailable
+    def changes_floor(self) -> int:
+        doc = self.meta.find_one({"_id": CHANGES_FLOOR})
+        return 0 if doc is None else int(doc["value"])
 
 
 def _token(doc: dict[str, Any]) -> ApiToken:

@@ -45,7 +45,7 @@ from bulkgen_cli.store.rules import (
     TOKEN_FIELDS, Change, record,
 )
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 BUSY_TIMEOUT_S = 30.0
 #: A testing and tuning knob: seconds a write waits for another process's write lock (default BUSY_TIMEOUT_S).
 ENV_BUSY_TIMEOUT = "BULKGEN_SQLITE_BUSY_TIMEOUT"
@@ -101,6 +101,21 @@ CREATE TABLE IF NOT EXISTS schedule_occurrences (
     finished_at TEXT,
     skipped INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (schedule_id, at)
+);
+"""
+
+#: The change log (design.md, "Live progress"); schema 9's step makes it too, for the indexes it adds.
+CHANGES_TABLE = """
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    bulk_job_id TEXT NOT NULL,
+    userId TEXT NOT NULL,
+    status TEXT NOT NULL,
+    at TEXT NOT NULL,
+    queue_position INTEGER,
+    error TEXT
 );
 """
 
@@ -198,19 +213,7 @@ CREATE TABLE IF NOT EXISTS api_tokens (
     created_at TEXT NOT NULL,
     revoked_at TEXT
 );
-
-CREATE TABLE IF NOT EXISTS changes (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    record_id TEXT NOT NULL,
-    bulk_job_id TEXT NOT NULL,
-    userId TEXT NOT NULL,
-    status TEXT NOT NULL,
-    at TEXT NOT NULL,
-    queue_position INTEGER,
-    error TEXT
-);
-""" + TEMPLATES_TABLE + SCHEDULE_TABLES
+""" + CHANGES_TABLE + TEMPLATES_TABLE + SCHEDULE_TABLES
 
 #: From schema 1 (before notifications) to 2.
 MIGRATE_1_TO_2 = """
@@ -291,6 +294,14 @@ CREATE INDEX IF NOT EXISTS bulk_jobs_urgent ON bulk_jobs (priority_rank, created
 CREATE INDEX IF NOT EXISTS bulk_jobs_turn ON bulk_jobs (userId, priority_rank, created_at, id) WHERE {CLAIMABLE_SQL};
 """
 
+#: From schema 10 to 11 (live progress that stays bounded): the change log is pruned by time, and a
+#: resuming stream reads one user's or one job's changes by index (design.md, "Live progress").
+MIGRATE_10_TO_11 = CHANGES_TABLE + """
+CREATE INDEX IF NOT EXISTS changes_at ON changes (at);
+CREATE INDEX IF NOT EXISTS changes_user ON changes (userId, seq);
+CREATE INDEX IF NOT EXISTS changes_job ON changes (bulk_job_id, seq);
+"""
+
 #: The migrations in order: (the schema version a step makes, its statements). A new step goes at the end.
 MIGRATIONS = (
     (2, MIGRATE_1_TO_2),
@@ -302,6 +313,7 @@ MIGRATIONS = (
     (8, MIGRATE_7_TO_8),
     (9, MIGRATE_8_TO_9),
     (10, MIGRATE_9_TO_10),
+    (11, MIGRATE_10_TO_11),
 )
 
 _NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
@@ -321,6 +333,12 @@ CHANGE_TRIGGERS = (
     f" VALUES ('item', NEW.id, NEW.bulk_job_id, NEW.userId, NEW.status, {_NOW}, NEW.queue_position, NEW.error);"
     " END",
 )
+
+#: The highest number of the oldest `limit` changes made before a time (the changes_at index), and the
+#: pruned floor raised to a number, never lowered (prune_changes).
+PRUNE_TOP_SQL = "SELECT max(seq) FROM (SELECT seq FROM changes WHERE at < ? ORDER BY seq LIMIT ?)"
+RAISE_FLOOR_SQL = ("INSERT INTO counters (name, value) VALUES ('changes_floor', ?)"
+                   " ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)")
 
 #: The claim's job lookups (rules.claim_lookups; see claim_next), each over one partial index of claimable
 #: jobs: an urgent job, the next user's first job after the last turn's user, the first user's; a test checks
@@ -1398,9 +1416,29 @@ class SqliteStore(Store):
             return _update(db, "api_tokens", {"revoked_at": now}, "id = ? AND revoked_at IS NULL", token_id) == 1
 
     @_unavailable
-    def changes_since(self, after: int, limit: int = 500) -> list[StateChange]:
-        rows = self.db.execute("SELECT * FROM changes WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))
+    def changes_since(self, after: int, limit: int = 500, user: str | None = None,
+                      bulk_id: str | None = None) -> list[StateChange]:
+        where, args = "seq > ?", [after]
+        for column, value in (("userId", user), ("bulk_job_id", bulk_id)):
+            if value is not None:
+                where, args = f"{where} AND {column} = ?", [*args, value]
+        rows = self.db.execute(f"SELECT * FROM changes WHERE {where} ORDER BY seq LIMIT ?", (*args, limit))
         return [_change(r) for r in rows]
+
+    @_unavailable
+    def prune_changes(self, before: dt.datetime, limit: int) -> int:
+        with self._tx() as db:
+            top = db.execute(PRUNE_TOP_SQL, (iso(before), limit)).fetchone()[0]
+            if top is None:
+                return 0
+            gone = db.execute("DELETE FROM changes WHERE seq <= ? AND at < ?", (top, iso(before))).rowcount
+            db.execute(RAISE_FLOOR_SQL, (top,))
+            return int(gone)
+
+    @_unavailable
+    def changes_floor(self) -> int:
+        row = self.db.execute("SELECT value FROM counters WHERE name = 'changes_floor'").fetchone()
+        return 0 if row is None else int(row[0])
 
     @_unavailable
     def last_change(self) -> int:

@@ -225,6 +225,11 @@
 
   function onEvent(name, text, id) {
     if (id !== undefined) state.lastEventId = id;
+    // The server no longer keeps the events since our last one (its retention window): read the jobs again.
+    if (name === "reset") {
+      loadJobs();
+      return;
+    }
     let data;
     try { data = JSON.parse(text); } catch (e) { return; }
     const job = state.jobs.get(data.bulk_job_id);
