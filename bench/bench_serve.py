@@ -8,9 +8,12 @@ reference service at a fixed latency, and N clients (httpx, one connection
 each) asking for the job's status as fast as they get answers. Prints the
 median and 99th percentile of the status route's latency, the requests per
 second, and how many items the job finished meanwhile; also the same
-measure with no job running, for reference, and beside `--slow-heads` N
-connections (default 1000) that send a request head one byte a second and
-reconnect when the server closes them (issue 18: slow clients). Needs
+measure with no job running, for reference, and beside each abusive client
+(issue 18): `--slow-heads` N connections (default 1000) that send a request
+head one byte a second and reconnect when the server closes them; another
+user's 600 idle event streams and 20 churning ones while events flow; a
+submit flood from another user's token (the write rate answers 429); and
+`Last-Event-ID: 0` replays dropped after 64 KiB. Needs
 `pip install -e '.[serve]'`.
 """
 
@@ -178,6 +181,57 @@ async def _measure(base: str, token: str, env: dict[str, str], args: argparse.Na
     streamer = run(["token", "create", "--user", "streamer"], env).stdout.strip()
     await with_streams(base, streamer, lambda: hammer(f"{base}/api/bulk-generate/{idle_job}", token, args.clients,
                                                        args.seconds), args.seconds)
+    for label, abuse in (("a submit flood from another user's token (8 at once, as fast as answered)", flood),
+                         ("another user's Last-Event-ID: 0 replays, 4 at once, dropped after 64 KiB", replays)):
+        abuser = run(["token", "create", "--user", f"abuser-{abuse.__name__}"], env).stdout.strip()
+        await beside(label, abuse(base, abuser),
+                     lambda: hammer(f"{base}/api/bulk-generate/{idle_job}", token, args.clients, args.seconds),
+                     args.seconds)
+
+
+async def beside(label: str, abuse: Any, measure: Any, seconds: float) -> None:
+    """Measure the status route while `abuse` (a coroutine that counts what it got) runs; report both."""
+    counts: dict[str, int] = {}
+    task = asyncio.create_task(abuse(counts))
+    await asyncio.sleep(1.0)
+    latencies = await measure()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    report(f"beside {label}", latencies, seconds)
+    print(f"  the abuser's answers: {dict(sorted(counts.items()))}")
+
+
+def flood(base: str, token: str) -> Any:
+    """Submits of a 10-item job from 8 connections, each sent as soon as the last was answered (the write rate)."""
+    async def go(counts: dict[str, int]) -> None:
+        body = {"bulk_config": {"items": [{"topic": f"Flood {i}"} for i in range(10)]}, "not_before": "+1d"}
+        async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
+            async def one() -> None:
+                while True:
+                    status = str((await http.post("/api/bulk-generate", json=body)).status_code)
+                    counts[status] = counts.get(status, 0) + 1
+            await asyncio.gather(*(one() for _ in range(8)))
+    return go
+
+
+def replays(base: str, token: str) -> Any:
+    """Streams that resume from the log's start (Last-Event-ID: 0), read 64 KiB and hang up, 4 at a time."""
+    async def go(counts: dict[str, int]) -> None:
+        headers = {"Authorization": f"Bearer {token}", "Last-Event-ID": "0"}
+        async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as http:
+            async def one() -> None:
+                while True:
+                    async with http.stream("GET", "/api/events") as response:
+                        got = 0
+                        async for chunk in response.aiter_bytes():
+                            got += len(chunk)
+                            if got >= 65536:
+                                break
+                    counts[str(response.status_code)] = counts.get(str(response.status_code), 0) + 1
+                    if response.status_code != 200:
+                        await asyncio.sleep(0.1)
+            await asyncio.gather(*(one() for _ in range(4)))
+    return go
 
 
 async def with_streams(base: str, token: str, measure: Any, seconds: float, idle: int = 600,
