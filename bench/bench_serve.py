@@ -181,9 +181,11 @@ async def _measure(base: str, token: str, env: dict[str, str], args: argparse.Na
     streamer = run(["token", "create", "--user", "streamer"], env).stdout.strip()
     await with_streams(base, streamer, lambda: hammer(f"{base}/api/bulk-generate/{idle_job}", token, args.clients,
                                                        args.seconds), args.seconds)
-    for label, abuse in (("a submit flood from another user's token (8 at once, as fast as answered)", flood),
-                         ("another user's Last-Event-ID: 0 replays, 4 at once, dropped after 64 KiB", replays)):
-        abuser = run(["token", "create", "--user", f"abuser-{abuse.__name__}"], env).stdout.strip()
+    for label, abuse, admin in (
+            ("a submit flood from another user's token (8 at once, as fast as answered)", flood, []),
+            ("Last-Event-ID: 0 replays of the whole log (an admin's: every user's changes), 4 at once, each "
+             "dropped after 64 KiB or 1 s", replays, ["--admin"])):
+        abuser = run(["token", "create", "--user", f"abuser-{abuse.__name__}", *admin], env).stdout.strip()
         await beside(label, abuse(base, abuser),
                      lambda: hammer(f"{base}/api/bulk-generate/{idle_job}", token, args.clients, args.seconds),
                      args.seconds)
@@ -215,20 +217,27 @@ def flood(base: str, token: str) -> Any:
 
 
 def replays(base: str, token: str) -> Any:
-    """Streams that resume from the log's start (Last-Event-ID: 0), read 64 KiB and hang up, 4 at a time."""
+    """Streams that resume from the log's start (Last-Event-ID: 0), read 64 KiB (or for 1 s) and hang up, 4 at
+    a time."""
     async def go(counts: dict[str, int]) -> None:
         headers = {"Authorization": f"Bearer {token}", "Last-Event-ID": "0"}
         async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as http:
             async def one() -> None:
                 while True:
-                    async with http.stream("GET", "/api/events") as response:
-                        got = 0
-                        async for chunk in response.aiter_bytes():
-                            got += len(chunk)
-                            if got >= 65536:
-                                break
-                    counts[str(response.status_code)] = counts.get(str(response.status_code), 0) + 1
-                    if response.status_code != 200:
+                    got, status = 0, "no answer"
+                    try:
+                        async with asyncio.timeout(1.0):
+                            async with http.stream("GET", "/api/events") as response:
+                                status = str(response.status_code)
+                                async for chunk in response.aiter_bytes():
+                                    got += len(chunk)
+                                    if got >= 65536:
+                                        break
+                    except TimeoutError:
+                        pass
+                    counts[status] = counts.get(status, 0) + 1
+                    counts["bytes"] = counts.get("bytes", 0) + got
+                    if status != "200":
                         await asyncio.sleep(0.1)
             await asyncio.gather(*(one() for _ in range(4)))
     return go
