@@ -270,3 +270,29 @@ def test_a_resume_from_before_the_pruned_floor_gets_a_reset_then_live_events(sto
     head, data = reset.decode().split("\ndata: ")
     assert head.startswith("id: ") and int(head.split("\n")[0][4:]) >= floor and "event: reset" in head
     assert json.loads(data)["type"] == "reset"
+
+
+def test_a_resume_from_beyond_the_stores_last_change_gets_a_reset_then_live_events(store):
+    """A client holding a number this store never gave (a store restored or swapped under the server) would
+    drop every change numbered below it, for good: it is told to reload, and the next change reaches it."""
+    async def scenario(client, app):
+        poller = app.state.poller
+        _life(store)
+        await asyncio.sleep(0.2)  # not a wait for a result: the poller's reads run every 0.02 s
+        inbox = live.Inbox(live.Watch("alice", False))
+        poller.subscribe(inbox)
+        body = live.stream(poller, inbox, 10**9, 5.0, lambda: False,
+                           lambda work: asyncio.to_thread(app.state.access.call, work))
+        try:
+            assert (await anext(body)).startswith(b"retry:")
+            reset = await asyncio.wait_for(anext(body), 5)
+            bulk = submit(store, 10)
+            following = await asyncio.wait_for(anext(body), 5)
+        finally:
+            await body.aclose()
+            poller.unsubscribe(inbox)
+        return reset, following, bulk.id
+
+    reset, following, bulk_id = run_app(store, scenario)
+    assert b"event: reset" in reset
+    assert b"event: bulk.queued" in following and bulk_id.encode() in following

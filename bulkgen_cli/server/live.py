@@ -437,11 +437,18 @@ def read_page(store: Store, after: int, watch: Watch) -> tuple[list[StateChange]
 
 async def catch_up(poller: Poller, watch: Watch, sent: Sent, upto: int, offload: Offload[Any]) -> AsyncIterator[bytes]:
     """What the stream missed from the store, from what it sent up to `upto`, a page at a time (memory bounded
-    by PAGE whatever the backlog); a `reset` instead when pruning dropped some of it."""
+    by PAGE whatever the backlog); a `reset` instead when pruning dropped some of it, or when the client's
+    position is beyond every change of this store (it would otherwise wait for numbers it already holds)."""
     cursor = sent.floor
-    if cursor < await offload(lambda s: s.changes_floor()):
+    floor, newest = await offload(lambda s: (s.changes_floor(), s.last_change()))
+    if cursor < floor:
         sent.floor = max(sent.floor, upto)
         yield reset_event(upto)
+        return
+    newest = max(newest, floor)  # a log pruned whole still numbered up to its floor
+    if cursor > newest:  # a number this store never gave (it was restored or swapped): start again from now
+        sent.floor = newest
+        yield reset_event(newest)
         return
     while cursor < upto:
         after = cursor
