@@ -123,3 +123,9 @@ class ServiceUnavailable(BulkgenError):
     """The content service stayed unreachable past the give-up time."""
 
     exit_code = 5
+
+
+class CannotListen(BulkgenError):
+    """`bulkgen serve`: the address and port cannot be bound (in use, or not an address of this machine)."""
+
+    exit_code = 6

@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from bulkgen_cli.errors import BulkgenError, UsageError
+from bulkgen_cli.errors import CannotListen, UsageError
 from bulkgen_cli.server import connections
 from bulkgen_cli.server.connections import Limits, raise_file_limit
 
@@ -75,12 +75,6 @@ def stop_processor(background: Background) -> None:
     if background.thread.is_alive():
         background.stop()  # the second stop aborts the request in flight; its item goes back uncharged
         background.thread.join(30.0)
-
-
-class CannotListen(BulkgenError):
-    """The address and port cannot be bound (in use, or not an address of this machine)."""
-
-    exit_code = 6
 
 
 @dataclass(frozen=True)
