@@ -25,7 +25,20 @@ Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 
 class Refused(UsageError):
-    """A notification target the job's policy does not allow."""
+    """A notification target the job's policy does not allow. `why` is the operator's detail (for the
+    server's log: "cannot be resolved", "loopback", ...); the message a user reads never carries it."""
+
+    def __init__(self, message: str, why: str = ""):
+        super().__init__(message)
+        self.why = why
+
+
+def not_reachable(host: str, why: str) -> Refused:
+    """One sentence whatever the reason: telling "cannot be resolved" from "private" would let a remote user
+    learn which internal names exist (design.md, "Notifications from HTTP jobs")."""
+    return Refused(f"webhook host {quoted(host)} is not allowed: a webhook reaches only hosts with public "
+                   "addresses unless the server's operator allows the host or its network with "
+                   "`bulkgen serve --webhook-allow HOST|NETWORK`.", why)
 
 
 def system_resolve(host: str, port: int) -> list[str]:
@@ -105,9 +118,9 @@ def check_webhook(url: str, policy: Policy) -> list[str]:
     try:
         addresses = resolve(host, port)
     except (OSError, UnicodeError):
-        raise Refused(f"webhook host {quoted(host)} cannot be resolved.") from None
+        raise not_reachable(host, "cannot be resolved") from None
     if not addresses:
-        raise Refused(f"webhook host {quoted(host)} cannot be resolved.")
+        raise not_reachable(host, "cannot be resolved")
     if host in policy.webhook_allow:
         return addresses
     networks = policy.networks()
@@ -116,9 +129,7 @@ def check_webhook(url: str, policy: Policy) -> list[str]:
         reason = why_not_public(address)
         if reason and not any(address in net for net in networks if net.version == address.version):
             # The rule, never the address: what the server's resolver answers is not the user's to learn.
-            raise Refused(f"webhook host {quoted(host)} is not a public address ({reason}): a webhook reaches "
-                          "only public addresses unless the server's operator allows the host or its network "
-                          "with `bulkgen serve --webhook-allow HOST|NETWORK`.")
+            raise not_reachable(host, reason)
     return addresses
 
 

@@ -109,7 +109,8 @@ def test_a_refused_webhook_names_the_rule_not_the_address(served):
         answer = client.post("/api/bulk-generate", json={**articles(), "notify": ["webhook:http://localhost:9/h"]})
     assert answer.status_code == 422, answer.text
     detail = answer.json()["detail"]
-    assert "is not a public address (loopback)" in detail and "--webhook-allow" in detail
+    assert "is not allowed: a webhook reaches only hosts with public addresses" in detail
+    assert "--webhook-allow" in detail and "loopback" not in detail
     assert "127.0.0.1" not in detail and "::1" not in detail
 
 
@@ -120,7 +121,24 @@ def test_an_unresolvable_webhook_says_so_without_the_resolver_s_words(monkeypatc
     monkeypatch.setattr(netpolicy, "resolve", fails)
     with pytest.raises(netpolicy.Refused) as refused:
         netpolicy.check_webhook("http://internal.example/hook", netpolicy.Policy())
-    assert str(refused.value) == "webhook host 'internal.example' cannot be resolved."
+    assert refused.value.why == "cannot be resolved" and "10.1.2.3" not in str(refused.value)
+
+
+def test_a_missing_name_and_an_inward_name_are_refused_in_the_same_words(monkeypatch):
+    """Otherwise a remote user could probe which internal names exist (review of issue 18, finding 8)."""
+    def resolver(host: str, port: int) -> list[str]:
+        if host == "db.internal":
+            return ["10.0.0.7"]
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(netpolicy, "resolve", resolver)
+    said = {}
+    for host in ("db.internal", "nothing.internal"):
+        with pytest.raises(netpolicy.Refused) as refused:
+            netpolicy.check_webhook(f"http://{host}/hook", netpolicy.Policy())
+        said[host] = (str(refused.value).replace(host, "HOST"), refused.value.why)
+    assert said["db.internal"][0] == said["nothing.internal"][0]
+    assert (said["db.internal"][1], said["nothing.internal"][1]) == ("private", "cannot be resolved")
 
 
 def test_the_store_and_its_wal_files_are_created_for_the_owner_only(processes, tmp_path):

@@ -46,8 +46,9 @@ def test_loopback_and_metadata_webhooks_are_refused_at_submit(processes, tmp_pat
     server = start_server(processes, env)
     port = receiver.server.server_address[1]
     with server.client(token) as client:
-        for target, reason in ((f"http://localhost:{port}/hook", "not a public address (loopback)"),
-                               ("http://169.254.169.254/latest/meta-data/", "not a public address (link-local")):
+        rule = "is not allowed: a webhook reaches only hosts with public addresses"
+        for target, reason in ((f"http://localhost:{port}/hook", rule),
+                               ("http://169.254.169.254/latest/meta-data/", rule)):
             response = client.post("/api/bulk-generate", json={**articles(), "notify": [f"webhook:{target}"]})
             assert response.status_code == 422, response.text
             assert response.json()["type"] == "urn:bulkgen:problem:notification-refused"
@@ -91,8 +92,9 @@ def test_names_that_resolve_inward_are_refused(monkeypatch):
                             "public.example.test": "93.184.216.34"})
     policy = netpolicy.Policy()
     for name, reason in (("hooks", "loopback"), ("meta", "link-local"), ("ten", "private"), ("v6", "loopback")):
-        with pytest.raises(netpolicy.Refused, match=reason):
+        with pytest.raises(netpolicy.Refused) as refused:
             netpolicy.check_webhook(f"https://{name}.example.test/h", policy)
+        assert reason in refused.value.why and reason not in str(refused.value)
     assert netpolicy.check_webhook("https://public.example.test/h", policy) == ["93.184.216.34"]
     assert netpolicy.check_webhook("https://ten.example.test/h", netpolicy.Policy(("10.0.0.0/8",))) == ["10.1.2.3"]
     assert netpolicy.check_webhook("https://hooks.example.test/h", netpolicy.Policy(("hooks.example.test",)))
@@ -132,7 +134,7 @@ def test_a_name_rebound_inward_after_submit_is_refused_at_send(store, monkeypatc
         Notifier(store, "test", retry_delays=(0.0,) * 3).deliver(store.get_bulk(bulk.id))
     step = store.get_bulk(bulk.id).outbox["steps"][0]
     assert step["state"] == StepState.pending.value and step["attempts"] == 2
-    assert step["last_error"].startswith("refused: webhook host 'rebind.example.test' is not a public address (link-local")
+    assert step["last_error"].startswith("refused: webhook host 'rebind.example.test' is not allowed")
     assert "169.254" not in step["last_error"]
     assert receiver.posts == []
 

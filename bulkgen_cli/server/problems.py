@@ -74,6 +74,8 @@ def from_error(exc: BulkgenError) -> HttpProblem:
         detail = f"{exc.subject} has {count} problem{'s' if count > 1 else ''}; nothing was stored."
         return HttpProblem(422, "invalid-articles", "The articles are not valid", detail, code, problems=exc.problems)
     if isinstance(exc, Refused):
+        if exc.why:  # the operator's detail, never the user's (netpolicy.not_reachable)
+            logger.info("refused a notification target (%s): %s", exc.why, exc)
         return HttpProblem(422, "notification-refused", "A notification target is not allowed", http_words(exc), code)
     if isinstance(exc, UsageError):
         return HttpProblem(400, "bad-request", "The request is not acceptable", http_words(exc), code)
