@@ -36,6 +36,9 @@ def served(processes, tmp_path):
     f"/x?api_key={TOKEN[4:]}", f"/x?access_token={TOKEN[4:]}", f"/x?signature={TOKEN[4:]}",
     f"/x?a=1&client_secret={TOKEN[4:]}&b=2", f"/x?p%61ss={TOKEN[4:]}", f"/x?PASSWORD={TOKEN[4:]}",
     f"Authorization: Bearer {TOKEN[4:]}",
+    # review of issue 18, finding 9: `pw`, and a password inside a URL carried in a value or in the path
+    f"/x?pw={TOKEN[4:]}", f"/x?next=https://bob:{TOKEN[4:]}@example.com/",
+    f"/x?next=https%3A%2F%2Fbob%3A{TOKEN[4:]}%40example.com%2F", f"/x/https://bob:{TOKEN[4:]}@example.com/",
 ])
 def test_no_secret_survives_the_mask_however_it_is_encoded(logged):
     masked = scrub(logged)

@@ -25,13 +25,15 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 access_logger = logging.getLogger("bulkgen.access")
 
 #: Parts of a query parameter's name that mark its value as a secret (after percent-decoding the name).
-SECRET_NAMES = ("token", "key", "pass", "pwd", "secret", "auth", "sign", "sig", "credential", "session", "cookie",
+SECRET_NAMES = ("token", "key", "pass", "pwd", "pw", "secret", "auth", "sign", "sig", "credential", "session", "cookie",
                 "jwt", "private", "code")
 #: One `name=value` of a query string (or of any text logged: a value stops at &, ;, space or a quote).
 PARAM = re.compile(r"(?P<lead>[?&;\s]|^)(?P<name>[^=&;?\s\"]+)=(?P<value>[^&;\s\"]*)")
 BEARER = re.compile(r"(bearer\s+)\S+", re.IGNORECASE)
 #: A run of characters that may carry a token, each one literal or percent-encoded.
 WORD = re.compile(r"(?:[A-Za-z0-9_.~+-]|%[0-9A-Fa-f]{2})+")
+#: A URL's user and password (`//user:secret@`), as it reads once decoded.
+CREDENTIALS = re.compile(r"//[^/?#@\s]*:[^/?#@\s]*@")
 #: tokens.PREFIX, as it reads once decoded.
 TOKEN_PREFIX = "bgk_"
 
@@ -50,14 +52,15 @@ def scrub(text: str) -> str:
     """No token and no secret-looking query value in `text`, however percent-encoded."""
     def param(match: re.Match[str]) -> str:
         name = decoded(match["name"]).lower()
-        if any(part in name for part in SECRET_NAMES):
+        if any(part in name for part in SECRET_NAMES) or CREDENTIALS.search(decoded(match["value"])):
             return f"{match['lead']}{match['name']}=***"
         return match[0]
 
     def word(match: re.Match[str]) -> str:
         return "bgk_***" if TOKEN_PREFIX in decoded(match[0]).lower() else match[0]
 
-    return WORD.sub(word, BEARER.sub(r"\1***", PARAM.sub(param, text)))
+    text = CREDENTIALS.sub("//***@", PARAM.sub(param, text))
+    return WORD.sub(word, BEARER.sub(r"\1***", text))
 
 
 def printable(raw: bytes) -> str:
