@@ -301,10 +301,18 @@ def job_name(schedule: Schedule, parsed: Manifest, at: dt.datetime) -> str:
     return f"{base} ({schedule.name} {local_time(at, schedule.zone)})"
 
 
-def permission(store: Store, schedule: Schedule) -> tuple[dict[str, Any] | None, str | None]:
+def too_often(schedule: Schedule) -> bool:
+    """The schedule's cron runs more often than MIN_INTERVAL somewhere in its next times."""
+    gap = shortest_gap(schedule.cron, schedule.zone, schedule.next_at or schedule.created_at or utcnow())
+    return gap is not None and gap[0] < MIN_INTERVAL
+
+
+def permission(store: Store, schedule: Schedule,
+               firing: bool = False) -> tuple[dict[str, Any] | None, str | None]:
     """A run's check of a schedule made over HTTP (design.md, "Quotas"): (the notification policy its job
     follows, made from `bulkgen serve`'s current allow-lists and the owner's current address; None: why it may
-    not run). A schedule made on the CLI is the operator's own: its stored policy (none), no check."""
+    not run). `firing` (a run at its time, not run-now): a cron faster than MIN_INTERVAL needs an owner with a
+    live admin token. A schedule made on the CLI is the operator's own: its stored policy (none), no check."""
     from bulkgen_cli.netpolicy import Policy, Refused, check_channels
 
     stored = schedule.options.get("notify_policy")
@@ -314,6 +322,11 @@ def permission(store: Store, schedule: Schedule) -> tuple[dict[str, Any] | None,
     if not live:
         return None, (f"its owner {quoted(schedule.userId)} has no live API token (revoked?); it runs again once "
                       "resumed with a live token")
+    if firing and not any(t.admin for t in live) and too_often(schedule):
+        # A schedule added before the limit existed, or by a token no longer an admin (README, "Limits").
+        return None, (f"its cron {quoted(schedule.cron)} runs more often than every "
+                      f"{int(MIN_INTERVAL.total_seconds() // 60)} minutes, which only an admin's schedule may; add it "
+                      "again with a slower cron")
     allow = store.get_setting(SERVE_POLICY) or stored
     policy = Policy(tuple(allow.get("webhook_allow") or ()), tuple(allow.get("email_allow") or ()),
                     next((t.email for t in live if t.email), None))
@@ -542,7 +555,7 @@ def _queue(store: Store, schedule: Schedule, held: Occurrence, now: dt.datetime)
     on the occurrence (conditional on this claim) and on the schedule. None when another claim finished it."""
     bulk_id, error = None, None
     try:
-        policy, refused = permission(store, schedule)
+        policy, refused = permission(store, schedule, firing=True)
         if refused is not None:  # paused, and says why (`schedule list` shows the last run's error)
             store.set_schedule_state(schedule.id, *rules.SCHEDULE_MOVES["pause"], {})
             error = f"paused: {refused}."

@@ -738,3 +738,21 @@ def test_removing_a_template_a_schedule_uses_warns_and_its_failed_runs_say_why(c
     assert fired.error and fired.error.startswith("schedule 'cities' uses template 'city', which is gone")
     listed = cli("schedule", "list").out
     assert "failed: schedule 'cities' uses template 'city', which is gone" in listed
+
+
+def test_an_every_minute_schedule_from_before_the_limit_is_paused_at_its_run_unless_its_owner_is_an_admin(store):
+    """Review of issue 18, finding 10: a user's schedule made over HTTP before the 5-minute limit kept its cron."""
+    from bulkgen_cli import tokens
+
+    tokens.create(store, "alice")
+    tokens.create(store, "root", admin=True)
+    policy = {"notify_policy": {"webhook_allow": [], "email_allow": []}}  # what a schedule made over HTTP carries
+    often = add(store, "often", "* * * * *", **policy)  # stored as the server stored it before the limit
+    boss = add(store, "boss", "* * * * *", user="root", **policy)
+    [fired] = schedules.fire(store, often, "p1", often.next_at + dt.timedelta(seconds=1))
+    assert fired.bulk_job_id is None and "runs more often than every 5 minutes" in fired.error
+    assert store.get_schedule("alice", "often").status == ScheduleStatus.paused.value
+    assert scheduled_jobs(store) == []
+    [ran] = schedules.fire(store, boss, "p1", boss.next_at + dt.timedelta(seconds=1))
+    assert ran.error is None and len(scheduled_jobs(store, "root")) == 1
+    assert schedules.run_now(store, "alice", "often").ids  # once, by hand: not a cron's pace
