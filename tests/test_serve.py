@@ -361,7 +361,7 @@ def test_schedules_over_http(served):
             "you have a schedule named 'weekly' already; nothing was stored (DELETE it first, or choose another name)."
         inward = alice.post("/api/schedules", json={**body, "schedule": "hooked",
                                                     "notify": ["webhook:http://localhost:9/h"]})
-        assert inward.status_code == 422 and "loopback" in inward.json()["detail"]
+        assert inward.status_code == 422 and "only hosts with public addresses" in inward.json()["detail"]
         wrong = alice.post("/api/schedules", json={**body, "schedule": "x", "cron": "61 * * * *"})
         assert wrong.status_code == 400 and wrong.json()["exit_code"] == 2
         assert [s["name"] for s in alice.get("/api/schedules").json()] == ["weekly"]
