@@ -13,6 +13,7 @@ from bulkgen_cli.errors import UsageError
 
 if TYPE_CHECKING:  # notify is imported where e-mail is needed, not on every command
     from bulkgen_cli.notify import SmtpSettings
+    from bulkgen_cli.store.rules import Quota
 
 T = TypeVar("T")
 
@@ -240,6 +241,12 @@ class ServeLimits:
     #: writes (POST, PUT, DELETE) a second per token, sustained, and in one burst
     write_rate: float = 5.0
     write_burst: int = 60
+
+    def quota(self) -> Quota:
+        """The limits a store checks with each new job's insert."""
+        from bulkgen_cli.store.rules import Quota
+
+        return Quota(self.max_active_jobs, self.max_stored_mb * 1024 * 1024)
 
     @classmethod
     def resolve(cls, max_active_jobs: int | None = None, max_schedules: int | None = None,

@@ -141,6 +141,47 @@ def test_each_per_user_limit_says_which_limit_and_how_to_raise_it(processes, tmp
         assert [client.post("/api/bulk-generate", json=articles()).status_code for _ in range(3)] == [201] * 3
 
 
+def test_fifty_submits_at_once_never_pass_the_active_jobs_limit(processes, tmp_path):
+    """The check and the insert are one step in the store: 50 simultaneous submits of one user against a limit
+    of 5 leave 5 jobs (the reviewer's run stored 8)."""
+    import threading
+
+    path, env = store_env(tmp_path)
+    alice = make_token(env, "alice")
+    server = start_server(processes, env, "--max-active-jobs", "5", "--write-burst", "100")
+    gate, codes, lock = threading.Barrier(50), [], threading.Lock()
+
+    def submit() -> None:
+        with server.client(alice) as client:
+            gate.wait(timeout=20)
+            code = client.post("/api/bulk-generate", json=articles()).status_code
+        with lock:
+            codes.append(code)
+
+    threads = [threading.Thread(target=submit) for _ in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(codes) == [201] * 5 + [429] * 45, codes
+    with SqliteStore(path, "read") as store:
+        assert store.usage("alice").active_jobs == 5
+
+
+def test_an_idempotent_replay_at_the_limit_answers_with_its_job(processes, tmp_path):
+    env = env_for(tmp_path)
+    alice = make_token(env, "alice")
+    server = start_server(processes, env, "--max-active-jobs", "1")
+    with server.client(alice) as client:
+        first = client.post("/api/bulk-generate", json=articles(), headers={"Idempotency-Key": "k-1"})
+        replay = client.post("/api/bulk-generate", json=articles(), headers={"Idempotency-Key": "k-1"})
+        other = client.post("/api/bulk-generate", json=articles(), headers={"Idempotency-Key": "k-2"})
+    assert first.status_code == 201, first.text
+    assert replay.status_code == 200, replay.text
+    assert replay.json()["bulk_job_id"] == first.json()["bulk_job_id"] and replay.json()["created"] is False
+    assert other.status_code == 429 and "the limit is 1 per user" in other.json()["detail"], other.text
+
+
 # -- schedules ------------------------------------------------------------------------------------------------
 
 

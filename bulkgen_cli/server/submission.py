@@ -193,13 +193,12 @@ def store(db: Store, form: Form, user: str, key: str | None, policy: netpolicy.P
 
     priority = priority_of(form, admin)
     parsed = from_template(db, form, user) if form.template is not None else validate(form)
-    if limits is not None:
-        quotas.check_submit(db, user, limits, manifest.stored_size(parsed.articles))
     channels = parse_channels(form.notify)
     netpolicy.check_channels(channels, policy)
     start = settings.parse_when(form.not_before, utcnow()) if form.not_before else None
     done = jobs.submit(db, parsed, user, name=form.name, idempotency_key=key, notify=channels, priority=priority,
-                       not_before=start, notify_policy=policy.to_record())
+                       not_before=start, notify_policy=policy.to_record(),
+                       limits=None if limits is None else limits.quota())  # the store checks: one atomic step
     bulk, created = done.jobs[0]
     message = ("Bulk generation queued" if created else
                f"Idempotency-Key {key!r} was used before: bulk job {bulk.id} exists; nothing new stored")

@@ -60,13 +60,17 @@ class Store(ABC):
     # -- submit and read ---------------------------------------------------
 
     @abstractmethod
-    def create_bulk(self, bulk: BulkJob, articles: list[dict[str, Any]]) -> tuple[BulkJob, bool]:
+    def create_bulk(self, bulk: BulkJob, articles: list[dict[str, Any]],
+                    limits: rules.Quota | None = None) -> tuple[BulkJob, bool]:
         """Store a bulk job and one queued item per article, all or nothing.
 
         No half job is ever claimable: if anything fails, nothing is left that
         a processor could start. When `bulk.idempotency_key` was already used
         by the same user, store nothing and return (existing job, False);
-        otherwise (bulk, True).
+        otherwise (bulk, True). With `limits`, the user's usage is checked
+        (`rules.over_quota`) in one atomic step with the insert, after the key
+        (a replay is answered whatever the usage): over a limit, QuotaExceeded
+        and nothing stored (design.md, "Quotas").
         """
 
     @abstractmethod
