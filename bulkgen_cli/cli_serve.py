@@ -154,8 +154,11 @@ def serve(
     with open_db(store, "create") as db:
         live_tokens = [t for t in db.list_tokens() if t.revoked_at is None]
         # every processor's schedule runs check against the allow-lists of now (design.md, "Quotas")
+        # and a user's schedules' jobs against the per-user limits of now (schedules.quota_of)
         db.put_setting(SERVE_POLICY, {"webhook_allow": list(allow),
-                                      "email_allow": [d.strip().lower() for d in email_allow or ()]})
+                                      "email_allow": [d.strip().lower() for d in email_allow or ()],
+                                      "max_active_jobs": limits.max_active_jobs,
+                                      "max_stored_mb": limits.max_stored_mb})
         display = db.display_url
     if not is_loopback(host) and not live_tokens:
         note(f"Error: refusing to listen on {host} while no API token exists: create one first with "

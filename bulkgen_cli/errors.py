@@ -148,7 +148,9 @@ class QuotaExceeded(BulkgenError):
         if which == "active_jobs":
             text = (f"over the active-jobs limit: {have} active jobs (queued, processing or paused), "
                     f"the limit is {limit} per user")
+            flag = "--max-active-jobs"
         else:
             text = (f"over the stored-bytes limit: {have / MIB:.1f} MiB stored, this job adds {adds / MIB:.1f} MiB, "
                     f"the limit is {limit // MIB} MiB per user")
-        super().__init__(text)
+            flag = "--max-stored-mb"
+        super().__init__(text, cli=f" (the server's operator raises it with `bulkgen serve {flag} N`).")

@@ -201,6 +201,39 @@ def test_an_every_minute_schedule_is_refused_for_a_user_and_allowed_for_an_admin
         assert client.post("/api/schedules", json=body).status_code == 201
 
 
+def test_a_users_schedule_keeps_to_the_limits_when_run_now_and_when_due(processes, tmp_path, svc):
+    """Run now (HTTP and CLI) over the limit is refused as a submit is; a due run over the limit is recorded
+    skipped with the reason, once, and the schedule goes on to its next time."""
+    path, env = store_env(tmp_path, svc)
+    alice = make_token(env, "alice")
+    server = start_server(processes, env, "--processor", "--max-active-jobs", "1")
+    body = {**articles(), "schedule": "daily", "cron": far_cron(utcnow()), "zone": "UTC"}
+    with server.client(alice) as client:
+        assert client.post("/api/schedules", json=body).status_code == 201
+        waiting = client.post("/api/bulk-generate", json={**articles(), "not_before": "+1d"})  # active, not run
+        assert waiting.status_code == 201, waiting.text
+        now = client.post("/api/schedules/daily/run")
+    assert now.status_code == 429, now.text
+    assert "the limit is 1 per user" in now.json()["detail"] and "--max-active-jobs" in now.json()["detail"]
+    due = missed(path, "alice", "daily", days=0)
+
+    def ran():
+        with SqliteStore(path, "read") as store:
+            return store.get_schedule("alice", "daily").last_error
+    error = wait_for(ran, timeout=30, what="the due run")
+    assert error.startswith("skipped: over the active-jobs limit: 1 active jobs") and "1 per user" in error, error
+    with SqliteStore(path, "read") as store:
+        schedule = store.get_schedule("alice", "daily")
+        assert schedule.status == "active" and schedule.next_at > due  # on to its next time, not retried
+        assert len(store.list_bulks("alice")) == 1
+    listed = json.loads(run_cli(["schedule", "list", "--user", "alice", "--json"], env).out)
+    assert listed[0]["last_run"]["error"] == error, listed
+    server.stop()
+    cli_now = run_cli(["schedule", "run", "daily", "--user", "alice"], env)
+    assert cli_now.code == 2 and "over the active-jobs limit" in cli_now.err and "Traceback" not in cli_now.err
+    assert "bulkgen serve --max-active-jobs N" in cli_now.err
+
+
 def test_a_schedule_loses_its_webhook_when_the_operator_narrows_the_allow_list(processes, tmp_path, receiver, svc):
     path, env = store_env(tmp_path, svc)
     alice = make_token(env, "alice")

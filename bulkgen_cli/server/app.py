@@ -332,9 +332,9 @@ def _schedule_routes(app: FastAPI, access: StoreAccess) -> None:
         _schedule_state_route(app, access, action)
 
     @app.post("/api/schedules/{name}/run", response_model=SubmitOut, status_code=201, tags=["schedules"],
-              responses=responses(401, 404, 422, 503))
+              responses=responses(401, 404, 413, 422, 429, 503))
     def run_schedule(name: ScheduleName, me: Me) -> Any:
-        """Queue the schedule's articles now, once, outside its times."""
+        """Queue the schedule's articles now, once, outside its times (within your per-user limits)."""
         bulk = access.call(lambda s: schedules.run_now(s, me.user, name)).jobs[0][0]
         return {"success": True, "bulk_job_id": bulk.id, "total_items": bulk.total_items, "status": bulk.status,
                 "message": f"Schedule {name!r} queued bulk job {bulk.id} now", "created": True}

@@ -241,6 +241,6 @@ def add_schedule(db: Store, body: bytes, user: str, policy: netpolicy.Policy,
         validate(form)
         source = {"kind": "file", "text": _text(form), "format": form.fmt, "file": form.source}
     options = {"name": form.name, "mode": None, "priority": priority.value, "notify": channels,
-               "notify_policy": policy.to_record()}
+               "notify_policy": policy.to_record(), "limited": limits is not None}  # schedules.quota_of
     return schedules.document(schedules.add(db, user, own["schedule"], own["cron"], own["zone"], source, options,
                                             limited=limits is not None))
