@@ -123,6 +123,8 @@ def serve(
                              help="Schedules per user. [default: 10]")] = None,
     max_stored_mb: Annotated[Optional[int], typer.Option("--max-stored-mb", min=0, metavar="MIB", help="The "
                              "articles a user's jobs may store, in MiB. [default: 1024]")] = None,
+    max_templates: Annotated[Optional[int], typer.Option("--max-templates", min=0, metavar="N",
+                             help="Saved templates per user. [default: 100]")] = None,
     write_rate: Annotated[Optional[float], typer.Option("--write-rate", min=0, metavar="N", help="Writes (POST, "
                           "PUT, DELETE) a second per token, sustained. [default: 5]")] = None,
     write_burst: Annotated[Optional[int], typer.Option("--write-burst", min=0, metavar="N", help="Writes per "
@@ -148,7 +150,8 @@ def serve(
     from bulkgen_cli.server.run import Limits, listen, serve as run_server, start_processor
 
     url = settings.store_url(store)
-    limits = settings.ServeLimits.resolve(max_active_jobs, max_schedules, max_stored_mb, write_rate, write_burst)
+    limits = settings.ServeLimits.resolve(max_active_jobs, max_schedules, max_stored_mb, write_rate, write_burst,
+                                          max_templates)
     run_settings = settings.RunSettings.resolve(**(run_flags or {})) if processor else None  # type: ignore[arg-type]
     allow = netpolicy.parse_allow(webhook_allow or [])
     with open_db(store, "create") as db:

@@ -301,3 +301,25 @@ def test_a_settings_record_is_kept_and_replaced(store):
     store.put_setting("serve_policy", {"webhook_allow": ["10.0.0.0/8"], "email_allow": []})
     store.put_setting("serve_policy", {"webhook_allow": [], "email_allow": ["example.com"]})
     assert store.get_setting("serve_policy") == {"webhook_allow": [], "email_allow": ["example.com"]}
+
+
+def test_saved_templates_count_toward_a_per_user_limit(processes, tmp_path):
+    env = env_for(tmp_path)
+    alice, bob, admin = make_token(env, "alice"), make_token(env, "bob"), make_token(env, "root", "--admin")
+    server = start_server(processes, env, "--max-templates", "2")
+    text = {"text": "mode: topic\nitem:\n  topic: '{{ topic }}'\n"}
+    with server.client(alice) as client:
+        assert [client.put(f"/api/templates/t{n}", json=text).status_code for n in range(2)] == [201, 201]
+        third = client.put("/api/templates/t2", json=text)
+        replaced = client.put("/api/templates/t1", json={**text, "replace": True})
+        assert client.delete("/api/templates/t0").status_code == 200
+        again = client.put("/api/templates/t2", json=text)
+    assert third.status_code == 429, third.text
+    detail = third.json()["detail"]
+    assert "you have 2 saved templates; the limit is 2 per user" in detail and "--max-templates" in detail
+    assert replaced.status_code == 200, replaced.text  # a replacement adds no template
+    assert again.status_code == 201, again.text  # one deleted: room for one
+    with server.client(bob) as client:
+        assert client.put("/api/templates/t0", json=text).status_code == 201  # each user's own count
+    with server.client(admin) as client:
+        assert [client.put(f"/api/templates/a{n}", json=text).status_code for n in range(3)] == [201] * 3

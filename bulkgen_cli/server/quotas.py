@@ -89,8 +89,13 @@ def document_rate_limit(document: dict[str, Any]) -> None:
 
 
 def problem(exc: QuotaExceeded) -> HttpProblem:
-    """The answer to a new job over a limit (the store refused it, `rules.over_quota`): 429 for the active-jobs
-    limit, 413 for the stored bytes, each saying which limit and how the operator raises it."""
+    """The answer to a new job or template over a limit (the store refused it, store/rules.py): 429 for the
+    active-jobs and templates limits, 413 for the stored bytes, each saying which limit and how to raise it."""
+    if exc.which == "templates":
+        return HttpProblem(429, "too-many-templates", "Too many templates",
+                           f"you have {exc.have} saved templates; the limit is {exc.limit} per user. Delete one "
+                           "first, or replace one of yours (`replace`); the operator raises the limit with "
+                           "`bulkgen serve --max-templates N` (BULKGEN_MAX_TEMPLATES).", exc.exit_code)
     if exc.which == "active_jobs":
         return HttpProblem(429, "too-many-active-jobs", "Too many active jobs",
                            f"you have {exc.have} active jobs (queued, processing or paused); the limit is "

@@ -411,8 +411,11 @@ class Store(ABC):
     # conditional write (or read) of that record, so no transaction is needed.
 
     @abstractmethod
-    def save_template(self, template: SavedTemplate, replace: bool = False) -> SaveOutcome:
+    def save_template(self, template: SavedTemplate, replace: bool = False, max_count: int = 0) -> SaveOutcome:
         """Store `template` under its (userId, name), atomically.
+
+        `max_count` (0: none): a new name is refused (QuotaExceeded, nothing written) when the user has that many
+        templates already (`rules.over_template_count`), counted in one atomic step with the insert.
 
         When the user has none of that name it is stored (`created`). When one
         exists: with `replace` it takes that one's place whole, keeping its

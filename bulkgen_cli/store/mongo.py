@@ -979,7 +979,21 @@ class MongoStore(Store):
     # -- saved templates ---------------------------------------------------------
 
     @_unavailable
-    def save_template(self, template: SavedTemplate, replace: bool = False) -> SaveOutcome:
+    def save_template(self, template: SavedTemplate, replace: bool = False, max_count: int = 0) -> SaveOutcome:
+        if not max_count:
+            return self._save_template(template, replace)
+        holder = self._lock_quota(template.userId)  # the count and the insert: one step for this user's saves
+        try:
+            if self.templates.find_one({"userId": template.userId, "name": template.name}, {"_id": 1}) is None:
+                refused = rules.over_template_count(self.templates.count_documents({"userId": template.userId}),
+                                                   max_count)
+                if refused is not None:
+                    raise refused
+            return self._save_template(template, replace)
+        finally:
+            self._unlock_quota(template.userId, holder)
+
+    def _save_template(self, template: SavedTemplate, replace: bool) -> SaveOutcome:
         key = {"userId": template.userId, "name": template.name}
         if not replace:
             try:

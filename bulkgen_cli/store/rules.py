@@ -515,6 +515,13 @@ def over_quota(quota: Quota, active_jobs: int, stored_bytes: int, adds: int) -> 
     return None
 
 
+def over_template_count(have: int, max_count: int) -> QuotaExceeded | None:
+    """Whether a template of a new name is refused: the user has `max_count` (0: no limit) already."""
+    if max_count and have >= max_count:
+        return QuotaExceeded("templates", have, max_count)
+    return None
+
+
 #: The statuses a job may end from (completed by a refresh, cancelled by a cancel).
 ENDS_FROM = ACTIVE_BULK
 

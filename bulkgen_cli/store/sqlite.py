@@ -1270,12 +1270,16 @@ class SqliteStore(Store):
     # -- saved templates ---------------------------------------------------------
 
     @_unavailable
-    def save_template(self, template: SavedTemplate, replace: bool = False) -> SaveOutcome:
+    def save_template(self, template: SavedTemplate, replace: bool = False, max_count: int = 0) -> SaveOutcome:
         with self._tx() as db:
-            # One transaction: the look and the write cannot interleave with another save.
+            # One transaction: the look (and the count) and the write cannot interleave with another save.
             found = db.execute("SELECT 1 FROM templates WHERE userId = ? AND name = ?",
                                (template.userId, template.name)).fetchone()
             if found is None:
+                have = db.execute("SELECT count(*) FROM templates WHERE userId = ?", (template.userId,)).fetchone()[0]
+                refused = rules.over_template_count(have, max_count)
+                if refused is not None:
+                    raise refused
                 _insert(db, "templates", [rules.template_fields(template)])
                 return SaveOutcome.created
             if not replace:
