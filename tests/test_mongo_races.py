@@ -172,7 +172,7 @@ def test_a_submit_with_limits_cannot_check_while_another_of_the_same_user_is_sto
 
     def others_submit(n: int, insert: Callable[[], Any]) -> Any:
         try:
-            second.create_bulk(quota_job(), articles(2), limits)
+            second.create_bulk(quota_job(key="b"), articles(2), limits)
         except (StoreUnavailable, QuotaExceeded) as exc:
             during.append(exc)
         return insert()
@@ -180,6 +180,7 @@ def test_a_submit_with_limits_cannot_check_while_another_of_the_same_user_is_sto
     first.items = Hooked(first.items, "insert_many", others_submit)
     assert first.create_bulk(quota_job(), articles(2), limits)[1]
     assert len(during) == 1 and isinstance(during[0], StoreUnavailable), during
+    assert second.keys.count_documents({}) == 0  # B's idempotency key given back with its refusal
     assert first.usage("alice").active_jobs == 1 and len(first.list_bulks("alice")) == 1
     with pytest.raises(QuotaExceeded):  # A done: B reads A's job
         second.create_bulk(quota_job(), articles(2), limits)

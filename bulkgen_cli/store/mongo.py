@@ -311,7 +311,11 @@ class MongoStore(Store):
                 return existing, False
         if limits is None:
             return self._insert_bulk(bulk, articles, oid)
-        holder = self._lock_quota(bulk.userId)
+        try:
+            holder = self._lock_quota(bulk.userId)
+        except StoreUnavailable:
+            self._undo_submit(oid, bulk)  # gives the idempotency key back: a retry is not told to wait
+            raise
         try:
             usage = self.usage(bulk.userId)
             refused = rules.over_quota(limits, usage.active_jobs, usage.stored_bytes, bulk.stored_bytes)
