@@ -137,7 +137,8 @@ class QuotaExceeded(BulkgenError):
     """A new bulk job would put its user over a per-user limit (store.rules.Quota); nothing was stored.
 
     `which`: "active_jobs" (`have` jobs active, the limit `limit`), "stored_bytes" (`have` bytes stored, the
-    new job adding `adds`, the limit `limit` bytes) or "templates" (`have` saved templates, a new one refused).
+    new job adding `adds`, the limit `limit` bytes), "templates" or "schedules" (`have` of them, a new one
+    refused).
     Only a server (or a schedule made over HTTP) sets limits.
     Exit 2, as for a request that is not acceptable: nothing was stored.
     """
@@ -150,9 +151,10 @@ class QuotaExceeded(BulkgenError):
             text = (f"over the active-jobs limit: {have} active jobs (queued, processing or paused), "
                     f"the limit is {limit} per user")
             flag = "--max-active-jobs"
-        elif which == "templates":
-            text = f"over the templates limit: {have} saved templates, the limit is {limit} per user"
-            flag = "--max-templates"
+        elif which in ("templates", "schedules"):
+            text = f"over the {which} limit: {have} {'saved templates' if which == 'templates' else which}, " \
+                   f"the limit is {limit} per user"
+            flag = f"--max-{which}"
         else:
             text = (f"over the stored-bytes limit: {have / MIB:.1f} MiB stored, this job adds {adds / MIB:.1f} MiB, "
                     f"the limit is {limit // MIB} MiB per user")

@@ -358,9 +358,11 @@ def submit_for(store: Store, schedule: Schedule, at: dt.datetime, key: str | Non
 
 
 def add(store: Store, user: str, name: str, cron: str, zone: str, source: dict[str, Any],
-        options: dict[str, Any], now: dt.datetime | None = None, limited: bool = False) -> Schedule:
+        options: dict[str, Any], now: dt.datetime | None = None, limited: bool = False,
+        max_count: int = 0) -> Schedule:
     """Store a schedule after checking everything (name, cron, zone); its first run is the next after `now`.
-    `limited` (a user's, not an admin's): the cron may run at most every MIN_INTERVAL."""
+    `limited` (a user's, not an admin's): the cron may run at most every MIN_INTERVAL; `max_count`: the user's
+    schedules limit (QuotaExceeded), checked by the store with the insert."""
     now = now or utcnow()
     schedule = Schedule(id=new_id(), userId=user, name=check_name(name), cron=parse_cron(cron),
                         zone=zone_of(zone).key, status=ScheduleStatus.active.value, source=source,
@@ -368,7 +370,7 @@ def add(store: Store, user: str, name: str, cron: str, zone: str, source: dict[s
     if limited:
         check_interval(cron, schedule.cron, schedule.zone, now)
     schedule.next_at = next_after(schedule.cron, schedule.zone, now)
-    if not store.add_schedule(schedule):
+    if not store.add_schedule(schedule, max_count):
         raise NameTaken(f"you have a schedule named {quoted(name)} already; nothing was stored",
                         cli=f" (`bulkgen schedule remove {name}` first, or choose another name).",
                         http=" (DELETE it first, or choose another name).")

@@ -20,8 +20,6 @@ from fastapi import Request
 
 from bulkgen_cli.errors import QuotaExceeded
 from bulkgen_cli.server.problems import HttpProblem
-from bulkgen_cli.settings import ServeLimits
-from bulkgen_cli.store.base import Store
 
 #: The methods that write.
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -90,7 +88,12 @@ def document_rate_limit(document: dict[str, Any]) -> None:
 
 def problem(exc: QuotaExceeded) -> HttpProblem:
     """The answer to a new job or template over a limit (the store refused it, store/rules.py): 429 for the
-    active-jobs and templates limits, 413 for the stored bytes, each saying which limit and how to raise it."""
+    active-jobs, schedules and templates limits, 413 for the stored bytes, each saying which limit and how to raise it."""
+    if exc.which == "schedules":
+        return HttpProblem(429, "too-many-schedules", "Too many schedules",
+                           f"you have {exc.have} schedules; the limit is {exc.limit} per user. Remove one first; "
+                           "the operator raises the limit with `bulkgen serve --max-schedules N` "
+                           "(BULKGEN_MAX_SCHEDULES).", exc.exit_code)
     if exc.which == "templates":
         return HttpProblem(429, "too-many-templates", "Too many templates",
                            f"you have {exc.have} saved templates; the limit is {exc.limit} per user. Delete one "
@@ -107,13 +110,3 @@ def problem(exc: QuotaExceeded) -> HttpProblem:
                        f"{exc.adds / MIB:.1f} MiB; the limit is {exc.limit // MIB} MiB per user. The "
                        "operator raises it with `bulkgen serve --max-stored-mb N` (BULKGEN_MAX_STORED_MB).",
                        exc.exit_code)
-
-
-def check_schedule(store: Store, user: str, limits: ServeLimits) -> None:
-    """Refuse a new schedule over `user`'s schedules limit (429)."""
-    have = len(store.list_schedules(user))
-    if limits.max_schedules and have >= limits.max_schedules:
-        raise HttpProblem(429, "too-many-schedules", "Too many schedules",
-                          f"you have {have} schedules; the limit is {limits.max_schedules} per user. Remove one "
-                          "first; the operator raises the limit with `bulkgen serve --max-schedules N` "
-                          "(BULKGEN_MAX_SCHEDULES).")

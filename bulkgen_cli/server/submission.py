@@ -14,7 +14,6 @@ from bulkgen_cli import jobs, manifest, netpolicy
 from bulkgen_cli.errors import ManifestError, Problem, UsageError
 from bulkgen_cli.model import Priority, utcnow
 from bulkgen_cli.settings import ServeLimits
-from bulkgen_cli.server import quotas
 from bulkgen_cli.server.problems import HttpProblem, too_large
 from bulkgen_cli.server.schemas import SubmitOut
 from bulkgen_cli.store.base import Store
@@ -228,8 +227,6 @@ def add_schedule(db: Store, body: bytes, user: str, policy: netpolicy.Policy,
     from bulkgen_cli.notify import parse_channels
 
     own, form = schedule_parts(body)
-    if limits is not None:
-        quotas.check_schedule(db, user, limits)
     priority = priority_of(form, admin)
     channels = parse_channels(form.notify)
     netpolicy.check_channels(channels, policy)
@@ -243,4 +240,5 @@ def add_schedule(db: Store, body: bytes, user: str, policy: netpolicy.Policy,
     options = {"name": form.name, "mode": None, "priority": priority.value, "notify": channels,
                "notify_policy": policy.to_record(), "limited": limits is not None}  # schedules.quota_of
     return schedules.document(schedules.add(db, user, own["schedule"], own["cron"], own["zone"], source, options,
-                                            limited=limits is not None))
+                                            limited=limits is not None,
+                                            max_count=0 if limits is None else limits.max_schedules))

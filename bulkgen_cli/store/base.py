@@ -415,7 +415,7 @@ class Store(ABC):
         """Store `template` under its (userId, name), atomically.
 
         `max_count` (0: none): a new name is refused (QuotaExceeded, nothing written) when the user has that many
-        templates already (`rules.over_template_count`), counted in one atomic step with the insert.
+        templates already (`rules.over_count`), counted in one atomic step with the insert.
 
         When the user has none of that name it is stored (`created`). When one
         exists: with `replace` it takes that one's place whole, keeping its
@@ -491,8 +491,10 @@ class Store(ABC):
     # -- recurring schedules (design.md, "Recurring schedules") -----------------------------------------
 
     @abstractmethod
-    def add_schedule(self, schedule: Schedule) -> bool:
-        """Store a new schedule; False (nothing stored) when its user has one of that name (a unique index)."""
+    def add_schedule(self, schedule: Schedule, max_count: int = 0) -> bool:
+        """Store a new schedule; False (nothing stored) when its user has one of that name (a unique index).
+        `max_count` (0: none): QuotaExceeded, nothing stored, when the user has that many schedules already,
+        counted in one atomic step with the insert (`rules.over_count`)."""
 
     @abstractmethod
     def get_schedule(self, user: str, name: str) -> Schedule | None:

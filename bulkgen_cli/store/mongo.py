@@ -989,8 +989,8 @@ class MongoStore(Store):
         holder = self._lock_quota(template.userId)  # the count and the insert: one step for this user's saves
         try:
             if self.templates.find_one({"userId": template.userId, "name": template.name}, {"_id": 1}) is None:
-                refused = rules.over_template_count(self.templates.count_documents({"userId": template.userId}),
-                                                   max_count)
+                refused = rules.over_count("templates", self.templates.count_documents({"userId": template.userId}),
+                                           max_count)
                 if refused is not None:
                     raise refused
             return self._save_template(template, replace)
@@ -1037,7 +1037,20 @@ class MongoStore(Store):
     # write that can succeed once (design.md, "Exactly once per occurrence").
 
     @_unavailable
-    def add_schedule(self, schedule: Schedule) -> bool:
+    def add_schedule(self, schedule: Schedule, max_count: int = 0) -> bool:
+        if not max_count:
+            return self._add_schedule(schedule)
+        holder = self._lock_quota(schedule.userId)  # the count and the insert: one step for this user
+        try:
+            refused = rules.over_count("schedules", self.schedules.count_documents({"userId": schedule.userId}),
+                                       max_count)
+            if refused is not None:
+                raise refused
+            return self._add_schedule(schedule)
+        finally:
+            self._unlock_quota(schedule.userId, holder)
+
+    def _add_schedule(self, schedule: Schedule) -> bool:
         fields = rules.new_schedule(schedule)
         try:
             self.schedules.insert_one({"_id": ObjectId(fields.pop("id")), **fields})

@@ -515,10 +515,11 @@ def over_quota(quota: Quota, active_jobs: int, stored_bytes: int, adds: int) -> 
     return None
 
 
-def over_template_count(have: int, max_count: int) -> QuotaExceeded | None:
-    """Whether a template of a new name is refused: the user has `max_count` (0: no limit) already."""
+def over_count(which: str, have: int, max_count: int) -> QuotaExceeded | None:
+    """Whether a new template or schedule (`which`: "templates", "schedules") is refused: the user has
+    `max_count` (0: no limit) already."""
     if max_count and have >= max_count:
-        return QuotaExceeded("templates", have, max_count)
+        return QuotaExceeded(which, have, max_count)
     return None
 
 

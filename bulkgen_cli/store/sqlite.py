@@ -1277,7 +1277,7 @@ class SqliteStore(Store):
                                (template.userId, template.name)).fetchone()
             if found is None:
                 have = db.execute("SELECT count(*) FROM templates WHERE userId = ?", (template.userId,)).fetchone()[0]
-                refused = rules.over_template_count(have, max_count)
+                refused = rules.over_count("templates", have, max_count)
                 if refused is not None:
                     raise refused
                 _insert(db, "templates", [rules.template_fields(template)])
@@ -1306,9 +1306,13 @@ class SqliteStore(Store):
     # -- recurring schedules -------------------------------------------------------
 
     @_unavailable
-    def add_schedule(self, schedule: Schedule) -> bool:
+    def add_schedule(self, schedule: Schedule, max_count: int = 0) -> bool:
         try:
-            with self._tx() as db:
+            with self._tx() as db:  # the count and the insert: one transaction
+                have = db.execute("SELECT count(*) FROM schedules WHERE userId = ?", (schedule.userId,)).fetchone()[0]
+                refused = rules.over_count("schedules", have, max_count)
+                if refused is not None:
+                    raise refused
                 _insert(db, "schedules", [rules.new_schedule(schedule)])
         except sqlite3.IntegrityError:
             return False  # the user has a schedule of that name (schedules_name)
