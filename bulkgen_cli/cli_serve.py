@@ -7,7 +7,7 @@ so the other commands start as fast as before.
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -15,6 +15,7 @@ from bulkgen_cli.cli_common import EXIT_CODES, JsonOpt, StoreOpt, note, open_db,
 
 if TYPE_CHECKING:
     from bulkgen_cli.model import ApiToken
+    from bulkgen_cli.settings import ServeLimits
     from bulkgen_cli.server.run import Tls
 
 INSTALL_HINT = "bulkgen serve needs the serve extra: pip install 'bulkgen[serve]'."
@@ -123,6 +124,8 @@ def serve(
                              help="Schedules per user. [default: 10]")] = None,
     max_stored_mb: Annotated[Optional[int], typer.Option("--max-stored-mb", min=0, metavar="MIB", help="The "
                              "articles a user's jobs may store, in MiB. [default: 1024]")] = None,
+    max_templates: Annotated[Optional[int], typer.Option("--max-templates", min=0, metavar="N",
+                             help="Saved templates per user. [default: 100]")] = None,
     write_rate: Annotated[Optional[float], typer.Option("--write-rate", min=0, metavar="N", help="Writes (POST, "
                           "PUT, DELETE) a second per token, sustained. [default: 5]")] = None,
     write_burst: Annotated[Optional[int], typer.Option("--write-burst", min=0, metavar="N", help="Writes per "
@@ -143,20 +146,15 @@ def serve(
         note(INSTALL_HINT, "red")
         raise typer.Exit(2) from None
     from bulkgen_cli import netpolicy, settings
-    from bulkgen_cli.schedules import SERVE_POLICY
     from bulkgen_cli.server.config import ServerConfig
     from bulkgen_cli.server.run import Limits, listen, serve as run_server, start_processor
 
     url = settings.store_url(store)
-    limits = settings.ServeLimits.resolve(max_active_jobs, max_schedules, max_stored_mb, write_rate, write_burst)
+    limits = settings.ServeLimits.resolve(max_active_jobs, max_schedules, max_stored_mb, write_rate, write_burst,
+                                          max_templates)
     run_settings = settings.RunSettings.resolve(**(run_flags or {})) if processor else None  # type: ignore[arg-type]
     allow = netpolicy.parse_allow(webhook_allow or [])
-    with open_db(store, "create") as db:
-        live_tokens = [t for t in db.list_tokens() if t.revoked_at is None]
-        # every processor's schedule runs check against the allow-lists of now (design.md, "Quotas")
-        db.put_setting(SERVE_POLICY, {"webhook_allow": list(allow),
-                                      "email_allow": [d.strip().lower() for d in email_allow or ()]})
-        display = db.display_url
+    live_tokens, display = _record_policy(store, allow, email_allow, limits)
     if not is_loopback(host) and not live_tokens:
         note(f"Error: refusing to listen on {host} while no API token exists: create one first with "
              "`bulkgen token create --user NAME`.", "red")
@@ -180,6 +178,21 @@ def serve(
 
         background = start_processor(run_settings, lambda: open_store(url, "create"), PlainView())
     run_server(config, sock, background, Limits(header_timeout, body_timeout, keep_alive_timeout, max_connections), tls)
+
+
+def _record_policy(store: str | None, allow: Any, email_allow: list[str] | None,
+                   limits: ServeLimits) -> tuple[list[ApiToken], str]:
+    """Record the server's allow-lists and per-user limits in the store, for every processor's schedule runs
+    (design.md, "Quotas"; schedules.permission and quota_of); (the live tokens, the store's display address)."""
+    from bulkgen_cli.schedules import SERVE_POLICY
+
+    with open_db(store, "create") as db:
+        live_tokens = [t for t in db.list_tokens() if t.revoked_at is None]
+        db.put_setting(SERVE_POLICY, {"webhook_allow": list(allow),
+                                      "email_allow": [d.strip().lower() for d in email_allow or ()],
+                                      "max_active_jobs": limits.max_active_jobs,
+                                      "max_stored_mb": limits.max_stored_mb})
+        return live_tokens, db.display_url
 
 
 def _tls(certfile: str | None, keyfile: str | None) -> Tls | None:

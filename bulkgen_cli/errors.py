@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MIB = 1024 * 1024
+
 
 class BulkgenError(Exception):
     """Root of every error bulkgen raises on purpose.
@@ -129,3 +131,32 @@ class CannotListen(BulkgenError):
     """`bulkgen serve`: the address and port cannot be bound (in use, or not an address of this machine)."""
 
     exit_code = 6
+
+
+class QuotaExceeded(BulkgenError):
+    """A new bulk job would put its user over a per-user limit (store.rules.Quota); nothing was stored.
+
+    `which`: "active_jobs" (`have` jobs active, the limit `limit`), "stored_bytes" (`have` bytes stored, the
+    new job adding `adds`, the limit `limit` bytes), "templates" or "schedules" (`have` of them, a new one
+    refused).
+    Only a server (or a schedule made over HTTP) sets limits.
+    Exit 2, as for a request that is not acceptable: nothing was stored.
+    """
+
+    exit_code = 2
+
+    def __init__(self, which: str, have: int, limit: int, adds: int = 0) -> None:
+        self.which, self.have, self.limit, self.adds = which, have, limit, adds
+        if which == "active_jobs":
+            text = (f"over the active-jobs limit: {have} active jobs (queued, processing or paused), "
+                    f"the limit is {limit} per user")
+            flag = "--max-active-jobs"
+        elif which in ("templates", "schedules"):
+            text = f"over the {which} limit: {have} {'saved templates' if which == 'templates' else which}, " \
+                   f"the limit is {limit} per user"
+            flag = f"--max-{which}"
+        else:
+            text = (f"over the stored-bytes limit: {have / MIB:.1f} MiB stored, this job adds {adds / MIB:.1f} MiB, "
+                    f"the limit is {limit // MIB} MiB per user")
+            flag = "--max-stored-mb"
+        super().__init__(text, cli=f" (the server's operator raises it with `bulkgen serve {flag} N`).")

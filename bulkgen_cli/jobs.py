@@ -21,6 +21,7 @@ from bulkgen_cli.store.base import Store
 from bulkgen_cli.text import quoted
 
 if TYPE_CHECKING:
+    from bulkgen_cli.store.rules import Quota
     from bulkgen_cli.manifest import Manifest
     from bulkgen_cli.notify import Delivery
 
@@ -46,12 +47,13 @@ def submit(store: Store, parsed: Manifest, user: str, *, name: str | None = None
            priority: Priority = Priority.normal, not_before: dt.datetime | None = None,
            split: bool = False, quality: QualityPolicy = QualityPolicy.warn,
            quality_ratio: float = DEFAULT_QUALITY_RATIO,
-           notify_policy: dict[str, Any] | None = None) -> Submitted:
+           notify_policy: dict[str, Any] | None = None, limits: Quota | None = None) -> Submitted:
     """Store a validated file as one bulk job (or, with `split`, balanced parts linked by a group), all or nothing.
 
     When storing a part fails, the parts stored before it are cancelled (a half
     group must not run) and the error is raised, saying which part could not be
     cancelled if any. `quality` and `quality_ratio`: the quality gate's policy and words ratio (0 to 1).
+    `limits`: the user's quota, checked by the store with each insert (QuotaExceeded; design.md, "Quotas").
     """
     if not 0 <= quality_ratio <= 1:
         raise UsageError(f"the quality ratio must be between 0 and 1 (0 turns the words check off), got {quality_ratio:g}.")
@@ -75,7 +77,7 @@ def submit(store: Store, parsed: Manifest, user: str, *, name: str | None = None
                 quality=QualityPolicy(quality).value, quality_ratio=float(quality_ratio),
                 notify_policy=notify_policy, stored_bytes=stored_size(articles),
             )
-            jobs.append(store.create_bulk(bulk, articles))
+            jobs.append(store.create_bulk(bulk, articles, limits))
             offset += size
     except BulkgenError as exc:
         _undo(store, [bulk for bulk, created in jobs if created], exc)

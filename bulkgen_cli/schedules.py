@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from bulkgen_cli import jobs
-from bulkgen_cli.errors import BulkgenError, InvalidTransition, NameTaken, NotFound, StoreUnavailable, UsageError
+from bulkgen_cli.errors import (
+    BulkgenError, InvalidTransition, NameTaken, NotFound, QuotaExceeded, StoreUnavailable, UsageError,
+)
 from bulkgen_cli.events import ScheduleFired, Waiting
 from bulkgen_cli.model import (
     DEFAULT_QUALITY_RATIO, Occurrence, OccurrenceState, Priority, QualityPolicy, SavedTemplate, Schedule,
@@ -30,6 +32,7 @@ from bulkgen_cli.model import (
 )
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import Store
+from bulkgen_cli.store.rules import Quota
 from bulkgen_cli.text import quoted
 
 if TYPE_CHECKING:
@@ -337,10 +340,22 @@ def permission(store: Store, schedule: Schedule,
     return policy.to_record(), None
 
 
+def quota_of(store: Store, schedule: Schedule) -> Quota | None:
+    """The limits a schedule's job is stored under (design.md, "Quotas"): a schedule a user (not an admin) made
+    over HTTP follows the per-user limits `bulkgen serve` last started with (kept in the store beside its
+    allow-lists); any other schedule, or a store no server ran on, has none."""
+    if not schedule.options.get("limited"):
+        return None
+    recorded = store.get_setting(SERVE_POLICY) or {}
+    if "max_active_jobs" not in recorded:
+        return None
+    return Quota(int(recorded["max_active_jobs"]), int(recorded.get("max_stored_mb") or 0) * 1024 * 1024)
+
+
 def submit_for(store: Store, schedule: Schedule, at: dt.datetime, key: str | None,
                notify_policy: dict[str, Any] | None = None) -> jobs.Submitted:
     """Store the schedule's articles as one bulk job for its user (idempotent on `key`), its notifications
-    following `notify_policy` (from `permission`)."""
+    following `notify_policy` (from `permission`), within its user's limits (`quota_of`: QuotaExceeded)."""
     parsed = manifest_of(store, schedule)
     options = schedule.options
     return jobs.submit(store, parsed, schedule.userId, name=job_name(schedule, parsed, at), idempotency_key=key,
@@ -348,16 +363,19 @@ def submit_for(store: Store, schedule: Schedule, at: dt.datetime, key: str | Non
                        priority=Priority(options.get("priority") or Priority.normal.value),
                        quality=QualityPolicy(options.get("quality") or QualityPolicy.warn.value),
                        quality_ratio=float(options.get("quality_ratio", DEFAULT_QUALITY_RATIO)),
-                       notify_policy=notify_policy)  # a schedule made over HTTP (netpolicy)
+                       notify_policy=notify_policy,  # a schedule made over HTTP (netpolicy)
+                       limits=quota_of(store, schedule))
 
 
 # -- the verbs -----------------------------------------------------------------------------------------------
 
 
 def add(store: Store, user: str, name: str, cron: str, zone: str, source: dict[str, Any],
-        options: dict[str, Any], now: dt.datetime | None = None, limited: bool = False) -> Schedule:
+        options: dict[str, Any], now: dt.datetime | None = None, limited: bool = False,
+        max_count: int = 0) -> Schedule:
     """Store a schedule after checking everything (name, cron, zone); its first run is the next after `now`.
-    `limited` (a user's, not an admin's): the cron may run at most every MIN_INTERVAL."""
+    `limited` (a user's, not an admin's): the cron may run at most every MIN_INTERVAL; `max_count`: the user's
+    schedules limit (QuotaExceeded), checked by the store with the insert."""
     now = now or utcnow()
     schedule = Schedule(id=new_id(), userId=user, name=check_name(name), cron=parse_cron(cron),
                         zone=zone_of(zone).key, status=ScheduleStatus.active.value, source=source,
@@ -365,7 +383,7 @@ def add(store: Store, user: str, name: str, cron: str, zone: str, source: dict[s
     if limited:
         check_interval(cron, schedule.cron, schedule.zone, now)
     schedule.next_at = next_after(schedule.cron, schedule.zone, now)
-    if not store.add_schedule(schedule):
+    if not store.add_schedule(schedule, max_count):
         raise NameTaken(f"you have a schedule named {quoted(name)} already; nothing was stored",
                         cli=f" (`bulkgen schedule remove {name}` first, or choose another name).",
                         http=" (DELETE it first, or choose another name).")
@@ -563,6 +581,8 @@ def _queue(store: Store, schedule: Schedule, held: Occurrence, now: dt.datetime)
             bulk_id = submit_for(store, schedule, held.at, rules.occurrence_key(schedule.id, held.at), policy).ids[0]
     except StoreUnavailable:
         raise
+    except QuotaExceeded as exc:  # this time only: the next time runs if the user is under the limit again
+        error = f"skipped: {exc.args[0]}."
     except BulkgenError as exc:  # the saved template is gone, or its values no longer make a valid file
         error = " ".join(str(exc).split())[:500]
     if not store.finish_occurrence(held, rules.occurrence_end(bulk_id, error, now)):

@@ -13,6 +13,7 @@ from bulkgen_cli.errors import UsageError
 
 if TYPE_CHECKING:  # notify is imported where e-mail is needed, not on every command
     from bulkgen_cli.notify import SmtpSettings
+    from bulkgen_cli.store.rules import Quota
 
 T = TypeVar("T")
 
@@ -223,6 +224,7 @@ def parse_when(text: str, now: dt.datetime) -> dt.datetime:
 ENV_MAX_ACTIVE_JOBS = "BULKGEN_MAX_ACTIVE_JOBS"
 ENV_MAX_SCHEDULES = "BULKGEN_MAX_SCHEDULES"
 ENV_MAX_STORED_MB = "BULKGEN_MAX_STORED_MB"
+ENV_MAX_TEMPLATES = "BULKGEN_MAX_TEMPLATES"
 ENV_WRITE_RATE = "BULKGEN_WRITE_RATE"
 ENV_WRITE_BURST = "BULKGEN_WRITE_BURST"
 
@@ -237,14 +239,22 @@ class ServeLimits:
     max_schedules: int = 10
     #: the user's jobs' stored articles, summed (BulkJob.stored_bytes), in MiB
     max_stored_mb: int = 1024
+    #: saved templates per user (each at most 1 MiB)
+    max_templates: int = 100
     #: writes (POST, PUT, DELETE) a second per token, sustained, and in one burst
     write_rate: float = 5.0
     write_burst: int = 60
 
+    def quota(self) -> Quota:
+        """The limits a store checks with each new job's insert."""
+        from bulkgen_cli.store.rules import Quota
+
+        return Quota(self.max_active_jobs, self.max_stored_mb * 1024 * 1024)
+
     @classmethod
     def resolve(cls, max_active_jobs: int | None = None, max_schedules: int | None = None,
                 max_stored_mb: int | None = None, write_rate: float | None = None,
-                write_burst: int | None = None) -> ServeLimits:
+                write_burst: int | None = None, max_templates: int | None = None) -> ServeLimits:
         """Flags, else the environment, else the defaults of this class."""
         plain = cls()
         return cls(
@@ -253,4 +263,5 @@ class ServeLimits:
             max_stored_mb=pick(max_stored_mb, ENV_MAX_STORED_MB, count, plain.max_stored_mb),
             write_rate=pick(write_rate, ENV_WRITE_RATE, seconds(), plain.write_rate),
             write_burst=pick(write_burst, ENV_WRITE_BURST, count, plain.write_burst),
+            max_templates=pick(max_templates, ENV_MAX_TEMPLATES, count, plain.max_templates),
         )

@@ -700,8 +700,9 @@ def check_name(name: str) -> str:
 
 
 def save(store: Store, user: str, name: str, template_text: str, *, source: str,
-         replace: bool = False) -> tuple[SavedTemplate, SaveOutcome]:
-    """Check the template and keep it as `user`'s `name`; NameTaken (exit 4) when that name is used, unless `replace`."""
+         replace: bool = False, max_count: int = 0) -> tuple[SavedTemplate, SaveOutcome]:
+    """Check the template and keep it as `user`'s `name`; NameTaken (exit 4) when that name is used, unless `replace`.
+    `max_count` (a user's over HTTP; 0: none): a new name past that many templates is QuotaExceeded."""
     check_name(name)
     template_text = template_text.replace("\r\n", "\n")  # kept as written, but `template show` prints no \x0d
     template = check(template_text, source=source)
@@ -709,7 +710,7 @@ def save(store: Store, user: str, name: str, template_text: str, *, source: str,
     saved = SavedTemplate(name=name, userId=user, text=template_text,
                           mode=template.named_mode.value if template.named_mode else None,
                           placeholders=template.placeholders, source=source, created_at=now, updated_at=now)
-    outcome = store.save_template(saved, replace)
+    outcome = store.save_template(saved, replace, max_count)
     if outcome is SaveOutcome.exists:
         raise NameTaken(f"you have a template named '{name}' already; nothing was saved.",
                         cli=f" `bulkgen template save {name} FILE --replace` replaces it.",

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import pytest
 
 from bulkgen_cli.model import ItemStatus, utcnow
-from tests.conftest import claim, submit
+from tests.conftest import articles, claim, submit
 
 mongomock = pytest.importorskip("mongomock")
 
@@ -154,3 +154,36 @@ def test_a_fault_in_the_refresh_after_the_items_end_is_not_a_lost_item():
     assert [type(e) for e in events if isinstance(e, (ItemFinished, ItemLost))] == [ItemFinished, ItemFinished]
     job = store.get_bulk(bulk.id)
     assert (job.status, job.completed_items) == ("completed", 2)
+
+
+def test_a_submit_with_limits_cannot_check_while_another_of_the_same_user_is_storing():
+    """A's usage is read and its items are being inserted when B submits for the same user: B may not read the
+    usage A has not added to yet (it waits for A's quota lock, here too briefly, and stores nothing); a lock
+    left by a submitter that died is taken over once stale."""
+    from bulkgen_cli.errors import QuotaExceeded, StoreUnavailable
+    from bulkgen_cli.store.mongo import QUOTA_LEASE
+    from bulkgen_cli.store.rules import Quota
+    from tests.test_store_contract import quota_job
+
+    first, second = two_stores()
+    second.quota_wait = 0.05
+    limits = Quota(max_active_jobs=1)
+    during: list[BaseException] = []
+
+    def others_submit(n: int, insert: Callable[[], Any]) -> Any:
+        try:
+            second.create_bulk(quota_job(key="b"), articles(2), limits)
+        except (StoreUnavailable, QuotaExceeded) as exc:
+            during.append(exc)
+        return insert()
+
+    first.items = Hooked(first.items, "insert_many", others_submit)
+    assert first.create_bulk(quota_job(), articles(2), limits)[1]
+    assert len(during) == 1 and isinstance(during[0], StoreUnavailable), during
+    assert second.keys.count_documents({}) == 0  # B's idempotency key given back with its refusal
+    assert first.usage("alice").active_jobs == 1 and len(first.list_bulks("alice")) == 1
+    with pytest.raises(QuotaExceeded):  # A done: B reads A's job
+        second.create_bulk(quota_job(), articles(2), limits)
+    second.quota_locks.insert_one({"_id": "bob", "until": utcnow() - QUOTA_LEASE, "holder": "dead"})
+    assert second.create_bulk(quota_job("bob"), articles(2), limits)[1]
+    assert second.quota_locks.count_documents({}) == 0  # each lock given back

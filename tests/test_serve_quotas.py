@@ -141,6 +141,47 @@ def test_each_per_user_limit_says_which_limit_and_how_to_raise_it(processes, tmp
         assert [client.post("/api/bulk-generate", json=articles()).status_code for _ in range(3)] == [201] * 3
 
 
+def test_fifty_submits_at_once_never_pass_the_active_jobs_limit(processes, tmp_path):
+    """The check and the insert are one step in the store: 50 simultaneous submits of one user against a limit
+    of 5 leave 5 jobs (the reviewer's run stored 8)."""
+    import threading
+
+    path, env = store_env(tmp_path)
+    alice = make_token(env, "alice")
+    server = start_server(processes, env, "--max-active-jobs", "5", "--write-burst", "100")
+    gate, codes, lock = threading.Barrier(50), [], threading.Lock()
+
+    def submit() -> None:
+        with server.client(alice) as client:
+            gate.wait(timeout=20)
+            code = client.post("/api/bulk-generate", json=articles()).status_code
+        with lock:
+            codes.append(code)
+
+    threads = [threading.Thread(target=submit) for _ in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(codes) == [201] * 5 + [429] * 45, codes
+    with SqliteStore(path, "read") as store:
+        assert store.usage("alice").active_jobs == 5
+
+
+def test_an_idempotent_replay_at_the_limit_answers_with_its_job(processes, tmp_path):
+    env = env_for(tmp_path)
+    alice = make_token(env, "alice")
+    server = start_server(processes, env, "--max-active-jobs", "1")
+    with server.client(alice) as client:
+        first = client.post("/api/bulk-generate", json=articles(), headers={"Idempotency-Key": "k-1"})
+        replay = client.post("/api/bulk-generate", json=articles(), headers={"Idempotency-Key": "k-1"})
+        other = client.post("/api/bulk-generate", json=articles(), headers={"Idempotency-Key": "k-2"})
+    assert first.status_code == 201, first.text
+    assert replay.status_code == 200, replay.text
+    assert replay.json()["bulk_job_id"] == first.json()["bulk_job_id"] and replay.json()["created"] is False
+    assert other.status_code == 429 and "the limit is 1 per user" in other.json()["detail"], other.text
+
+
 # -- schedules ------------------------------------------------------------------------------------------------
 
 
@@ -158,6 +199,39 @@ def test_an_every_minute_schedule_is_refused_for_a_user_and_allowed_for_an_admin
     assert fine.status_code == 201, fine.text
     with server.client(admin) as client:
         assert client.post("/api/schedules", json=body).status_code == 201
+
+
+def test_a_users_schedule_keeps_to_the_limits_when_run_now_and_when_due(processes, tmp_path, svc):
+    """Run now (HTTP and CLI) over the limit is refused as a submit is; a due run over the limit is recorded
+    skipped with the reason, once, and the schedule goes on to its next time."""
+    path, env = store_env(tmp_path, svc)
+    alice = make_token(env, "alice")
+    server = start_server(processes, env, "--processor", "--max-active-jobs", "1")
+    body = {**articles(), "schedule": "daily", "cron": far_cron(utcnow()), "zone": "UTC"}
+    with server.client(alice) as client:
+        assert client.post("/api/schedules", json=body).status_code == 201
+        waiting = client.post("/api/bulk-generate", json={**articles(), "not_before": "+1d"})  # active, not run
+        assert waiting.status_code == 201, waiting.text
+        now = client.post("/api/schedules/daily/run")
+    assert now.status_code == 429, now.text
+    assert "the limit is 1 per user" in now.json()["detail"] and "--max-active-jobs" in now.json()["detail"]
+    due = missed(path, "alice", "daily", days=0)
+
+    def ran():
+        with SqliteStore(path, "read") as store:
+            return store.get_schedule("alice", "daily").last_error
+    error = wait_for(ran, timeout=30, what="the due run")
+    assert error.startswith("skipped: over the active-jobs limit: 1 active jobs") and "1 per user" in error, error
+    with SqliteStore(path, "read") as store:
+        schedule = store.get_schedule("alice", "daily")
+        assert schedule.status == "active" and schedule.next_at > due  # on to its next time, not retried
+        assert len(store.list_bulks("alice")) == 1
+    listed = json.loads(run_cli(["schedule", "list", "--user", "alice", "--json"], env).out)
+    assert listed[0]["last_run"]["error"] == error, listed
+    server.stop()
+    cli_now = run_cli(["schedule", "run", "daily", "--user", "alice"], env)
+    assert cli_now.code == 2 and "over the active-jobs limit" in cli_now.err and "Traceback" not in cli_now.err
+    assert "bulkgen serve --max-active-jobs N" in cli_now.err
 
 
 def test_a_schedule_loses_its_webhook_when_the_operator_narrows_the_allow_list(processes, tmp_path, receiver, svc):
@@ -227,3 +301,25 @@ def test_a_settings_record_is_kept_and_replaced(store):
     store.put_setting("serve_policy", {"webhook_allow": ["10.0.0.0/8"], "email_allow": []})
     store.put_setting("serve_policy", {"webhook_allow": [], "email_allow": ["example.com"]})
     assert store.get_setting("serve_policy") == {"webhook_allow": [], "email_allow": ["example.com"]}
+
+
+def test_saved_templates_count_toward_a_per_user_limit(processes, tmp_path):
+    env = env_for(tmp_path)
+    alice, bob, admin = make_token(env, "alice"), make_token(env, "bob"), make_token(env, "root", "--admin")
+    server = start_server(processes, env, "--max-templates", "2")
+    text = {"text": "mode: topic\nitem:\n  topic: '{{ topic }}'\n"}
+    with server.client(alice) as client:
+        assert [client.put(f"/api/templates/t{n}", json=text).status_code for n in range(2)] == [201, 201]
+        third = client.put("/api/templates/t2", json=text)
+        replaced = client.put("/api/templates/t1", json={**text, "replace": True})
+        assert client.delete("/api/templates/t0").status_code == 200
+        again = client.put("/api/templates/t2", json=text)
+    assert third.status_code == 429, third.text
+    detail = third.json()["detail"]
+    assert "you have 2 saved templates; the limit is 2 per user" in detail and "--max-templates" in detail
+    assert replaced.status_code == 200, replaced.text  # a replacement adds no template
+    assert again.status_code == 201, again.text  # one deleted: room for one
+    with server.client(bob) as client:
+        assert client.put("/api/templates/t0", json=text).status_code == 201  # each user's own count
+    with server.client(admin) as client:
+        assert [client.put(f"/api/templates/a{n}", json=text).status_code for n in range(3)] == [201] * 3

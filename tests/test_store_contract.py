@@ -792,3 +792,66 @@ def test_retry_failed_waits_for_the_last_ends_notification_in_its_own_write(stor
     deliver_all(store, bulk.id, t)
     assert store.retry_failed(bulk.id, t) == 1
     assert store.get_bulk(bulk.id).status == "queued"
+
+
+# -- quotas: the check and the insert in one atomic step (design.md, "Quotas") ---------------------------------
+
+
+def quota_job(user: str = "alice", key: str | None = None, stored: int = 100) -> BulkJob:
+    return BulkJob(id=new_id(), userId=user, mode="topic", name="quota", status=BulkStatus.queued.value,
+                   total_items=2, created_at=utcnow(), idempotency_key=key, stored_bytes=stored)
+
+
+def test_create_bulk_with_limits_refuses_past_them_and_stores_nothing(store):
+    from bulkgen_cli.errors import QuotaExceeded
+    from bulkgen_cli.store.rules import Quota
+
+    limits = Quota(max_active_jobs=2, max_stored_bytes=1000)
+    made = [store.create_bulk(quota_job(key=f"k{n}"), articles(2), limits)[0] for n in range(2)]
+    with pytest.raises(QuotaExceeded) as refused:
+        store.create_bulk(quota_job(key="k2"), articles(2), limits)
+    assert (refused.value.which, refused.value.have, refused.value.limit) == ("active_jobs", 2, 2)
+    replay, created = store.create_bulk(quota_job(key="k1"), articles(2), limits)  # a replay at the limit
+    assert (replay.id, created) == (made[1].id, False)
+    store.cancel_bulk(made[0].id, utcnow())  # one active now, 200 bytes stored
+    with pytest.raises(QuotaExceeded) as big:
+        store.create_bulk(quota_job(key="k3", stored=801), articles(2), limits)
+    assert (big.value.which, big.value.have, big.value.adds) == ("stored_bytes", 200, 801)
+    fits, created = store.create_bulk(quota_job(key="k2", stored=800), articles(2), limits)  # k2 was given back
+    assert created and store.usage("alice").active_jobs == 2
+    assert store.create_bulk(quota_job("bob"), articles(2), limits)[1]  # another user's own limit
+    assert len(store.list_bulks("alice")) == 3 and store.get_bulk(fits.id) is not None
+
+
+def test_many_writers_at_once_never_pass_the_active_jobs_limit(tmp_path):
+    """Eight connections to one real SQLite file, started together, each submitting four jobs."""
+    import threading
+
+    from bulkgen_cli.errors import QuotaExceeded
+    from bulkgen_cli.store.rules import Quota
+    from bulkgen_cli.store.sqlite import SqliteStore
+
+    path = tmp_path / "quota.db"
+    SqliteStore(path).close()
+    gate, outcomes, lock = threading.Barrier(8), [], threading.Lock()
+
+    def writer() -> None:
+        with SqliteStore(path) as store:
+            gate.wait(timeout=10)
+            for _ in range(4):
+                try:
+                    store.create_bulk(quota_job(), articles(2), Quota(max_active_jobs=5))
+                    outcome = "stored"
+                except QuotaExceeded:
+                    outcome = "refused"
+                with lock:
+                    outcomes.append(outcome)
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(outcomes) == ["refused"] * 27 + ["stored"] * 5
+    with SqliteStore(path, "read") as store:
+        assert store.usage("alice").active_jobs == 5

@@ -91,3 +91,41 @@ def test_racing_saves_of_a_new_name_store_exactly_one(store, backend, tmp_path):
             thread.join(30)
     assert sorted(o.value for o in outcomes) == ["created", "exists", "exists", "exists"]
     assert len(store.list_templates("alice")) == 1
+
+
+def test_a_new_name_past_max_count_is_refused_in_the_same_step_as_the_insert(store):
+    import pytest
+
+    from bulkgen_cli.errors import QuotaExceeded
+
+    assert [store.save_template(template(f"t{n}"), max_count=2) for n in range(2)] == [SaveOutcome.created] * 2
+    with pytest.raises(QuotaExceeded) as refused:
+        store.save_template(template("t2"), max_count=2)
+    assert (refused.value.which, refused.value.have, refused.value.limit) == ("templates", 2, 2)
+    with pytest.raises(QuotaExceeded):
+        store.save_template(template("t2"), replace=True, max_count=2)  # a replace of a new name is a new one
+    assert store.save_template(template("t1", text="again"), replace=True, max_count=2) is SaveOutcome.replaced
+    assert store.save_template(template("t0"), max_count=2) is SaveOutcome.exists
+    assert store.save_template(template("t0", user="bob"), max_count=2) is SaveOutcome.created
+    assert [t.name for t in store.list_templates("alice")] == ["t0", "t1"]
+    assert store.save_template(template("t2")) is SaveOutcome.created  # no limit: the CLI's own
+
+
+def test_a_schedule_past_max_count_is_refused_in_the_same_step_as_the_insert(store):
+    import pytest
+
+    from bulkgen_cli import schedules
+    from bulkgen_cli.errors import QuotaExceeded
+
+    source = {"kind": "file", "text": "mode: topic\nitems: []\n", "format": None, "file": "f.yaml"}
+
+    def add(name: str, user: str = "alice", most: int = 2):
+        return schedules.add(store, user, name, "0 6 * * *", "UTC", source, {}, max_count=most)
+
+    add("s0"), add("s1")
+    with pytest.raises(QuotaExceeded) as refused:
+        add("s2")
+    assert (refused.value.which, refused.value.have, refused.value.limit) == ("schedules", 2, 2)
+    add("s0", user="bob")
+    assert [s.name for s in store.list_schedules("alice")] == ["s0", "s1"]
+    add("s2", most=0)  # no limit: the CLI's own

@@ -284,11 +284,14 @@ def _template_routes(app: FastAPI, access: StoreAccess) -> None:
 
     @app.put("/api/templates/{name}", response_model=TemplateOut, status_code=201, tags=["templates"],
              response_model_exclude_unset=True,
-             responses={200: {"model": TemplateOut, "description": "replaced"}, **responses(400, 401, 409, 413, 422)})
-    def save_template(name: TemplateName, body: TemplateIn, me: Me) -> Any:
-        """Check a template and keep it under `name` (409 when you have one of that name, unless `replace`)."""
+             responses={200: {"model": TemplateOut, "description": "replaced"},
+                        **responses(400, 401, 409, 413, 422, 429)})
+    def save_template(name: TemplateName, body: TemplateIn, me: Me, request: Request) -> Any:
+        """Check a template and keep it under `name` (409 when you have one of that name, unless `replace`; 429
+        past your templates limit)."""
+        most = 0 if me.admin else request.app.state.config.limits.max_templates
         saved, outcome = access.call(lambda s: templates.save(s, me.user, name, body.text, source=f"template '{name}'",
-                                                              replace=body.replace))
+                                                              replace=body.replace, max_count=most))
         return JSONResponse(doc(saved), status_code=201 if outcome is SaveOutcome.created else 200)
 
     @app.delete("/api/templates/{name}", response_model=DoneOut, tags=["templates"],
@@ -332,9 +335,9 @@ def _schedule_routes(app: FastAPI, access: StoreAccess) -> None:
         _schedule_state_route(app, access, action)
 
     @app.post("/api/schedules/{name}/run", response_model=SubmitOut, status_code=201, tags=["schedules"],
-              responses=responses(401, 404, 422, 503))
+              responses=responses(401, 404, 413, 422, 429, 503))
     def run_schedule(name: ScheduleName, me: Me) -> Any:
-        """Queue the schedule's articles now, once, outside its times."""
+        """Queue the schedule's articles now, once, outside its times (within your per-user limits)."""
         bulk = access.call(lambda s: schedules.run_now(s, me.user, name)).jobs[0][0]
         return {"success": True, "bulk_job_id": bulk.id, "total_items": bulk.total_items, "status": bulk.status,
                 "message": f"Schedule {name!r} queued bulk job {bulk.id} now", "created": True}

@@ -9,7 +9,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from bulkgen_cli.errors import (
-    BulkgenError, InvalidTransition, ManifestError, NoStore, NotFound, Problem, StoreUnavailable, UsageError,
+    BulkgenError, InvalidTransition, ManifestError, NoStore, NotFound, Problem, QuotaExceeded, StoreUnavailable,
+    UsageError,
 )
 from bulkgen_cli.netpolicy import Refused
 
@@ -69,6 +70,10 @@ def too_large(limit: int) -> HttpProblem:
 def from_error(exc: BulkgenError) -> HttpProblem:
     """The problem for a library error: the same sentence the CLI prints, and its exit code."""
     code = exc.exit_code
+    if isinstance(exc, QuotaExceeded):
+        from bulkgen_cli.server.quotas import problem
+
+        return problem(exc)
     if isinstance(exc, ManifestError):
         count = len(exc.problems)
         detail = f"{exc.subject} has {count} problem{'s' if count > 1 else ''}; nothing was stored."

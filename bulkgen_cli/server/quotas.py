@@ -18,9 +18,8 @@ from typing import Any, Callable
 
 from fastapi import Request
 
+from bulkgen_cli.errors import QuotaExceeded
 from bulkgen_cli.server.problems import HttpProblem
-from bulkgen_cli.settings import ServeLimits
-from bulkgen_cli.store.base import Store
 
 #: The methods that write.
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -87,28 +86,27 @@ def document_rate_limit(document: dict[str, Any]) -> None:
                 operation.setdefault("responses", {}).setdefault("429", answer)
 
 
-def check_submit(store: Store, user: str, limits: ServeLimits, new_bytes: int) -> None:
-    """Refuse a new job over `user`'s active-jobs limit (429) or stored-bytes limit (413)."""
-    usage = store.usage(user)
-    if limits.max_active_jobs and usage.active_jobs >= limits.max_active_jobs:
-        raise HttpProblem(429, "too-many-active-jobs", "Too many active jobs",
-                          f"you have {usage.active_jobs} active jobs (queued, processing or paused); the limit is "
-                          f"{limits.max_active_jobs} per user. Wait for one to end or cancel one; the operator "
-                          "raises the limit with `bulkgen serve --max-active-jobs N` (BULKGEN_MAX_ACTIVE_JOBS).",
-                          headers={"Retry-After": "60"})
-    cap = limits.max_stored_mb * MIB
-    if cap and usage.stored_bytes + new_bytes > cap:
-        raise HttpProblem(413, "storage-quota", "Over the stored-bytes limit",
-                          f"your jobs store {usage.stored_bytes / MIB:.1f} MiB of articles and this one adds "
-                          f"{new_bytes / MIB:.1f} MiB; the limit is {limits.max_stored_mb} MiB per user. The "
-                          "operator raises it with `bulkgen serve --max-stored-mb N` (BULKGEN_MAX_STORED_MB).")
-
-
-def check_schedule(store: Store, user: str, limits: ServeLimits) -> None:
-    """Refuse a new schedule over `user`'s schedules limit (429)."""
-    have = len(store.list_schedules(user))
-    if limits.max_schedules and have >= limits.max_schedules:
-        raise HttpProblem(429, "too-many-schedules", "Too many schedules",
-                          f"you have {have} schedules; the limit is {limits.max_schedules} per user. Remove one "
-                          "first; the operator raises the limit with `bulkgen serve --max-schedules N` "
-                          "(BULKGEN_MAX_SCHEDULES).")
+def problem(exc: QuotaExceeded) -> HttpProblem:
+    """The answer to a new job or template over a limit (the store refused it, store/rules.py): 429 for the
+    active-jobs, schedules and templates limits, 413 for the stored bytes, each saying which limit and how to raise it."""
+    if exc.which == "schedules":
+        return HttpProblem(429, "too-many-schedules", "Too many schedules",
+                           f"you have {exc.have} schedules; the limit is {exc.limit} per user. Remove one first; "
+                           "the operator raises the limit with `bulkgen serve --max-schedules N` "
+                           "(BULKGEN_MAX_SCHEDULES).", exc.exit_code)
+    if exc.which == "templates":
+        return HttpProblem(429, "too-many-templates", "Too many templates",
+                           f"you have {exc.have} saved templates; the limit is {exc.limit} per user. Delete one "
+                           "first, or replace one of yours (`replace`); the operator raises the limit with "
+                           "`bulkgen serve --max-templates N` (BULKGEN_MAX_TEMPLATES).", exc.exit_code)
+    if exc.which == "active_jobs":
+        return HttpProblem(429, "too-many-active-jobs", "Too many active jobs",
+                           f"you have {exc.have} active jobs (queued, processing or paused); the limit is "
+                           f"{exc.limit} per user. Wait for one to end or cancel one; the operator raises the limit "
+                           "with `bulkgen serve --max-active-jobs N` (BULKGEN_MAX_ACTIVE_JOBS).",
+                           exc.exit_code, headers={"Retry-After": "60"})
+    return HttpProblem(413, "storage-quota", "Over the stored-bytes limit",
+                       f"your jobs store {exc.have / MIB:.1f} MiB of articles and this one adds "
+                       f"{exc.adds / MIB:.1f} MiB; the limit is {exc.limit // MIB} MiB per user. The "
+                       "operator raises it with `bulkgen serve --max-stored-mb N` (BULKGEN_MAX_STORED_MB).",
+                       exc.exit_code)

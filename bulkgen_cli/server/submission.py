@@ -14,7 +14,6 @@ from bulkgen_cli import jobs, manifest, netpolicy
 from bulkgen_cli.errors import ManifestError, Problem, UsageError
 from bulkgen_cli.model import Priority, utcnow
 from bulkgen_cli.settings import ServeLimits
-from bulkgen_cli.server import quotas
 from bulkgen_cli.server.problems import HttpProblem, too_large
 from bulkgen_cli.server.schemas import SubmitOut
 from bulkgen_cli.store.base import Store
@@ -193,13 +192,12 @@ def store(db: Store, form: Form, user: str, key: str | None, policy: netpolicy.P
 
     priority = priority_of(form, admin)
     parsed = from_template(db, form, user) if form.template is not None else validate(form)
-    if limits is not None:
-        quotas.check_submit(db, user, limits, manifest.stored_size(parsed.articles))
     channels = parse_channels(form.notify)
     netpolicy.check_channels(channels, policy)
     start = settings.parse_when(form.not_before, utcnow()) if form.not_before else None
     done = jobs.submit(db, parsed, user, name=form.name, idempotency_key=key, notify=channels, priority=priority,
-                       not_before=start, notify_policy=policy.to_record())
+                       not_before=start, notify_policy=policy.to_record(),
+                       limits=None if limits is None else limits.quota())  # the store checks: one atomic step
     bulk, created = done.jobs[0]
     message = ("Bulk generation queued" if created else
                f"Idempotency-Key {key!r} was used before: bulk job {bulk.id} exists; nothing new stored")
@@ -229,8 +227,6 @@ def add_schedule(db: Store, body: bytes, user: str, policy: netpolicy.Policy,
     from bulkgen_cli.notify import parse_channels
 
     own, form = schedule_parts(body)
-    if limits is not None:
-        quotas.check_schedule(db, user, limits)
     priority = priority_of(form, admin)
     channels = parse_channels(form.notify)
     netpolicy.check_channels(channels, policy)
@@ -242,6 +238,7 @@ def add_schedule(db: Store, body: bytes, user: str, policy: netpolicy.Policy,
         validate(form)
         source = {"kind": "file", "text": _text(form), "format": form.fmt, "file": form.source}
     options = {"name": form.name, "mode": None, "priority": priority.value, "notify": channels,
-               "notify_policy": policy.to_record()}
+               "notify_policy": policy.to_record(), "limited": limits is not None}  # schedules.quota_of
     return schedules.document(schedules.add(db, user, own["schedule"], own["cron"], own["zone"], source, options,
-                                            limited=limits is not None))
+                                            limited=limits is not None,
+                                            max_count=0 if limits is None else limits.max_schedules))

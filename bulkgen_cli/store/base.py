@@ -60,13 +60,17 @@ class Store(ABC):
     # -- submit and read ---------------------------------------------------
 
     @abstractmethod
-    def create_bulk(self, bulk: BulkJob, articles: list[dict[str, Any]]) -> tuple[BulkJob, bool]:
+    def create_bulk(self, bulk: BulkJob, articles: list[dict[str, Any]],
+                    limits: rules.Quota | None = None) -> tuple[BulkJob, bool]:
         """Store a bulk job and one queued item per article, all or nothing.
 
         No half job is ever claimable: if anything fails, nothing is left that
         a processor could start. When `bulk.idempotency_key` was already used
         by the same user, store nothing and return (existing job, False);
-        otherwise (bulk, True).
+        otherwise (bulk, True). With `limits`, the user's usage is checked
+        (`rules.over_quota`) in one atomic step with the insert, after the key
+        (a replay is answered whatever the usage): over a limit, QuotaExceeded
+        and nothing stored (design.md, "Quotas").
         """
 
     @abstractmethod
@@ -407,8 +411,11 @@ class Store(ABC):
     # conditional write (or read) of that record, so no transaction is needed.
 
     @abstractmethod
-    def save_template(self, template: SavedTemplate, replace: bool = False) -> SaveOutcome:
+    def save_template(self, template: SavedTemplate, replace: bool = False, max_count: int = 0) -> SaveOutcome:
         """Store `template` under its (userId, name), atomically.
+
+        `max_count` (0: none): a new name is refused (QuotaExceeded, nothing written) when the user has that many
+        templates already (`rules.over_count`), counted in one atomic step with the insert.
 
         When the user has none of that name it is stored (`created`). When one
         exists: with `replace` it takes that one's place whole, keeping its
@@ -484,8 +491,10 @@ class Store(ABC):
     # -- recurring schedules (design.md, "Recurring schedules") -----------------------------------------
 
     @abstractmethod
-    def add_schedule(self, schedule: Schedule) -> bool:
-        """Store a new schedule; False (nothing stored) when its user has one of that name (a unique index)."""
+    def add_schedule(self, schedule: Schedule, max_count: int = 0) -> bool:
+        """Store a new schedule; False (nothing stored) when its user has one of that name (a unique index).
+        `max_count` (0: none): QuotaExceeded, nothing stored, when the user has that many schedules already,
+        counted in one atomic step with the insert (`rules.over_count`)."""
 
     @abstractmethod
     def get_schedule(self, user: str, name: str) -> Schedule | None:

@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import functools
 import hashlib
+import time
 from typing import Any, Callable, Iterable, TypeVar
 from urllib.parse import urlsplit
 
@@ -46,6 +47,10 @@ BULK_JOBS = "bulk_jobs"
 GENERATION_JOBS = "generation_jobs"
 LEASES = "processor_leases"
 IDEMPOTENCY = "bulk_idempotency_keys"
+#: One document per user while a submit with limits checks and stores (design.md, "Quotas").
+QUOTA_LOCKS = "bulk_quota_locks"
+#: A quota lock older than this is a dead submitter's: taken over.
+QUOTA_LEASE = dt.timedelta(seconds=60)
 TOKENS = "api_tokens"
 #: The counter document of the change sequence, in META (design.md, "Live progress").
 CHANGES = "changes"
@@ -198,6 +203,9 @@ class MongoStore(Store):
         self.items = db[GENERATION_JOBS]
         self.leases = db[LEASES]
         self.keys = db[IDEMPOTENCY]
+        self.quota_locks = db[QUOTA_LOCKS]
+        #: how long a submit with limits waits for another of the same user's to end (seconds)
+        self.quota_wait = 10.0
         self.meta = db[META]
         self.templates = db[TEMPLATES]
         self.schedules = db[SCHEDULES]
@@ -294,12 +302,31 @@ class MongoStore(Store):
     # -- submit and read -------------------------------------------------------
 
     @_unavailable
-    def create_bulk(self, bulk: BulkJob, articles: list[dict[str, Any]]) -> tuple[BulkJob, bool]:
+    def create_bulk(self, bulk: BulkJob, articles: list[dict[str, Any]],
+                    limits: rules.Quota | None = None) -> tuple[BulkJob, bool]:
         oid = ObjectId(bulk.id)
         if bulk.idempotency_key is not None:
             existing = self._claim_idempotency_key(bulk, oid)
             if existing is not None:
                 return existing, False
+        if limits is None:
+            return self._insert_bulk(bulk, articles, oid)
+        try:
+            holder = self._lock_quota(bulk.userId)
+        except StoreUnavailable:
+            self._undo_submit(oid, bulk)  # gives the idempotency key back: a retry is not told to wait
+            raise
+        try:
+            usage = self.usage(bulk.userId)
+            refused = rules.over_quota(limits, usage.active_jobs, usage.stored_bytes, bulk.stored_bytes)
+            if refused is not None:
+                self._undo_submit(oid, bulk)  # gives the idempotency key back
+                raise refused
+            return self._insert_bulk(bulk, articles, oid)
+        finally:
+            self._unlock_quota(bulk.userId, holder)
+
+    def _insert_bulk(self, bulk: BulkJob, articles: list[dict[str, Any]], oid: ObjectId) -> tuple[BulkJob, bool]:
         docs = [_doc(rules.new_item(bulk, article, n)) for n, article in enumerate(articles, start=1)]
         bulk_doc = {**_doc(rules.new_bulk(bulk)), "refresh_seq": 0}
         stamped = self._stamp({"$set": bulk_doc})
@@ -323,6 +350,29 @@ class MongoStore(Store):
                 self.keys.delete_one({"_id": self._key_id(bulk), "bulk_job_id": oid})
         except PyMongoError:
             pass  # the connection is gone; orphan items stay invisible
+
+    def _lock_quota(self, user: str) -> ObjectId:
+        """Take the user's quota lock (design.md, "Quotas"): one conditional upsert of one document, atomic in
+        MongoDB. Held by another and not stale: the upsert's insert of the same `_id` fails (DuplicateKeyError)
+        and it is tried again, for `quota_wait` seconds at most. The holder's id, for `_unlock_quota`."""
+        holder, deadline = ObjectId(), time.monotonic() + self.quota_wait
+        while True:
+            now = utcnow()
+            try:
+                self.quota_locks.find_one_and_update(
+                    {"_id": user, "until": {"$lt": now}},
+                    {"$set": {"until": now + QUOTA_LEASE, "holder": holder}}, upsert=True)
+                return holder
+            except DuplicateKeyError:
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable("another submit of this user is being stored; try again.") from None
+                time.sleep(0.01)
+
+    def _unlock_quota(self, user: str, holder: ObjectId) -> None:
+        try:
+            self.quota_locks.delete_one({"_id": user, "holder": holder})
+        except PyMongoError:
+            pass  # the lock goes stale after QUOTA_LEASE
 
     @staticmethod
     def _key_id(bulk: BulkJob) -> str:
@@ -933,7 +983,21 @@ class MongoStore(Store):
     # -- saved templates ---------------------------------------------------------
 
     @_unavailable
-    def save_template(self, template: SavedTemplate, replace: bool = False) -> SaveOutcome:
+    def save_template(self, template: SavedTemplate, replace: bool = False, max_count: int = 0) -> SaveOutcome:
+        if not max_count:
+            return self._save_template(template, replace)
+        holder = self._lock_quota(template.userId)  # the count and the insert: one step for this user's saves
+        try:
+            if self.templates.find_one({"userId": template.userId, "name": template.name}, {"_id": 1}) is None:
+                refused = rules.over_count("templates", self.templates.count_documents({"userId": template.userId}),
+                                           max_count)
+                if refused is not None:
+                    raise refused
+            return self._save_template(template, replace)
+        finally:
+            self._unlock_quota(template.userId, holder)
+
+    def _save_template(self, template: SavedTemplate, replace: bool) -> SaveOutcome:
         key = {"userId": template.userId, "name": template.name}
         if not replace:
             try:
@@ -973,7 +1037,20 @@ class MongoStore(Store):
     # write that can succeed once (design.md, "Exactly once per occurrence").
 
     @_unavailable
-    def add_schedule(self, schedule: Schedule) -> bool:
+    def add_schedule(self, schedule: Schedule, max_count: int = 0) -> bool:
+        if not max_count:
+            return self._add_schedule(schedule)
+        holder = self._lock_quota(schedule.userId)  # the count and the insert: one step for this user
+        try:
+            refused = rules.over_count("schedules", self.schedules.count_documents({"userId": schedule.userId}),
+                                       max_count)
+            if refused is not None:
+                raise refused
+            return self._add_schedule(schedule)
+        finally:
+            self._unlock_quota(schedule.userId, holder)
+
+    def _add_schedule(self, schedule: Schedule) -> bool:
         fields = rules.new_schedule(schedule)
         try:
             self.schedules.insert_one({"_id": ObjectId(fields.pop("id")), **fields})

@@ -15,6 +15,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from bulkgen_cli.errors import QuotaExceeded
 from bulkgen_cli.model import (
     ACTIVE_BULK,
     DEFAULT_QUALITY_RATIO,
@@ -493,6 +494,33 @@ def counters(counts: Counts, failed: list[Item], mean_seconds: float | None, now
 
 #: The items a job's `flagged_items` counts: completed, with a flagged verdict (the quality gate kept them).
 FLAGGED_ITEM = (ItemStatus.completed, VerdictStatus.flagged)
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A user's limits on new bulk jobs (design.md, "Quotas"); 0 turns one off. A backend checks them in the
+    same atomic step as the job's insert (`Store.create_bulk`)."""
+
+    max_active_jobs: int = 0
+    max_stored_bytes: int = 0
+
+
+def over_quota(quota: Quota, active_jobs: int, stored_bytes: int, adds: int) -> QuotaExceeded | None:
+    """Whether a new job of `adds` stored bytes is refused, given the user's active jobs and stored bytes: the
+    active-jobs limit first (a job may end soon), then the stored bytes. None: admitted."""
+    if quota.max_active_jobs and active_jobs >= quota.max_active_jobs:
+        return QuotaExceeded("active_jobs", active_jobs, quota.max_active_jobs)
+    if quota.max_stored_bytes and stored_bytes + adds > quota.max_stored_bytes:
+        return QuotaExceeded("stored_bytes", stored_bytes, quota.max_stored_bytes, adds)
+    return None
+
+
+def over_count(which: str, have: int, max_count: int) -> QuotaExceeded | None:
+    """Whether a new template or schedule (`which`: "templates", "schedules") is refused: the user has
+    `max_count` (0: no limit) already."""
+    if max_count and have >= max_count:
+        return QuotaExceeded(which, have, max_count)
+    return None
 
 
 #: The statuses a job may end from (completed by a refresh, cancelled by a cancel).

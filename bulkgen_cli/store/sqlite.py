@@ -545,6 +545,14 @@ def _unavailable(method: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+def _usage(db: sqlite3.Connection, user: str) -> Usage:
+    """The user's active jobs and stored bytes, from the usage index (inside a transaction when checking)."""
+    active = [s.value for s in rules.ACTIVE_BULK]
+    row = db.execute(f"SELECT COALESCE(SUM(status IN {_marks(active)}), 0), COALESCE(SUM(stored_bytes), 0) "
+                     "FROM bulk_jobs INDEXED BY bulk_jobs_usage WHERE userId = ?", (*active, user)).fetchone()
+    return Usage(int(row[0]), int(row[1]))
+
+
 def _create_private(path: Path) -> None:
     """Create the store's file readable and writable by its owner only (0600, whatever the umask); SQLite gives
     its -wal and -shm files the main file's mode. An existing file keeps its mode; a file that cannot be
@@ -797,8 +805,9 @@ class SqliteStore(Store):
     # -- submit and read -------------------------------------------------------
 
     @_unavailable
-    def create_bulk(self, bulk: BulkJob, articles: list[dict[str, Any]]) -> tuple[BulkJob, bool]:
-        with self._tx() as db:
+    def create_bulk(self, bulk: BulkJob, articles: list[dict[str, Any]],
+                    limits: rules.Quota | None = None) -> tuple[BulkJob, bool]:
+        with self._tx() as db:  # BEGIN IMMEDIATE: the usage read and the insert are one step for every writer
             if bulk.idempotency_key is not None:
                 row = db.execute(
                     "SELECT * FROM bulk_jobs WHERE userId = ? AND idempotency_key = ?",
@@ -806,6 +815,11 @@ class SqliteStore(Store):
                 ).fetchone()
                 if row is not None:
                     return _bulk(row), False
+            if limits is not None:
+                usage = _usage(db, bulk.userId)
+                refused = rules.over_quota(limits, usage.active_jobs, usage.stored_bytes, bulk.stored_bytes)
+                if refused is not None:
+                    raise refused
             _insert(db, "bulk_jobs", [rules.new_bulk(bulk)])
             _insert(db, "generation_jobs",
                     [rules.new_item(bulk, article, n) for n, article in enumerate(articles, start=1)])
@@ -843,10 +857,7 @@ class SqliteStore(Store):
 
     @_unavailable
     def usage(self, user: str) -> Usage:
-        active = [s.value for s in rules.ACTIVE_BULK]
-        row = self.db.execute(f"SELECT COALESCE(SUM(status IN {_marks(active)}), 0), COALESCE(SUM(stored_bytes), 0) "
-                              "FROM bulk_jobs INDEXED BY bulk_jobs_usage WHERE userId = ?", (*active, user)).fetchone()
-        return Usage(int(row[0]), int(row[1]))
+        return _usage(self.db, user)
 
     @_unavailable
     def list_items(self, bulk_id: str) -> list[Item]:
@@ -1259,12 +1270,16 @@ class SqliteStore(Store):
     # -- saved templates ---------------------------------------------------------
 
     @_unavailable
-    def save_template(self, template: SavedTemplate, replace: bool = False) -> SaveOutcome:
+    def save_template(self, template: SavedTemplate, replace: bool = False, max_count: int = 0) -> SaveOutcome:
         with self._tx() as db:
-            # One transaction: the look and the write cannot interleave with another save.
+            # One transaction: the look (and the count) and the write cannot interleave with another save.
             found = db.execute("SELECT 1 FROM templates WHERE userId = ? AND name = ?",
                                (template.userId, template.name)).fetchone()
             if found is None:
+                have = db.execute("SELECT count(*) FROM templates WHERE userId = ?", (template.userId,)).fetchone()[0]
+                refused = rules.over_count("templates", have, max_count)
+                if refused is not None:
+                    raise refused
                 _insert(db, "templates", [rules.template_fields(template)])
                 return SaveOutcome.created
             if not replace:
@@ -1291,9 +1306,13 @@ class SqliteStore(Store):
     # -- recurring schedules -------------------------------------------------------
 
     @_unavailable
-    def add_schedule(self, schedule: Schedule) -> bool:
+    def add_schedule(self, schedule: Schedule, max_count: int = 0) -> bool:
         try:
-            with self._tx() as db:
+            with self._tx() as db:  # the count and the insert: one transaction
+                have = db.execute("SELECT count(*) FROM schedules WHERE userId = ?", (schedule.userId,)).fetchone()[0]
+                refused = rules.over_count("schedules", have, max_count)
+                if refused is not None:
+                    raise refused
                 _insert(db, "schedules", [rules.new_schedule(schedule)])
         except sqlite3.IntegrityError:
             return False  # the user has a schedule of that name (schedules_name)
