@@ -343,8 +343,12 @@ def permission(store: Store, schedule: Schedule,
 def quota_of(store: Store, schedule: Schedule) -> Quota | None:
     """The limits a schedule's job is stored under (design.md, "Quotas"): a schedule a user (not an admin) made
     over HTTP follows the per-user limits `bulkgen serve` last started with (kept in the store beside its
-    allow-lists); any other schedule, or a store no server ran on, has none."""
-    if not schedule.options.get("limited"):
+    allow-lists); any other schedule, or a store no server ran on, has none. A schedule made over HTTP before
+    `limited` was recorded is a user's unless its owner holds a live admin token."""
+    limited = schedule.options.get("limited")
+    if limited is None and schedule.options.get("notify_policy"):
+        limited = not any(t.admin for t in store.list_tokens(schedule.userId) if t.revoked_at is None)
+    if not limited:
         return None
     recorded = store.get_setting(SERVE_POLICY) or {}
     if "max_active_jobs" not in recorded:

@@ -756,3 +756,21 @@ def test_an_every_minute_schedule_from_before_the_limit_is_paused_at_its_run_unl
     [ran] = schedules.fire(store, boss, "p1", boss.next_at + dt.timedelta(seconds=1))
     assert ran.error is None and len(scheduled_jobs(store, "root")) == 1
     assert schedules.run_now(store, "alice", "often").ids  # once, by hand: not a cron's pace
+
+
+def test_a_users_schedule_from_before_limits_were_recorded_keeps_to_them(store):
+    """A schedule made over HTTP before `limited` was stored is a user's, unless its owner is an admin."""
+    from bulkgen_cli import tokens
+
+    tokens.create(store, "alice")
+    tokens.create(store, "root", admin=True)
+    store.put_setting(schedules.SERVE_POLICY, {"webhook_allow": [], "email_allow": [], "max_active_jobs": 1,
+                                               "max_stored_mb": 0})
+    policy = {"notify_policy": {"webhook_allow": [], "email_allow": []}}  # made over HTTP, no `limited` yet
+    mine, boss = add(store, "mine", **policy), add(store, "boss", user="root", **policy)
+    for user in ("alice", "root"):
+        jobs.submit(store, schedules.manifest_of(store, mine), user)  # one active job each: at the limit
+    [fired] = schedules.fire(store, mine, "p1", mine.next_at + dt.timedelta(seconds=1))
+    assert fired.bulk_job_id is None and fired.error.startswith("skipped: over the active-jobs limit"), fired.error
+    [ran] = schedules.fire(store, boss, "p1", boss.next_at + dt.timedelta(seconds=1))
+    assert ran.error is None and len(scheduled_jobs(store, "root")) == 1
