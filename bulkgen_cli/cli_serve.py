@@ -42,8 +42,12 @@ BodyTimeoutOpt = Annotated[float, typer.Option("--body-timeout", min=0.1, metava
                            "connection whose request body has not fully arrived within SECONDS of its head.")]
 KeepAliveOpt = Annotated[int, typer.Option("--keep-alive-timeout", min=1, metavar="SECONDS", help="Close a "
                          "connection idle between two requests after SECONDS.")]
+WriteTimeoutOpt = Annotated[float, typer.Option("--write-timeout", min=0.1, metavar="SECONDS", help="Close a "
+                            "connection whose client has taken no byte of its answer for SECONDS (an event stream "
+                            "read slowly stays).")]
 MaxConnectionsOpt = Annotated[int, typer.Option("--max-connections", min=16, metavar="N", help="At most N open "
-                              "connections; one more closes the oldest that has sent no complete request.")]
+                              "connections; one more closes the oldest that has sent no complete request, else the "
+                              "one whose client has read nothing of its answer for longest.")]
 SslCertOpt = Annotated[Optional[str], typer.Option("--ssl-certfile", metavar="PEM", help="Serve HTTPS with this "
                        "certificate (chain); needs --ssl-keyfile.", show_default=False)]
 SslKeyOpt = Annotated[Optional[str], typer.Option("--ssl-keyfile", metavar="PEM", help="The private key of "
@@ -112,6 +116,7 @@ def serve(
     header_timeout: HeadTimeoutOpt = 10.0,
     body_timeout: BodyTimeoutOpt = 30.0,
     keep_alive_timeout: KeepAliveOpt = 5,
+    write_timeout: WriteTimeoutOpt = 30.0,
     max_connections: MaxConnectionsOpt = 2048,
     ssl_certfile: SslCertOpt = None,
     ssl_keyfile: SslKeyOpt = None,
@@ -177,7 +182,8 @@ def serve(
         from bulkgen_cli.render import PlainView
 
         background = start_processor(run_settings, lambda: open_store(url, "create"), PlainView())
-    run_server(config, sock, background, Limits(header_timeout, body_timeout, keep_alive_timeout, max_connections), tls)
+    connections = Limits(header_timeout, body_timeout, keep_alive_timeout, max_connections, write_timeout)
+    run_server(config, sock, background, connections, tls)
 
 
 def _record_policy(store: str | None, allow: Any, email_allow: list[str] | None,

@@ -234,3 +234,122 @@ def test_sigterm_ends_the_server_with_slow_connections_open(quick):
         for sock in socks:
             sock.close()
     assert "Traceback" not in "".join(quick.log)
+
+
+# -- clients that do not read their answers (design.md, "Slow and idle clients") ---------------------------------
+
+#: A request for the OpenAPI document, about 60 KB of answer without a token.
+OPENAPI = b"GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+#: Linux's TCP state of a connection that is open both ways (TCP_ESTABLISHED).
+ESTABLISHED = 1
+
+needs_tcp_info = pytest.mark.skipif(not hasattr(socket, "TCP_INFO"), reason="reads the kernel's TCP state (Linux)")
+
+
+def tcp_state(sock: socket.socket) -> int:
+    """The kernel's state of `sock`'s connection, read without taking a byte of what arrived on it."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+
+
+def non_reader(server: Server, requests: int = 100) -> socket.socket:
+    """A client that pipelines `requests` requests for the OpenAPI document (about 6 MB of answers, more than the
+    kernel's buffers hold) and never reads one."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port_of(server)))
+    sock.sendall(OPENAPI * requests)
+    return sock
+
+
+def status_answers(server: Server, token: str, job: str) -> bool:
+    try:
+        response = httpx.get(f"{server.url}/api/bulk-generate/{job}", headers={"Authorization": f"Bearer {token}"},
+                             timeout=2)
+    except httpx.TransportError:
+        return False
+    assert response.status_code == 200, response.text
+    return True
+
+
+@needs_tcp_info
+def test_a_client_that_never_reads_its_answers_is_closed_after_the_write_timeout(processes, tmp_path):
+    env = base_env(tmp_path)
+    server = start(processes, env, "--write-timeout", "1")
+    sock = non_reader(server)
+    try:
+        wait_for(lambda: tcp_state(sock) != ESTABLISHED, timeout=15, interval=0.1,
+                 what="the server to drop the connection that reads nothing")
+    finally:
+        sock.close()
+    assert server.stop() in (0, 143)
+    assert any("1 whose client took no byte of its answer for 1 s (write)" in line for line in server.log), \
+        "".join(server.log[-5:])
+
+
+@needs_tcp_info
+def test_at_the_cap_clients_that_never_read_make_room_for_a_status_request(processes, tmp_path):
+    env = base_env(tmp_path)
+    token = make_token(env, "alice")
+    # Deadlines of a minute: within the waits below, only the cap can close a connection.
+    server = start(processes, env, "--max-connections", "16", "--write-timeout", "60", "--header-timeout", "60")
+    with server.client(token) as client:
+        job = client.post("/api/bulk-generate", json=articles()).json()["bulk_job_id"]
+    hogs = [non_reader(server) for _ in range(20)]
+    try:
+        wait_for(lambda: status_answers(server, token, job), timeout=10, interval=0.1,
+                 what="a status answer beside 20 clients that never read, at a cap of 16")
+        assert status_answers(server, token, job)
+        assert sum(tcp_state(s) != ESTABLISHED for s in hogs) >= 4
+    finally:
+        for sock in hogs:
+            sock.close()
+
+
+def test_a_slow_event_stream_reader_that_keeps_reading_is_not_cut(processes, tmp_path):
+    """The write deadline counts time with no byte taken, not the answer's length: a replay of ~4 MB read at a
+    slow, steady pace for several times the deadline arrives whole."""
+    from tests.serve_helpers import RawStream
+    from tests.test_serve_live import _fill_log
+
+    env = base_env(tmp_path)
+    token = make_token(env, "alice")
+    server = start(processes, env, "--write-timeout", "1")
+    with server.client(token) as client:
+        job = client.post("/api/bulk-generate", json=articles()).json()["bulk_job_id"]
+    _fill_log(env, "alice", job, 30_000)
+    stream = RawStream(server, token, last_id=0)  # type: ignore[arg-type]
+    assert stream.status() == 200
+    marker, began = b"\nevent: bulk.", time.monotonic()
+    got, tail = stream.received.count(marker), b""
+    while got < 30_001:  # the job's own queued event, then the 30,000 written
+        try:
+            chunk = stream.sock.recv(16384)
+        except OSError:
+            chunk = b""
+        assert chunk, f"the stream was cut after {got} events and {time.monotonic() - began:.1f} s"
+        got += (tail + chunk).count(marker)
+        tail = chunk[-len(marker) + 1:]
+        time.sleep(0.02)  # a slow reader: about 800 KB/s
+    stream.drop(reset=False)
+
+
+def test_pipelined_requests_are_not_read_while_their_answers_wait(processes, tmp_path):
+    """uvicorn stops reading a connection while a request is in progress (h11 pauses at the next request): a
+    client pipelining requests without reading fills the kernel's buffers, not the server's memory."""
+    env = base_env(tmp_path)
+    server = start(processes, env, "--write-timeout", "60")
+    sock = non_reader(server, requests=1)
+    sock.setblocking(False)
+    chunk, sent = OPENAPI * 1000, 0
+    try:
+        while sent < 64 << 20:
+            _, writable, _ = select.select([], [sock], [], 2)
+            if not writable:
+                break  # nobody takes more: the server stopped reading
+            try:
+                sent += sock.send(chunk)
+            except BlockingIOError:
+                continue
+        assert sent < 16 << 20, f"the server took {sent >> 20} MiB of requests it could not answer"
+    finally:
+        sock.close()

@@ -11,9 +11,14 @@ uvicorn still reads and writes every byte:
 - a request's head must arrive within `head` seconds of the connection (or of
   the first byte of the next request on a kept-alive one), its body within
   `body` seconds of the head; else the connection is closed;
+- an answer the client does not take (uvicorn's writing paused: the buffer is
+  above its high-water mark; or a closing connection with bytes still to send)
+  may wait `write` seconds with no byte taken, then the connection is aborted;
+  any progress starts the deadline again, so a slow event-stream reader stays;
 - at most `max_connections` connections are open: one more closes the oldest
-  connection that has not sent a complete request head (an idle or slow one);
-  when every connection is busy with a request, the new one is closed;
+  connection that has not sent a complete request head (an idle or slow one),
+  else the one whose writing stalled first; when every connection is busy with
+  a request and reads its answers, the new one is closed;
 - closed connections are counted and reported in one log line per 10 s at
   most, never one line per connection.
 """
@@ -21,7 +26,11 @@ uvicorn still reads and writes every byte:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
+import socket
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +42,8 @@ logger = logging.getLogger("uvicorn.error")
 
 #: Seconds between two log lines about closed connections.
 REPORT_SECONDS = 10.0
+#: Offset of `tcpi_bytes_acked` in Linux's `struct tcp_info` (since Linux 4.1).
+TCPI_BYTES_ACKED = 120
 #: File descriptors kept for everything else of the process (store, log, processor, service calls).
 RESERVED_FILES = 256
 
@@ -48,26 +59,33 @@ class Limits:
     #: seconds an idle kept-alive connection stays open
     keep_alive: int = 5
     max_connections: int = 2048
+    #: seconds an answer may wait with no byte of it taken by the client (its buffer full)
+    write: float = 30.0
 
 
 class Guard:
-    """Shared by one server's connections: who waits for a request head (oldest first) and what was closed."""
+    """Shared by one server's connections: who waits for a request head (oldest first), whose writing is
+    stalled (longest first) and what was closed."""
 
     def __init__(self, limits: Limits):
         self.limits = limits
         #: connections with no request in progress (slow heads, idle keep-alives), in the order they began waiting
         self.waiting: dict[H11Protocol, None] = {}
-        self.counts = {"slow": 0, "evicted": 0, "refused": 0}
+        #: connections whose client takes none of their answer, in the order they stalled
+        self.stalled: dict[H11Protocol, None] = {}
+        self.counts = {"slow": 0, "stalled": 0, "evicted": 0, "refused": 0}
         self._report: asyncio.TimerHandle | None = None
 
     def admit(self, conn: H11Protocol) -> bool:
-        """True when `conn` may stay; at the cap the oldest waiting connection makes room, else `conn` is closed."""
+        """True when `conn` may stay; at the cap the oldest waiting connection makes room, else the one whose
+        writing stalled first, else `conn` is closed."""
         if len(conn.connections) <= self.limits.max_connections:
             return True
-        victim = next(iter(self.waiting), None)
+        victim = next(iter(self.waiting), None) or next(iter(self.stalled), None)
         if victim is not None:
-            self.waiting.pop(victim)
-            victim.transport.close()
+            self.waiting.pop(victim, None)
+            self.stalled.pop(victim, None)
+            shut(victim.transport)
             self.closed("evicted")
             return True
         conn.transport.close()
@@ -84,72 +102,155 @@ class Guard:
         if self._report is not None:
             self._report.cancel()
         self._report = None
-        slow, evicted, refused = self.counts["slow"], self.counts["evicted"], self.counts["refused"]
+        counts, limits = self.counts, self.limits
         self.counts = dict.fromkeys(self.counts, 0)
-        if slow + evicted + refused:
+        if sum(counts.values()):
             logger.warning(
                 "closed %d connection(s) that sent no complete request within %g s (head) / %g s (body), "
-                "%d idle one(s) to make room and refused %d at the cap of %d connections",
-                slow, self.limits.head, self.limits.body, evicted, refused, self.limits.max_connections)
+                "%d whose client took no byte of its answer for %g s (write), %d idle or stalled one(s) to make "
+                "room and refused %d at the cap of %d connections", counts["slow"], limits.head, limits.body,
+                counts["stalled"], limits.write, counts["evicted"], counts["refused"], limits.max_connections)
 
 
-def guarded_protocol(limits: Limits) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with head and body deadlines and the connection cap of `limits`."""
-    guard = Guard(limits)
+def shut(transport: asyncio.Transport) -> None:
+    """Close `transport`; at once (reset) when it holds bytes the client has not taken: a plain close would wait
+    for them, and keep the connection, for as long as the client does not read."""
+    if transport.get_write_buffer_size():
+        reset(transport)
+    else:
+        transport.close()
 
-    class Guarded(H11Protocol):
-        _deadline: asyncio.TimerHandle | None = None
-        _phase: str | None = None
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            if guard.admit(self):
-                self._follow()
+def reset(transport: asyncio.Transport) -> None:
+    """Drop the connection and what it still had to send, the kernel's send queue too: with no linger the close
+    is a TCP reset, where a FIN would queue behind bytes a client that does not read never takes."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
+
+def progress(transport: asyncio.Transport) -> tuple[int, int]:
+    """How far the client has taken what was written, growing as it reads: the bytes its end acknowledged
+    (Linux's TCP_INFO; 0 elsewhere) and the bytes still to send, negated. The write buffer alone moves in
+    steps as large as the kernel's send buffer (megabytes), which a slow reader takes seconds to empty."""
+    left = -transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is None or not hasattr(socket, "TCP_INFO"):
+        return 0, left
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCPI_BYTES_ACKED + 8)
+    except OSError:
+        return 0, left
+    return (struct.unpack_from("Q", info, TCPI_BYTES_ACKED)[0] if len(info) >= TCPI_BYTES_ACKED + 8 else 0), left
+
+
+class Guarded(H11Protocol):
+    """uvicorn's h11 protocol with the deadlines and the connection cap of its `guard`."""
+
+    guard: Guard
+    _deadline: asyncio.TimerHandle | None = None
+    _phase: str | None = None
+    #: the write deadline, and how far the client had taken the answer when it was armed
+    _stall: asyncio.TimerHandle | None = None
+    _stall_mark = (0, 0)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if self.guard.admit(self):
             self._follow()
 
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._follow()
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._follow()
 
-        def connection_lost(self, exc: Exception | None) -> None:
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._follow()
+
+    def timeout_keep_alive_handler(self) -> None:
+        super().timeout_keep_alive_handler()
+        self._follow()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._watch_writing()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._watch_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._arm(None, 0.0)
+        self.guard.waiting.pop(self, None)
+        self._unstall()
+        super().connection_lost(exc)
+
+    def _follow(self) -> None:
+        """Arm the deadline of the phase the request is in: its head, its body, or none."""
+        state, limits = self.conn.their_state, self.guard.limits
+        if self.transport.is_closing():
             self._arm(None, 0.0)
-            guard.waiting.pop(self, None)
-            super().connection_lost(exc)
+            self.guard.waiting.pop(self, None)
+        elif state is h11.IDLE:
+            self.guard.waiting.setdefault(self, None)
+            # Idle after a response: uvicorn's keep-alive timer runs; bytes of a new head: ours.
+            self._arm(None if self.timeout_keep_alive_task is not None else "head", limits.head)
+        else:
+            self.guard.waiting.pop(self, None)
+            self._arm("body" if state is h11.SEND_BODY else None, limits.body)
+        self._watch_writing()
 
-        def _follow(self) -> None:
-            """Arm the deadline of the phase the request is in: its head, its body, or none."""
-            state = self.conn.their_state
-            if self.transport.is_closing():
-                self._arm(None, 0.0)
-                guard.waiting.pop(self, None)
-            elif state is h11.IDLE:
-                guard.waiting.setdefault(self, None)
-                # Idle after a response: uvicorn's keep-alive timer runs; bytes of a new head: ours.
-                self._arm(None if self.timeout_keep_alive_task is not None else "head", limits.head)
-            else:
-                guard.waiting.pop(self, None)
-                self._arm("body" if state is h11.SEND_BODY else None, limits.body)
+    def _arm(self, phase: str | None, seconds: float) -> None:
+        if phase == self._phase:
+            return
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._phase, self._deadline = phase, None
+        if phase is not None:
+            self._deadline = self.loop.call_later(seconds, self._expire)
 
-        def _arm(self, phase: str | None, seconds: float) -> None:
-            if phase == self._phase:
-                return
-            if self._deadline is not None:
-                self._deadline.cancel()
-            self._phase, self._deadline = phase, None
-            if phase is not None:
-                self._deadline = self.loop.call_later(seconds, self._expire)
+    def _expire(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            self.guard.closed("slow")
+            shut(self.transport)
+            self._follow()
 
-        def _expire(self) -> None:
-            self._deadline = None
-            if not self.transport.is_closing():
-                guard.closed("slow")
-                self.transport.close()
+    def _watch_writing(self) -> None:
+        """The write deadline runs while the client takes none of what is written: uvicorn's writing is paused
+        (the buffer above its high-water mark), or the connection is closing with bytes still to send."""
+        if self.transport is None:
+            return
+        left = self.transport.get_write_buffer_size()
+        if not (self.flow.write_paused or (self.transport.is_closing() and left)):
+            self._unstall()
+        elif self._stall is None:
+            self._stall_mark = progress(self.transport)
+            self._stall = self.loop.call_later(self.guard.limits.write, self._write_expired)
+            self.guard.stalled.setdefault(self, None)
 
-    Guarded.guard = guard  # type: ignore[attr-defined]
-    return Guarded
+    def _write_expired(self) -> None:
+        self._stall = None
+        if any(now > then for now, then in zip(progress(self.transport), self._stall_mark)):
+            self._unstall()  # the client took some: a new deadline from now, and it stalled last
+            self._watch_writing()
+            return
+        self.guard.stalled.pop(self, None)
+        self.guard.closed("stalled")
+        reset(self.transport)
+
+    def _unstall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+        self._stall = None
+        self.guard.stalled.pop(self, None)
+
+
+def guarded_protocol(limits: Limits) -> type[Guarded]:
+    """uvicorn's h11 protocol with head, body and write deadlines and the connection cap of `limits`."""
+    return type("Guarded", (Guarded,), {"guard": Guard(limits)})
 
 
 def raise_file_limit(limits: Limits) -> tuple[Limits, str | None]:
@@ -167,7 +268,7 @@ def raise_file_limit(limits: Limits) -> tuple[Limits, str | None]:
     if soft == resource.RLIM_INFINITY or soft - RESERVED_FILES >= limits.max_connections:
         return limits, None
     allowed = max(16, soft - RESERVED_FILES)
-    return (Limits(limits.head, limits.body, limits.keep_alive, allowed),
+    return (dataclasses.replace(limits, max_connections=allowed),
             f"at most {allowed} connections (not {limits.max_connections}): this process may open only {soft} "
             "files (ulimit -n)")
 
