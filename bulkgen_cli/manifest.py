@@ -42,7 +42,7 @@ MAX_EXTRA_BYTES = 16 * 1024
 #: A job's articles as stored (JSON) may be at most STORED_FACTOR times its request (the file, or a template
 #: and its rows), or STORED_FLOOR bytes when that is more (design.md, "Size caps").
 STORED_FACTOR = 4
-STORED_FLOOR = 1024 * 1024
+STORED_FLOOR = 64 * 1024
 #: The file name that means standard input.
 STDIN = "-"
 #: Bounds on the YAML node tree: an alias "bomb" or a deep nest stops here.
@@ -708,7 +708,7 @@ def check_stored(articles: list[dict[str, Any]], request_bytes: int, problems: _
     if size > bound:
         problems.add(f"its {len(articles)} items come to {size:,} bytes as stored (each item holds its own copy "
                      f"of the defaults, aliases and placeholders it uses); a job may store at most {bound:,}: "
-                     f"{STORED_FACTOR} times the request's {request_bytes:,} bytes, or {STORED_FLOOR:,} (1 MiB) "
+                     f"{STORED_FACTOR} times the request's {request_bytes:,} bytes, or {STORED_FLOOR:,} (64 KiB) "
                      "if that is more. Put long shared text in fewer items.")
 
 

@@ -279,3 +279,14 @@ def test_csv_extra_json(tmp_path):
     rows = [f'T{i},"{{""seo"": true}}"' for i in range(9)] + ['T9,not json']
     found = problems(csv_file(tmp_path, "topic,extra", rows))
     assert found == [f"{tmp_path}/a.csv, item 10 (line 11), field 'extra': must be a JSON object in a CSV cell, like {{\"seo\": true}}."]
+
+
+def test_a_small_file_cannot_store_much_more_than_itself(tmp_path):
+    """Review of issue 18, finding 7: `defaults.extra` copied into every item let a 12 KB file store ~10x itself."""
+    shared = "x" * 12_000
+    path = write_articles(tmp_path / "a.yaml", numbered(10), defaults={"extra": {"notes": shared}})
+    assert path.stat().st_size < 16_000
+    [problem] = problems(path)
+    assert "as stored" in problem and "65,536 (64 KiB)" in problem, problem
+    fine = write_articles(tmp_path / "b.yaml", numbered(10), defaults={"extra": {"notes": "x" * 5_000}})
+    assert len(manifest.load(fine).articles) == 10  # ~50 KB stored: under the floor
