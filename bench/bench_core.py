@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bulkgen_cli.content import Reply, ReplyKind  # noqa: E402
-from bulkgen_cli.model import BulkJob, new_id, utcnow  # noqa: E402
-from bulkgen_cli.processor import Processor  # noqa: E402
-from bulkgen_cli.settings import RunSettings  # noqa: E402
+from bulkgen_cli.core.model import BulkJob, new_id, utcnow  # noqa: E402
+from bulkgen_cli.engine.processor import Processor  # noqa: E402
+from bulkgen_cli.core.settings import RunSettings  # noqa: E402
 from bulkgen_cli.store.base import Store  # noqa: E402
 
 ITEMS = 50

@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_core import Counting, NoOp, cold_start, new_bulk  # noqa: E402
 
-from bulkgen_cli.processor import Processor  # noqa: E402
-from bulkgen_cli.settings import RunSettings  # noqa: E402
+from bulkgen_cli.engine.processor import Processor  # noqa: E402
+from bulkgen_cli.core.settings import RunSettings  # noqa: E402
 from bulkgen_cli.store.sqlite import SqliteStore  # noqa: E402
 
 ITEMS = 50

@@ -1,3 +1,3 @@
-from bulkgen_cli.cli import main
+from bulkgen_cli.cli.main import main
 
 main()

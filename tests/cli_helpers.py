@@ -48,7 +48,7 @@ def cli(tmp_path, monkeypatch):
         monkeypatch.setenv(key, value)
 
     def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
-        from bulkgen_cli.cli import main
+        from bulkgen_cli.cli.main import main
 
         for key, value in (env or {}).items():
             monkeypatch.setenv(key, value)

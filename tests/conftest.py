@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from bulkgen_cli.model import BulkJob, BulkStatus, new_id, utcnow
+from bulkgen_cli.core.model import BulkJob, BulkStatus, new_id, utcnow
 from bulkgen_cli.store.base import Store
 from tests.cli_helpers import Processes, cli  # noqa: F401  (cli: a fixture, shared by the CLI tests)
 

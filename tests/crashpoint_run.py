@@ -71,7 +71,7 @@ def main() -> None:
     for name in verbs():
         setattr(SqliteStore, name, wrap(name, getattr(SqliteStore, name), path))
     sys.argv = ["bulkgen", *command]
-    from bulkgen_cli.cli import main as bulkgen
+    from bulkgen_cli.cli.main import main as bulkgen
 
     bulkgen()
 

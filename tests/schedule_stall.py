@@ -2,7 +2,7 @@
 
     python -m tests.schedule_stall run --forever
 
-STALL_AT names a function of `bulkgen_cli.schedules`: `_still_owed` (the process stops right after its
+STALL_AT names a function of `bulkgen_cli.ops.schedules`: `_still_owed` (the process stops right after its
 first check that passes) or `submit_for` (right before its first job is made, after the decision). There
 it writes its pid to STALL_FILE and stops itself (SIGSTOP); continued (SIGCONT), it goes on once the file
 STALL_FILE + ".go" exists.
@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from bulkgen_cli import schedules
-from bulkgen_cli.model import utcnow
+from bulkgen_cli.ops import schedules
+from bulkgen_cli.core.model import utcnow
 from bulkgen_cli.store.sqlite import SqliteStore
 
 #: held by every write transaction of this process, and while it is stopped
@@ -91,7 +91,7 @@ def install() -> None:
 
 if __name__ == "__main__":
     install()
-    from bulkgen_cli.cli import main
+    from bulkgen_cli.cli.main import main
 
     sys.argv = ["bulkgen", *sys.argv[1:]]
     main()

@@ -135,7 +135,7 @@ def test_a_job_is_stuck_when_its_state_is_not_what_its_items_say():
 
 def test_the_stuck_check_reads_the_store_itself_not_status(tmp_path):
     """`status` shows an unrecorded end as its items say; the chaos check must see the stored job."""
-    from bulkgen_cli.model import ItemStatus, Outcome, utcnow
+    from bulkgen_cli.core.model import ItemStatus, Outcome, utcnow
     from bulkgen_cli.store.sqlite import SqliteStore
     from tests.conftest import claim, submit
 

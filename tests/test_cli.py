@@ -156,7 +156,7 @@ def test_unwritable_sqlite_store_exit_5(cli, tmp_path):
 
 
 def commands():
-    from bulkgen_cli.cli import app
+    from bulkgen_cli.cli.main import app
 
     return [c.name or c.callback.__name__ for c in app.registered_commands]
 

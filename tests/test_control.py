@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bulkgen_cli.model import ItemStatus, Outcome, utcnow
+from bulkgen_cli.core.model import ItemStatus, Outcome, utcnow
 from bulkgen_cli.store.sqlite import SqliteStore
 from tests.cli_helpers import EXAMPLES
 from tests.conftest import claim
@@ -128,9 +128,9 @@ def test_retry_failed_waits_for_the_last_ends_notification(cli, tmp_path, servic
         store = SqliteStore(tmp_path / "xdg" / "bulkgen" / "bulkgen.db")
         try:  # a processor that ends the job and stops before the retry of its notification
             from bulkgen_cli.content.http import HttpGenerator
-            from bulkgen_cli.notify import Notifier
-            from bulkgen_cli.processor import Processor
-            from bulkgen_cli.settings import RunSettings
+            from bulkgen_cli.delivery.notify import Notifier
+            from bulkgen_cli.engine.processor import Processor
+            from bulkgen_cli.core.settings import RunSettings
 
             processor = Processor(store, HttpGenerator(service.url, "s3cret-token", 5),
                                   RunSettings(delay=0, backoff=0.01, max_retries=0))

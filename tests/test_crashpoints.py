@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from bulkgen_cli.model import ItemStatus, utcnow
+from bulkgen_cli.core.model import ItemStatus, utcnow
 from tests.cli_helpers import ROOT, env_for
 from tests.conftest import submit
 from tests.receivers import WebhookReceiver
@@ -214,9 +214,9 @@ def mongo_run(at: int | None, hook: str) -> tuple[Any, str, list[str]]:
     import mongomock
 
     from bulkgen_cli.content.offline import OfflineGenerator
-    from bulkgen_cli.notify import Notifier
-    from bulkgen_cli.processor import Processor
-    from bulkgen_cli.settings import RunSettings
+    from bulkgen_cli.delivery.notify import Notifier
+    from bulkgen_cli.engine.processor import Processor
+    from bulkgen_cli.core.settings import RunSettings
     from bulkgen_cli.store.mongo import MongoStore
 
     client = mongomock.MongoClient(tz_aware=True)

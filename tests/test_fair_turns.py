@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from bulkgen_cli.model import utcnow
+from bulkgen_cli.core.model import utcnow
 from tests.cli_helpers import base_env, env_for, run_cli, status_of
 from tests.conftest import wait_for
 from tests.serve_helpers import articles, make_token, start_server
@@ -78,7 +78,7 @@ def test_concurrent_claims_on_sqlite_take_exact_turns(tmp_path):
     each claim's transaction, so the claims, in fencing-token order, still alternate between the users exactly."""
     import threading
 
-    from bulkgen_cli.model import ItemStatus, Outcome
+    from bulkgen_cli.core.model import ItemStatus, Outcome
     from bulkgen_cli.store.sqlite import SqliteStore
     from tests.conftest import claim, submit
 

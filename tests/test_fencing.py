@@ -26,9 +26,9 @@ import pytest
 
 from bulkgen_cli.content.http import HttpGenerator
 from bulkgen_cli.content.reference import ReferenceService
-from bulkgen_cli.model import ItemStatus, utcnow
-from bulkgen_cli.processor import Processor
-from bulkgen_cli.settings import RunSettings
+from bulkgen_cli.core.model import ItemStatus, utcnow
+from bulkgen_cli.engine.processor import Processor
+from bulkgen_cli.core.settings import RunSettings
 from tests.conftest import submit_articles, wait_for
 
 LEASE = 0.4
@@ -342,7 +342,7 @@ def test_a_stall_alone_during_a_request_keeps_the_reply(kind, tmp_path):
 def test_past_the_deadline_a_failing_store_is_asked_a_few_times_not_at_every_poll(tmp_path):
     """A store that fails at once (StoreUnavailable) while a request is past its self-fencing deadline: the
     renewal is tried a few times within the rescue window, then the watchdog aborts; not 200 times a second."""
-    from bulkgen_cli.errors import StoreUnavailable
+    from bulkgen_cli.core.errors import StoreUnavailable
     from bulkgen_cli.store.sqlite import SqliteStore
 
     lease = 2.0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from bulkgen_cli.events import Waiting
-from bulkgen_cli.model import utcnow
-from bulkgen_cli.watch import follow
+from bulkgen_cli.core.events import Waiting
+from bulkgen_cli.core.model import utcnow
+from bulkgen_cli.ops.watch import follow
 from tests.cli_helpers import EXAMPLES
 from tests.conftest import submit
 

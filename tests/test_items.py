@@ -13,10 +13,10 @@ import sys
 
 import pytest
 
-from bulkgen_cli import items
-from bulkgen_cli.errors import InvalidTransition, NotFound, UsageError
-from bulkgen_cli.items import ItemAction
-from bulkgen_cli.model import BulkJob, BulkStatus, ItemStatus, Outcome, new_id, utcnow
+from bulkgen_cli.ops import items
+from bulkgen_cli.core.errors import InvalidTransition, NotFound, UsageError
+from bulkgen_cli.ops.items import ItemAction
+from bulkgen_cli.core.model import BulkJob, BulkStatus, ItemStatus, Outcome, new_id, utcnow
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.rules import CANCELLED_IN_FLIGHT
 from bulkgen_cli.store.sqlite import SqliteStore
@@ -467,7 +467,7 @@ def test_status_items_shows_short_ids_in_a_pipe(tmp_path):
 
 
 def test_the_readmes_items_header_names_every_column():
-    from bulkgen_cli.render import ITEM_COLUMNS
+    from bulkgen_cli.cli.render import ITEM_COLUMNS
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     header = next(line for line in readme.splitlines() if line.startswith("#   ID "))

@@ -15,8 +15,8 @@ from typing import Iterator
 import httpx
 import pytest
 
-from bulkgen_cli import tokens
-from bulkgen_cli.model import utcnow
+from bulkgen_cli.ops import tokens
+from bulkgen_cli.core.model import utcnow
 from bulkgen_cli.server import live
 from bulkgen_cli.server.access import StoreAccess
 from bulkgen_cli.store.sqlite import SqliteStore
@@ -84,7 +84,7 @@ def test_streams_cancelled_at_every_await_leave_the_poller_and_other_streams_wor
 
 def _toggle(path, bulk_id: str, done: threading.Event) -> None:
     """Pause and resume a job on a connection of its own until `done`."""
-    from bulkgen_cli import control
+    from bulkgen_cli.ops import control
 
     with SqliteStore(path) as store:
         while not done.is_set():

@@ -6,9 +6,9 @@ import textwrap
 
 import pytest
 
-from bulkgen_cli import manifest
-from bulkgen_cli.errors import ManifestError
-from bulkgen_cli.model import Mode
+from bulkgen_cli.input import manifest
+from bulkgen_cli.core.errors import ManifestError
+from bulkgen_cli.core.model import Mode
 from tests.files import write_articles
 
 

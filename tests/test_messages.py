@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bulkgen_cli.text import duration, quoted
+from bulkgen_cli.core.text import duration, quoted
 from tests.cli_helpers import EXAMPLES
 
 BOMB = "".join(f"{k}: &{k} [{', '.join([f'*{p}'] * 9) if p else ', '.join(['x'] * 9)}]\n"
@@ -68,7 +68,7 @@ def test_local_times_carry_their_zone_and_words_that_fit(monkeypatch):
     import datetime as dt
     import time
 
-    from bulkgen_cli.render import when
+    from bulkgen_cli.cli.render import when
 
     monkeypatch.setenv("TZ", "Europe/Berlin")
     time.tzset()

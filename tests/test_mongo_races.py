@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import pytest
 
-from bulkgen_cli.model import ItemStatus, utcnow
+from bulkgen_cli.core.model import ItemStatus, utcnow
 from tests.conftest import articles, claim, submit
 
 mongomock = pytest.importorskip("mongomock")
@@ -98,8 +98,8 @@ def test_retry_failed_never_starts_a_round_over_a_newer_end_still_being_notified
     queues the new round's failed items, but its job write is for the end it read: refused, so the new
     end keeps its outbox; the items wait in the completed job until the repair queues it, once that end
     is delivered."""
-    from bulkgen_cli import repair
-    from bulkgen_cli.model import Outcome
+    from bulkgen_cli.store import repair
+    from bulkgen_cli.core.model import Outcome
     from tests.test_store_contract import CHANNELS, deliver_all, run_to_end
 
     first, other = two_stores()
@@ -131,10 +131,10 @@ def test_a_fault_in_the_refresh_after_the_items_end_is_not_a_lost_item():
     processor tries the record again, its own end is already written. It refreshes only, and reports the item
     finished, not lost to another processor."""
     from bulkgen_cli.content.offline import OfflineGenerator
-    from bulkgen_cli.errors import StoreUnavailable
-    from bulkgen_cli.events import ItemFinished, ItemLost
-    from bulkgen_cli.processor import Processor
-    from bulkgen_cli.settings import RunSettings
+    from bulkgen_cli.core.errors import StoreUnavailable
+    from bulkgen_cli.core.events import ItemFinished, ItemLost
+    from bulkgen_cli.engine.processor import Processor
+    from bulkgen_cli.core.settings import RunSettings
 
     store, _ = two_stores()
     bulk = submit(store, 2)
@@ -160,7 +160,7 @@ def test_a_submit_with_limits_cannot_check_while_another_of_the_same_user_is_sto
     """A's usage is read and its items are being inserted when B submits for the same user: B may not read the
     usage A has not added to yet (it waits for A's quota lock, here too briefly, and stores nothing); a lock
     left by a submitter that died is taken over once stale."""
-    from bulkgen_cli.errors import QuotaExceeded, StoreUnavailable
+    from bulkgen_cli.core.errors import QuotaExceeded, StoreUnavailable
     from bulkgen_cli.store.mongo import QUOTA_LEASE
     from bulkgen_cli.store.rules import Quota
     from tests.test_store_contract import quota_job

@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
-from bulkgen_cli.model import utcnow
-from bulkgen_cli.notify import Notifier, parse_channels
-from bulkgen_cli.errors import UsageError
+from bulkgen_cli.core.model import utcnow
+from bulkgen_cli.delivery.notify import Notifier, parse_channels
+from bulkgen_cli.core.errors import UsageError
 from tests.cli_helpers import EXAMPLES, env_for, finish, run_cli, status_of, submit_file
 from tests.conftest import submit, wait_for
 from tests.files import write_articles

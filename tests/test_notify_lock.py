@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from bulkgen_cli import notify
-from bulkgen_cli.notify import Deadline, Notifier, SmtpSettings, lock_seconds
+from bulkgen_cli.delivery import notify
+from bulkgen_cli.delivery.notify import Deadline, Notifier, SmtpSettings, lock_seconds
 from tests.cli_helpers import EXAMPLES, ROOT, env_for, finish, status_of, submit_file
 from tests.conftest import wait_for
 from tests.receivers import WebhookReceiver
@@ -25,14 +25,14 @@ from tests.receivers import WebhookReceiver
 #: `bulkgen ARGS` killed (SIGKILL) by itself right after it took a notification step, before sending it.
 KILLED_BEFORE_SEND = """\
 import os, signal, sys
-from bulkgen_cli import notify
+from bulkgen_cli.delivery import notify
 
 def killed(self, *args):
     os.kill(os.getpid(), signal.SIGKILL)
 
 notify.Notifier._send = killed
 sys.argv = ["bulkgen", *sys.argv[1:]]
-from bulkgen_cli.cli import main
+from bulkgen_cli.cli.main import main
 main()
 """
 
@@ -198,7 +198,7 @@ def test_a_step_the_store_was_slow_to_hand_over_is_not_sent_past_its_lock(store,
     a write that waited out the send's whole time (a busy store) leaves nothing to send within the lock."""
     from tests.conftest import submit
     from tests.test_store_contract import run_to_end
-    from bulkgen_cli.model import utcnow
+    from bulkgen_cli.core.model import utcnow
 
     receiver = WebhookReceiver()
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from bulkgen_cli.model import ItemStatus, Outcome, utcnow
+from bulkgen_cli.core.model import ItemStatus, Outcome, utcnow
 from bulkgen_cli.store.sqlite import SqliteStore
 from tests.conftest import claim
 

@@ -9,10 +9,10 @@ import pytest
 
 from bulkgen_cli.content.http import HttpGenerator
 from bulkgen_cli.content.offline import OfflineGenerator
-from bulkgen_cli.errors import ServiceUnavailable
-from bulkgen_cli.model import ItemStatus, utcnow
-from bulkgen_cli.processor import BulkEnded, ItemFinished, ItemRetrying, Processor
-from bulkgen_cli.settings import RunSettings
+from bulkgen_cli.core.errors import ServiceUnavailable
+from bulkgen_cli.core.model import ItemStatus, utcnow
+from bulkgen_cli.engine.processor import BulkEnded, ItemFinished, ItemRetrying, Processor
+from bulkgen_cli.core.settings import RunSettings
 from tests.conftest import claim, submit_articles
 
 TOKEN = "s3cret-token"

@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bulkgen_cli import quality
+from bulkgen_cli.engine import quality
 from bulkgen_cli.content import idempotency_key
 from bulkgen_cli.content.offline import draft
-from bulkgen_cli.model import Item, VerdictStatus, next_generation
-from bulkgen_cli.quality import Action, Verdict, check, decide, missing_keywords, near_duplicate, shingles, similarity
+from bulkgen_cli.core.model import Item, VerdictStatus, next_generation
+from bulkgen_cli.engine.quality import Action, Verdict, check, decide, missing_keywords, near_duplicate, shingles, similarity
 
 FLAGGED, PASSED = VerdictStatus.flagged, VerdictStatus.passed
 
@@ -209,7 +209,7 @@ def test_after_a_flagged_article_the_next_request_asks_for_a_new_one():
 
 
 def test_the_flagged_counter_and_summary_are_derived_with_the_counters():
-    from bulkgen_cli.model import Counts, utcnow
+    from bulkgen_cli.core.model import Counts, utcnow
     from bulkgen_cli.store import rules
 
     flagged = [(4, {"status": "flagged", "reasons": ["612 of 1500 words", "missing title"]})]
@@ -222,7 +222,7 @@ def test_the_flagged_counter_and_summary_are_derived_with_the_counters():
 
 
 def test_an_end_writes_its_verdict_or_leaves_the_last_one():
-    from bulkgen_cli.model import ItemStatus, Outcome, utcnow
+    from bulkgen_cli.core.model import ItemStatus, Outcome, utcnow
     from bulkgen_cli.store import rules
 
     verdict = {"status": "passed", "reasons": [], "generation": 1}

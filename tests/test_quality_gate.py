@@ -12,9 +12,9 @@ import yaml
 
 from bulkgen_cli.content.http import HttpGenerator
 from bulkgen_cli.content.offline import OfflineGenerator
-from bulkgen_cli.model import BulkJob, BulkStatus, ItemStatus, Outcome, new_id, utcnow
-from bulkgen_cli.processor import Processor
-from bulkgen_cli.settings import RunSettings
+from bulkgen_cli.core.model import BulkJob, BulkStatus, ItemStatus, Outcome, new_id, utcnow
+from bulkgen_cli.engine.processor import Processor
+from bulkgen_cli.core.settings import RunSettings
 from tests.cli_helpers import EXAMPLES, env_for, run_cli, status_of
 from tests.conftest import claim, submit_articles
 from tests.files import write_articles
@@ -90,7 +90,7 @@ def test_keywords_mode_flags_a_missing_keyword(store, start_service):
 
 def test_offline_drafts_pass_the_gate(store):
     for name, mode in (("articles.yaml", "topic"), ("keywords.yaml", "keywords")):
-        from bulkgen_cli.manifest import load
+        from bulkgen_cli.input.manifest import load
 
         parsed = load(EXAMPLES / name, None)
         bulk = submit(store, parsed.articles, quality="fail", mode=mode)
@@ -422,9 +422,9 @@ def test_the_readmes_quality_examples_run_against_a_service():
 
 
 def test_the_library_refuses_a_ratio_out_of_range(store):
-    from bulkgen_cli import jobs
-    from bulkgen_cli.errors import UsageError
-    from bulkgen_cli.manifest import load
+    from bulkgen_cli.ops import jobs
+    from bulkgen_cli.core.errors import UsageError
+    from bulkgen_cli.input.manifest import load
 
     with pytest.raises(UsageError, match="between 0 and 1"):
         jobs.submit(store, load(EXAMPLES / "articles.yaml", None), "alice", quality_ratio=2.0)
@@ -480,7 +480,7 @@ class _Terminal:
 def test_the_summary_panel_on_a_terminal_names_the_flagged_articles(monkeypatch):
     import sys
 
-    from bulkgen_cli import render
+    from bulkgen_cli.cli import render
 
     monkeypatch.setenv("COLUMNS", "200")
     terminal = _Terminal()

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from bulkgen_cli import repair
+from bulkgen_cli.store import repair
 from bulkgen_cli.content.offline import OfflineGenerator
-from bulkgen_cli.model import BulkStatus, ItemStatus, Outcome, iso, utcnow
-from bulkgen_cli.processor import BulkEnded, Processor
-from bulkgen_cli.settings import RunSettings
+from bulkgen_cli.core.model import BulkStatus, ItemStatus, Outcome, iso, utcnow
+from bulkgen_cli.engine.processor import BulkEnded, Processor
+from bulkgen_cli.core.settings import RunSettings
 from bulkgen_cli.store.sqlite import SqliteStore
 from tests.conftest import claim, submit
 
@@ -117,7 +117,8 @@ def test_a_processor_finishes_a_half_recorded_end_at_start_and_reports_it(store)
 
 
 def test_reading_commands_never_show_running_when_nothing_is_pending(store):
-    from bulkgen_cli import jobs, render, watch
+    from bulkgen_cli.ops import jobs, watch
+    from bulkgen_cli.cli import render
 
     bulk, _ = half_recorded_end(store)
     [(shown, _)] = jobs.status(store, bulk.id, None, "alice")

@@ -7,7 +7,7 @@ import os
 
 import yaml
 
-from bulkgen_cli.export import slugify
+from bulkgen_cli.ops.export import slugify
 from tests.cli_helpers import EXAMPLES
 from tests.files import write_articles
 

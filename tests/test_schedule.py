@@ -8,8 +8,8 @@ import signal
 
 import pytest
 
-from bulkgen_cli.errors import UsageError
-from bulkgen_cli.settings import parse_when
+from bulkgen_cli.core.errors import UsageError
+from bulkgen_cli.core.settings import parse_when
 from tests.cli_helpers import EXAMPLES, env_for, status_of, submit_file
 from tests.conftest import wait_for
 from tests.files import write_articles
@@ -75,7 +75,7 @@ def big_file(tmp_path, n):
 
 
 def test_split_sizes():
-    from bulkgen_cli.model import split_sizes
+    from bulkgen_cli.core.model import split_sizes
 
     assert split_sizes(50) == [50]
     assert split_sizes(51) == [26, 25]

@@ -11,9 +11,9 @@ import threading
 
 import pytest
 
-from bulkgen_cli import jobs, schedules
-from bulkgen_cli.errors import ManifestError, NameTaken, NotFound, UsageError
-from bulkgen_cli.model import OccurrenceState, Schedule, ScheduleStatus, iso, new_id
+from bulkgen_cli.ops import jobs, schedules
+from bulkgen_cli.core.errors import ManifestError, NameTaken, NotFound, UsageError
+from bulkgen_cli.core.model import OccurrenceState, Schedule, ScheduleStatus, iso, new_id
 from bulkgen_cli.store import rules
 from tests.cli_helpers import EXAMPLES, ROOT, base_env
 from tests.files import write_articles
@@ -537,17 +537,17 @@ def test_every_schedule_command_has_help_and_is_documented(cli, verb):
 
 def test_cron_library_is_loaded_only_by_what_needs_it(tmp_path):
     """Cold start: `--help` and the job commands never import cronsim (nor the schedules library)."""
-    code = ("import sys; from bulkgen_cli.cli import main; sys.argv = ['bulkgen', 'list', '--json']\n"
+    code = ("import sys; from bulkgen_cli.cli.main import main; sys.argv = ['bulkgen', 'list', '--json']\n"
             "try: main()\nexcept SystemExit: pass\n"
-            "print(sorted(m for m in ('cronsim', 'bulkgen_cli.schedules', 'zoneinfo') if m in sys.modules))")
+            "print(sorted(m for m in ('cronsim', 'bulkgen_cli.ops.schedules', 'zoneinfo') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], env=base_env(tmp_path), capture_output=True, text=True,
                           cwd=ROOT, timeout=60)
     assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stderr
 
 
 def test_the_ticker_looks_at_most_once_a_second_and_waits_out_a_store_error(store, monkeypatch):
-    from bulkgen_cli.errors import StoreUnavailable
-    from bulkgen_cli.events import ScheduleFired, Waiting
+    from bulkgen_cli.core.errors import StoreUnavailable
+    from bulkgen_cli.core.events import ScheduleFired, Waiting
 
     daily = add(store)
     clock = [daily.next_at - dt.timedelta(seconds=0.5)]
@@ -569,7 +569,7 @@ def test_the_ticker_looks_at_most_once_a_second_and_waits_out_a_store_error(stor
 
 def test_a_schedule_this_machine_cannot_read_does_not_hold_up_the_others(store, monkeypatch):
     """A zone another machine's tzdata knows and this one's lacks: that schedule waits, the others are queued."""
-    from bulkgen_cli.events import ScheduleFired, Waiting
+    from bulkgen_cli.core.events import ScheduleFired, Waiting
 
     add(store, "tokyo", cron="0 5 * * *", zone="Asia/Tokyo")  # due first: 20:00 UTC on DAY0
     daily = add(store)
@@ -594,7 +594,7 @@ def test_a_schedule_this_machine_cannot_read_does_not_hold_up_the_others(store, 
 
 def test_an_unexpected_error_in_a_look_is_said_and_the_looks_go_on(store, monkeypatch):
     """Not only store errors: whatever a look raises is reported and the thread keeps looking (it used to die silently)."""
-    from bulkgen_cli.events import ScheduleFired, Waiting
+    from bulkgen_cli.core.events import ScheduleFired, Waiting
     from tests.conftest import wait_for
 
     daily = add(store)
@@ -626,13 +626,13 @@ def test_an_unexpected_error_in_a_look_is_said_and_the_looks_go_on(store, monkey
 
 
 def saved_reader(store, user="alice"):
-    from bulkgen_cli import templates
+    from bulkgen_cli.input import templates
 
     return lambda name: templates.load_saved(store, user, name)
 
 
 def test_a_saved_template_is_read_at_each_run_and_a_removed_one_fails_its_run(store):
-    from bulkgen_cli import templates
+    from bulkgen_cli.input import templates
 
     text = (EXAMPLES / "city-guides.yaml").read_text()
     templates.save(store, "alice", "city", text, source="city-guides.yaml")
@@ -670,7 +670,7 @@ def test_a_template_file_with_its_rows_is_stored_whole(store, tmp_path):
 
 
 def test_template_sources_are_checked_as_submit_checks_them(store, tmp_path):
-    from bulkgen_cli import templates
+    from bulkgen_cli.input import templates
 
     rows = str(EXAMPLES / "cities.csv")
     read = saved_reader(store)
@@ -709,8 +709,8 @@ def test_schedule_add_with_a_saved_template_from_the_cli(cli):
 def test_removing_a_template_a_schedule_uses_warns_and_its_failed_runs_say_why(cli, monkeypatch):
     import io
 
-    from bulkgen_cli import render
-    from bulkgen_cli.events import ScheduleFired
+    from bulkgen_cli.cli import render
+    from bulkgen_cli.core.events import ScheduleFired
 
     assert cli("template", "save", "city", str(EXAMPLES / "city-guides.yaml")).code == 0
     assert cli("schedule", "add", "cities", "--cron", "0 7 1 * *", "--template", "city", "--values",
@@ -730,7 +730,7 @@ def test_removing_a_template_a_schedule_uses_warns_and_its_failed_runs_say_why(c
     quiet(ScheduleFired("cities", "alice", DAY0, "UTC", None, "schedule 'cities' uses template 'city', which is gone",
                         0))
     assert "run of 2026-11-02 12:00 UTC: failed: schedule 'cities' uses template 'city'" in out.getvalue()
-    from bulkgen_cli import settings
+    from bulkgen_cli.core import settings
     from bulkgen_cli.store import open_store
 
     with open_store(settings.store_url(None)) as db:
@@ -742,7 +742,7 @@ def test_removing_a_template_a_schedule_uses_warns_and_its_failed_runs_say_why(c
 
 def test_an_every_minute_schedule_from_before_the_limit_is_paused_at_its_run_unless_its_owner_is_an_admin(store):
     """Review of issue 18, finding 10: a user's schedule made over HTTP before the 5-minute limit kept its cron."""
-    from bulkgen_cli import tokens
+    from bulkgen_cli.ops import tokens
 
     tokens.create(store, "alice")
     tokens.create(store, "root", admin=True)
@@ -760,7 +760,7 @@ def test_an_every_minute_schedule_from_before_the_limit_is_paused_at_its_run_unl
 
 def test_a_users_schedule_from_before_limits_were_recorded_keeps_to_them(store):
     """A schedule made over HTTP before `limited` was stored is a user's, unless its owner is an admin."""
-    from bulkgen_cli import tokens
+    from bulkgen_cli.ops import tokens
 
     tokens.create(store, "alice")
     tokens.create(store, "root", admin=True)

@@ -14,8 +14,8 @@ import datetime as dt
 
 import pytest
 
-from bulkgen_cli import schedules
-from bulkgen_cli.model import OccurrenceState, iso
+from bulkgen_cli.ops import schedules
+from bulkgen_cli.core.model import OccurrenceState, iso
 from bulkgen_cli.store import rules
 from tests.test_schedules import add
 

@@ -15,8 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bulkgen_cli import schedules
-from bulkgen_cli.model import ItemStatus, iso, utcnow
+from bulkgen_cli.ops import schedules
+from bulkgen_cli.core.model import ItemStatus, iso, utcnow
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.sqlite import SqliteStore
 from tests.cli_helpers import EXAMPLES, ROOT, env_for, finish, run_cli

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bulkgen_cli.export import file_name
-from bulkgen_cli.model import Item
+from bulkgen_cli.ops.export import file_name
+from bulkgen_cli.core.model import Item
 from tests.cli_helpers import EXAMPLES, ROOT, base_env, env_for, run_cli, status_of, submit_file
 from tests.files import write_articles
 from tests.receivers import SmtpReceiver, WebhookReceiver

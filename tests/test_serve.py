@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from bulkgen_cli.cli_serve import INSTALL_HINT
+from bulkgen_cli.cli.serve import INSTALL_HINT
 from tests.cli_helpers import ROOT, base_env, env_for, run_cli, status_of
 from tests.conftest import wait_for
 from tests.serve_helpers import articles, make_token, start_server
@@ -36,7 +36,7 @@ def submit(server, token: str, body: dict | None = None, **headers: str) -> dict
 
 
 def test_the_plain_cli_loads_nothing_of_the_server():
-    code = ("import sys; sys.argv = ['bulkgen', '--help']\nfrom bulkgen_cli.cli import main\ntry: main()\n"
+    code = ("import sys; sys.argv = ['bulkgen', '--help']\nfrom bulkgen_cli.cli.main import main\ntry: main()\n"
             "except SystemExit: pass\nheavy = [m for m in sys.modules if m.split('.')[0] in "
             "('fastapi', 'uvicorn', 'starlette', 'pydantic') or m.startswith('bulkgen_cli.server')]\n"
             "print(heavy, file=sys.stderr)")
@@ -47,7 +47,7 @@ def test_the_plain_cli_loads_nothing_of_the_server():
 
 def test_serve_without_the_extra_says_how_to_install_it(tmp_path):
     code = ("import sys; sys.modules['fastapi'] = None; sys.argv = ['bulkgen', 'serve']\n"
-            "from bulkgen_cli.cli import main\nmain()")
+            "from bulkgen_cli.cli.main import main\nmain()")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                           env=base_env(tmp_path))
     assert proc.returncode == 2

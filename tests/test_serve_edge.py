@@ -10,8 +10,8 @@ import stat
 import httpx
 import pytest
 
-from bulkgen_cli import netpolicy
-from bulkgen_cli.errors import NoStore, StoreUnavailable
+from bulkgen_cli.delivery import netpolicy
+from bulkgen_cli.core.errors import NoStore, StoreUnavailable
 from bulkgen_cli.server.edge import scrub
 from bulkgen_cli.server.problems import from_error
 from tests.cli_helpers import base_env

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from bulkgen_cli import jobs, netpolicy
-from bulkgen_cli.manifest import Manifest
-from bulkgen_cli.model import Mode, StepState
-from bulkgen_cli.notify import Notifier
+from bulkgen_cli.ops import jobs
+from bulkgen_cli.delivery import netpolicy
+from bulkgen_cli.input.manifest import Manifest
+from bulkgen_cli.core.model import Mode, StepState
+from bulkgen_cli.delivery.notify import Notifier
 from tests.cli_helpers import base_env, env_for, run_cli
 from tests.conftest import wait_for
 from tests.receivers import WebhookReceiver
@@ -115,7 +116,7 @@ def test_ipv4_carried_inside_ipv6_is_judged_as_that_ipv4_address():
 def _ended_http_job(store, channel: str, policy: netpolicy.Policy):
     parsed = Manifest("t.yaml", Mode.topic, "t", [{"topic": f"T{i}", "word_count": 500} for i in range(10)])
     bulk = jobs.submit(store, parsed, "alice", notify=[channel], notify_policy=policy.to_record()).jobs[0][0]
-    from bulkgen_cli import control
+    from bulkgen_cli.ops import control
 
     control.apply(store, control.Action.cancel, bulk.id)
     return store.get_bulk(bulk.id)
@@ -155,7 +156,7 @@ def test_cli_jobs_keep_loopback_webhooks(store, receiver):
     parsed = Manifest("t.yaml", Mode.topic, "t", [{"topic": f"T{i}", "word_count": 500} for i in range(10)])
     bulk = jobs.submit(store, parsed, "alice", notify=[f"webhook:{receiver.url}"]).jobs[0][0]
     assert bulk.notify_policy is None
-    from bulkgen_cli import control
+    from bulkgen_cli.ops import control
 
     control.apply(store, control.Action.cancel, bulk.id)
     Notifier(store, "test").deliver(store.get_bulk(bulk.id))

@@ -13,8 +13,8 @@ import sqlite3
 import pytest
 import yaml
 
-from bulkgen_cli.manifest import MAX_EXTRA_BYTES
-from bulkgen_cli.model import utcnow
+from bulkgen_cli.input.manifest import MAX_EXTRA_BYTES
+from bulkgen_cli.core.model import utcnow
 from bulkgen_cli.store.sqlite import SqliteStore
 from tests.cli_helpers import env_for, run_cli
 from tests.conftest import wait_for
@@ -284,9 +284,9 @@ def test_a_schedule_whose_owners_token_is_revoked_is_paused_with_the_reason(proc
 
 def test_usage_counts_active_jobs_and_stored_bytes(store):
     from tests.conftest import articles as plain
-    from bulkgen_cli import jobs
-    from bulkgen_cli.manifest import Manifest, stored_size
-    from bulkgen_cli.model import Mode
+    from bulkgen_cli.ops import jobs
+    from bulkgen_cli.input.manifest import Manifest, stored_size
+    from bulkgen_cli.core.model import Mode
 
     assert (store.usage("alice").active_jobs, store.usage("alice").stored_bytes) == (0, 0)
     made = [jobs.submit(store, Manifest("f", Mode.topic, "f", plain(10)), "alice").ids[0] for _ in range(2)]

@@ -9,8 +9,8 @@ import datetime as dt
 import httpx
 import pytest
 
-from bulkgen_cli import tokens
-from bulkgen_cli.model import ItemStatus, Outcome, utcnow
+from bulkgen_cli.ops import tokens
+from bulkgen_cli.core.model import ItemStatus, Outcome, utcnow
 from tests.conftest import claim, submit
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bulkgen_cli.content.reference import ReferenceService
-from bulkgen_cli.model import utcnow
+from bulkgen_cli.core.model import utcnow
 from bulkgen_cli.store.sqlite import SqliteStore
 from tests.cli_helpers import env_for, finish
 from tests.conftest import submit_articles, wait_for

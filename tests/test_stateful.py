@@ -17,9 +17,9 @@ from pathlib import Path
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from bulkgen_cli import control
-from bulkgen_cli.errors import InvalidTransition
-from bulkgen_cli.model import BulkJob, BulkStatus, ItemStatus, Outcome, new_id
+from bulkgen_cli.ops import control
+from bulkgen_cli.core.errors import InvalidTransition
+from bulkgen_cli.core.model import BulkJob, BulkStatus, ItemStatus, Outcome, new_id
 
 LEASE = 30.0
 MAX_ATTEMPTS = 3

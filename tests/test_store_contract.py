@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from bulkgen_cli.model import BulkJob, BulkStatus, ItemStatus, Outcome, new_id, utcnow
+from bulkgen_cli.core.model import BulkJob, BulkStatus, ItemStatus, Outcome, new_id, utcnow
 from tests.conftest import claim, articles, submit
 
 LEASE = 30.0
@@ -355,7 +355,7 @@ def sqlite_submit_failing_part_way(store, bulk):
 def mongo_submit_failing_part_way(store, bulk):
     from bson import ObjectId
 
-    from bulkgen_cli.errors import StoreUnavailable
+    from bulkgen_cli.core.errors import StoreUnavailable
 
     # The bulk document's insert fails after the items went in.
     store.bulks.insert_one({"_id": ObjectId(bulk.id), "status": "completed"})
@@ -803,7 +803,7 @@ def quota_job(user: str = "alice", key: str | None = None, stored: int = 100) ->
 
 
 def test_create_bulk_with_limits_refuses_past_them_and_stores_nothing(store):
-    from bulkgen_cli.errors import QuotaExceeded
+    from bulkgen_cli.core.errors import QuotaExceeded
     from bulkgen_cli.store.rules import Quota
 
     limits = Quota(max_active_jobs=2, max_stored_bytes=1000)
@@ -827,7 +827,7 @@ def test_many_writers_at_once_never_pass_the_active_jobs_limit(tmp_path):
     """Eight connections to one real SQLite file, started together, each submitting four jobs."""
     import threading
 
-    from bulkgen_cli.errors import QuotaExceeded
+    from bulkgen_cli.core.errors import QuotaExceeded
     from bulkgen_cli.store.rules import Quota
     from bulkgen_cli.store.sqlite import SqliteStore
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from bulkgen_cli.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
-from bulkgen_cli.model import BulkStatus, utcnow
+from bulkgen_cli.core.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
+from bulkgen_cli.core.model import BulkStatus, utcnow
 from bulkgen_cli.store.sqlite import SCHEMA_VERSION, SqliteStore
 from tests.cli_helpers import EXAMPLES, ROOT, Result, base_env
 from tests.conftest import submit, wait_for
@@ -58,7 +58,7 @@ import sys
 try:
     open(sys.argv[1], "a")
 except PermissionError:
-    import bulkgen_cli.cli  # the interpreter and the package load for this user too
+    import bulkgen_cli.cli.main  # the interpreter and the package load for this user too
     sys.exit(0)
 sys.exit(1)
 """
@@ -448,7 +448,7 @@ def test_a_full_disk_during_submit_exits_5_and_stores_nothing(cli, tmp_path):
 def test_sqlite_full_rolls_the_whole_transaction_back(tmp_path):
     """SQLite rolls back by itself on SQLITE_FULL; the store must say "full", not "cannot rollback",
     and leave no transaction open behind it."""
-    from bulkgen_cli.model import BulkJob, new_id
+    from bulkgen_cli.core.model import BulkJob, new_id
 
     path = tmp_path / "store.db"
     kept = populate(path)[0]

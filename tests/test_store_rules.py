@@ -7,7 +7,7 @@ import datetime as dt
 
 import pytest
 
-from bulkgen_cli.model import (
+from bulkgen_cli.core.model import (
     BulkJob, BulkStatus, Counts, EventKind, Item, ItemStatus, Outcome, StepState, iso, new_id, new_outbox,
 )
 from bulkgen_cli.store import rules

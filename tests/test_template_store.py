@@ -6,7 +6,7 @@ import dataclasses
 import datetime as dt
 import threading
 
-from bulkgen_cli.model import SavedTemplate, SaveOutcome, utcnow
+from bulkgen_cli.core.model import SavedTemplate, SaveOutcome, utcnow
 
 
 def template(name: str = "city-guides", user: str = "alice", text: str = "item:\n  topic: '{city}'\n",
@@ -96,7 +96,7 @@ def test_racing_saves_of_a_new_name_store_exactly_one(store, backend, tmp_path):
 def test_a_new_name_past_max_count_is_refused_in_the_same_step_as_the_insert(store):
     import pytest
 
-    from bulkgen_cli.errors import QuotaExceeded
+    from bulkgen_cli.core.errors import QuotaExceeded
 
     assert [store.save_template(template(f"t{n}"), max_count=2) for n in range(2)] == [SaveOutcome.created] * 2
     with pytest.raises(QuotaExceeded) as refused:
@@ -114,8 +114,8 @@ def test_a_new_name_past_max_count_is_refused_in_the_same_step_as_the_insert(sto
 def test_a_schedule_past_max_count_is_refused_in_the_same_step_as_the_insert(store):
     import pytest
 
-    from bulkgen_cli import schedules
-    from bulkgen_cli.errors import QuotaExceeded
+    from bulkgen_cli.ops import schedules
+    from bulkgen_cli.core.errors import QuotaExceeded
 
     source = {"kind": "file", "text": "mode: topic\nitems: []\n", "format": None, "file": "f.yaml"}
 

@@ -1,4 +1,4 @@
-"""Templates (templates.py, cli_templates.py): expansion, located problems, saved templates, submit --template."""
+"""Templates (templates.py, cli/templates.py): expansion, located problems, saved templates, submit --template."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import textwrap
 
 import pytest
 
-from bulkgen_cli import templates
-from bulkgen_cli.errors import ManifestError, NameTaken, NotFound, UsageError
-from bulkgen_cli.manifest import MAX_PROBLEMS
-from bulkgen_cli.model import Mode, SaveOutcome
+from bulkgen_cli.input import templates
+from bulkgen_cli.core.errors import ManifestError, NameTaken, NotFound, UsageError
+from bulkgen_cli.input.manifest import MAX_PROBLEMS
+from bulkgen_cli.core.model import Mode, SaveOutcome
 from tests.cli_helpers import EXAMPLES, env_for, run_cli, status_of
 
 TEMPLATE = """\

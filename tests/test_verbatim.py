@@ -6,7 +6,7 @@ import json
 
 import yaml
 
-from bulkgen_cli.model import ItemStatus, Outcome, utcnow
+from bulkgen_cli.core.model import ItemStatus, Outcome, utcnow
 from bulkgen_cli.store.sqlite import SqliteStore
 from tests.conftest import claim
 
@@ -42,7 +42,7 @@ def fail_first_item(tmp_path, bulk_id: str) -> None:
 
 def shown(text: str) -> str:
     """How a hostile string must appear: every control character escaped, nothing else changed."""
-    from bulkgen_cli.text import visible
+    from bulkgen_cli.core.text import visible
 
     return visible(text)
 
@@ -86,7 +86,7 @@ def test_a_processor_run_reports_hostile_text_escaped(cli, tmp_path):
 
 
 def test_visible_escapes_only_what_a_terminal_would_act_on():
-    from bulkgen_cli.text import visible
+    from bulkgen_cli.core.text import visible
 
     assert visible("plain [x] :smile: ünïcode ✓\ttab\nline") == "plain [x] :smile: ünïcode ✓\ttab\nline"
     assert visible("a\x1b[31mb\x07c\rd\x7fe\x9bf\u202eg") == "a\\x1b[31mb\\x07c\\x0dd\\x7fe\\x9bf\\u202eg"

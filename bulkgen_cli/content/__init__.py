@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
-from bulkgen_cli.model import Item, next_generation
+from bulkgen_cli.core.model import Item, next_generation
 
 
 class ReplyKind(str, Enum):

@@ -18,7 +18,7 @@ import httpx
 
 from bulkgen_cli import __version__
 from bulkgen_cli.content import Reply, ReplyKind, request_body, request_headers
-from bulkgen_cli.model import Item
+from bulkgen_cli.core.model import Item
 
 #: Longest Retry-After honoured; beyond it a service is misbehaving.
 MAX_RETRY_AFTER = 3600.0

@@ -11,7 +11,7 @@ import json
 import random
 
 from bulkgen_cli.content import Reply, ReplyKind
-from bulkgen_cli.model import Item, Mode
+from bulkgen_cli.core.model import Item, Mode
 
 _OPENERS = {
     Mode.topic: "This draft covers {subject}.",

@@ -77,7 +77,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bulkgen_cli.content.offline import draft
-from bulkgen_cli.model import Item, Mode
+from bulkgen_cli.core.model import Item, Mode
 
 FENCING_HEADER = "Bulkgen-Fencing-Token"
 IDEMPOTENCY_HEADER = "Idempotency-Key"

@@ -21,10 +21,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from bulkgen_cli import __version__, control, jobs
-from bulkgen_cli.errors import BulkgenError
-from bulkgen_cli.manifest import MAX_FILE_BYTES
-from bulkgen_cli.model import BulkStatus
+from bulkgen_cli import __version__
+from bulkgen_cli.ops import control, jobs
+from bulkgen_cli.core.errors import BulkgenError
+from bulkgen_cli.input.manifest import MAX_FILE_BYTES
+from bulkgen_cli.core.model import BulkStatus
 from bulkgen_cli.server import live, quotas, submission
 from bulkgen_cli.server.access import StoreAccess
 from bulkgen_cli.server.auth import Caller, bearer, caller
@@ -164,7 +165,7 @@ async def on_disconnect(request: Request, exc: Exception) -> Response:
 
 
 def _job_routes(app: FastAPI, access: StoreAccess) -> None:
-    from bulkgen_cli.render import bulk_dict, status_document
+    from bulkgen_cli.cli.render import bulk_dict, status_document
 
     @app.post("/api/bulk-generate", status_code=201, response_model=SubmitOut, tags=["bulk jobs"],
               responses={200: {"model": SubmitOut, "description": "Idempotency-Key used before: the job it made"},
@@ -211,7 +212,7 @@ def _control_routes(app: FastAPI, access: StoreAccess) -> None:
 
 
 def _control_route(app: FastAPI, access: StoreAccess, action: control.Action) -> None:
-    from bulkgen_cli.render import bulk_dict, progress_dict
+    from bulkgen_cli.cli.render import bulk_dict, progress_dict
 
     def act(bulk_id: BulkId, me: Me) -> Any:
         result = access.call(lambda s: jobs.apply(s, action, bulk_id, me.user, me.admin))
@@ -229,8 +230,8 @@ def _control_route(app: FastAPI, access: StoreAccess, action: control.Action) ->
 
 def _item_routes(app: FastAPI, access: StoreAccess) -> None:
     """One article (README, "Single articles"): the item with its text; retry and cancel one item."""
-    from bulkgen_cli import items
-    from bulkgen_cli.render import bulk_dict, progress_dict
+    from bulkgen_cli.ops import items
+    from bulkgen_cli.cli.render import bulk_dict, progress_dict
 
     @app.get("/api/items/{item_ref}", response_model=ItemRecordOut, tags=["items"],
              response_model_exclude_unset=True, responses=responses(400, 401, 404, 422, 503))
@@ -262,8 +263,8 @@ def _item_routes(app: FastAPI, access: StoreAccess) -> None:
 
 def _template_routes(app: FastAPI, access: StoreAccess) -> None:
     """Saved templates (README, "Templates"), each user's own; a submit fills one with `template` and `values`."""
-    from bulkgen_cli import templates
-    from bulkgen_cli.model import SaveOutcome, SavedTemplate, iso
+    from bulkgen_cli.input import templates
+    from bulkgen_cli.core.model import SaveOutcome, SavedTemplate, iso
 
     def doc(saved: SavedTemplate, text: bool = False) -> dict[str, Any]:
         out = {"name": saved.name, "mode": saved.mode, "placeholders": saved.placeholders, "source": saved.source,
@@ -304,7 +305,7 @@ def _template_routes(app: FastAPI, access: StoreAccess) -> None:
 
 def _schedule_routes(app: FastAPI, access: StoreAccess) -> None:
     """Recurring schedules (README, "schedule"), each user's own; `bulkgen run --forever` (or --processor) runs them."""
-    from bulkgen_cli import schedules
+    from bulkgen_cli.ops import schedules
 
     @app.get("/api/schedules", response_model=list[ScheduleOut], tags=["schedules"], responses=responses(401, 503))
     def list_schedules(me: Me) -> Any:
@@ -351,7 +352,7 @@ def _schedule_routes(app: FastAPI, access: StoreAccess) -> None:
 
 
 def _schedule_state_route(app: FastAPI, access: StoreAccess, action: str) -> None:
-    from bulkgen_cli import schedules
+    from bulkgen_cli.ops import schedules
 
     def act(name: ScheduleName, me: Me) -> Any:
         schedule, changed = access.call(lambda s: schedules.set_state(s, me.user, name, action))
@@ -367,7 +368,7 @@ def _schedule_state_route(app: FastAPI, access: StoreAccess, action: str) -> Non
 def _event_routes(app: FastAPI, access: StoreAccess, poller: live.Poller, streams: live.Streams,
                   config: ServerConfig) -> None:
     """The event streams (design.md, "Live progress") and `/healthz`, which says whether they flow."""
-    from bulkgen_cli.tokens import token_hash
+    from bulkgen_cli.ops.tokens import token_hash
 
     stream_doc: dict[int | str, dict[str, Any]] = {200: {"description": "text/event-stream: `id` is the change number, `event` item.started, "
                                        "item.completed, item.failed, item.cancelled, item.queued, bulk.STATUS, or "

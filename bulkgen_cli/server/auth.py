@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from bulkgen_cli import tokens
+from bulkgen_cli.ops import tokens
 from bulkgen_cli.server.access import StoreAccess
 from bulkgen_cli.server.problems import unauthorized
 

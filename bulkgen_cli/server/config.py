@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from bulkgen_cli.netpolicy import Policy
-from bulkgen_cli.settings import ServeLimits
+from bulkgen_cli.delivery.netpolicy import Policy
+from bulkgen_cli.core.settings import ServeLimits
 from bulkgen_cli.store.base import Store
 
 #: Request bodies are capped as articles files are (manifest.MAX_FILE_BYTES), plus room for a

@@ -8,11 +8,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from bulkgen_cli.errors import (
+from bulkgen_cli.core.errors import (
     BulkgenError, InvalidTransition, ManifestError, NoStore, NotFound, Problem, QuotaExceeded, StoreUnavailable,
     UsageError,
 )
-from bulkgen_cli.netpolicy import Refused
+from bulkgen_cli.delivery.netpolicy import Refused
 
 logger = logging.getLogger("uvicorn.error")
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from fastapi import Request
 
-from bulkgen_cli.errors import QuotaExceeded
+from bulkgen_cli.core.errors import QuotaExceeded
 from bulkgen_cli.server.problems import HttpProblem
 
 #: The methods that write.

@@ -20,15 +20,15 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from bulkgen_cli.errors import CannotListen, UsageError
+from bulkgen_cli.core.errors import CannotListen, UsageError
 from bulkgen_cli.server import connections
 from bulkgen_cli.server.connections import Limits, raise_file_limit
 
 from bulkgen_cli.server.config import ServerConfig
 from bulkgen_cli.server.edge import scrub
-from bulkgen_cli.settings import RunSettings
+from bulkgen_cli.core.settings import RunSettings
 from bulkgen_cli.store.base import Store
-from bulkgen_cli.text import quoted
+from bulkgen_cli.core.text import quoted
 
 class Redact(logging.Filter):
     """No token or password in any of uvicorn's own log lines (edge.scrub); the access log is edge.AccessLog's."""
@@ -52,7 +52,7 @@ class Background:
 
 def start_processor(run_settings: RunSettings, open_store: Callable[[], Store],
                     on_event: Callable[[object], None]) -> Background:
-    from bulkgen_cli.runner import Runner
+    from bulkgen_cli.engine.runner import Runner
 
     store = open_store()
     runner = Runner(store, run_settings, open_store, on_event)  # type: ignore[arg-type]

@@ -10,10 +10,12 @@ from typing import Any, Iterator
 
 from fastapi import Request
 
-from bulkgen_cli import jobs, manifest, netpolicy
-from bulkgen_cli.errors import ManifestError, Problem, UsageError
-from bulkgen_cli.model import Priority, utcnow
-from bulkgen_cli.settings import ServeLimits
+from bulkgen_cli.ops import jobs
+from bulkgen_cli.input import manifest
+from bulkgen_cli.delivery import netpolicy
+from bulkgen_cli.core.errors import ManifestError, Problem, UsageError
+from bulkgen_cli.core.model import Priority, utcnow
+from bulkgen_cli.core.settings import ServeLimits
 from bulkgen_cli.server.problems import HttpProblem, too_large
 from bulkgen_cli.server.schemas import SubmitOut
 from bulkgen_cli.store.base import Store
@@ -148,7 +150,7 @@ def _text(form: Form) -> str:
 
 def from_template(db: Store, form: Form, user: str) -> manifest.Manifest:
     """A saved template filled with the form's rows, checked as `submit --template NAME --values ROWS` checks."""
-    from bulkgen_cli import templates
+    from bulkgen_cli.input import templates
 
     saved = templates.load_saved(db, user, templates.check_name(form.template or ""))
     with _json_located(form):
@@ -187,8 +189,8 @@ def store(db: Store, form: Form, user: str, key: str | None, policy: netpolicy.P
           admin: bool = False, limits: ServeLimits | None = None) -> SubmitOut:
     """Validate everything, check the user's quotas (`limits`; None: an admin's, unlimited), then store the job
     with the policy its notifications will follow."""
-    from bulkgen_cli import settings
-    from bulkgen_cli.notify import parse_channels
+    from bulkgen_cli.core import settings
+    from bulkgen_cli.delivery.notify import parse_channels
 
     priority = priority_of(form, admin)
     parsed = from_template(db, form, user) if form.template is not None else validate(form)
@@ -223,8 +225,8 @@ def add_schedule(db: Store, body: bytes, user: str, policy: netpolicy.Policy,
                  admin: bool = False, limits: ServeLimits | None = None) -> dict[str, Any]:
     """Check the articles (or the saved template and its rows) and the notifications, then store the schedule.
     `limits`: the user's quotas (None: an admin's: no schedules limit, and any cron)."""
-    from bulkgen_cli import schedules
-    from bulkgen_cli.notify import parse_channels
+    from bulkgen_cli.ops import schedules
+    from bulkgen_cli.delivery.notify import parse_channels
 
     own, form = schedule_parts(body)
     priority = priority_of(form, admin)

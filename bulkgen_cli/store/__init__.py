@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bulkgen_cli.errors import UsageError
+from bulkgen_cli.core.errors import UsageError
 from bulkgen_cli.store.base import OpenMode, Store
 
 

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
-from bulkgen_cli.model import (
+from bulkgen_cli.core.model import (
     ApiToken, BulkJob, BulkStatus, Counts, Item, ItemStatus, Occurrence, Outcome, SavedTemplate, SaveOutcome,
     Schedule, ScheduleStatus, StateChange,
 )

@@ -30,8 +30,8 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
-from bulkgen_cli.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
-from bulkgen_cli.model import (
+from bulkgen_cli.core.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
+from bulkgen_cli.core.model import (
     ARTICLE_FIELDS, CLAIMABLE_BULK, ApiToken, BulkJob, BulkStatus, ChangeKind, Counts, EventKind, Item, ItemStatus,
     Occurrence, OccurrenceState, Outcome, PENDING_ITEM, SavedTemplate, SaveOutcome, Schedule, ScheduleStatus,
     StateChange, later, outbox_open, utcnow,

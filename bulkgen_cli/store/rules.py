@@ -15,8 +15,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from bulkgen_cli.errors import QuotaExceeded
-from bulkgen_cli.model import (
+from bulkgen_cli.core.errors import QuotaExceeded
+from bulkgen_cli.core.model import (
     ACTIVE_BULK,
     DEFAULT_QUALITY_RATIO,
     PRIORITY_RANK,

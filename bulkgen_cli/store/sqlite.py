@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 from urllib.parse import quote
 
-from bulkgen_cli.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
-from bulkgen_cli.model import (
+from bulkgen_cli.core.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
+from bulkgen_cli.core.model import (
     CLAIMABLE_BULK, ApiToken, BulkJob, BulkStatus, Counts, EventKind, Item, ItemStatus, Occurrence, OccurrenceState,
     Outcome, PENDING_ITEM, SavedTemplate, SaveOutcome, Schedule, ScheduleStatus, StateChange, iso, later,
 )

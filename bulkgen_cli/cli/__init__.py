@@ -1,0 +1,1 @@
+"""The command line: typer commands and their Rich rendering. The only layer that imports typer and rich."""

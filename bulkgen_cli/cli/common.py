@@ -1,0 +1,98 @@
+"""What every command module shares: the common options, messages on stderr, JSON on stdout, the store."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from bulkgen_cli.store.base import OpenMode, Store
+
+EXIT_CODES = """\
+Exit codes: 0 success; 1 a waited-for bulk job ended with failed or cancelled
+items, or `doctor` found jobs it did not repair; 2 bad input or usage, nothing stored; 3 no such job, item, template or schedule; 4 not allowed
+in the job's current state, or no store at the path (none is created); 5 store
+unreachable, read-only or on a full disk, or content service unreachable; 6 `serve`
+cannot listen on the address and port; 124 `watch --timeout` ran out; 130/143 stopped by Ctrl-C / SIGTERM, store left consistent."""
+
+StoreOpt = Annotated[
+    Optional[str],
+    typer.Option("--store", metavar="URL", help="Where jobs live: sqlite:///PATH or mongodb://HOST/DB. [env: BULKGEN_STORE; "
+                 "default: sqlite file under $XDG_DATA_HOME/bulkgen/]", show_default=False),
+]
+UserOpt = Annotated[
+    Optional[str],
+    typer.Option("--user", metavar="NAME", help="Who you are: jobs are stored and listed per user. [env: BULKGEN_USER; "
+                 "default: your login name]", show_default=False),
+]
+AllUsersOpt = Annotated[bool, typer.Option("--all-users", help="Act on any user's jobs, not only yours.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Say nothing per item: only errors and the final "
+                                        "line.")]
+
+
+ANSI = {"red": "31", "yellow": "33", "dim": "2"}
+
+
+def paint(text: str, style: str) -> str:
+    """Colour for a terminal (not with NO_COLOR): plain escapes, so messages need not load rich."""
+    import os
+
+    if not style or not sys.stderr.isatty() or os.environ.get("NO_COLOR"):
+        return text
+    return f"\x1b[{ANSI[style]}m{text}\x1b[0m"
+
+
+def quiet_note(message: str, style: str = "") -> None:
+    """--quiet: informational messages are not said."""
+
+
+def note(message: str, style: str = "") -> None:
+    """A message on stderr; what came from a file, the store or a service is shown as it is (text.visible)."""
+    from bulkgen_cli.core.text import visible
+
+    sys.stderr.write(paint(visible(message), style) + "\n")
+    sys.stderr.flush()
+
+
+def open_db(store_flag: str | None, mode: OpenMode) -> Store:
+    """The store for a command. mode: "read" (reading commands: never creates or writes it),
+    "write" (an existing store) or "create" (submit and run: made when missing)."""
+    from bulkgen_cli.core import settings
+    from bulkgen_cli.store import open_store
+
+    return open_store(settings.store_url(store_flag), mode)
+
+
+def open_or_create(store_flag: str | None) -> Store:
+    """`open_db(store_flag, "create")` for `template save` and `schedule add`, saying on stderr when there was no
+    store and one was made, so that a mistyped --store shows at once."""
+    from bulkgen_cli.core.errors import NoStore
+
+    try:
+        return open_db(store_flag, "write")
+    except NoStore:
+        db = open_db(store_flag, "create")
+        note(f"There was no store at {db.display_url}: a new one was created there.", "dim")
+        return db
+
+
+def ratio(text: str | float) -> float:
+    """--quality-ratio: a share from 0 to 1 (0.7) or a percentage (70%)."""
+    raw = str(text).strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise typer.BadParameter(f"{raw!r} is not a share from 0 to 1 (such as 0.7) or a percentage (such as "
+                                 "70%).") from None
+    if not 0.0 <= value <= 1.0:
+        raise typer.BadParameter(f"{raw} is not in the range 0.0<=x<=1.0 (or 0% to 100%).")
+    return value
+
+
+def render_json(doc: object) -> None:
+    from bulkgen_cli.cli.render import print_json
+
+    print_json(doc)

@@ -1,0 +1,572 @@
+"""Notifications when a bulk job ends (design.md, "The outbox and at-least-once delivery"): webhook, email, and --on-complete.
+
+The job's end and its outbox are written in one atomic step by the store;
+`Notifier.deliver` works through an outbox: it fills in the event once (so every
+channel gets the same one), then takes each due step, sends, and records the
+result. A step recorded as sent is never sent again; one whose sender died is
+taken back when its lock expires, seconds after its send's deadline: delivery
+is at least once, with one Idempotency-Key per event. A receiver that stays
+down is recorded on the job and never fails the job or the processor. Nothing
+read from the store is run: the on-complete command is the processor's own
+setting.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import os
+import re
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+from urllib.parse import unquote, urlsplit
+
+from bulkgen_cli import __version__
+from bulkgen_cli.core.errors import UsageError
+from bulkgen_cli.core.model import (
+    BulkJob,
+    BulkStatus,
+    StepState,
+    iso,
+    later,
+    utcnow,
+)
+from bulkgen_cli.store.base import Store, step_claimable
+
+if TYPE_CHECKING:  # imported where used: `status` shows channels without loading smtplib and ssl
+    from email.message import EmailMessage
+
+#: Waits after the 1st, 2nd and 3rd failed try: 4 tries over about a minute.
+RETRY_DELAYS = (5.0, 15.0, 40.0)
+#: How often a busy processor looks for notifications left pending by others (seconds).
+SCAN_EVERY = 5.0
+#: A webhook's and an e-mail's whole send, each a deadline (`Deadline`): resolving the name, connecting,
+#: TLS, every write and every read together, not each of them.
+WEBHOOK_TIMEOUT = 10.0
+SMTP_TIMEOUT = 30.0
+#: The on-complete hook's limit; the hook is claimed once (`claim_hook`), never under a step's lock.
+HOOK_TIMEOUT = 300.0
+#: What a step's lock adds to its channel's send deadline: the clock reads and the store write around the
+#: send, and the clocks' disagreement between machines sharing a store.
+LOCK_MARGIN = 5.0
+#: The longest a sender holds a step (e-mail's); if it dies, another takes the step back after its lock.
+LOCK_SECONDS = max(WEBHOOK_TIMEOUT, SMTP_TIMEOUT) + LOCK_MARGIN
+#: An on-complete hook is run for ends at most this old (a processor started
+#: later does not replay the whole history).
+HOOK_WINDOW = dt.timedelta(hours=24)
+MAX_CHANNELS = 10
+EMAIL = re.compile(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+")
+
+
+# -- channels -------------------------------------------------------------------
+
+
+def send_timeout(channel: str) -> float:
+    """The whole time one send on `channel` may take (a deadline it is held to)."""
+    return SMTP_TIMEOUT if channel.startswith("email:") else WEBHOOK_TIMEOUT
+
+
+def lock_seconds(channel: str) -> float:
+    """How long a step on `channel` is taken for: past its send's deadline, so no send outlives its lock."""
+    return send_timeout(channel) + LOCK_MARGIN
+
+
+def parse_channel(text: str) -> str:
+    """Check one `--notify` value; the stored form is `webhook:URL` or `email:ADDRESS`."""
+    kind, _, target = text.strip().partition(":")
+    kind = kind.lower()
+    if kind == "webhook":
+        try:
+            parts = urlsplit(target)
+        except ValueError:  # http://[::1/ (an unclosed bracket), http://[x]/
+            raise UsageError(f"--notify {text!r}: the webhook URL cannot be read.") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"--notify {text!r}: a webhook needs an http:// or https:// URL.")
+        return f"webhook:{target}"
+    if kind == "email":
+        if not EMAIL.fullmatch(target):
+            raise UsageError(f"--notify {text!r}: not an email address.")
+        return f"email:{target}"
+    raise UsageError(f"--notify {text!r}: use webhook:https://… or email:someone@example.com.")
+
+
+def parse_channels(values: list[str]) -> list[str]:
+    channels = []
+    for value in values:
+        for part in value.split(","):
+            if part.strip() and part.strip().lower() != "none":
+                channel = parse_channel(part)
+                if channel not in channels:
+                    channels.append(channel)
+    if len(channels) > MAX_CHANNELS:
+        raise UsageError(f"at most {MAX_CHANNELS} notification channels, got {len(channels)}.")
+    return channels
+
+
+def mask_channel(channel: str) -> str:
+    """A channel for display: a password in a webhook URL becomes ***."""
+    kind, _, target = channel.partition(":")
+    parts = urlsplit(target) if kind == "webhook" else None
+    if parts is not None and parts.password:
+        target = parts._replace(netloc=parts.netloc.replace(":" + parts.password + "@", ":***@", 1)).geturl()
+    return f"{kind}:{target}"
+
+
+# -- the event ----------------------------------------------------------------------
+
+
+def build_event(bulk: BulkJob, event_id: str, kind: str) -> dict[str, Any]:
+    started = bulk.started_at or bulk.created_at
+    duration = None
+    if started and bulk.completed_at:
+        duration = round((bulk.completed_at - started).total_seconds(), 3)
+    return {
+        "event": kind,
+        "event_id": event_id,
+        "bulk_job_id": bulk.id,
+        "name": bulk.name,
+        "userId": bulk.userId,
+        "mode": bulk.mode,
+        "status": bulk.status,
+        "total_items": bulk.total_items,
+        "completed_items": bulk.completed_items,
+        "failed_items": bulk.failed_items,
+        "cancelled_items": bulk.cancelled_items,
+        "started_at": iso(bulk.started_at),
+        "completed_at": iso(bulk.completed_at),
+        "duration_seconds": duration,
+        "error_summary": list(bulk.error_summary),
+        "results_command": f"bulkgen results {bulk.id} --out articles/",
+    }
+
+
+def email_message(event: dict[str, Any], sender: str, to: str) -> EmailMessage:
+    from email.message import EmailMessage
+
+    failed = f", {event['failed_items']} failed" if event["failed_items"] else ""
+    message = EmailMessage()
+    message["Subject"] = (f"bulkgen: {event['name']} {event['status']}: "
+                          f"{event['completed_items']} of {event['total_items']} completed{failed}")
+    message["From"] = sender
+    message["To"] = to
+    lines = [
+        f"Bulk job {event['bulk_job_id']} ({event['name']}) is {event['status']}.",
+        "",
+        f"Completed: {event['completed_items']} of {event['total_items']}",
+        f"Failed:    {event['failed_items']}",
+        f"Cancelled: {event['cancelled_items']}",
+        f"Duration:  {event['duration_seconds']} s" if event["duration_seconds"] is not None else "",
+    ]
+    if event["error_summary"]:
+        lines += ["", "Failures:"] + [f"  {line}" for line in event["error_summary"]]
+    lines += ["", "Get the articles:", f"  {event['results_command']}", ""]
+    message.set_content("\n".join(line for line in lines if line is not None))
+    return message
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """From BULKGEN_SMTP_URL: smtp://[user:pass@]host[:port] (STARTTLS) or smtps:// (TLS)."""
+
+    scheme: str
+    host: str
+    port: int
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sender: str = "bulkgen@localhost"
+
+    @classmethod
+    def from_url(cls, url: str, sender: str | None = None) -> SmtpSettings:
+        parts = urlsplit(url)
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise UsageError("BULKGEN_SMTP_URL must look like smtp://user:pass@host:587 or smtps://host:465.")
+        user = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password else None
+        query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
+        default_port = 465 if parts.scheme == "smtps" else (587 if user else 25)
+        try:
+            port = parts.port or default_port
+        except ValueError:
+            raise UsageError("BULKGEN_SMTP_URL has a port that is not a number.") from None
+        return cls(parts.scheme, parts.hostname, port, user, password,
+                   sender or unquote(query.get("from", "")) or "bulkgen@localhost")
+
+    def send(self, message: EmailMessage, deadline: Deadline | None = None) -> None:
+        """Send `message`, the whole exchange within `deadline` (SMTP_TIMEOUT from now by default)."""
+        import smtplib
+        import ssl
+
+        deadline = deadline or Deadline(SMTP_TIMEOUT)
+        context = ssl.create_default_context()
+        smtp = (smtplib.SMTP_SSL(timeout=SMTP_TIMEOUT, context=context) if self.scheme == "smtps"
+                else smtplib.SMTP(timeout=SMTP_TIMEOUT))
+
+        def connected(host: str, port: int, timeout: float) -> Any:  # smtplib's own, within the deadline
+            sock = deadline.connect(host, port, smtp.source_address)
+            return context.wrap_socket(sock, server_hostname=host) if self.scheme == "smtps" else sock
+
+        smtp._get_socket = connected  # type: ignore[method-assign]
+        smtp._host = self.host  # the name STARTTLS checks the certificate against, as SMTP(host) sets it
+        with deadline.cutting(lambda: smtp.sock):
+            smtp.connect(self.host, self.port)
+            with smtp:
+                smtp.ehlo()
+                if self.user and self.scheme == "smtp":
+                    if not smtp.has_extn("starttls"):
+                        raise RuntimeError("the SMTP server offers no STARTTLS; the password is not sent in clear")
+                    smtp.starttls(context=context)
+                    smtp.ehlo()
+                if self.user:
+                    smtp.login(self.user, self.password or "")
+                smtp.send_message(message)
+
+
+# -- one send's deadline ---------------------------------------------------------------
+
+
+class Deadline:
+    """One send's whole time. Python's socket timeouts hold each operation (httpx's and smtplib's too), and
+    name resolution has none: a receiver answering a byte at a time, or several addresses each slow to
+    refuse, would keep a send going past its step's lock, and another processor would send it again
+    meanwhile. So every step of a send gets only what is left of this deadline."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def left(self) -> float:
+        """The time left, or TimeoutError when there is none."""
+        rest = self.at - time.monotonic()
+        if rest <= 0:
+            raise TimeoutError(f"no answer within {self.seconds:g} s")
+        return rest
+
+    def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """`function(*args)` (a name lookup, which has no timeout of its own), given up at the deadline:
+        it then finishes alone in its thread, and nothing is sent."""
+        result: list[Any] = []
+
+        def run() -> None:
+            try:
+                result.append((True, function(*args)))
+            except BaseException as exc:  # noqa: BLE001  raised in the caller's thread below
+                result.append((False, exc))
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(self.left())
+        if not result:
+            raise TimeoutError(f"no answer within {self.seconds:g} s")
+        ok, value = result[0]
+        if not ok:
+            raise value
+        return value
+
+    def connect(self, host: str, port: int, source: tuple[str, int] | None = None) -> socket.socket:
+        """A TCP connection to `host`, each address tried with the time left; its timeout is what is left."""
+        error: OSError = OSError(f"{host} has no address")
+        for family, kind, proto, _, address in self.call(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(self.left())
+                if source:
+                    sock.bind(source)
+                sock.connect(address)
+                return sock
+            except OSError as exc:
+                sock.close()
+                error = exc
+        raise error
+
+    @contextmanager
+    def cutting(self, current: Callable[[], socket.socket | None]) -> Iterator[None]:
+        """Shut the connection `current()` down at the deadline, waking whatever read or write waits on it."""
+
+        def cut() -> None:
+            sock = current()
+            if sock is not None:
+                try:
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the socket's own, under TLS too
+                except OSError:
+                    pass  # already closed
+
+        timer = threading.Timer(max(self.at - time.monotonic(), 0.0), cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        except OSError as exc:
+            if time.monotonic() >= self.at:
+                raise TimeoutError(f"no answer within {self.seconds:g} s") from exc
+            raise
+        finally:
+            timer.cancel()
+
+
+# -- delivery ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One try at one channel (or the on-complete hook), for the user to see."""
+
+    bulk_id: str
+    channel: str
+    ok: bool
+    error: str | None = None
+    final: bool = True
+
+
+class Notifier:
+    def __init__(
+        self,
+        store: Store,
+        owner: str,
+        smtp: SmtpSettings | None = None,
+        on_complete: str | None = None,
+        skip_unconfigured: bool = False,
+        on_delivery: Callable[[Delivery], None] | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+        retry_delays: tuple[float, ...] = RETRY_DELAYS,
+    ):
+        self.store = store
+        self.retry_delays = retry_delays
+        self.owner = owner
+        self.smtp = smtp
+        self.on_complete = on_complete
+        #: a command (cancel) leaves email to a processor when it has no SMTP itself
+        self.skip_unconfigured = skip_unconfigured
+        self.on_delivery = on_delivery or (lambda d: None)
+        self.clock = clock
+        self._next_scan = 0.0
+
+    def _can(self, channel: str) -> bool:
+        return not (channel.startswith("email:") and self.smtp is None and self.skip_unconfigured)
+
+    def deliver(self, bulk: BulkJob) -> None:
+        """Send every due step of the job's outbox once, and run the hook if it is ours."""
+        outbox = bulk.outbox
+        if not outbox:
+            return
+        event = outbox["event"] or self._fill(bulk)
+        if event is None:
+            return  # another end replaced this one meanwhile
+        for index, step in enumerate(outbox["steps"]):
+            now = self.clock()  # each step's own: its lock starts when it is taken, not when the first was
+            if not self._can(step["channel"]) or not step_claimable(step, now):
+                continue
+            deadline = Deadline(send_timeout(step["channel"]))  # from `now`: the store's write counts too
+            if not self.store.claim_step(bulk.id, outbox["event_id"], index, self.owner, now,
+                                         lock_seconds(step["channel"])):
+                continue
+            error = self._send(step["channel"], event, bulk.notify_policy, deadline)
+            tries = step["attempts"] + 1
+            retry_at = None
+            if error is not None and tries <= len(self.retry_delays):
+                retry_at = later(self.clock(), self.retry_delays[tries - 1])
+            self.store.finish_step(bulk.id, outbox["event_id"], index, self.owner, self.clock(), error, retry_at)
+            self.on_delivery(Delivery(bulk.id, mask_channel(step["channel"]), error is None, error,
+                                      final=error is None or retry_at is None))
+        self._hook(bulk, event)
+
+    def _fill(self, bulk: BulkJob) -> dict[str, Any] | None:
+        """Build the event from the ended job, once; every deliverer then sends that one."""
+        assert bulk.outbox is not None
+        now = self.clock()
+        if bulk.status == BulkStatus.cancelled.value:
+            self.store.cancel_bulk(bulk.id, now)  # idempotent: finishes a cancel that died half-way
+        self.store.refresh_counters(bulk.id, now)
+        fresh = self.store.get_bulk(bulk.id)
+        if fresh is None or not fresh.outbox or fresh.outbox["event_id"] != bulk.outbox["event_id"]:
+            return None
+        self.store.set_event(bulk.id, bulk.outbox["event_id"],
+                             build_event(fresh, bulk.outbox["event_id"], bulk.outbox["kind"]))
+        stored = self.store.get_bulk(bulk.id)
+        return None if stored is None or not stored.outbox else stored.outbox["event"]
+
+    def scan(self, force: bool = False) -> None:
+        """`deliver_due`, at most once per SCAN_EVERY seconds unless forced (a busy processor's sweep)."""
+        if not force and time.monotonic() < self._next_scan:
+            return
+        self._next_scan = time.monotonic() + SCAN_EVERY
+        self.deliver_due()
+
+    def deliver_due(self) -> None:
+        """Work through every open outbox, and the hooks this processor owes."""
+        for bulk in self.store.open_outboxes():
+            self.deliver(bulk)
+        if self.on_complete:
+            for bulk in self.store.pending_hooks(self.clock() - HOOK_WINDOW):
+                self.deliver(bulk)
+
+    def next_due(self) -> dt.datetime | None:
+        """When the earliest step this notifier can send becomes due, or None."""
+        due = []
+        for bulk in self.store.open_outboxes():
+            for step in (bulk.outbox or {}).get("steps", []):
+                if not self._can(step["channel"]):
+                    continue
+                if step["state"] == StepState.pending.value:
+                    due.append(step["next_at"])
+                elif step["state"] == StepState.sending.value:
+                    due.append(step["lock_until"])
+        return dt.datetime.fromisoformat(min(due)) if due else None
+
+    # -- channels --------------------------------------------------------------
+
+    def _send(self, channel: str, event: dict[str, Any], policy: dict[str, Any] | None = None,
+              deadline: Deadline | None = None) -> str | None:
+        """Send one channel within `deadline` (which the step's lock outlasts); None when delivered, else a
+        one-line reason.
+
+        A job submitted over HTTP carries a policy: its targets are checked again
+        now (netpolicy), and a webhook connects to the address just checked.
+        """
+        from bulkgen_cli.delivery.netpolicy import Policy, Refused, check_email
+
+        kind, _, target = channel.partition(":")
+        deadline = deadline or Deadline(send_timeout(channel))
+        if deadline.expired():
+            return f"not sent: the store took more than the send's {deadline.seconds:g} s to hand the step over"
+        try:
+            if kind == "webhook":
+                return self._webhook(target, event, None if policy is None else Policy.from_record(policy),
+                                     deadline)
+            if kind == "email":
+                if policy is not None:
+                    check_email(target, Policy.from_record(policy))
+                if self.smtp is None:
+                    return "no BULKGEN_SMTP_URL is set on the processor that delivered it"
+                self.smtp.send(email_message(event, self.smtp.sender, target), deadline)
+                return None
+            return f"unknown channel kind {kind!r}"
+        except Refused as exc:
+            return f"refused: {exc}"
+        except Exception as exc:  # noqa: BLE001  a channel's failure is recorded, never raised
+            return self._scrub(f"{type(exc).__name__}: {exc}")[:300]
+
+    def _webhook(self, url: str, event: dict[str, Any], policy: Any = None,
+                 deadline: Deadline | None = None) -> str | None:
+        import httpx
+
+        from bulkgen_cli.delivery.netpolicy import check_webhook, pinned_request
+
+        deadline = deadline or Deadline(WEBHOOK_TIMEOUT)
+        if urlsplit(url).scheme not in ("http", "https"):
+            return "not an http(s) URL"
+        headers = {"User-Agent": f"bulkgen/{__version__}", "X-Bulkgen-Event": event["event"],
+                   "Idempotency-Key": event["event_id"]}
+        extensions: dict[str, Any] = {}
+        if policy is not None:  # connect to the address just checked: no window for DNS rebinding
+            url, host, extensions = pinned_request(url, deadline.call(check_webhook, url, policy)[0])
+            headers.update(host)
+        with httpx.Client(timeout=WEBHOOK_TIMEOUT, follow_redirects=False) as client:
+            within_deadline(client, deadline)
+            response = client.post(url, json=event, headers=headers, extensions=extensions)
+        if 200 <= response.status_code < 300:
+            return None
+        body = " ".join(response.text.split())[:120]
+        return f"HTTP {response.status_code}: {body}"
+
+    def _scrub(self, text: str) -> str:
+        if self.smtp is not None and self.smtp.password:
+            text = text.replace(self.smtp.password, "***")
+        return text
+
+    def _hook(self, bulk: BulkJob, event: dict[str, Any]) -> None:
+        if not self.on_complete or not bulk.outbox:
+            return
+        if not self.store.claim_hook(bulk.id, bulk.outbox["event_id"]):
+            return
+        import subprocess
+
+        env = {**os.environ, "BULKGEN_BULK_ID": bulk.id, "BULKGEN_STATUS": bulk.status,
+               "BULKGEN_EVENT": event["event"]}
+        try:
+            done = subprocess.run(self.on_complete, shell=True, input=json.dumps(event), text=True,
+                                  env=env, capture_output=True, timeout=HOOK_TIMEOUT)
+            error = None if done.returncode == 0 else (
+                f"exited {done.returncode}: {' '.join(done.stderr.split())[:200]}")
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            error = str(exc)[:200]
+        self.on_delivery(Delivery(bulk.id, "on-complete", error is None, error))
+
+
+# -- a webhook's connections, held to the send's deadline ----------------------------------
+
+
+def within_deadline(client: Any, deadline: Deadline) -> None:
+    """Make every connection `client` opens (directly or through a proxy from the environment) resolve,
+    connect, shake hands, write and read within `deadline`: httpx's timeouts hold each operation only.
+    httpx has no public way to give its pools a network backend; tests/test_notify_lock.py notices if
+    this one stops working."""
+    for transport in (client._transport, *client._mounts.values()):
+        pool = getattr(transport, "_pool", None)
+        if pool is not None:
+            pool._network_backend = _deadline_backend_class()(deadline)
+
+
+@functools.cache
+def _deadline_backend_class() -> Any:
+    """httpcore's synchronous network backend with every step held to a Deadline (made on first use:
+    httpcore is loaded only for a webhook)."""
+    import httpcore
+    from httpcore._backends.sync import SyncStream
+
+    class Stream(SyncStream):
+        def __init__(self, sock: socket.socket, deadline: Deadline):
+            super().__init__(sock)
+            self.deadline = deadline
+
+        def _rest(self, timeout: float | None, error: type[Exception]) -> float:
+            try:
+                rest = self.deadline.left()
+            except TimeoutError as exc:
+                raise error(str(exc)) from exc
+            return rest if timeout is None else min(timeout, rest)
+
+        def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+            return super().read(max_bytes, self._rest(timeout, httpcore.ReadTimeout))
+
+        def write(self, buffer: bytes, timeout: float | None = None) -> None:
+            while buffer:  # SyncStream's own loop gives every partial send the whole timeout
+                try:
+                    self._sock.settimeout(self._rest(timeout, httpcore.WriteTimeout))
+                    sent = self._sock.send(buffer)
+                except socket.timeout as exc:
+                    raise httpcore.WriteTimeout(str(exc)) from exc
+                except OSError as exc:
+                    raise httpcore.WriteError(str(exc)) from exc
+                buffer = buffer[sent:]
+
+        def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                      timeout: float | None = None) -> Any:
+            tls = super().start_tls(ssl_context, server_hostname, self._rest(timeout, httpcore.ConnectTimeout))
+            return Stream(tls._sock, self.deadline)
+
+    class Backend(httpcore.SyncBackend):
+        def __init__(self, deadline: Deadline):
+            self.deadline = deadline
+
+        def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                        local_address: str | None = None, socket_options: Any = None) -> Any:
+            try:
+                sock = self.deadline.connect(host, port, None if local_address is None else (local_address, 0))
+            except TimeoutError as exc:
+                raise httpcore.ConnectTimeout(str(exc)) from exc
+            except OSError as exc:
+                raise httpcore.ConnectError(str(exc)) from exc
+            for option in socket_options or ():
+                sock.setsockopt(*option)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return Stream(sock, self.deadline)
+
+    return Backend

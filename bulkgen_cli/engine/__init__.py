@@ -1,0 +1,1 @@
+"""The processor: its loop, one attempt, leases and fencing, the runner, the quality gate."""

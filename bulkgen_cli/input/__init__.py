@@ -1,0 +1,1 @@
+"""Articles files and templates made into a checked Manifest. Imports only core."""

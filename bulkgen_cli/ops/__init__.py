@@ -1,0 +1,1 @@
+"""What a user does, as a library: submit, pause, items, schedules, tokens, results."""
