@@ -159,7 +159,7 @@ def main() -> None:
     parser.add_argument("--stuffers", type=int, default=300,
                         help="connections that pipeline requests and never read the answers, as background load")
     parser.add_argument("--write-timeout", type=float, default=10.0,
-                        help="the server's --write-timeout: short enough to reset never-reading clients within a measure")
+                        help="the server's --write-timeout: short enough to reset never-readers within a measure")
     args = parser.parse_args()
     service = ReferenceService(latency=args.latency).start()
     with tempfile.TemporaryDirectory() as home:
