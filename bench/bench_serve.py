@@ -13,7 +13,9 @@ measure with no job running, for reference, and beside each abusive client
 head one byte a second and reconnect when the server closes them; another
 user's 600 idle event streams and 20 churning ones while events flow; a
 submit flood from another user's token (the write rate answers 429); and
-`Last-Event-ID: 0` replays dropped after 64 KiB. Needs
+`Last-Event-ID: 0` replays dropped after 64 KiB; and `--stuffers` N clients
+(default 300) that pipeline requests and never read an answer, reopened when
+the server resets them (after its `--write-timeout`, 10 s here). Needs
 `pip install -e '.[serve]'`.
 """
 
@@ -102,6 +104,39 @@ def slow_heads(port: int, count: int, stop: threading.Event) -> list[int]:
     return closed
 
 
+def stuffers(port: int, count: int, stop: threading.Event) -> list[int]:
+    """Background load in a thread: `count` connections that pipeline `GET /openapi.json` requests (about 60 KB
+    of answer each) and never read an answer, with a small receive buffer; one the server resets is reopened. Returns
+    [connections the server reset], filled when `stop` is set."""
+    request = b"GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 64
+    closed = [0]
+
+    def opened() -> socket.socket:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.setblocking(False)
+        return sock
+
+    def work() -> None:
+        socks = [opened() for _ in range(count)]
+        while not stop.wait(1.0):
+            for i, sock in enumerate(socks):
+                try:
+                    sock.send(request)
+                except BlockingIOError:
+                    pass  # the server stopped reading this one: it waits on us, as meant
+                except OSError:
+                    closed[0] += 1
+                    sock.close()
+                    socks[i] = opened()
+        for sock in socks:
+            sock.close()
+
+    threading.Thread(target=work, daemon=True).start()
+    return closed
+
+
 def report(label: str, latencies: list[float], seconds: float) -> None:
     ordered = sorted(latencies)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
@@ -121,6 +156,10 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.2, help="the reference service's latency")
     parser.add_argument("--processor", action="store_true", help="process in the server, not a separate run")
     parser.add_argument("--slow-heads", type=int, default=1000, help="slow-header connections as background load")
+    parser.add_argument("--stuffers", type=int, default=300,
+                        help="connections that pipeline requests and never read the answers, as background load")
+    parser.add_argument("--write-timeout", type=float, default=10.0,
+                        help="the server's --write-timeout: short enough to reset never-readers within a measure")
     args = parser.parse_args()
     service = ReferenceService(latency=args.latency).start()
     with tempfile.TemporaryDirectory() as home:
@@ -130,6 +169,7 @@ def main() -> None:
         port = free_port()
         server = subprocess.Popen([sys.executable, "-m", "bulkgen_cli", "serve", "--port", str(port), "--delay", "0",
                                    "--max-streams", "1000",
+                                   "--write-timeout", str(args.write_timeout),
                                    *(["--processor"] if args.processor else [])],
                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         base = f"http://127.0.0.1:{port}"
@@ -164,6 +204,15 @@ async def _measure(base: str, token: str, env: dict[str, str], args: argparse.Na
         stop.set()
         report(f"beside {args.slow_heads} slow-header connections (reopened when closed)", latencies, args.seconds)
         print(f"  slow connections the server closed meanwhile: {closed[0]}")
+    if args.stuffers:
+        stop = threading.Event()
+        closed = stuffers(int(base.rsplit(":", 1)[1]), args.stuffers, stop)
+        await asyncio.sleep(2.0)
+        latencies = await hammer(f"{base}/api/bulk-generate/{idle_job}", token, args.clients, args.seconds)
+        stop.set()
+        report(f"beside {args.stuffers} clients pipelining requests and never reading (reopened when reset)",
+               latencies, args.seconds)
+        print(f"  never-reading connections the server reset meanwhile: {closed[0]}")
     job = httpx.post(base + "/api/bulk-generate", headers=headers, json={"bulk_config": {"items": items}}).json()
     worker = None if args.processor else subprocess.Popen([sys.executable, "-m", "bulkgen_cli", "run", "--forever"],
                                                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
