@@ -173,6 +173,19 @@ def test_every_command_of_the_page_runs_and_shows_what_the_page_says(name, scrat
     assert LEFT.get(name, lambda *a: True)(home, env, server), f"{name}: its examples did not leave what they say"
 
 
+def test_the_readme_is_a_quickstart():
+    """Short, with the store's place near the top, the main job, and the test command `.ci/run` runs."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 250, len(lines)
+    assert any("~/.local/share/bulkgen/bulkgen.db" in line for line in lines[:30])
+    assert "pip install . && bulkgen submit examples/articles.yaml --wait" in lines
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "pip install -e '.[dev]' && python -m pytest -n 2 --dist loadfile" in lines
+    assert "pip install --quiet -e '.[dev]'" in ci and "python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile" in ci
+    linked = {target for line in lines for target in LINK.findall(line)}
+    assert {f"docs/{page.name}" for page in PAGES[1:]} <= {t.partition("#")[0] for t in linked}, "a page no link reaches"
+
+
 # -- links -------------------------------------------------------------------------------------------------------
 
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
