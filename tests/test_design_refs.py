@@ -36,3 +36,33 @@ def test_no_numbered_citations_are_left():
     stale = [str(p.relative_to(ROOT)) for p in sources() if p.name != Path(__file__).name
              and old.search(p.read_text(encoding="utf-8"))]
     assert not stale, stale
+
+
+#: `README, "X"`, `README "X"`, `README, 'X'`, `docs/serving.md, "X"`: a section of the user's docs cited by name.
+DOCS_CITATION = re.compile(r"""(README|docs/(\w+)\.md),? (?:"([^"]+)"|'([^']+)')""")
+
+
+def page_headings(page: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.DOTALL)
+    return {m.group(1).strip() for m in re.finditer(r"^#{1,4} (.+)$", text, re.MULTILINE)}
+
+
+def test_every_docs_citation_names_a_heading():
+    """`docs/PAGE.md, "X"` names a heading of that page. `README, "X"` names one of the README or of a page of
+    docs/: the README's sections moved there (issue 19), and the README is where a reader starts looking."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    anywhere = set().union(*(page_headings(page) for page in pages))
+    code = sources()[:-2] + list((ROOT / "bulkgen_cli" / "server" / "static").glob("*.js"))
+    cited, missing = 0, {}
+    for path in code:
+        if path.name == Path(__file__).name:
+            continue
+        for match in DOCS_CITATION.finditer(path.read_text(encoding="utf-8")):
+            name = match.group(3) or match.group(4)
+            page = ROOT / "docs" / f"{match.group(2)}.md" if match.group(2) else None
+            known = anywhere if page is None else page_headings(page) if page.exists() else set()
+            cited += 1
+            if name not in known:
+                missing[f"{match.group(1)}, {name!r}"] = str(path.relative_to(ROOT))
+    assert cited >= 10, cited  # the code does cite the docs
+    assert not missing, f"cited but not a heading of the docs: {missing}"

@@ -469,7 +469,7 @@ def test_status_items_shows_short_ids_in_a_pipe(tmp_path):
 def test_the_readmes_items_header_names_every_column():
     from bulkgen_cli.cli.render import ITEM_COLUMNS
 
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "docs" / "commands.md").read_text(encoding="utf-8")
     header = next(line for line in readme.splitlines() if line.startswith("#   ID "))
     assert header.split() == [name for name, _ in ITEM_COLUMNS]
 

@@ -411,10 +411,10 @@ def test_a_quality_ratio_may_be_a_percentage(cli, tmp_path):
 
 
 def test_the_readmes_quality_examples_run_against_a_service():
-    """Offline drafts pass every check: the README's examples name the service they need (test_readme runs them)."""
+    """Offline drafts pass every check: the docs' examples name the service they need (test_docs runs them)."""
     from tests.cli_helpers import ROOT
 
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "docs" / "quality.md").read_text(encoding="utf-8")
     submits = [line for line in readme.splitlines() if line.startswith("$ ") and "examples/flawed.yaml" in line]
     assert len(submits) == 3
     assert all("BULKGEN_API_URL=http://127.0.0.1:8000 " in line and "--delay 0" in line for line in submits)

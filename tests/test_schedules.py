@@ -532,7 +532,7 @@ def test_schedules_are_per_user(cli):
 def test_every_schedule_command_has_help_and_is_documented(cli, verb):
     result = cli("schedule", verb, "--help")
     assert result.code == 0 and "Exit codes" in result.out and "Example:" in result.out
-    assert f"bulkgen schedule {verb}" in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"bulkgen schedule {verb}" in (ROOT / "docs" / "commands.md").read_text(encoding="utf-8")
 
 
 def test_cron_library_is_loaded_only_by_what_needs_it(tmp_path):
