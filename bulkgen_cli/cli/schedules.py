@@ -173,7 +173,7 @@ def _table(found: list[Schedule], all_users: bool) -> tuple[list[tuple[str, int 
 def _next_run(schedule: Schedule) -> str:
     """The next run in the schedule's own zone, and how far off it is."""
     from bulkgen_cli.core.model import ScheduleStatus, utcnow
-    from bulkgen_cli.ops.schedules import local_time
+    from bulkgen_cli.core.zones import local_time
     from bulkgen_cli.core.text import duration
 
     if schedule.status != ScheduleStatus.active.value or schedule.next_at is None:

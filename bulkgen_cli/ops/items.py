@@ -217,7 +217,7 @@ def verdict(item: Item) -> dict[str, Any] | None:
 def record(shown: Shown) -> dict[str, Any]:
     """The show record: the item as `status --json` has it, plus what `show` prints, and the text."""
     from bulkgen_cli.ops.export import front_matter
-    from bulkgen_cli.cli.render import item_dict
+    from bulkgen_cli.ops.documents import item_dict
 
     item, result = shown.item, shown.item.result or {}
     doc = item_dict(item)
@@ -237,7 +237,7 @@ def record(shown: Shown) -> dict[str, Any]:
 def facts(shown: Shown) -> list[tuple[str, str]]:
     """What `show` prints above the text, as (label, value) rows; values shown as they are (text.visible)."""
     from bulkgen_cli.ops.export import front_matter
-    from bulkgen_cli.cli.render import when
+    from bulkgen_cli.ops.documents import when
 
     item, result = shown.item, shown.item.result or {}
     rows = [("Item", f"{shown.short_id}  ({item.id})"),

@@ -34,10 +34,9 @@ from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import Store
 from bulkgen_cli.store.rules import Quota
 from bulkgen_cli.core.text import quoted
+from bulkgen_cli.core.zones import local_time, zone_of  # noqa: F401  (zone_of: the CLI checks --zone with it)
 
 if TYPE_CHECKING:
-    from zoneinfo import ZoneInfo
-
     from bulkgen_cli.input.manifest import Manifest
 
 #: The five fields of a cron expression, in order, and what each accepts.
@@ -147,30 +146,6 @@ def check_interval(expr: str, cron: str, zone: str, now: dt.datetime) -> None:
                          "\"*/5 * * * *\" or slower.")
 
 
-def zone_of(name: str) -> ZoneInfo:
-    """The IANA time zone; UsageError with a suggestion when there is none of that name."""
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
-
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        pass
-    known = available_timezones()
-    if not known:
-        raise UsageError(f"--zone {quoted(name)}: this machine has no time zone data; `pip install tzdata` "
-                         "provides it.")
-    return ZoneInfo(_suggest_zone(name, known))
-
-
-def _suggest_zone(name: str, known: set[str]) -> str:
-    import difflib
-
-    by_case = {k.lower(): k for k in known}
-    close = by_case.get(name.lower()) or next(iter(difflib.get_close_matches(name, sorted(known), n=1)), None)
-    hint = f"; did you mean {close}?" if close else "; use an IANA name such as Europe/Berlin, America/New_York or UTC."
-    raise UsageError(f"--zone {quoted(name)} is not a known time zone{hint}")
-
-
 def occurrences(cron: str, zone: str, after: dt.datetime, reverse: bool = False) -> Iterator[dt.datetime]:
     """The cron's times in `zone`, as UTC, strictly after `after` (or before it, with `reverse`).
 
@@ -221,11 +196,6 @@ def due(schedule: Schedule, now: dt.datetime) -> Due | None:
         return None
     latest = seen.pop()
     return Due(latest, list(seen)[-rules.SKIPPED_KEPT:], count - 1)
-
-
-def local_time(at: dt.datetime | None, zone: str) -> str | None:
-    """A time as the schedule's zone reads it: 2026-11-30 06:00 CET."""
-    return None if at is None else at.astimezone(zone_of(zone)).strftime("%Y-%m-%d %H:%M %Z")
 
 
 # -- what a schedule submits -------------------------------------------------------------------------------
