@@ -7,39 +7,34 @@ operations that describe a record in words (`items.facts`). Nothing here imports
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
-from bulkgen_cli.core.model import REQUIRED_FIELD, BulkJob, Item, Mode, iso, utcnow
+from bulkgen_cli.core.model import EVERY_DOCUMENT, FULL_DOCUMENT, REQUIRED_FIELD, BulkJob, Item, Mode, iso, utcnow
 from bulkgen_cli.core.text import duration
 from bulkgen_cli.delivery.notify import mask_channel
 
 
-def bulk_dict(bulk: BulkJob) -> dict[str, Any]:
-    return {
-        "id": bulk.id,
-        "name": bulk.name,
-        "mode": bulk.mode,
-        "status": bulk.status,
-        "userId": bulk.userId,
-        "total_items": bulk.total_items,
-        "completed_items": bulk.completed_items,
-        "failed_items": bulk.failed_items,
-        "cancelled_items": bulk.cancelled_items,
-        "created_at": iso(bulk.created_at),
-        "started_at": iso(bulk.started_at),
-        "completed_at": iso(bulk.completed_at),
-        "estimated_completion": None if bulk.status == "paused" else iso(bulk.estimated_completion),
-        "error_summary": list(bulk.error_summary),
-        "priority": bulk.priority,
-        "not_before": iso(bulk.not_before),
-        "group_id": bulk.group_id,
-        "quality": bulk.quality,
-        "quality_ratio": bulk.quality_ratio,
-        "flagged_items": bulk.flagged_items,
-        "turned_down_items": bulk.turned_down_items,
-        "quality_summary": list(bulk.quality_summary),
-    }
+def document_fields(record: type, full: bool = False) -> tuple[dataclasses.Field[Any], ...]:
+    """The fields of a `BulkJob` or an `Item` its JSON document shows, in order (model.declared)."""
+    shown = (EVERY_DOCUMENT, FULL_DOCUMENT) if full else (EVERY_DOCUMENT,)
+    return tuple(f for f in dataclasses.fields(record) if f.metadata.get("document") in shown)
+
+
+def json_value(value: Any) -> Any:
+    """A field's value as its JSON document has it: a time as ISO 8601 UTC, a list copied."""
+    if isinstance(value, dt.datetime):
+        return iso(value)
+    return list(value) if isinstance(value, list) else value
+
+
+def bulk_dict(bulk: BulkJob, full: bool = False) -> dict[str, Any]:
+    """A bulk job's document; `full` adds what only `status` shows (`notified_at`)."""
+    out = {f.name: json_value(getattr(bulk, f.name)) for f in document_fields(BulkJob, full)}
+    if bulk.status == "paused":  # no ETA while paused
+        out["estimated_completion"] = None
+    return out
 
 
 def progress_dict(bulk: BulkJob) -> dict[str, Any]:
@@ -53,13 +48,16 @@ def progress_dict(bulk: BulkJob) -> dict[str, Any]:
     }
 
 
-def item_dict(item: Item) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": item.id, "item_id": item.item_id, "queue_position": item.queue_position,
-                           "status": item.status}
-    for name in REQUIRED_FIELD[Mode(item.mode)]:
-        if name in item.article or name == REQUIRED_FIELD[Mode(item.mode)][0]:
-            out[name] = item.article.get(name)
-    out.update(retry_count=item.retry_count, attempts=item.attempts, error=item.error, verdict=item.verdict)
+def item_dict(item: Item, full: bool = False) -> dict[str, Any]:
+    """An item's document: its fields, its `item_id` after its id, its mode's main field after its status."""
+    out: dict[str, Any] = {}
+    for f in document_fields(Item, full):
+        out[f.name] = json_value(getattr(item, f.name))
+        if f.name == "id":
+            out["item_id"] = item.item_id
+        elif f.name == "status":
+            main = REQUIRED_FIELD[Mode(item.mode)]
+            out.update((name, item.article.get(name)) for name in main if name in item.article or name == main[0])
     return out
 
 
@@ -74,10 +72,8 @@ def notifications(bulk: BulkJob) -> list[dict[str, Any]]:
 
 
 def status_document(bulk: BulkJob, items: list[Item]) -> dict[str, Any]:
-    doc: dict[str, Any] = {"bulk_job": bulk_dict(bulk), "progress": progress_dict(bulk), "jobs": [item_dict(i) for i in items]}
-    doc["bulk_job"]["notified_at"] = iso(bulk.notified_at)
-    doc["notifications"] = notifications(bulk)
-    return doc
+    return {"bulk_job": bulk_dict(bulk, full=True), "progress": progress_dict(bulk),
+            "jobs": [item_dict(i) for i in items], "notifications": notifications(bulk)}
 
 
 def group_document(group_id: str, bulks: list[BulkJob]) -> dict[str, Any]:
@@ -96,7 +92,6 @@ def group_document(group_id: str, bulks: list[BulkJob]) -> dict[str, Any]:
             "percentage": 100 if not total else (total - pending) * 100 // total,
         },
     }
-
 
 
 def when(value: dt.datetime | None, now: dt.datetime | None = None) -> str:

@@ -16,7 +16,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable
 
 from bulkgen_cli.core.errors import InvalidTransition, NotFound, UsageError
-from bulkgen_cli.core.model import BulkJob, BulkStatus, Counts, Item, ItemStatus, iso, outbox_open, turned_down, utcnow
+from bulkgen_cli.core.model import BulkJob, BulkStatus, Counts, Item, ItemStatus, outbox_open, turned_down, utcnow
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import Store
 from bulkgen_cli.core.text import quoted, visible
@@ -220,13 +220,9 @@ def record(shown: Shown) -> dict[str, Any]:
     from bulkgen_cli.ops.documents import item_dict
 
     item, result = shown.item, shown.item.result or {}
-    doc = item_dict(item)
-    doc.update(
-        short_id=shown.short_id, bulk_job_id=item.bulk_job_id, bulk_job_name=shown.bulk.name, userId=item.userId,
-        mode=item.mode, article=item.article, created_at=iso(item.created_at), started_at=iso(item.started_at),
-        completed_at=iso(item.completed_at), request_seconds=result.get("seconds"),
-        waited_seconds=result.get("waited"), front_matter=front_matter(shown.bulk, item),
-    )
+    doc = item_dict(item, full=True)
+    doc.update(short_id=shown.short_id, bulk_job_name=shown.bulk.name, request_seconds=result.get("seconds"),
+               waited_seconds=result.get("waited"), front_matter=front_matter(shown.bulk, item))
     found = verdict(item)
     if found is not None:
         doc["verdict"] = found
