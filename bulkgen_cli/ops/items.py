@@ -16,7 +16,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable
 
 from bulkgen_cli.core.errors import InvalidTransition, NotFound, UsageError
-from bulkgen_cli.core.model import BulkJob, BulkStatus, Counts, Item, ItemStatus, outbox_open, turned_down, utcnow
+from bulkgen_cli.core.model import BulkJob, BulkStatus, Counts, Item, ItemStatus, turned_down, utcnow
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import Store
 from bulkgen_cli.core.text import quoted, visible
@@ -161,7 +161,8 @@ def _refuse_if(action: ItemAction, item: Item, bulk: BulkJob, short: str) -> Non
         raise InvalidTransition(f"cannot {action.value} {where}: it is {item.status}; {REFUSED[action]}.")
     if action is ItemAction.retry and bulk.status == BulkStatus.cancelled.value:
         raise InvalidTransition(f"cannot retry {where}: its bulk job was cancelled, and cancel is final.")
-    if action is ItemAction.retry and bulk.status == BulkStatus.completed.value and outbox_open(bulk.outbox):
+    completed = bulk.status == BulkStatus.completed.value  # then an item waits for the end's notification too
+    if action is ItemAction.retry and completed and not rules.retry_failed_allowed(bulk.status, bulk.outbox):
         raise InvalidTransition(
             f"cannot retry {where} yet: the notification of its bulk job's last end is still being delivered "
             "(a processor retries it within about a minute; see `bulkgen status`)."
