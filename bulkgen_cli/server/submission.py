@@ -11,7 +11,7 @@ from typing import Any, Iterator
 from fastapi import Request
 
 from bulkgen_cli.ops import jobs
-from bulkgen_cli.input import manifest
+from bulkgen_cli.input import manifest, sources
 from bulkgen_cli.delivery import netpolicy
 from bulkgen_cli.core.errors import ManifestError, Problem, UsageError
 from bulkgen_cli.core.model import Priority, utcnow
@@ -133,10 +133,17 @@ async def _from_upload(request: Request) -> Form:
 def validate(form: Form) -> manifest.Manifest:
     """The articles, checked by manifest.load_text exactly as `bulkgen submit` checks a file."""
     with _json_located(form):
-        parsed = manifest.load_text(_text(form), form.source, form.fmt)
+        parsed = sources.manifest_of(source_of(form))
     if form.source == JSON_SOURCE and parsed.name == Path(JSON_SOURCE).stem:  # the document names none
         parsed.name = "Untitled job"
     return parsed
+
+
+def source_of(form: Form) -> sources.Source:
+    """Where the form's articles come from (input/sources.py): its text, or a saved template's name with its rows."""
+    if form.template is None:
+        return sources.ArticlesText(_text(form), form.fmt, form.source)
+    return sources.SavedTemplateRows(form.template, sources.Rows(_text(form), form.fmt, form.source))
 
 
 def _text(form: Form) -> str:
@@ -154,7 +161,7 @@ def from_template(db: Store, form: Form, user: str) -> manifest.Manifest:
 
     saved = templates.load_saved(db, user, templates.check_name(form.template or ""))
     with _json_located(form):
-        return templates.expand_saved(saved, _text(form), form.fmt, values_source=form.source)
+        return sources.manifest_of(source_of(form), lambda _: saved)
 
 
 @contextmanager
@@ -234,11 +241,9 @@ def add_schedule(db: Store, body: bytes, user: str, policy: netpolicy.Policy,
     netpolicy.check_channels(channels, policy)
     if form.template is not None:
         from_template(db, form, user)
-        source = {"kind": "template", "template": form.template, "values_format": form.fmt,
-                  "values_file": form.source, "values_text": _text(form)}
     else:
         validate(form)
-        source = {"kind": "file", "text": _text(form), "format": form.fmt, "file": form.source}
+    source = sources.record(source_of(form))
     options = {"name": form.name, "mode": None, "priority": priority.value, "notify": channels,
                "notify_policy": policy.to_record(), "limited": limits is not None}  # schedules.quota_of
     return schedules.document(schedules.add(db, user, own["schedule"], own["cron"], own["zone"], source, options,
