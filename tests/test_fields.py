@@ -113,3 +113,51 @@ def test_a_fresh_sqlite_store_has_a_column_for_every_stored_field(tmp_path):
         db.close()
     assert stored(BulkJob) - tables["bulk_jobs"] == set(), "add the column to store/sqlite.py (schema and a step)"
     assert stored(Item) - tables["generation_jobs"] == set(), "add the column to store/sqlite.py (schema and a step)"
+
+
+# -- the job options (ops/options.py): submit, schedule add and the HTTP submit take each ------------------------
+
+
+def flags(*path: str) -> set[str]:
+    """Every --flag of a bulkgen command, as its parser (click) takes them."""
+    import typer
+
+    from bulkgen_cli.cli.main import app
+
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    return {opt for param in command.params for opt in param.opts}
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def test_submit_and_schedule_add_take_every_job_option():
+    from bulkgen_cli.ops import options
+
+    assert {flag(n) for n in options.names()} <= flags("submit")
+    assert {flag(n) for n in options.names(scheduled=True)} <= flags("schedule", "add")
+
+
+def test_the_http_submit_takes_every_http_job_option():
+    from bulkgen_cli.ops import options
+    from bulkgen_cli.server import submission
+
+    http = set(options.names(http=True))
+    assert http <= set(schemas.SubmitIn.model_fields)
+    assert http <= {f.name for f in dataclasses.fields(submission.Form)}
+    form = submission.REQUEST_BODY["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert http <= set(form)
+    assert set(submission.OPTIONS) == http | {"template", "values"}
+
+
+def test_a_schedule_keeps_the_options_it_was_given():
+    from bulkgen_cli.core.model import Priority, QualityPolicy
+    from bulkgen_cli.ops.options import JobOptions
+
+    given = JobOptions(name="n", mode="keywords", priority=Priority.high, notify=["email:a@example.com"],
+                       quality=QualityPolicy.retry, quality_ratio=0.5)
+    assert JobOptions.from_record(given.record()) == given
+    assert JobOptions.from_record({"name": None, "priority": "low"}) == JobOptions(priority=Priority.low)  # older

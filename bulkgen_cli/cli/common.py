@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -31,6 +32,20 @@ AllUsersOpt = Annotated[bool, typer.Option("--all-users", help="Act on any user'
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Say nothing per item: only errors and the final "
                                         "line.")]
+
+
+class InputFormat(str, Enum):
+    """--format of `submit` and `schedule add`: an articles file's (or a template's rows') format."""
+
+    yaml = "yaml"
+    csv = "csv"
+
+
+# The job options (ops/options.py, `JobOptions`) as `submit` and `schedule add` take them; where the two word
+# a help differently (a schedule's says "each job"), each command declares its own alias, and
+# tests/test_fields.py checks that both take every option.
+ModeOpt = Annotated[Optional[str], typer.Option("--mode", metavar="MODE", help="topic, keywords, trends or spin, when "
+                    "the file names none. [default: topic]", show_default=False)]
 
 
 ANSI = {"red": "31", "yellow": "33", "dim": "2"}

@@ -25,15 +25,13 @@ from bulkgen_cli.core.errors import (
     BulkgenError, InvalidTransition, NameTaken, NotFound, QuotaExceeded, StoreUnavailable, UsageError,
 )
 from bulkgen_cli.core.events import ScheduleFired, Waiting
-from bulkgen_cli.core.model import (
-    DEFAULT_QUALITY_RATIO, Occurrence, OccurrenceState, Priority, QualityPolicy, SavedTemplate, Schedule,
-    ScheduleStatus, new_id, utcnow,
-)
+from bulkgen_cli.core.model import Occurrence, OccurrenceState, SavedTemplate, Schedule, ScheduleStatus, new_id, utcnow
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import Store
 from bulkgen_cli.store.rules import Quota
 from bulkgen_cli.core.text import quoted
 from bulkgen_cli.input import sources
+from bulkgen_cli.ops.options import JobOptions
 from bulkgen_cli.core.zones import local_time, zone_of  # noqa: F401  (zone_of: the CLI checks --zone with it)
 
 if TYPE_CHECKING:
@@ -298,14 +296,11 @@ def submit_for(store: Store, schedule: Schedule, at: dt.datetime, key: str | Non
     """Store the schedule's articles as one bulk job for its user (idempotent on `key`), its notifications
     following `notify_policy` (from `permission`), within its user's limits (`quota_of`: QuotaExceeded)."""
     parsed = manifest_of(store, schedule)
-    options = schedule.options
-    return jobs.submit(store, parsed, schedule.userId, name=job_name(schedule, parsed, at), idempotency_key=key,
-                       notify=list(options.get("notify") or []),
-                       priority=Priority(options.get("priority") or Priority.normal.value),
-                       quality=QualityPolicy(options.get("quality") or QualityPolicy.warn.value),
-                       quality_ratio=float(options.get("quality_ratio", DEFAULT_QUALITY_RATIO)),
-                       notify_policy=notify_policy,  # a schedule made over HTTP (netpolicy)
-                       limits=quota_of(store, schedule))
+    options = JobOptions.from_record(schedule.options)
+    return jobs.submit(store, parsed, schedule.userId, **options.submit_args() | {
+        "name": job_name(schedule, parsed, at), "idempotency_key": key,
+        "notify_policy": notify_policy,  # a schedule made over HTTP (netpolicy)
+        "limits": quota_of(store, schedule)})
 
 
 # -- the verbs -----------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any, Iterator
 from fastapi import Request
 
 from bulkgen_cli.ops import jobs
+from bulkgen_cli.ops.options import JobOptions, names
 from bulkgen_cli.input import manifest, sources
 from bulkgen_cli.delivery import netpolicy
 from bulkgen_cli.core.errors import ManifestError, Problem, UsageError
@@ -20,8 +21,9 @@ from bulkgen_cli.server.problems import HttpProblem, too_large
 from bulkgen_cli.server.schemas import SubmitOut
 from bulkgen_cli.store.base import Store
 
-#: What a JSON body may hold beside the articles (the rest is the articles document).
-OPTIONS = ("name", "priority", "not_before", "notify", "template", "values")
+#: What a JSON body may hold beside the articles (the rest is the articles document): the job options the HTTP
+#: submit takes (ops/options.py), and a saved template's name with its rows.
+OPTIONS = names(http=True) + ("template", "values")
 #: Where problems of a JSON body say they are.
 JSON_SOURCE = "request body"
 SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".json": "yaml", ".csv": "csv"}
@@ -204,9 +206,10 @@ def store(db: Store, form: Form, user: str, key: str | None, policy: netpolicy.P
     channels = parse_channels(form.notify)
     netpolicy.check_channels(channels, policy)
     start = settings.parse_when(form.not_before, utcnow()) if form.not_before else None
-    done = jobs.submit(db, parsed, user, name=form.name, idempotency_key=key, notify=channels, priority=priority,
-                       not_before=start, notify_policy=policy.to_record(),
-                       limits=None if limits is None else limits.quota())  # the store checks: one atomic step
+    options = JobOptions(name=form.name, priority=priority, notify=channels, not_before=start)
+    done = jobs.submit(db, parsed, user, idempotency_key=key, notify_policy=policy.to_record(),
+                       limits=None if limits is None else limits.quota(),  # the store checks: one atomic step
+                       **options.submit_args())
     bulk, created = done.jobs[0]
     message = ("Bulk generation queued" if created else
                f"Idempotency-Key {key!r} was used before: bulk job {bulk.id} exists; nothing new stored")
@@ -244,8 +247,8 @@ def add_schedule(db: Store, body: bytes, user: str, policy: netpolicy.Policy,
     else:
         validate(form)
     source = sources.record(source_of(form))
-    options = {"name": form.name, "mode": None, "priority": priority.value, "notify": channels,
-               "notify_policy": policy.to_record(), "limited": limits is not None}  # schedules.quota_of
+    options = JobOptions(name=form.name, priority=priority, notify=channels).record() | {
+        "notify_policy": policy.to_record(), "limited": limits is not None}  # schedules.permission, quota_of
     return schedules.document(schedules.add(db, user, own["schedule"], own["cron"], own["zone"], source, options,
                                             limited=limits is not None,
                                             max_count=0 if limits is None else limits.max_schedules))
