@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, Optional, Sequence, TypeVar
 
 import typer
 
@@ -47,6 +47,8 @@ class InputFormat(str, Enum):
 ModeOpt = Annotated[Optional[str], typer.Option("--mode", metavar="MODE", help="topic, keywords, trends or spin, when "
                     "the file names none. [default: topic]", show_default=False)]
 
+
+T = TypeVar("T")
 
 ANSI = {"red": "31", "yellow": "33", "dim": "2"}
 
@@ -111,3 +113,15 @@ def render_json(doc: object) -> None:
     from bulkgen_cli.cli.render import print_json
 
     print_json(doc)
+
+
+def listed(found: Sequence[T], json_: bool, document: Callable[[T], object], empty: str) -> bool:
+    """A list command's first say: with --json every record's document, with none found `empty`; True when that
+    was all (else the caller prints its table)."""
+    if json_:
+        render_json([document(record) for record in found])
+        return True
+    if not found:
+        note(empty)
+        return True
+    return False

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from bulkgen_cli.cli.common import (
-    EXIT_CODES, AllUsersOpt, InputFormat, JsonOpt, ModeOpt, StoreOpt, UserOpt, note, open_db, open_or_create, ratio,
-    render_json,
+    EXIT_CODES, AllUsersOpt, InputFormat, JsonOpt, ModeOpt, StoreOpt, UserOpt, listed, note, open_db, open_or_create,
+    ratio, render_json,
 )
 from bulkgen_cli.core.model import DEFAULT_QUALITY_RATIO, Priority, QualityPolicy
 
@@ -127,11 +127,8 @@ def list_(store: StoreOpt = None, user: UserOpt = None, all_users: AllUsersOpt =
 
     with open_db(store, "read") as db:
         found = schedules.list_for(db, settings.user(user), all_users)
-    if json_:
-        render_json([schedules.document(s) for s in found])
-        return
-    if not found:
-        note("No schedules yet: `bulkgen schedule add NAME --cron \"0 6 * * MON\" FILE` adds one.")
+    if listed(found, json_, schedules.document,
+              "No schedules yet: `bulkgen schedule add NAME --cron \"0 6 * * MON\" FILE` adds one."):
         return
     columns, rows = _table(found, all_users)
     from bulkgen_cli.cli import render

@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from bulkgen_cli.cli.common import EXIT_CODES, JsonOpt, StoreOpt, UserOpt, note, open_db, open_or_create, render_json
+from bulkgen_cli.cli.common import (
+    EXIT_CODES, JsonOpt, StoreOpt, UserOpt, listed, note, open_db, open_or_create, render_json,
+)
 
 if TYPE_CHECKING:
     from bulkgen_cli.input.manifest import Manifest
@@ -89,11 +91,7 @@ def list_(store: StoreOpt = None, user: UserOpt = None, json_: JsonOpt = False) 
 
     with open_db(store, "read") as db:
         saved = templates.list_saved(db, settings.user(user))
-    if json_:
-        render_json([template_dict(t) for t in saved])
-        return
-    if not saved:
-        note("No saved templates yet: `bulkgen template save NAME FILE` keeps one.")
+    if listed(saved, json_, template_dict, "No saved templates yet: `bulkgen template save NAME FILE` keeps one."):
         return
     rows = [[t.name, t.mode or "-", ", ".join("{" + p + "}" for p in t.placeholders), render.when(t.updated_at),
              t.source] for t in saved]

@@ -251,10 +251,14 @@ def declared(default: Any = MISSING, *, document: str | None = EVERY_DOCUMENT, s
     Its JSON name is the field's name; its JSON type and whether it may be null come from its annotation
     (a time is an ISO string, `iso`). A stored field is a column of the SQLite table (tests/test_fields.py).
     """
-    meta = {"document": document, "stored": stored}
+    return field_with(default, factory, {"document": document, "stored": stored})
+
+
+def field_with(default: Any, factory: Callable[[], Any] | None, metadata: dict[str, Any]) -> Any:
+    """A dataclass field with its default (or `factory`) and what its record says of it (`metadata`)."""
     if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(kw_only=True)

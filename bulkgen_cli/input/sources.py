@@ -19,21 +19,20 @@ from bulkgen_cli.input.manifest import Manifest
 
 
 @dataclass(frozen=True)
-class Rows:
-    """The rows that fill a template, one article each: their text, its format ("yaml" or "csv"), its name."""
+class Text:
+    """A text read from somewhere: the text, its format ("yaml" or "csv"), and how problems name where it was."""
 
     text: str
     format: str
     file: str
 
 
-@dataclass(frozen=True)
-class ArticlesText:
-    """An articles file's text, its format ("yaml" or "csv"), and how problems name it."""
+class ArticlesText(Text):
+    """An articles file's text: a file, standard input, an upload or a JSON body."""
 
-    text: str
-    format: str
-    file: str
+
+class Rows(Text):
+    """The rows that fill a template, one article each."""
 
 
 @dataclass(frozen=True)

@@ -11,20 +11,18 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Callable
 
-from bulkgen_cli.core.model import DEFAULT_QUALITY_RATIO, Priority, QualityPolicy
+from bulkgen_cli.core.model import DEFAULT_QUALITY_RATIO, Priority, QualityPolicy, field_with
 
 
-def option(default: Any = None, *, http: bool, scheduled: bool = True, factory: Any = None) -> Any:
+def option(default: Any = None, *, http: bool, scheduled: bool = True,
+           factory: Callable[[], Any] | None = None) -> Any:
     """A job option: whether the HTTP submit takes it (a field of its JSON body and form) and whether a
     schedule keeps it for its runs."""
-    meta = {"http": http, "scheduled": scheduled}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
+    return field_with(default, factory, {"http": http, "scheduled": scheduled})
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from bulkgen_cli.ops import jobs
 from bulkgen_cli.core.errors import (
-    BulkgenError, InvalidTransition, NameTaken, NotFound, QuotaExceeded, StoreUnavailable, UsageError,
+    BulkgenError, InvalidTransition, NameTaken, NotFound, QuotaExceeded, StoreUnavailable, UsageError, none_named,
 )
 from bulkgen_cli.core.events import ScheduleFired, Waiting
 from bulkgen_cli.core.model import Occurrence, OccurrenceState, SavedTemplate, Schedule, ScheduleStatus, new_id, utcnow
@@ -329,8 +329,7 @@ def add(store: Store, user: str, name: str, cron: str, zone: str, source: dict[s
 def get(store: Store, user: str, name: str) -> Schedule:
     schedule = store.get_schedule(user, name)
     if schedule is None:
-        raise NotFound(f"no schedule {quoted(name)} for this user", cli=" (see `bulkgen schedule list`).",
-                       http=" (GET /api/schedules lists yours).")
+        raise none_named("schedule", name)
     return schedule
 
 
