@@ -214,13 +214,19 @@ def submit(
                            **options.submit_args())
         _report_submitted(done, source, start, wait, json_, quiet)
         if run_settings is not None:
-            finals = _process(db, run_settings, until_bulks=done.ids, store_flag=store, quiet=quiet)
-            if json_:
-                docs = [{"bulk_job_id": f.id, "total_items": f.total_items, "status": f.status,
-                         "completed_items": f.completed_items, "failed_items": f.failed_items,
-                         "cancelled_items": f.cancelled_items, "flagged_items": f.flagged_items} for f in finals]
-                render_json(docs if done.group is not None else docs[0])
-            raise typer.Exit(max(_ended_code(f) for f in finals))
+            _wait_for(db, done, run_settings, store, json_, quiet)
+
+
+def _wait_for(db: Store, done: Submitted, run_settings: RunSettings, store_flag: str | None, json_: bool,
+              quiet: bool) -> NoReturn:
+    """`submit --wait`: process the submitted jobs until they end, and exit as they ended."""
+    finals = _process(db, run_settings, until_bulks=done.ids, store_flag=store_flag, quiet=quiet)
+    if json_:
+        docs = [{"bulk_job_id": f.id, "total_items": f.total_items, "status": f.status,
+                 "completed_items": f.completed_items, "failed_items": f.failed_items,
+                 "cancelled_items": f.cancelled_items, "flagged_items": f.flagged_items} for f in finals]
+        render_json(docs if done.group is not None else docs[0])
+    raise typer.Exit(max(_ended_code(f) for f in finals))
 
 
 def _report_submitted(done: Submitted, source: str, start: dt.datetime | None, wait: bool, json_: bool,
