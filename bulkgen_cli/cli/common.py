@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Annotated, Optional
+from enum import Enum
+from typing import TYPE_CHECKING, Annotated, Callable, Optional, Sequence, TypeVar
 
 import typer
 
@@ -32,6 +33,22 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Say nothing per item: only errors and the final "
                                         "line.")]
 
+
+class InputFormat(str, Enum):
+    """--format of `submit` and `schedule add`: an articles file's (or a template's rows') format."""
+
+    yaml = "yaml"
+    csv = "csv"
+
+
+# The job options (ops/options.py, `JobOptions`) as `submit` and `schedule add` take them; where the two word
+# a help differently (a schedule's says "each job"), each command declares its own alias, and
+# tests/test_fields.py checks that both take every option.
+ModeOpt = Annotated[Optional[str], typer.Option("--mode", metavar="MODE", help="topic, keywords, trends or spin, when "
+                    "the file names none. [default: topic]", show_default=False)]
+
+
+T = TypeVar("T")
 
 ANSI = {"red": "31", "yellow": "33", "dim": "2"}
 
@@ -96,3 +113,15 @@ def render_json(doc: object) -> None:
     from bulkgen_cli.cli.render import print_json
 
     print_json(doc)
+
+
+def listed(found: Sequence[T], json_: bool, document: Callable[[T], object], empty: str) -> bool:
+    """A list command's first say: with --json every record's document, with none found `empty`; True when that
+    was all (else the caller prints its table)."""
+    if json_:
+        render_json([document(record) for record in found])
+        return True
+    if not found:
+        note(empty)
+        return True
+    return False

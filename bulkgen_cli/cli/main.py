@@ -16,8 +16,8 @@ from bulkgen_cli.core.errors import BulkgenError, ManifestError, NotFound, Probl
 from bulkgen_cli.cli.interrupts import exit_on_signals
 from bulkgen_cli.core.model import DEFAULT_QUALITY_RATIO, BulkJob, BulkStatus, Item, Priority, QualityPolicy
 from bulkgen_cli.cli.common import (  # noqa: F401
-    EXIT_CODES, AllUsersOpt, JsonOpt, QuietOpt, StoreOpt, UserOpt, note, open_db, paint, quiet_note, ratio,
-    render_json,
+    EXIT_CODES, AllUsersOpt, InputFormat, JsonOpt, ModeOpt, QuietOpt, StoreOpt, UserOpt, note, open_db, paint,
+    quiet_note, ratio, render_json,
 )
 from bulkgen_cli.core.settings import DEFAULTS
 
@@ -117,11 +117,6 @@ def run_options(command: Callable[..., None]) -> Callable[..., None]:
 # -- submit's own options --------------------------------------------------------------
 
 
-class InputFormat(str, Enum):
-    yaml = "yaml"
-    csv = "csv"
-
-
 FileArg = Annotated[Optional[Path], typer.Argument(metavar="FILE", help="Articles file: .yaml/.yml/.json or .csv; - "
                                          "reads standard input (YAML, or CSV with --format csv). With --values: a "
                                          "template (.yaml/.yml/.json).", show_default=False)]
@@ -133,8 +128,6 @@ TemplateOpt = Annotated[Optional[str], typer.Option("--template", metavar="NAME"
 ValuesOpt = Annotated[Optional[Path], typer.Option("--values", metavar="ROWS", help="Rows that fill the template "
                       "(FILE or --template), one article per row: CSV with a header, or a YAML/JSON list of "
                       "mappings; - reads standard input.", show_default=False)]
-ModeOpt = Annotated[Optional[str], typer.Option("--mode", metavar="MODE", help="topic, keywords, trends or spin, when "
-                    "the file names none. [default: topic]", show_default=False)]
 NameOpt = Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="Name of the bulk job. [default: the "
                     "file's name: or its file name]", show_default=False)]
 KeyOpt = Annotated[Optional[str], typer.Option("--idempotency-key", metavar="KEY", help="Submitting again with the "
@@ -204,6 +197,7 @@ def submit(
     Example: id=$(bulkgen submit examples/articles.yaml) && bulkgen status "$id"
     """
     from bulkgen_cli.ops import jobs
+    from bulkgen_cli.ops.options import JobOptions
     from bulkgen_cli.core import settings
     from bulkgen_cli.cli.templates import submission
     from bulkgen_cli.core.model import utcnow
@@ -212,20 +206,27 @@ def submit(
                                 split=split, store=store, user=user)
     channels = settings.notify_channels(notify)
     start = settings.parse_when(not_before, utcnow()) if not_before else None
+    options = JobOptions(name=name, mode=mode, priority=priority, notify=channels, quality=quality,
+                         quality_ratio=quality_ratio, not_before=start)
     run_settings = settings.RunSettings.resolve(**(run_flags or {})) if wait else None  # type: ignore[arg-type]
     with open_db(store, "create") as db:
-        done = jobs.submit(db, parsed, settings.user(user), name=name, idempotency_key=idempotency_key,
-                           notify=channels, priority=priority, not_before=start, split=split,
-                           quality=quality, quality_ratio=quality_ratio)
+        done = jobs.submit(db, parsed, settings.user(user), idempotency_key=idempotency_key, split=split,
+                           **options.submit_args())
         _report_submitted(done, source, start, wait, json_, quiet)
         if run_settings is not None:
-            finals = _process(db, run_settings, until_bulks=done.ids, store_flag=store, quiet=quiet)
-            if json_:
-                docs = [{"bulk_job_id": f.id, "total_items": f.total_items, "status": f.status,
-                         "completed_items": f.completed_items, "failed_items": f.failed_items,
-                         "cancelled_items": f.cancelled_items, "flagged_items": f.flagged_items} for f in finals]
-                render_json(docs if done.group is not None else docs[0])
-            raise typer.Exit(max(_ended_code(f) for f in finals))
+            _wait_for(db, done, run_settings, store, json_, quiet)
+
+
+def _wait_for(db: Store, done: Submitted, run_settings: RunSettings, store_flag: str | None, json_: bool,
+              quiet: bool) -> NoReturn:
+    """`submit --wait`: process the submitted jobs until they end, and exit as they ended."""
+    finals = _process(db, run_settings, until_bulks=done.ids, store_flag=store_flag, quiet=quiet)
+    if json_:
+        docs = [{"bulk_job_id": f.id, "total_items": f.total_items, "status": f.status,
+                 "completed_items": f.completed_items, "failed_items": f.failed_items,
+                 "cancelled_items": f.cancelled_items, "flagged_items": f.flagged_items} for f in finals]
+        render_json(docs if done.group is not None else docs[0])
+    raise typer.Exit(max(_ended_code(f) for f in finals))
 
 
 def _report_submitted(done: Submitted, source: str, start: dt.datetime | None, wait: bool, json_: bool,

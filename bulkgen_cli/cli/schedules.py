@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from bulkgen_cli.cli.common import (
-    EXIT_CODES, AllUsersOpt, JsonOpt, StoreOpt, UserOpt, note, open_db, open_or_create, ratio, render_json,
+    EXIT_CODES, AllUsersOpt, InputFormat, JsonOpt, ModeOpt, StoreOpt, UserOpt, listed, note, open_db, open_or_create,
+    ratio, render_json,
 )
 from bulkgen_cli.core.model import DEFAULT_QUALITY_RATIO, Priority, QualityPolicy
 
@@ -25,11 +25,6 @@ schedule_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
 )
-
-
-class InputFormat(str, Enum):
-    yaml = "yaml"
-    csv = "csv"
 
 
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="The schedule's name (yours; lowercase letters, digits, - _).",
@@ -54,8 +49,6 @@ JobNameOpt = Annotated[Optional[str], typer.Option("--name", "--job-name", metav
                        "`submit --name`, before the schedule's name and the run's time (--job-name is the same). "
                        "[default: the file's name: or its file name]",
                        show_default=False)]
-ModeOpt = Annotated[Optional[str], typer.Option("--mode", metavar="MODE", help="topic, keywords, trends or spin, when "
-                    "the file names none. [default: topic]", show_default=False)]
 FormatOpt = Annotated[Optional[InputFormat], typer.Option("--format", help="The articles file's (or, with a "
                       "template, the rows') format, when its name does not say.", show_default=False)]
 PriorityOpt = Annotated[Priority, typer.Option("--priority", help="Each job's priority (urgent goes ahead of every "
@@ -95,6 +88,7 @@ def add(
     (exit 2). Example: bulkgen schedule add weekly --cron "0 6 * * MON" --zone Europe/Berlin examples/articles.yaml
     """
     from bulkgen_cli.ops import schedules
+    from bulkgen_cli.ops.options import JobOptions
     from bulkgen_cli.core import settings
     from bulkgen_cli.input import templates
 
@@ -109,10 +103,10 @@ def add(
 
     source = schedules.source_of(None if file is None else str(file), template, None if values is None else str(values),
                                  format_.value if format_ else None, mode, saved)
-    options = {"name": job_name, "mode": mode, "priority": priority.value, "notify": settings.notify_channels(notify),
-               "quality": quality.value, "quality_ratio": quality_ratio}
+    options = JobOptions(name=job_name, mode=mode, priority=priority, notify=settings.notify_channels(notify),
+                         quality=quality, quality_ratio=quality_ratio)
     with open_or_create(store) as db:
-        added = schedules.add(db, me, name, cron, zone, source, options)
+        added = schedules.add(db, me, name, cron, zone, source, options.record())
     if json_:
         render_json(schedules.document(added))
         return
@@ -133,11 +127,8 @@ def list_(store: StoreOpt = None, user: UserOpt = None, all_users: AllUsersOpt =
 
     with open_db(store, "read") as db:
         found = schedules.list_for(db, settings.user(user), all_users)
-    if json_:
-        render_json([schedules.document(s) for s in found])
-        return
-    if not found:
-        note("No schedules yet: `bulkgen schedule add NAME --cron \"0 6 * * MON\" FILE` adds one.")
+    if listed(found, json_, schedules.document,
+              "No schedules yet: `bulkgen schedule add NAME --cron \"0 6 * * MON\" FILE` adds one."):
         return
     columns, rows = _table(found, all_users)
     from bulkgen_cli.cli import render
@@ -173,7 +164,7 @@ def _table(found: list[Schedule], all_users: bool) -> tuple[list[tuple[str, int 
 def _next_run(schedule: Schedule) -> str:
     """The next run in the schedule's own zone, and how far off it is."""
     from bulkgen_cli.core.model import ScheduleStatus, utcnow
-    from bulkgen_cli.ops.schedules import local_time
+    from bulkgen_cli.core.zones import local_time
     from bulkgen_cli.core.text import duration
 
     if schedule.status != ScheduleStatus.active.value or schedule.next_at is None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from bulkgen_cli.cli.common import EXIT_CODES, JsonOpt, StoreOpt, note, open_db, render_json
+from bulkgen_cli.cli.common import listed
 
 if TYPE_CHECKING:
     from bulkgen_cli.core.model import ApiToken
@@ -267,11 +268,7 @@ def token_list(
 
     with open_db(store, "read") as db:
         found = db.list_tokens(user)
-    if json_:
-        render_json([_token_doc(t) for t in found])
-        return
-    if not found:
-        note("No API tokens yet: `bulkgen token create --user NAME` makes one.")
+    if listed(found, json_, _token_doc, "No API tokens yet: `bulkgen token create --user NAME` makes one."):
         return
     rows = [[t.id, t.userId, "admin" if t.admin else "", t.email or "", render.when(t.created_at),
              "revoked " + render.when(t.revoked_at) if t.revoked_at else "live"] for t in found]

@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from bulkgen_cli.cli.common import EXIT_CODES, JsonOpt, StoreOpt, UserOpt, note, open_db, open_or_create, render_json
+from bulkgen_cli.cli.common import (
+    EXIT_CODES, JsonOpt, StoreOpt, UserOpt, listed, note, open_db, open_or_create, render_json,
+)
 
 if TYPE_CHECKING:
     from bulkgen_cli.input.manifest import Manifest
@@ -89,11 +91,7 @@ def list_(store: StoreOpt = None, user: UserOpt = None, json_: JsonOpt = False) 
 
     with open_db(store, "read") as db:
         saved = templates.list_saved(db, settings.user(user))
-    if json_:
-        render_json([template_dict(t) for t in saved])
-        return
-    if not saved:
-        note("No saved templates yet: `bulkgen template save NAME FILE` keeps one.")
+    if listed(saved, json_, template_dict, "No saved templates yet: `bulkgen template save NAME FILE` keeps one."):
         return
     rows = [[t.name, t.mode or "-", ", ".join("{" + p + "}" for p in t.placeholders), render.when(t.updated_at),
              t.source] for t in saved]
@@ -152,26 +150,15 @@ def register(root: typer.Typer) -> None:
 def submission(file: Path | None, template: str | None, values: Path | None, *, fmt: str | None,
                mode: str | None, split: bool, store: str | None, user: str | None) -> tuple[Manifest, str]:
     """What `submit` validates: an articles FILE, a template FILE with --values, or --template NAME with
-    --values; and how to name where it came from. Every refusal is one sentence (exit 2)."""
-    from bulkgen_cli.input import manifest, templates
+    --values (input/sources.py); and how to name where it came from. Every refusal is one sentence (exit 2)."""
     from bulkgen_cli.core import settings
+    from bulkgen_cli.input import sources, templates
 
-    templates.check_inputs(None if file is None else str(file), template, None if values is None else str(values))
-    if values is None:
-        assert file is not None
-        return manifest.load(file, mode, split=split, fmt=fmt), templates.display(file)
-    values_format = templates.values_format(values, fmt)
-    rows = templates.read_file(values, "the values file")
-    source = templates.display(values)
-    if template is not None:
+    source = sources.read(None if file is None else str(file), template, None if values is None else str(values),
+                          fmt, mode)
+
+    def saved(name: str) -> SavedTemplate:
         with open_db(store, "read") as db:
-            saved = templates.load_saved(db, settings.user(user), template)
-        parsed = templates.expand_saved(saved, rows, values_format, values_source=source, mode=mode, split=split)
-        return parsed, f"template {template} with {source}"
-    assert file is not None
-    templates.template_file(file)
-    text = templates.read_file(file, templates.OF_TEMPLATE)
-    parsed = templates.expand(text, rows, values_format, template_source=templates.display(file),
-                              values_source=source, mode=mode, split=split,
-                              default_name="standard input" if str(file) == "-" else file.stem)
-    return parsed, f"{templates.display(file)} with {source}"
+            return templates.load_saved(db, settings.user(user), name)
+
+    return sources.manifest_of(source, saved, mode=mode, split=split), sources.describe(source)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bulkgen_cli.core.text import quoted
+
 MIB = 1024 * 1024
 
 
@@ -81,6 +83,12 @@ class NotFound(BulkgenError):
     """No bulk job with that id is visible to this user."""
 
     exit_code = 3
+
+
+def none_named(kind: str, name: str) -> NotFound:
+    """No `kind` (template, schedule) of that name is the user's: where to list theirs, on the CLI and over HTTP."""
+    return NotFound(f"no {kind} {quoted(name)} for this user", cli=f" (see `bulkgen {kind} list`).",
+                    http=f" (GET /api/{kind}s lists yours).")
 
 
 class InvalidTransition(BulkgenError):

@@ -9,9 +9,9 @@ import datetime as dt
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Callable
 
 
 class BulkStatus(str, Enum):
@@ -232,45 +232,75 @@ def new_item_id() -> str:
     return os.urandom(12).hex()
 
 
-@dataclass
+# -- one declaration per field (design.md, "One declaration per field") ----------------------------------
+
+#: Where a field of a `BulkJob` or an `Item` shows in the JSON documents (ops/documents.py), and so in the
+#: server's response models (server/schemas.py, checked against these by tests/test_fields.py):
+#: every document of the record (`status --json`, `list --json`, the HTTP answers)
+EVERY_DOCUMENT = "every"
+#: only the whole record's document: a job's in `status --json` (not `list`), an item's in `show --json`
+FULL_DOCUMENT = "full"
+#: in no document (kept for the store and the processor)
+NO_DOCUMENT = None
+
+
+def declared(default: Any = MISSING, *, document: str | None = EVERY_DOCUMENT, stored: bool = True,
+             factory: Callable[[], Any] | None = None) -> Any:
+    """A record's field, declared once: its default, which JSON documents show it, whether the store keeps it.
+
+    Its JSON name is the field's name; its JSON type and whether it may be null come from its annotation
+    (a time is an ISO string, `iso`). A stored field is a column of the SQLite table (tests/test_fields.py).
+    """
+    return field_with(default, factory, {"document": document, "stored": stored})
+
+
+def field_with(default: Any, factory: Callable[[], Any] | None, metadata: dict[str, Any]) -> Any:
+    """A dataclass field with its default (or `factory`) and what its record says of it (`metadata`)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(kw_only=True)
 class BulkJob:
-    id: str
-    userId: str
-    mode: str
-    name: str
-    status: str
-    total_items: int
-    completed_items: int = 0
-    failed_items: int = 0
-    cancelled_items: int = 0
-    created_at: dt.datetime | None = None
-    started_at: dt.datetime | None = None
-    completed_at: dt.datetime | None = None
-    estimated_completion: dt.datetime | None = None
-    error_summary: list[str] = field(default_factory=list)
-    notify: list[str] = field(default_factory=list)
-    notified_at: dt.datetime | None = None
-    idempotency_key: str | None = None
-    #: the notification outbox of the job's latest end (see `new_outbox`)
-    outbox: dict[str, Any] | None = None
-    priority: str = Priority.normal.value
+    # the JSON document's order is the declaration's
+    id: str = declared()
+    name: str = declared()
+    mode: str = declared()
+    status: str = declared()
+    userId: str = declared()
+    total_items: int = declared()
+    completed_items: int = declared(0)
+    failed_items: int = declared(0)
+    cancelled_items: int = declared(0)
+    created_at: dt.datetime | None = declared(None)
+    started_at: dt.datetime | None = declared(None)
+    completed_at: dt.datetime | None = declared(None)
+    estimated_completion: dt.datetime | None = declared(None)
+    error_summary: list[str] = declared(factory=list)
+    priority: str = declared(Priority.normal.value)
     #: nothing of it is claimed before this time
-    not_before: dt.datetime | None = None
+    not_before: dt.datetime | None = declared(None)
     #: links the parts of one file submitted with --split
-    group_id: str | None = None
+    group_id: str | None = declared(None)
     #: the quality gate's policy (`QualityPolicy`) and its words ratio, chosen at submit
-    quality: str = QualityPolicy.warn.value
-    quality_ratio: float = DEFAULT_QUALITY_RATIO
+    quality: str = declared(QualityPolicy.warn.value)
+    quality_ratio: float = declared(DEFAULT_QUALITY_RATIO)
     #: derived like the counters: completed items the gate flagged, and one line per flagged item
-    flagged_items: int = 0
-    quality_summary: list[str] = field(default_factory=list)
+    flagged_items: int = declared(0)
     #: derived like the counters: failed items whose article the gate turned down (`turned_down`)
-    turned_down_items: int = 0
+    turned_down_items: int = declared(0)
+    quality_summary: list[str] = declared(factory=list)
+    notified_at: dt.datetime | None = declared(None, document=FULL_DOCUMENT)
+    notify: list[str] = declared(document=NO_DOCUMENT, factory=list)
+    idempotency_key: str | None = declared(None, document=NO_DOCUMENT)
+    #: the notification outbox of the job's latest end (see `new_outbox`); shown as `notifications`
+    outbox: dict[str, Any] | None = declared(None, document=NO_DOCUMENT)
     #: a job submitted over HTTP: where its notifications may go (netpolicy.Policy.to_record); None: anywhere
-    notify_policy: dict[str, Any] | None = None
+    notify_policy: dict[str, Any] | None = declared(None, document=NO_DOCUMENT)
     #: the bytes its articles take as stored (manifest.stored_size), recorded at submit: what the stored-bytes
     #: quota sums (design.md, "Quotas")
-    stored_bytes: int = 0
+    stored_bytes: int = declared(0, document=NO_DOCUMENT)
 
     @property
     def pending(self) -> int:
@@ -284,30 +314,32 @@ class BulkJob:
         return int((self.total_items - self.pending) * 100 // self.total_items)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Item:
-    id: str
-    bulk_job_id: str
-    userId: str
-    mode: str
-    article: dict[str, Any]
-    status: str
-    queue_position: int
-    retry_count: int = 0
-    attempts: int = 0
-    error: str | None = None
-    result: dict[str, Any] | None = None
-    created_at: dt.datetime | None = None
-    started_at: dt.datetime | None = None
-    completed_at: dt.datetime | None = None
-    lease_owner: str | None = None
-    lease_expires_at: dt.datetime | None = None
-    #: the fencing token of the claim that holds (or last held) it; grows with every claim
-    fence: int | None = None
+    # the JSON document's order is the declaration's (the article's main field and `item_id` are added)
+    id: str = declared()
+    queue_position: int = declared()
+    status: str = declared()
+    retry_count: int = declared(0)
+    attempts: int = declared(0)
+    error: str | None = declared(None)
     #: the quality gate's verdict on its article (`quality.Verdict.to_dict`), None until one was checked
-    verdict: dict[str, Any] | None = None
+    verdict: dict[str, Any] | None = declared(None)
+    bulk_job_id: str = declared(document=FULL_DOCUMENT)
+    userId: str = declared(document=FULL_DOCUMENT)
+    mode: str = declared(document=FULL_DOCUMENT)
+    article: dict[str, Any] = declared(document=FULL_DOCUMENT)
+    created_at: dt.datetime | None = declared(None, document=FULL_DOCUMENT)
+    started_at: dt.datetime | None = declared(None, document=FULL_DOCUMENT)
+    completed_at: dt.datetime | None = declared(None, document=FULL_DOCUMENT)
+    #: the service's answer: `show --json` gives its text and timings, not the record itself
+    result: dict[str, Any] | None = declared(None, document=NO_DOCUMENT)
+    lease_owner: str | None = declared(None, document=NO_DOCUMENT)
+    lease_expires_at: dt.datetime | None = declared(None, document=NO_DOCUMENT)
+    #: the fencing token of the claim that holds (or last held) it; grows with every claim
+    fence: int | None = declared(None, document=NO_DOCUMENT)
     #: when the current try's request was sent; None while it is not (a try is charged only once sent)
-    sent_at: dt.datetime | None = None
+    sent_at: dt.datetime | None = declared(None, document=NO_DOCUMENT)
 
     @property
     def label(self) -> str:

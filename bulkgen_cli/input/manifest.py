@@ -197,6 +197,14 @@ def load(path: str | Path, mode: str | None = None, split: bool = False, fmt: st
     return _parse(text, suffix, flag_mode, split, problems, "standard input" if stdin else path.stem)
 
 
+def check_mode(mode: str | None, source: str) -> None:
+    """ManifestError naming `source` when --mode names no mode: said before the file is read, as `load` says it."""
+    problems = _Problems(source)
+    if mode is not None:
+        _parse_mode(mode, problems, "--mode")
+    problems.raise_if_any()
+
+
 def read_source(path: str | Path, fmt: str | None = None) -> tuple[str, str]:
     """An articles file's text and its format ("yaml" or "csv"), checked as `load` reads it (size, UTF-8).
 

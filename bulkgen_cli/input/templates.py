@@ -26,7 +26,7 @@ from typing import Any, Iterator
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from bulkgen_cli.input import manifest
-from bulkgen_cli.core.errors import ManifestError, NameTaken, NotFound, Problem, UsageError
+from bulkgen_cli.core.errors import ManifestError, NameTaken, Problem, UsageError, none_named
 from bulkgen_cli.input.manifest import MAX_PROBLEMS, STDIN, FieldValue, Manifest
 from bulkgen_cli.core.model import (
     ITEMS_RANGE, MAX_SPLIT_ITEMS, REQUIRED_FIELD, Mode, SavedTemplate, SaveOutcome, utcnow,
@@ -724,8 +724,7 @@ def load_saved(store: Store, user: str, name: str) -> SavedTemplate:
     """`user`'s saved template `name`; NotFound (exit 3) when there is none (another user's is never found)."""
     saved = store.get_template(user, name)
     if saved is None:
-        raise NotFound(f"no template {quoted(name)} for this user", cli=" (see `bulkgen template list`).",
-                       http=" (GET /api/templates lists yours).")
+        raise none_named("template", name)
     return saved
 
 
@@ -737,8 +736,7 @@ def list_saved(store: Store, user: str) -> list[SavedTemplate]:
 def remove(store: Store, user: str, name: str) -> None:
     """Delete `user`'s saved template `name`; NotFound (exit 3) when there is none."""
     if not store.remove_template(user, name):
-        raise NotFound(f"no template {quoted(name)} for this user", cli=" (see `bulkgen template list`).",
-                       http=" (GET /api/templates lists yours).")
+        raise none_named("template", name)
 
 
 def expand_saved(saved: SavedTemplate, values_text: str, values_format: str, *, values_source: str,

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from enum import Enum
 
 from bulkgen_cli.core.errors import InvalidTransition, NotFound
-from bulkgen_cli.core.model import BULK_TRANSITIONS, BulkJob, BulkStatus, outbox_open, utcnow
+from bulkgen_cli.core.model import BULK_TRANSITIONS, BulkJob, BulkStatus, utcnow
+from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import Store
 from bulkgen_cli.core.text import quoted
 
@@ -101,7 +102,7 @@ def _do(store: Store, action: Action, bulk: BulkJob, status: BulkStatus, now: dt
         store.refresh_counters(bulk.id, now)
         return changed, changed
     # retry-failed
-    if outbox_open(bulk.outbox):
+    if not rules.retry_failed_allowed(bulk.status, bulk.outbox):
         raise _notification_open(bulk.id)
     requeued = store.retry_failed(bulk.id, now)
     if requeued:
@@ -109,7 +110,7 @@ def _do(store: Store, action: Action, bulk: BulkJob, status: BulkStatus, now: dt
         return True, False
     current = store.get_bulk(bulk.id)
     if current is not None and current.status == BulkStatus.completed.value:
-        if outbox_open(current.outbox):  # another round ended meanwhile, its notification on its way
+        if not rules.retry_failed_allowed(current.status, current.outbox):  # another round ended meanwhile
             raise _notification_open(bulk.id)
         raise InvalidTransition(f"cannot retry-failed bulk job {bulk.id}: it has no failed items.")
     return False, False  # it left `completed` meanwhile: decide again

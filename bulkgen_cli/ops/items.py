@@ -16,7 +16,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable
 
 from bulkgen_cli.core.errors import InvalidTransition, NotFound, UsageError
-from bulkgen_cli.core.model import BulkJob, BulkStatus, Counts, Item, ItemStatus, iso, outbox_open, turned_down, utcnow
+from bulkgen_cli.core.model import BulkJob, BulkStatus, Counts, Item, ItemStatus, turned_down, utcnow
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import Store
 from bulkgen_cli.core.text import quoted, visible
@@ -161,7 +161,8 @@ def _refuse_if(action: ItemAction, item: Item, bulk: BulkJob, short: str) -> Non
         raise InvalidTransition(f"cannot {action.value} {where}: it is {item.status}; {REFUSED[action]}.")
     if action is ItemAction.retry and bulk.status == BulkStatus.cancelled.value:
         raise InvalidTransition(f"cannot retry {where}: its bulk job was cancelled, and cancel is final.")
-    if action is ItemAction.retry and bulk.status == BulkStatus.completed.value and outbox_open(bulk.outbox):
+    completed = bulk.status == BulkStatus.completed.value  # then an item waits for the end's notification too
+    if action is ItemAction.retry and completed and not rules.retry_failed_allowed(bulk.status, bulk.outbox):
         raise InvalidTransition(
             f"cannot retry {where} yet: the notification of its bulk job's last end is still being delivered "
             "(a processor retries it within about a minute; see `bulkgen status`)."
@@ -217,16 +218,12 @@ def verdict(item: Item) -> dict[str, Any] | None:
 def record(shown: Shown) -> dict[str, Any]:
     """The show record: the item as `status --json` has it, plus what `show` prints, and the text."""
     from bulkgen_cli.ops.export import front_matter
-    from bulkgen_cli.cli.render import item_dict
+    from bulkgen_cli.ops.documents import item_dict
 
     item, result = shown.item, shown.item.result or {}
-    doc = item_dict(item)
-    doc.update(
-        short_id=shown.short_id, bulk_job_id=item.bulk_job_id, bulk_job_name=shown.bulk.name, userId=item.userId,
-        mode=item.mode, article=item.article, created_at=iso(item.created_at), started_at=iso(item.started_at),
-        completed_at=iso(item.completed_at), request_seconds=result.get("seconds"),
-        waited_seconds=result.get("waited"), front_matter=front_matter(shown.bulk, item),
-    )
+    doc = item_dict(item, full=True)
+    doc.update(short_id=shown.short_id, bulk_job_name=shown.bulk.name, request_seconds=result.get("seconds"),
+               waited_seconds=result.get("waited"), front_matter=front_matter(shown.bulk, item))
     found = verdict(item)
     if found is not None:
         doc["verdict"] = found
@@ -237,7 +234,7 @@ def record(shown: Shown) -> dict[str, Any]:
 def facts(shown: Shown) -> list[tuple[str, str]]:
     """What `show` prints above the text, as (label, value) rows; values shown as they are (text.visible)."""
     from bulkgen_cli.ops.export import front_matter
-    from bulkgen_cli.cli.render import when
+    from bulkgen_cli.ops.documents import when
 
     item, result = shown.item, shown.item.result or {}
     rows = [("Item", f"{shown.short_id}  ({item.id})"),

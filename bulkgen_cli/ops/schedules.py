@@ -18,26 +18,23 @@ import datetime as dt
 import threading
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from bulkgen_cli.ops import jobs
 from bulkgen_cli.core.errors import (
-    BulkgenError, InvalidTransition, NameTaken, NotFound, QuotaExceeded, StoreUnavailable, UsageError,
+    BulkgenError, InvalidTransition, NameTaken, NotFound, QuotaExceeded, StoreUnavailable, UsageError, none_named,
 )
 from bulkgen_cli.core.events import ScheduleFired, Waiting
-from bulkgen_cli.core.model import (
-    DEFAULT_QUALITY_RATIO, Occurrence, OccurrenceState, Priority, QualityPolicy, SavedTemplate, Schedule,
-    ScheduleStatus, new_id, utcnow,
-)
+from bulkgen_cli.core.model import Occurrence, OccurrenceState, SavedTemplate, Schedule, ScheduleStatus, new_id, utcnow
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import Store
 from bulkgen_cli.store.rules import Quota
 from bulkgen_cli.core.text import quoted
+from bulkgen_cli.input import sources
+from bulkgen_cli.ops.options import JobOptions
+from bulkgen_cli.core.zones import local_time, zone_of  # noqa: F401  (zone_of: the CLI checks --zone with it)
 
 if TYPE_CHECKING:
-    from zoneinfo import ZoneInfo
-
     from bulkgen_cli.input.manifest import Manifest
 
 #: The five fields of a cron expression, in order, and what each accepts.
@@ -147,30 +144,6 @@ def check_interval(expr: str, cron: str, zone: str, now: dt.datetime) -> None:
                          "\"*/5 * * * *\" or slower.")
 
 
-def zone_of(name: str) -> ZoneInfo:
-    """The IANA time zone; UsageError with a suggestion when there is none of that name."""
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
-
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        pass
-    known = available_timezones()
-    if not known:
-        raise UsageError(f"--zone {quoted(name)}: this machine has no time zone data; `pip install tzdata` "
-                         "provides it.")
-    return ZoneInfo(_suggest_zone(name, known))
-
-
-def _suggest_zone(name: str, known: set[str]) -> str:
-    import difflib
-
-    by_case = {k.lower(): k for k in known}
-    close = by_case.get(name.lower()) or next(iter(difflib.get_close_matches(name, sorted(known), n=1)), None)
-    hint = f"; did you mean {close}?" if close else "; use an IANA name such as Europe/Berlin, America/New_York or UTC."
-    raise UsageError(f"--zone {quoted(name)} is not a known time zone{hint}")
-
-
 def occurrences(cron: str, zone: str, after: dt.datetime, reverse: bool = False) -> Iterator[dt.datetime]:
     """The cron's times in `zone`, as UTC, strictly after `after` (or before it, with `reverse`).
 
@@ -223,79 +196,41 @@ def due(schedule: Schedule, now: dt.datetime) -> Due | None:
     return Due(latest, list(seen)[-rules.SKIPPED_KEPT:], count - 1)
 
 
-def local_time(at: dt.datetime | None, zone: str) -> str | None:
-    """A time as the schedule's zone reads it: 2026-11-30 06:00 CET."""
-    return None if at is None else at.astimezone(zone_of(zone)).strftime("%Y-%m-%d %H:%M %Z")
-
-
 # -- what a schedule submits -------------------------------------------------------------------------------
 
 
 def file_source(path: str, fmt: str | None = None, mode: str | None = None) -> dict[str, Any]:
-    """An articles file read and validated exactly as `submit` would (ManifestError: nothing stored), as a source."""
-    from bulkgen_cli.input import manifest
-
-    text, kind = manifest.read_source(path, fmt)
-    source = "standard input" if path == manifest.STDIN else path
-    manifest.load_text(text, source, kind, mode)
-    return {"kind": "file", "text": text, "format": kind, "file": source}
+    """An articles file read and validated exactly as `submit` would (ManifestError: nothing stored), as stored."""
+    return source_of(path, None, None, fmt, mode)
 
 
 def source_of(file: str | None, template: str | None, values: str | None, fmt: str | None, mode: str | None,
-              saved: Callable[[str], SavedTemplate]) -> dict[str, Any]:
-    """What a schedule queues, checked as `submit` checks it: an articles FILE, a template FILE with --values
-    ROWS, or a saved --template NAME (`saved(NAME)` reads it) with --values ROWS. The texts are kept; of a saved
-    template only its name (each run reads it, so `template save --replace` reaches the later runs)."""
-    from bulkgen_cli.input import templates
-
-    templates.check_inputs(file, template, values)
-    if values is None:
-        assert file is not None
-        return file_source(file, fmt, mode)
-    rows = {"values_format": templates.values_format(values, fmt), "values_file": templates.display(values)}
-    rows["values_text"] = templates.read_file(values, "the values file")
-    if template is not None:
-        source = {"kind": "template", "template": template, **rows}
-        _expand(source, mode, saved(template))
-        return source
-    assert file is not None
-    templates.template_file(file)
-    source = {"kind": "template-file", "text": templates.read_file(file, templates.OF_TEMPLATE),
-              "file": templates.display(file), **rows}
-    _expand(source, mode)
-    return source
-
-
-def _expand(source: dict[str, Any], mode: str | None, saved: SavedTemplate | None = None) -> Manifest:
-    """A template source's rows made into articles (templates.expand), or its located problems."""
-    from bulkgen_cli.input import templates
-
-    values = (source["values_text"], source["values_format"])
-    if saved is not None:
-        return templates.expand_saved(saved, *values, values_source=source["values_file"], mode=mode)
-    stem = "standard input" if source["file"] == "standard input" else Path(source["file"]).stem
-    return templates.expand(source["text"], *values, template_source=source["file"],
-                            values_source=source["values_file"], mode=mode, default_name=stem)
+              saved: sources.SavedLookup | None = None) -> dict[str, Any]:
+    """What a schedule queues, checked as `submit` checks it (input/sources.py): an articles FILE, a template FILE
+    with --values ROWS, or a saved --template NAME (`saved(NAME)` reads it) with --values ROWS; as stored. The
+    texts are kept; of a saved template only its name (each run reads it, so `template save --replace` reaches
+    the later runs)."""
+    source = sources.read(file, template, values, fmt, mode)
+    sources.manifest_of(source, saved, mode=mode)
+    return sources.record(source)
 
 
 def manifest_of(store: Store, schedule: Schedule) -> Manifest:
     """The validated articles of one occurrence, from the stored texts (and the saved template as it is now)."""
-    from bulkgen_cli.input import manifest, templates
+    source = sources.from_record(schedule.source)
+    if source is None:
+        raise UsageError(f"schedule {quoted(schedule.name)} has a source of unknown kind "
+                         f"{quoted(schedule.source.get('kind'))}.")
 
-    source, mode = schedule.source, schedule.options.get("mode")
-    kind = source.get("kind")
-    if kind == "file":
-        return manifest.load_text(source["text"], source["file"], source["format"], mode)
-    if kind == "template":  # removed since: NotFound, and the run is recorded as failed
-        saved = store.get_template(schedule.userId, source["template"])
-        if saved is None:
-            raise NotFound(f"schedule {quoted(schedule.name)} uses template {quoted(source['template'])}, which "
-                           f"is gone: save it again (`bulkgen template save {source['template']} FILE`) or remove "
-                           f"the schedule (`bulkgen schedule remove {schedule.name}`).")
-        return _expand(source, mode, saved)
-    if kind == "template-file":
-        return _expand(source, mode)
-    raise UsageError(f"schedule {quoted(schedule.name)} has a source of unknown kind {quoted(kind)}.")
+    def saved(name: str) -> SavedTemplate:  # removed since: NotFound, and the run is recorded as failed
+        found = store.get_template(schedule.userId, name)
+        if found is None:
+            raise NotFound(f"schedule {quoted(schedule.name)} uses template {quoted(name)}, which is gone: save it "
+                           f"again (`bulkgen template save {name} FILE`) or remove the schedule (`bulkgen schedule "
+                           f"remove {schedule.name}`).")
+        return found
+
+    return sources.manifest_of(source, saved, mode=schedule.options.get("mode"))
 
 
 def job_name(schedule: Schedule, parsed: Manifest, at: dt.datetime) -> str:
@@ -361,14 +296,11 @@ def submit_for(store: Store, schedule: Schedule, at: dt.datetime, key: str | Non
     """Store the schedule's articles as one bulk job for its user (idempotent on `key`), its notifications
     following `notify_policy` (from `permission`), within its user's limits (`quota_of`: QuotaExceeded)."""
     parsed = manifest_of(store, schedule)
-    options = schedule.options
-    return jobs.submit(store, parsed, schedule.userId, name=job_name(schedule, parsed, at), idempotency_key=key,
-                       notify=list(options.get("notify") or []),
-                       priority=Priority(options.get("priority") or Priority.normal.value),
-                       quality=QualityPolicy(options.get("quality") or QualityPolicy.warn.value),
-                       quality_ratio=float(options.get("quality_ratio", DEFAULT_QUALITY_RATIO)),
-                       notify_policy=notify_policy,  # a schedule made over HTTP (netpolicy)
-                       limits=quota_of(store, schedule))
+    options = JobOptions.from_record(schedule.options)
+    return jobs.submit(store, parsed, schedule.userId, **options.submit_args() | {
+        "name": job_name(schedule, parsed, at), "idempotency_key": key,
+        "notify_policy": notify_policy,  # a schedule made over HTTP (netpolicy)
+        "limits": quota_of(store, schedule)})
 
 
 # -- the verbs -----------------------------------------------------------------------------------------------
@@ -397,8 +329,7 @@ def add(store: Store, user: str, name: str, cron: str, zone: str, source: dict[s
 def get(store: Store, user: str, name: str) -> Schedule:
     schedule = store.get_schedule(user, name)
     if schedule is None:
-        raise NotFound(f"no schedule {quoted(name)} for this user", cli=" (see `bulkgen schedule list`).",
-                       http=" (GET /api/schedules lists yours).")
+        raise none_named("schedule", name)
     return schedule
 
 

@@ -165,7 +165,7 @@ async def on_disconnect(request: Request, exc: Exception) -> Response:
 
 
 def _job_routes(app: FastAPI, access: StoreAccess) -> None:
-    from bulkgen_cli.cli.render import bulk_dict, status_document
+    from bulkgen_cli.ops.documents import bulk_dict, status_document
 
     @app.post("/api/bulk-generate", status_code=201, response_model=SubmitOut, tags=["bulk jobs"],
               responses={200: {"model": SubmitOut, "description": "Idempotency-Key used before: the job it made"},
@@ -212,7 +212,7 @@ def _control_routes(app: FastAPI, access: StoreAccess) -> None:
 
 
 def _control_route(app: FastAPI, access: StoreAccess, action: control.Action) -> None:
-    from bulkgen_cli.cli.render import bulk_dict, progress_dict
+    from bulkgen_cli.ops.documents import bulk_dict, progress_dict
 
     def act(bulk_id: BulkId, me: Me) -> Any:
         result = access.call(lambda s: jobs.apply(s, action, bulk_id, me.user, me.admin))
@@ -231,7 +231,7 @@ def _control_route(app: FastAPI, access: StoreAccess, action: control.Action) ->
 def _item_routes(app: FastAPI, access: StoreAccess) -> None:
     """One article (README, "Single articles"): the item with its text; retry and cancel one item."""
     from bulkgen_cli.ops import items
-    from bulkgen_cli.cli.render import bulk_dict, progress_dict
+    from bulkgen_cli.ops.documents import bulk_dict, progress_dict
 
     @app.get("/api/items/{item_ref}", response_model=ItemRecordOut, tags=["items"],
              response_model_exclude_unset=True, responses=responses(400, 401, 404, 422, 503))

@@ -89,7 +89,7 @@ class Event:
 
 def to_events(store: Store, changes: list[StateChange]) -> list[Event]:
     """Events for changes, each with its job's progress as read now."""
-    from bulkgen_cli.cli.render import progress_dict
+    from bulkgen_cli.ops.documents import progress_dict
 
     bulks = {bulk_id: store.get_bulk(bulk_id) for bulk_id in dict.fromkeys(c.bulk_job_id for c in changes)}
     events = []

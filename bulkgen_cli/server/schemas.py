@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class BulkJobOut(BaseModel):
-    """A bulk job as `status --json` shows it."""
+    """A bulk job as `status --json` shows it (its fields: model.BulkJob's, checked by tests/test_fields.py)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -32,6 +32,8 @@ class BulkJobOut(BaseModel):
     quality: Optional[str] = Field(None, description="the quality gate's policy: warn, fail or retry")
     quality_ratio: Optional[float] = None
     flagged_items: Optional[int] = None
+    turned_down_items: Optional[int] = Field(None, description="failed items whose article the quality gate "
+                                                                "turned down")
     quality_summary: Optional[list[str]] = None
     notified_at: Optional[str] = None
 
@@ -46,7 +48,9 @@ class ProgressOut(BaseModel):
 
 
 class ItemOut(BaseModel):
-    """One item as `status --json` shows it; the mode's main field (topic, keywords, trend, source_…) beside."""
+    """One item as `status --json` shows it; the mode's main field (topic, keywords, trend, source_…) beside.
+
+    Its fields: model.Item's, checked by tests/test_fields.py."""
 
     model_config = ConfigDict(extra="allow")
 

@@ -11,7 +11,8 @@ from typing import Any, Iterator
 from fastapi import Request
 
 from bulkgen_cli.ops import jobs
-from bulkgen_cli.input import manifest
+from bulkgen_cli.ops.options import JobOptions, names
+from bulkgen_cli.input import manifest, sources
 from bulkgen_cli.delivery import netpolicy
 from bulkgen_cli.core.errors import ManifestError, Problem, UsageError
 from bulkgen_cli.core.model import Priority, utcnow
@@ -20,8 +21,9 @@ from bulkgen_cli.server.problems import HttpProblem, too_large
 from bulkgen_cli.server.schemas import SubmitOut
 from bulkgen_cli.store.base import Store
 
-#: What a JSON body may hold beside the articles (the rest is the articles document).
-OPTIONS = ("name", "priority", "not_before", "notify", "template", "values")
+#: What a JSON body may hold beside the articles (the rest is the articles document): the job options the HTTP
+#: submit takes (ops/options.py), and a saved template's name with its rows.
+OPTIONS = names(http=True) + ("template", "values")
 #: Where problems of a JSON body say they are.
 JSON_SOURCE = "request body"
 SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".json": "yaml", ".csv": "csv"}
@@ -133,10 +135,17 @@ async def _from_upload(request: Request) -> Form:
 def validate(form: Form) -> manifest.Manifest:
     """The articles, checked by manifest.load_text exactly as `bulkgen submit` checks a file."""
     with _json_located(form):
-        parsed = manifest.load_text(_text(form), form.source, form.fmt)
+        parsed = sources.manifest_of(source_of(form))
     if form.source == JSON_SOURCE and parsed.name == Path(JSON_SOURCE).stem:  # the document names none
         parsed.name = "Untitled job"
     return parsed
+
+
+def source_of(form: Form) -> sources.Source:
+    """Where the form's articles come from (input/sources.py): its text, or a saved template's name with its rows."""
+    if form.template is None:
+        return sources.ArticlesText(_text(form), form.fmt, form.source)
+    return sources.SavedTemplateRows(form.template, sources.Rows(_text(form), form.fmt, form.source))
 
 
 def _text(form: Form) -> str:
@@ -154,7 +163,7 @@ def from_template(db: Store, form: Form, user: str) -> manifest.Manifest:
 
     saved = templates.load_saved(db, user, templates.check_name(form.template or ""))
     with _json_located(form):
-        return templates.expand_saved(saved, _text(form), form.fmt, values_source=form.source)
+        return sources.manifest_of(source_of(form), lambda _: saved)
 
 
 @contextmanager
@@ -197,9 +206,10 @@ def store(db: Store, form: Form, user: str, key: str | None, policy: netpolicy.P
     channels = parse_channels(form.notify)
     netpolicy.check_channels(channels, policy)
     start = settings.parse_when(form.not_before, utcnow()) if form.not_before else None
-    done = jobs.submit(db, parsed, user, name=form.name, idempotency_key=key, notify=channels, priority=priority,
-                       not_before=start, notify_policy=policy.to_record(),
-                       limits=None if limits is None else limits.quota())  # the store checks: one atomic step
+    options = JobOptions(name=form.name, priority=priority, notify=channels, not_before=start)
+    done = jobs.submit(db, parsed, user, idempotency_key=key, notify_policy=policy.to_record(),
+                       limits=None if limits is None else limits.quota(),  # the store checks: one atomic step
+                       **options.submit_args())
     bulk, created = done.jobs[0]
     message = ("Bulk generation queued" if created else
                f"Idempotency-Key {key!r} was used before: bulk job {bulk.id} exists; nothing new stored")
@@ -234,13 +244,11 @@ def add_schedule(db: Store, body: bytes, user: str, policy: netpolicy.Policy,
     netpolicy.check_channels(channels, policy)
     if form.template is not None:
         from_template(db, form, user)
-        source = {"kind": "template", "template": form.template, "values_format": form.fmt,
-                  "values_file": form.source, "values_text": _text(form)}
     else:
         validate(form)
-        source = {"kind": "file", "text": _text(form), "format": form.fmt, "file": form.source}
-    options = {"name": form.name, "mode": None, "priority": priority.value, "notify": channels,
-               "notify_policy": policy.to_record(), "limited": limits is not None}  # schedules.quota_of
+    source = sources.record(source_of(form))
+    options = JobOptions(name=form.name, priority=priority, notify=channels).record() | {
+        "notify_policy": policy.to_record(), "limited": limits is not None}  # schedules.permission, quota_of
     return schedules.document(schedules.add(db, user, own["schedule"], own["cron"], own["zone"], source, options,
                                             limited=limits is not None,
                                             max_count=0 if limits is None else limits.max_schedules))

@@ -451,7 +451,7 @@ def retry_item_allowed(bulk_status: str, outbox: dict[str, Any] | None) -> bool:
     """
     if bulk_status == BulkStatus.cancelled.value:
         return False
-    return not (bulk_status == RETRY_FROM.value and outbox_open(outbox))
+    return bulk_status != RETRY_FROM.value or retry_failed_allowed(bulk_status, outbox)
 
 
 def retry_undone(before: Mapping[str, Any]) -> Change:
