@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from bulkgen_cli.cli.common import EXIT_CODES, JsonOpt, StoreOpt, note, open_db, render_json
+from bulkgen_cli.core import settings
+from bulkgen_cli.delivery.notify import AtOnce
+from bulkgen_cli.ops import control
 
 if TYPE_CHECKING:
     from bulkgen_cli.store.repair import Finding
@@ -49,11 +52,10 @@ def doctor(fix: FixOpt = False, store: StoreOpt = None, json_: JsonOpt = False) 
 
 def _deliver(db: Any, findings: list[Finding]) -> None:
     """Every end a repair recorded is notified at once, as the processor that records an end does."""
-    from bulkgen_cli.ops import jobs
-
+    notifier = AtOnce(db, settings.smtp, settings.notify_retry_delays, _report_delivery)
     for finding in findings:
         if finding.counts is not None and finding.counts.ended_now:
-            jobs.notify_now(db, finding.bulk, on_delivery=_report_delivery)
+            control.notify_end(db, finding.bulk.id, notifier)
 
 
 def _report_delivery(delivery: Any) -> None:

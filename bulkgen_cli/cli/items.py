@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from bulkgen_cli.cli.common import EXIT_CODES, AllUsersOpt, JsonOpt, StoreOpt, UserOpt, note, open_db, render_json
+from bulkgen_cli.delivery.notify import AtOnce
 
 if TYPE_CHECKING:
     from bulkgen_cli.ops.items import Result, Shown
@@ -128,7 +129,8 @@ def _act(action_name: str, ref: str, store: str | None, user: str | None, all_us
 
     action = items.ItemAction(action_name)
     with open_db(store, "write") as db:
-        result = items.apply(db, action, ref, settings.user(user), all_users, on_delivery=_report_delivery)
+        result = items.apply(db, action, ref, settings.user(user), all_users,
+                             notifier=AtOnce(db, settings.smtp, settings.notify_retry_delays, _report_delivery))
         if json_:
             render_json(items.record(items.Shown(result.item, result.bulk, result.short_id)))
             return

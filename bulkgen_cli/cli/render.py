@@ -68,7 +68,7 @@ def item_dict(item: Item) -> dict[str, Any]:
 
 def notifications(bulk: BulkJob) -> list[dict[str, Any]]:
     """The latest end's delivery state per channel (passwords masked)."""
-    from bulkgen_cli.delivery.notify import mask_channel
+    from bulkgen_cli.core.channels import mask_channel
 
     steps = (bulk.outbox or {}).get("steps", [])
     return [

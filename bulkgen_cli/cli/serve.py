@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from bulkgen_cli.cli.common import EXIT_CODES, JsonOpt, StoreOpt, note, open_db, render_json
+from bulkgen_cli.cli.common import EXIT_CODES, JsonOpt, StoreOpt, note, open_db, render_json, run_options
 
 if TYPE_CHECKING:
     from bulkgen_cli.core.model import ApiToken
@@ -86,8 +86,6 @@ def _days(raw: str) -> float:
 
 
 def register(app: typer.Typer) -> None:
-    from bulkgen_cli.cli.main import run_options
-
     app.command("serve", epilog=EXIT_CODES)(run_options(serve))
     token_app = typer.Typer(help="API tokens for `bulkgen serve`: create, list, revoke.", no_args_is_help=True)
     token_app.command("create", epilog=EXIT_CODES)(token_create)

@@ -17,17 +17,16 @@ import datetime as dt
 import functools
 import json
 import os
-import re
 import socket
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from bulkgen_cli import __version__
-from bulkgen_cli.core.errors import UsageError
+from bulkgen_cli.core.channels import RETRY_DELAYS, SmtpSettings, mask_channel
 from bulkgen_cli.core.model import (
     BulkJob,
     BulkStatus,
@@ -42,7 +41,6 @@ if TYPE_CHECKING:  # imported where used: `status` shows channels without loadin
     from email.message import EmailMessage
 
 #: Waits after the 1st, 2nd and 3rd failed try: 4 tries over about a minute.
-RETRY_DELAYS = (5.0, 15.0, 40.0)
 #: How often a busy processor looks for notifications left pending by others (seconds).
 SCAN_EVERY = 5.0
 #: A webhook's and an e-mail's whole send, each a deadline (`Deadline`): resolving the name, connecting,
@@ -59,8 +57,6 @@ LOCK_SECONDS = max(WEBHOOK_TIMEOUT, SMTP_TIMEOUT) + LOCK_MARGIN
 #: An on-complete hook is run for ends at most this old (a processor started
 #: later does not replay the whole history).
 HOOK_WINDOW = dt.timedelta(hours=24)
-MAX_CHANNELS = 10
-EMAIL = re.compile(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+")
 
 
 # -- channels -------------------------------------------------------------------
@@ -74,47 +70,6 @@ def send_timeout(channel: str) -> float:
 def lock_seconds(channel: str) -> float:
     """How long a step on `channel` is taken for: past its send's deadline, so no send outlives its lock."""
     return send_timeout(channel) + LOCK_MARGIN
-
-
-def parse_channel(text: str) -> str:
-    """Check one `--notify` value; the stored form is `webhook:URL` or `email:ADDRESS`."""
-    kind, _, target = text.strip().partition(":")
-    kind = kind.lower()
-    if kind == "webhook":
-        try:
-            parts = urlsplit(target)
-        except ValueError:  # http://[::1/ (an unclosed bracket), http://[x]/
-            raise UsageError(f"--notify {text!r}: the webhook URL cannot be read.") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"--notify {text!r}: a webhook needs an http:// or https:// URL.")
-        return f"webhook:{target}"
-    if kind == "email":
-        if not EMAIL.fullmatch(target):
-            raise UsageError(f"--notify {text!r}: not an email address.")
-        return f"email:{target}"
-    raise UsageError(f"--notify {text!r}: use webhook:https://… or email:someone@example.com.")
-
-
-def parse_channels(values: list[str]) -> list[str]:
-    channels = []
-    for value in values:
-        for part in value.split(","):
-            if part.strip() and part.strip().lower() != "none":
-                channel = parse_channel(part)
-                if channel not in channels:
-                    channels.append(channel)
-    if len(channels) > MAX_CHANNELS:
-        raise UsageError(f"at most {MAX_CHANNELS} notification channels, got {len(channels)}.")
-    return channels
-
-
-def mask_channel(channel: str) -> str:
-    """A channel for display: a password in a webhook URL becomes ***."""
-    kind, _, target = channel.partition(":")
-    parts = urlsplit(target) if kind == "webhook" else None
-    if parts is not None and parts.password:
-        target = parts._replace(netloc=parts.netloc.replace(":" + parts.password + "@", ":***@", 1)).geturl()
-    return f"{kind}:{target}"
 
 
 # -- the event ----------------------------------------------------------------------
@@ -169,61 +124,34 @@ def email_message(event: dict[str, Any], sender: str, to: str) -> EmailMessage:
     return message
 
 
-@dataclass(frozen=True)
-class SmtpSettings:
-    """From BULKGEN_SMTP_URL: smtp://[user:pass@]host[:port] (STARTTLS) or smtps:// (TLS)."""
+def send_email(settings: SmtpSettings, message: EmailMessage, deadline: Deadline | None = None) -> None:
+    """Send `message`, the whole exchange within `deadline` (SMTP_TIMEOUT from now by default)."""
+    import smtplib
+    import ssl
 
-    scheme: str
-    host: str
-    port: int
-    user: str | None = None
-    password: str | None = field(default=None, repr=False)
-    sender: str = "bulkgen@localhost"
+    deadline = deadline or Deadline(SMTP_TIMEOUT)
+    context = ssl.create_default_context()
+    smtp = (smtplib.SMTP_SSL(timeout=SMTP_TIMEOUT, context=context) if settings.scheme == "smtps"
+            else smtplib.SMTP(timeout=SMTP_TIMEOUT))
 
-    @classmethod
-    def from_url(cls, url: str, sender: str | None = None) -> SmtpSettings:
-        parts = urlsplit(url)
-        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
-            raise UsageError("BULKGEN_SMTP_URL must look like smtp://user:pass@host:587 or smtps://host:465.")
-        user = unquote(parts.username) if parts.username else None
-        password = unquote(parts.password) if parts.password else None
-        query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
-        default_port = 465 if parts.scheme == "smtps" else (587 if user else 25)
-        try:
-            port = parts.port or default_port
-        except ValueError:
-            raise UsageError("BULKGEN_SMTP_URL has a port that is not a number.") from None
-        return cls(parts.scheme, parts.hostname, port, user, password,
-                   sender or unquote(query.get("from", "")) or "bulkgen@localhost")
+    def connected(host: str, port: int, timeout: float) -> Any:  # smtplib's own, within the deadline
+        sock = deadline.connect(host, port, smtp.source_address)
+        return context.wrap_socket(sock, server_hostname=host) if settings.scheme == "smtps" else sock
 
-    def send(self, message: EmailMessage, deadline: Deadline | None = None) -> None:
-        """Send `message`, the whole exchange within `deadline` (SMTP_TIMEOUT from now by default)."""
-        import smtplib
-        import ssl
-
-        deadline = deadline or Deadline(SMTP_TIMEOUT)
-        context = ssl.create_default_context()
-        smtp = (smtplib.SMTP_SSL(timeout=SMTP_TIMEOUT, context=context) if self.scheme == "smtps"
-                else smtplib.SMTP(timeout=SMTP_TIMEOUT))
-
-        def connected(host: str, port: int, timeout: float) -> Any:  # smtplib's own, within the deadline
-            sock = deadline.connect(host, port, smtp.source_address)
-            return context.wrap_socket(sock, server_hostname=host) if self.scheme == "smtps" else sock
-
-        smtp._get_socket = connected  # type: ignore[method-assign]
-        smtp._host = self.host  # the name STARTTLS checks the certificate against, as SMTP(host) sets it
-        with deadline.cutting(lambda: smtp.sock):
-            smtp.connect(self.host, self.port)
-            with smtp:
+    smtp._get_socket = connected  # type: ignore[method-assign]
+    smtp._host = settings.host  # the name STARTTLS checks the certificate against, as SMTP(host) sets it
+    with deadline.cutting(lambda: smtp.sock):
+        smtp.connect(settings.host, settings.port)
+        with smtp:
+            smtp.ehlo()
+            if settings.user and settings.scheme == "smtp":
+                if not smtp.has_extn("starttls"):
+                    raise RuntimeError("the SMTP server offers no STARTTLS; the password is not sent in clear")
+                smtp.starttls(context=context)
                 smtp.ehlo()
-                if self.user and self.scheme == "smtp":
-                    if not smtp.has_extn("starttls"):
-                        raise RuntimeError("the SMTP server offers no STARTTLS; the password is not sent in clear")
-                    smtp.starttls(context=context)
-                    smtp.ehlo()
-                if self.user:
-                    smtp.login(self.user, self.password or "")
-                smtp.send_message(message)
+            if settings.user:
+                smtp.login(settings.user, settings.password or "")
+            smtp.send_message(message)
 
 
 # -- one send's deadline ---------------------------------------------------------------
@@ -323,6 +251,23 @@ class Delivery:
     ok: bool
     error: str | None = None
     final: bool = True
+
+
+@dataclass
+class AtOnce:
+    """Delivers the end a user's action recorded, at once (ops.control.Notifies): whoever records an end
+    delivers it; a processor retries what fails and sends what this process cannot (`skip_unconfigured`).
+    The front end passes how to read its SMTP settings and retry delays: they are read when an end is to be
+    delivered, so an action that ends nothing reads neither."""
+
+    store: Store
+    smtp: Callable[[], SmtpSettings | None]
+    retry_delays: Callable[[], tuple[float, ...]]
+    on_delivery: Callable[[Delivery], None] | None = None
+
+    def deliver(self, bulk: BulkJob) -> None:
+        Notifier(self.store, f"cancel:{os.getpid()}", self.smtp(), skip_unconfigured=True,
+                 on_delivery=self.on_delivery, retry_delays=self.retry_delays()).deliver(bulk)
 
 
 class Notifier:
@@ -445,7 +390,7 @@ class Notifier:
                     check_email(target, Policy.from_record(policy))
                 if self.smtp is None:
                     return "no BULKGEN_SMTP_URL is set on the processor that delivered it"
-                self.smtp.send(email_message(event, self.smtp.sender, target), deadline)
+                send_email(self.smtp, email_message(event, self.smtp.sender, target), deadline)
                 return None
             return f"unknown channel kind {kind!r}"
         except Refused as exc:

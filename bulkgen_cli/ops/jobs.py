@@ -8,9 +8,8 @@ whose exit code the caller maps.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from bulkgen_cli.ops import control
 from bulkgen_cli.core.errors import BulkgenError, NotFound, UsageError
@@ -23,7 +22,6 @@ from bulkgen_cli.core.text import quoted
 if TYPE_CHECKING:
     from bulkgen_cli.store.rules import Quota
     from bulkgen_cli.input.manifest import Manifest
-    from bulkgen_cli.delivery.notify import Delivery
 
 #: A bulk job's name is cut to this many characters.
 NAME_LIMIT = 200
@@ -159,26 +157,13 @@ def as_seen(store: Store, bulk: BulkJob) -> BulkJob:
 
 
 def apply(store: Store, action: control.Action, bulk_id: str, user: str, all_users: bool = False,
-          on_delivery: Callable[[Delivery], None] | None = None) -> control.Result:
+          notifier: control.Notifies | None = None) -> control.Result:
     """Pause, resume, cancel or retry-failed a job `user` may see, by the state rules (control.py).
 
-    A cancel that ends the job delivers its notifications at once (whoever
-    records the end delivers; a processor retries what fails, and e-mail is left
-    to a processor when this process has no SMTP settings).
+    A cancel that ends the job delivers its notifications at once through `notifier` (control.notify_end).
     """
     visible(store, bulk_id, user, all_users)
     result = control.apply(store, action, bulk_id)
     if result.ended_now:
-        notify_now(store, result.bulk, on_delivery)
+        control.notify_end(store, result.bulk.id, notifier)
     return result
-
-
-def notify_now(store: Store, bulk: BulkJob, on_delivery: Callable[[Delivery], None] | None = None) -> None:
-    from bulkgen_cli.core import settings
-    from bulkgen_cli.delivery.notify import Notifier
-
-    notifier = Notifier(store, f"cancel:{os.getpid()}", settings.smtp(), skip_unconfigured=True,
-                        on_delivery=on_delivery, retry_delays=settings.notify_retry_delays())
-    current = store.get_bulk(bulk.id)
-    if current is not None:
-        notifier.deliver(current)

@@ -22,6 +22,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from bulkgen_cli import __version__
+from bulkgen_cli.core import settings
+from bulkgen_cli.delivery.notify import AtOnce
 from bulkgen_cli.ops import control, jobs
 from bulkgen_cli.core.errors import BulkgenError
 from bulkgen_cli.input.manifest import MAX_FILE_BYTES
@@ -40,6 +42,12 @@ from bulkgen_cli.server.schemas import (
 )
 
 BODY_LIMIT = MAX_FILE_BYTES + ENVELOPE_BYTES
+
+
+def at_once(store: Any) -> AtOnce:
+    """An end a request records is notified before it is answered, as the CLI's are (ops.control.notify_end)."""
+    return AtOnce(store, settings.smtp, settings.notify_retry_delays)
+
 BulkId = Annotated[str, Path(description="The bulk job's id", max_length=100)]
 ItemRef = Annotated[str, Path(description="An item's id, or a prefix of it (at least 4 digits), as `bulkgen show` "
                               "takes it", max_length=100)]
@@ -215,7 +223,7 @@ def _control_route(app: FastAPI, access: StoreAccess, action: control.Action) ->
     from bulkgen_cli.cli.render import bulk_dict, progress_dict
 
     def act(bulk_id: BulkId, me: Me) -> Any:
-        result = access.call(lambda s: jobs.apply(s, action, bulk_id, me.user, me.admin))
+        result = access.call(lambda s: jobs.apply(s, action, bulk_id, me.user, me.admin, at_once(s)))
         bulk = result.bulk
         message = (f"Bulk job {bulk.id}: {result.previous.value} -> {bulk.status}. {FOLLOW_UP[action]}"
                    if result.changed else f"Bulk job {bulk.id} is already {bulk.status}; nothing to do.")
@@ -242,7 +250,7 @@ def _item_routes(app: FastAPI, access: StoreAccess) -> None:
     def acting(action: items.ItemAction) -> Any:
         def act(item_ref: ItemRef, me: Me) -> Any:
             def work(store: Any) -> dict[str, Any]:
-                result = items.apply(store, action, item_ref, me.user, me.admin)
+                result = items.apply(store, action, item_ref, me.user, me.admin, notifier=at_once(store))
                 bulk = store.get_bulk(result.bulk.id) or result.bulk
                 message = (f"Item {result.short_id}: {result.previous.value} -> {result.item.status}."
                            if result.changed else f"Item {result.short_id} is already {result.item.status}.")

@@ -20,15 +20,18 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from bulkgen_cli.core import settings
 from bulkgen_cli.core.errors import CannotListen, UsageError
-from bulkgen_cli.server import connections
-from bulkgen_cli.server.connections import Limits, raise_file_limit
-
-from bulkgen_cli.server.config import ServerConfig
-from bulkgen_cli.server.edge import scrub
 from bulkgen_cli.core.settings import RunSettings
-from bulkgen_cli.store.base import Store
 from bulkgen_cli.core.text import quoted
+from bulkgen_cli.engine.runner import Runner
+from bulkgen_cli.ops.schedules import Ticker
+from bulkgen_cli.server import connections
+from bulkgen_cli.server.config import ServerConfig
+from bulkgen_cli.server.connections import Limits, raise_file_limit
+from bulkgen_cli.server.edge import scrub
+from bulkgen_cli.store.base import Store
+
 
 class Redact(logging.Filter):
     """No token or password in any of uvicorn's own log lines (edge.scrub); the access log is edge.AccessLog's."""
@@ -52,10 +55,10 @@ class Background:
 
 def start_processor(run_settings: RunSettings, open_store: Callable[[], Store],
                     on_event: Callable[[object], None]) -> Background:
-    from bulkgen_cli.engine.runner import Runner
-
     store = open_store()
-    runner = Runner(store, run_settings, open_store, on_event)  # type: ignore[arg-type]
+    runner = Runner(store, run_settings, open_store, on_event, smtp=settings.smtp(),  # type: ignore[arg-type]
+                    retry_delays=settings.notify_retry_delays(),
+                    ticker=lambda owner: Ticker(open_store(), owner, on_event))
 
     def work() -> None:
         try:

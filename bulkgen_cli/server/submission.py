@@ -16,6 +16,7 @@ from bulkgen_cli.delivery import netpolicy
 from bulkgen_cli.core.errors import ManifestError, Problem, UsageError
 from bulkgen_cli.core.model import Priority, utcnow
 from bulkgen_cli.core.settings import ServeLimits
+from bulkgen_cli.server import config
 from bulkgen_cli.server.problems import HttpProblem, too_large
 from bulkgen_cli.server.schemas import SubmitOut
 from bulkgen_cli.store.base import Store
@@ -190,7 +191,7 @@ def store(db: Store, form: Form, user: str, key: str | None, policy: netpolicy.P
     """Validate everything, check the user's quotas (`limits`; None: an admin's, unlimited), then store the job
     with the policy its notifications will follow."""
     from bulkgen_cli.core import settings
-    from bulkgen_cli.delivery.notify import parse_channels
+    from bulkgen_cli.core.channels import parse_channels
 
     priority = priority_of(form, admin)
     parsed = from_template(db, form, user) if form.template is not None else validate(form)
@@ -199,7 +200,7 @@ def store(db: Store, form: Form, user: str, key: str | None, policy: netpolicy.P
     start = settings.parse_when(form.not_before, utcnow()) if form.not_before else None
     done = jobs.submit(db, parsed, user, name=form.name, idempotency_key=key, notify=channels, priority=priority,
                        not_before=start, notify_policy=policy.to_record(),
-                       limits=None if limits is None else limits.quota())  # the store checks: one atomic step
+                       limits=None if limits is None else config.quota(limits))  # the store checks: one atomic step
     bulk, created = done.jobs[0]
     message = ("Bulk generation queued" if created else
                f"Idempotency-Key {key!r} was used before: bulk job {bulk.id} exists; nothing new stored")
@@ -226,7 +227,7 @@ def add_schedule(db: Store, body: bytes, user: str, policy: netpolicy.Policy,
     """Check the articles (or the saved template and its rows) and the notifications, then store the schedule.
     `limits`: the user's quotas (None: an admin's: no schedules limit, and any cron)."""
     from bulkgen_cli.ops import schedules
-    from bulkgen_cli.delivery.notify import parse_channels
+    from bulkgen_cli.core.channels import parse_channels
 
     own, form = schedule_parts(body)
     priority = priority_of(form, admin)
