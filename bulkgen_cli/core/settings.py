@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TypeVar
 
 from bulkgen_cli.core.channels import RETRY_DELAYS, SmtpSettings, parse_channels
 from bulkgen_cli.core.errors import UsageError
+from bulkgen_cli.core.text import duration
 
 T = TypeVar("T")
 
@@ -183,8 +185,6 @@ PAST_TOLERANCE = dt.timedelta(minutes=1)
 
 def parse_when(text: str, now: dt.datetime) -> dt.datetime:
     """`--not-before`: ISO 8601 with or without a zone (local time without), or +30m, +2h, +1d, +90s."""
-    import re
-
     raw = text.strip()
     match = re.fullmatch(r"\+(\d+(?:\.\d+)?)\s*([smhd])", raw)
     try:
@@ -203,8 +203,6 @@ def parse_when(text: str, now: dt.datetime) -> dt.datetime:
             "or a delay like +30m, +2h, +1d."
         ) from None
     if when < now - PAST_TOLERANCE:
-        from bulkgen_cli.core.text import duration
-
         raise UsageError(
             f"--not-before {text!r} is {duration((now - when).total_seconds())} in the past: give a time to come "
             "(check its zone; a time without one is local), or leave --not-before out to start at once."

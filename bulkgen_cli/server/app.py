@@ -14,6 +14,7 @@ from typing import Annotated, Any, AsyncIterator, Optional
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel
@@ -24,10 +25,12 @@ from starlette.requests import ClientDisconnect
 from bulkgen_cli import __version__
 from bulkgen_cli.core import settings
 from bulkgen_cli.delivery.notify import AtOnce
-from bulkgen_cli.ops import control, jobs
+from bulkgen_cli.ops import control, items, jobs, schedules
+from bulkgen_cli.ops.tokens import token_hash
 from bulkgen_cli.core.errors import BulkgenError
+from bulkgen_cli.input import templates
 from bulkgen_cli.input.manifest import MAX_FILE_BYTES
-from bulkgen_cli.core.model import BulkStatus
+from bulkgen_cli.core.model import BulkStatus, SavedTemplate, SaveOutcome, iso
 from bulkgen_cli.server import live, quotas, submission
 from bulkgen_cli.server.access import StoreAccess
 from bulkgen_cli.server.auth import Caller, bearer, caller
@@ -101,8 +104,6 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.add_middleware(BodyLimit, limit=BODY_LIMIT)
     app.add_middleware(Headers)
     if config.cors:
-        from fastapi.middleware.cors import CORSMiddleware
-
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"])
     app.add_middleware(AccessLog)  # outermost: it logs every answer, a refused one too
@@ -238,7 +239,6 @@ def _control_route(app: FastAPI, access: StoreAccess, action: control.Action) ->
 
 def _item_routes(app: FastAPI, access: StoreAccess) -> None:
     """One article (README, "Single articles"): the item with its text; retry and cancel one item."""
-    from bulkgen_cli.ops import items
     from bulkgen_cli.cli.render import bulk_dict, progress_dict
 
     @app.get("/api/items/{item_ref}", response_model=ItemRecordOut, tags=["items"],
@@ -271,9 +271,6 @@ def _item_routes(app: FastAPI, access: StoreAccess) -> None:
 
 def _template_routes(app: FastAPI, access: StoreAccess) -> None:
     """Saved templates (README, "Templates"), each user's own; a submit fills one with `template` and `values`."""
-    from bulkgen_cli.input import templates
-    from bulkgen_cli.core.model import SaveOutcome, SavedTemplate, iso
-
     def doc(saved: SavedTemplate, text: bool = False) -> dict[str, Any]:
         out = {"name": saved.name, "mode": saved.mode, "placeholders": saved.placeholders, "source": saved.source,
                "created_at": iso(saved.created_at), "updated_at": iso(saved.updated_at)}
@@ -313,8 +310,6 @@ def _template_routes(app: FastAPI, access: StoreAccess) -> None:
 
 def _schedule_routes(app: FastAPI, access: StoreAccess) -> None:
     """Recurring schedules (README, "schedule"), each user's own; `bulkgen run --forever` (or --processor) runs them."""
-    from bulkgen_cli.ops import schedules
-
     @app.get("/api/schedules", response_model=list[ScheduleOut], tags=["schedules"], responses=responses(401, 503))
     def list_schedules(me: Me) -> Any:
         """Your schedules (everyone's for an admin token)."""
@@ -360,8 +355,6 @@ def _schedule_routes(app: FastAPI, access: StoreAccess) -> None:
 
 
 def _schedule_state_route(app: FastAPI, access: StoreAccess, action: str) -> None:
-    from bulkgen_cli.ops import schedules
-
     def act(name: ScheduleName, me: Me) -> Any:
         schedule, changed = access.call(lambda s: schedules.set_state(s, me.user, name, action))
         message = f"Schedule {name!r}: {schedule.status}." if changed else f"Schedule {name!r} is already {schedule.status}."
@@ -376,8 +369,6 @@ def _schedule_state_route(app: FastAPI, access: StoreAccess, action: str) -> Non
 def _event_routes(app: FastAPI, access: StoreAccess, poller: live.Poller, streams: live.Streams,
                   config: ServerConfig) -> None:
     """The event streams (design.md, "Live progress") and `/healthz`, which says whether they flow."""
-    from bulkgen_cli.ops.tokens import token_hash
-
     stream_doc: dict[int | str, dict[str, Any]] = {200: {"description": "text/event-stream: `id` is the change number, `event` item.started, "
                                        "item.completed, item.failed, item.cancelled, item.queued, bulk.STATUS, or "
                                        "reset (read your jobs again: the events since Last-Event-ID are no longer kept)",
