@@ -1,15 +1,22 @@
-"""What every command module shares: the common options, messages on stderr, JSON on stdout, the store."""
+"""What every command module shares: the common options, messages on stderr, JSON on stdout, the store.
+
+Layers below the CLI and rich are imported in the command that uses them (cold start: cli/__init__.py).
+"""
 
 from __future__ import annotations
 
 import functools
 import inspect
+import os
 import sys
 from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
 import typer
 
+from bulkgen_cli.core import settings
+from bulkgen_cli.core.errors import NoStore
 from bulkgen_cli.core.settings import DEFAULTS
+from bulkgen_cli.core.text import visible
 
 if TYPE_CHECKING:
     from bulkgen_cli.store.base import OpenMode, Store
@@ -42,8 +49,6 @@ ANSI = {"red": "31", "yellow": "33", "dim": "2"}
 
 def paint(text: str, style: str) -> str:
     """Colour for a terminal (not with NO_COLOR): plain escapes, so messages need not load rich."""
-    import os
-
     if not style or not sys.stderr.isatty() or os.environ.get("NO_COLOR"):
         return text
     return f"\x1b[{ANSI[style]}m{text}\x1b[0m"
@@ -55,8 +60,6 @@ def quiet_note(message: str, style: str = "") -> None:
 
 def note(message: str, style: str = "") -> None:
     """A message on stderr; what came from a file, the store or a service is shown as it is (text.visible)."""
-    from bulkgen_cli.core.text import visible
-
     sys.stderr.write(paint(visible(message), style) + "\n")
     sys.stderr.flush()
 
@@ -64,7 +67,6 @@ def note(message: str, style: str = "") -> None:
 def open_db(store_flag: str | None, mode: OpenMode) -> Store:
     """The store for a command. mode: "read" (reading commands: never creates or writes it),
     "write" (an existing store) or "create" (submit and run: made when missing)."""
-    from bulkgen_cli.core import settings
     from bulkgen_cli.store import open_store
 
     return open_store(settings.store_url(store_flag), mode)
@@ -73,8 +75,6 @@ def open_db(store_flag: str | None, mode: OpenMode) -> Store:
 def open_or_create(store_flag: str | None) -> Store:
     """`open_db(store_flag, "create")` for `template save` and `schedule add`, saying on stderr when there was no
     store and one was made, so that a mistyped --store shows at once."""
-    from bulkgen_cli.core.errors import NoStore
-
     try:
         return open_db(store_flag, "write")
     except NoStore:

@@ -1,7 +1,11 @@
-"""The command line: parse, call, render. No queue logic lives here."""
+"""The command line: parse, call, render. No queue logic lives here.
+
+Layers below the CLI and rich are imported in the command that uses them (cold start: cli/__init__.py).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from enum import Enum
 from pathlib import Path
@@ -23,7 +27,8 @@ from bulkgen_cli.cli.common import (  # noqa: F401
     quiet_note, ratio, render_json, run_options,
 )
 from bulkgen_cli.core import settings
-from bulkgen_cli.delivery.notify import AtOnce
+from bulkgen_cli.core.model import utcnow
+from bulkgen_cli.core.text import visible
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -154,7 +159,6 @@ def submit(
     """
     from bulkgen_cli.ops import jobs
     from bulkgen_cli.cli.templates import submission
-    from bulkgen_cli.core.model import utcnow
 
     parsed, source = submission(file, template, values, fmt=format_.value if format_ else None, mode=mode,
                                 split=split, store=store, user=user)
@@ -259,8 +263,6 @@ def status(
         else:
             render.print_json(render.group_document(group, bulks))
         return
-    from bulkgen_cli.core.text import visible
-
     if not sys.stdout.isatty():  # a pipe or a file: every value whole, nothing cut
         print("\n\n".join(render.plain_status(bulk, rows.get(bulk.id) if items else None, shorts) for bulk in bulks))
         if group is not None:
@@ -329,8 +331,9 @@ def list_(
 
 def _control(action_name: str, bulk_id: str, store: str | None, user: str | None, all_users: bool,
              json_: bool) -> None:
-    from bulkgen_cli.ops import control, jobs
     from bulkgen_cli.cli import render
+    from bulkgen_cli.delivery.notify import AtOnce
+    from bulkgen_cli.ops import control, jobs
 
     action = control.Action(action_name)
     with open_db(store, "write") as db:
@@ -510,7 +513,7 @@ def _process(db: Store, run_settings: RunSettings, forever: bool = False, until_
              store_flag: str | None = None, quiet: bool = False) -> list[BulkJob]:
     """Run the processors (runner.Runner) with the live view; render how the run ended."""
     from bulkgen_cli.cli import render
-    from bulkgen_cli.core.model import utcnow
+
     say = (lambda message, style="": None) if quiet else note
     if run_settings.api_url:
         say(f"Content service: {run_settings.api_url}")
@@ -579,8 +582,6 @@ def _wants_json(argv: list[str]) -> bool:
 
 def _json_error(code: int, message: str, problems: list[Problem] | None = None) -> None:
     """With --json, an error is JSON on stdout too: one format for CI scripts to parse."""
-    import dataclasses
-
     from bulkgen_cli.cli.render import print_json
 
     print_json({"error": {"code": code, "message": message,

@@ -1,7 +1,7 @@
 """`bulkgen serve` and `bulkgen token`: the HTTP API and its bearer tokens (design.md, "The HTTP server").
 
 Nothing of the server (FastAPI, uvicorn) is imported here: only `serve` loads it,
-so the other commands start as fast as before.
+so the other commands start as fast as before. Layers below the CLI and rich are imported in the command that uses them (cold start: cli/__init__.py).
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from bulkgen_cli.cli.common import EXIT_CODES, JsonOpt, StoreOpt, note, open_db, render_json, run_options
+from bulkgen_cli.core import settings
+from bulkgen_cli.core.errors import UsageError
+from bulkgen_cli.core.model import iso
 
 if TYPE_CHECKING:
     from bulkgen_cli.core.model import ApiToken
@@ -65,7 +68,6 @@ RetentionOpt = Annotated[Optional[float], typer.Option("--events-retention", min
 
 def live_settings(max_streams: int | None, retention_days: float | None) -> tuple[int, float | None]:
     """(streams per token, the change log's retention in seconds or None), from the flags, else the environment."""
-    from bulkgen_cli.core import settings
     from bulkgen_cli.server import config
 
     def positive(raw: str) -> int:
@@ -149,7 +151,6 @@ def serve(
         note(INSTALL_HINT, "red")
         raise typer.Exit(2) from None
     from bulkgen_cli.delivery import netpolicy
-    from bulkgen_cli.core import settings
     from bulkgen_cli.server.config import ServerConfig
     from bulkgen_cli.server.run import Limits, listen, serve as run_server, start_processor
 
@@ -201,7 +202,6 @@ def _record_policy(store: str | None, allow: Any, email_allow: list[str] | None,
 
 
 def _tls(certfile: str | None, keyfile: str | None) -> Tls | None:
-    from bulkgen_cli.core.errors import UsageError
     from bulkgen_cli.server.run import Tls
 
     if certfile is None and keyfile is None:
@@ -297,8 +297,6 @@ def token_revoke(
 
 
 def _token_doc(token: ApiToken) -> dict[str, object]:
-    from bulkgen_cli.core.model import iso
-
     return {"id": token.id, "user": token.userId, "admin": token.admin, "email": token.email,
             "created_at": iso(token.created_at), "revoked_at": iso(token.revoked_at)}
 

@@ -1,4 +1,7 @@
-"""`bulkgen template save | list | show | remove`, and what `submit --template/--values` reads (templates.py)."""
+"""`bulkgen template save | list | show | remove`, and what `submit --template/--values` reads (templates.py).
+
+Layers below the CLI and rich are imported in the command that uses them (cold start: cli/__init__.py).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from bulkgen_cli.cli.common import EXIT_CODES, JsonOpt, StoreOpt, UserOpt, note, open_db, open_or_create, render_json
+from bulkgen_cli.core import settings
+from bulkgen_cli.core.model import SaveOutcome, iso
+from bulkgen_cli.core.text import visible
 
 if TYPE_CHECKING:
     from bulkgen_cli.input.manifest import Manifest
@@ -33,8 +39,6 @@ COLUMNS = (("Name", None), ("Mode", None), ("Placeholders", None), ("Saved", Non
 
 def template_dict(saved: SavedTemplate, with_text: bool = False) -> dict[str, Any]:
     """A saved template as `--json` prints it."""
-    from bulkgen_cli.core.model import iso
-
     doc: dict[str, Any] = {"name": saved.name, "userId": saved.userId, "mode": saved.mode,
                            "placeholders": list(saved.placeholders), "source": saved.source,
                            "created_at": iso(saved.created_at), "updated_at": iso(saved.updated_at)}
@@ -58,9 +62,7 @@ def save(
     The template is checked as `submit` checks it, rows aside; nothing is saved
     when it has a problem. Example: bulkgen template save city-guides examples/city-guides.yaml
     """
-    from bulkgen_cli.core import settings
     from bulkgen_cli.input import templates
-    from bulkgen_cli.core.model import SaveOutcome
 
     templates.check_name(name)
     templates.template_file(file)
@@ -84,7 +86,6 @@ def list_(store: StoreOpt = None, user: UserOpt = None, json_: JsonOpt = False) 
     Example: bulkgen template list --json
     """
     from bulkgen_cli.cli import render
-    from bulkgen_cli.core import settings
     from bulkgen_cli.input import templates
 
     with open_db(store, "read") as db:
@@ -106,9 +107,7 @@ def show(name: NameArg, store: StoreOpt = None, user: UserOpt = None, json_: Jso
 
     Example: bulkgen template show city-guides > city-guides.yaml
     """
-    from bulkgen_cli.core import settings
     from bulkgen_cli.input import templates
-    from bulkgen_cli.core.text import visible
 
     with open_db(store, "read") as db:
         saved = templates.load_saved(db, settings.user(user), name)
@@ -125,7 +124,6 @@ def remove(name: NameArg, store: StoreOpt = None, user: UserOpt = None, json_: J
     Example: bulkgen template remove city-guides
     """
     from bulkgen_cli.ops import schedules
-    from bulkgen_cli.core import settings
     from bulkgen_cli.input import templates
 
     with open_db(store, "write") as db:
@@ -154,7 +152,6 @@ def submission(file: Path | None, template: str | None, values: Path | None, *, 
     """What `submit` validates: an articles FILE, a template FILE with --values, or --template NAME with
     --values; and how to name where it came from. Every refusal is one sentence (exit 2)."""
     from bulkgen_cli.input import manifest, templates
-    from bulkgen_cli.core import settings
 
     templates.check_inputs(None if file is None else str(file), template, None if values is None else str(values))
     if values is None:
