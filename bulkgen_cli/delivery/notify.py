@@ -10,8 +10,9 @@ down is recorded on the job and never fails the job or the processor. Nothing
 read from the store is run: the on-complete command is the processor's own
 setting.
 
-httpx (about 80 ms of a cold start), smtplib, ssl and email are imported in the
-function that sends, not with the module: the commands that deliver an end at
+httpx (about 80 ms of a cold start, with `held_http`, its connections held to a
+send's deadline), smtplib, ssl and email are imported in the function that
+sends, not with the module: the commands that deliver an end at
 once (`cancel`, `item cancel`, `doctor --fix`) load this module, and most ends
 notify neither a webhook nor an address.
 """
@@ -19,16 +20,12 @@ notify neither a webhook nor an address.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import os
-import socket
 import subprocess
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlsplit
 
 from bulkgen_cli import __version__
@@ -41,6 +38,7 @@ from bulkgen_cli.core.model import (
     later,
     utcnow,
 )
+from bulkgen_cli.delivery.deadline import Deadline
 from bulkgen_cli.delivery.netpolicy import Policy, Refused, check_email, check_webhook, pinned_request
 from bulkgen_cli.store.base import Store, step_claimable
 
@@ -159,91 +157,6 @@ def send_email(settings: SmtpSettings, message: EmailMessage, deadline: Deadline
             if settings.user:
                 smtp.login(settings.user, settings.password or "")
             smtp.send_message(message)
-
-
-# -- one send's deadline ---------------------------------------------------------------
-
-
-class Deadline:
-    """One send's whole time. Python's socket timeouts hold each operation (httpx's and smtplib's too), and
-    name resolution has none: a receiver answering a byte at a time, or several addresses each slow to
-    refuse, would keep a send going past its step's lock, and another processor would send it again
-    meanwhile. So every step of a send gets only what is left of this deadline."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self.at = time.monotonic() + seconds
-
-    def expired(self) -> bool:
-        return time.monotonic() >= self.at
-
-    def left(self) -> float:
-        """The time left, or TimeoutError when there is none."""
-        rest = self.at - time.monotonic()
-        if rest <= 0:
-            raise TimeoutError(f"no answer within {self.seconds:g} s")
-        return rest
-
-    def call(self, function: Callable[..., Any], *args: Any) -> Any:
-        """`function(*args)` (a name lookup, which has no timeout of its own), given up at the deadline:
-        it then finishes alone in its thread, and nothing is sent."""
-        result: list[Any] = []
-
-        def run() -> None:
-            try:
-                result.append((True, function(*args)))
-            except BaseException as exc:  # noqa: BLE001  raised in the caller's thread below
-                result.append((False, exc))
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        thread.join(self.left())
-        if not result:
-            raise TimeoutError(f"no answer within {self.seconds:g} s")
-        ok, value = result[0]
-        if not ok:
-            raise value
-        return value
-
-    def connect(self, host: str, port: int, source: tuple[str, int] | None = None) -> socket.socket:
-        """A TCP connection to `host`, each address tried with the time left; its timeout is what is left."""
-        error: OSError = OSError(f"{host} has no address")
-        for family, kind, proto, _, address in self.call(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM):
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.settimeout(self.left())
-                if source:
-                    sock.bind(source)
-                sock.connect(address)
-                return sock
-            except OSError as exc:
-                sock.close()
-                error = exc
-        raise error
-
-    @contextmanager
-    def cutting(self, current: Callable[[], socket.socket | None]) -> Iterator[None]:
-        """Shut the connection `current()` down at the deadline, waking whatever read or write waits on it."""
-
-        def cut() -> None:
-            sock = current()
-            if sock is not None:
-                try:
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the socket's own, under TLS too
-                except OSError:
-                    pass  # already closed
-
-        timer = threading.Timer(max(self.at - time.monotonic(), 0.0), cut)
-        timer.daemon = True
-        timer.start()
-        try:
-            yield
-        except OSError as exc:
-            if time.monotonic() >= self.at:
-                raise TimeoutError(f"no answer within {self.seconds:g} s") from exc
-            raise
-        finally:
-            timer.cancel()
 
 
 # -- delivery ------------------------------------------------------------------------
@@ -407,6 +320,8 @@ class Notifier:
                  deadline: Deadline | None = None) -> str | None:
         import httpx
 
+        from bulkgen_cli.delivery.held_http import within_deadline
+
         deadline = deadline or Deadline(WEBHOOK_TIMEOUT)
         if urlsplit(url).scheme not in ("http", "https"):
             return "not an http(s) URL"
@@ -444,75 +359,3 @@ class Notifier:
         except (OSError, subprocess.TimeoutExpired) as exc:
             error = str(exc)[:200]
         self.on_delivery(Delivery(bulk.id, "on-complete", error is None, error))
-
-
-# -- a webhook's connections, held to the send's deadline ----------------------------------
-
-
-def within_deadline(client: Any, deadline: Deadline) -> None:
-    """Make every connection `client` opens (directly or through a proxy from the environment) resolve,
-    connect, shake hands, write and read within `deadline`: httpx's timeouts hold each operation only.
-    httpx has no public way to give its pools a network backend; tests/test_notify_lock.py notices if
-    this one stops working."""
-    for transport in (client._transport, *client._mounts.values()):
-        pool = getattr(transport, "_pool", None)
-        if pool is not None:
-            pool._network_backend = _deadline_backend_class()(deadline)
-
-
-@functools.cache
-def _deadline_backend_class() -> Any:
-    """httpcore's synchronous network backend with every step held to a Deadline (made on first use:
-    httpcore is loaded only for a webhook)."""
-    import httpcore
-    from httpcore._backends.sync import SyncStream
-
-    class Stream(SyncStream):
-        def __init__(self, sock: socket.socket, deadline: Deadline):
-            super().__init__(sock)
-            self.deadline = deadline
-
-        def _rest(self, timeout: float | None, error: type[Exception]) -> float:
-            try:
-                rest = self.deadline.left()
-            except TimeoutError as exc:
-                raise error(str(exc)) from exc
-            return rest if timeout is None else min(timeout, rest)
-
-        def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-            return super().read(max_bytes, self._rest(timeout, httpcore.ReadTimeout))
-
-        def write(self, buffer: bytes, timeout: float | None = None) -> None:
-            while buffer:  # SyncStream's own loop gives every partial send the whole timeout
-                try:
-                    self._sock.settimeout(self._rest(timeout, httpcore.WriteTimeout))
-                    sent = self._sock.send(buffer)
-                except socket.timeout as exc:
-                    raise httpcore.WriteTimeout(str(exc)) from exc
-                except OSError as exc:
-                    raise httpcore.WriteError(str(exc)) from exc
-                buffer = buffer[sent:]
-
-        def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
-                      timeout: float | None = None) -> Any:
-            tls = super().start_tls(ssl_context, server_hostname, self._rest(timeout, httpcore.ConnectTimeout))
-            return Stream(tls._sock, self.deadline)
-
-    class Backend(httpcore.SyncBackend):
-        def __init__(self, deadline: Deadline):
-            self.deadline = deadline
-
-        def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                        local_address: str | None = None, socket_options: Any = None) -> Any:
-            try:
-                sock = self.deadline.connect(host, port, None if local_address is None else (local_address, 0))
-            except TimeoutError as exc:
-                raise httpcore.ConnectTimeout(str(exc)) from exc
-            except OSError as exc:
-                raise httpcore.ConnectError(str(exc)) from exc
-            for option in socket_options or ():
-                sock.setsockopt(*option)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return Stream(sock, self.deadline)
-
-    return Backend
