@@ -129,33 +129,33 @@ def email_message(event: dict[str, Any], sender: str, to: str) -> EmailMessage:
     return message
 
 
-def send_email(settings: SmtpSettings, message: EmailMessage, deadline: Deadline | None = None) -> None:
+def send_email(account: SmtpSettings, message: EmailMessage, deadline: Deadline | None = None) -> None:
     """Send `message`, the whole exchange within `deadline` (SMTP_TIMEOUT from now by default)."""
     import smtplib
     import ssl
 
     deadline = deadline or Deadline(SMTP_TIMEOUT)
     context = ssl.create_default_context()
-    smtp = (smtplib.SMTP_SSL(timeout=SMTP_TIMEOUT, context=context) if settings.scheme == "smtps"
+    smtp = (smtplib.SMTP_SSL(timeout=SMTP_TIMEOUT, context=context) if account.scheme == "smtps"
             else smtplib.SMTP(timeout=SMTP_TIMEOUT))
 
     def connected(host: str, port: int, timeout: float) -> Any:  # smtplib's own, within the deadline
         sock = deadline.connect(host, port, smtp.source_address)
-        return context.wrap_socket(sock, server_hostname=host) if settings.scheme == "smtps" else sock
+        return context.wrap_socket(sock, server_hostname=host) if account.scheme == "smtps" else sock
 
     smtp._get_socket = connected  # type: ignore[method-assign]
-    smtp._host = settings.host  # the name STARTTLS checks the certificate against, as SMTP(host) sets it
+    smtp._host = account.host  # the name STARTTLS checks the certificate against, as SMTP(host) sets it
     with deadline.cutting(lambda: smtp.sock):
-        smtp.connect(settings.host, settings.port)
+        smtp.connect(account.host, account.port)
         with smtp:
             smtp.ehlo()
-            if settings.user and settings.scheme == "smtp":
+            if account.user and account.scheme == "smtp":
                 if not smtp.has_extn("starttls"):
                     raise RuntimeError("the SMTP server offers no STARTTLS; the password is not sent in clear")
                 smtp.starttls(context=context)
                 smtp.ehlo()
-            if settings.user:
-                smtp.login(settings.user, settings.password or "")
+            if account.user:
+                smtp.login(account.user, account.password or "")
             smtp.send_message(message)
 
 
