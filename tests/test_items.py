@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from bulkgen_cli.ops import items
+from bulkgen_cli.ops import control, items
 from bulkgen_cli.core.errors import InvalidTransition, NotFound, UsageError
 from bulkgen_cli.ops.items import ItemAction
 from bulkgen_cli.core.model import BulkJob, BulkStatus, ItemStatus, Outcome, new_id, utcnow
@@ -118,9 +118,16 @@ def test_retry_waits_while_the_last_end_is_being_notified(store):
     bulk = submit(store, 10, notify=["webhook:http://127.0.0.1:9/hook"])  # nobody delivers it here
     finish_all(store, bulk.id, failing={2})
     fails = store.list_items(bulk.id)[1]
-    with pytest.raises(InvalidTransition, match="notification of its bulk job's last end is still being delivered"):
+    with pytest.raises(InvalidTransition, match="notification of its bulk job's last end is still being delivered") \
+            as refused:
         items.apply(store, ItemAction.retry, fails.id, "alice")
     assert store.get_item(fails.id).status == "failed" and store.get_bulk(bulk.id).status == "completed"
+    with pytest.raises(InvalidTransition, match="notification of its last end is still being delivered") as whole:
+        control.apply(store, control.Action.retry_failed, bulk.id)
+    # The library says the fact; each front end adds its own hint (design.md, "Layers").
+    for error in (refused.value, whole.value):
+        assert f"`bulkgen status {bulk.id}`" in str(error)
+        assert "bulkgen" not in error.for_http() and f"GET /api/bulk-generate/{bulk.id}" in error.for_http()
 
 
 def test_an_item_of_a_cancelled_job_stays_cancelled(store):
@@ -532,3 +539,12 @@ def test_help_has_an_example_and_the_exit_codes(tmp_path):
         assert result.code == 0 and "Exit codes" in result.out, args
         assert args[0] == "item" and args[1] == "--help" or "Example:" in result.out, args
     assert re.search(r"item\s+Retry or cancel one item", run_cli(["--help"], env).out)
+
+
+@pytest.mark.parametrize("ref", ["zz-not-hex", "3f2"])
+def test_a_bad_item_reference_names_no_command_over_http(ref):
+    with pytest.raises(UsageError) as bad:
+        items.check_ref(ref)
+    assert "`bulkgen status BULK_ID --items`" in str(bad.value)
+    assert "bulkgen" not in bad.value.for_http() and "GET /api/bulk-generate/{id}" in bad.value.for_http()
+

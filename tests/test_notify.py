@@ -10,7 +10,8 @@ import threading
 import pytest
 
 from bulkgen_cli.core.model import utcnow
-from bulkgen_cli.delivery.notify import Notifier, parse_channels
+from bulkgen_cli.core.channels import parse_channels
+from bulkgen_cli.delivery.notify import Notifier
 from bulkgen_cli.core.errors import UsageError
 from tests.cli_helpers import EXAMPLES, env_for, finish, run_cli, status_of, submit_file
 from tests.conftest import submit, wait_for

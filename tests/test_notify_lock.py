@@ -17,7 +17,9 @@ import time
 import pytest
 
 from bulkgen_cli.delivery import notify
-from bulkgen_cli.delivery.notify import Deadline, Notifier, SmtpSettings, lock_seconds
+from bulkgen_cli.core.channels import SmtpSettings
+from bulkgen_cli.delivery.deadline import Deadline
+from bulkgen_cli.delivery.notify import Notifier, lock_seconds
 from tests.cli_helpers import EXAMPLES, ROOT, env_for, finish, status_of, submit_file
 from tests.conftest import wait_for
 from tests.receivers import WebhookReceiver

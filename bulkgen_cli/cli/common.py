@@ -1,12 +1,23 @@
-"""What every command module shares: the common options, messages on stderr, JSON on stdout, the store."""
+"""What every command module shares: the common options, messages on stderr, JSON on stdout, the store.
+
+Layers below the CLI and rich are imported in the command that uses them (cold start: cli/__init__.py).
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
+import os
 import sys
 from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Callable, Optional, Sequence, TypeVar
 
 import typer
+
+from bulkgen_cli.core import settings
+from bulkgen_cli.core.errors import NoStore
+from bulkgen_cli.core.settings import DEFAULTS
+from bulkgen_cli.core.text import visible
 
 if TYPE_CHECKING:
     from bulkgen_cli.store.base import OpenMode, Store
@@ -55,8 +66,6 @@ ANSI = {"red": "31", "yellow": "33", "dim": "2"}
 
 def paint(text: str, style: str) -> str:
     """Colour for a terminal (not with NO_COLOR): plain escapes, so messages need not load rich."""
-    import os
-
     if not style or not sys.stderr.isatty() or os.environ.get("NO_COLOR"):
         return text
     return f"\x1b[{ANSI[style]}m{text}\x1b[0m"
@@ -68,8 +77,6 @@ def quiet_note(message: str, style: str = "") -> None:
 
 def note(message: str, style: str = "") -> None:
     """A message on stderr; what came from a file, the store or a service is shown as it is (text.visible)."""
-    from bulkgen_cli.core.text import visible
-
     sys.stderr.write(paint(visible(message), style) + "\n")
     sys.stderr.flush()
 
@@ -77,7 +84,6 @@ def note(message: str, style: str = "") -> None:
 def open_db(store_flag: str | None, mode: OpenMode) -> Store:
     """The store for a command. mode: "read" (reading commands: never creates or writes it),
     "write" (an existing store) or "create" (submit and run: made when missing)."""
-    from bulkgen_cli.core import settings
     from bulkgen_cli.store import open_store
 
     return open_store(settings.store_url(store_flag), mode)
@@ -86,8 +92,6 @@ def open_db(store_flag: str | None, mode: OpenMode) -> Store:
 def open_or_create(store_flag: str | None) -> Store:
     """`open_db(store_flag, "create")` for `template save` and `schedule add`, saying on stderr when there was no
     store and one was made, so that a mistyped --store shows at once."""
-    from bulkgen_cli.core.errors import NoStore
-
     try:
         return open_db(store_flag, "write")
     except NoStore:
@@ -125,3 +129,58 @@ def listed(found: Sequence[T], json_: bool, document: Callable[[T], object], emp
         note(empty)
         return True
     return False
+
+
+# -- a processor's options (run, submit --wait, serve) -------------------------------------------------------------
+
+ApiUrlOpt = Annotated[
+    Optional[str],
+    typer.Option("--api-url", metavar="URL", help="Content service base URL. [env: BULKGEN_API_URL; default: none, "
+                 "offline drafts] The token comes only from BULKGEN_API_TOKEN.", show_default=False),
+]
+DelayOpt = Annotated[Optional[float], typer.Option("--delay", min=0, metavar="SECONDS", help="Seconds between two requests to the "
+                     f"content service. [env: BULKGEN_DELAY; default: {DEFAULTS.delay:g}; none offline]", show_default=False)]
+TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", min=0.001, metavar="SECONDS", help="Seconds to wait for one "
+                       f"generation. [env: BULKGEN_TIMEOUT; default: {DEFAULTS.timeout:g}]", show_default=False)]
+RetriesOpt = Annotated[Optional[int], typer.Option("--max-retries", min=0, metavar="N", help="Retries of a transient "
+                       f"failure per item. [env: BULKGEN_MAX_RETRIES; default: {DEFAULTS.max_retries:g}]", show_default=False)]
+BackoffOpt = Annotated[Optional[float], typer.Option("--backoff", min=0, metavar="SECONDS", help="First retry backoff in seconds, "
+                       f"doubling, with jitter. [env: BULKGEN_BACKOFF; default: {DEFAULTS.backoff:g}]", show_default=False)]
+LeaseOpt = Annotated[Optional[float], typer.Option("--lease", min=1, metavar="SECONDS", help="Seconds a processor's claim lasts "
+                     f"unless renewed. [env: BULKGEN_LEASE_SECONDS; default: {DEFAULTS.lease:g}]", show_default=False)]
+GraceOpt = Annotated[Optional[float], typer.Option("--grace", min=0, metavar="SECONDS", help="After Ctrl-C or "
+                     "SIGTERM, how long the request in flight may still finish (a second Ctrl-C aborts it). "
+                     f"[env: BULKGEN_GRACE; default: {DEFAULTS.grace:g}]", show_default=False)]
+OnCompleteOpt = Annotated[Optional[str], typer.Option("--on-complete", metavar="CMD", help="Shell command this "
+                          "processor runs once per ended job, with the event as JSON on stdin and "
+                          "BULKGEN_BULK_ID, BULKGEN_STATUS in its environment. [env: BULKGEN_ON_COMPLETE]",
+                          show_default=False)]
+ConcurrencyOpt = Annotated[Optional[int], typer.Option("--concurrency", min=1, max=16, metavar="N",
+                           help="Items in flight at most, across the whole store and every processor. "
+                           f"[env: BULKGEN_CONCURRENCY; default: {DEFAULTS.concurrency:g}, one at a time]", show_default=False)]
+GiveUpOpt = Annotated[Optional[float], typer.Option("--give-up", min=0, metavar="SECONDS", help="Exit 5 after the content service "
+                      f"is unreachable this long. [env: BULKGEN_GIVE_UP; default: {DEFAULTS.give_up:g}]", show_default=False)]
+
+
+#: A processor's options, declared once: `run` and `submit --wait` both take them (see `run_options`).
+RUN_OPTIONS = {"api_url": ApiUrlOpt, "delay": DelayOpt, "timeout": TimeoutOpt, "max_retries": RetriesOpt,
+               "backoff": BackoffOpt, "lease": LeaseOpt, "give_up": GiveUpOpt, "grace": GraceOpt,
+               "on_complete": OnCompleteOpt, "concurrency": ConcurrencyOpt}
+RunFlags = dict[str, Optional[object]]
+
+
+def run_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the processor's options; it receives them together as `run_flags`."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "run_flags"]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=alias)
+             for name, alias in RUN_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def with_run_options(**kwargs: object) -> None:
+        flags = {name: kwargs.pop(name) for name in RUN_OPTIONS}
+        command(run_flags=flags, **kwargs)
+
+    with_run_options.__signature__ = signature.replace(parameters=own + added)  # type: ignore[attr-defined]
+    with_run_options.__annotations__ = {p.name: p.annotation for p in own + added}
+    return with_run_options

@@ -1,5 +1,8 @@
 """`bulkgen doctor [--fix] [--json]`: bulk jobs whose state disagrees with their items, listed and repaired
-(library: repair.py; design.md, "Repair")."""
+(library: repair.py; design.md, "Repair").
+
+Layers below the CLI and rich are imported in the command that uses them (cold start: cli/__init__.py).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from bulkgen_cli.cli.common import EXIT_CODES, JsonOpt, StoreOpt, note, open_db, render_json
+from bulkgen_cli.core import settings
+from bulkgen_cli.core.model import utcnow
 
 if TYPE_CHECKING:
     from bulkgen_cli.store.repair import Finding
@@ -30,7 +35,6 @@ def doctor(fix: FixOpt = False, store: StoreOpt = None, json_: JsonOpt = False) 
     left. Example: bulkgen doctor --fix
     """
     from bulkgen_cli.store import repair
-    from bulkgen_cli.core.model import utcnow
 
     with open_db(store, "write" if fix else "read") as db:
         if fix:
@@ -49,11 +53,13 @@ def doctor(fix: FixOpt = False, store: StoreOpt = None, json_: JsonOpt = False) 
 
 def _deliver(db: Any, findings: list[Finding]) -> None:
     """Every end a repair recorded is notified at once, as the processor that records an end does."""
-    from bulkgen_cli.ops import jobs
+    from bulkgen_cli.delivery.notify import AtOnce
+    from bulkgen_cli.ops import control
 
+    notifier = AtOnce(db, settings.smtp, settings.notify_retry_delays, _report_delivery)
     for finding in findings:
         if finding.counts is not None and finding.counts.ended_now:
-            jobs.notify_now(db, finding.bulk, on_delivery=_report_delivery)
+            control.notify_end(db, finding.bulk.id, notifier)
 
 
 def _report_delivery(delivery: Any) -> None:

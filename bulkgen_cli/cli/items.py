@@ -1,13 +1,24 @@
-"""Commands on single items: `show ITEM`, `item retry ITEM`, `item cancel ITEM` (library: items.py)."""
+"""Commands on single items: `show ITEM`, `item retry ITEM`, `item cancel ITEM` (library: items.py).
+
+Layers below the CLI and rich are imported in the command that uses them (cold start: cli/__init__.py).
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
 import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from bulkgen_cli.cli.common import EXIT_CODES, AllUsersOpt, JsonOpt, StoreOpt, UserOpt, note, open_db, render_json
+from bulkgen_cli.core import settings
+from bulkgen_cli.core.errors import InvalidTransition, UsageError
+from bulkgen_cli.core.model import turned_down
+from bulkgen_cli.core.text import visible
 
 if TYPE_CHECKING:
     from bulkgen_cli.ops.items import Result, Shown
@@ -29,8 +40,6 @@ def show(ref: ItemArg, raw: RawOpt = False, store: StoreOpt = None, user: UserOp
     less) when longer than the screen. Example: bulkgen show 3f2a91c4 --raw > article.md
     """
     from bulkgen_cli.ops import items
-    from bulkgen_cli.core import settings
-    from bulkgen_cli.core.errors import UsageError
 
     if raw and json_:
         raise UsageError("give --raw (the article's text) or --json (the item's record), not both.")
@@ -47,14 +56,10 @@ def show(ref: ItemArg, raw: RawOpt = False, store: StoreOpt = None, user: UserOp
 
 
 def _raw(shown: Shown) -> None:
-    from bulkgen_cli.core.errors import InvalidTransition
-
     text = shown.text
     if text is None:
         raise InvalidTransition(f"item {shown.short_id} is {shown.item.status}; it has no article text"
                                 + (f" ({shown.item.error})." if shown.item.error else "."))
-    from bulkgen_cli.core.model import turned_down
-
     if turned_down(shown.item):
         note(f"Item {shown.short_id}: this article was turned down by the quality gate ({shown.item.error}).", "dim")
     sys.stdout.write(text)
@@ -64,7 +69,6 @@ def _raw(shown: Shown) -> None:
 def _plain(shown: Shown) -> None:
     """For a pipe or a file: one `Label: value` line per fact, then the text, control characters escaped."""
     from bulkgen_cli.ops import items
-    from bulkgen_cli.core.text import visible
 
     lines = [f"{label}: {' '.join(value.split())}" for label, value in items.facts(shown)]
     text = shown.text
@@ -81,7 +85,6 @@ def _terminal(shown: Shown) -> None:
 
     from bulkgen_cli.ops import items
     from bulkgen_cli.cli.render import STATUS_STYLE
-    from bulkgen_cli.core.text import visible
 
     console = Console(highlight=False, emoji=False)
     grid = Table.grid(padding=(0, 2))
@@ -102,11 +105,6 @@ def _terminal(shown: Shown) -> None:
 
 def _page(text: str) -> bool:
     """Show `text` through $PAGER (else `less`, with LESS=FRX unless set, as git does); False when there is none."""
-    import os
-    import shutil
-    import signal
-    import subprocess
-
     pager = os.environ.get("PAGER", "less" if shutil.which("less") else "").strip()
     if not pager or pager == "cat":
         return False
@@ -123,12 +121,13 @@ def _page(text: str) -> bool:
 
 
 def _act(action_name: str, ref: str, store: str | None, user: str | None, all_users: bool, json_: bool) -> None:
+    from bulkgen_cli.delivery.notify import AtOnce
     from bulkgen_cli.ops import items
-    from bulkgen_cli.core import settings
 
     action = items.ItemAction(action_name)
     with open_db(store, "write") as db:
-        result = items.apply(db, action, ref, settings.user(user), all_users, on_delivery=_report_delivery)
+        result = items.apply(db, action, ref, settings.user(user), all_users,
+                             notifier=AtOnce(db, settings.smtp, settings.notify_retry_delays, _report_delivery))
         if json_:
             render_json(items.record(items.Shown(result.item, result.bulk, result.short_id)))
             return

@@ -1,9 +1,11 @@
-"""The command line: parse, call, render. No queue logic lives here."""
+"""The command line: parse, call, render. No queue logic lives here.
+
+Layers below the CLI and rich are imported in the command that uses them (cold start: cli/__init__.py).
+"""
 
 from __future__ import annotations
 
-import functools
-import inspect
+import dataclasses
 import sys
 from enum import Enum
 from pathlib import Path
@@ -15,11 +17,18 @@ from bulkgen_cli import __version__
 from bulkgen_cli.core.errors import BulkgenError, ManifestError, NotFound, Problem
 from bulkgen_cli.cli.interrupts import exit_on_signals
 from bulkgen_cli.core.model import DEFAULT_QUALITY_RATIO, BulkJob, BulkStatus, Item, Priority, QualityPolicy
+from bulkgen_cli.cli import doctor as cli_doctor
+from bulkgen_cli.cli import items as cli_items
+from bulkgen_cli.cli import schedules as cli_schedules
+from bulkgen_cli.cli import serve as cli_serve
+from bulkgen_cli.cli import templates as cli_templates
 from bulkgen_cli.cli.common import (  # noqa: F401
-    EXIT_CODES, AllUsersOpt, InputFormat, JsonOpt, ModeOpt, QuietOpt, StoreOpt, UserOpt, note, open_db, paint,
-    quiet_note, ratio, render_json,
+    EXIT_CODES, RUN_OPTIONS, AllUsersOpt, InputFormat, JsonOpt, ModeOpt, QuietOpt, RunFlags, StoreOpt, UserOpt,
+    note, open_db, paint, quiet_note, ratio, render_json, run_options,
 )
-from bulkgen_cli.core.settings import DEFAULTS
+from bulkgen_cli.core import settings
+from bulkgen_cli.core.model import utcnow
+from bulkgen_cli.core.text import visible
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -58,61 +67,6 @@ app = typer.Typer(
     rich_markup_mode=None,  # plain help: rich's Markdown stack would cost ~60 ms per --help
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-# -- shared options -------------------------------------------------------------
-
-ApiUrlOpt = Annotated[
-    Optional[str],
-    typer.Option("--api-url", metavar="URL", help="Content service base URL. [env: BULKGEN_API_URL; default: none, "
-                 "offline drafts] The token comes only from BULKGEN_API_TOKEN.", show_default=False),
-]
-DelayOpt = Annotated[Optional[float], typer.Option("--delay", min=0, metavar="SECONDS", help="Seconds between two requests to the "
-                     f"content service. [env: BULKGEN_DELAY; default: {DEFAULTS.delay:g}; none offline]", show_default=False)]
-TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", min=0.001, metavar="SECONDS", help="Seconds to wait for one "
-                       f"generation. [env: BULKGEN_TIMEOUT; default: {DEFAULTS.timeout:g}]", show_default=False)]
-RetriesOpt = Annotated[Optional[int], typer.Option("--max-retries", min=0, metavar="N", help="Retries of a transient "
-                       f"failure per item. [env: BULKGEN_MAX_RETRIES; default: {DEFAULTS.max_retries:g}]", show_default=False)]
-BackoffOpt = Annotated[Optional[float], typer.Option("--backoff", min=0, metavar="SECONDS", help="First retry backoff in seconds, "
-                       f"doubling, with jitter. [env: BULKGEN_BACKOFF; default: {DEFAULTS.backoff:g}]", show_default=False)]
-LeaseOpt = Annotated[Optional[float], typer.Option("--lease", min=1, metavar="SECONDS", help="Seconds a processor's claim lasts "
-                     f"unless renewed. [env: BULKGEN_LEASE_SECONDS; default: {DEFAULTS.lease:g}]", show_default=False)]
-GraceOpt = Annotated[Optional[float], typer.Option("--grace", min=0, metavar="SECONDS", help="After Ctrl-C or "
-                     "SIGTERM, how long the request in flight may still finish (a second Ctrl-C aborts it). "
-                     f"[env: BULKGEN_GRACE; default: {DEFAULTS.grace:g}]", show_default=False)]
-OnCompleteOpt = Annotated[Optional[str], typer.Option("--on-complete", metavar="CMD", help="Shell command this "
-                          "processor runs once per ended job, with the event as JSON on stdin and "
-                          "BULKGEN_BULK_ID, BULKGEN_STATUS in its environment. [env: BULKGEN_ON_COMPLETE]",
-                          show_default=False)]
-ConcurrencyOpt = Annotated[Optional[int], typer.Option("--concurrency", min=1, max=16, metavar="N",
-                           help="Items in flight at most, across the whole store and every processor. "
-                           f"[env: BULKGEN_CONCURRENCY; default: {DEFAULTS.concurrency:g}, one at a time]", show_default=False)]
-GiveUpOpt = Annotated[Optional[float], typer.Option("--give-up", min=0, metavar="SECONDS", help="Exit 5 after the content service "
-                      f"is unreachable this long. [env: BULKGEN_GIVE_UP; default: {DEFAULTS.give_up:g}]", show_default=False)]
-
-
-#: A processor's options, declared once: `run` and `submit --wait` both take them (see `run_options`).
-RUN_OPTIONS = {"api_url": ApiUrlOpt, "delay": DelayOpt, "timeout": TimeoutOpt, "max_retries": RetriesOpt,
-               "backoff": BackoffOpt, "lease": LeaseOpt, "give_up": GiveUpOpt, "grace": GraceOpt,
-               "on_complete": OnCompleteOpt, "concurrency": ConcurrencyOpt}
-RunFlags = dict[str, Optional[object]]
-
-
-def run_options(command: Callable[..., None]) -> Callable[..., None]:
-    """Give a command the processor's options; it receives them together as `run_flags`."""
-    signature = inspect.signature(command, eval_str=True)
-    own = [p for p in signature.parameters.values() if p.name != "run_flags"]
-    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=alias)
-             for name, alias in RUN_OPTIONS.items()]
-
-    @functools.wraps(command)
-    def with_run_options(**kwargs: object) -> None:
-        flags = {name: kwargs.pop(name) for name in RUN_OPTIONS}
-        command(run_flags=flags, **kwargs)
-
-    with_run_options.__signature__ = signature.replace(parameters=own + added)  # type: ignore[attr-defined]
-    with_run_options.__annotations__ = {p.name: p.annotation for p in own + added}
-    return with_run_options
-
 
 # -- submit's own options --------------------------------------------------------------
 
@@ -200,7 +154,6 @@ def submit(
     from bulkgen_cli.ops.options import JobOptions
     from bulkgen_cli.core import settings
     from bulkgen_cli.cli.templates import submission
-    from bulkgen_cli.core.model import utcnow
 
     parsed, source = submission(file, template, values, fmt=format_.value if format_ else None, mode=mode,
                                 split=split, store=store, user=user)
@@ -272,7 +225,6 @@ def run(
 
     Example: BULKGEN_API_URL=http://127.0.0.1:8000 bulkgen run --delay 2
     """
-    from bulkgen_cli.core import settings
 
     run_settings = settings.RunSettings.resolve(**(run_flags or {}))  # type: ignore[arg-type]
     with open_db(store, "create") as db:
@@ -301,7 +253,6 @@ def status(
     """
     from bulkgen_cli.ops import jobs
     from bulkgen_cli.cli import render
-    from bulkgen_cli.core import settings
 
     with open_db(store, "read") as db:
         found = jobs.status(db, bulk_id, group, settings.user(user), all_users, with_items=items or json_)
@@ -314,8 +265,6 @@ def status(
         else:
             render.print_json(render.group_document(group, bulks))
         return
-    from bulkgen_cli.core.text import visible
-
     if not sys.stdout.isatty():  # a pipe or a file: every value whole, nothing cut
         print("\n\n".join(render.plain_status(bulk, rows.get(bulk.id) if items else None, shorts) for bulk in bulks))
         if group is not None:
@@ -365,7 +314,6 @@ def list_(
     """
     from bulkgen_cli.ops import jobs
     from bulkgen_cli.cli import render
-    from bulkgen_cli.core import settings
 
     with open_db(store, "read") as db:
         bulks = jobs.list_jobs(db, settings.user(user), all_users, limit, status_filter)
@@ -385,13 +333,14 @@ def list_(
 
 def _control(action_name: str, bulk_id: str, store: str | None, user: str | None, all_users: bool,
              json_: bool) -> None:
-    from bulkgen_cli.ops import control, jobs
     from bulkgen_cli.cli import render
-    from bulkgen_cli.core import settings
+    from bulkgen_cli.delivery.notify import AtOnce
+    from bulkgen_cli.ops import control, jobs
 
     action = control.Action(action_name)
     with open_db(store, "write") as db:
-        result = jobs.apply(db, action, bulk_id, settings.user(user), all_users, on_delivery=_report_delivery)
+        result = jobs.apply(db, action, bulk_id, settings.user(user), all_users,
+                            notifier=AtOnce(db, settings.smtp, settings.notify_retry_delays, _report_delivery))
         items = db.list_items(bulk_id) if json_ else []
     if json_:
         render.print_json(render.status_document(result.bulk, items))
@@ -474,7 +423,6 @@ def watch(bulk_id: Annotated[Optional[str], typer.Argument(metavar="BULK_ID", he
     """
     from bulkgen_cli.ops import jobs
     from bulkgen_cli.cli import render
-    from bulkgen_cli.core import settings
     from bulkgen_cli.ops.watch import follow
 
     with open_db(store, "read") as db:
@@ -516,7 +464,6 @@ def results(
     (unless --force). Example: bulkgen results 6650c0ffee0123456789abcd --out articles/
     """
     from bulkgen_cli.ops import export, jobs
-    from bulkgen_cli.core import settings
 
     with open_db(store, "read") as db:
         bulk = jobs.visible(db, bulk_id, settings.user(user), all_users)
@@ -553,12 +500,21 @@ class _Stopped(Exception):
         self.code = code
 
 
+def runner(db: Store, run_settings: RunSettings, open_store: Callable[[], Store], on_event: Any) -> Runner:
+    """The processors as `run` starts them, wired here: the notifier's settings from the environment and,
+    for `--forever`, the schedules' ticker (the engine does not import the operations)."""
+    from bulkgen_cli.engine.runner import Runner
+    from bulkgen_cli.ops.schedules import Ticker
+
+    return Runner(db, run_settings, open_store, on_event, smtp=settings.smtp(),
+                  retry_delays=settings.notify_retry_delays(),
+                  ticker=lambda owner: Ticker(open_store(), owner, on_event))
+
+
 def _process(db: Store, run_settings: RunSettings, forever: bool = False, until_bulks: list[str] | None = None,
              store_flag: str | None = None, quiet: bool = False) -> list[BulkJob]:
     """Run the processors (runner.Runner) with the live view; render how the run ended."""
     from bulkgen_cli.cli import render
-    from bulkgen_cli.core.model import utcnow
-    from bulkgen_cli.engine.runner import Runner
 
     say = (lambda message, style="": None) if quiet else note
     if run_settings.api_url:
@@ -568,7 +524,7 @@ def _process(db: Store, run_settings: RunSettings, forever: bool = False, until_
     if run_settings.concurrency > 1:
         say(f"Up to {run_settings.concurrency} items in flight at once, across the whole store.")
     with render.run_view(quiet) as view:
-        outcome = Runner(db, run_settings, lambda: open_db(store_flag, "create"), view).run(forever, until_bulks)
+        outcome = runner(db, run_settings, lambda: open_db(store_flag, "create"), view).run(forever, until_bulks)
     if outcome.stopped is not None:
         if outcome.attached:
             note("Stopped watching; the other processor goes on.", "yellow")
@@ -605,17 +561,11 @@ def _process(db: Store, run_settings: RunSettings, forever: bool = False, until_
 
 # -- the other command modules: each adds its commands with `register(app)` --------------------
 
-#: Command modules beside this one (templates, schedules, single items); each has `register(app)`.
-COMMAND_MODULES: tuple[str, ...] = (
-    "items",
-    "templates",
-    "schedules",
-    "serve",
-    "doctor",
-)
+#: Command modules beside this one (single items, templates, schedules, serve, doctor), in --help's order.
+COMMAND_MODULES = (cli_items, cli_templates, cli_schedules, cli_serve, cli_doctor)
 
 for _module in COMMAND_MODULES:
-    __import__(f"bulkgen_cli.cli.{_module}", fromlist=["register"]).register(app)
+    _module.register(app)
 
 
 # -- entry point ----------------------------------------------------------------------
@@ -634,8 +584,6 @@ def _wants_json(argv: list[str]) -> bool:
 
 def _json_error(code: int, message: str, problems: list[Problem] | None = None) -> None:
     """With --json, an error is JSON on stdout too: one format for CI scripts to parse."""
-    import dataclasses
-
     from bulkgen_cli.cli.render import print_json
 
     print_json({"error": {"code": code, "message": message,

@@ -2,6 +2,9 @@
 
 The JSON documents are built in ops/documents.py (the server answers with the same); they are
 re-exported here for the CLI's commands.
+
+rich is imported in the functions that draw (cold start: cli/__init__.py); `status --json` and a pipe never
+load it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from bulkgen_cli.ops.documents import (  # noqa: F401  (re-exported for the CLI'
     bulk_dict, group_document, item_dict, notifications, progress_dict, status_document, when,
 )
 from bulkgen_cli.store.repair import UNRECORDED_END, unrecorded_end
+from bulkgen_cli.core import events
 
 
 def print_json(data: Any, out: TextIO | None = None) -> None:
@@ -218,10 +222,9 @@ class PlainView:
             self.line(f"notification {event.channel} ({event.bulk_id}) failed: {short(event.error or '', 160)}{later}")
 
     def __call__(self, event: Any) -> None:
-        from bulkgen_cli.core import events as p
         from bulkgen_cli.delivery.notify import Delivery
 
-        if isinstance(event, p.ItemFinished):
+        if isinstance(event, events.ItemFinished):
             self.items_done += 1
             b = event.bulk
             reason = f": {short(event.outcome.error or '', 120)}" if event.outcome.error else ""
@@ -232,28 +235,28 @@ class PlainView:
                 f"{f' (after waiting {event.waited:.1f}s)' if event.waited >= 0.05 else ''}{reason}"
                 f" (completed {b.completed_items}, failed {b.failed_items})"
             )
-        elif isinstance(event, p.ItemRetrying):
+        elif isinstance(event, events.ItemRetrying):
             charged = "" if event.charged else ", not counted as a try"
             when = f"retrying in {event.wait:.1f}s" if event.wait >= 0.05 else "retrying now"
             self.line(f"  #{event.item.queue_position} {short(event.error, 120)}; {when}{charged}")
-        elif isinstance(event, p.BulkEnded):
+        elif isinstance(event, events.BulkEnded):
             self.ended.append(event.bulk.id)
             self.line(f"bulk job {summary_line(event.bulk)}")
         elif isinstance(event, Delivery):
             self.delivery(event)
-        elif isinstance(event, p.Stopping):
+        elif isinstance(event, events.Stopping):
             self.line(event.message)
-        elif isinstance(event, p.JobChanged):
+        elif isinstance(event, events.JobChanged):
             if event.bulk.status in ("cancelled", "completed"):
                 self.ended.append(event.bulk.id)
             self.line(changed_line(event.bulk))
-        elif isinstance(event, p.Waiting):
+        elif isinstance(event, events.Waiting):
             self.line(f"waiting: {event.reason} (next check in {event.seconds:.1f}s)")
-        elif isinstance(event, p.ItemLost):
+        elif isinstance(event, events.ItemLost):
             self.line(f"#{event.item.queue_position} {short(event.item.label, 50)!r} stopped: {event.reason}")
-        elif isinstance(event, p.ScheduleFired):
+        elif isinstance(event, events.ScheduleFired):
             self.line(schedule_fired_line(event))
-        elif isinstance(event, p.Snapshot):
+        elif isinstance(event, events.Snapshot):
             for b in event.bulks:
                 state = (b.status, b.completed_items, b.failed_items, b.cancelled_items)
                 if self.seen.get(b.id) != state:
@@ -357,11 +360,9 @@ class LiveView(PlainView):
         )
 
     def __call__(self, event: Any) -> None:
-        from bulkgen_cli.core import events as p
-
-        if isinstance(event, p.ItemStarted):
+        if isinstance(event, events.ItemStarted):
             self._update(event.bulk, f"#{event.item.queue_position} {short(event.item.label, 40)}")
-        elif isinstance(event, p.ItemFinished):
+        elif isinstance(event, events.ItemFinished):
             self._update(event.bulk, "")
             if event.outcome.error:
                 self.line(f"#{event.item.queue_position} {short(event.item.label, 40)} failed: "
@@ -369,20 +370,20 @@ class LiveView(PlainView):
             elif flagged_reason(event.outcome):
                 self.line(f"#{event.item.queue_position} {short(event.item.label, 40)} completed"
                           f"{flagged_reason(event.outcome)}")
-        elif isinstance(event, p.BulkEnded):
+        elif isinstance(event, events.BulkEnded):
             self.ended.append(event.bulk.id)
             self._update(event.bulk, event.bulk.status)
-        elif isinstance(event, p.JobChanged):
+        elif isinstance(event, events.JobChanged):
             if event.bulk.status in ("cancelled", "completed"):
                 self.ended.append(event.bulk.id)
             self._update(event.bulk, "resumed" if event.bulk.status in MOVING else event.bulk.status)
             self.line(changed_line(event.bulk))
-        elif isinstance(event, p.Queue):
+        elif isinstance(event, events.Queue):
             for bulk in event.bulks:  # the whole queue, as rows: what waits shows as waiting
                 starts = bulk.not_before is not None and bulk.not_before > utcnow()
                 label = f"starts {when(bulk.not_before)}" if starts else "waiting in the queue"
                 self._update(bulk, label if bulk.status == "queued" else "")
-        elif isinstance(event, p.Snapshot):
+        elif isinstance(event, events.Snapshot):
             current = {i.bulk_job_id: f"#{i.queue_position} {short(i.label, 40)}" for i in event.in_flight}
             for bulk in event.bulks:
                 label = current.get(bulk.id) or (bulk.status if bulk.status != "processing" else "")
@@ -398,10 +399,8 @@ class QuietView(PlainView):
         pass
 
     def __call__(self, event: Any) -> None:
-        from bulkgen_cli.core import events as p
-
-        if isinstance(event, p.Stopping) or (isinstance(event, p.ScheduleFired) and event.error):
-            PlainView.line(self, event.message if isinstance(event, p.Stopping) else schedule_fired_line(event))
+        if isinstance(event, events.Stopping) or (isinstance(event, events.ScheduleFired) and event.error):
+            PlainView.line(self, event.message if isinstance(event, events.Stopping) else schedule_fired_line(event))
         else:
             super().__call__(event)  # keeps counting items and ended jobs for the summary
 

@@ -1,4 +1,7 @@
-"""`bulkgen schedule …`: recurring bulk jobs. Parse, call `bulkgen_cli.ops.schedules`, render; nothing else."""
+"""`bulkgen schedule …`: recurring bulk jobs. Parse, call `bulkgen_cli.ops.schedules`, render; nothing else.
+
+Layers below the CLI and rich are imported in the command that uses them (cold start: cli/__init__.py).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,10 @@ from bulkgen_cli.cli.common import (
     EXIT_CODES, AllUsersOpt, InputFormat, JsonOpt, ModeOpt, StoreOpt, UserOpt, listed, note, open_db, open_or_create,
     ratio, render_json,
 )
-from bulkgen_cli.core.model import DEFAULT_QUALITY_RATIO, Priority, QualityPolicy
+from bulkgen_cli.core import settings
+from bulkgen_cli.core.model import DEFAULT_QUALITY_RATIO, Priority, QualityPolicy, ScheduleStatus, utcnow
+from bulkgen_cli.core.text import duration
+from bulkgen_cli.core.zones import local_time
 
 if TYPE_CHECKING:
     from bulkgen_cli.core.model import SavedTemplate, Schedule
@@ -123,7 +129,6 @@ def list_(store: StoreOpt = None, user: UserOpt = None, all_users: AllUsersOpt =
     Example: bulkgen schedule list --json
     """
     from bulkgen_cli.ops import schedules
-    from bulkgen_cli.core import settings
 
     with open_db(store, "read") as db:
         found = schedules.list_for(db, settings.user(user), all_users)
@@ -163,10 +168,6 @@ def _table(found: list[Schedule], all_users: bool) -> tuple[list[tuple[str, int 
 
 def _next_run(schedule: Schedule) -> str:
     """The next run in the schedule's own zone, and how far off it is."""
-    from bulkgen_cli.core.model import ScheduleStatus, utcnow
-    from bulkgen_cli.core.zones import local_time
-    from bulkgen_cli.core.text import duration
-
     if schedule.status != ScheduleStatus.active.value or schedule.next_at is None:
         return schedule.status
     delta = (schedule.next_at - utcnow()).total_seconds()
@@ -176,7 +177,6 @@ def _next_run(schedule: Schedule) -> str:
 
 def _set_state(action: str, name: str, store: str | None, user: str | None, json_: bool) -> None:
     from bulkgen_cli.ops import schedules
-    from bulkgen_cli.core import settings
 
     with open_db(store, "write") as db:
         schedule, changed = schedules.set_state(db, settings.user(user), name, action)
@@ -218,7 +218,6 @@ def remove(name: NameArg, store: StoreOpt = None, user: UserOpt = None, json_: J
     Example: bulkgen schedule remove weekly
     """
     from bulkgen_cli.ops import schedules
-    from bulkgen_cli.core import settings
 
     with open_db(store, "write") as db:
         removed = schedules.remove(db, settings.user(user), name)
@@ -235,7 +234,6 @@ def run(name: NameArg, store: StoreOpt = None, user: UserOpt = None, json_: Json
     Example: id=$(bulkgen schedule run weekly) && bulkgen run
     """
     from bulkgen_cli.ops import schedules
-    from bulkgen_cli.core import settings
 
     with open_db(store, "write") as db:
         done = schedules.run_now(db, settings.user(user), name)

@@ -1,7 +1,7 @@
 """`bulkgen serve` and `bulkgen token`: the HTTP API and its bearer tokens (design.md, "The HTTP server").
 
 Nothing of the server (FastAPI, uvicorn) is imported here: only `serve` loads it,
-so the other commands start as fast as before.
+so the other commands start as fast as before. Layers below the CLI and rich are imported in the command that uses them (cold start: cli/__init__.py).
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from bulkgen_cli.cli.common import EXIT_CODES, JsonOpt, StoreOpt, note, open_db, render_json
-from bulkgen_cli.cli.common import listed
+from bulkgen_cli.cli.common import EXIT_CODES, JsonOpt, StoreOpt, listed, note, open_db, render_json, run_options
+from bulkgen_cli.core import settings
+from bulkgen_cli.core.errors import UsageError
+from bulkgen_cli.core.model import iso
 
 if TYPE_CHECKING:
     from bulkgen_cli.core.model import ApiToken
@@ -66,7 +68,6 @@ RetentionOpt = Annotated[Optional[float], typer.Option("--events-retention", min
 
 def live_settings(max_streams: int | None, retention_days: float | None) -> tuple[int, float | None]:
     """(streams per token, the change log's retention in seconds or None), from the flags, else the environment."""
-    from bulkgen_cli.core import settings
     from bulkgen_cli.server import config
 
     def positive(raw: str) -> int:
@@ -87,8 +88,6 @@ def _days(raw: str) -> float:
 
 
 def register(app: typer.Typer) -> None:
-    from bulkgen_cli.cli.main import run_options
-
     app.command("serve", epilog=EXIT_CODES)(run_options(serve))
     token_app = typer.Typer(help="API tokens for `bulkgen serve`: create, list, revoke.", no_args_is_help=True)
     token_app.command("create", epilog=EXIT_CODES)(token_create)
@@ -106,38 +105,32 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# -- per-user limits (README, "Limits"): each flag, else its BULKGEN_ variable, else settings.ServeLimits; 0: off --
+MaxActiveJobsOpt = Annotated[Optional[int], typer.Option("--max-active-jobs", min=0, metavar="N", help="Jobs a "
+                             "user may have queued, processing or paused at once. [default: 20]")]
+MaxSchedulesOpt = Annotated[Optional[int], typer.Option("--max-schedules", min=0, metavar="N",
+                            help="Schedules per user. [default: 10]")]
+MaxStoredOpt = Annotated[Optional[int], typer.Option("--max-stored-mb", min=0, metavar="MIB", help="The "
+                         "articles a user's jobs may store, in MiB. [default: 1024]")]
+MaxTemplatesOpt = Annotated[Optional[int], typer.Option("--max-templates", min=0, metavar="N",
+                            help="Saved templates per user. [default: 100]")]
+WriteRateOpt = Annotated[Optional[float], typer.Option("--write-rate", min=0, metavar="N", help="Writes (POST, "
+                         "PUT, DELETE) a second per token, sustained. [default: 5]")]
+WriteBurstOpt = Annotated[Optional[int], typer.Option("--write-burst", min=0, metavar="N", help="Writes per "
+                          "token at once, before --write-rate applies. [default: 60]")]
+HeartbeatOpt = Annotated[float, typer.Option("--heartbeat", min=0.05, hidden=True, help="Seconds between "
+                         "heartbeat comments on idle event streams.")]
+
+
 def serve(
-    host: HostOpt = "127.0.0.1",
-    port: PortOpt = 8080,
-    processor: ProcessorOpt = False,
-    cors: CorsOpt = None,
-    webhook_allow: WebhookAllowOpt = None,
-    email_allow: EmailAllowOpt = None,
-    store: StoreOpt = None,
-    header_timeout: HeadTimeoutOpt = 10.0,
-    body_timeout: BodyTimeoutOpt = 30.0,
-    keep_alive_timeout: KeepAliveOpt = 5,
-    write_timeout: WriteTimeoutOpt = 30.0,
-    max_connections: MaxConnectionsOpt = 2048,
-    ssl_certfile: SslCertOpt = None,
-    ssl_keyfile: SslKeyOpt = None,
-    heartbeat: Annotated[float, typer.Option("--heartbeat", min=0.05, hidden=True, help="Seconds between "
-                         "heartbeat comments on idle event streams.")] = 15.0,
-    # -- limits (README, "Limits"): each flag, else its BULKGEN_ variable, else settings.ServeLimits; 0: off --
-    max_active_jobs: Annotated[Optional[int], typer.Option("--max-active-jobs", min=0, metavar="N", help="Jobs a "
-                               "user may have queued, processing or paused at once. [default: 20]")] = None,
-    max_schedules: Annotated[Optional[int], typer.Option("--max-schedules", min=0, metavar="N",
-                             help="Schedules per user. [default: 10]")] = None,
-    max_stored_mb: Annotated[Optional[int], typer.Option("--max-stored-mb", min=0, metavar="MIB", help="The "
-                             "articles a user's jobs may store, in MiB. [default: 1024]")] = None,
-    max_templates: Annotated[Optional[int], typer.Option("--max-templates", min=0, metavar="N",
-                             help="Saved templates per user. [default: 100]")] = None,
-    write_rate: Annotated[Optional[float], typer.Option("--write-rate", min=0, metavar="N", help="Writes (POST, "
-                          "PUT, DELETE) a second per token, sustained. [default: 5]")] = None,
-    write_burst: Annotated[Optional[int], typer.Option("--write-burst", min=0, metavar="N", help="Writes per "
-                           "token at once, before --write-rate applies. [default: 60]")] = None,
-    max_streams: MaxStreamsOpt = None,
-    events_retention: RetentionOpt = None,
+    host: HostOpt = "127.0.0.1", port: PortOpt = 8080, processor: ProcessorOpt = False, cors: CorsOpt = None,
+    webhook_allow: WebhookAllowOpt = None, email_allow: EmailAllowOpt = None, store: StoreOpt = None,
+    header_timeout: HeadTimeoutOpt = 10.0, body_timeout: BodyTimeoutOpt = 30.0,
+    keep_alive_timeout: KeepAliveOpt = 5, write_timeout: WriteTimeoutOpt = 30.0,
+    max_connections: MaxConnectionsOpt = 2048, ssl_certfile: SslCertOpt = None, ssl_keyfile: SslKeyOpt = None,
+    heartbeat: HeartbeatOpt = 15.0, max_active_jobs: MaxActiveJobsOpt = None, max_schedules: MaxSchedulesOpt = None,
+    max_stored_mb: MaxStoredOpt = None, max_templates: MaxTemplatesOpt = None, write_rate: WriteRateOpt = None,
+    write_burst: WriteBurstOpt = None, max_streams: MaxStreamsOpt = None, events_retention: RetentionOpt = None,
     run_flags: Optional[dict[str, Optional[object]]] = None,
 ) -> None:
     """Serve the bulk-job API over HTTP (and, with --processor, process the queue too).
@@ -145,16 +138,11 @@ def serve(
     Every route needs a bearer token (`bulkgen token create --user NAME`).
     Example: bulkgen serve --port 8080 --processor
     """
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError:
-        note(INSTALL_HINT, "red")
-        raise typer.Exit(2) from None
+    _need_the_serve_extra()
     from bulkgen_cli.delivery import netpolicy
-    from bulkgen_cli.core import settings
     from bulkgen_cli.server.config import ServerConfig
     from bulkgen_cli.server.run import Limits, listen, serve as run_server, start_processor
+    from bulkgen_cli.store import open_store
 
     url = settings.store_url(store)
     limits = settings.ServeLimits.resolve(max_active_jobs, max_schedules, max_stored_mb, write_rate, write_burst,
@@ -162,17 +150,7 @@ def serve(
     run_settings = settings.RunSettings.resolve(**(run_flags or {})) if processor else None  # type: ignore[arg-type]
     allow = netpolicy.parse_allow(webhook_allow or [])
     live_tokens, display = _record_policy(store, allow, email_allow, limits)
-    if not is_loopback(host) and not live_tokens:
-        note(f"Error: refusing to listen on {host} while no API token exists: create one first with "
-             "`bulkgen token create --user NAME`.", "red")
-        raise typer.Exit(2)
-    tls = _tls(ssl_certfile, ssl_keyfile)
-    if not is_loopback(host) and tls is None:
-        note(f"Warning: {host} is not loopback and there is no TLS: tokens cross the network in clear. Give "
-             "--ssl-certfile and --ssl-keyfile, or serve on 127.0.0.1 behind a reverse proxy that speaks HTTPS.",
-             "yellow")
-    from bulkgen_cli.store import open_store
-
+    tls = _exposure(host, bool(live_tokens), ssl_certfile, ssl_keyfile)
     sock = listen(host, port)
     config = ServerConfig(lambda: open_store(url, "create"), display, tuple(cors or ()), allow,
                           tuple(d.strip().lower() for d in email_allow or ()), heartbeat=heartbeat,
@@ -186,6 +164,31 @@ def serve(
         background = start_processor(run_settings, lambda: open_store(url, "create"), PlainView())
     connections = Limits(header_timeout, body_timeout, keep_alive_timeout, max_connections, write_timeout)
     run_server(config, sock, background, connections, tls)
+
+
+def _need_the_serve_extra() -> None:
+    """Exit 2 with the install hint when FastAPI or uvicorn is missing."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        note(INSTALL_HINT, "red")
+        raise typer.Exit(2) from None
+
+
+def _exposure(host: str, any_token: bool, ssl_certfile: str | None, ssl_keyfile: str | None) -> Tls | None:
+    """Refuse a non-loopback address while no token exists (exit 2); the TLS files, checked; a warning when a
+    non-loopback address has none."""
+    if not is_loopback(host) and not any_token:
+        note(f"Error: refusing to listen on {host} while no API token exists: create one first with "
+             "`bulkgen token create --user NAME`.", "red")
+        raise typer.Exit(2)
+    tls = _tls(ssl_certfile, ssl_keyfile)
+    if not is_loopback(host) and tls is None:
+        note(f"Warning: {host} is not loopback and there is no TLS: tokens cross the network in clear. Give "
+             "--ssl-certfile and --ssl-keyfile, or serve on 127.0.0.1 behind a reverse proxy that speaks HTTPS.",
+             "yellow")
+    return tls
 
 
 def _record_policy(store: str | None, allow: Any, email_allow: list[str] | None,
@@ -204,7 +207,6 @@ def _record_policy(store: str | None, allow: Any, email_allow: list[str] | None,
 
 
 def _tls(certfile: str | None, keyfile: str | None) -> Tls | None:
-    from bulkgen_cli.core.errors import UsageError
     from bulkgen_cli.server.run import Tls
 
     if certfile is None and keyfile is None:
@@ -296,8 +298,6 @@ def token_revoke(
 
 
 def _token_doc(token: ApiToken) -> dict[str, object]:
-    from bulkgen_cli.core.model import iso
-
     return {"id": token.id, "user": token.userId, "admin": token.admin, "email": token.email,
             "created_at": iso(token.created_at), "revoked_at": iso(token.revoked_at)}
 

@@ -1,4 +1,7 @@
-"""`bulkgen template save | list | show | remove`, and what `submit --template/--values` reads (templates.py)."""
+"""`bulkgen template save | list | show | remove`, and what `submit --template/--values` reads (templates.py).
+
+Layers below the CLI and rich are imported in the command that uses them (cold start: cli/__init__.py).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,9 @@ import typer
 from bulkgen_cli.cli.common import (
     EXIT_CODES, JsonOpt, StoreOpt, UserOpt, listed, note, open_db, open_or_create, render_json,
 )
+from bulkgen_cli.core import settings
+from bulkgen_cli.core.model import SaveOutcome, iso
+from bulkgen_cli.core.text import visible
 
 if TYPE_CHECKING:
     from bulkgen_cli.input.manifest import Manifest
@@ -35,8 +41,6 @@ COLUMNS = (("Name", None), ("Mode", None), ("Placeholders", None), ("Saved", Non
 
 def template_dict(saved: SavedTemplate, with_text: bool = False) -> dict[str, Any]:
     """A saved template as `--json` prints it."""
-    from bulkgen_cli.core.model import iso
-
     doc: dict[str, Any] = {"name": saved.name, "userId": saved.userId, "mode": saved.mode,
                            "placeholders": list(saved.placeholders), "source": saved.source,
                            "created_at": iso(saved.created_at), "updated_at": iso(saved.updated_at)}
@@ -60,9 +64,7 @@ def save(
     The template is checked as `submit` checks it, rows aside; nothing is saved
     when it has a problem. Example: bulkgen template save city-guides examples/city-guides.yaml
     """
-    from bulkgen_cli.core import settings
     from bulkgen_cli.input import templates
-    from bulkgen_cli.core.model import SaveOutcome
 
     templates.check_name(name)
     templates.template_file(file)
@@ -86,7 +88,6 @@ def list_(store: StoreOpt = None, user: UserOpt = None, json_: JsonOpt = False) 
     Example: bulkgen template list --json
     """
     from bulkgen_cli.cli import render
-    from bulkgen_cli.core import settings
     from bulkgen_cli.input import templates
 
     with open_db(store, "read") as db:
@@ -104,9 +105,7 @@ def show(name: NameArg, store: StoreOpt = None, user: UserOpt = None, json_: Jso
 
     Example: bulkgen template show city-guides > city-guides.yaml
     """
-    from bulkgen_cli.core import settings
     from bulkgen_cli.input import templates
-    from bulkgen_cli.core.text import visible
 
     with open_db(store, "read") as db:
         saved = templates.load_saved(db, settings.user(user), name)
@@ -123,7 +122,6 @@ def remove(name: NameArg, store: StoreOpt = None, user: UserOpt = None, json_: J
     Example: bulkgen template remove city-guides
     """
     from bulkgen_cli.ops import schedules
-    from bulkgen_cli.core import settings
     from bulkgen_cli.input import templates
 
     with open_db(store, "write") as db:

@@ -1,7 +1,9 @@
-"""Content generators: the HTTP service client and the offline draft writer.
+"""Content generators: the HTTP service client and the offline draft writer (and the reference service).
 
 Each makes one try per call and sorts the result (`Reply.kind`); retries,
 backoff and leases are the processor's business.
+
+May import core and input (design.md, "Layers").
 """
 
 from __future__ import annotations

@@ -5,15 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import Callable, TypeVar
 
+from bulkgen_cli.core.channels import RETRY_DELAYS, SmtpSettings, parse_channels
 from bulkgen_cli.core.errors import UsageError
-
-if TYPE_CHECKING:  # notify is imported where e-mail is needed, not on every command
-    from bulkgen_cli.delivery.notify import SmtpSettings
-    from bulkgen_cli.store.rules import Quota
+from bulkgen_cli.core.text import duration
 
 T = TypeVar("T")
 
@@ -155,8 +154,6 @@ DEFAULTS = RunSettings()
 
 def notify_channels(flags: list[str] | None) -> list[str]:
     """Channels for a new job: the --notify flags, else BULKGEN_NOTIFY (comma-separated)."""
-    from bulkgen_cli.delivery.notify import parse_channels
-
     if flags:
         return parse_channels(flags)
     return parse_channels([os.environ.get(ENV_NOTIFY, "")])
@@ -167,8 +164,6 @@ def smtp() -> SmtpSettings | None:
     url = os.environ.get(ENV_SMTP_URL)
     if not url:
         return None
-    from bulkgen_cli.delivery.notify import SmtpSettings
-
     return SmtpSettings.from_url(url, os.environ.get(ENV_SMTP_FROM) or None)
 
 
@@ -178,8 +173,6 @@ def on_complete_command(flag: str | None) -> str | None:
 
 def notify_retry_delays() -> tuple[float, ...]:
     """Seconds to wait before each further try of a notification (BULKGEN_NOTIFY_RETRY)."""
-    from bulkgen_cli.delivery.notify import RETRY_DELAYS
-
     def parse(raw: str) -> tuple[float, ...]:
         return tuple(seconds()(part.strip()) for part in raw.split(",") if part.strip())
 
@@ -192,8 +185,6 @@ PAST_TOLERANCE = dt.timedelta(minutes=1)
 
 def parse_when(text: str, now: dt.datetime) -> dt.datetime:
     """`--not-before`: ISO 8601 with or without a zone (local time without), or +30m, +2h, +1d, +90s."""
-    import re
-
     raw = text.strip()
     match = re.fullmatch(r"\+(\d+(?:\.\d+)?)\s*([smhd])", raw)
     try:
@@ -212,8 +203,6 @@ def parse_when(text: str, now: dt.datetime) -> dt.datetime:
             "or a delay like +30m, +2h, +1d."
         ) from None
     if when < now - PAST_TOLERANCE:
-        from bulkgen_cli.core.text import duration
-
         raise UsageError(
             f"--not-before {text!r} is {duration((now - when).total_seconds())} in the past: give a time to come "
             "(check its zone; a time without one is local), or leave --not-before out to start at once."
@@ -244,12 +233,6 @@ class ServeLimits:
     #: writes (POST, PUT, DELETE) a second per token, sustained, and in one burst
     write_rate: float = 5.0
     write_burst: int = 60
-
-    def quota(self) -> Quota:
-        """The limits a store checks with each new job's insert."""
-        from bulkgen_cli.store.rules import Quota
-
-        return Quota(self.max_active_jobs, self.max_stored_mb * 1024 * 1024)
 
     @classmethod
     def resolve(cls, max_active_jobs: int | None = None, max_schedules: int | None = None,

@@ -9,25 +9,27 @@ is at least once, with one Idempotency-Key per event. A receiver that stays
 down is recorded on the job and never fails the job or the processor. Nothing
 read from the store is run: the on-complete command is the processor's own
 setting.
+
+httpx (about 80 ms of a cold start, with `held_http`, its connections held to a
+send's deadline), smtplib, ssl and email are imported in the function that
+sends, not with the module: the commands that deliver an end at
+once (`cancel`, `item cancel`, `doctor --fix`) load this module, and most ends
+notify neither a webhook nor an address.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import os
-import re
-import socket
-import threading
+import subprocess
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator
-from urllib.parse import unquote, urlsplit
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import urlsplit
 
 from bulkgen_cli import __version__
-from bulkgen_cli.core.errors import UsageError
+from bulkgen_cli.core.channels import RETRY_DELAYS, SmtpSettings, mask_channel
 from bulkgen_cli.core.model import (
     BulkJob,
     BulkStatus,
@@ -36,13 +38,14 @@ from bulkgen_cli.core.model import (
     later,
     utcnow,
 )
+from bulkgen_cli.delivery.deadline import Deadline
+from bulkgen_cli.delivery.netpolicy import Policy, Refused, check_email, check_webhook, pinned_request
 from bulkgen_cli.store.base import Store, step_claimable
 
-if TYPE_CHECKING:  # imported where used: `status` shows channels without loading smtplib and ssl
+if TYPE_CHECKING:  # imported where used (see above)
     from email.message import EmailMessage
 
 #: Waits after the 1st, 2nd and 3rd failed try: 4 tries over about a minute.
-RETRY_DELAYS = (5.0, 15.0, 40.0)
 #: How often a busy processor looks for notifications left pending by others (seconds).
 SCAN_EVERY = 5.0
 #: A webhook's and an e-mail's whole send, each a deadline (`Deadline`): resolving the name, connecting,
@@ -59,8 +62,6 @@ LOCK_SECONDS = max(WEBHOOK_TIMEOUT, SMTP_TIMEOUT) + LOCK_MARGIN
 #: An on-complete hook is run for ends at most this old (a processor started
 #: later does not replay the whole history).
 HOOK_WINDOW = dt.timedelta(hours=24)
-MAX_CHANNELS = 10
-EMAIL = re.compile(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+")
 
 
 # -- channels -------------------------------------------------------------------
@@ -74,47 +75,6 @@ def send_timeout(channel: str) -> float:
 def lock_seconds(channel: str) -> float:
     """How long a step on `channel` is taken for: past its send's deadline, so no send outlives its lock."""
     return send_timeout(channel) + LOCK_MARGIN
-
-
-def parse_channel(text: str) -> str:
-    """Check one `--notify` value; the stored form is `webhook:URL` or `email:ADDRESS`."""
-    kind, _, target = text.strip().partition(":")
-    kind = kind.lower()
-    if kind == "webhook":
-        try:
-            parts = urlsplit(target)
-        except ValueError:  # http://[::1/ (an unclosed bracket), http://[x]/
-            raise UsageError(f"--notify {text!r}: the webhook URL cannot be read.") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"--notify {text!r}: a webhook needs an http:// or https:// URL.")
-        return f"webhook:{target}"
-    if kind == "email":
-        if not EMAIL.fullmatch(target):
-            raise UsageError(f"--notify {text!r}: not an email address.")
-        return f"email:{target}"
-    raise UsageError(f"--notify {text!r}: use webhook:https://… or email:someone@example.com.")
-
-
-def parse_channels(values: list[str]) -> list[str]:
-    channels = []
-    for value in values:
-        for part in value.split(","):
-            if part.strip() and part.strip().lower() != "none":
-                channel = parse_channel(part)
-                if channel not in channels:
-                    channels.append(channel)
-    if len(channels) > MAX_CHANNELS:
-        raise UsageError(f"at most {MAX_CHANNELS} notification channels, got {len(channels)}.")
-    return channels
-
-
-def mask_channel(channel: str) -> str:
-    """A channel for display: a password in a webhook URL becomes ***."""
-    kind, _, target = channel.partition(":")
-    parts = urlsplit(target) if kind == "webhook" else None
-    if parts is not None and parts.password:
-        target = parts._replace(netloc=parts.netloc.replace(":" + parts.password + "@", ":***@", 1)).geturl()
-    return f"{kind}:{target}"
 
 
 # -- the event ----------------------------------------------------------------------
@@ -169,146 +129,34 @@ def email_message(event: dict[str, Any], sender: str, to: str) -> EmailMessage:
     return message
 
 
-@dataclass(frozen=True)
-class SmtpSettings:
-    """From BULKGEN_SMTP_URL: smtp://[user:pass@]host[:port] (STARTTLS) or smtps:// (TLS)."""
+def send_email(account: SmtpSettings, message: EmailMessage, deadline: Deadline | None = None) -> None:
+    """Send `message`, the whole exchange within `deadline` (SMTP_TIMEOUT from now by default)."""
+    import smtplib
+    import ssl
 
-    scheme: str
-    host: str
-    port: int
-    user: str | None = None
-    password: str | None = field(default=None, repr=False)
-    sender: str = "bulkgen@localhost"
+    deadline = deadline or Deadline(SMTP_TIMEOUT)
+    context = ssl.create_default_context()
+    smtp = (smtplib.SMTP_SSL(timeout=SMTP_TIMEOUT, context=context) if account.scheme == "smtps"
+            else smtplib.SMTP(timeout=SMTP_TIMEOUT))
 
-    @classmethod
-    def from_url(cls, url: str, sender: str | None = None) -> SmtpSettings:
-        parts = urlsplit(url)
-        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
-            raise UsageError("BULKGEN_SMTP_URL must look like smtp://user:pass@host:587 or smtps://host:465.")
-        user = unquote(parts.username) if parts.username else None
-        password = unquote(parts.password) if parts.password else None
-        query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
-        default_port = 465 if parts.scheme == "smtps" else (587 if user else 25)
-        try:
-            port = parts.port or default_port
-        except ValueError:
-            raise UsageError("BULKGEN_SMTP_URL has a port that is not a number.") from None
-        return cls(parts.scheme, parts.hostname, port, user, password,
-                   sender or unquote(query.get("from", "")) or "bulkgen@localhost")
+    def connected(host: str, port: int, timeout: float) -> Any:  # smtplib's own, within the deadline
+        sock = deadline.connect(host, port, smtp.source_address)
+        return context.wrap_socket(sock, server_hostname=host) if account.scheme == "smtps" else sock
 
-    def send(self, message: EmailMessage, deadline: Deadline | None = None) -> None:
-        """Send `message`, the whole exchange within `deadline` (SMTP_TIMEOUT from now by default)."""
-        import smtplib
-        import ssl
-
-        deadline = deadline or Deadline(SMTP_TIMEOUT)
-        context = ssl.create_default_context()
-        smtp = (smtplib.SMTP_SSL(timeout=SMTP_TIMEOUT, context=context) if self.scheme == "smtps"
-                else smtplib.SMTP(timeout=SMTP_TIMEOUT))
-
-        def connected(host: str, port: int, timeout: float) -> Any:  # smtplib's own, within the deadline
-            sock = deadline.connect(host, port, smtp.source_address)
-            return context.wrap_socket(sock, server_hostname=host) if self.scheme == "smtps" else sock
-
-        smtp._get_socket = connected  # type: ignore[method-assign]
-        smtp._host = self.host  # the name STARTTLS checks the certificate against, as SMTP(host) sets it
-        with deadline.cutting(lambda: smtp.sock):
-            smtp.connect(self.host, self.port)
-            with smtp:
+    smtp._get_socket = connected  # type: ignore[method-assign]
+    smtp._host = account.host  # the name STARTTLS checks the certificate against, as SMTP(host) sets it
+    with deadline.cutting(lambda: smtp.sock):
+        smtp.connect(account.host, account.port)
+        with smtp:
+            smtp.ehlo()
+            if account.user and account.scheme == "smtp":
+                if not smtp.has_extn("starttls"):
+                    raise RuntimeError("the SMTP server offers no STARTTLS; the password is not sent in clear")
+                smtp.starttls(context=context)
                 smtp.ehlo()
-                if self.user and self.scheme == "smtp":
-                    if not smtp.has_extn("starttls"):
-                        raise RuntimeError("the SMTP server offers no STARTTLS; the password is not sent in clear")
-                    smtp.starttls(context=context)
-                    smtp.ehlo()
-                if self.user:
-                    smtp.login(self.user, self.password or "")
-                smtp.send_message(message)
-
-
-# -- one send's deadline ---------------------------------------------------------------
-
-
-class Deadline:
-    """One send's whole time. Python's socket timeouts hold each operation (httpx's and smtplib's too), and
-    name resolution has none: a receiver answering a byte at a time, or several addresses each slow to
-    refuse, would keep a send going past its step's lock, and another processor would send it again
-    meanwhile. So every step of a send gets only what is left of this deadline."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self.at = time.monotonic() + seconds
-
-    def expired(self) -> bool:
-        return time.monotonic() >= self.at
-
-    def left(self) -> float:
-        """The time left, or TimeoutError when there is none."""
-        rest = self.at - time.monotonic()
-        if rest <= 0:
-            raise TimeoutError(f"no answer within {self.seconds:g} s")
-        return rest
-
-    def call(self, function: Callable[..., Any], *args: Any) -> Any:
-        """`function(*args)` (a name lookup, which has no timeout of its own), given up at the deadline:
-        it then finishes alone in its thread, and nothing is sent."""
-        result: list[Any] = []
-
-        def run() -> None:
-            try:
-                result.append((True, function(*args)))
-            except BaseException as exc:  # noqa: BLE001  raised in the caller's thread below
-                result.append((False, exc))
-
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        thread.join(self.left())
-        if not result:
-            raise TimeoutError(f"no answer within {self.seconds:g} s")
-        ok, value = result[0]
-        if not ok:
-            raise value
-        return value
-
-    def connect(self, host: str, port: int, source: tuple[str, int] | None = None) -> socket.socket:
-        """A TCP connection to `host`, each address tried with the time left; its timeout is what is left."""
-        error: OSError = OSError(f"{host} has no address")
-        for family, kind, proto, _, address in self.call(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM):
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.settimeout(self.left())
-                if source:
-                    sock.bind(source)
-                sock.connect(address)
-                return sock
-            except OSError as exc:
-                sock.close()
-                error = exc
-        raise error
-
-    @contextmanager
-    def cutting(self, current: Callable[[], socket.socket | None]) -> Iterator[None]:
-        """Shut the connection `current()` down at the deadline, waking whatever read or write waits on it."""
-
-        def cut() -> None:
-            sock = current()
-            if sock is not None:
-                try:
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the socket's own, under TLS too
-                except OSError:
-                    pass  # already closed
-
-        timer = threading.Timer(max(self.at - time.monotonic(), 0.0), cut)
-        timer.daemon = True
-        timer.start()
-        try:
-            yield
-        except OSError as exc:
-            if time.monotonic() >= self.at:
-                raise TimeoutError(f"no answer within {self.seconds:g} s") from exc
-            raise
-        finally:
-            timer.cancel()
+            if account.user:
+                smtp.login(account.user, account.password or "")
+            smtp.send_message(message)
 
 
 # -- delivery ------------------------------------------------------------------------
@@ -323,6 +171,23 @@ class Delivery:
     ok: bool
     error: str | None = None
     final: bool = True
+
+
+@dataclass
+class AtOnce:
+    """Delivers the end a user's action recorded, at once (ops.control.Notifies): whoever records an end
+    delivers it; a processor retries what fails and sends what this process cannot (`skip_unconfigured`).
+    The front end passes how to read its SMTP settings and retry delays: they are read when an end is to be
+    delivered, so an action that ends nothing reads neither."""
+
+    store: Store
+    smtp: Callable[[], SmtpSettings | None]
+    retry_delays: Callable[[], tuple[float, ...]]
+    on_delivery: Callable[[Delivery], None] | None = None
+
+    def deliver(self, bulk: BulkJob) -> None:
+        Notifier(self.store, f"cancel:{os.getpid()}", self.smtp(), skip_unconfigured=True,
+                 on_delivery=self.on_delivery, retry_delays=self.retry_delays()).deliver(bulk)
 
 
 class Notifier:
@@ -430,8 +295,6 @@ class Notifier:
         A job submitted over HTTP carries a policy: its targets are checked again
         now (netpolicy), and a webhook connects to the address just checked.
         """
-        from bulkgen_cli.delivery.netpolicy import Policy, Refused, check_email
-
         kind, _, target = channel.partition(":")
         deadline = deadline or Deadline(send_timeout(channel))
         if deadline.expired():
@@ -445,7 +308,7 @@ class Notifier:
                     check_email(target, Policy.from_record(policy))
                 if self.smtp is None:
                     return "no BULKGEN_SMTP_URL is set on the processor that delivered it"
-                self.smtp.send(email_message(event, self.smtp.sender, target), deadline)
+                send_email(self.smtp, email_message(event, self.smtp.sender, target), deadline)
                 return None
             return f"unknown channel kind {kind!r}"
         except Refused as exc:
@@ -457,7 +320,7 @@ class Notifier:
                  deadline: Deadline | None = None) -> str | None:
         import httpx
 
-        from bulkgen_cli.delivery.netpolicy import check_webhook, pinned_request
+        from bulkgen_cli.delivery.held_http import within_deadline
 
         deadline = deadline or Deadline(WEBHOOK_TIMEOUT)
         if urlsplit(url).scheme not in ("http", "https"):
@@ -486,8 +349,6 @@ class Notifier:
             return
         if not self.store.claim_hook(bulk.id, bulk.outbox["event_id"]):
             return
-        import subprocess
-
         env = {**os.environ, "BULKGEN_BULK_ID": bulk.id, "BULKGEN_STATUS": bulk.status,
                "BULKGEN_EVENT": event["event"]}
         try:
@@ -498,75 +359,3 @@ class Notifier:
         except (OSError, subprocess.TimeoutExpired) as exc:
             error = str(exc)[:200]
         self.on_delivery(Delivery(bulk.id, "on-complete", error is None, error))
-
-
-# -- a webhook's connections, held to the send's deadline ----------------------------------
-
-
-def within_deadline(client: Any, deadline: Deadline) -> None:
-    """Make every connection `client` opens (directly or through a proxy from the environment) resolve,
-    connect, shake hands, write and read within `deadline`: httpx's timeouts hold each operation only.
-    httpx has no public way to give its pools a network backend; tests/test_notify_lock.py notices if
-    this one stops working."""
-    for transport in (client._transport, *client._mounts.values()):
-        pool = getattr(transport, "_pool", None)
-        if pool is not None:
-            pool._network_backend = _deadline_backend_class()(deadline)
-
-
-@functools.cache
-def _deadline_backend_class() -> Any:
-    """httpcore's synchronous network backend with every step held to a Deadline (made on first use:
-    httpcore is loaded only for a webhook)."""
-    import httpcore
-    from httpcore._backends.sync import SyncStream
-
-    class Stream(SyncStream):
-        def __init__(self, sock: socket.socket, deadline: Deadline):
-            super().__init__(sock)
-            self.deadline = deadline
-
-        def _rest(self, timeout: float | None, error: type[Exception]) -> float:
-            try:
-                rest = self.deadline.left()
-            except TimeoutError as exc:
-                raise error(str(exc)) from exc
-            return rest if timeout is None else min(timeout, rest)
-
-        def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-            return super().read(max_bytes, self._rest(timeout, httpcore.ReadTimeout))
-
-        def write(self, buffer: bytes, timeout: float | None = None) -> None:
-            while buffer:  # SyncStream's own loop gives every partial send the whole timeout
-                try:
-                    self._sock.settimeout(self._rest(timeout, httpcore.WriteTimeout))
-                    sent = self._sock.send(buffer)
-                except socket.timeout as exc:
-                    raise httpcore.WriteTimeout(str(exc)) from exc
-                except OSError as exc:
-                    raise httpcore.WriteError(str(exc)) from exc
-                buffer = buffer[sent:]
-
-        def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
-                      timeout: float | None = None) -> Any:
-            tls = super().start_tls(ssl_context, server_hostname, self._rest(timeout, httpcore.ConnectTimeout))
-            return Stream(tls._sock, self.deadline)
-
-    class Backend(httpcore.SyncBackend):
-        def __init__(self, deadline: Deadline):
-            self.deadline = deadline
-
-        def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                        local_address: str | None = None, socket_options: Any = None) -> Any:
-            try:
-                sock = self.deadline.connect(host, port, None if local_address is None else (local_address, 0))
-            except TimeoutError as exc:
-                raise httpcore.ConnectTimeout(str(exc)) from exc
-            except OSError as exc:
-                raise httpcore.ConnectError(str(exc)) from exc
-            for option in socket_options or ():
-                sock.setsockopt(*option)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return Stream(sock, self.deadline)
-
-    return Backend

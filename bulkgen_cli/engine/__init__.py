@@ -1,1 +1,6 @@
-"""The processor: its loop, one attempt, leases and fencing, the runner, the quality gate."""
+"""The processor: its loop, one claimed item's attempt, leases and fencing, the runner (threads, signals,
+grace), the attached observer, the quality gate.
+
+May import core, input, store, content and delivery; never ops (what joins them, the schedules' ticker, is
+wired by a front end) nor a front end (design.md, "Layers").
+"""

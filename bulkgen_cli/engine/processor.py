@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from bulkgen_cli.store import repair
-from bulkgen_cli.engine.attempt import Attempt, new_pool
+from bulkgen_cli.engine.attempt import Attempt, Parts, new_pool
 from bulkgen_cli.content import Generator
 from bulkgen_cli.core.errors import ServiceUnavailable, StoreUnavailable
 from bulkgen_cli.core.events import (  # noqa: F401  (re-exported: the events are the processor's words)
@@ -180,7 +180,9 @@ class Processor:
 
     def process(self, item: Item) -> Step:
         """Generate a claimed item with in-place retries, then record its end."""
-        return Attempt(self, item).run()
+        parts = Parts(self.store, self.leases, self.settings, self.generator, self.owner, self.clock, self.ticker,
+                      self.on_event)
+        return Attempt(parts, self, item).run()
 
     # Each handler: what follows a step; False ends the run.
 

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Iterable
 
+import snowballstemmer
+
 from bulkgen_cli.content import content_text, count_words
 from bulkgen_cli.core.model import DEFAULT_WORD_COUNT, TURNED_DOWN_ERROR, Item, Mode, QualityPolicy, VerdictStatus
 
@@ -154,8 +156,6 @@ def prose_words(text: str) -> list[str]:
 
 def stemmer_name(language: Any) -> str:
     """Snowball's algorithm for an item's `language` ("en", "de-AT", "German"); English when unknown."""
-    import snowballstemmer
-
     name = str(language or "").strip().casefold().replace("_", "-")
     name = STEMMER_FOR.get(name.split("-")[0], name)
     return name if name in snowballstemmer.algorithms() else DEFAULT_STEMMER
@@ -163,8 +163,6 @@ def stemmer_name(language: Any) -> str:
 
 def missing_keywords(text: str, keywords: list[str], language: Any = None) -> list[str]:
     """The keywords not in `text`: each word compared by its stem, a keyword's words in order."""
-    import snowballstemmer
-
     stemmer = snowballstemmer.stemmer(stemmer_name(language))  # one per call: a stemmer is not thread-safe
     stems: dict[str, str] = {}
 

@@ -6,33 +6,50 @@ lets the request in flight finish within `--grace`, the second aborts it), and
 decides when a `submit --wait` is over: its jobs ended and their
 notifications were delivered or given up. It prints nothing; events go to
 `on_event`, and the caller renders them.
+
+It reads no settings of its own: the front end passes the processor's settings,
+the SMTP settings and retry delays of its notifier, and, for `run --forever`,
+how to make the schedules' ticker (ops.schedules.Ticker; the engine does not
+import the operations).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
-from bulkgen_cli.core import settings as settings_
 from bulkgen_cli.content import Generator
+from bulkgen_cli.content.http import HttpGenerator
+from bulkgen_cli.content.offline import OfflineGenerator
+from bulkgen_cli.core.channels import RETRY_DELAYS, SmtpSettings
 from bulkgen_cli.core.events import Event, Queue, Stopping
 from bulkgen_cli.core.model import ACTIVE_BULK, ENDED_BULK, BulkJob, outbox_open
+from bulkgen_cli.core.settings import RunSettings
 from bulkgen_cli.delivery.notify import Delivery, Notifier
 from bulkgen_cli.engine.processor import Processor
-from bulkgen_cli.core.settings import RunSettings
 from bulkgen_cli.store.base import Store
-
-if TYPE_CHECKING:
-    from bulkgen_cli.ops.schedules import Ticker
 
 ENDED = {s.value for s in ENDED_BULK}
 #: At most this many jobs are shown as rows when a run starts.
 QUEUE_ROWS = 20
 #: How long the main thread waits on a worker before looking again (signals reach it between waits).
 JOIN_POLL = 0.2
+
+
+class Ticking(Protocol):
+    """What `run --forever` runs beside its processors in a thread: the schedules' ticker (ops.schedules.Ticker)."""
+
+    thread: threading.Thread | None
+
+    def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def next_due(self) -> dt.datetime | None: ...
 
 
 @dataclass(frozen=True)
@@ -50,19 +67,19 @@ class RunResult:
 def generator_for(run_settings: RunSettings) -> Generator:
     """The content service client, or the offline draft writer when no service is set."""
     if run_settings.api_url:
-        from bulkgen_cli.content.http import HttpGenerator
-
         return HttpGenerator(run_settings.api_url, run_settings.api_token, run_settings.timeout)
-    from bulkgen_cli.content.offline import OfflineGenerator
-
     return OfflineGenerator()
 
 
 class Runner:
     def __init__(self, store: Store, run_settings: RunSettings, open_store: Callable[[], Store],
-                 on_event: Callable[[Event | Delivery], None]):
-        """`store` serves the first processor; `open_store()` gives each further one its own connection."""
+                 on_event: Callable[[Event | Delivery], None], *, smtp: SmtpSettings | None = None,
+                 retry_delays: tuple[float, ...] = RETRY_DELAYS, ticker: Callable[[str], Ticking] | None = None):
+        """`store` serves the first processor; `open_store()` gives each further one its own connection.
+        `smtp` and `retry_delays` are each processor's notifier's; `ticker(owner)` makes the schedules' ticker
+        that `run(forever=True)` runs (None: no schedules are looked at)."""
         self.store, self.settings, self.open_store, self.on_event = store, run_settings, open_store, on_event
+        self.smtp, self.retry_delays, self.ticker = smtp, retry_delays, ticker
         self.workers: list[Processor] = []
         self.errors: list[BaseException] = []
         self._attached = False
@@ -73,7 +90,7 @@ class Runner:
         self.on_event(Queue(sorted(waiting, key=lambda b: (b.created_at, b.id))))
         self.workers = [self._processor(self.store if n == 0 else self.open_store())
                         for n in range(self.settings.concurrency)]
-        schedules = self._schedules() if forever else None
+        schedules = self._schedules() if forever and self.ticker is not None else None
         try:
             with self._signals() as received:
                 self._work(forever, until_bulks)
@@ -87,11 +104,10 @@ class Runner:
         finals = [b for b in (self.store.get_bulk(i) for i in until_bulks or []) if b is not None]
         return RunResult(received.get("code"), finals, sum(p.handed_back for p in self.workers), self._attached)
 
-    def _schedules(self) -> Ticker:
+    def _schedules(self) -> Ticking:
         """`run --forever` submits the schedules' occurrences: a thread with its own connection (schedules.Ticker)."""
-        from bulkgen_cli.ops.schedules import Ticker
-
-        ticker = Ticker(self.open_store(), f"{self.workers[0].owner}:schedules", self.on_event)
+        assert self.ticker is not None
+        ticker = self.ticker(f"{self.workers[0].owner}:schedules")
         thread = threading.Thread(target=ticker.run, name="schedules", daemon=True)
         ticker.thread = thread
         for processor in self.workers:
@@ -101,8 +117,8 @@ class Runner:
 
     def _processor(self, store: Store) -> Processor:
         processor = Processor(store, generator_for(self.settings), self.settings, on_event=self.on_event)
-        processor.notifier = Notifier(store, processor.owner, settings_.smtp(), self.settings.on_complete,
-                                      on_delivery=self.on_event, retry_delays=settings_.notify_retry_delays())
+        processor.notifier = Notifier(store, processor.owner, self.smtp, self.settings.on_complete,
+                                      on_delivery=self.on_event, retry_delays=self.retry_delays)
         return processor
 
     def _work(self, forever: bool, until_bulks: list[str] | None) -> None:

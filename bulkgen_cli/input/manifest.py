@@ -468,17 +468,9 @@ def _yaml_document(root: Node | None, conv: _Converter, problems: _Problems) -> 
         if "mode" in top:
             mode = _parse_mode(conv.value(top["mode"], None, "mode"), problems, "mode", _line(top["mode"]))
         if "name" in top:
-            value = conv.value(top["name"], None, "name")
-            if isinstance(value, (str, int, float)) and not isinstance(value, bool) and str(value).strip():
-                name = str(value).strip()[:200]
-            else:
-                problems.add("'name' must be text.", line=_line(top["name"]))
+            name = _yaml_name(top["name"], conv, problems)
         if "defaults" in top:
-            node = top["defaults"]
-            if isinstance(node, MappingNode):
-                defaults = {k: _Field(conv.value(v, None, k), _line(v)) for k, v in conv.mapping(node, None, "defaults")}
-            elif not (isinstance(node, ScalarNode) and node.tag.endswith(":null")):
-                problems.add("'defaults' must be a mapping of article fields.", line=_line(node))
+            defaults = _yaml_defaults(top["defaults"], conv, problems)
         items_node = top.get("items")
         if items_node is None:
             problems.add(f"has no 'items:' list; {shape}.", line=_line(root))
@@ -486,6 +478,28 @@ def _yaml_document(root: Node | None, conv: _Converter, problems: _Problems) -> 
     if not isinstance(items_node, SequenceNode):
         problems.add(f"'items' must be a list; {shape}.", line=_line(items_node))
         return mode, name, defaults, []
+    return mode, name, defaults, _yaml_rows(items_node, defaults, conv, problems)
+
+
+def _yaml_name(node: Node, conv: _Converter, problems: _Problems) -> str | None:
+    value = conv.value(node, None, "name")
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool) and str(value).strip():
+        return str(value).strip()[:200]
+    problems.add("'name' must be text.", line=_line(node))
+    return None
+
+
+def _yaml_defaults(node: Node, conv: _Converter, problems: _Problems) -> dict[str, _Field]:
+    if isinstance(node, MappingNode):
+        return {k: _Field(conv.value(v, None, k), _line(v)) for k, v in conv.mapping(node, None, "defaults")}
+    if not (isinstance(node, ScalarNode) and node.tag.endswith(":null")):
+        problems.add("'defaults' must be a mapping of article fields.", line=_line(node))
+    return {}
+
+
+def _yaml_rows(items_node: SequenceNode, defaults: dict[str, _Field], conv: _Converter,
+               problems: _Problems) -> list[tuple[int | None, dict[str, _Field]]]:
+    """Each item's line and fields (the defaults, then its own)."""
     rows: list[tuple[int | None, dict[str, _Field]]] = []
     for number, node in enumerate(items_node.value, start=1):
         if not isinstance(node, MappingNode):
@@ -496,7 +510,7 @@ def _yaml_document(root: Node | None, conv: _Converter, problems: _Problems) -> 
         for key, child in conv.mapping(node, number, None):
             fields[key] = _Field(conv.value(child, number, key), _line(child))
         rows.append((_line(node), fields))
-    return mode, name, defaults, rows
+    return rows
 
 
 # -- CSV ----------------------------------------------------------------------

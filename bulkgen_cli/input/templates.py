@@ -21,7 +21,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
@@ -31,7 +31,6 @@ from bulkgen_cli.input.manifest import MAX_PROBLEMS, STDIN, FieldValue, Manifest
 from bulkgen_cli.core.model import (
     ITEMS_RANGE, MAX_SPLIT_ITEMS, REQUIRED_FIELD, Mode, SavedTemplate, SaveOutcome, utcnow,
 )
-from bulkgen_cli.store.base import Store
 from bulkgen_cli.core.text import quoted
 
 #: A template's top-level keys.
@@ -692,6 +691,19 @@ def values_format(path: str | Path, fmt: str | None = None) -> str:
 # -- saved templates ---------------------------------------------------------------------------------------
 
 
+class Shelf(Protocol):
+    """The part of a store that keeps saved templates (store.base.Store has it); the input layer sits below
+    the store and names only what it uses."""
+
+    def save_template(self, template: SavedTemplate, replace: bool = False, max_count: int = 0) -> SaveOutcome: ...
+
+    def get_template(self, user: str, name: str) -> SavedTemplate | None: ...
+
+    def list_templates(self, user: str) -> list[SavedTemplate]: ...
+
+    def remove_template(self, user: str, name: str) -> bool: ...
+
+
 def check_name(name: str) -> str:
     """A saved template's name, or UsageError (exit 2) saying the rule."""
     if not NAME_RULE.fullmatch(name):
@@ -699,7 +711,7 @@ def check_name(name: str) -> str:
     return name
 
 
-def save(store: Store, user: str, name: str, template_text: str, *, source: str,
+def save(store: Shelf, user: str, name: str, template_text: str, *, source: str,
          replace: bool = False, max_count: int = 0) -> tuple[SavedTemplate, SaveOutcome]:
     """Check the template and keep it as `user`'s `name`; NameTaken (exit 4) when that name is used, unless `replace`.
     `max_count` (a user's over HTTP; 0: none): a new name past that many templates is QuotaExceeded."""
@@ -720,7 +732,7 @@ def save(store: Store, user: str, name: str, template_text: str, *, source: str,
     return saved, outcome
 
 
-def load_saved(store: Store, user: str, name: str) -> SavedTemplate:
+def load_saved(store: Shelf, user: str, name: str) -> SavedTemplate:
     """`user`'s saved template `name`; NotFound (exit 3) when there is none (another user's is never found)."""
     saved = store.get_template(user, name)
     if saved is None:
@@ -728,12 +740,12 @@ def load_saved(store: Store, user: str, name: str) -> SavedTemplate:
     return saved
 
 
-def list_saved(store: Store, user: str) -> list[SavedTemplate]:
+def list_saved(store: Shelf, user: str) -> list[SavedTemplate]:
     """`user`'s saved templates, by name."""
     return store.list_templates(user)
 
 
-def remove(store: Store, user: str, name: str) -> None:
+def remove(store: Shelf, user: str, name: str) -> None:
     """Delete `user`'s saved template `name`; NotFound (exit 3) when there is none."""
     if not store.remove_template(user, name):
         raise none_named("template", name)

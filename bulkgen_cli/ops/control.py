@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 from bulkgen_cli.core.errors import InvalidTransition, NotFound
 from bulkgen_cli.core.model import BULK_TRANSITIONS, BulkJob, BulkStatus, utcnow
@@ -19,6 +20,21 @@ from bulkgen_cli.store.base import Store
 from bulkgen_cli.core.text import quoted
 
 ATTEMPTS = 5
+
+
+class Notifies(Protocol):
+    """What delivers a job's end notifications at once (delivery.notify.Notifier): the front end builds it from
+    its settings and passes it in; no operation builds one."""
+
+    def deliver(self, bulk: BulkJob) -> None: ...
+
+
+def notify_end(store: Store, bulk_id: str, notifier: Notifies | None) -> None:
+    """Whoever records an end delivers its notifications at once (a processor retries what fails, and takes
+    what `notifier` cannot send, such as e-mail without SMTP settings); no notifier, the processor's scan does."""
+    current = store.get_bulk(bulk_id) if notifier is not None else None
+    if notifier is not None and current is not None:
+        notifier.deliver(current)
 
 
 class Action(str, Enum):
@@ -120,5 +136,6 @@ def _notification_open(bulk_id: str) -> InvalidTransition:
     # A new round would end with a new outbox; the last end's event is sent first.
     return InvalidTransition(
         f"cannot retry-failed bulk job {bulk_id} yet: the notification of its last end is still being "
-        "delivered (a processor retries it within about a minute; see `bulkgen status`)."
-    )
+        "delivered; a processor retries it within about a minute.",
+        cli=f" `bulkgen status {bulk_id}` shows its notifications.",
+        http=f" GET /api/bulk-generate/{bulk_id} shows its notifications.")

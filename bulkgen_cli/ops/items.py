@@ -5,17 +5,23 @@ Plain values in, plain data out, `BulkgenError`s for the caller to map (as
 reads the item, decides, and changes it with one conditional write whose
 condition is the status it read; if the item changed meanwhile, it decides
 again from the new state.
+
+`export` (and with it yaml, about 15 ms of a cold start) is imported by the functions that write front
+matter, not with the module: `status --items` loads this module for its short ids.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
+from bulkgen_cli.content import content_text
 from bulkgen_cli.core.errors import InvalidTransition, NotFound, UsageError
+from bulkgen_cli.ops import control
 from bulkgen_cli.core.model import BulkJob, BulkStatus, Counts, Item, ItemStatus, turned_down, utcnow
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import Store
@@ -23,8 +29,6 @@ from bulkgen_cli.core.text import quoted, visible
 
 if TYPE_CHECKING:
     import datetime as dt
-
-    from bulkgen_cli.delivery.notify import Delivery
 
 #: How many candidates an ambiguous prefix names.
 CANDIDATES = 5
@@ -65,10 +69,13 @@ def check_ref(ref: str) -> str:
     prefix = ref.strip().lower()
     if not _HEX.fullmatch(prefix) or len(prefix) > rules.ID_LENGTH:
         raise UsageError(f"{quoted(ref)} is not an item id: ids are hexadecimal (0-9, a-f), at most "
-                         f"{rules.ID_LENGTH} digits, as `bulkgen status BULK_ID --items` shows them.")
+                         f"{rules.ID_LENGTH} digits",
+                         cli=", as `bulkgen status BULK_ID --items` shows them.",
+                         http=", as GET /api/bulk-generate/{id} shows them.")
     if len(prefix) < rules.SHORT_ID_MIN:
-        raise UsageError(f"item id {quoted(ref)} is too short: give at least {rules.SHORT_ID_MIN} of its digits "
-                         "(`bulkgen status BULK_ID --items` shows them).")
+        raise UsageError(f"item id {quoted(ref)} is too short: give at least {rules.SHORT_ID_MIN} of its digits",
+                         cli=" (`bulkgen status BULK_ID --items` shows them).",
+                         http=" (GET /api/bulk-generate/{id} shows them).")
     return prefix
 
 
@@ -123,7 +130,7 @@ def _bulk(store: Store, item: Item) -> BulkJob:
 
 
 def apply(store: Store, action: ItemAction, ref: str, user: str, all_users: bool = False,
-          now: dt.datetime | None = None, on_delivery: Callable[[Delivery], None] | None = None) -> Result:
+          now: dt.datetime | None = None, notifier: control.Notifies | None = None) -> Result:
     """Retry or cancel one item `user` may see, by the state rules; a cancel that ends its job notifies at once."""
     item = resolve(store, ref, user, all_users)
     short = short_id(store, item)
@@ -136,11 +143,11 @@ def apply(store: Store, action: ItemAction, ref: str, user: str, all_users: bool
             else:
                 counts = store.refresh_counters(bulk.id, now or utcnow())
             ended = counts is not None and counts.ended_now
-            return _done(store, item, short, False, status, ended, on_delivery)
+            return _done(store, item, short, False, status, ended, notifier)
         _refuse_if(action, item, bulk, short)
         counts = _write(store, action, item, status, now or utcnow())
         if counts is not None:
-            return _done(store, item, short, True, status, counts.ended_now, on_delivery)
+            return _done(store, item, short, True, status, counts.ended_now, notifier)
         current = store.get_item(item.id)  # it changed under us (a processor or another command): decide again
         if current is None:
             raise NotFound(f"no item {item.id} for this user.")
@@ -164,18 +171,17 @@ def _refuse_if(action: ItemAction, item: Item, bulk: BulkJob, short: str) -> Non
     completed = bulk.status == BulkStatus.completed.value  # then an item waits for the end's notification too
     if action is ItemAction.retry and completed and not rules.retry_failed_allowed(bulk.status, bulk.outbox):
         raise InvalidTransition(
-            f"cannot retry {where} yet: the notification of its bulk job's last end is still being delivered "
-            "(a processor retries it within about a minute; see `bulkgen status`)."
-        )
+            f"cannot retry {where} yet: the notification of its bulk job's last end is still being delivered; "
+            "a processor retries it within about a minute.",
+            cli=f" `bulkgen status {bulk.id}` shows its notifications.",
+            http=f" GET /api/bulk-generate/{bulk.id} shows its notifications.")
 
 
 def _done(store: Store, item: Item, short: str, changed: bool, previous: ItemStatus, ended_now: bool,
-          on_delivery: Callable[[Delivery], None] | None) -> Result:
+          notifier: control.Notifies | None) -> Result:
     current, bulk = store.get_item(item.id) or item, _bulk(store, item)
     if ended_now:
-        from bulkgen_cli.ops.jobs import notify_now
-
-        notify_now(store, bulk, on_delivery)
+        control.notify_end(store, bulk.id, notifier)
         bulk = store.get_bulk(bulk.id) or bulk
     return Result(current, bulk, short, changed, previous, ended_now)
 
@@ -192,8 +198,6 @@ class Shown:
     @property
     def text(self) -> str | None:
         """The article's text as stored: a completed item's, or the one the quality gate turned down (else None)."""
-        from bulkgen_cli.content import content_text
-
         kept = self.item.status == ItemStatus.completed.value or turned_down(self.item)
         if not kept or self.item.result is None:
             return None
@@ -262,8 +266,6 @@ def facts(shown: Shown) -> list[tuple[str, str]]:
 
 
 def _value(value: Any) -> str:
-    import json
-
     if isinstance(value, list):
         return ", ".join(str(v) for v in value)
     if isinstance(value, dict):  # the service's meta: as JSON, not as a Python dict

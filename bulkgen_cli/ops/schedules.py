@@ -9,7 +9,9 @@ each one exactly once however many processors run (`fire`; design.md,
 
 Cron expressions are read by cronsim, imported only here and only when a
 schedule is added, listed or due: `bulkgen --help` and the other commands
-never load it. Nothing here prints or exits; errors are `BulkgenError`s.
+never load it. The input layer (and with it yaml, about 20 ms of a cold start)
+is imported where a schedule's articles or a template's name rule are read,
+not when the module loads: `status` renders times through this module. Nothing here prints or exits; errors are `BulkgenError`s.
 """
 
 from __future__ import annotations
@@ -25,11 +27,14 @@ from bulkgen_cli.core.errors import (
     BulkgenError, InvalidTransition, NameTaken, NotFound, QuotaExceeded, StoreUnavailable, UsageError, none_named,
 )
 from bulkgen_cli.core.events import ScheduleFired, Waiting
-from bulkgen_cli.core.model import Occurrence, OccurrenceState, SavedTemplate, Schedule, ScheduleStatus, new_id, utcnow
+from bulkgen_cli.core.model import (
+    Occurrence, OccurrenceState, SavedTemplate, Schedule, ScheduleStatus, iso, new_id, utcnow,
+)
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import Store
 from bulkgen_cli.store.rules import Quota
-from bulkgen_cli.core.text import quoted
+from bulkgen_cli.core.text import duration, quoted
+from bulkgen_cli.delivery.netpolicy import Policy, Refused, check_channels
 from bulkgen_cli.input import sources
 from bulkgen_cli.ops.options import JobOptions
 from bulkgen_cli.core.zones import local_time, zone_of  # noqa: F401  (zone_of: the CLI checks --zone with it)
@@ -134,8 +139,6 @@ def shortest_gap(cron: str, zone: str, after: dt.datetime) -> tuple[dt.timedelta
 
 def check_interval(expr: str, cron: str, zone: str, now: dt.datetime) -> None:
     """UsageError when the cron runs more often than MIN_INTERVAL anywhere in its next times."""
-    from bulkgen_cli.core.text import duration
-
     gap = shortest_gap(cron, zone, now)
     if gap is not None and gap[0] < MIN_INTERVAL:
         raise UsageError(f"--cron {quoted(expr)} runs {duration(gap[0].total_seconds())} apart (at "
@@ -251,8 +254,6 @@ def permission(store: Store, schedule: Schedule,
     follows, made from `bulkgen serve`'s current allow-lists and the owner's current address; None: why it may
     not run). `firing` (a run at its time, not run-now): a cron faster than MIN_INTERVAL needs an owner with a
     live admin token. A schedule made on the CLI is the operator's own: its stored policy (none), no check."""
-    from bulkgen_cli.delivery.netpolicy import Policy, Refused, check_channels
-
     stored = schedule.options.get("notify_policy")
     if not stored:
         return stored, None
@@ -598,8 +599,6 @@ class Ticker:
 
 def document(schedule: Schedule) -> dict[str, Any]:
     """A schedule as `schedule list --json` shows it: times in UTC (ISO) and in its zone; no stored text."""
-    from bulkgen_cli.core.model import iso
-
     source = {k: v for k, v in schedule.source.items() if not k.endswith("text")}
     active = schedule.status == ScheduleStatus.active.value
     last = None if schedule.last_at is None else {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
+from bulkgen_cli.core.channels import EMAIL
 from bulkgen_cli.core.errors import NotFound, UsageError
 from bulkgen_cli.core.model import ApiToken, utcnow
 from bulkgen_cli.store.base import Store
@@ -28,8 +29,6 @@ def token_hash(token: str) -> str:
 
 def create(store: Store, user: str, admin: bool = False, email: str | None = None) -> tuple[ApiToken, str]:
     """A new token for `user`: (its stored record, the token itself, to show once)."""
-    from bulkgen_cli.delivery.notify import EMAIL
-
     user = user.strip()
     if not user or len(user) > USER_LIMIT or any(ord(c) < 32 for c in user):
         raise UsageError(f"--user must be a name of 1 to {USER_LIMIT} printable characters.")
@@ -52,5 +51,5 @@ def authenticate(store: Store, token: str) -> ApiToken | None:
 def revoke(store: Store, token_id: str) -> ApiToken:
     """Revoke a token by its id (from `token list`); NotFound when there is no live one."""
     if not store.revoke_token(token_id, utcnow()):
-        raise NotFound(f"no live token {quoted(token_id)} (see `bulkgen token list`).")
+        raise NotFound(f"no live token {quoted(token_id)}", cli=" (see `bulkgen token list`).", http=".")
     return next(t for t in store.list_tokens() if t.id == token_id)

@@ -14,6 +14,7 @@ from typing import Annotated, Any, AsyncIterator, Optional
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel
@@ -22,10 +23,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from bulkgen_cli import __version__
-from bulkgen_cli.ops import control, jobs
+from bulkgen_cli.core import settings
+from bulkgen_cli.delivery.notify import AtOnce
+from bulkgen_cli.ops import control, items, jobs, schedules
+from bulkgen_cli.ops.tokens import token_hash
 from bulkgen_cli.core.errors import BulkgenError
+from bulkgen_cli.input import templates
 from bulkgen_cli.input.manifest import MAX_FILE_BYTES
-from bulkgen_cli.core.model import BulkStatus
+from bulkgen_cli.core.model import BulkStatus, SavedTemplate, SaveOutcome, iso
 from bulkgen_cli.server import live, quotas, submission
 from bulkgen_cli.server.access import StoreAccess
 from bulkgen_cli.server.auth import Caller, bearer, caller
@@ -40,6 +45,12 @@ from bulkgen_cli.server.schemas import (
 )
 
 BODY_LIMIT = MAX_FILE_BYTES + ENVELOPE_BYTES
+
+
+def at_once(store: Any) -> AtOnce:
+    """An end a request records is notified before it is answered, as the CLI's are (ops.control.notify_end)."""
+    return AtOnce(store, settings.smtp, settings.notify_retry_delays)
+
 BulkId = Annotated[str, Path(description="The bulk job's id", max_length=100)]
 ItemRef = Annotated[str, Path(description="An item's id, or a prefix of it (at least 4 digits), as `bulkgen show` "
                               "takes it", max_length=100)]
@@ -93,8 +104,6 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.add_middleware(BodyLimit, limit=BODY_LIMIT)
     app.add_middleware(Headers)
     if config.cors:
-        from fastapi.middleware.cors import CORSMiddleware
-
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"])
     app.add_middleware(AccessLog)  # outermost: it logs every answer, a refused one too
@@ -215,7 +224,7 @@ def _control_route(app: FastAPI, access: StoreAccess, action: control.Action) ->
     from bulkgen_cli.ops.documents import bulk_dict, progress_dict
 
     def act(bulk_id: BulkId, me: Me) -> Any:
-        result = access.call(lambda s: jobs.apply(s, action, bulk_id, me.user, me.admin))
+        result = access.call(lambda s: jobs.apply(s, action, bulk_id, me.user, me.admin, at_once(s)))
         bulk = result.bulk
         message = (f"Bulk job {bulk.id}: {result.previous.value} -> {bulk.status}. {FOLLOW_UP[action]}"
                    if result.changed else f"Bulk job {bulk.id} is already {bulk.status}; nothing to do.")
@@ -230,7 +239,6 @@ def _control_route(app: FastAPI, access: StoreAccess, action: control.Action) ->
 
 def _item_routes(app: FastAPI, access: StoreAccess) -> None:
     """One article (README, "Single articles"): the item with its text; retry and cancel one item."""
-    from bulkgen_cli.ops import items
     from bulkgen_cli.ops.documents import bulk_dict, progress_dict
 
     @app.get("/api/items/{item_ref}", response_model=ItemRecordOut, tags=["items"],
@@ -242,7 +250,7 @@ def _item_routes(app: FastAPI, access: StoreAccess) -> None:
     def acting(action: items.ItemAction) -> Any:
         def act(item_ref: ItemRef, me: Me) -> Any:
             def work(store: Any) -> dict[str, Any]:
-                result = items.apply(store, action, item_ref, me.user, me.admin)
+                result = items.apply(store, action, item_ref, me.user, me.admin, notifier=at_once(store))
                 bulk = store.get_bulk(result.bulk.id) or result.bulk
                 message = (f"Item {result.short_id}: {result.previous.value} -> {result.item.status}."
                            if result.changed else f"Item {result.short_id} is already {result.item.status}.")
@@ -263,9 +271,6 @@ def _item_routes(app: FastAPI, access: StoreAccess) -> None:
 
 def _template_routes(app: FastAPI, access: StoreAccess) -> None:
     """Saved templates (README, "Templates"), each user's own; a submit fills one with `template` and `values`."""
-    from bulkgen_cli.input import templates
-    from bulkgen_cli.core.model import SaveOutcome, SavedTemplate, iso
-
     def doc(saved: SavedTemplate, text: bool = False) -> dict[str, Any]:
         out = {"name": saved.name, "mode": saved.mode, "placeholders": saved.placeholders, "source": saved.source,
                "created_at": iso(saved.created_at), "updated_at": iso(saved.updated_at)}
@@ -305,8 +310,6 @@ def _template_routes(app: FastAPI, access: StoreAccess) -> None:
 
 def _schedule_routes(app: FastAPI, access: StoreAccess) -> None:
     """Recurring schedules (README, "schedule"), each user's own; `bulkgen run --forever` (or --processor) runs them."""
-    from bulkgen_cli.ops import schedules
-
     @app.get("/api/schedules", response_model=list[ScheduleOut], tags=["schedules"], responses=responses(401, 503))
     def list_schedules(me: Me) -> Any:
         """Your schedules (everyone's for an admin token)."""
@@ -352,8 +355,6 @@ def _schedule_routes(app: FastAPI, access: StoreAccess) -> None:
 
 
 def _schedule_state_route(app: FastAPI, access: StoreAccess, action: str) -> None:
-    from bulkgen_cli.ops import schedules
-
     def act(name: ScheduleName, me: Me) -> Any:
         schedule, changed = access.call(lambda s: schedules.set_state(s, me.user, name, action))
         message = f"Schedule {name!r}: {schedule.status}." if changed else f"Schedule {name!r} is already {schedule.status}."
@@ -368,8 +369,6 @@ def _schedule_state_route(app: FastAPI, access: StoreAccess, action: str) -> Non
 def _event_routes(app: FastAPI, access: StoreAccess, poller: live.Poller, streams: live.Streams,
                   config: ServerConfig) -> None:
     """The event streams (design.md, "Live progress") and `/healthz`, which says whether they flow."""
-    from bulkgen_cli.ops.tokens import token_hash
-
     stream_doc: dict[int | str, dict[str, Any]] = {200: {"description": "text/event-stream: `id` is the change number, `event` item.started, "
                                        "item.completed, item.failed, item.cancelled, item.queued, bulk.STATUS, or "
                                        "reset (read your jobs again: the events since Last-Event-ID are no longer kept)",

@@ -8,6 +8,7 @@ from typing import Callable
 from bulkgen_cli.delivery.netpolicy import Policy
 from bulkgen_cli.core.settings import ServeLimits
 from bulkgen_cli.store.base import Store
+from bulkgen_cli.store.rules import Quota
 
 #: Request bodies are capped as articles files are (manifest.MAX_FILE_BYTES), plus room for a
 #: multipart envelope around a file of that size.
@@ -22,6 +23,11 @@ ENV_MAX_STREAMS = "BULKGEN_MAX_STREAMS"
 #: Days the change log keeps (`serve --events-retention`, BULKGEN_EVENTS_RETENTION); older changes are pruned.
 RETENTION_DAYS = 7.0
 ENV_RETENTION = "BULKGEN_EVENTS_RETENTION"
+
+
+def quota(limits: ServeLimits) -> Quota:
+    """The limits a store checks with each new job's insert."""
+    return Quota(limits.max_active_jobs, limits.max_stored_mb * 1024 * 1024)
 
 
 @dataclass

@@ -68,8 +68,8 @@ def printable(raw: bytes) -> str:
     return "".join(chr(b) if 0x20 < b < 0x7F else f"\\x{b:02x}" for b in raw)
 
 
-class Headers:
-    """nosniff on every answer; no-store on the API's unless the route set a Cache-Control itself."""
+class HttpOnly:
+    """An ASGI middleware acting on HTTP requests (`http`); anything else (lifespan) passes through."""
 
     def __init__(self, app: App):
         self.app = app
@@ -78,6 +78,16 @@ class Headers:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.http(scope, receive, send)
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class Headers(HttpOnly):
+    """nosniff on every answer; no-store on the API's unless the route set a Cache-Control itself."""
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         api = scope.get("path", "").startswith("/api") or scope.get("path") == "/openapi.json"
 
         async def with_headers(message: Message) -> None:
@@ -94,16 +104,10 @@ class Headers:
         await self.app(scope, receive, with_headers)
 
 
-class AccessLog:
+class AccessLog(HttpOnly):
     """One masked line per answered request, naming the acting user."""
 
-    def __init__(self, app: App):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         status = 0
 
         async def noted(message: Message) -> None:

@@ -15,6 +15,7 @@ from bulkgen_cli.core.errors import (
 from bulkgen_cli.delivery.netpolicy import Refused
 
 logger = logging.getLogger("uvicorn.error")
+MIB = 1024 * 1024
 
 MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:bulkgen:problem:"
@@ -71,9 +72,7 @@ def from_error(exc: BulkgenError) -> HttpProblem:
     """The problem for a library error: the same sentence the CLI prints, and its exit code."""
     code = exc.exit_code
     if isinstance(exc, QuotaExceeded):
-        from bulkgen_cli.server.quotas import problem
-
-        return problem(exc)
+        return quota_problem(exc)
     if isinstance(exc, ManifestError):
         count = len(exc.problems)
         detail = f"{exc.subject} has {count} problem{'s' if count > 1 else ''}; nothing was stored."
@@ -146,3 +145,29 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ProblemDetails, "description": described[s],
                 "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}}}
             for s in statuses}
+
+
+def quota_problem(exc: QuotaExceeded) -> HttpProblem:
+    """The answer to a new job or template over a limit (the store refused it, store/rules.py): 429 for the
+    active-jobs, schedules and templates limits, 413 for the stored bytes, each saying which limit and how to raise it."""
+    if exc.which == "schedules":
+        return HttpProblem(429, "too-many-schedules", "Too many schedules",
+                           f"you have {exc.have} schedules; the limit is {exc.limit} per user. Remove one first; "
+                           "the operator raises the limit with `bulkgen serve --max-schedules N` "
+                           "(BULKGEN_MAX_SCHEDULES).", exc.exit_code)
+    if exc.which == "templates":
+        return HttpProblem(429, "too-many-templates", "Too many templates",
+                           f"you have {exc.have} saved templates; the limit is {exc.limit} per user. Delete one "
+                           "first, or replace one of yours (`replace`); the operator raises the limit with "
+                           "`bulkgen serve --max-templates N` (BULKGEN_MAX_TEMPLATES).", exc.exit_code)
+    if exc.which == "active_jobs":
+        return HttpProblem(429, "too-many-active-jobs", "Too many active jobs",
+                           f"you have {exc.have} active jobs (queued, processing or paused); the limit is "
+                           f"{exc.limit} per user. Wait for one to end or cancel one; the operator raises the limit "
+                           "with `bulkgen serve --max-active-jobs N` (BULKGEN_MAX_ACTIVE_JOBS).",
+                           exc.exit_code, headers={"Retry-After": "60"})
+    return HttpProblem(413, "storage-quota", "Over the stored-bytes limit",
+                       f"your jobs store {exc.have / MIB:.1f} MiB of articles and this one adds "
+                       f"{exc.adds / MIB:.1f} MiB; the limit is {exc.limit // MIB} MiB per user. The "
+                       "operator raises it with `bulkgen serve --max-stored-mb N` (BULKGEN_MAX_STORED_MB).",
+                       exc.exit_code)

@@ -18,14 +18,12 @@ from typing import Any, Callable
 
 from fastapi import Request
 
-from bulkgen_cli.core.errors import QuotaExceeded
-from bulkgen_cli.server.problems import HttpProblem
+from bulkgen_cli.server.problems import HttpProblem, responses
 
 #: The methods that write.
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: Past this many buckets, the full ones are dropped (they mean "never used").
 PRUNE_AT = 10_000
-MIB = 1024 * 1024
 
 
 class TokenBuckets:
@@ -77,36 +75,8 @@ async def write_rate(request: Request) -> None:
 
 def document_rate_limit(document: dict[str, Any]) -> None:
     """Every write route of the OpenAPI document may answer 429 (the write rate): say so."""
-    from bulkgen_cli.server.problems import responses
-
     answer = {k: v for k, v in responses(429)[429].items() if k != "model"}  # the document holds no classes
     for operations in document.get("paths", {}).values():
         for method, operation in operations.items():
             if method.upper() in WRITES:
                 operation.setdefault("responses", {}).setdefault("429", answer)
-
-
-def problem(exc: QuotaExceeded) -> HttpProblem:
-    """The answer to a new job or template over a limit (the store refused it, store/rules.py): 429 for the
-    active-jobs, schedules and templates limits, 413 for the stored bytes, each saying which limit and how to raise it."""
-    if exc.which == "schedules":
-        return HttpProblem(429, "too-many-schedules", "Too many schedules",
-                           f"you have {exc.have} schedules; the limit is {exc.limit} per user. Remove one first; "
-                           "the operator raises the limit with `bulkgen serve --max-schedules N` "
-                           "(BULKGEN_MAX_SCHEDULES).", exc.exit_code)
-    if exc.which == "templates":
-        return HttpProblem(429, "too-many-templates", "Too many templates",
-                           f"you have {exc.have} saved templates; the limit is {exc.limit} per user. Delete one "
-                           "first, or replace one of yours (`replace`); the operator raises the limit with "
-                           "`bulkgen serve --max-templates N` (BULKGEN_MAX_TEMPLATES).", exc.exit_code)
-    if exc.which == "active_jobs":
-        return HttpProblem(429, "too-many-active-jobs", "Too many active jobs",
-                           f"you have {exc.have} active jobs (queued, processing or paused); the limit is "
-                           f"{exc.limit} per user. Wait for one to end or cancel one; the operator raises the limit "
-                           "with `bulkgen serve --max-active-jobs N` (BULKGEN_MAX_ACTIVE_JOBS).",
-                           exc.exit_code, headers={"Retry-After": "60"})
-    return HttpProblem(413, "storage-quota", "Over the stored-bytes limit",
-                       f"your jobs store {exc.have / MIB:.1f} MiB of articles and this one adds "
-                       f"{exc.adds / MIB:.1f} MiB; the limit is {exc.limit // MIB} MiB per user. The "
-                       "operator raises it with `bulkgen serve --max-stored-mb N` (BULKGEN_MAX_STORED_MB).",
-                       exc.exit_code)

@@ -14,21 +14,30 @@ the deadlines and the connection cap of `connections.py`
 
 from __future__ import annotations
 
+import copy
 import logging
 import socket
+import ssl
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from bulkgen_cli.core.errors import CannotListen, UsageError
-from bulkgen_cli.server import connections
-from bulkgen_cli.server.connections import Limits, raise_file_limit
+import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
-from bulkgen_cli.server.config import ServerConfig
-from bulkgen_cli.server.edge import scrub
+from bulkgen_cli.core import settings
+from bulkgen_cli.core.errors import CannotListen, UsageError
 from bulkgen_cli.core.settings import RunSettings
-from bulkgen_cli.store.base import Store
 from bulkgen_cli.core.text import quoted
+from bulkgen_cli.engine.runner import Runner
+from bulkgen_cli.ops.schedules import Ticker
+from bulkgen_cli.server import connections
+from bulkgen_cli.server.app import create_app
+from bulkgen_cli.server.config import ServerConfig
+from bulkgen_cli.server.connections import Limits, raise_file_limit
+from bulkgen_cli.server.edge import scrub
+from bulkgen_cli.store.base import Store
+
 
 class Redact(logging.Filter):
     """No token or password in any of uvicorn's own log lines (edge.scrub); the access log is edge.AccessLog's."""
@@ -52,10 +61,10 @@ class Background:
 
 def start_processor(run_settings: RunSettings, open_store: Callable[[], Store],
                     on_event: Callable[[object], None]) -> Background:
-    from bulkgen_cli.engine.runner import Runner
-
     store = open_store()
-    runner = Runner(store, run_settings, open_store, on_event)  # type: ignore[arg-type]
+    runner = Runner(store, run_settings, open_store, on_event, smtp=settings.smtp(),  # type: ignore[arg-type]
+                    retry_delays=settings.notify_retry_delays(),
+                    ticker=lambda owner: Ticker(open_store(), owner, on_event))
 
     def work() -> None:
         try:
@@ -86,8 +95,6 @@ class Tls:
 
     def check(self) -> None:
         """UsageError unless the two files make a certificate and its key (read now, not on the first request)."""
-        import ssl
-
         try:
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.certfile, self.keyfile)
         except (OSError, ssl.SSLError) as exc:
@@ -118,10 +125,6 @@ def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
 
 def log_config() -> dict[str, Any]:
     """uvicorn's logging, plus edge.AccessLog's lines on standard output in uvicorn's format."""
-    import copy
-
-    from uvicorn.config import LOGGING_CONFIG
-
     config = copy.deepcopy(LOGGING_CONFIG)
     config["handlers"]["bulkgen_access"] = {"formatter": "default", "class": "logging.StreamHandler",
                                             "stream": "ext://sys.stdout"}
@@ -132,10 +135,6 @@ def log_config() -> dict[str, Any]:
 def serve(config: ServerConfig, sock: socket.socket, processor: Background | None = None,
           limits: Limits = Limits(), tls: Tls | None = None) -> None:
     """Serve on the bound `sock` until SIGINT/SIGTERM (which uvicorn then raises again: exit 130/143)."""
-    import uvicorn
-
-    from bulkgen_cli.server.app import create_app
-
     limits, shrunk = raise_file_limit(limits)
     uvicorn_config = uvicorn.Config(create_app(config), log_level="info", log_config=log_config(), access_log=False,
                                     timeout_graceful_shutdown=3, server_header=False,

@@ -9,14 +9,18 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from fastapi import Request
+from starlette.datastructures import UploadFile
 
-from bulkgen_cli.ops import jobs
+from bulkgen_cli.ops import jobs, schedules
 from bulkgen_cli.ops.options import JobOptions, names
-from bulkgen_cli.input import manifest, sources
+from bulkgen_cli.input import manifest, sources, templates
+from bulkgen_cli.core import settings
+from bulkgen_cli.core.channels import parse_channels
 from bulkgen_cli.delivery import netpolicy
 from bulkgen_cli.core.errors import ManifestError, Problem, UsageError
 from bulkgen_cli.core.model import Priority, utcnow
 from bulkgen_cli.core.settings import ServeLimits
+from bulkgen_cli.server import config
 from bulkgen_cli.server.problems import HttpProblem, too_large
 from bulkgen_cli.server.schemas import SubmitOut
 from bulkgen_cli.store.base import Store
@@ -107,8 +111,6 @@ def _from_json(body: bytes) -> Form:
 
 
 async def _from_upload(request: Request) -> Form:
-    from starlette.datastructures import UploadFile
-
     try:
         form = await request.form(max_files=1, max_fields=20)
     except HttpProblem:
@@ -159,8 +161,6 @@ def _text(form: Form) -> str:
 
 def from_template(db: Store, form: Form, user: str) -> manifest.Manifest:
     """A saved template filled with the form's rows, checked as `submit --template NAME --values ROWS` checks."""
-    from bulkgen_cli.input import templates
-
     saved = templates.load_saved(db, user, templates.check_name(form.template or ""))
     with _json_located(form):
         return sources.manifest_of(source_of(form), lambda _: saved)
@@ -198,9 +198,6 @@ def store(db: Store, form: Form, user: str, key: str | None, policy: netpolicy.P
           admin: bool = False, limits: ServeLimits | None = None) -> SubmitOut:
     """Validate everything, check the user's quotas (`limits`; None: an admin's, unlimited), then store the job
     with the policy its notifications will follow."""
-    from bulkgen_cli.core import settings
-    from bulkgen_cli.delivery.notify import parse_channels
-
     priority = priority_of(form, admin)
     parsed = from_template(db, form, user) if form.template is not None else validate(form)
     channels = parse_channels(form.notify)
@@ -208,7 +205,7 @@ def store(db: Store, form: Form, user: str, key: str | None, policy: netpolicy.P
     start = settings.parse_when(form.not_before, utcnow()) if form.not_before else None
     options = JobOptions(name=form.name, priority=priority, notify=channels, not_before=start)
     done = jobs.submit(db, parsed, user, idempotency_key=key, notify_policy=policy.to_record(),
-                       limits=None if limits is None else limits.quota(),  # the store checks: one atomic step
+                       limits=None if limits is None else config.quota(limits),  # the store checks: one atomic step
                        **options.submit_args())
     bulk, created = done.jobs[0]
     message = ("Bulk generation queued" if created else
@@ -235,9 +232,6 @@ def add_schedule(db: Store, body: bytes, user: str, policy: netpolicy.Policy,
                  admin: bool = False, limits: ServeLimits | None = None) -> dict[str, Any]:
     """Check the articles (or the saved template and its rows) and the notifications, then store the schedule.
     `limits`: the user's quotas (None: an admin's: no schedules limit, and any cron)."""
-    from bulkgen_cli.ops import schedules
-    from bulkgen_cli.delivery.notify import parse_channels
-
     own, form = schedule_parts(body)
     priority = priority_of(form, admin)
     channels = parse_channels(form.notify)
