@@ -81,7 +81,7 @@ class Trickle:
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
-            for sock in self.socks:
+            for sock in list(self.socks):
                 try:
                     sock.send(b"X")
                 except OSError:
@@ -364,16 +364,18 @@ class SmallPipeliners:
     every 0.1 s (`rounds` times; 0: until `stop`) and never reading one."""
 
     def __init__(self, server: Server, n: int, rounds: int = 0):
-        self.socks = []
-        for _ in range(n):
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect(("127.0.0.1", port_of(server)))
-            sock.setblocking(False)
-            self.socks.append(sock)
+        self.socks = [self.opened(server) for _ in range(n)]
         self._stop, self._rounds = threading.Event(), rounds  # 0: until stopped
         self._thread = threading.Thread(target=self._pump, daemon=True)
         self._thread.start()
+
+    @staticmethod
+    def opened(server: Server) -> socket.socket:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port_of(server)))
+        sock.setblocking(False)
+        return sock
 
     def _pump(self) -> None:
         sent = 0
@@ -425,3 +427,52 @@ def test_at_the_cap_clients_pipelining_small_answers_make_room_for_a_status_requ
                  what="a status answer (within 2 s) beside 20 clients pipelining small requests at a cap of 16")
     finally:
         hogs.stop()
+
+
+@needs_tcp_info
+def test_at_the_cap_a_stalled_stream_that_keeps_reading_stays_before_clients_that_read_nothing(processes, tmp_path):
+    """Second review's side note: at the cap the stalled connection whose client took least goes first, not the one
+    stalled longest: an event stream read slowly (it stalled first) outlasts the clients that read nothing."""
+    import fcntl
+    import struct
+    import termios
+
+    from tests.test_serve_live import _fill_log
+
+    env = base_env(tmp_path)
+    token = make_token(env, "alice")
+    server = start(processes, env, "--max-connections", "16", "--write-timeout", "60", "--header-timeout", "60")
+    with server.client(token) as client:
+        job = client.post("/api/bulk-generate", json=articles()).json()["bulk_job_id"]
+    _fill_log(env, "alice", job, 10_000)  # a replay of about 1.3 MB: more than the buffers hold
+    reader = socket.socket()
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    reader.connect(("127.0.0.1", port_of(server)))
+    reader.sendall(f"GET /api/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                   "Last-Event-ID: 0\r\n\r\n".encode())
+
+    def waiting_bytes(sock: socket.socket = reader) -> int:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+
+    wait_for(lambda: waiting_bytes() >= 2048, timeout=10, interval=0.05, what="the replay to fill the reader's window")
+    taken, began = 0, time.monotonic()
+
+    def trickle() -> None:  # the reader takes what has arrived, 20 times a second
+        nonlocal taken
+        taken += len(reader.recv(65536)) if waiting_bytes() else 0
+
+    wait_for(lambda: trickle() or taken >= 64 * 1024, timeout=20, interval=0.05, what="the reader to take 64 KB")
+    hogs = SmallPipeliners(server, 15)  # the cap, with the reader: busy, their answers not taken, not yet stalled
+    try:
+        wait_for(lambda: trickle() or all(waiting_bytes(s) >= 2048 for s in hogs.socks), timeout=10, interval=0.05,
+                 what="answers waiting on every client that reads nothing")
+        for _ in range(5):  # each status request makes room: a client that reads nothing goes
+            trickle()
+            wait_for(lambda: trickle() or status_answers(server, token, job), timeout=10, interval=0.1,
+                     what="a status answer at the cap")
+            assert tcp_state(reader) == ESTABLISHED, \
+                f"the slow reader was cut after taking {taken} bytes in {time.monotonic() - began:.1f} s"
+            hogs.socks.append(hogs.opened(server))  # the cap is reached again
+    finally:
+        hogs.stop()
+        reader.close()

@@ -23,10 +23,12 @@ uvicorn still reads and writes every byte:
   deadline and the cap apply to it;
 - at most `max_connections` connections are open: one more closes the oldest
   connection that has not sent a complete request head (an idle or slow one),
-  else, of those whose writing stalled, the one whose client took least since,
-  else the busy one with the most bytes its client has not taken; when every
-  connection is busy with a request and has taken its answers, the new one is
-  closed;
+  else, of those whose answer waits on their client (stalled, or busy with
+  bytes it has not taken), the one whose client took least over the
+  connection's life (a client that reads nothing takes no more than its
+  receive window; a slow event-stream reader keeps taking); when every
+  connection is busy with a request and its client has taken its answers, the
+  new one is closed;
 - closed connections are counted and reported in one log line per 10 s at
   most, never one line per connection.
 """
@@ -92,8 +94,7 @@ class Guard:
         self._report: asyncio.TimerHandle | None = None
 
     def admit(self, conn: H11Protocol) -> bool:
-        """True when `conn` may stay; at the cap the oldest waiting connection makes room, else the one whose
-        writing stalled first, else `conn` is closed."""
+        """True when `conn` may stay; at the cap another makes room (`victim`), else `conn` is closed."""
         if len(conn.connections) <= self.limits.max_connections:
             return True
         victim = self.victim(conn)
@@ -108,22 +109,26 @@ class Guard:
         return False
 
     def victim(self, conn: H11Protocol) -> H11Protocol | None:
-        """Who makes room for `conn`: the oldest waiting connection; else, of the stalled ones, the one whose client
-        took least since it stalled (a slow reader that keeps reading stays before one that reads nothing); else
-        the busy one with the most bytes its client has not taken (None: all have taken their answers)."""
+        """Who makes room for `conn`: the oldest waiting connection; else, of those whose answer waits on their
+        client (stalled, or busy with bytes the client has not taken), the one whose client took least over the
+        connection's life, and of equals the one with most untaken bytes, then the one
+        stalled longest: an event stream read slowly stays before a client that reads nothing (which takes no
+        more than its receive window). None: every connection is busy and its client takes its answer."""
         waiting = next(iter(self.waiting), None)
         if waiting is not None:
             return waiting
-        if self.stalled:
-            return min(self.stalled, key=lambda stalled: stalled.taken_since_stall())  # the first of equals: oldest
-        backlog, busiest = 0, None
-        for other in list(conn.connections):
+        best: tuple[int, int] | None = None
+        chosen = None
+        for other in [*self.stalled, *(c for c in list(conn.connections) if c not in self.stalled)]:
             transport = other.transport
-            if other is not conn and transport is not None and not transport.is_closing():
-                untaken = not_taken(transport)
-                if untaken > backlog:
-                    backlog, busiest = untaken, other
-        return busiest
+            if other is conn or transport is None or transport.is_closing():
+                continue
+            untaken = not_taken(transport)
+            if other in self.stalled or untaken > 0:
+                key = (progress(transport)[0], -untaken)
+                if best is None or key < best:
+                    best, chosen = key, other
+        return chosen
 
     def closed(self, why: str) -> None:
         self.counts[why] += 1
@@ -300,10 +305,6 @@ class Guarded(H11Protocol):
         self.guard.stalled.pop(self, None)
         self.guard.closed("stalled")
         reset(self.transport)
-
-    def taken_since_stall(self) -> int:
-        """Bytes the client acknowledged since its writing stalled (0 where TCP_INFO cannot tell)."""
-        return progress(self.transport)[0] - self._stall_mark[0] if self.transport is not None else 0
 
     def _unstall(self) -> None:
         if self._stall is not None:
