@@ -151,9 +151,9 @@ class Guard:
 
 
 def shut(transport: asyncio.Transport) -> None:
-    """Close `transport`; at once (reset) when it holds bytes the client has not taken: a plain close would wait
-    for them, and keep the connection, for as long as the client does not read."""
-    if transport.get_write_buffer_size():
+    """Close `transport`; at once (reset) when it holds bytes the client has not taken (in uvicorn's buffer or the
+    kernel's): a plain close would wait for them, and keep the connection, for as long as the client does not read."""
+    if not_taken(transport):
         reset(transport)
     else:
         transport.close()
