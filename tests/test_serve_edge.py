@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -18,6 +19,12 @@ from tests.cli_helpers import base_env
 from tests.serve_helpers import articles, make_token, start_server
 
 TOKEN = "bgk_Zq3xYwVu7TsRpOnMlKjIhGfEdCbA9876"
+
+
+def five_times(text: str) -> str:
+    for _ in range(5):
+        text = quote(text, safe="")
+    return text
 
 
 @pytest.fixture
@@ -39,6 +46,12 @@ def served(processes, tmp_path):
     # review of issue 18, finding 9: `pw`, and a password inside a URL carried in a value or in the path
     f"/x?pw={TOKEN[4:]}", f"/x?next=https://bob:{TOKEN[4:]}@example.com/",
     f"/x?next=https%3A%2F%2Fbob%3A{TOKEN[4:]}%40example.com%2F", f"/x/https://bob:{TOKEN[4:]}@example.com/",
+    # second review of issue 18: a query nested in a value, an encoded `/` in a URL's password, a value
+    # encoded five times, JSON in a value
+    f"/x?next=/login?password={TOKEN[4:]}", f"/x?next=%2Flogin%3Fpassword%3D{TOKEN[4:]}", f"/x?a=1?pw={TOKEN[4:]}",
+    f"/x?next=%2Flogin%3Fa%3D1%26pwd%3D{TOKEN[4:]}", f"/x?next=https%3A%2F%2Fu%3Aab%252F{TOKEN[4:]}%40h",
+    f"/x?next=https://u:ab%2F{TOKEN[4:]}@h", "/x?u=" + five_times(f"https://u:{TOKEN[4:]}@h"),
+    f"/x?data=%7B%22password%22%3A%22{TOKEN[4:]}%22%7D", f"/x?data=%7B%27api_key%27%3A%20%27{TOKEN[4:]}%27%7D",
 ])
 def test_no_secret_survives_the_mask_however_it_is_encoded(logged):
     masked = scrub(logged)

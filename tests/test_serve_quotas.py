@@ -168,6 +168,83 @@ def test_fifty_submits_at_once_never_pass_the_active_jobs_limit(processes, tmp_p
         assert store.usage("alice").active_jobs == 5
 
 
+def ended_jobs(client, n: int) -> list[str]:
+    """`n` jobs whose every item was cancelled: they end `completed`, and count no more as active."""
+    ids = []
+    for k in range(n):
+        answer = client.post("/api/bulk-generate", json={**articles(10, f"Ended {k}"), "not_before": "+1d"})
+        assert answer.status_code == 201, answer.text
+        ids.append(answer.json()["bulk_job_id"])
+        for item in client.get(f"/api/bulk-generate/{ids[-1]}").json()["jobs"]:
+            assert client.post(f"/api/items/{item['id']}/cancel").status_code == 200
+        assert client.get(f"/api/bulk-generate/{ids[-1]}").json()["bulk_job"]["status"] == "completed"
+    return ids
+
+
+def fail_items(path, bulk_id: str) -> None:
+    """Its cancelled items become failed ones (written directly: no processor runs in these tests)."""
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE generation_jobs SET status = 'failed' WHERE bulk_job_id = ?", (bulk_id,))
+
+
+def test_re_opening_an_ended_job_at_the_limit_is_refused_as_a_submit_is(processes, tmp_path):
+    """Second review of issue 18: a retry of an item of a completed job, or a retry-failed, re-opened it past
+    --max-active-jobs (the user held 4 active jobs at a limit of 2, as many more as they liked)."""
+    path, env = store_env(tmp_path)
+    alice = make_token(env, "alice")
+    server = start_server(processes, env, "--max-active-jobs", "2", "--write-burst", "1000")
+    with server.client(alice) as client:
+        ended = ended_jobs(client, 2)
+        fail_items(path, ended[1])
+        for k in range(2):
+            assert client.post("/api/bulk-generate", json={**articles(), "not_before": "+1d"}).status_code == 201
+        item = client.get(f"/api/bulk-generate/{ended[0]}").json()["jobs"][0]["id"]
+        retried = client.post(f"/api/items/{item}/retry")
+        again = client.post(f"/api/bulk-generate/{ended[1]}/retry-failed")
+        statuses = [client.get(f"/api/bulk-generate/{b}").json()["bulk_job"]["status"] for b in ended]
+    for answer in (retried, again):
+        assert answer.status_code == 429, answer.text
+        assert "the limit is 2 per user" in answer.json()["detail"] and "--max-active-jobs" in answer.json()["detail"]
+        assert answer.headers["Retry-After"]
+    assert statuses == ["completed", "completed"]
+    with SqliteStore(path, "read") as store:
+        assert store.usage("alice").active_jobs == 2
+
+
+def test_retries_racing_submits_never_pass_the_active_jobs_limit(processes, tmp_path):
+    """Item retries of ended jobs and new submits of one user at once: the check and the re-opening are one step
+    in the serving process (a per-user lock), so the limit holds exactly."""
+    import threading
+
+    path, env = store_env(tmp_path)
+    alice = make_token(env, "alice")
+    server = start_server(processes, env, "--max-active-jobs", "3", "--write-burst", "1000")
+    with server.client(alice) as client:
+        ended = ended_jobs(client, 6)
+        items = [client.get(f"/api/bulk-generate/{b}").json()["jobs"][0]["id"] for b in ended]
+        assert client.post("/api/bulk-generate", json={**articles(), "not_before": "+1d"}).status_code == 201
+    calls = [f"/api/items/{i}/retry" for i in items] + ["/api/bulk-generate"] * 6
+    gate, codes, lock = threading.Barrier(len(calls)), [], threading.Lock()
+
+    def call(route: str) -> None:
+        body = {"json": {**articles(), "not_before": "+1d"}} if route == "/api/bulk-generate" else {}
+        with server.client(alice) as client:
+            gate.wait(timeout=20)
+            code = client.post(route, **body).status_code
+        with lock:
+            codes.append(code)
+
+    threads = [threading.Thread(target=call, args=(route,)) for route in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(codes) == len(calls) and set(codes) <= {200, 201, 429}, codes
+    assert len([c for c in codes if c in (200, 201)]) == 2, codes  # 1 active + 2 more = the limit of 3
+    with SqliteStore(path, "read") as store:
+        assert store.usage("alice").active_jobs == 3
+
+
 def test_an_idempotent_replay_at_the_limit_answers_with_its_job(processes, tmp_path):
     env = env_for(tmp_path)
     alice = make_token(env, "alice")

@@ -81,7 +81,7 @@ class Trickle:
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
-            for sock in self.socks:
+            for sock in list(self.socks):
                 try:
                     sock.send(b"X")
                 except OSError:
@@ -353,3 +353,126 @@ def test_pipelined_requests_are_not_read_while_their_answers_wait(processes, tmp
         assert sent < 16 << 20, f"the server took {sent >> 20} MiB of requests it could not answer"
     finally:
         sock.close()
+
+
+#: A request whose answer is small (a 401 of a few hundred bytes): thousands fit in the kernel's buffers.
+SMALL = b"GET /api/me HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+class SmallPipeliners:
+    """The second review's clients: `n` sockets (receive buffer 4 KiB) pipelining 100 requests with small answers
+    every 0.1 s (`rounds` times; 0: until `stop`) and never reading one."""
+
+    def __init__(self, server: Server, n: int, rounds: int = 0):
+        self.socks = [self.opened(server) for _ in range(n)]
+        self._stop, self._rounds = threading.Event(), rounds  # 0: until stopped
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def opened(server: Server) -> socket.socket:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port_of(server)))
+        sock.setblocking(False)
+        return sock
+
+    def _pump(self) -> None:
+        sent = 0
+        while not self._stop.wait(0.1) and (self._rounds == 0 or sent < self._rounds):
+            sent += 1
+            for sock in self.socks:
+                try:
+                    sock.send(SMALL * 100)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for sock in self.socks:
+            sock.close()
+
+
+@needs_tcp_info
+def test_clients_pipelining_small_answers_are_reset_after_the_write_timeout(processes, tmp_path):
+    """Second review of issue 18: small answers filled the kernel's send buffer (megabytes on loopback) and never
+    paused uvicorn's writing, so the write deadline never ran for them."""
+    env = base_env(tmp_path)
+    server = start(processes, env, "--write-timeout", "1")
+    hogs = SmallPipeliners(server, 3, rounds=20)  # 2,000 answers each, about 1 MB: a few MB fitted in the kernel
+    try:
+        wait_for(lambda: all(tcp_state(s) != ESTABLISHED for s in hogs.socks), timeout=20, interval=0.1,
+                 what="the server to drop the clients that pipeline small requests and read nothing")
+    finally:
+        hogs.stop()
+    assert server.stop() in (0, 143)
+    assert any("3 whose client took no byte of its answer for 1 s (write)" in line for line in server.log), \
+        "".join(server.log[-5:])
+
+
+@needs_tcp_info
+def test_at_the_cap_clients_pipelining_small_answers_make_room_for_a_status_request(processes, tmp_path):
+    """The reviewer's scenario: 20 such clients at a cap of 16 (write timeout 5 s); a status request was answered
+    0 times in 30 s, each at the cap counting as busy with a request and never stalled."""
+    env = base_env(tmp_path)
+    token = make_token(env, "alice")
+    server = start(processes, env, "--max-connections", "16", "--write-timeout", "5")
+    with server.client(token) as client:
+        job = client.post("/api/bulk-generate", json=articles()).json()["bulk_job_id"]
+    hogs = SmallPipeliners(server, 20)
+    try:
+        time.sleep(1)  # the reviewer's start: every hog has sent requests before the status request comes
+        wait_for(lambda: status_answers(server, token, job), timeout=10, interval=0.1,
+                 what="a status answer (within 2 s) beside 20 clients pipelining small requests at a cap of 16")
+    finally:
+        hogs.stop()
+
+
+@needs_tcp_info
+def test_at_the_cap_a_stalled_stream_that_keeps_reading_stays_before_clients_that_read_nothing(processes, tmp_path):
+    """Second review's side note: at the cap the stalled connection whose client took least goes first, not the one
+    stalled longest: an event stream read slowly (it stalled first) outlasts the clients that read nothing."""
+    import fcntl
+    import struct
+    import termios
+
+    from tests.test_serve_live import _fill_log
+
+    env = base_env(tmp_path)
+    token = make_token(env, "alice")
+    server = start(processes, env, "--max-connections", "16", "--write-timeout", "60", "--header-timeout", "60")
+    with server.client(token) as client:
+        job = client.post("/api/bulk-generate", json=articles()).json()["bulk_job_id"]
+    _fill_log(env, "alice", job, 10_000)  # a replay of about 1.3 MB: more than the buffers hold
+    reader = socket.socket()
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    reader.connect(("127.0.0.1", port_of(server)))
+    reader.sendall(f"GET /api/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                   "Last-Event-ID: 0\r\n\r\n".encode())
+
+    def waiting_bytes(sock: socket.socket = reader) -> int:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+
+    wait_for(lambda: waiting_bytes() >= 2048, timeout=10, interval=0.05, what="the replay to fill the reader's window")
+    taken, began = 0, time.monotonic()
+
+    def trickle() -> None:  # the reader takes what has arrived, 20 times a second
+        nonlocal taken
+        taken += len(reader.recv(65536)) if waiting_bytes() else 0
+
+    wait_for(lambda: trickle() or taken >= 64 * 1024, timeout=20, interval=0.05, what="the reader to take 64 KB")
+    hogs = SmallPipeliners(server, 15)  # the cap, with the reader: busy, their answers not taken, not yet stalled
+    try:
+        wait_for(lambda: trickle() or all(waiting_bytes(s) >= 2048 for s in hogs.socks), timeout=10, interval=0.05,
+                 what="answers waiting on every client that reads nothing")
+        for _ in range(5):  # each status request makes room: a client that reads nothing goes
+            trickle()
+            wait_for(lambda: trickle() or status_answers(server, token, job), timeout=10, interval=0.1,
+                     what="a status answer at the cap")
+            assert tcp_state(reader) == ESTABLISHED, \
+                f"the slow reader was cut after taking {taken} bytes in {time.monotonic() - began:.1f} s"
+            hogs.socks.append(hogs.opened(server))  # the cap is reached again
+    finally:
+        hogs.stop()
+        reader.close()

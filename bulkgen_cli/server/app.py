@@ -100,6 +100,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                               "document needs `Authorization: Bearer TOKEN` (`bulkgen token create`).")
     app.state.access, app.state.poller, app.state.config = access, poller, config
     app.state.write_buckets = quotas.TokenBuckets(config.limits.write_rate, config.limits.write_burst)
+    app.state.user_locks = quotas.UserLocks()
     _errors(app)
     app.add_middleware(BodyLimit, limit=BODY_LIMIT)
     app.add_middleware(Headers)
@@ -187,8 +188,14 @@ def _job_routes(app: FastAPI, access: StoreAccess) -> None:
         form = await submission.read(request)
         config: ServerConfig = request.app.state.config
         policy = config.policy(me.email)
-        answer = await run_in_threadpool(access.call, lambda s: submission.store(
-            s, form, me.user, idempotency_key, policy, me.admin, None if me.admin else config.limits))
+        locks: quotas.UserLocks = request.app.state.user_locks
+
+        def store() -> SubmitOut:
+            with locks.hold(me.user):  # a re-opening of an ended job cannot slip between (quotas.check_reopen)
+                return access.call(lambda s: submission.store(
+                    s, form, me.user, idempotency_key, policy, me.admin, None if me.admin else config.limits))
+
+        answer = await run_in_threadpool(store)
         return JSONResponse(answer.model_dump(), status_code=201 if answer.created else 200)
 
     @app.get("/api/bulk-generate", response_model=list[BulkJobOut], tags=["bulk jobs"],
@@ -223,8 +230,16 @@ def _control_routes(app: FastAPI, access: StoreAccess) -> None:
 def _control_route(app: FastAPI, access: StoreAccess, action: control.Action) -> None:
     from bulkgen_cli.ops.documents import bulk_dict, progress_dict
 
-    def act(bulk_id: BulkId, me: Me) -> Any:
-        result = access.call(lambda s: jobs.apply(s, action, bulk_id, me.user, me.admin, at_once(s)))
+    def act(bulk_id: BulkId, me: Me, request: Request) -> Any:
+        limits = None if me.admin else request.app.state.config.limits
+
+        def apply(store: Any) -> control.Result:
+            if action is control.Action.retry_failed:
+                quotas.check_reopen(store, me.user, limits, jobs.visible(store, bulk_id, me.user, me.admin))
+            return jobs.apply(store, action, bulk_id, me.user, me.admin, at_once(store))
+
+        with request.app.state.user_locks.hold(me.user):
+            result = access.call(apply)
         bulk = result.bulk
         message = (f"Bulk job {bulk.id}: {result.previous.value} -> {bulk.status}. {FOLLOW_UP[action]}"
                    if result.changed else f"Bulk job {bulk.id} is already {bulk.status}; nothing to do.")
@@ -248,8 +263,12 @@ def _item_routes(app: FastAPI, access: StoreAccess) -> None:
         return access.call(lambda s: items.record(items.show(s, item_ref, me.user, me.admin)))
 
     def acting(action: items.ItemAction) -> Any:
-        def act(item_ref: ItemRef, me: Me) -> Any:
+        def act(item_ref: ItemRef, me: Me, request: Request) -> Any:
+            limits = None if me.admin else request.app.state.config.limits
+
             def work(store: Any) -> dict[str, Any]:
+                if action is items.ItemAction.retry:
+                    quotas.check_reopen(store, me.user, limits, items.show(store, item_ref, me.user, me.admin).bulk)
                 result = items.apply(store, action, item_ref, me.user, me.admin, notifier=at_once(store))
                 bulk = store.get_bulk(result.bulk.id) or result.bulk
                 message = (f"Item {result.short_id}: {result.previous.value} -> {result.item.status}."
@@ -258,7 +277,8 @@ def _item_routes(app: FastAPI, access: StoreAccess) -> None:
                         "previous": result.previous.value, "bulk_job": bulk_dict(bulk), "progress": progress_dict(bulk),
                         "item": items.record(items.Shown(result.item, bulk, result.short_id))}
 
-            return access.call(work)
+            with request.app.state.user_locks.hold(me.user):
+                return access.call(work)
 
         act.__name__ = f"item_{action.value}"
         act.__doc__ = f"{action.value.capitalize()} one item, by the item state rules (README, 'show, item retry, item cancel')."
@@ -340,9 +360,10 @@ def _schedule_routes(app: FastAPI, access: StoreAccess) -> None:
 
     @app.post("/api/schedules/{name}/run", response_model=SubmitOut, status_code=201, tags=["schedules"],
               responses=responses(401, 404, 413, 422, 429, 503))
-    def run_schedule(name: ScheduleName, me: Me) -> Any:
+    def run_schedule(name: ScheduleName, me: Me, request: Request) -> Any:
         """Queue the schedule's articles now, once, outside its times (within your per-user limits)."""
-        bulk = access.call(lambda s: schedules.run_now(s, me.user, name)).jobs[0][0]
+        with request.app.state.user_locks.hold(me.user):
+            bulk = access.call(lambda s: schedules.run_now(s, me.user, name)).jobs[0][0]
         return {"success": True, "bulk_job_id": bulk.id, "total_items": bulk.total_items, "status": bulk.status,
                 "message": f"Schedule {name!r} queued bulk job {bulk.id} now", "created": True}
 

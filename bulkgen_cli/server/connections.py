@@ -15,10 +15,20 @@ uvicorn still reads and writes every byte:
   above its high-water mark; or a closing connection with bytes still to send)
   may wait `write` seconds with no byte taken, then the connection is aborted;
   any progress starts the deadline again, so a slow event-stream reader stays;
+- each accepted socket's kernel send buffer is bounded (`SEND_BUFFER`): on
+  loopback Linux grows it to megabytes, thousands of small answers, so a client
+  pipelining small requests and reading nothing never made uvicorn's writing
+  pause; bounded, its answers back up into uvicorn's buffer, writing pauses,
+  the app's send waits, no further pipelined request is handled, and the write
+  deadline and the cap apply to it;
 - at most `max_connections` connections are open: one more closes the oldest
   connection that has not sent a complete request head (an idle or slow one),
-  else the one whose writing stalled first; when every connection is busy with
-  a request and reads its answers, the new one is closed;
+  else, of those whose answer waits on their client (stalled, or busy with
+  bytes it has not taken), the one whose client took least over the
+  connection's life (a client that reads nothing takes no more than its
+  receive window; a slow event-stream reader keeps taking); when every
+  connection is busy with a request and its client has taken its answers, the
+  new one is closed;
 - closed connections are counted and reported in one log line per 10 s at
   most, never one line per connection.
 """
@@ -44,6 +54,13 @@ logger = logging.getLogger("uvicorn.error")
 REPORT_SECONDS = 10.0
 #: Offset of `tcpi_bytes_acked` in Linux's `struct tcp_info` (since Linux 4.1).
 TCPI_BYTES_ACKED = 120
+#: Bytes asked for each accepted socket's kernel send buffer (SO_SNDBUF; Linux doubles it for its bookkeeping):
+#: room for a few hundred small answers or a good part of a large one, so a client that reads nothing stalls
+#: after that much. It bounds one connection's throughput to about this much per round trip (some 1-2 MB/s at
+#: 100 ms), plenty for JSON answers and event streams; loopback and LAN clients are not slowed.
+SEND_BUFFER = 128 * 1024
+#: Linux's ioctl for the bytes in a socket's send queue, sent or not, that its peer has not acknowledged.
+SIOCOUTQ = 0x5411
 #: File descriptors kept for everything else of the process (store, log, processor, service calls).
 RESERVED_FILES = 256
 
@@ -77,11 +94,10 @@ class Guard:
         self._report: asyncio.TimerHandle | None = None
 
     def admit(self, conn: H11Protocol) -> bool:
-        """True when `conn` may stay; at the cap the oldest waiting connection makes room, else the one whose
-        writing stalled first, else `conn` is closed."""
+        """True when `conn` may stay; at the cap another makes room (`victim`), else `conn` is closed."""
         if len(conn.connections) <= self.limits.max_connections:
             return True
-        victim = next(iter(self.waiting), None) or next(iter(self.stalled), None)
+        victim = self.victim(conn)
         if victim is not None:
             self.waiting.pop(victim, None)
             self.stalled.pop(victim, None)
@@ -91,6 +107,28 @@ class Guard:
         conn.transport.close()
         self.closed("refused")
         return False
+
+    def victim(self, conn: H11Protocol) -> H11Protocol | None:
+        """Who makes room for `conn`: the oldest waiting connection; else, of those whose answer waits on their
+        client (stalled, or busy with bytes the client has not taken), the one whose client took least over the
+        connection's life, and of equals the one with most untaken bytes, then the one
+        stalled longest: an event stream read slowly stays before a client that reads nothing (which takes no
+        more than its receive window). None: every connection is busy and its client takes its answer."""
+        waiting = next(iter(self.waiting), None)
+        if waiting is not None:
+            return waiting
+        best: tuple[int, int] | None = None
+        chosen = None
+        for other in [*self.stalled, *(c for c in list(conn.connections) if c not in self.stalled)]:
+            transport = other.transport
+            if other is conn or transport is None or transport.is_closing():
+                continue
+            untaken = not_taken(transport)
+            if other in self.stalled or untaken > 0:
+                key = (progress(transport)[0], -untaken)
+                if best is None or key < best:
+                    best, chosen = key, other
+        return chosen
 
     def closed(self, why: str) -> None:
         self.counts[why] += 1
@@ -113,9 +151,9 @@ class Guard:
 
 
 def shut(transport: asyncio.Transport) -> None:
-    """Close `transport`; at once (reset) when it holds bytes the client has not taken: a plain close would wait
-    for them, and keep the connection, for as long as the client does not read."""
-    if transport.get_write_buffer_size():
+    """Close `transport`; at once (reset) when it holds bytes the client has not taken (in uvicorn's buffer or the
+    kernel's): a plain close would wait for them, and keep the connection, for as long as the client does not read."""
+    if not_taken(transport):
         reset(transport)
     else:
         transport.close()
@@ -146,6 +184,32 @@ def progress(transport: asyncio.Transport) -> tuple[int, int]:
     return (struct.unpack_from("Q", info, TCPI_BYTES_ACKED)[0] if len(info) >= TCPI_BYTES_ACKED + 8 else 0), left
 
 
+def not_taken(transport: asyncio.Transport) -> int:
+    """Bytes written to `transport` its client has not acknowledged: uvicorn's buffer and the kernel's send queue
+    (Linux's SIOCOUTQ; the buffer alone elsewhere)."""
+    left = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    try:
+        import fcntl
+    except ImportError:  # not on this system (Windows)
+        return left
+    if sock is None:
+        return left
+    try:
+        queued = fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return left
+    return left + struct.unpack("i", queued)[0]
+
+
+def bound_send_buffer(transport: asyncio.Transport) -> None:
+    """A modest kernel send buffer for this connection (SEND_BUFFER: why that size)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+
+
 class Guarded(H11Protocol):
     """uvicorn's h11 protocol with the deadlines and the connection cap of its `guard`."""
 
@@ -157,6 +221,7 @@ class Guarded(H11Protocol):
     _stall_mark = (0, 0)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        bound_send_buffer(transport)
         super().connection_made(transport)
         if self.guard.admit(self):
             self._follow()

@@ -34,13 +34,20 @@ BEARER = re.compile(r"(bearer\s+)\S+", re.IGNORECASE)
 WORD = re.compile(r"(?:[A-Za-z0-9_.~+-]|%[0-9A-Fa-f]{2})+")
 #: A URL's user and password (`//user:secret@`), as it reads once decoded.
 CREDENTIALS = re.compile(r"//[^/?#@\s]*:[^/?#@\s]*@")
+#: The same in a value once decoded, where the password may hold any character but `@` (an encoded `/` too).
+VALUE_CREDENTIALS = re.compile(r"//[^/?#@\s]*:[^@\s]*@")
+#: A secret-looking name given a value inside a value once decoded: a nested query (`/login?password=x`,
+#: `1?pw=x`) or JSON / a dict (`{"password": "x"}`).
+NESTED_SECRET = re.compile(r"(?:%s)[^=\s\"':&?]*(?:\s*=|[\"']\s*:)" % "|".join(SECRET_NAMES), re.IGNORECASE)
 #: tokens.PREFIX, as it reads once decoded.
 TOKEN_PREFIX = "bgk_"
+#: How many times a text is percent-decoded at most: far more layers than any client sends by mistake.
+DECODE_ROUNDS = 8
 
 
 def decoded(text: str) -> str:
-    """`text` percent-decoded until it no longer changes (twice at most: %255F is %5F is _)."""
-    for _ in range(3):
+    """`text` percent-decoded until it no longer changes (at most DECODE_ROUNDS times: %255F is %5F is _)."""
+    for _ in range(DECODE_ROUNDS):
         plain = unquote_plus(text)
         if plain == text:
             break
@@ -48,11 +55,18 @@ def decoded(text: str) -> str:
     return text
 
 
+def secret_value(name: str, value: str) -> bool:
+    """Whether the query value `value` of `name` (both as sent) is, or carries, a secret."""
+    if any(part in decoded(name).lower() for part in SECRET_NAMES):
+        return True
+    plain = decoded(value)
+    return bool(VALUE_CREDENTIALS.search(plain) or NESTED_SECRET.search(plain))
+
+
 def scrub(text: str) -> str:
-    """No token and no secret-looking query value in `text`, however percent-encoded."""
+    """No token and no secret-looking query value in `text`, however percent-encoded or nested."""
     def param(match: re.Match[str]) -> str:
-        name = decoded(match["name"]).lower()
-        if any(part in name for part in SECRET_NAMES) or CREDENTIALS.search(decoded(match["value"])):
+        if secret_value(match["name"], match["value"]):
             return f"{match['lead']}{match['name']}=***"
         return match[0]
 

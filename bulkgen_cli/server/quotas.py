@@ -10,14 +10,18 @@ yet, and this is the whole of what is needed (one process, one rule).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from fastapi import Request
 
+from bulkgen_cli.core.errors import QuotaExceeded
+from bulkgen_cli.core.model import ENDED_BULK, BulkJob
+from bulkgen_cli.core.settings import ServeLimits
 from bulkgen_cli.server.problems import HttpProblem, responses
 
 #: The methods that write.
@@ -51,6 +55,41 @@ class TokenBuckets:
     def _prune(self, now: float) -> None:
         self.buckets = {k: (left, then) for k, (left, then) in self.buckets.items()
                         if left + (now - then) * self.rate < self.burst}
+
+
+class UserLocks:
+    """One lock per user, held around the steps that count a user's active jobs and add one: a submit, a
+    schedule's run now, re-opening an ended job (design.md, "Quotas"). An entry lives while a thread holds or
+    waits for it, so the table holds at most one lock per worker thread whatever users come."""
+
+    def __init__(self) -> None:
+        self.guard = threading.Lock()
+        self.locks: dict[str, tuple[threading.Lock, list[int]]] = {}  # user: (its lock, [threads using it])
+
+    @contextlib.contextmanager
+    def hold(self, user: str) -> Iterator[None]:
+        with self.guard:
+            lock, users = self.locks.setdefault(user, (threading.Lock(), [0]))
+            users[0] += 1
+        try:
+            with lock:
+                yield
+        finally:
+            with self.guard:
+                users[0] -= 1
+                if users[0] == 0:
+                    del self.locks[user]
+
+
+def check_reopen(store: Any, user: str, limits: ServeLimits | None, bulk: BulkJob) -> None:
+    """QuotaExceeded (429, as for a submit) when re-opening the ended `bulk` (an item retry, retry-failed) would
+    put `user` over the active-jobs limit; `limits` None: an admin's, unlimited. Call it under UserLocks.hold:
+    the store checks a submit atomically, but a re-opening only here, in the serving process."""
+    if limits is None or limits.max_active_jobs <= 0 or bulk.status not in {s.value for s in ENDED_BULK}:
+        return
+    have = store.usage(user).active_jobs
+    if have >= limits.max_active_jobs:
+        raise QuotaExceeded("active_jobs", have, limits.max_active_jobs)
 
 
 async def write_rate(request: Request) -> None:
