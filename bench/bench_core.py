@@ -1,4 +1,4 @@
-"""Core speed figures for the README ("Performance"). A person runs it; tests never time things.
+"""Core speed figures for docs/performance.md ("Performance"). A person runs it; tests never time things.
 
     python bench/bench_core.py [--runs 7]
 

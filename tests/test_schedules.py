@@ -622,7 +622,7 @@ def test_an_unexpected_error_in_a_look_is_said_and_the_looks_go_on(store, monkey
     assert len(scheduled_jobs(store)) == 1
 
 
-# -- templates (README "Templates"): a saved one by name, or a template file, with the rows' text ---------------
+# -- templates (docs/files.md, "Templates"): a saved one by name, or a template file, with the rows' text ---------------
 
 
 def saved_reader(store, user="alice"):

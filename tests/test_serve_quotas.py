@@ -1,4 +1,4 @@
-"""Quotas of `bulkgen serve` (design.md, "Quotas"; README, "Limits"): size caps where the store amplifies,
+"""Quotas of `bulkgen serve` (design.md, "Quotas"; docs/serving.md, "Limits"): size caps where the store amplifies,
 per-user limits, the per-token write rate, and schedules that check their permissions at every run.
 
 Real `bulkgen serve` subprocesses on 127.0.0.1, a real SQLite file, a real webhook receiver. A schedule's

@@ -1,4 +1,4 @@
-"""`bulkgen serve` against slow, idle and greedy connections (README, "Slow clients and TLS"): a real server
+"""`bulkgen serve` against slow, idle and greedy connections (docs/serving.md, "Slow clients and TLS"): a real server
 process on 127.0.0.1, real sockets from this process, a bounded number of them for a bounded time."""
 
 from __future__ import annotations

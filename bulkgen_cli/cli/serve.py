@@ -38,7 +38,7 @@ EmailAllowOpt = Annotated[Optional[list[str]], typer.Option("--email-allow", met
                           "submitted over HTTP e-mail any address at DOMAIN (a user may always e-mail the "
                           "address recorded with their token); repeatable.", show_default=False)]
 
-# -- slow clients and TLS (README, "Slow clients and TLS") ----------------------------------------------
+# -- slow clients and TLS (docs/serving.md, "Slow clients and TLS") ----------------------------------------------
 HeadTimeoutOpt = Annotated[float, typer.Option("--header-timeout", min=0.1, metavar="SECONDS", help="Close a "
                            "connection whose request head has not fully arrived within SECONDS.")]
 BodyTimeoutOpt = Annotated[float, typer.Option("--body-timeout", min=0.1, metavar="SECONDS", help="Close a "
@@ -105,7 +105,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-# -- per-user limits (README, "Limits"): each flag, else its BULKGEN_ variable, else settings.ServeLimits; 0: off --
+# -- per-user limits (docs/serving.md, "Limits"): each flag, else its BULKGEN_ variable, else settings.ServeLimits; 0: off --
 MaxActiveJobsOpt = Annotated[Optional[int], typer.Option("--max-active-jobs", min=0, metavar="N", help="Jobs a "
                              "user may have queued, processing or paused at once. [default: 20]")]
 MaxSchedulesOpt = Annotated[Optional[int], typer.Option("--max-schedules", min=0, metavar="N",

@@ -437,7 +437,7 @@ def outbox_open(outbox: dict[str, Any] | None) -> bool:
     )
 
 
-# -- saved templates (templates.py; README "Templates") ------------------------------------------------
+# -- saved templates (templates.py; docs/files.md, "Templates") ------------------------------------------------
 
 
 @dataclass

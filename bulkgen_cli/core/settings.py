@@ -220,7 +220,7 @@ ENV_WRITE_BURST = "BULKGEN_WRITE_BURST"
 
 @dataclass(frozen=True)
 class ServeLimits:
-    """What one user (one token, for the write rate) may do over HTTP; 0 turns a limit off (README, "Limits")."""
+    """What one user (one token, for the write rate) may do over HTTP; 0 turns a limit off (docs/serving.md, "Limits")."""
 
     #: jobs queued, processing or paused at once, per user
     max_active_jobs: int = 20

@@ -1,4 +1,4 @@
-"""The JSON documents: a bulk job, its progress, its items, a --split group (README, "JSON output").
+"""The JSON documents: a bulk job, its progress, its items, a --split group (docs/settings.md, "JSON output").
 
 `status --json`, `show --json` and the HTTP answers are built here, so the CLI and the server say the same;
 the field names are a stable interface. Times as the user reads them (`when`) live here too, for the

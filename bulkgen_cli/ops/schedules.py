@@ -63,7 +63,7 @@ MAX_COUNTED = 100_000
 LOOK_SECONDS = 1.0
 LOOK_AFTER_ERROR = 5.0
 UTC = dt.timezone.utc
-#: A schedule added by anyone but an admin (or the operator, on the CLI) runs at most this often (README, "Limits").
+#: A schedule added by anyone but an admin (or the operator, on the CLI) runs at most this often (docs/serving.md, "Limits").
 MIN_INTERVAL = dt.timedelta(minutes=5)
 #: How many of a cron's next times are looked at for its shortest gap.
 GAP_LOOKAHEAD = 1000
@@ -262,7 +262,7 @@ def permission(store: Store, schedule: Schedule,
         return None, (f"its owner {quoted(schedule.userId)} has no live API token (revoked?); it runs again once "
                       "resumed with a live token")
     if firing and not any(t.admin for t in live) and too_often(schedule):
-        # A schedule added before the limit existed, or by a token no longer an admin (README, "Limits").
+        # A schedule added before the limit existed, or by a token no longer an admin (docs/serving.md, "Limits").
         return None, (f"its cron {quoted(schedule.cron)} runs more often than every "
                       f"{int(MIN_INTERVAL.total_seconds() // 60)} minutes, which only an admin's schedule may; add it "
                       "again with a slower cron")

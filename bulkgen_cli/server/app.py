@@ -247,13 +247,13 @@ def _control_route(app: FastAPI, access: StoreAccess, action: control.Action) ->
                 "bulk_job": bulk_dict(bulk), "progress": progress_dict(bulk)}
 
     act.__name__ = action.value.replace("-", "_")
-    act.__doc__ = f"{action.value.capitalize()} a bulk job, by the state rules (README, The state rules)."
+    act.__doc__ = f"{action.value.capitalize()} a bulk job, by the state rules (docs/guide.md, The state rules)."
     app.post(f"/api/bulk-generate/{{bulk_id}}/{action.value}", response_model=ControlOut, tags=["bulk jobs"],
              responses=responses(401, 404, 409, 422, 503))(act)
 
 
 def _item_routes(app: FastAPI, access: StoreAccess) -> None:
-    """One article (README, "Single articles"): the item with its text; retry and cancel one item."""
+    """One article (docs/commands.md, "Single articles"): the item with its text; retry and cancel one item."""
     from bulkgen_cli.ops.documents import bulk_dict, progress_dict
 
     @app.get("/api/items/{item_ref}", response_model=ItemRecordOut, tags=["items"],
@@ -281,7 +281,7 @@ def _item_routes(app: FastAPI, access: StoreAccess) -> None:
                 return access.call(work)
 
         act.__name__ = f"item_{action.value}"
-        act.__doc__ = f"{action.value.capitalize()} one item, by the item state rules (README, 'show, item retry, item cancel')."
+        act.__doc__ = f"{action.value.capitalize()} one item, by the item state rules (docs/commands.md, 'show, item retry, item cancel')."
         return act
 
     for action in items.ItemAction:
@@ -290,7 +290,7 @@ def _item_routes(app: FastAPI, access: StoreAccess) -> None:
 
 
 def _template_routes(app: FastAPI, access: StoreAccess) -> None:
-    """Saved templates (README, "Templates"), each user's own; a submit fills one with `template` and `values`."""
+    """Saved templates (docs/files.md, "Templates"), each user's own; a submit fills one with `template` and `values`."""
     def doc(saved: SavedTemplate, text: bool = False) -> dict[str, Any]:
         out = {"name": saved.name, "mode": saved.mode, "placeholders": saved.placeholders, "source": saved.source,
                "created_at": iso(saved.created_at), "updated_at": iso(saved.updated_at)}
@@ -329,7 +329,7 @@ def _template_routes(app: FastAPI, access: StoreAccess) -> None:
 
 
 def _schedule_routes(app: FastAPI, access: StoreAccess) -> None:
-    """Recurring schedules (README, "schedule"), each user's own; `bulkgen run --forever` (or --processor) runs them."""
+    """Recurring schedules (docs/commands.md, "schedule"), each user's own; `bulkgen run --forever` (or --processor) runs them."""
     @app.get("/api/schedules", response_model=list[ScheduleOut], tags=["schedules"], responses=responses(401, 503))
     def list_schedules(me: Me) -> Any:
         """Your schedules (everyone's for an admin token)."""

@@ -67,7 +67,7 @@ RESERVED_FILES = 256
 
 @dataclass(frozen=True)
 class Limits:
-    """`bulkgen serve`'s connection settings (README, "Slow clients and TLS")."""
+    """`bulkgen serve`'s connection settings (docs/serving.md, "Slow clients and TLS")."""
 
     #: seconds for a request's head to arrive
     head: float = 10.0

@@ -40,7 +40,7 @@ class ProblemDetails(BaseModel):
     title: str
     status: int
     detail: str
-    exit_code: int = Field(..., description="what `bulkgen` would exit with for the same error (README, Exit codes)")
+    exit_code: int = Field(..., description="what `bulkgen` would exit with for the same error (docs/settings.md, Exit codes)")
     problems: list[LocatedProblem] = Field(default_factory=list)
 
 

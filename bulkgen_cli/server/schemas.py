@@ -190,7 +190,7 @@ class TokenUserOut(BaseModel):
 
 
 class BulkConfigIn(BaseModel):
-    """The articles as an articles file holds them (README, "Articles files"), checked exactly as a file is."""
+    """The articles as an articles file holds them (docs/files.md, "Articles files"), checked exactly as a file is."""
 
     model_config = ConfigDict(extra="forbid")
 

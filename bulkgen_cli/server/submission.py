@@ -214,7 +214,7 @@ def store(db: Store, form: Form, user: str, key: str | None, policy: netpolicy.P
                      status=bulk.status, created=created)
 
 
-# -- schedules (README, "schedule") ----------------------------------------------------------------------------
+# -- schedules (docs/commands.md, "schedule") ----------------------------------------------------------------------------
 
 
 def schedule_parts(body: bytes) -> tuple[dict[str, Any], Form]:

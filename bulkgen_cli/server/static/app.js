@@ -24,7 +24,7 @@
   const ITEM_WORDS = {
     queued: "Waiting", processing: "Being written", completed: "Done", failed: "Failed", cancelled: "Cancelled",
   };
-  // The state rules (README, "The state rules"): which buttons do something in which state.
+  // The state rules (docs/guide.md, "The state rules"): which buttons do something in which state.
   const ACTIONS = [
     { action: "pause", label: "Pause", help: "Stop starting new articles; resume later." },
     { action: "resume", label: "Resume", help: "Carry on where it stopped." },
