@@ -66,27 +66,6 @@ RetentionOpt = Annotated[Optional[float], typer.Option("--events-retention", min
                          "[default: 7]", show_default=False)]
 
 
-def live_settings(max_streams: int | None, retention_days: float | None) -> tuple[int, float | None]:
-    """(streams per token, the change log's retention in seconds or None), from the flags, else the environment."""
-    from bulkgen_cli.server import config
-
-    def positive(raw: str) -> int:
-        if not raw.isdigit() or int(raw) < 1:
-            raise ValueError("expected a whole number ≥ 1.")
-        return int(raw)
-
-    streams = settings.pick(max_streams, config.ENV_MAX_STREAMS, positive, config.MAX_STREAMS)
-    days = settings.pick(retention_days, config.ENV_RETENTION, _days, config.RETENTION_DAYS)
-    return streams, (days * 86_400 if days > 0 else None)
-
-
-def _days(raw: str) -> float:
-    value = float(raw)
-    if not 0 <= value < float("inf"):
-        raise ValueError("expected a number of days ≥ 0.")
-    return value
-
-
 def register(app: typer.Typer) -> None:
     app.command("serve", epilog=EXIT_CODES)(run_options(serve))
     token_app = typer.Typer(help="API tokens for `bulkgen serve`: create, list, revoke.", no_args_is_help=True)
@@ -141,12 +120,14 @@ def serve(
     _need_the_serve_extra()
     from bulkgen_cli.delivery import netpolicy
     from bulkgen_cli.server.config import ServerConfig
-    from bulkgen_cli.server.run import Limits, listen, serve as run_server, start_processor
+    from bulkgen_cli.server.run import listen, serve as run_server, start_processor
     from bulkgen_cli.store import open_store
 
     url = settings.store_url(store)
-    limits = settings.ServeLimits.resolve(max_active_jobs, max_schedules, max_stored_mb, write_rate, write_burst,
-                                          max_templates)
+    limits = settings.from_flags(settings.ServeLimits, dict(
+        max_active_jobs=max_active_jobs, max_schedules=max_schedules, max_stored_mb=max_stored_mb,
+        max_templates=max_templates, write_rate=write_rate, write_burst=write_burst, max_streams=max_streams,
+        events_retention=events_retention))
     run_settings = settings.RunSettings.resolve(**(run_flags or {})) if processor else None  # type: ignore[arg-type]
     allow = netpolicy.parse_allow(webhook_allow or [])
     live_tokens, display = _record_policy(store, allow, email_allow, limits)
@@ -155,14 +136,14 @@ def serve(
     config = ServerConfig(lambda: open_store(url, "create"), display, tuple(cors or ()), allow,
                           tuple(d.strip().lower() for d in email_allow or ()), heartbeat=heartbeat,
                           limits=limits)
-    config.max_streams, config.retention = live_settings(max_streams, events_retention)
     _announce(f"{'https' if tls else 'http'}://{host}:{port}", display, len(live_tokens), config.cors, processor)
     background = None
     if run_settings is not None:
         from bulkgen_cli.cli.render import PlainView
 
         background = start_processor(run_settings, lambda: open_store(url, "create"), PlainView())
-    connections = Limits(header_timeout, body_timeout, keep_alive_timeout, max_connections, write_timeout)
+    connections = settings.ConnectionLimits(header_timeout, body_timeout, keep_alive_timeout, max_connections,
+                                            write_timeout)
     run_server(config, sock, background, connections, tls)
 
 

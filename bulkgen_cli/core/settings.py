@@ -6,28 +6,21 @@ import datetime as dt
 import getpass
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from bulkgen_cli.core.channels import RETRY_DELAYS, SmtpSettings, parse_channels
 from bulkgen_cli.core.errors import UsageError
 from bulkgen_cli.core.text import duration
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 ENV_STORE = "BULKGEN_STORE"
 ENV_API_URL = "BULKGEN_API_URL"
 ENV_API_TOKEN = "BULKGEN_API_TOKEN"
 ENV_USER = "BULKGEN_USER"
-ENV_DELAY = "BULKGEN_DELAY"
-ENV_TIMEOUT = "BULKGEN_TIMEOUT"
-ENV_MAX_RETRIES = "BULKGEN_MAX_RETRIES"
-ENV_BACKOFF = "BULKGEN_BACKOFF"
-ENV_LEASE = "BULKGEN_LEASE_SECONDS"
-ENV_GIVE_UP = "BULKGEN_GIVE_UP"
-ENV_GRACE = "BULKGEN_GRACE"
-ENV_CONCURRENCY = "BULKGEN_CONCURRENCY"
 ENV_NOTIFY = "BULKGEN_NOTIFY"
 ENV_ON_COMPLETE = "BULKGEN_ON_COMPLETE"
 ENV_SMTP_URL = "BULKGEN_SMTP_URL"
@@ -72,6 +65,41 @@ def count(raw: str) -> int:
     return int(raw)
 
 
+def whole(minimum: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        if not raw.isdigit() or int(raw) < minimum:
+            raise ValueError(f"expected a whole number ≥ {minimum}.")
+        return int(raw)
+
+    return parse
+
+
+def days(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value < float("inf"):
+        raise ValueError("expected a number of days ≥ 0.")
+    return value
+
+
+def setting(default: Any, env: str | None = None, parse: Callable[[str], Any] = str) -> Any:
+    """A settings field: its default, and the environment variable (parsed by `parse`) that stands in for its
+    flag; declared once, read by `from_flags`."""
+    return field(default=default, metadata={"env": env, "parse": parse})
+
+
+def from_flags(cls: type[S], flags: dict[str, Any]) -> S:
+    """An instance of the settings class `cls`: each field's flag, else its environment variable, else its
+    default (`pick`); a field with no variable takes its flag or its default."""
+    values = {}
+    for declared in fields(cls):  # type: ignore[arg-type]
+        flag, env = flags.get(declared.name), declared.metadata.get("env")
+        if env is not None:
+            values[declared.name] = pick(flag, env, declared.metadata["parse"], declared.default)
+        elif flag is not None:
+            values[declared.name] = flag
+    return cls(**values)
+
+
 def store_url(flag: str | None) -> str:
     return pick(flag, ENV_STORE, str, "") or default_store_url()
 
@@ -88,59 +116,38 @@ def user(flag: str | None) -> str:
 
 @dataclass(frozen=True)
 class RunSettings:
-    """How the processor works; see `bulkgen run --help`."""
+    """How the processor works; see `bulkgen run --help`. Each field is a flag of the same name, else its
+    variable, else its default."""
 
-    api_url: str | None = None
+    api_url: str | None = setting(None)
     #: never printed: kept out of repr
     api_token: str | None = field(default=None, repr=False)
-    delay: float = 5.0
-    timeout: float = 300.0
-    max_retries: int = 2
-    backoff: float = 2.0
-    lease: float = 60.0
-    give_up: float = 600.0
+    delay: float = setting(5.0, "BULKGEN_DELAY", seconds())
+    timeout: float = setting(300.0, "BULKGEN_TIMEOUT", seconds(0.001))
+    max_retries: int = setting(2, "BULKGEN_MAX_RETRIES", count)
+    backoff: float = setting(2.0, "BULKGEN_BACKOFF", seconds())
+    lease: float = setting(60.0, "BULKGEN_LEASE_SECONDS", seconds(1.0))
+    give_up: float = setting(600.0, "BULKGEN_GIVE_UP", seconds())
     #: after SIGINT/SIGTERM, how long the request in flight may still take
-    grace: float = 10.0
+    grace: float = setting(10.0, "BULKGEN_GRACE", seconds())
     #: the processor's own hook; never read from the store
-    on_complete: str | None = None
+    on_complete: str | None = setting(None)
     #: items in flight at most, in the whole store
-    concurrency: int = 1
+    concurrency: int = setting(1, "BULKGEN_CONCURRENCY", count)
 
     @property
     def max_attempts(self) -> int:
         return self.max_retries + 1
 
     @classmethod
-    def resolve(
-        cls,
-        api_url: str | None = None,
-        delay: float | None = None,
-        timeout: float | None = None,
-        max_retries: int | None = None,
-        backoff: float | None = None,
-        lease: float | None = None,
-        give_up: float | None = None,
-        grace: float | None = None,
-        on_complete: str | None = None,
-        concurrency: int | None = None,
-    ) -> RunSettings:
-        """Flags, else the environment, else the defaults of this class (declared once, above)."""
-        url = pick(api_url, ENV_API_URL, str, "") or None
+    def resolve(cls, **flags: Any) -> RunSettings:
+        """Flags (`api_url`, `delay`, … as the fields), else the environment, else the defaults declared above.
+        The service's token comes only from BULKGEN_API_TOKEN."""
+        url = pick(flags.get("api_url"), ENV_API_URL, str, "") or None
         if url is not None and not url.startswith(("http://", "https://")):
             raise UsageError(f"the content service URL must start with http:// or https://, got {url!r}.")
-        settings = cls(
-            api_url=url,
-            api_token=os.environ.get(ENV_API_TOKEN) or None,
-            delay=pick(delay, ENV_DELAY, seconds(), DEFAULTS.delay),
-            timeout=pick(timeout, ENV_TIMEOUT, seconds(0.001), DEFAULTS.timeout),
-            max_retries=pick(max_retries, ENV_MAX_RETRIES, count, DEFAULTS.max_retries),
-            backoff=pick(backoff, ENV_BACKOFF, seconds(), DEFAULTS.backoff),
-            lease=pick(lease, ENV_LEASE, seconds(1.0), DEFAULTS.lease),
-            give_up=pick(give_up, ENV_GIVE_UP, seconds(), DEFAULTS.give_up),
-            grace=pick(grace, ENV_GRACE, seconds(), DEFAULTS.grace),
-            on_complete=on_complete_command(on_complete),
-            concurrency=pick(concurrency, ENV_CONCURRENCY, count, DEFAULTS.concurrency),
-        )
+        settings = from_flags(cls, {**flags, "api_url": url, "api_token": os.environ.get(ENV_API_TOKEN) or None,
+                                    "on_complete": on_complete_command(flags.get("on_complete"))})
         if not 1 <= settings.concurrency <= 16:
             raise UsageError(f"--concurrency must be from 1 to 16, got {settings.concurrency}.")
         if settings.lease < 1.0:
@@ -210,41 +217,42 @@ def parse_when(text: str, now: dt.datetime) -> dt.datetime:
     return when.replace(microsecond=when.microsecond // 1000 * 1000)
 
 
-ENV_MAX_ACTIVE_JOBS = "BULKGEN_MAX_ACTIVE_JOBS"
-ENV_MAX_SCHEDULES = "BULKGEN_MAX_SCHEDULES"
-ENV_MAX_STORED_MB = "BULKGEN_MAX_STORED_MB"
-ENV_MAX_TEMPLATES = "BULKGEN_MAX_TEMPLATES"
-ENV_WRITE_RATE = "BULKGEN_WRITE_RATE"
-ENV_WRITE_BURST = "BULKGEN_WRITE_BURST"
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one user (one token, for the write rate and streams) may do over HTTP; 0 turns a limit off
+    (docs/serving.md, "Limits"). Each field is a `serve` flag of the same name, else its variable."""
+
+    #: jobs queued, processing or paused at once, per user
+    max_active_jobs: int = setting(20, "BULKGEN_MAX_ACTIVE_JOBS", count)
+    #: schedules per user
+    max_schedules: int = setting(10, "BULKGEN_MAX_SCHEDULES", count)
+    #: the user's jobs' stored articles, summed (BulkJob.stored_bytes), in MiB
+    max_stored_mb: int = setting(1024, "BULKGEN_MAX_STORED_MB", count)
+    #: saved templates per user (each at most 1 MiB)
+    max_templates: int = setting(100, "BULKGEN_MAX_TEMPLATES", count)
+    #: writes (POST, PUT, DELETE) a second per token, sustained, and in one burst
+    write_rate: float = setting(5.0, "BULKGEN_WRITE_RATE", seconds())
+    write_burst: int = setting(60, "BULKGEN_WRITE_BURST", count)
+    #: open event streams per token; the next is refused with 429
+    max_streams: int = setting(10, "BULKGEN_MAX_STREAMS", whole(1))
+    #: days the change log keeps; older changes are pruned (0: kept for ever)
+    events_retention: float = setting(7.0, "BULKGEN_EVENTS_RETENTION", days)
+
+    @property
+    def retention_seconds(self) -> float | None:
+        return self.events_retention * 86_400 if self.events_retention > 0 else None
 
 
 @dataclass(frozen=True)
-class ServeLimits:
-    """What one user (one token, for the write rate) may do over HTTP; 0 turns a limit off (docs/serving.md, "Limits")."""
+class ConnectionLimits:
+    """`bulkgen serve`'s connection settings (docs/serving.md, "Slow clients and TLS"); flags only."""
 
-    #: jobs queued, processing or paused at once, per user
-    max_active_jobs: int = 20
-    #: schedules per user
-    max_schedules: int = 10
-    #: the user's jobs' stored articles, summed (BulkJob.stored_bytes), in MiB
-    max_stored_mb: int = 1024
-    #: saved templates per user (each at most 1 MiB)
-    max_templates: int = 100
-    #: writes (POST, PUT, DELETE) a second per token, sustained, and in one burst
-    write_rate: float = 5.0
-    write_burst: int = 60
-
-    @classmethod
-    def resolve(cls, max_active_jobs: int | None = None, max_schedules: int | None = None,
-                max_stored_mb: int | None = None, write_rate: float | None = None,
-                write_burst: int | None = None, max_templates: int | None = None) -> ServeLimits:
-        """Flags, else the environment, else the defaults of this class."""
-        plain = cls()
-        return cls(
-            max_active_jobs=pick(max_active_jobs, ENV_MAX_ACTIVE_JOBS, count, plain.max_active_jobs),
-            max_schedules=pick(max_schedules, ENV_MAX_SCHEDULES, count, plain.max_schedules),
-            max_stored_mb=pick(max_stored_mb, ENV_MAX_STORED_MB, count, plain.max_stored_mb),
-            write_rate=pick(write_rate, ENV_WRITE_RATE, seconds(), plain.write_rate),
-            write_burst=pick(write_burst, ENV_WRITE_BURST, count, plain.write_burst),
-            max_templates=pick(max_templates, ENV_MAX_TEMPLATES, count, plain.max_templates),
-        )
+    #: seconds for a request's head to arrive
+    head: float = setting(10.0)
+    #: seconds for a request's body to arrive after its head
+    body: float = setting(30.0)
+    #: seconds an idle kept-alive connection stays open
+    keep_alive: int = setting(5)
+    max_connections: int = setting(2048)
+    #: seconds an answer may wait with no byte of it taken by the client (its buffer full)
+    write: float = setting(30.0)

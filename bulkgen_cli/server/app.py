@@ -75,13 +75,13 @@ def problem_response(problem: HttpProblem) -> JSONResponse:
 def create_app(config: ServerConfig) -> FastAPI:
     access = StoreAccess(config.open_store, config.shared_store)
     poller = live.Poller(access, config.poll)
-    streams = live.Streams(access, config.max_streams)
+    streams = live.Streams(access, config.limits.max_streams)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         poller.start()
         tasks = [asyncio.create_task(work) for work in (live.watchdog(poller), streams.end_revoked(),
-                                                        live.prune_forever(access, config.retention))]
+                                                        live.prune_forever(access, config.limits.retention_seconds))]
         try:
             yield
         finally:
@@ -397,7 +397,7 @@ def _event_routes(app: FastAPI, access: StoreAccess, poller: live.Poller, stream
     too_many = {429: {**responses(401)[401], "description": "Too many event streams open with this token"}}
     refusal = problem_response(HttpProblem(
         429, "too-many-streams", "Too many event streams",
-        f"this token has {config.max_streams} event streams open, the most the server allows (its --max-streams); "
+        f"this token has {config.limits.max_streams} event streams open, the most the server allows (its --max-streams); "
         "close one, or try again later.", headers={"Retry-After": str(live.STREAM_RETRY_AFTER)}))
 
     def sse(watch: live.Watch, last_id: int | None, credentials: HTTPAuthorizationCredentials | None) -> Response:

@@ -17,12 +17,6 @@ ENVELOPE_BYTES = 16 * 1024
 HEARTBEAT_SECONDS = 15.0
 #: Seconds between two reads of the store's change log (one reader per process, shared by all streams).
 POLL_SECONDS = 0.25
-#: Open event streams per token (`serve --max-streams`, BULKGEN_MAX_STREAMS); the next is refused with 429.
-MAX_STREAMS = 10
-ENV_MAX_STREAMS = "BULKGEN_MAX_STREAMS"
-#: Days the change log keeps (`serve --events-retention`, BULKGEN_EVENTS_RETENTION); older changes are pruned.
-RETENTION_DAYS = 7.0
-ENV_RETENTION = "BULKGEN_EVENTS_RETENTION"
 
 
 def quota(limits: ServeLimits) -> Quota:
@@ -46,12 +40,8 @@ class ServerConfig:
     shared_store: bool = False
     #: True once the server is shutting down: event streams end
     stopping: Callable[[], bool] = field(default=lambda: False)
-    #: per-user quotas and the per-token write rate (server/quotas.py)
+    #: per-user quotas, the per-token write rate (server/quotas.py) and streams, the change log's retention
     limits: ServeLimits = field(default_factory=ServeLimits)
-    #: live progress (design.md, "Live progress"): open streams per token, and the change log's retention
-    #: in seconds (None: never pruned)
-    max_streams: int = MAX_STREAMS
-    retention: float | None = RETENTION_DAYS * 86_400
 
     def policy(self, user_email: str | None) -> Policy:
         return Policy(self.webhook_allow, self.email_allow, user_email)

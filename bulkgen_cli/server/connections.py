@@ -41,11 +41,12 @@ import dataclasses
 import logging
 import socket
 import struct
-from dataclasses import dataclass
 from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from bulkgen_cli.core.settings import ConnectionLimits
 
 #: uvicorn's own error log (its handler and format).
 logger = logging.getLogger("uvicorn.error")
@@ -65,26 +66,11 @@ SIOCOUTQ = 0x5411
 RESERVED_FILES = 256
 
 
-@dataclass(frozen=True)
-class Limits:
-    """`bulkgen serve`'s connection settings (docs/serving.md, "Slow clients and TLS")."""
-
-    #: seconds for a request's head to arrive
-    head: float = 10.0
-    #: seconds for a request's body to arrive after its head
-    body: float = 30.0
-    #: seconds an idle kept-alive connection stays open
-    keep_alive: int = 5
-    max_connections: int = 2048
-    #: seconds an answer may wait with no byte of it taken by the client (its buffer full)
-    write: float = 30.0
-
-
 class Guard:
     """Shared by one server's connections: who waits for a request head (oldest first), whose writing is
     stalled (longest first) and what was closed."""
 
-    def __init__(self, limits: Limits):
+    def __init__(self, limits: ConnectionLimits):
         self.limits = limits
         #: connections with no request in progress (slow heads, idle keep-alives), in the order they began waiting
         self.waiting: dict[H11Protocol, None] = {}
@@ -313,12 +299,12 @@ class Guarded(H11Protocol):
         self.guard.stalled.pop(self, None)
 
 
-def guarded_protocol(limits: Limits) -> type[Guarded]:
+def guarded_protocol(limits: ConnectionLimits) -> type[Guarded]:
     """uvicorn's h11 protocol with head, body and write deadlines and the connection cap of `limits`."""
     return type("Guarded", (Guarded,), {"guard": Guard(limits)})
 
 
-def raise_file_limit(limits: Limits) -> tuple[Limits, str | None]:
+def raise_file_limit(limits: ConnectionLimits) -> tuple[ConnectionLimits, str | None]:
     """Let the process open the files `limits` needs (up to the hard limit); where it may not, the cap shrinks
     to what it may and the second value says so."""
     try:
@@ -338,7 +324,7 @@ def raise_file_limit(limits: Limits) -> tuple[Limits, str | None]:
             "files (ulimit -n)")
 
 
-def settings(limits: Limits) -> dict[str, Any]:
+def settings(limits: ConnectionLimits) -> dict[str, Any]:
     """The uvicorn.Config arguments for `limits`."""
     return {"http": guarded_protocol(limits), "timeout_keep_alive": limits.keep_alive,
             "h11_max_incomplete_event_size": 16 * 1024}

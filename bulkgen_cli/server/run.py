@@ -34,7 +34,8 @@ from bulkgen_cli.ops.schedules import Ticker
 from bulkgen_cli.server import connections
 from bulkgen_cli.server.app import create_app
 from bulkgen_cli.server.config import ServerConfig
-from bulkgen_cli.server.connections import Limits, raise_file_limit
+from bulkgen_cli.core.settings import ConnectionLimits
+from bulkgen_cli.server.connections import raise_file_limit
 from bulkgen_cli.server.edge import scrub
 from bulkgen_cli.store.base import Store
 
@@ -133,7 +134,7 @@ def log_config() -> dict[str, Any]:
 
 
 def serve(config: ServerConfig, sock: socket.socket, processor: Background | None = None,
-          limits: Limits = Limits(), tls: Tls | None = None) -> None:
+          limits: ConnectionLimits = ConnectionLimits(), tls: Tls | None = None) -> None:
     """Serve on the bound `sock` until SIGINT/SIGTERM (which uvicorn then raises again: exit 130/143)."""
     limits, shrunk = raise_file_limit(limits)
     uvicorn_config = uvicorn.Config(create_app(config), log_level="info", log_config=log_config(), access_log=False,
