@@ -85,7 +85,7 @@ class Attempt:
 
     def _given_back(self) -> Step:
         # The failed tries stay counted; the one not made is not.
-        self.store.release_item(self.item.id, self.p.owner, charge=False)
+        self.store.release_item(self.item.id, self.p.owner, charge=False, now=self.p.clock())
         return Step.released if self._paused else self._lost()
 
     def _send(self) -> Reply | Step:
@@ -111,7 +111,7 @@ class Attempt:
         if reply.kind is ReplyKind.aborted or self.p.stopping:
             return self._hand_back()
         if reply.kind is ReplyKind.unreachable:
-            self.store.release_item(self.item.id, self.p.owner)
+            self.store.release_item(self.item.id, self.p.owner, now=self.p.clock())
             return Step.unreachable
         if reply.kind is ReplyKind.rate_limited:
             return self._rate_limited(reply)
@@ -121,7 +121,7 @@ class Attempt:
         wait = reply.retry_after if reply.retry_after is not None else self.p.backoff(1)
         self.rate_limited_for += wait
         if self.rate_limited_for > self.settings.give_up and not self.p.forever:
-            self.store.release_item(self.item.id, self.p.owner)
+            self.store.release_item(self.item.id, self.p.owner, now=self.p.clock())
             raise ServiceUnavailable(
                 f"the content service kept answering 429 (rate limited) for over "
                 f"{self.settings.give_up:g} s; the item went back to the queue."
@@ -295,7 +295,7 @@ class Attempt:
     def _lost(self) -> Step:
         """The item is no longer this processor's to send: leave it to whoever holds it now."""
         # Still ours only when self-fencing gave it up or the slot passed on: hand it back uncounted.
-        if self.store.release_item(self.item.id, self.p.owner):
+        if self.store.release_item(self.item.id, self.p.owner, now=self.p.clock()):
             self.p.on_event(ItemLost(self.item, "this processor stopped renewing its lease in time "
                                                 "(it was stalled); the item went back to the queue"))
             return Step.released
@@ -309,7 +309,7 @@ class Attempt:
         return Step.released
 
     def _hand_back(self) -> Step:
-        if self.store.release_item(self.item.id, self.p.owner) and self.p.stopping:
+        if self.store.release_item(self.item.id, self.p.owner, now=self.p.clock()) and self.p.stopping:
             self.p.handed_back += 1
         return Step.released
 
