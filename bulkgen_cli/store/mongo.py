@@ -15,8 +15,8 @@ import datetime as dt
 import functools
 import hashlib
 import time
-from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Callable, Iterable, TypeVar
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
 import pymongo
@@ -34,7 +34,7 @@ from pymongo.errors import (
 from bulkgen_cli.core.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.core.model import (
     ARTICLE_FIELDS, CLAIMABLE_BULK, BulkJob, BulkStatus, ChangeKind, Counts, EventKind, Item, ItemStatus, Outcome,
-    PENDING_ITEM, SavedTemplate, SaveOutcome, Schedule, StateChange, later,
+    PENDING_ITEM, StateChange, later,
 )
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import COOLDOWN, OpenMode, Usage
@@ -381,6 +381,49 @@ class MongoStore(Queue):
         return int(write(query, update).matched_count)
 
     @_unavailable
+    def _tally(self, bulk_id: str) -> dict[str, tuple[int, float | None]]:
+        oid = _oid(bulk_id)
+        groups = [] if oid is None else self.items.aggregate([
+            {"$match": {"bulk_job_id": oid}},
+            {"$group": {"_id": "$status", "n": {"$sum": 1},
+                        "ms": {"$avg": {"$subtract": ["$completed_at", "$started_at"]}}}}])
+        return {g["_id"]: (g["n"], None if g.get("ms") is None else g["ms"] / 1000) for g in groups}
+
+    @contextmanager
+    def _user_lock(self, user: str, now: dt.datetime) -> Iterator[None]:
+        holder = self._lock_quota(user, now)  # the count and the insert: one step for this user
+        try:
+            yield
+        finally:
+            self._unlock_quota(user, holder)
+
+    @_unavailable
+    def refresh_counters(self, bulk_id: str, now: dt.datetime, seconds_between_items: float = 0.0) -> Counts:
+        # Not one transaction: the counters are rewritten under a compare-and-set on `refresh_seq`, so a slow
+        # refresh that counted before a later one never leaves stale counts (or an end) behind (design.md,
+        # "Every MongoDB decision in one conditional write").
+        oid = _oid(bulk_id)
+        for _ in range(50):
+            bulk = None if oid is None else self.bulks.find_one({"_id": oid}, {"refresh_seq": 1})
+            if bulk is None:
+                return Counts()
+            seq = bulk.get("refresh_seq")
+            counts, fields = self._derived(bulk_id, now, seconds_between_items)
+            written = self.bulks.update_one({"_id": oid, "refresh_seq": seq if seq is not None else {"$exists": False}},
+                                            {"$set": {**fields, "refresh_seq": (seq or 0) + 1}})
+            if not written.matched_count:
+                continue  # someone refreshed meanwhile from a later snapshot: count again
+            # The end only under the sequence this count wrote: a later count (an item queued again) decides instead.
+            ended = counts.pending == 0 and self._end(bulk_id, EventKind.completed, now, seq=(seq or 0) + 1)
+            if ended or counts.pending or not self._recounted(oid, (seq or 0) + 1):
+                return dataclasses.replace(counts, ended_now=ended)
+        raise StoreUnavailable(f"the counters of bulk job {bulk_id} kept changing; try again.")
+
+    def _reopen(self, before: dict[str, Any], now: dt.datetime) -> Counts | None:
+        """The queue's, given the item as read (a document as stored, too)."""
+        return super()._reopen(_decode("items", before) if "_id" in before else before, now)
+
+    @_unavailable
     def _delete(self, kind: str, where: Where) -> int:
         query = _filter(kind, where)
         return 0 if query is None else int(self._collection(kind).delete_many(query).deleted_count)
@@ -499,23 +542,7 @@ class MongoStore(Queue):
                                             {"$group": {"_id": None, "bytes": {"$sum": "$stored_bytes"}}}]))
         return Usage(count, int(summed[0]["bytes"]) if summed else 0)
 
-    @_unavailable
-    def completed_contents(self, bulk_id: str) -> list[tuple[str, int, Any]]:
-        oid = _oid(bulk_id)
-        if oid is None:
-            return []
-        cursor = self.items.find({"bulk_job_id": oid, "status": ItemStatus.completed.value},
-                                 {"queue_position": 1, "result.content": 1}).sort(rules.ITEM_ORDER, ASCENDING)
-        return [(str(d["_id"]), d["queue_position"], (d.get("result") or {}).get("content")) for d in cursor]
-
     # -- reads of the repair (design.md, "Repair") ---------------------------------------
-
-    @_unavailable
-    def item_counts(self, bulk_id: str) -> Counts:
-        oid = _oid(bulk_id)
-        groups = [] if oid is None else self.items.aggregate(
-            [{"$match": {"bulk_job_id": oid}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}])
-        return rules.tally({g["_id"]: (g["n"], None) for g in groups})[0]
 
     @_unavailable
     def pending_bulk_ids(self) -> list[str]:
@@ -523,64 +550,6 @@ class MongoStore(Queue):
         return sorted(str(i) for i in self.items.distinct("bulk_job_id", {"status": {"$in": pending}}))
 
     # -- single items (design.md, "Item state rules") ---------------------------------
-
-    @_unavailable
-    def cancel_item(self, item_id: str, from_status: ItemStatus, now: dt.datetime) -> Counts | None:
-        oid = _oid(item_id)
-        doc = None if oid is None else self.items.find_one_and_update(
-            {"_id": oid, "status": from_status.value}, self._stamp(_update(rules.item_cancelled(from_status, now)), now),
-            {"bulk_job_id": 1})
-        if doc is None:
-            return None
-        # Item first, then the job derived from its items: a crash between leaves the counters behind, which
-        # the same command repeated (or any later refresh) sets right.
-        return self.refresh_counters(str(doc["bulk_job_id"]), now)
-
-    @_unavailable
-    def retry_item(self, item_id: str, from_status: ItemStatus, now: dt.datetime) -> Counts | None:
-        oid = _oid(item_id)
-        before = None if oid is None else self.items.find_one({"_id": oid, "status": from_status.value})
-        bulk = None if before is None else self.bulks.find_one({"_id": before["bulk_job_id"]}, {"status": 1, "outbox": 1})
-        if before is None or bulk is None or not rules.retry_item_allowed(bulk["status"], bulk.get("outbox")):
-            return None
-        # Item first: a completed job's queued item is not claimable, so nothing starts before the job is queued.
-        if from_status is not ItemStatus.queued and not self.items.update_one(
-                {"_id": oid, "status": from_status.value}, self._stamp(_update(rules.RETRIED_ITEM), now)).matched_count:
-            return None
-        return self._reopen(before, now)
-
-    def _reopen(self, before: dict[str, Any], now: dt.datetime) -> Counts | None:
-        """The job of an item just queued again: queued again if it has ended (design.md, "Item state rules").
-
-        The first refresh's compare-and-set on `refresh_seq` fences off any refresh
-        that counted before the item was queued: such a one can no longer record an
-        end (`_end` is conditional on the sequence it wrote). An end that it did
-        record before is seen in the second round: the job is queued again, or, while
-        that end's notification is open, the retry is undone (None). So is one whose job
-        was cancelled (and its items swept) after the retry's check: cancel is final.
-        """
-        bulk_id, counts = before["bulk_job_id"], None
-        for _ in range(2):
-            bulk = self.bulks.find_one({"_id": bulk_id}, {"status": 1, "outbox": 1})
-            queued = self.items.find_one({"_id": before["_id"], "status": ItemStatus.queued.value}, {"_id": 1})
-            if bulk is not None and queued is not None and not rules.retry_item_allowed(bulk["status"],
-                                                                                       bulk.get("outbox")):
-                self._undo_retry(before, str(bulk_id), now)
-                return None
-            if bulk is not None and bulk["status"] == rules.RETRY_FROM.value and queued is not None:
-                outbox = bulk.get("outbox")
-                self.bulks.update_one({"_id": bulk_id, "status": rules.RETRY_FROM.value,
-                                       "outbox.event_id": (outbox or {}).get("event_id")},
-                                      self._stamp(_update(rules.RETRIED_JOB), now))
-            counts = self.refresh_counters(str(bulk_id), now)
-        return counts
-
-    def _undo_retry(self, before: dict[str, Any], bulk_id: str, now: dt.datetime) -> None:
-        """Put an item that item retry queued back as it was (`before`), unless it has been claimed since."""
-        if before["status"] != ItemStatus.queued.value:
-            self.items.update_one({"_id": before["_id"], "status": ItemStatus.queued.value, "attempts": 0},
-                                  self._stamp(_update(rules.retry_undone(before)), now))
-        self.refresh_counters(bulk_id, now)
 
     # -- the processor's verbs -------------------------------------------------
 
@@ -685,61 +654,10 @@ class MongoStore(Queue):
             return None
         return read("items", _decode("items", doc))
 
-    @_unavailable
-    def refresh_counters(
-        self, bulk_id: str, now: dt.datetime, seconds_between_items: float = 0.0
-    ) -> Counts:
-        oid = ObjectId(bulk_id)
-        for _ in range(50):
-            bulk = self.bulks.find_one({"_id": oid}, {"refresh_seq": 1})
-            if bulk is None:
-                return Counts()
-            seq = bulk.get("refresh_seq")
-            groups = self.items.aggregate(
-                [
-                    {"$match": {"bulk_job_id": oid}},
-                    {
-                        "$group": {
-                            "_id": "$status",
-                            "n": {"$sum": 1},
-                            "ms": {"$avg": {"$subtract": ["$completed_at", "$started_at"]}},
-                        }
-                    },
-                ]
-            )
-            counts, mean = rules.tally({g["_id"]: (g["n"], None if g.get("ms") is None else g["ms"] / 1000)
-                                        for g in groups})
-            failed = []
-            if counts.failed:
-                cursor = self.items.find(
-                    {"bulk_job_id": oid, "status": ItemStatus.failed.value}
-                ).sort(rules.ITEM_ORDER, ASCENDING)
-                failed = [read("items", _decode("items", d)) for d in cursor]
-            seq_filter: Any = seq if seq is not None else {"$exists": False}
-            fields = rules.counters(counts, failed, mean, now, seconds_between_items, self._flagged(oid, counts))
-            written = self.bulks.update_one({"_id": oid, "refresh_seq": seq_filter},
-                                            {"$set": {**fields, "refresh_seq": (seq or 0) + 1}})
-            if not written.matched_count:
-                continue  # someone refreshed meanwhile from a later snapshot: count again
-            # The end only under the sequence this count wrote: a later count (an item queued again) decides instead.
-            ended = counts.pending == 0 and self._end(bulk_id, EventKind.completed, now, seq=(seq or 0) + 1)
-            if ended or counts.pending or not self._recounted(oid, (seq or 0) + 1):
-                return dataclasses.replace(counts, ended_now=ended)
-        raise StoreUnavailable(f"the counters of bulk job {bulk_id} kept changing; try again.")
-
     def _end(self, bulk_id: str, kind: EventKind, now: dt.datetime,  # type: ignore[override]
              seq: int | None = None) -> bool:
         """The queue's end, with `seq`: only under that `refresh_seq` (the count that decided it is the latest)."""
         return super()._end(bulk_id, kind, now, None if seq is None else {"refresh_seq": seq})
-
-    def _flagged(self, oid: ObjectId, counts: Counts) -> list[tuple[int, dict[str, Any]]]:
-        """(queue position, verdict) of the job's completed items the quality gate flagged, in queue order."""
-        if not counts.completed:
-            return []
-        status, verdict = rules.FLAGGED_ITEM
-        cursor = self.items.find({"bulk_job_id": oid, "status": status.value, "verdict.status": verdict.value},
-                                 {"queue_position": 1, "verdict": 1}).sort(rules.ITEM_ORDER, ASCENDING)
-        return [(d["queue_position"], d["verdict"]) for d in cursor]
 
     def _recounted(self, oid: ObjectId, seq: int) -> bool:
         """Whether a job this refresh could not end is still active and was counted again since (`seq`)."""
@@ -767,68 +685,11 @@ class MongoStore(Queue):
 
     # -- saved templates ---------------------------------------------------------
 
-    @_unavailable
-    def save_template(self, template: SavedTemplate, replace: bool = False, max_count: int = 0) -> SaveOutcome:
-        if not max_count:
-            return self._save_template(template, replace)
-        holder = self._lock_quota(template.userId, template.updated_at)  # the count and the insert: one step for this user's saves
-        try:
-            if self.templates.find_one({"userId": template.userId, "name": template.name}, {"_id": 1}) is None:
-                refused = rules.over_count("templates", self.templates.count_documents({"userId": template.userId}),
-                                           max_count)
-                if refused is not None:
-                    raise refused
-            return self._save_template(template, replace)
-        finally:
-            self._unlock_quota(template.userId, holder)
-
-    def _save_template(self, template: SavedTemplate, replace: bool) -> SaveOutcome:
-        key = {"userId": template.userId, "name": template.name}
-        if not replace:
-            try:
-                self.templates.insert_one(rules.template_fields(template))
-            except DuplicateKeyError:  # the unique index: the user has one of that name
-                return SaveOutcome.exists
-            return SaveOutcome.created
-        update = {"$set": rules.template_replacement(template), "$setOnInsert": {"created_at": template.created_at}}
-        for _ in range(2):
-            try:
-                before = self.templates.find_one_and_update(key, update, upsert=True,
-                                                            return_document=ReturnDocument.BEFORE)
-            except DuplicateKeyError:
-                # Two upserts of a new name raced and the other one inserted first: MongoDB's
-                # documented answer is to retry, which now finds that record and replaces it.
-                continue
-            return SaveOutcome.created if before is None else SaveOutcome.replaced
-        raise StoreUnavailable(f"could not save template {template.name!r}; try again.")
-
     # -- recurring schedules -------------------------------------------------------
     #
     # A schedule is one document; an occurrence is one document whose _id is its key
     # (schedule id, time in UTC): the insert that claims it is the one conditional
     # write that can succeed once (design.md, "Exactly once per occurrence").
-
-    @_unavailable
-    def add_schedule(self, schedule: Schedule, max_count: int = 0) -> bool:
-        if not max_count:
-            return self._add_schedule(schedule)
-        holder = self._lock_quota(schedule.userId, schedule.created_at)  # the count and the insert: one step for this user
-        try:
-            refused = rules.over_count("schedules", self.schedules.count_documents({"userId": schedule.userId}),
-                                       max_count)
-            if refused is not None:
-                raise refused
-            return self._add_schedule(schedule)
-        finally:
-            self._unlock_quota(schedule.userId, holder)
-
-    def _add_schedule(self, schedule: Schedule) -> bool:
-        fields = rules.new_schedule(schedule)
-        try:
-            self.schedules.insert_one({"_id": ObjectId(fields.pop("id")), **fields})
-        except DuplicateKeyError:
-            return False  # the user has a schedule of that name (a unique index)
-        return True
 
     # -- the HTTP server: tokens and the change log (design.md, "Live progress") -------------------------
 

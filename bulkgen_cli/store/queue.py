@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import abstractmethod
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Iterable
 
+from bulkgen_cli.core.errors import StoreUnavailable
 from bulkgen_cli.core.model import (
-    ApiToken, BulkJob, BulkStatus, EventKind, Item, ItemStatus, Occurrence, OccurrenceState, Schedule, ScheduleStatus,
-    SavedTemplate, later, outbox_open, utcnow,
+    ApiToken, BulkJob, BulkStatus, Counts, EventKind, Item, ItemStatus, Occurrence, OccurrenceState, SavedTemplate,
+    SaveOutcome, Schedule, ScheduleStatus, later, outbox_open, utcnow,
 )
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, Store, slot_names
@@ -96,6 +97,15 @@ class Queue(Store):
     def _delete(self, kind: str, where: Where) -> int:
         """Delete the matching records; how many."""
 
+    @abstractmethod
+    def _tally(self, bulk_id: str) -> dict[str, tuple[int, float | None]]:
+        """A job's items by status: how many, and the mean seconds from `started_at` to `completed_at`."""
+
+    @abstractmethod
+    def _user_lock(self, user: str, now: dt.datetime) -> AbstractContextManager[Any]:
+        """Inside `_atomic`: what makes a count of the user's records and the insert it admits one step (SQLite:
+        the transaction already; MongoDB: the user's quota lock, design.md "Quotas")."""
+
     def _first(self, kind: str, where: Where, order: Iterable[str] = (),
                fields: Iterable[str] | None = None) -> dict[str, Any] | None:
         found = self._find(kind, where, order, 1, fields)
@@ -144,6 +154,14 @@ class Queue(Store):
             above = self._first("items", {"id": Cmp("gt", item_id)}, ["id"], ["id"])
             out[item_id] = (None if below is None else below["id"], None if above is None else above["id"])
         return out
+
+    def completed_contents(self, bulk_id: str) -> list[tuple[str, int, Any]]:
+        rows = self._find("items", {"bulk_job_id": bulk_id, "status": ItemStatus.completed.value},
+                          [rules.ITEM_ORDER], fields=["id", "queue_position", "result"])
+        return [(r["id"], r["queue_position"], (r.get("result") or {}).get("content")) for r in rows]
+
+    def item_counts(self, bulk_id: str) -> Counts:
+        return rules.tally(self._tally(bulk_id))[0]
 
     def is_held(self, item_id: str, owner: str) -> bool:
         return self._first("items", {"id": item_id, **rules.held(owner)}, fields=["id"]) is not None
@@ -209,6 +227,75 @@ class Queue(Store):
             return
         status, change = rules.cancel_sweeps(now)[0]  # the queued sweep; a new claim would carry a new fence
         self._update("items", {"id": doc["id"], "status": status.value, "fence": doc.get("fence")}, change, now)
+
+    # -- counters (design.md, "Counters") --------------------------------------------------------------
+
+    def _derived(self, bulk_id: str, now: dt.datetime, seconds_between_items: float) -> tuple[Counts, dict[str, Any]]:
+        """A job's counts and derived fields, from its items as they are now (`rules.counters`)."""
+        counts, mean = rules.tally(self._tally(bulk_id))
+        failed = [] if not counts.failed else self._all(
+            "items", {"bulk_job_id": bulk_id, "status": ItemStatus.failed.value}, [rules.ITEM_ORDER])
+        status, verdict = rules.FLAGGED_ITEM
+        flagged = [] if not counts.completed else [(r["queue_position"], r["verdict"]) for r in self._find(
+            "items", {"bulk_job_id": bulk_id, "status": status.value, "verdict.status": verdict.value},
+            [rules.ITEM_ORDER], fields=["queue_position", "verdict"])]
+        return counts, rules.counters(counts, failed, mean, now, seconds_between_items, flagged)
+
+    # -- single items (design.md, "Item state rules") -----------------------------------------------------
+
+    def cancel_item(self, item_id: str, from_status: ItemStatus, now: dt.datetime) -> Counts | None:
+        with self._atomic():
+            item = self._first("items", {"id": item_id, "status": from_status.value}, fields=["bulk_job_id"])
+            if item is None or not self._update("items", {"id": item_id, "status": from_status.value},
+                                                rules.item_cancelled(from_status, now), now):
+                return None
+            # Item first, then the job derived from its items (SQLite: in the same transaction). A crash between
+            # (MongoDB) leaves the counters behind, which the same command repeated, or any later refresh, sets right.
+            return self.refresh_counters(item["bulk_job_id"], now)
+
+    def retry_item(self, item_id: str, from_status: ItemStatus, now: dt.datetime) -> Counts | None:
+        with self._atomic():
+            before = self._first("items", {"id": item_id, "status": from_status.value})
+            bulk = None if before is None else self._first("bulks", {"id": before["bulk_job_id"]},
+                                                           fields=["status", "outbox"])
+            if before is None or bulk is None or not rules.retry_item_allowed(bulk["status"], bulk.get("outbox")):
+                return None
+            # Item first: a completed job's queued item is not claimable, so nothing starts before the job is queued.
+            if from_status is not ItemStatus.queued and not self._update(
+                    "items", {"id": item_id, "status": from_status.value}, rules.RETRIED_ITEM, now):
+                return None
+            return self._reopen(before, now)
+
+    def _reopen(self, before: dict[str, Any], now: dt.datetime) -> Counts | None:
+        """The job of an item just queued again: queued again if it has ended (design.md, "Item state rules").
+
+        The first refresh (MongoDB: its compare-and-set on `refresh_seq`) fences off any refresh that counted
+        before the item was queued: such a one can no longer record an end. An end that it did record before
+        is seen in the second round: the job is queued again, or, while that end's notification is open, the
+        retry is undone (None). So is one whose job was cancelled (and its items swept) after the retry's
+        check: cancel is final. (SQLite: one transaction, so the second round finds what the first left.)
+        """
+        bulk_id, counts = before["bulk_job_id"], None
+        for _ in range(2):
+            bulk = self._first("bulks", {"id": bulk_id}, fields=["status", "outbox"])
+            queued = self._first("items", {"id": before["id"], "status": ItemStatus.queued.value}, fields=["id"])
+            if bulk is not None and queued is not None and not rules.retry_item_allowed(bulk["status"],
+                                                                                       bulk.get("outbox")):
+                self._undo_retry(before, bulk_id, now)
+                return None
+            if bulk is not None and bulk["status"] == rules.RETRY_FROM.value and queued is not None:
+                event_id = (bulk.get("outbox") or {}).get("event_id")
+                self._update("bulks", {"id": bulk_id, "status": rules.RETRY_FROM.value, "outbox.event_id": event_id},
+                             rules.RETRIED_JOB, now)
+            counts = self.refresh_counters(bulk_id, now)
+        return counts
+
+    def _undo_retry(self, before: dict[str, Any], bulk_id: str, now: dt.datetime) -> None:
+        """Put an item that item retry queued back as it was (`before`), unless it has been claimed since."""
+        if before["status"] != ItemStatus.queued.value:
+            self._update("items", {"id": before["id"], "status": ItemStatus.queued.value, "attempts": 0},
+                         rules.retry_undone(before), now)
+        self.refresh_counters(bulk_id, now)
 
     # -- a job's state ----------------------------------------------------------------------------------
 
@@ -342,6 +429,23 @@ class Queue(Store):
 
     # -- saved templates (design.md, "Saved templates") -------------------------------------------------
 
+    def save_template(self, template: SavedTemplate, replace: bool = False, max_count: int = 0) -> SaveOutcome:
+        key = {"userId": template.userId, "name": template.name}
+        with self._atomic(), self._user_lock(template.userId, template.updated_at) if max_count else nullcontext():
+            if max_count and self._first("templates", key, fields=["name"]) is None:
+                have = len(self._find("templates", {"userId": template.userId}, fields=["name"]))
+                refused = rules.over_count("templates", have, max_count)
+                if refused is not None:
+                    raise refused
+            for _ in range(2):  # a new name; else the one stored, replaced (each one conditional write)
+                if self._insert_new("templates", rules.template_fields(template)):
+                    return SaveOutcome.created
+                if not replace:
+                    return SaveOutcome.exists
+                if self._update("templates", key, rules.template_replacement(template)):
+                    return SaveOutcome.replaced
+        raise StoreUnavailable(f"could not save template {template.name!r}; try again.")
+
     def get_template(self, user: str, name: str) -> SavedTemplate | None:
         return self._get("templates", {"userId": user, "name": name})  # type: ignore[no-any-return]
 
@@ -356,6 +460,16 @@ class Queue(Store):
     #
     # A schedule is one record; an occurrence is one record whose unique key is (schedule id, time in UTC):
     # the insert that claims it is the one write that can succeed once (design.md, "Exactly once per occurrence").
+
+    def add_schedule(self, schedule: Schedule, max_count: int = 0) -> bool:
+        with self._atomic(), self._user_lock(schedule.userId, schedule.created_at) if max_count else nullcontext():
+            if max_count:
+                have = len(self._find("schedules", {"userId": schedule.userId}, fields=["id"]))
+                refused = rules.over_count("schedules", have, max_count)
+                if refused is not None:
+                    raise refused
+            # False (nothing stored) when the user has a schedule of that name (a unique index).
+            return self._insert_new("schedules", rules.new_schedule(schedule))
 
     def get_schedule(self, user: str, name: str) -> Schedule | None:
         return self._get("schedules", {"userId": user, "name": name})  # type: ignore[no-any-return]

@@ -28,15 +28,14 @@ import os
 import sqlite3
 import stat
 import threading
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 from urllib.parse import quote
 
 from bulkgen_cli.core.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.core.model import (
-    CLAIMABLE_BULK, BulkJob, Counts, EventKind, Item, ItemStatus, PENDING_ITEM, SavedTemplate, SaveOutcome, Schedule,
-    StateChange, iso, later,
+    CLAIMABLE_BULK, BulkJob, Counts, EventKind, Item, PENDING_ITEM, StateChange, iso, later,
 )
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import COOLDOWN, OpenMode, Usage
@@ -896,6 +895,25 @@ class SqliteStore(Queue):
             return _update(db, TABLES[kind], change, clause, *args)
 
     @_unavailable
+    def _tally(self, bulk_id: str) -> dict[str, tuple[int, float | None]]:
+        rows = self.db.execute(
+            "SELECT status, count(*), avg((julianday(completed_at) - julianday(started_at)) * 86400.0)"
+            " FROM generation_jobs WHERE bulk_job_id = ? GROUP BY status", (bulk_id,))
+        return {status: (n, mean) for status, n, mean in rows}
+
+    def _user_lock(self, user: str, now: dt.datetime) -> AbstractContextManager[Any]:
+        return nullcontext()  # inside `_atomic`: the transaction makes the count and the insert one step
+
+    @_unavailable
+    def refresh_counters(self, bulk_id: str, now: dt.datetime, seconds_between_items: float = 0.0) -> Counts:
+        # One transaction: the count, the counters and the end (design.md, "Counters").
+        with self._atomic():
+            counts, fields = self._derived(bulk_id, now, seconds_between_items)
+            self._update("bulks", {"id": bulk_id}, fields, now)
+            ended = counts.pending == 0 and self._end(bulk_id, EventKind.completed, now)
+        return dataclasses.replace(counts, ended_now=ended)
+
+    @_unavailable
     def _delete(self, kind: str, where: Where) -> int:
         clause, args = _where(where)
         with self._tx() as db:
@@ -928,18 +946,7 @@ class SqliteStore(Queue):
     def usage(self, user: str) -> Usage:
         return _usage(self.db, user)
 
-    @_unavailable
-    def completed_contents(self, bulk_id: str) -> list[tuple[str, int, Any]]:
-        rows = self.db.execute(COMPLETED_SQL, (bulk_id, ItemStatus.completed.value))
-        return [(r[0], r[1], (json.loads(r[2]) if r[2] else {}).get("content")) for r in rows]
-
     # -- reads of the repair ---------------------------------------------------
-
-    @_unavailable
-    def item_counts(self, bulk_id: str) -> Counts:
-        rows = self.db.execute("SELECT status, count(*) FROM generation_jobs WHERE bulk_job_id = ? GROUP BY status",
-                               (bulk_id,))
-        return rules.tally({status: (n, None) for status, n in rows})[0]
 
     @_unavailable
     def pending_bulk_ids(self) -> list[str]:
@@ -958,33 +965,6 @@ class SqliteStore(Queue):
             row = self.db.execute(ITEM_NEIGHBOURS_SQL, (item_id, item_id)).fetchone()
             out[item_id] = (row[0], row[1])
         return out
-
-    @_unavailable
-    def cancel_item(self, item_id: str, from_status: ItemStatus, now: dt.datetime) -> Counts | None:
-        with self._tx() as db:
-            row = db.execute("SELECT bulk_job_id FROM generation_jobs WHERE id = ? AND status = ?",
-                             (item_id, from_status.value)).fetchone()
-            if row is None:
-                return None
-            _update(db, "generation_jobs", rules.item_cancelled(from_status, now), "id = ?", item_id)
-            # The same transaction derives the job: its counters and, when nothing is pending, its end.
-            return self.refresh_counters(row["bulk_job_id"], now)
-
-    @_unavailable
-    def retry_item(self, item_id: str, from_status: ItemStatus, now: dt.datetime) -> Counts | None:
-        with self._tx() as db:
-            row = db.execute(
-                "SELECT i.bulk_job_id, b.status, b.outbox FROM generation_jobs i JOIN bulk_jobs b"
-                " ON b.id = i.bulk_job_id WHERE i.id = ? AND i.status = ?", (item_id, from_status.value),
-            ).fetchone()
-            outbox = None if row is None or row["outbox"] is None else json.loads(row["outbox"])
-            if row is None or not rules.retry_item_allowed(row["status"], outbox):
-                return None
-            if from_status is not ItemStatus.queued:
-                _update(db, "generation_jobs", rules.RETRIED_ITEM, "id = ?", item_id)
-            if row["status"] == rules.RETRY_FROM.value:
-                _update(db, "bulk_jobs", rules.RETRIED_JOB, "id = ?", row["bulk_job_id"])
-            return self.refresh_counters(row["bulk_job_id"], now)
 
     # -- the processor's verbs -------------------------------------------------
 
@@ -1038,29 +1018,6 @@ class SqliteStore(Queue):
                 return bulk
         return None
 
-    @_unavailable
-    def refresh_counters(
-        self, bulk_id: str, now: dt.datetime, seconds_between_items: float = 0.0
-    ) -> Counts:
-        with self._tx() as db:
-            groups = {status: (n, mean) for status, n, mean in db.execute(
-                "SELECT status, count(*), avg((julianday(completed_at) - julianday(started_at)) * 86400.0)"
-                " FROM generation_jobs WHERE bulk_job_id = ? GROUP BY status",
-                (bulk_id,),
-            )}
-            counts, mean = rules.tally(groups)
-            failed = [] if not counts.failed else [_item(r) for r in db.execute(
-                f"SELECT * FROM generation_jobs WHERE bulk_job_id = ? AND status = ? ORDER BY {rules.ITEM_ORDER}",
-                (bulk_id, ItemStatus.failed.value),
-            )]
-            status, verdict = rules.FLAGGED_ITEM
-            flagged = [] if not counts.completed else [
-                (r[0], json.loads(r[1])) for r in db.execute(FLAGGED_SQL, (bulk_id, status.value, verdict.value))]
-            _update(db, "bulk_jobs", rules.counters(counts, failed, mean, now, seconds_between_items, flagged),
-                    "id = ?", bulk_id)
-            ended = counts.pending == 0 and self._end(bulk_id, EventKind.completed, now)
-        return dataclasses.replace(counts, ended_now=ended)
-
     # -- the processor lease ---------------------------------------------------
 
     @_unavailable
@@ -1079,39 +1036,7 @@ class SqliteStore(Queue):
 
     # -- saved templates ---------------------------------------------------------
 
-    @_unavailable
-    def save_template(self, template: SavedTemplate, replace: bool = False, max_count: int = 0) -> SaveOutcome:
-        with self._tx() as db:
-            # One transaction: the look (and the count) and the write cannot interleave with another save.
-            found = db.execute("SELECT 1 FROM templates WHERE userId = ? AND name = ?",
-                               (template.userId, template.name)).fetchone()
-            if found is None:
-                have = db.execute("SELECT count(*) FROM templates WHERE userId = ?", (template.userId,)).fetchone()[0]
-                refused = rules.over_count("templates", have, max_count)
-                if refused is not None:
-                    raise refused
-                _insert(db, "templates", [rules.template_fields(template)])
-                return SaveOutcome.created
-            if not replace:
-                return SaveOutcome.exists
-            _update(db, "templates", rules.template_replacement(template), "userId = ? AND name = ?",
-                    template.userId, template.name)
-            return SaveOutcome.replaced
-
     # -- recurring schedules -------------------------------------------------------
-
-    @_unavailable
-    def add_schedule(self, schedule: Schedule, max_count: int = 0) -> bool:
-        try:
-            with self._tx() as db:  # the count and the insert: one transaction
-                have = db.execute("SELECT count(*) FROM schedules WHERE userId = ?", (schedule.userId,)).fetchone()[0]
-                refused = rules.over_count("schedules", have, max_count)
-                if refused is not None:
-                    raise refused
-                _insert(db, "schedules", [rules.new_schedule(schedule)])
-        except sqlite3.IntegrityError:
-            return False  # the user has a schedule of that name (schedules_name)
-        return True
 
     # -- the HTTP server: tokens and the change log --------------------------------------------------
 
