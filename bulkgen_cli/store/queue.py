@@ -13,8 +13,8 @@ Every verb is written so that it is right under both atomic blocks: SQLite's
 multi-document transaction, so each write is one single-document (or
 per-document) conditional update, ordered so that a crash or a racing writer
 between two writes leaves nothing a processor could wrongly start, and each
-write carries in its own condition what the decision read (design.md, "Every
-MongoDB decision in one conditional write").
+write carries in its own condition what the decision read
+(design.md, "Every MongoDB decision in one conditional write").
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ class Queue(Store):
         with self._atomic():
             if not self._update("leases", {"owner": owner, **SLOTS}, {"expires_at": expires}):
                 return False
-            return self._write_held(item_id, owner, rules.renewed(expires, now, sent))
+            return self._write_where(item_id, rules.held(owner), rules.renewed(expires, now, sent))
 
     def requeue_expired(self, now: dt.datetime, max_attempts: int) -> list[str]:
         touched: set[str] = set()
@@ -210,8 +210,8 @@ class Queue(Store):
                 change = rules.expired(None if bulk is None else bulk["status"], doc.get("attempts") or 0,
                                        max_attempts, now, sent=doc.get("sent_at") is not None)
                 # Conditional on everything the decision read from the item: its lease still expired (a late
-                # heartbeat wins), the same claim, try and send (design.md, "Every MongoDB decision in one
-                # conditional write").
+                # heartbeat wins), the same claim, try and send
+                # (design.md, "Every MongoDB decision in one conditional write").
                 as_read = {"id": doc["id"], **expired, "fence": doc.get("fence"),
                            "attempts": doc.get("attempts") or 0, "sent_at": doc.get("sent_at")}
                 if self._update("items", as_read, change, now):
@@ -341,10 +341,11 @@ class Queue(Store):
                                           fields=["id"]))
             if not requeued:
                 return 0
-            # The decision's condition, in the job's own write: still the end that was read (design.md, "Every
-            # MongoDB decision in one conditional write"). A round that started and ended meanwhile has a new
-            # end, maybe with its notification still open: then these items stay queued in a completed job,
-            # never claimed, until the repair queues the job once that end is delivered (design.md, "Repair").
+            # The decision's condition, in the job's own write: still the end that was read
+            # (design.md, "Every MongoDB decision in one conditional write"). A round that started and ended
+            # meanwhile has a new end, maybe with its notification still open: then these items stay queued in a
+            # completed job, never claimed, until the repair queues the job once that end is delivered
+            # (design.md, "Repair").
             event_id = (bulk.get("outbox") or {}).get("event_id")
             if self._update("bulks", {"id": bulk_id, "status": rules.RETRY_FROM.value, "outbox.event_id": event_id},
                             rules.RETRIED_JOB, now):

@@ -232,7 +232,8 @@ class Cmp:
 
 
 #: Which records a write or a read takes: each field equals its value (None: has none; a tuple: one of its
-#: values; a `Cmp`: compares so; a list of `Cmp`: each holds, a range). A field `a.b` is `b` inside the JSON field `a` (a number: a list's index).
+#: values; a `Cmp`: compares so; a list of `Cmp`: each holds, a range). A field `a.b` is `b` inside the
+#: JSON field `a` (a number: a list's index).
 #: A list of them: any one holds. The language of `queue.Queue`'s primitives.
 Where = dict[str, Any] | list[dict[str, Any]]
 
