@@ -1,5 +1,5 @@
-"""The primitives `store/queue.py` writes every verb over, alike on both backends (design.md, "Policy once,
-primitives per backend"): the `rules.Where` language, conditional updates and their counts, insert-if-absent."""
+"""The primitives `store/queue.py` writes every verb over, alike on both backends: the `rules.Where` language,
+conditional updates and their counts, insert-if-absent (design.md, "Policy once, primitives per backend")."""
 
 from __future__ import annotations
 
