@@ -135,7 +135,7 @@ class Attempt:
 
     def _given_back(self) -> Step:
         # The failed tries stay counted; the one not made is not.
-        self.store.release_item(self.item.id, self.owner, charge=False)
+        self.store.release_item(self.item.id, self.owner, charge=False, now=self.clock())
         return Step.released if self._paused else self._lost()
 
     def _send(self) -> Reply | Step:
@@ -161,7 +161,7 @@ class Attempt:
         if reply.kind is ReplyKind.aborted or self.p.stopping:
             return self._hand_back()
         if reply.kind is ReplyKind.unreachable:
-            self.store.release_item(self.item.id, self.owner)
+            self.store.release_item(self.item.id, self.owner, now=self.clock())
             return Step.unreachable
         if reply.kind is ReplyKind.rate_limited:
             return self._rate_limited(reply)
@@ -171,7 +171,7 @@ class Attempt:
         wait = reply.retry_after if reply.retry_after is not None else self.p.backoff(1)
         self.rate_limited_for += wait
         if self.rate_limited_for > self.settings.give_up and not self.p.forever:
-            self.store.release_item(self.item.id, self.owner)
+            self.store.release_item(self.item.id, self.owner, now=self.clock())
             raise ServiceUnavailable(
                 f"the content service kept answering 429 (rate limited) for over "
                 f"{self.settings.give_up:g} s; the item went back to the queue."
@@ -345,7 +345,7 @@ class Attempt:
     def _lost(self) -> Step:
         """The item is no longer this processor's to send: leave it to whoever holds it now."""
         # Still ours only when self-fencing gave it up or the slot passed on: hand it back uncounted.
-        if self.store.release_item(self.item.id, self.owner):
+        if self.store.release_item(self.item.id, self.owner, now=self.clock()):
             self.on_event(ItemLost(self.item, "this processor stopped renewing its lease in time "
                                                 "(it was stalled); the item went back to the queue"))
             return Step.released
@@ -359,7 +359,7 @@ class Attempt:
         return Step.released
 
     def _hand_back(self) -> Step:
-        if self.store.release_item(self.item.id, self.owner) and self.p.stopping:
+        if self.store.release_item(self.item.id, self.owner, now=self.clock()) and self.p.stopping:
             self.p.handed_back += 1
         return Step.released
 

@@ -265,7 +265,7 @@ class Poller:
         return len(changes) >= PAGE
 
     def _read(self, store: Store) -> tuple[list[StateChange], list[Event]]:
-        changes = store.changes_since(self.cursor, PAGE)
+        changes = store.changes_since(self.cursor, PAGE, now=utcnow())
         new = [c for c in changes if (c.seq, c.record_id) not in self._seen]
         return changes, to_events(store, new)
 
@@ -431,7 +431,8 @@ def _send(events: Iterable[Event], watch: Watch, sent: Sent) -> bytes:
 
 def read_page(store: Store, after: int, watch: Watch) -> tuple[list[StateChange], list[Event]]:
     """One page of the log after `after` (the watch's user's or job's changes only, by index), and its events."""
-    changes = store.changes_since(after, PAGE, user=None if watch.admin else watch.user, bulk_id=watch.bulk_id)
+    changes = store.changes_since(after, PAGE, user=None if watch.admin else watch.user, bulk_id=watch.bulk_id,
+                                  now=utcnow())
     return changes, to_events(store, [c for c in changes if watch.shows(c)])
 
 

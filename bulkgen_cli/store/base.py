@@ -15,7 +15,7 @@ from typing import Any, Iterable, Literal
 
 from bulkgen_cli.core.model import (
     ApiToken, BulkJob, BulkStatus, Counts, Item, ItemStatus, Occurrence, Outcome, SavedTemplate, SaveOutcome,
-    Schedule, ScheduleStatus, StateChange,
+    Schedule, ScheduleStatus, StateChange, utcnow,
 )
 from bulkgen_cli.store import rules
 # Decided in rules.py; importable from here too.
@@ -186,7 +186,7 @@ class Store(ABC):
         then refreshes, and a crash between leaves a job that the repair finishes
         (design.md, "Repair").
         """
-        written = self._write_where(item_id, rules.answerable(owner, fence), rules.finished(outcome, now))
+        written = self._write_where(item_id, rules.answerable(owner, fence), rules.finished(outcome, now), now)
         item = self.get_item(item_id)
         if item is None or not (written or rules.ended_by(item, outcome, now, fence)):
             return None
@@ -194,28 +194,30 @@ class Store(ABC):
         # own end already written (`rules.ended_by`) and refreshes only.
         return self.refresh_counters(item.bulk_job_id, now, seconds_between_items)
 
-    def release_item(self, item_id: str, owner: str, charge: bool = False) -> bool:
+    def release_item(self, item_id: str, owner: str, charge: bool = False, now: dt.datetime | None = None) -> bool:
         """Put a held item back in the queue at its place.
 
         Without `charge` its current try is not counted (a service that cannot be
         reached, a stop signal, a claim that found its bulk job paused); with it,
         the try stays counted (a failed try before a pause). False when `owner`
-        no longer holds it.
+        no longer holds it. `now`: the time of the change (the change log's); a
+        caller without a clock of its own gets the wall's.
         """
-        return self._write_held(item_id, owner, rules.released(charge))
+        return self._write_held(item_id, owner, rules.released(charge), utcnow() if now is None else now)
 
-    def _write_held(self, item_id: str, owner: str, change: rules.Change) -> bool:
+    def _write_held(self, item_id: str, owner: str, change: rules.Change, now: dt.datetime | None = None) -> bool:
         """Write `change` on an item in one conditional write, only while `owner` holds it (`rules.held`).
 
         False (nothing written) when it does not.
         """
-        return self._write_where(item_id, rules.held(owner), change)
+        return self._write_where(item_id, rules.held(owner), change, now)
 
     @abstractmethod
-    def _write_where(self, item_id: str, condition: dict[str, Any], change: rules.Change) -> bool:
+    def _write_where(self, item_id: str, condition: dict[str, Any], change: rules.Change,
+                     now: dt.datetime | None = None) -> bool:
         """Write `change` on an item in one conditional write, only while it meets `condition` (from rules.py).
 
-        False (nothing written) when it does not.
+        False (nothing written) when it does not. `now`: the time of a status change.
         """
 
     @abstractmethod
@@ -459,7 +461,7 @@ class Store(ABC):
 
     @abstractmethod
     def changes_since(self, after: int, limit: int = 500, user: str | None = None,
-                      bulk_id: str | None = None) -> list[StateChange]:
+                      bulk_id: str | None = None, now: dt.datetime | None = None) -> list[StateChange]:
         """State changes of bulk jobs and items numbered above `after`, in number order: one page of at
         most `limit`; of one user's jobs, or of one job, when `user` or `bulk_id` is given (an indexed read).
 
@@ -467,8 +469,8 @@ class Store(ABC):
         store-wide sequence, written with the change itself. Where numbers are in
         commit order (`change_lag` 0) this is exact: a change numbered at or below
         `after` is never seen later. Otherwise the answer also holds the changes
-        made in the last `change_lag` seconds, whatever their number; callers
-        dedupe by (seq, record_id).
+        made in the `change_lag` seconds before `now`, whatever their number;
+        callers dedupe by (seq, record_id).
         """
 
     @abstractmethod

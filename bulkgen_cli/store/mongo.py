@@ -15,7 +15,8 @@ import datetime as dt
 import functools
 import hashlib
 import time
-from typing import Any, Callable, Iterable, TypeVar
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
 import pymongo
@@ -32,16 +33,13 @@ from pymongo.errors import (
 
 from bulkgen_cli.core.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.core.model import (
-    ARTICLE_FIELDS, CLAIMABLE_BULK, ApiToken, BulkJob, BulkStatus, ChangeKind, Counts, EventKind, Item, ItemStatus,
-    Occurrence, OccurrenceState, Outcome, PENDING_ITEM, SavedTemplate, SaveOutcome, Schedule, ScheduleStatus,
-    StateChange, later, outbox_open, utcnow,
+    ARTICLE_FIELDS, CLAIMABLE_BULK, BulkJob, BulkStatus, ChangeKind, Counts, EventKind, Item, ItemStatus, Outcome,
+    PENDING_ITEM, StateChange, later,
 )
 from bulkgen_cli.store import rules
-from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, OpenMode, Store, Usage, slot_names
-from bulkgen_cli.store.rules import (
-    BULK_FIELDS, CHANGE_FIELDS, ITEM_FIELDS, LEASE_FIELDS, OCCURRENCE_FIELDS, SCHEDULE_FIELDS, TEMPLATE_FIELDS,
-    TOKEN_FIELDS, Change, Conditions, record,
-)
+from bulkgen_cli.store.base import COOLDOWN, OpenMode, Usage
+from bulkgen_cli.store.queue import Queue, _same, read
+from bulkgen_cli.store.rules import CHANGE_FIELDS, Change, Cmp, Where, record
 
 BULK_JOBS = "bulk_jobs"
 GENERATION_JOBS = "generation_jobs"
@@ -62,7 +60,8 @@ META = "bulkgen_meta"
 TEMPLATES = "templates"
 SCHEDULES = "schedules"
 OCCURRENCES = "schedule_occurrences"
-SCHEMA_VERSION = 7
+#: The data model's version (rules.SCHEMA_VERSION): below it, `_ensure_indexes` runs again (it is idempotent).
+SCHEMA_VERSION = rules.SCHEMA_VERSION
 #: The counter document of the fencing tokens, in META.
 FENCE = "fence"
 #: How many candidates one claim tries before it reports nothing claimable.
@@ -109,44 +108,49 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
 # -- the rules' records and changes, as MongoDB stores them ------------------------------------------
 
 
-def _same(value: Any) -> Any:
-    return value
+#: Each kind of record (queue.MODELS, and the store's attribute holding its collection): the field stored as
+#: `_id`, and the fields held as ObjectIds.
+KINDS: dict[str, tuple[str | None, tuple[str, ...]]] = {
+    "bulks": ("id", ("id",)),
+    "items": ("id", ("id", "bulk_job_id")),
+    "leases": ("name", ()),
+    "templates": (None, ()),
+    "schedules": ("id", ("id",)),
+    "occurrences": (None, ("schedule_id",)),
+    "tokens": ("id", ()),
+}
+#: A value no record holds: a filter on an id that is no ObjectId matches nothing.
+_NONE = object()
 
 
-def _bulk(doc: dict[str, Any]) -> BulkJob:
-    return record(BulkJob, BULK_FIELDS, {**doc, "id": doc["_id"]}, _aware, _same)  # type: ignore[no-any-return]
+def _decode(kind: str, doc: dict[str, Any]) -> dict[str, Any]:
+    """A document's values as the queue reads them: `_id` under its field's name, ids as text, aware times,
+    an item's article gathered from its top-level fields."""
+    key, oids = KINDS[kind]
+    values = {k: _aware(v) if isinstance(v, dt.datetime) else v for k, v in doc.items()}
+    oid = values.pop("_id", None)
+    if key is not None:
+        values[key] = oid
+    for name in oids:
+        if values.get(name) is not None:
+            values[name] = str(values[name])
+    if kind == "items":
+        article = {k: doc[k] for k in ARTICLE_FIELDS if k in doc and k != "id"}
+        if ITEM_ID_FIELD in doc:
+            article["id"] = doc[ITEM_ID_FIELD]
+        values["article"] = article
+    return values
 
 
-def _item(doc: dict[str, Any]) -> Item:
-    article = {k: doc[k] for k in ARTICLE_FIELDS if k in doc and k != "id"}
-    if ITEM_ID_FIELD in doc:
-        article["id"] = doc[ITEM_ID_FIELD]
-    values = {**doc, "id": doc["_id"], "article": article}
-    return record(Item, ITEM_FIELDS, values, _aware, _same)  # type: ignore[no-any-return]
-
-
-def _lease(doc: dict[str, Any]) -> Lease:
-    return record(Lease, LEASE_FIELDS, doc, _aware, _same)  # type: ignore[no-any-return]
-
-
-def _template(doc: dict[str, Any]) -> SavedTemplate:
-    return record(SavedTemplate, TEMPLATE_FIELDS, doc, _aware, _same)  # type: ignore[no-any-return]
-
-
-def _schedule(doc: dict[str, Any]) -> Schedule:
-    return record(Schedule, SCHEDULE_FIELDS, {**doc, "id": doc["_id"]}, _aware, _same)  # type: ignore[no-any-return]
-
-
-def _occurrence(doc: dict[str, Any]) -> Occurrence:
-    return record(Occurrence, OCCURRENCE_FIELDS, doc, _aware, _same)  # type: ignore[no-any-return]
-
-
-def _doc(fields: dict[str, Any]) -> dict[str, Any]:
-    """A new record's document: `_id` and `bulk_job_id` as ObjectIds, an item's article as top-level fields."""
-    doc = dict(fields)
-    doc["_id"] = ObjectId(doc.pop("id"))
-    if "bulk_job_id" in doc:
-        doc["bulk_job_id"] = ObjectId(doc["bulk_job_id"])
+def _doc(kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """A new record's document: its key as `_id`, ids as ObjectIds, an item's article as top-level fields, an
+    occurrence under its unique key (design.md, "Exactly once per occurrence")."""
+    key, oids = KINDS[kind]
+    doc = {k: ObjectId(v) if k in oids and v is not None else v for k, v in fields.items()}
+    if key is not None:
+        doc["_id"] = doc.pop(key)
+    if kind == "occurrences":
+        doc["_id"] = rules.occurrence_id(fields["schedule_id"], fields["at"])
     article = doc.pop("article", None)
     if article is not None:
         doc = {**{k: v for k, v in article.items() if k != "id"}, **doc}
@@ -155,29 +159,56 @@ def _doc(fields: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def _update(change: Change | dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """An update document: `$set` and `$inc` (fields under `prefix`, e.g. one outbox step)."""
+def _value(value: Any, oid: bool) -> Any:
+    if not oid or value is None or isinstance(value, ObjectId):
+        return value
+    return _oid(value) or _NONE
+
+
+def _condition(wanted: Any, oid: bool) -> Any:
+    """One field's filter from a `rules.Where` value (_NONE: nothing can match)."""
+    if isinstance(wanted, list):
+        parts = {f"${c.op}": _value(c.value, oid) for c in wanted}
+        return _NONE if _NONE in parts.values() else parts
+    if isinstance(wanted, Cmp):
+        value = _value(wanted.value, oid)
+        return _NONE if value is _NONE else {f"${wanted.op}": value}
+    if isinstance(wanted, tuple):
+        return {"$in": [v for v in (_value(x, oid) for x in wanted) if v is not _NONE]}
+    return _value(wanted, oid)
+
+
+def _filter(kind: str, where: Where) -> dict[str, Any] | None:
+    """A filter from a `rules.Where`, or None when nothing can match (an id that is no ObjectId)."""
+    if isinstance(where, list):
+        alternatives = [f for f in (_filter(kind, alt) for alt in where) if f is not None]
+        return None if not alternatives else alternatives[0] if len(alternatives) == 1 else {"$or": alternatives}
+    key, oids = KINDS[kind]
+    out = {}
+    for name, wanted in where.items():
+        condition = _condition(wanted, name in oids)
+        if condition is _NONE:
+            return None
+        out["_id" if name == key else name] = condition
+    return out
+
+
+def _update(change: Change | dict[str, Any]) -> dict[str, Any]:
+    """An update document: `$set` and `$inc`."""
     if not isinstance(change, Change):
         change = Change(change)
-    update = {"$set": {prefix + k: v for k, v in change.set.items()},
-              "$inc": {prefix + k: n for k, n in change.add.items()}}
+    update = {"$set": dict(change.set), "$inc": dict(change.add)}
     return {op: fields for op, fields in update.items() if fields}
 
 
-def _where(condition: dict[str, Any]) -> dict[str, Any]:
-    """A filter from a rules.py condition: each field equals its value (a tuple: one of its values)."""
-    return {k: {"$in": list(v)} if isinstance(v, tuple) else v for k, v in condition.items()}
-
-
-def _match(conditions: Conditions, prefix: str = "") -> dict[str, Any]:
-    """A filter: one of the alternatives holds (fields under `prefix`)."""
-    alternatives = [{prefix + k: v if op == "eq" else {f"${op}": v} for k, (op, v) in alt.items()}
-                    for alt in conditions]
-    return alternatives[0] if len(alternatives) == 1 else {"$or": alternatives}
-
-
-def _order(names: tuple[str, ...], direction: int = ASCENDING) -> list[tuple[str, int]]:
-    return [("_id" if name == "id" else name, direction) for name in names]
+def _order(names: Iterable[str], direction: int = ASCENDING, key: str | None = "id") -> list[tuple[str, int]]:
+    """A sort: each name ascending (`-name`: the other way), the key field as `_id`."""
+    out = []
+    for name in names:
+        way = -direction if name.startswith("-") else direction
+        name = name.lstrip("-")
+        out.append(("_id" if name == key else name, way))
+    return out
 
 
 def _unavailable(method: Callable[..., T]) -> Callable[..., T]:
@@ -191,7 +222,7 @@ def _unavailable(method: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
-class MongoStore(Store):
+class MongoStore(Queue):
     def __init__(self, client: Any, db_name: str = "bulkgen", display_url: str = "mongodb://",
                  mode: OpenMode = "create"):
         self.client = client
@@ -299,6 +330,104 @@ class MongoStore(Store):
     def close(self) -> None:
         self.client.close()
 
+
+    # -- the primitives (queue.Queue) ---------------------------------------------------------------------
+
+    def _atomic(self) -> AbstractContextManager[Any]:
+        """No multi-document transaction: each write of the block is one conditional write on its own, and the
+        queue orders them so that what lies between two is safe (design.md, "The store contract")."""
+        return nullcontext()
+
+    def _collection(self, kind: str) -> Any:
+        return getattr(self, kind)
+
+    @_unavailable
+    def _find(self, kind: str, where: Where, order: Iterable[str] = (), limit: int | None = None,
+              fields: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        query, key = _filter(kind, where), KINDS[kind][0]
+        if query is None:
+            return []
+        projection = None if fields is None else {"_id" if f == key else f: 1 for f in fields}
+        cursor = self._collection(kind).find(query, projection)
+        if order:
+            cursor = cursor.sort(_order(order, key=key))
+        if limit is not None:
+            cursor = cursor.limit(limit)
+        return [_decode(kind, doc) for doc in cursor]
+
+    @_unavailable
+    def _insert(self, kind: str, rows: list[dict[str, Any]]) -> None:
+        self._collection(kind).insert_many([_doc(kind, row) for row in rows], ordered=True)
+
+    @_unavailable
+    def _insert_new(self, kind: str, row: dict[str, Any]) -> bool:
+        try:
+            self._collection(kind).insert_one(_doc(kind, row))
+        except DuplicateKeyError:  # its unique key (`_id` or a unique index) is taken
+            return False
+        return True
+
+    @_unavailable
+    def _update(self, kind: str, where: Where, change: Change | dict[str, Any],
+                now: dt.datetime | None = None) -> int:
+        query = _filter(kind, where)
+        if query is None:
+            return 0
+        update = _update(change)
+        if kind in ("bulks", "items"):
+            update = self._stamp(update, now)
+        one = "_id" in query and not isinstance(query["_id"], dict)  # one record named: one document's write
+        write = self._collection(kind).update_one if one else self._collection(kind).update_many
+        return int(write(query, update).matched_count)
+
+    @_unavailable
+    def _tally(self, bulk_id: str) -> dict[str, tuple[int, float | None]]:
+        oid = _oid(bulk_id)
+        groups = [] if oid is None else self.items.aggregate([
+            {"$match": {"bulk_job_id": oid}},
+            {"$group": {"_id": "$status", "n": {"$sum": 1},
+                        "ms": {"$avg": {"$subtract": ["$completed_at", "$started_at"]}}}}])
+        return {g["_id"]: (g["n"], None if g.get("ms") is None else g["ms"] / 1000) for g in groups}
+
+    @contextmanager
+    def _user_lock(self, user: str, now: dt.datetime) -> Iterator[None]:
+        holder = self._lock_quota(user, now)  # the count and the insert: one step for this user
+        try:
+            yield
+        finally:
+            self._unlock_quota(user, holder)
+
+    @_unavailable
+    def refresh_counters(self, bulk_id: str, now: dt.datetime, seconds_between_items: float = 0.0) -> Counts:
+        # Not one transaction: the counters are rewritten under a compare-and-set on `refresh_seq`, so a slow
+        # refresh that counted before a later one never leaves stale counts (or an end) behind (design.md,
+        # "Every MongoDB decision in one conditional write").
+        oid = _oid(bulk_id)
+        for _ in range(50):
+            bulk = None if oid is None else self.bulks.find_one({"_id": oid}, {"refresh_seq": 1})
+            if bulk is None:
+                return Counts()
+            seq = bulk.get("refresh_seq")
+            counts, fields = self._derived(bulk_id, now, seconds_between_items)
+            written = self.bulks.update_one({"_id": oid, "refresh_seq": seq if seq is not None else {"$exists": False}},
+                                            {"$set": {**fields, "refresh_seq": (seq or 0) + 1}})
+            if not written.matched_count:
+                continue  # someone refreshed meanwhile from a later snapshot: count again
+            # The end only under the sequence this count wrote: a later count (an item queued again) decides instead.
+            ended = counts.pending == 0 and self._end(bulk_id, EventKind.completed, now, seq=(seq or 0) + 1)
+            if ended or counts.pending or not self._recounted(oid, (seq or 0) + 1):
+                return dataclasses.replace(counts, ended_now=ended)
+        raise StoreUnavailable(f"the counters of bulk job {bulk_id} kept changing; try again.")
+
+    def _reopen(self, before: dict[str, Any], now: dt.datetime) -> Counts | None:
+        """The queue's, given the item as read (a document as stored, too)."""
+        return super()._reopen(_decode("items", before) if "_id" in before else before, now)
+
+    @_unavailable
+    def _delete(self, kind: str, where: Where) -> int:
+        query = _filter(kind, where)
+        return 0 if query is None else int(self._collection(kind).delete_many(query).deleted_count)
+
     # -- submit and read -------------------------------------------------------
 
     @_unavailable
@@ -312,7 +441,7 @@ class MongoStore(Store):
         if limits is None:
             return self._insert_bulk(bulk, articles, oid)
         try:
-            holder = self._lock_quota(bulk.userId)
+            holder = self._lock_quota(bulk.userId, bulk.created_at)
         except StoreUnavailable:
             self._undo_submit(oid, bulk)  # gives the idempotency key back: a retry is not told to wait
             raise
@@ -327,9 +456,9 @@ class MongoStore(Store):
             self._unlock_quota(bulk.userId, holder)
 
     def _insert_bulk(self, bulk: BulkJob, articles: list[dict[str, Any]], oid: ObjectId) -> tuple[BulkJob, bool]:
-        docs = [_doc(rules.new_item(bulk, article, n)) for n, article in enumerate(articles, start=1)]
-        bulk_doc = {**_doc(rules.new_bulk(bulk)), "refresh_seq": 0}
-        stamped = self._stamp({"$set": bulk_doc})
+        docs = [_doc("items", rules.new_item(bulk, article, n)) for n, article in enumerate(articles, start=1)]
+        bulk_doc = {**_doc("bulks", rules.new_bulk(bulk)), "refresh_seq": 0}
+        stamped = self._stamp({"$set": bulk_doc}, bulk.created_at)
         bulk_doc = {**stamped["$set"], "changes": stamped["$push"]["changes"]["$each"]}
         if bulk.idempotency_key is None:
             del bulk_doc["idempotency_key"]  # the field only where a key was given
@@ -351,13 +480,13 @@ class MongoStore(Store):
         except PyMongoError:
             pass  # the connection is gone; orphan items stay invisible
 
-    def _lock_quota(self, user: str) -> ObjectId:
+    def _lock_quota(self, user: str, now: dt.datetime) -> ObjectId:
         """Take the user's quota lock (design.md, "Quotas"): one conditional upsert of one document, atomic in
-        MongoDB. Held by another and not stale: the upsert's insert of the same `_id` fails (DuplicateKeyError)
-        and it is tried again, for `quota_wait` seconds at most. The holder's id, for `_unlock_quota`."""
+        MongoDB. Held by another and not stale at `now` (the verb's time): the upsert's insert of the same `_id`
+        fails (DuplicateKeyError) and it is tried again, for `quota_wait` seconds at most. The holder's id, for
+        `_unlock_quota`. (The wait is measured on the monotonic clock: it is no time of the data.)"""
         holder, deadline = ObjectId(), time.monotonic() + self.quota_wait
         while True:
-            now = utcnow()
             try:
                 self.quota_locks.find_one_and_update(
                     {"_id": user, "until": {"$lt": now}},
@@ -394,7 +523,7 @@ class MongoStore(Store):
                     continue
                 doc = self.bulks.find_one({"_id": claim["bulk_job_id"]})
                 if doc is not None:
-                    return _bulk(doc)
+                    return read("bulks", _decode("bulks", doc))
                 created = _aware(claim.get("created_at"))
                 if created is not None and bulk.created_at - created < STALE_CLAIM:  # type: ignore[operator]
                     raise StoreUnavailable(
@@ -406,30 +535,6 @@ class MongoStore(Store):
         raise StoreUnavailable("could not reserve the idempotency key; try again.")
 
     @_unavailable
-    def get_bulk(self, bulk_id: str) -> BulkJob | None:
-        oid = _oid(bulk_id)
-        doc = None if oid is None else self.bulks.find_one({"_id": oid})
-        return None if doc is None else _bulk(doc)
-
-    @_unavailable
-    def list_bulks(
-        self,
-        user: str | None = None,
-        limit: int = 50,
-        statuses: Iterable[BulkStatus] | None = None,
-        group_id: str | None = None,
-    ) -> list[BulkJob]:
-        query: dict[str, Any] = {}
-        if group_id is not None:
-            query["group_id"] = group_id
-        if user is not None:
-            query["userId"] = user
-        if statuses is not None:
-            query["status"] = {"$in": [BulkStatus(s).value for s in statuses]}
-        cursor = self.bulks.find(query).sort(_order(rules.NEWEST_FIRST, DESCENDING))
-        return [_bulk(d) for d in cursor.limit(limit)]
-
-    @_unavailable
     def usage(self, user: str) -> Usage:
         active = [s.value for s in rules.ACTIVE_BULK]
         count = self.bulks.count_documents({"userId": user, "status": {"$in": active}})
@@ -437,31 +542,7 @@ class MongoStore(Store):
                                             {"$group": {"_id": None, "bytes": {"$sum": "$stored_bytes"}}}]))
         return Usage(count, int(summed[0]["bytes"]) if summed else 0)
 
-    @_unavailable
-    def list_items(self, bulk_id: str) -> list[Item]:
-        oid = _oid(bulk_id)
-        if oid is None:
-            return []
-        cursor = self.items.find({"bulk_job_id": oid}).sort(rules.ITEM_ORDER, ASCENDING)
-        return [_item(d) for d in cursor]
-
-    @_unavailable
-    def completed_contents(self, bulk_id: str) -> list[tuple[str, int, Any]]:
-        oid = _oid(bulk_id)
-        if oid is None:
-            return []
-        cursor = self.items.find({"bulk_job_id": oid, "status": ItemStatus.completed.value},
-                                 {"queue_position": 1, "result.content": 1}).sort(rules.ITEM_ORDER, ASCENDING)
-        return [(str(d["_id"]), d["queue_position"], (d.get("result") or {}).get("content")) for d in cursor]
-
     # -- reads of the repair (design.md, "Repair") ---------------------------------------
-
-    @_unavailable
-    def item_counts(self, bulk_id: str) -> Counts:
-        oid = _oid(bulk_id)
-        groups = [] if oid is None else self.items.aggregate(
-            [{"$match": {"bulk_job_id": oid}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}])
-        return rules.tally({g["_id"]: (g["n"], None) for g in groups})[0]
 
     @_unavailable
     def pending_bulk_ids(self) -> list[str]:
@@ -469,91 +550,6 @@ class MongoStore(Store):
         return sorted(str(i) for i in self.items.distinct("bulk_job_id", {"status": {"$in": pending}}))
 
     # -- single items (design.md, "Item state rules") ---------------------------------
-
-    @_unavailable
-    def get_item(self, item_id: str) -> Item | None:
-        oid = _oid(item_id)
-        doc = None if oid is None else self.items.find_one({"_id": oid})
-        return None if doc is None else _item(doc)
-
-    @_unavailable
-    def find_items(self, prefix: str, user: str | None, limit: int) -> list[Item]:
-        low, high = rules.prefix_bounds(prefix)
-        bounds: dict[str, Any] = {"$gte": ObjectId(low)}
-        if high is not None:
-            bounds["$lt"] = ObjectId(high)
-        query: dict[str, Any] = {"_id": bounds}
-        if user is not None:
-            query["userId"] = user
-        return [_item(d) for d in self.items.find(query).sort("_id", ASCENDING).limit(limit)]
-
-    @_unavailable
-    def item_neighbours(self, item_ids: list[str]) -> dict[str, tuple[str | None, str | None]]:
-        out = {}
-        for item_id in item_ids:
-            oid = ObjectId(item_id)
-            below = self.items.find_one({"_id": {"$lt": oid}}, {"_id": 1}, sort=[("_id", DESCENDING)])
-            above = self.items.find_one({"_id": {"$gt": oid}}, {"_id": 1}, sort=[("_id", ASCENDING)])
-            out[item_id] = (None if below is None else str(below["_id"]), None if above is None else str(above["_id"]))
-        return out
-
-    @_unavailable
-    def cancel_item(self, item_id: str, from_status: ItemStatus, now: dt.datetime) -> Counts | None:
-        oid = _oid(item_id)
-        doc = None if oid is None else self.items.find_one_and_update(
-            {"_id": oid, "status": from_status.value}, self._stamp(_update(rules.item_cancelled(from_status, now))),
-            {"bulk_job_id": 1})
-        if doc is None:
-            return None
-        # Item first, then the job derived from its items: a crash between leaves the counters behind, which
-        # the same command repeated (or any later refresh) sets right.
-        return self.refresh_counters(str(doc["bulk_job_id"]), now)
-
-    @_unavailable
-    def retry_item(self, item_id: str, from_status: ItemStatus, now: dt.datetime) -> Counts | None:
-        oid = _oid(item_id)
-        before = None if oid is None else self.items.find_one({"_id": oid, "status": from_status.value})
-        bulk = None if before is None else self.bulks.find_one({"_id": before["bulk_job_id"]}, {"status": 1, "outbox": 1})
-        if before is None or bulk is None or not rules.retry_item_allowed(bulk["status"], bulk.get("outbox")):
-            return None
-        # Item first: a completed job's queued item is not claimable, so nothing starts before the job is queued.
-        if from_status is not ItemStatus.queued and not self.items.update_one(
-                {"_id": oid, "status": from_status.value}, self._stamp(_update(rules.RETRIED_ITEM))).matched_count:
-            return None
-        return self._reopen(before, now)
-
-    def _reopen(self, before: dict[str, Any], now: dt.datetime) -> Counts | None:
-        """The job of an item just queued again: queued again if it has ended (design.md, "Item state rules").
-
-        The first refresh's compare-and-set on `refresh_seq` fences off any refresh
-        that counted before the item was queued: such a one can no longer record an
-        end (`_end` is conditional on the sequence it wrote). An end that it did
-        record before is seen in the second round: the job is queued again, or, while
-        that end's notification is open, the retry is undone (None). So is one whose job
-        was cancelled (and its items swept) after the retry's check: cancel is final.
-        """
-        bulk_id, counts = before["bulk_job_id"], None
-        for _ in range(2):
-            bulk = self.bulks.find_one({"_id": bulk_id}, {"status": 1, "outbox": 1})
-            queued = self.items.find_one({"_id": before["_id"], "status": ItemStatus.queued.value}, {"_id": 1})
-            if bulk is not None and queued is not None and not rules.retry_item_allowed(bulk["status"],
-                                                                                       bulk.get("outbox")):
-                self._undo_retry(before, str(bulk_id), now)
-                return None
-            if bulk is not None and bulk["status"] == rules.RETRY_FROM.value and queued is not None:
-                outbox = bulk.get("outbox")
-                self.bulks.update_one({"_id": bulk_id, "status": rules.RETRY_FROM.value,
-                                       "outbox.event_id": (outbox or {}).get("event_id")},
-                                      self._stamp(_update(rules.RETRIED_JOB)))
-            counts = self.refresh_counters(str(bulk_id), now)
-        return counts
-
-    def _undo_retry(self, before: dict[str, Any], bulk_id: str, now: dt.datetime) -> None:
-        """Put an item that item retry queued back as it was (`before`), unless it has been claimed since."""
-        if before["status"] != ItemStatus.queued.value:
-            self.items.update_one({"_id": before["_id"], "status": ItemStatus.queued.value, "attempts": 0},
-                                  self._stamp(_update(rules.retry_undone(before))))
-        self.refresh_counters(bulk_id, now)
 
     # -- the processor's verbs -------------------------------------------------
 
@@ -588,7 +584,7 @@ class MongoStore(Store):
                 return None
             doc = self.items.find_one_and_update(
                 {"_id": candidate["_id"], "status": ItemStatus.queued.value, **_below(fence)},
-                self._stamp(_update(rules.claimed(owner, later(now, lease_seconds), now, fence, sent))),
+                self._stamp(_update(rules.claimed(owner, later(now, lease_seconds), now, fence, sent)), now),
                 return_document=ReturnDocument.AFTER,
             )
             if doc is None:
@@ -646,7 +642,7 @@ class MongoStore(Store):
         """Mark the claimed item's bulk job started; None (item handed back) if it was paused or cancelled."""
         bulk_id = doc["bulk_job_id"]
         for condition, fields in rules.job_started(now):
-            self.bulks.update_one({"_id": bulk_id, **condition}, self._stamp({"$set": fields}))
+            self.bulks.update_one({"_id": bulk_id, **condition}, self._stamp({"$set": fields}, now))
         # A pause or cancel may have committed between choosing the item and the
         # claim: check again, and hand the item back untouched if so.
         current = self.bulks.find_one({"_id": bulk_id}, {"status": 1})
@@ -654,302 +650,23 @@ class MongoStore(Store):
             self.finish_item(str(doc["_id"]), owner, Outcome(ItemStatus.cancelled), now)
             return None
         if current["status"] not in [s.value for s in CLAIMABLE_BULK]:
-            self.release_item(str(doc["_id"]), owner)
+            self.release_item(str(doc["_id"]), owner, now=now)
             return None
-        return _item(doc)
+        return read("items", _decode("items", doc))
 
-    @_unavailable
-    def _write_where(self, item_id: str, condition: dict[str, Any], change: Change) -> bool:
-        result = self.items.update_one({"_id": ObjectId(item_id), **_where(condition)}, self._stamp(_update(change)))
-        return result.matched_count == 1
-
-    @_unavailable
-    def heartbeat(self, item_id: str, owner: str, lease_seconds: float, now: dt.datetime,
-                  sent: bool = False) -> bool:
-        # Two single-document conditional writes, slot first: the item's lease is
-        # extended only while the slot is still ours (design.md, "Fencing").
-        expires = later(now, lease_seconds)
-        slot = self.leases.update_one({"owner": owner, "_id": {"$ne": COOLDOWN}}, {"$set": {"expires_at": expires}})
-        if not slot.matched_count:
-            return False
-        return self._write_held(item_id, owner, rules.renewed(expires, now, sent))
-
-    @_unavailable
-    def is_held(self, item_id: str, owner: str) -> bool:
-        return self.items.find_one({"_id": ObjectId(item_id), **rules.held(owner)}, {"_id": 1}) is not None
-
-    @_unavailable
-    def in_flight(self) -> list[Item]:
-        return [_item(d) for d in self.items.find({"status": ItemStatus.processing.value})]
-
-    @_unavailable
-    def cancel_bulk(self, bulk_id: str, now: dt.datetime) -> bool:
-        oid = _oid(bulk_id)
-        if oid is None:
-            return False
-        changed = self._end(oid, EventKind.cancelled, now)
-        bulk = self.bulks.find_one({"_id": oid}, {"status": 1})
-        if bulk is not None and bulk["status"] == BulkStatus.cancelled.value:
-            # The bulk job is cancelled first, so no claim can start meanwhile;
-            # these sweeps are idempotent, and a repeated cancel finishes them.
-            for status, change in rules.cancel_sweeps(now):
-                self.items.update_many({"bulk_job_id": oid, "status": status.value}, self._stamp(_update(change)))
-        return changed
-
-    @_unavailable
-    def retry_failed(self, bulk_id: str, now: dt.datetime) -> int:
-        oid = _oid(bulk_id)
-        bulk = None if oid is None else self.bulks.find_one({"_id": oid}, {"status": 1, "outbox": 1})
-        if bulk is None or not rules.retry_failed_allowed(bulk["status"], bulk.get("outbox")):
-            return 0
-        # Items first: a completed job's queued items are not claimable, so nothing
-        # starts before the job itself is queued again.
-        self.items.update_many({"bulk_job_id": oid, "status": rules.RETRIED.value},
-                               self._stamp(_update(rules.RETRIED_ITEM)))
-        # Counted, not taken from update_many: a retry that died half-way is finished here.
-        requeued = self.items.count_documents({"bulk_job_id": oid, "status": ItemStatus.queued.value})
-        if not requeued:
-            return 0
-        # The decision's condition, in the job's own write: still the end that was read
-        # (design.md, "Every MongoDB decision in one conditional write"). A round that started and ended
-        # meanwhile has a new end, maybe with its notification still open: then these items stay queued in
-        # a completed job, never claimed, until the repair queues the job once that end is delivered
-        # (design.md, "Repair").
-        event_id = (bulk.get("outbox") or {}).get("event_id")
-        moved = self.bulks.update_one({"_id": oid, "status": rules.RETRY_FROM.value, "outbox.event_id": event_id},
-                                      self._stamp(_update(rules.RETRIED_JOB)))
-        if moved.matched_count:
-            return requeued
-        now_status = (self.bulks.find_one({"_id": oid}, {"status": 1}) or {}).get("status")
-        return requeued if now_status in [s.value for s in rules.ENDS_FROM] else 0  # joined a round under way
-
-    @_unavailable
-    def requeue_expired(self, now: dt.datetime, max_attempts: int) -> list[str]:
-        touched: set[str] = set()
-        expired = {"status": ItemStatus.processing.value, "lease_expires_at": {"$lt": now}}
-        for doc in self.items.find(expired, {"_id": 1, "bulk_job_id": 1, "attempts": 1, "fence": 1, "sent_at": 1}):
-            bulk = self.bulks.find_one({"_id": doc["bulk_job_id"]}, {"status": 1})
-            sent_at = doc.get("sent_at")
-            change = rules.expired(None if bulk is None else bulk["status"], doc.get("attempts", 0), max_attempts, now,
-                                   sent=sent_at is not None)
-            # Conditional on everything the decision read from the item: its lease still expired (a late
-            # heartbeat wins), the same claim, try and send
-            # (design.md, "Every MongoDB decision in one conditional write").
-            as_read = {"_id": doc["_id"], **expired, "fence": doc.get("fence"), "attempts": doc.get("attempts", 0),
-                       "sent_at": sent_at}
-            if self.items.update_one(as_read, self._stamp(_update(change))).matched_count:
-                touched.add(str(doc["bulk_job_id"]))
-                self._cancelled_since(doc, now)
-        return sorted(touched)
-
-    def _cancelled_since(self, doc: dict[str, Any], now: dt.datetime) -> None:
-        """The job of an item just queued again, read after the write: cancelled meanwhile, the item is swept
-        as the cancel's own sweep would have (it may have swept before the item was queued)."""
-        bulk = self.bulks.find_one({"_id": doc["bulk_job_id"]}, {"status": 1})
-        if bulk is None or bulk["status"] != BulkStatus.cancelled.value:
-            return
-        status, change = rules.cancel_sweeps(now)[0]  # the queued sweep; a new claim would carry a new fence
-        self.items.update_one({"_id": doc["_id"], "status": status.value, "fence": doc.get("fence")},
-                              self._stamp(_update(change)))
-
-    @_unavailable
-    def next_start(self, now: dt.datetime) -> dt.datetime | None:
-        doc = self.bulks.find_one(
-            {"status": {"$in": [s.value for s in CLAIMABLE_BULK]}, "not_before": {"$gt": now}},
-            {"not_before": 1},
-            sort=[("not_before", ASCENDING)],
-        )
-        return None if doc is None else _aware(doc["not_before"])
-
-    @_unavailable
-    def next_lease_expiry(self) -> dt.datetime | None:
-        doc = self.items.find_one(
-            {"status": ItemStatus.processing.value},
-            {"lease_expires_at": 1},
-            sort=[("lease_expires_at", ASCENDING)],
-        )
-        return None if doc is None else _aware(doc.get("lease_expires_at"))
-
-    @_unavailable
-    def refresh_counters(
-        self, bulk_id: str, now: dt.datetime, seconds_between_items: float = 0.0
-    ) -> Counts:
-        oid = ObjectId(bulk_id)
-        for _ in range(50):
-            bulk = self.bulks.find_one({"_id": oid}, {"refresh_seq": 1})
-            if bulk is None:
-                return Counts()
-            seq = bulk.get("refresh_seq")
-            groups = self.items.aggregate(
-                [
-                    {"$match": {"bulk_job_id": oid}},
-                    {
-                        "$group": {
-                            "_id": "$status",
-                            "n": {"$sum": 1},
-                            "ms": {"$avg": {"$subtract": ["$completed_at", "$started_at"]}},
-                        }
-                    },
-                ]
-            )
-            counts, mean = rules.tally({g["_id"]: (g["n"], None if g.get("ms") is None else g["ms"] / 1000)
-                                        for g in groups})
-            failed = []
-            if counts.failed:
-                cursor = self.items.find(
-                    {"bulk_job_id": oid, "status": ItemStatus.failed.value}
-                ).sort(rules.ITEM_ORDER, ASCENDING)
-                failed = [_item(d) for d in cursor]
-            seq_filter: Any = seq if seq is not None else {"$exists": False}
-            fields = rules.counters(counts, failed, mean, now, seconds_between_items, self._flagged(oid, counts))
-            written = self.bulks.update_one({"_id": oid, "refresh_seq": seq_filter},
-                                            {"$set": {**fields, "refresh_seq": (seq or 0) + 1}})
-            if not written.matched_count:
-                continue  # someone refreshed meanwhile from a later snapshot: count again
-            # The end only under the sequence this count wrote: a later count (an item queued again) decides instead.
-            ended = counts.pending == 0 and self._end(oid, EventKind.completed, now, seq=(seq or 0) + 1)
-            if ended or counts.pending or not self._recounted(oid, (seq or 0) + 1):
-                return dataclasses.replace(counts, ended_now=ended)
-        raise StoreUnavailable(f"the counters of bulk job {bulk_id} kept changing; try again.")
-
-    def _flagged(self, oid: ObjectId, counts: Counts) -> list[tuple[int, dict[str, Any]]]:
-        """(queue position, verdict) of the job's completed items the quality gate flagged, in queue order."""
-        if not counts.completed:
-            return []
-        status, verdict = rules.FLAGGED_ITEM
-        cursor = self.items.find({"bulk_job_id": oid, "status": status.value, "verdict.status": verdict.value},
-                                 {"queue_position": 1, "verdict": 1}).sort(rules.ITEM_ORDER, ASCENDING)
-        return [(d["queue_position"], d["verdict"]) for d in cursor]
+    def _end(self, bulk_id: str, kind: EventKind, now: dt.datetime,  # type: ignore[override]
+             seq: int | None = None) -> bool:
+        """The queue's end, with `seq`: only under that `refresh_seq` (the count that decided it is the latest)."""
+        return super()._end(bulk_id, kind, now, None if seq is None else {"refresh_seq": seq})
 
     def _recounted(self, oid: ObjectId, seq: int) -> bool:
         """Whether a job this refresh could not end is still active and was counted again since (`seq`)."""
         doc = self.bulks.find_one({"_id": oid}, {"status": 1, "refresh_seq": 1})
         return doc is not None and doc["status"] in [s.value for s in rules.ENDS_FROM] and doc.get("refresh_seq") != seq
 
-    def _end(self, oid: ObjectId, kind: EventKind, now: dt.datetime, seq: int | None = None) -> bool:
-        """Record the job's end and its outbox in one conditional update (with `seq`: only under that refresh_seq)."""
-        doc = self.bulks.find_one({"_id": oid}, {"notify": 1})
-        if doc is None:
-            return False
-        fence = {} if seq is None else {"refresh_seq": seq}
-        result = self.bulks.update_one(
-            {"_id": oid, "status": {"$in": [s.value for s in rules.ENDS_FROM]}, **fence},
-            self._stamp({"$set": rules.end_fields(kind, list(doc.get("notify") or []), now)}),
-        )
-        return result.matched_count == 1
-
     # -- the notification outbox -------------------------------------------------
 
-    @_unavailable
-    def set_event(self, bulk_id: str, event_id: str, event: dict[str, Any]) -> bool:
-        result = self.bulks.update_one(
-            {"_id": ObjectId(bulk_id), "outbox.event_id": event_id, "outbox.event": None},
-            {"$set": {"outbox.event": event}},
-        )
-        return result.matched_count == 1
-
-    @_unavailable
-    def claim_step(
-        self, bulk_id: str, event_id: str, index: int, owner: str, now: dt.datetime, lock_seconds: float
-    ) -> bool:
-        step = f"outbox.steps.{index}."
-        result = self.bulks.update_one(
-            {"_id": ObjectId(bulk_id), "outbox.event_id": event_id, **_match(rules.step_claim_conditions(now), step)},
-            _update(rules.step_taken(owner, now, lock_seconds), step),
-        )
-        return result.matched_count == 1
-
-    @_unavailable
-    def finish_step(
-        self,
-        bulk_id: str,
-        event_id: str,
-        index: int,
-        owner: str,
-        now: dt.datetime,
-        error: str | None,
-        retry_at: dt.datetime | None,
-    ) -> bool:
-        oid = ObjectId(bulk_id)
-        step = f"outbox.steps.{index}."
-        doc = self.bulks.find_one({"_id": oid, "outbox.event_id": event_id}, {"outbox": 1})
-        if doc is None:
-            return False
-        fields = rules.step_result(doc["outbox"]["steps"][index], now, error, retry_at)
-        result = self.bulks.update_one(
-            {"_id": oid, "outbox.event_id": event_id, **_match(rules.step_held_conditions(owner), step)},
-            _update(fields, step),
-        )
-        if not result.matched_count:
-            return False
-        # Whether anything is left to deliver, read after the write: two deliverers
-        # finishing at once both see the final steps (open_outboxes heals the rest).
-        outbox = self.bulks.find_one({"_id": oid}, {"outbox": 1})["outbox"]
-        self.bulks.update_one({"_id": oid, "outbox.event_id": event_id}, {"$set": rules.delivery_flags(outbox, now)})
-        return True
-
-    @_unavailable
-    def open_outboxes(self) -> list[BulkJob]:
-        jobs = [_bulk(d) for d in self.bulks.find({"notify_pending": True})]
-        for job in jobs:
-            if not outbox_open(job.outbox):  # a flag left behind by two finishing deliverers
-                event = {"outbox.event_id": job.outbox["event_id"]} if job.outbox else {}
-                self.bulks.update_one({"_id": ObjectId(job.id), **event}, {"$set": {"notify_pending": False}})
-        return [j for j in jobs if outbox_open(j.outbox)]
-
-    @_unavailable
-    def claim_hook(self, bulk_id: str, event_id: str) -> bool:
-        result = self.bulks.update_one(
-            {"_id": ObjectId(bulk_id), "outbox.event_id": event_id, "hook_pending": True},
-            {"$set": {"hook_pending": False}},
-        )
-        return result.matched_count == 1
-
-    @_unavailable
-    def pending_hooks(self, since: dt.datetime) -> list[BulkJob]:
-        return [_bulk(d) for d in self.bulks.find({"hook_pending": True, "completed_at": {"$gte": since}})]
-
-    @_unavailable
-    def set_bulk_state(
-        self,
-        bulk_id: str,
-        allowed_from: Iterable[BulkStatus],
-        to: BulkStatus,
-        now: dt.datetime,
-    ) -> bool:
-        oid = _oid(bulk_id)
-        if oid is None:
-            return False
-        result = self.bulks.update_one(
-            {"_id": oid, "status": {"$in": [BulkStatus(s).value for s in allowed_from]}},
-            self._stamp({"$set": {"status": BulkStatus(to).value}}),
-        )
-        return result.matched_count == 1
-
     # -- the processor lease ---------------------------------------------------
-
-    @_unavailable
-    def acquire_processor_lease(
-        self, owner: str, seconds: float, now: dt.datetime, host: str, pid: int, slots: int = 1
-    ) -> bool:
-        expires = later(now, seconds)
-        names = slot_names(slots)
-        renewed = self.leases.update_one({"_id": {"$ne": COOLDOWN}, "owner": owner}, {"$set": {"expires_at": expires}})
-        if renewed.matched_count:
-            return True
-        for name in names:
-            try:
-                # Matches only an expired slot; where none exists, the upsert creates
-                # it; where a live one exists, the upsert collides on _id.
-                self.leases.update_one(
-                    {"_id": name, "expires_at": {"$lt": now}},
-                    {"$set": rules.new_slot(owner, expires, now, host, pid)},
-                    upsert=True,
-                )
-            except DuplicateKeyError:
-                continue
-            return True
-        return False
 
     @_unavailable
     def release_processor_lease(self, owner: str) -> None:
@@ -966,69 +683,7 @@ class MongoStore(Store):
     def set_cooldown(self, until: dt.datetime) -> None:
         self.leases.update_one({"_id": COOLDOWN}, {"$max": {"expires_at": until}}, upsert=True)
 
-    @_unavailable
-    def cooldown_until(self) -> dt.datetime | None:
-        doc = self.leases.find_one({"_id": COOLDOWN})
-        return None if doc is None else _aware(doc.get("expires_at"))
-
-    @_unavailable
-    def processor_leases(self) -> list[Lease]:
-        return [_lease(d) for d in self.leases.find({"_id": {"$ne": COOLDOWN}})]
-
-    @_unavailable
-    def processor_lease(self) -> Lease | None:
-        doc = self.leases.find_one({"_id": PROCESSOR_LEASE})
-        return None if doc is None else _lease(doc)
-
     # -- saved templates ---------------------------------------------------------
-
-    @_unavailable
-    def save_template(self, template: SavedTemplate, replace: bool = False, max_count: int = 0) -> SaveOutcome:
-        if not max_count:
-            return self._save_template(template, replace)
-        holder = self._lock_quota(template.userId)  # the count and the insert: one step for this user's saves
-        try:
-            if self.templates.find_one({"userId": template.userId, "name": template.name}, {"_id": 1}) is None:
-                refused = rules.over_count("templates", self.templates.count_documents({"userId": template.userId}),
-                                           max_count)
-                if refused is not None:
-                    raise refused
-            return self._save_template(template, replace)
-        finally:
-            self._unlock_quota(template.userId, holder)
-
-    def _save_template(self, template: SavedTemplate, replace: bool) -> SaveOutcome:
-        key = {"userId": template.userId, "name": template.name}
-        if not replace:
-            try:
-                self.templates.insert_one(rules.template_fields(template))
-            except DuplicateKeyError:  # the unique index: the user has one of that name
-                return SaveOutcome.exists
-            return SaveOutcome.created
-        update = {"$set": rules.template_replacement(template), "$setOnInsert": {"created_at": template.created_at}}
-        for _ in range(2):
-            try:
-                before = self.templates.find_one_and_update(key, update, upsert=True,
-                                                            return_document=ReturnDocument.BEFORE)
-            except DuplicateKeyError:
-                # Two upserts of a new name raced and the other one inserted first: MongoDB's
-                # documented answer is to retry, which now finds that record and replaces it.
-                continue
-            return SaveOutcome.created if before is None else SaveOutcome.replaced
-        raise StoreUnavailable(f"could not save template {template.name!r}; try again.")
-
-    @_unavailable
-    def get_template(self, user: str, name: str) -> SavedTemplate | None:
-        doc = self.templates.find_one({"userId": user, "name": name})
-        return None if doc is None else _template(doc)
-
-    @_unavailable
-    def list_templates(self, user: str) -> list[SavedTemplate]:
-        return [_template(d) for d in self.templates.find({"userId": user}).sort("name", ASCENDING)]
-
-    @_unavailable
-    def remove_template(self, user: str, name: str) -> bool:
-        return self.templates.delete_one({"userId": user, "name": name}).deleted_count == 1
 
     # -- recurring schedules -------------------------------------------------------
     #
@@ -1036,131 +691,6 @@ class MongoStore(Store):
     # (schedule id, time in UTC): the insert that claims it is the one conditional
     # write that can succeed once (design.md, "Exactly once per occurrence").
 
-    @_unavailable
-    def add_schedule(self, schedule: Schedule, max_count: int = 0) -> bool:
-        if not max_count:
-            return self._add_schedule(schedule)
-        holder = self._lock_quota(schedule.userId)  # the count and the insert: one step for this user
-        try:
-            refused = rules.over_count("schedules", self.schedules.count_documents({"userId": schedule.userId}),
-                                       max_count)
-            if refused is not None:
-                raise refused
-            return self._add_schedule(schedule)
-        finally:
-            self._unlock_quota(schedule.userId, holder)
-
-    def _add_schedule(self, schedule: Schedule) -> bool:
-        fields = rules.new_schedule(schedule)
-        try:
-            self.schedules.insert_one({"_id": ObjectId(fields.pop("id")), **fields})
-        except DuplicateKeyError:
-            return False  # the user has a schedule of that name (a unique index)
-        return True
-
-    @_unavailable
-    def get_schedule(self, user: str, name: str) -> Schedule | None:
-        doc = self.schedules.find_one({"userId": user, "name": name})
-        return None if doc is None else _schedule(doc)
-
-    @_unavailable
-    def list_schedules(self, user: str | None = None) -> list[Schedule]:
-        cursor = self.schedules.find({} if user is None else {"userId": user}).sort(_order(rules.SCHEDULE_ORDER))
-        return [_schedule(d) for d in cursor]
-
-    @_unavailable
-    def set_schedule_state(self, schedule_id: str, allowed_from: ScheduleStatus, to: ScheduleStatus,
-                           fields: dict[str, Any]) -> bool:
-        oid = _oid(schedule_id)
-        result = None if oid is None else self.schedules.update_one(
-            {"_id": oid, "status": allowed_from.value}, {"$set": {**fields, "status": to.value}})
-        return result is not None and result.matched_count == 1
-
-    @_unavailable
-    def remove_schedule(self, schedule_id: str) -> bool:
-        oid = _oid(schedule_id)
-        if oid is None:
-            return False
-        # The schedule first: once it is gone no processor finds it due; then its history.
-        removed = self.schedules.delete_one({"_id": oid}).deleted_count == 1
-        self.occurrences.delete_many({"schedule_id": oid})
-        return removed
-
-    @_unavailable
-    def due_schedules(self, now: dt.datetime) -> list[Schedule]:
-        cursor = self.schedules.find({"status": ScheduleStatus.active.value, "next_at": {"$lte": now}})
-        return [_schedule(d) for d in cursor.sort("next_at", ASCENDING)]
-
-    @_unavailable
-    def next_schedule_at(self) -> dt.datetime | None:
-        doc = self.schedules.find_one({"status": ScheduleStatus.active.value, "next_at": {"$ne": None}},
-                                      {"next_at": 1}, sort=[("next_at", ASCENDING)])
-        return None if doc is None else _aware(doc["next_at"])
-
-    @_unavailable
-    def claim_occurrence(self, schedule: Schedule, at: dt.datetime, owner: str, now: dt.datetime,
-                         stale_before: dt.datetime, skipped: int = 0) -> tuple[Occurrence, bool]:
-        key = rules.occurrence_id(schedule.id, at)
-        doc = {**rules.claimed_occurrence(schedule, at, owner, now, skipped), "_id": key,
-               "schedule_id": ObjectId(schedule.id)}
-        try:
-            self.occurrences.insert_one(doc)
-            return _occurrence(doc), True
-        except DuplicateKeyError:
-            pass  # taken already: by a live processor, by one that died (stale), or finished
-        taken = self.occurrences.find_one_and_update(
-            {"_id": key, "state": OccurrenceState.claimed.value, "claimed_at": {"$lt": stale_before}},
-            {"$set": rules.taken_over(owner, now)}, return_document=ReturnDocument.AFTER)
-        if taken is not None:
-            return _occurrence(taken), True
-        current = self.occurrences.find_one({"_id": key})
-        return _occurrence(current if current is not None else doc), False
-
-    @_unavailable
-    def get_occurrence(self, schedule_id: str, at: dt.datetime) -> Occurrence | None:
-        doc = self.occurrences.find_one({"_id": rules.occurrence_id(schedule_id, at)})
-        return None if doc is None else _occurrence(doc)
-
-    @_unavailable
-    def finish_occurrence(self, held: Occurrence, fields: dict[str, Any]) -> bool:
-        result = self.occurrences.update_one(
-            {"_id": rules.occurrence_id(held.schedule_id, held.at), "state": OccurrenceState.claimed.value,
-             "owner": held.owner, "claim": held.claim},
-            {"$set": fields})
-        return result.matched_count == 1
-
-    @_unavailable
-    def drop_undecided(self, schedule_id: str, before: dt.datetime, fields: dict[str, Any]) -> int:
-        oid = _oid(schedule_id)
-        if oid is None:
-            return 0
-        # Each document's update is atomic and matched on its own state: no transaction is needed.
-        return self.occurrences.update_many(
-            {"schedule_id": oid, "at": {"$lt": before}, "state": OccurrenceState.claimed.value},
-            {"$set": fields}).modified_count
-
-    @_unavailable
-    def advance_schedule(self, schedule_id: str, expected_next: dt.datetime, expected_last: dt.datetime | None,
-                         fields: dict[str, Any]) -> bool:
-        oid = _oid(schedule_id)
-        result = None if oid is None else self.schedules.update_one(
-            {"_id": oid, "status": ScheduleStatus.active.value, "next_at": expected_next,
-             "last_at": expected_last}, {"$set": fields})
-        return result is not None and result.matched_count == 1
-
-    @_unavailable
-    def set_last_run(self, schedule_id: str, at: dt.datetime, fields: dict[str, Any]) -> bool:
-        oid = _oid(schedule_id)
-        result = None if oid is None else self.schedules.update_one({"_id": oid, "last_at": at}, {"$set": fields})
-        return result is not None and result.matched_count == 1
-
-    @_unavailable
-    def list_occurrences(self, schedule_id: str, limit: int = 20) -> list[Occurrence]:
-        oid = _oid(schedule_id)
-        if oid is None:
-            return []
-        cursor = self.occurrences.find({"schedule_id": oid}).sort("at", DESCENDING).limit(limit)
-        return [_occurrence(d) for d in cursor]
     # -- the HTTP server: tokens and the change log (design.md, "Live progress") -------------------------
 
     change_lag = CHANGE_LAG
@@ -1171,46 +701,29 @@ class MongoStore(Store):
             collection.create_index([("change_seq", ASCENDING)])
             collection.create_index([("change_at", ASCENDING)])
 
-    def _stamp(self, update: dict[str, Any]) -> dict[str, Any]:
-        """A status write numbered: the record keeps its latest number and a short history of its changes.
+    def _stamp(self, update: dict[str, Any], now: dt.datetime | None) -> dict[str, Any]:
+        """A status write numbered: the record keeps its latest number and a short history of its changes,
+        each at `now`, the verb's time (the store reads no clock of its own).
 
         The number is taken before the write (no transactions): two writes can land out of number
-        order, which `changes_since` covers by re-reading the last CHANGE_LAG seconds.
+        order, which `changes_since` covers by re-reading the CHANGE_LAG seconds before its `now`.
         """
         fields = update.get("$set", {})
         if "status" not in fields:
             return update
+        if now is None:
+            raise ValueError("a status change needs the time it is made at")
         seq = int(self.meta.find_one_and_update({"_id": CHANGES}, {"$inc": {"value": 1}}, upsert=True,
                                                 return_document=ReturnDocument.AFTER)["value"])
-        at = utcnow()
+        at = now
         entry = {"seq": seq, "status": fields["status"], "at": at, "error": fields.get("error")}
         return {**update, "$set": {**fields, "change_seq": seq, "change_at": at},
                 "$push": {"changes": {"$each": [entry], "$slice": -rules.CHANGE_HISTORY}}}
 
     @_unavailable
-    def add_token(self, token: ApiToken) -> None:
-        self.tokens.insert_one({"_id": token.id, **{f.name: getattr(token, f.name) for f in TOKEN_FIELDS
-                                                    if f.name != "id"}})
-
-    @_unavailable
-    def token_by_hash(self, token_hash: str) -> ApiToken | None:
-        doc = self.tokens.find_one({"token_hash": token_hash, "revoked_at": None})
-        return None if doc is None else _token(doc)
-
-    @_unavailable
-    def list_tokens(self, user: str | None = None) -> list[ApiToken]:
-        query = {} if user is None else {"userId": user}
-        return [_token(d) for d in self.tokens.find(query).sort([("created_at", ASCENDING), ("_id", ASCENDING)])]
-
-    @_unavailable
-    def revoke_token(self, token_id: str, now: dt.datetime) -> bool:
-        return self.tokens.update_one({"_id": token_id, "revoked_at": None},
-                                      {"$set": {"revoked_at": now}}).matched_count == 1
-
-    @_unavailable
-    def changes_since(self, after: int, limit: int = 500, user: str | None = None,
-                      bulk_id: str | None = None) -> list[StateChange]:
-        recent = utcnow() - dt.timedelta(seconds=self.change_lag)
+    def _changes_since(self, after: int, limit: int, user: str | None, bulk_id: str | None,
+                       now: dt.datetime) -> list[StateChange]:
+        recent = now - dt.timedelta(seconds=self.change_lag)
         found: list[StateChange] = []
         oid = None if bulk_id is None else _oid(bulk_id)
         if bulk_id is not None and oid is None:
@@ -1266,10 +779,6 @@ class MongoStore(Store):
     def changes_floor(self) -> int:
         doc = self.meta.find_one({"_id": CHANGES_FLOOR})
         return 0 if doc is None else int(doc["value"])
-
-
-def _token(doc: dict[str, Any]) -> ApiToken:
-    return record(ApiToken, TOKEN_FIELDS, {**doc, "id": doc["_id"]}, _aware, _same)  # type: ignore[no-any-return]
 
 
 def _changes(kind: ChangeKind, doc: dict[str, Any], after: int, recent: dt.datetime) -> list[StateChange]:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 from bulkgen_cli.core.errors import QuotaExceeded
 from bulkgen_cli.core.model import (
     ACTIVE_BULK,
+    CLAIMABLE_BULK,
     DEFAULT_QUALITY_RATIO,
     PRIORITY_RANK,
     BulkJob,
@@ -45,6 +46,13 @@ from bulkgen_cli.core.model import (
     summarize_flagged,
     turned_down,
 )
+
+#: The version of the data model below (its records, their fields and the indexes their queries need), one
+#: number for both stores: SQLite's `user_version`, MongoDB's schema document (design.md, "The store contract").
+SCHEMA_VERSION = 11
+
+#: The job statuses a claim takes from, and `Store.next_start` waits on.
+CLAIMABLE = CLAIMABLE_BULK
 
 #: The error kept on an item whose request was aborted by a cancel.
 CANCELLED_IN_FLIGHT = "cancelled while its request was in flight"
@@ -213,6 +221,26 @@ class Change:
 
     set: dict[str, Any] = field(default_factory=dict)
     add: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Cmp:
+    """A comparison in a `Where`: the field is `op` ("ne", "lt", "lte", "gt", "gte") `value`."""
+
+    op: str
+    value: Any
+
+
+#: Which records a write or a read takes: each field equals its value (None: has none; a tuple: one of its
+#: values; a `Cmp`: compares so; a list of `Cmp`: each holds, a range). A field `a.b` is `b` inside the
+#: JSON field `a` (a number: a list's index).
+#: A list of them: any one holds. The language of `queue.Queue`'s primitives.
+Where = dict[str, Any] | list[dict[str, Any]]
+
+
+def alternatives(conditions: Conditions, prefix: str = "") -> list[dict[str, Any]]:
+    """`Conditions` (the outbox steps') as a `Where` on fields under `prefix`."""
+    return [{prefix + k: v if op == "eq" else Cmp(op, v) for k, (op, v) in alt.items()} for alt in conditions]
 
 
 # -- the claim's order (design.md, "Fair turns") -------------------------------------------------------

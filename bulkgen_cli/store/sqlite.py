@@ -28,311 +28,33 @@ import os
 import sqlite3
 import stat
 import threading
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 from urllib.parse import quote
 
 from bulkgen_cli.core.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.core.model import (
-    CLAIMABLE_BULK, ApiToken, BulkJob, BulkStatus, Counts, EventKind, Item, ItemStatus, Occurrence, OccurrenceState,
-    Outcome, PENDING_ITEM, SavedTemplate, SaveOutcome, Schedule, ScheduleStatus, StateChange, iso, later,
+    BulkJob, Counts, EventKind, Item, PENDING_ITEM, StateChange, iso, later,
 )
 from bulkgen_cli.store import rules
-from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, OpenMode, Store, Usage, slot_names
+from bulkgen_cli.store.base import COOLDOWN, OpenMode, Usage
+from bulkgen_cli.store.queue import Queue, read
+from bulkgen_cli.store.sqlite_schema import (
+    CHANGE_TRIGGERS, CLAIMABLE_SQL, MIGRATIONS, SCHEMA, SCHEMA_BASE,
+)
 from bulkgen_cli.store.rules import (
     BULK_FIELDS, CHANGE_FIELDS, ITEM_FIELDS, LEASE_FIELDS, OCCURRENCE_FIELDS, SCHEDULE_FIELDS, TEMPLATE_FIELDS,
-    TOKEN_FIELDS, Change, record,
+    TOKEN_FIELDS, Change, Cmp, Where, record,
 )
 
-SCHEMA_VERSION = 11
+#: The data model's version (rules.SCHEMA_VERSION): the file's `user_version`, reached through MIGRATIONS.
+SCHEMA_VERSION = rules.SCHEMA_VERSION
 BUSY_TIMEOUT_S = 30.0
 #: A testing and tuning knob: seconds a write waits for another process's write lock (default BUSY_TIMEOUT_S).
 ENV_BUSY_TIMEOUT = "BULKGEN_SQLITE_BUSY_TIMEOUT"
 #: An I/O error with less free space than this on the store's disk is taken for a full disk.
 FULL_BELOW_BYTES = 1 << 20
-
-#: Saved templates (design.md, "Saved templates"); new in schema 6.
-TEMPLATES_TABLE = """
-CREATE TABLE IF NOT EXISTS templates (
-    userId TEXT NOT NULL,
-    name TEXT NOT NULL,
-    text TEXT NOT NULL,
-    mode TEXT,
-    placeholders TEXT NOT NULL DEFAULT '[]',
-    source TEXT NOT NULL DEFAULT '',
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    PRIMARY KEY (userId, name)
-);
-"""
-
-#: Recurring schedules and their occurrences (design.md, "Recurring schedules"); new in schema 6.
-SCHEDULE_TABLES = """
-CREATE TABLE IF NOT EXISTS schedules (
-    id TEXT PRIMARY KEY,
-    userId TEXT NOT NULL,
-    name TEXT NOT NULL,
-    cron TEXT NOT NULL,
-    zone TEXT NOT NULL,
-    status TEXT NOT NULL,
-    source TEXT NOT NULL,
-    options TEXT NOT NULL DEFAULT '{}',
-    created_at TEXT NOT NULL,
-    next_at TEXT,
-    last_at TEXT,
-    last_bulk_job_id TEXT,
-    last_error TEXT,
-    skipped_count INTEGER NOT NULL DEFAULT 0,
-    skipped_recent TEXT NOT NULL DEFAULT '[]'
-);
-CREATE UNIQUE INDEX IF NOT EXISTS schedules_name ON schedules (userId, name);
-CREATE INDEX IF NOT EXISTS schedules_due ON schedules (status, next_at);
-
-CREATE TABLE IF NOT EXISTS schedule_occurrences (
-    schedule_id TEXT NOT NULL,
-    at TEXT NOT NULL,
-    userId TEXT NOT NULL,
-    state TEXT NOT NULL,
-    owner TEXT,
-    claimed_at TEXT,
-    bulk_job_id TEXT,
-    error TEXT,
-    finished_at TEXT,
-    skipped INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (schedule_id, at)
-);
-"""
-
-#: The change log (design.md, "Live progress"); schema 9's step makes it too, for the indexes it adds.
-CHANGES_TABLE = """
-CREATE TABLE IF NOT EXISTS changes (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    record_id TEXT NOT NULL,
-    bulk_job_id TEXT NOT NULL,
-    userId TEXT NOT NULL,
-    status TEXT NOT NULL,
-    at TEXT NOT NULL,
-    queue_position INTEGER,
-    error TEXT
-);
-"""
-
-#: The tables as schema 7 made them: a new store takes SCHEMA, then every step of MIGRATIONS above it.
-#: SCHEMA never changes again (an older store's steps, some of which create tables, must meet what they expect).
-SCHEMA_BASE = 7
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS bulk_jobs (
-    id TEXT PRIMARY KEY,
-    userId TEXT NOT NULL,
-    mode TEXT NOT NULL,
-    name TEXT NOT NULL,
-    status TEXT NOT NULL,
-    total_items INTEGER NOT NULL,
-    completed_items INTEGER NOT NULL DEFAULT 0,
-    failed_items INTEGER NOT NULL DEFAULT 0,
-    cancelled_items INTEGER NOT NULL DEFAULT 0,
-    created_at TEXT NOT NULL,
-    started_at TEXT,
-    completed_at TEXT,
-    estimated_completion TEXT,
-    error_summary TEXT NOT NULL DEFAULT '[]',
-    notify TEXT NOT NULL DEFAULT '[]',
-    notified_at TEXT,
-    idempotency_key TEXT,
-    outbox TEXT,
-    notify_pending INTEGER NOT NULL DEFAULT 0,
-    hook_pending INTEGER NOT NULL DEFAULT 0,
-    priority TEXT NOT NULL DEFAULT 'normal',
-    priority_rank INTEGER NOT NULL DEFAULT 1,
-    not_before TEXT,
-    group_id TEXT,
-    quality TEXT NOT NULL DEFAULT 'warn',
-    quality_ratio REAL NOT NULL DEFAULT 0.7,
-    flagged_items INTEGER NOT NULL DEFAULT 0,
-    quality_summary TEXT NOT NULL DEFAULT '[]',
-    turned_down_items INTEGER NOT NULL DEFAULT 0,
-    notify_policy TEXT
-);
-CREATE INDEX IF NOT EXISTS bulk_jobs_status ON bulk_jobs (status, created_at, id);
-CREATE INDEX IF NOT EXISTS bulk_jobs_claim ON bulk_jobs (status, priority_rank, created_at, id);
-CREATE INDEX IF NOT EXISTS bulk_jobs_group ON bulk_jobs (group_id) WHERE group_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS bulk_jobs_user ON bulk_jobs (userId, created_at);
-CREATE INDEX IF NOT EXISTS bulk_jobs_created ON bulk_jobs (created_at);
-CREATE UNIQUE INDEX IF NOT EXISTS bulk_jobs_idempotency
-    ON bulk_jobs (userId, idempotency_key) WHERE idempotency_key IS NOT NULL;
-
-CREATE TABLE IF NOT EXISTS generation_jobs (
-    id TEXT PRIMARY KEY,
-    bulk_job_id TEXT NOT NULL REFERENCES bulk_jobs (id),
-    userId TEXT NOT NULL,
-    mode TEXT NOT NULL,
-    article TEXT NOT NULL,
-    status TEXT NOT NULL,
-    queue_position INTEGER NOT NULL,
-    retry_count INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    error TEXT,
-    result TEXT,
-    created_at TEXT NOT NULL,
-    started_at TEXT,
-    completed_at TEXT,
-    lease_owner TEXT,
-    lease_expires_at TEXT,
-    fence INTEGER,
-    verdict TEXT
-);
-CREATE INDEX IF NOT EXISTS generation_jobs_queue
-    ON generation_jobs (bulk_job_id, status, queue_position);
-CREATE INDEX IF NOT EXISTS generation_jobs_lease ON generation_jobs (status, lease_expires_at);
-
-CREATE INDEX IF NOT EXISTS bulk_jobs_notify ON bulk_jobs (notify_pending) WHERE notify_pending = 1;
-CREATE INDEX IF NOT EXISTS bulk_jobs_hook ON bulk_jobs (hook_pending) WHERE hook_pending = 1;
-
-CREATE TABLE IF NOT EXISTS counters (
-    name TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-
-CREATE TABLE IF NOT EXISTS leases (
-    name TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    expires_at TEXT NOT NULL,
-    acquired_at TEXT NOT NULL,
-    host TEXT NOT NULL,
-    pid INTEGER NOT NULL
-);
-
-CREATE TABLE IF NOT EXISTS api_tokens (
-    id TEXT PRIMARY KEY,
-    userId TEXT NOT NULL,
-    token_hash TEXT NOT NULL UNIQUE,
-    admin INTEGER NOT NULL DEFAULT 0,
-    email TEXT,
-    created_at TEXT NOT NULL,
-    revoked_at TEXT
-);
-""" + CHANGES_TABLE + TEMPLATES_TABLE + SCHEDULE_TABLES
-
-#: From schema 1 (before notifications) to 2.
-MIGRATE_1_TO_2 = """
-ALTER TABLE bulk_jobs ADD COLUMN outbox TEXT;
-ALTER TABLE bulk_jobs ADD COLUMN notify_pending INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE bulk_jobs ADD COLUMN hook_pending INTEGER NOT NULL DEFAULT 0;
-"""
-#: From schema 2 to 3 (priorities and schedules).
-MIGRATE_2_TO_3 = """
-ALTER TABLE bulk_jobs ADD COLUMN priority TEXT NOT NULL DEFAULT 'normal';
-ALTER TABLE bulk_jobs ADD COLUMN priority_rank INTEGER NOT NULL DEFAULT 1;
-ALTER TABLE bulk_jobs ADD COLUMN not_before TEXT;
-"""
-#: From schema 3 to 4 (--split groups).
-MIGRATE_3_TO_4 = """
-ALTER TABLE bulk_jobs ADD COLUMN group_id TEXT;
-"""
-
-#: From schema 4 to 5 (fencing tokens).
-MIGRATE_4_TO_5 = """
-ALTER TABLE generation_jobs ADD COLUMN fence INTEGER;
-"""
-
-#: From schema 5 to 6: saved templates; the quality gate (its policy and ratio on the job, the derived
-#: flagged and turned-down counters and summary, the verdict on each item); recurring schedules (SCHEDULE_TABLES).
-MIGRATE_5_TO_6 = TEMPLATES_TABLE + """
-ALTER TABLE bulk_jobs ADD COLUMN quality TEXT NOT NULL DEFAULT 'warn';
-ALTER TABLE bulk_jobs ADD COLUMN quality_ratio REAL NOT NULL DEFAULT 0.7;
-ALTER TABLE bulk_jobs ADD COLUMN flagged_items INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE bulk_jobs ADD COLUMN quality_summary TEXT NOT NULL DEFAULT '[]';
-ALTER TABLE bulk_jobs ADD COLUMN turned_down_items INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE generation_jobs ADD COLUMN verdict TEXT;
-""" + SCHEDULE_TABLES
-
-#: A job's completed items the quality gate flagged, in queue order: their position and verdict.
-FLAGGED_SQL = (
-    "SELECT queue_position, verdict FROM generation_jobs"
-    " WHERE bulk_job_id = ? AND status = ? AND json_extract(verdict, '$.status') = ?"
-    f" ORDER BY {rules.ITEM_ORDER}"
-)
-#: A job's completed articles, in queue order (the quality gate's near-duplicate check).
-COMPLETED_SQL = (
-    "SELECT id, queue_position, result FROM generation_jobs WHERE bulk_job_id = ? AND status = ?"
-    f" ORDER BY {rules.ITEM_ORDER}"
-)
-
-#: From schema 6 to 7 (bulkgen serve: API tokens, the change log, a job's notification policy).
-#: The new tables are in SCHEMA (created if missing); the triggers are CHANGE_TRIGGERS.
-MIGRATE_6_TO_7 = """
-ALTER TABLE bulk_jobs ADD COLUMN notify_policy TEXT;
-"""
-
-#: From schema 7 to 8 (a job is never stuck): when the current try's request was sent (a try is charged
-#: only once sent), and the token of an occurrence's claim (occurrences fenced like items).
-MIGRATE_7_TO_8 = """
-ALTER TABLE generation_jobs ADD COLUMN sent_at TEXT;
-ALTER TABLE schedule_occurrences ADD COLUMN claim TEXT;
-"""
-
-#: From schema 8 to 9 (quotas): the bytes a job's articles take as stored, recorded at submit, and an index
-#: that answers a user's active jobs and stored bytes without reading their rows (design.md, "Quotas").
-MIGRATE_8_TO_9 = """
-ALTER TABLE bulk_jobs ADD COLUMN stored_bytes INTEGER NOT NULL DEFAULT 0;
-CREATE INDEX IF NOT EXISTS bulk_jobs_usage ON bulk_jobs (userId, status, stored_bytes);
-CREATE TABLE IF NOT EXISTS settings (
-    name TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-"""
-
-#: The statuses a claim takes from, as SQL text: the claim's partial indexes and its lookups must say it alike.
-CLAIMABLE_SQL = "status IN (" + ", ".join(f"'{s.value}'" for s in CLAIMABLE_BULK) + ")"
-#: From schema 9 to 10 (fair turns, design.md "Fair turns"): whose turn was last, and the claim's two indexes,
-#: over claimable jobs only: urgent jobs oldest first, and each user's jobs in rules.JOB_ORDER.
-MIGRATE_9_TO_10 = f"""
-CREATE TABLE IF NOT EXISTS turns (name TEXT PRIMARY KEY, userId TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS bulk_jobs_urgent ON bulk_jobs (priority_rank, created_at, id) WHERE {CLAIMABLE_SQL};
-CREATE INDEX IF NOT EXISTS bulk_jobs_turn ON bulk_jobs (userId, priority_rank, created_at, id) WHERE {CLAIMABLE_SQL};
-"""
-
-#: From schema 10 to 11 (live progress that stays bounded): the change log is pruned by time, and a
-#: resuming stream reads one user's or one job's changes by index (design.md, "Live progress").
-MIGRATE_10_TO_11 = CHANGES_TABLE + """
-CREATE INDEX IF NOT EXISTS changes_at ON changes (at);
-CREATE INDEX IF NOT EXISTS changes_user ON changes (userId, seq);
-CREATE INDEX IF NOT EXISTS changes_job ON changes (bulk_job_id, seq);
-"""
-
-#: The migrations in order: (the schema version a step makes, its statements). A new step goes at the end.
-MIGRATIONS = (
-    (2, MIGRATE_1_TO_2),
-    (3, MIGRATE_2_TO_3),
-    (4, MIGRATE_3_TO_4),
-    (5, MIGRATE_4_TO_5),
-    (6, MIGRATE_5_TO_6),
-    (7, MIGRATE_6_TO_7),
-    (8, MIGRATE_7_TO_8),
-    (9, MIGRATE_8_TO_9),
-    (10, MIGRATE_9_TO_10),
-    (11, MIGRATE_10_TO_11),
-)
-
-_NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
-#: Every status change of a bulk job or an item is logged in `changes` by the write's own transaction,
-#: so the log's numbers are in commit order (design.md, "Live progress"). Run one by one: each holds ';'.
-CHANGE_TRIGGERS = (
-    "CREATE TRIGGER IF NOT EXISTS changes_bulk_new AFTER INSERT ON bulk_jobs BEGIN"
-    " INSERT INTO changes (kind, record_id, bulk_job_id, userId, status, at)"
-    f" VALUES ('bulk', NEW.id, NEW.id, NEW.userId, NEW.status, {_NOW}); END",
-    "CREATE TRIGGER IF NOT EXISTS changes_bulk_status AFTER UPDATE OF status ON bulk_jobs"
-    " WHEN NEW.status IS NOT OLD.status BEGIN"
-    " INSERT INTO changes (kind, record_id, bulk_job_id, userId, status, at)"
-    f" VALUES ('bulk', NEW.id, NEW.id, NEW.userId, NEW.status, {_NOW}); END",
-    "CREATE TRIGGER IF NOT EXISTS changes_item_status AFTER UPDATE OF status ON generation_jobs"
-    " WHEN NEW.status IS NOT OLD.status BEGIN"
-    " INSERT INTO changes (kind, record_id, bulk_job_id, userId, status, at, queue_position, error)"
-    f" VALUES ('item', NEW.id, NEW.bulk_job_id, NEW.userId, NEW.status, {_NOW}, NEW.queue_position, NEW.error);"
-    " END",
-)
 
 #: The highest number of the oldest `limit` changes made before a time (the changes_at index), and the
 #: pruned floor raised to a number, never lowered (prune_changes).
@@ -398,28 +120,68 @@ def _sql(value: Any) -> Any:
     return value
 
 
-def _bulk(row: sqlite3.Row) -> BulkJob:
-    return record(BulkJob, BULK_FIELDS, dict(row), _ts, json.loads)  # type: ignore[no-any-return]
+#: Each kind of record's table (queue.MODELS).
+TABLES = {"bulks": "bulk_jobs", "items": "generation_jobs", "leases": "leases", "templates": "templates",
+          "schedules": "schedules", "occurrences": "schedule_occurrences", "tokens": "api_tokens"}
+_FIELDS = {"bulks": BULK_FIELDS, "items": ITEM_FIELDS, "leases": LEASE_FIELDS, "templates": TEMPLATE_FIELDS,
+           "schedules": SCHEDULE_FIELDS, "occurrences": OCCURRENCE_FIELDS, "tokens": TOKEN_FIELDS}
+#: How each column reads back: times and JSON by their field's kind; these integers as booleans.
+_KINDS = {kind: {f.name: f.kind for f in fields} for kind, fields in _FIELDS.items()}
+_BOOLEANS = ("admin", "notify_pending", "hook_pending")
+_OPS = {"ne": "IS NOT", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
+
+
+def _decode(kind: str, row: sqlite3.Row) -> dict[str, Any]:
+    """A row's values as the queue reads them: times as datetimes, JSON decoded."""
+    values, kinds = dict(row), _KINDS[kind]
+    for name, value in values.items():
+        if value is None:
+            continue
+        if kinds.get(name) == rules.TIME:
+            values[name] = _ts(value)
+        elif kinds.get(name) == rules.JSON:
+            values[name] = json.loads(value)
+        elif name in _BOOLEANS:
+            values[name] = bool(value)
+    return values
 
 
 def _item(row: sqlite3.Row) -> Item:
-    return record(Item, ITEM_FIELDS, dict(row), _ts, json.loads)  # type: ignore[no-any-return]
+    return read("items", _decode("items", row))  # type: ignore[no-any-return]
 
 
-def _lease(row: sqlite3.Row) -> Lease:
-    return record(Lease, LEASE_FIELDS, dict(row), _ts, json.loads)  # type: ignore[no-any-return]
+def _path(name: str) -> tuple[str, str | None]:
+    """A field's column, and its JSON path inside it (`outbox.steps.2.state`: outbox, $.steps[2].state)."""
+    column, *rest = name.split(".")
+    if not rest:
+        return column, None
+    return column, "$" + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in rest)
 
 
-def _template(row: sqlite3.Row) -> SavedTemplate:
-    return record(SavedTemplate, TEMPLATE_FIELDS, dict(row), _ts, json.loads)  # type: ignore[no-any-return]
+def _column(name: str) -> str:
+    column, path = _path(name)
+    return column if path is None else f"json_extract({column}, '{path}')"
 
 
-def _schedule(row: sqlite3.Row) -> Schedule:
-    return record(Schedule, SCHEDULE_FIELDS, dict(row), _ts, json.loads)  # type: ignore[no-any-return]
-
-
-def _occurrence(row: sqlite3.Row) -> Occurrence:
-    return record(Occurrence, OCCURRENCE_FIELDS, dict(row), _ts, json.loads)  # type: ignore[no-any-return]
+def _where(where: Where) -> tuple[str, list[Any]]:
+    """A WHERE clause from a `rules.Where`."""
+    if isinstance(where, list):
+        parts = [_where(alt) for alt in where]
+        return " OR ".join(f"({sql})" for sql, _ in parts) or "0", [a for _, args in parts for a in args]
+    terms, args = [], []
+    for name, wanted in where.items():
+        column = _column(name)
+        for value in wanted if isinstance(wanted, list) else [wanted]:
+            if isinstance(value, Cmp):
+                terms.append(f"{column} {_OPS[value.op]} ?")
+                args.append(_sql(value.value))
+            elif isinstance(value, tuple):
+                terms.append(f"{column} IN {_marks(value)}")
+                args += [_sql(v) for v in value]
+            else:
+                terms.append(f"{column} IS ?")
+                args.append(_sql(value))
+    return " AND ".join(terms) or "1", args
 
 
 def _marks(values: Iterable[Any]) -> str:
@@ -442,23 +204,26 @@ def busy_timeout() -> float:
     return seconds if 0 < seconds < float("inf") else BUSY_TIMEOUT_S
 
 
-def _equal(fields: Mapping[str, Any]) -> tuple[str, list[Any]]:
-    """A WHERE clause: each field equals its value (a tuple: one of its values)."""
-    terms, args = [], []
-    for k, v in fields.items():
-        values = v if isinstance(v, tuple) else (v,)
-        terms.append(f"{k} = ?" if len(values) == 1 else f"{k} IN {_marks(values)}")
-        args += [_sql(x) for x in values]
-    return " AND ".join(terms), args
-
-
 def _update(db: sqlite3.Connection, table: str, change: Change | Mapping[str, Any], where: str,
             *args: Any) -> int:
-    """One UPDATE of `change` (counters added to never drop below zero); how many rows it changed."""
+    """One UPDATE of `change` (counters added to never drop below zero; a field `a.b` set inside the JSON
+    column `a`); how many rows it changed."""
     if not isinstance(change, Change):
         change = Change(dict(change))
-    sets = [f"{k} = ?" for k in change.set] + [f"{k} = max({k} + ?, 0)" for k in change.add]
-    params = [_sql(v) for v in change.set.values()] + list(change.add.values())
+    sets, params, inside = [], [], {}
+    for name, value in change.set.items():
+        column, path = _path(name)
+        if path is None:
+            sets.append(f"{column} = ?")
+            params.append(_sql(value))
+        else:
+            inside.setdefault(column, []).append((path, value))
+    for column, pairs in inside.items():
+        sets.append(f"{column} = json_set({column}, " + ", ".join(
+            f"'{path}', " + ("json(?)" if isinstance(v, (list, dict)) else "?") for path, v in pairs) + ")")
+        params += [_sql(v) for _, v in pairs]
+    sets += [f"{k} = max({k} + ?, 0)" for k in change.add]
+    params += list(change.add.values())
     return db.execute(f"UPDATE {table} SET {', '.join(sets)} WHERE {where}", (*params, *args)).rowcount
 
 
@@ -563,7 +328,7 @@ def _create_private(path: Path) -> None:
         pass
 
 
-class SqliteStore(Store):
+class SqliteStore(Queue):
     def __init__(self, path: str | Path, mode: OpenMode = "create"):
         self.path = Path(path)
         self.display_url = f"sqlite:///{self.path}"
@@ -802,6 +567,79 @@ class SqliteStore(Store):
         except Exception:  # noqa: BLE001  never from a finaliser
             pass
 
+
+    # -- the primitives (queue.Queue) ---------------------------------------------------------------------
+
+    @contextmanager
+    def _atomic(self) -> Iterator[sqlite3.Connection]:
+        """`BEGIN IMMEDIATE`: the block's reads and writes are one transaction no other writer interleaves with."""
+        try:
+            if self.snapshot:
+                self._reopen_snapshot()
+            else:
+                self._check_shm()
+            with self._tx() as db:
+                yield db
+        except sqlite3.DatabaseError as exc:
+            raise store_error(self.path, exc) from exc
+
+    @_unavailable
+    def _find(self, kind: str, where: Where, order: Iterable[str] = (), limit: int | None = None,
+              fields: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        clause, args = _where(where)
+        columns = "*" if fields is None else ", ".join(fields)
+        sql = f"SELECT {columns} FROM {TABLES[kind]} WHERE {clause}"
+        if order:
+            sql += " ORDER BY " + ", ".join(f"{n[1:]} DESC" if n.startswith("-") else n for n in order)
+        if limit is not None:
+            sql, args = sql + " LIMIT ?", [*args, limit]
+        with self._lock:
+            return [_decode(kind, row) for row in self.db.execute(sql, args)]
+
+    @_unavailable
+    def _insert(self, kind: str, rows: list[dict[str, Any]]) -> None:
+        with self._tx() as db:
+            _insert(db, TABLES[kind], rows)
+
+    @_unavailable
+    def _insert_new(self, kind: str, row: dict[str, Any]) -> bool:
+        with self._tx() as db:
+            return db.execute(f"INSERT INTO {TABLES[kind]} ({', '.join(row)}) VALUES {_marks(row)}"
+                              " ON CONFLICT DO NOTHING", [_sql(v) for v in row.values()]).rowcount == 1
+
+    @_unavailable
+    def _update(self, kind: str, where: Where, change: Change | Mapping[str, Any],
+                now: dt.datetime | None = None) -> int:
+        # `now` is not needed: the triggers log a status change with the write's own transaction.
+        clause, args = _where(where)
+        with self._tx() as db:
+            return _update(db, TABLES[kind], change, clause, *args)
+
+    @_unavailable
+    def _tally(self, bulk_id: str) -> dict[str, tuple[int, float | None]]:
+        rows = self.db.execute(
+            "SELECT status, count(*), avg((julianday(completed_at) - julianday(started_at)) * 86400.0)"
+            " FROM generation_jobs WHERE bulk_job_id = ? GROUP BY status", (bulk_id,))
+        return {status: (n, mean) for status, n, mean in rows}
+
+    def _user_lock(self, user: str, now: dt.datetime) -> AbstractContextManager[Any]:
+        return nullcontext()  # inside `_atomic`: the transaction makes the count and the insert one step
+
+    @_unavailable
+    def refresh_counters(self, bulk_id: str, now: dt.datetime, seconds_between_items: float = 0.0) -> Counts:
+        # One transaction: the count, the counters and the end (design.md, "Counters").
+        with self._atomic():
+            counts, fields = self._derived(bulk_id, now, seconds_between_items)
+            self._update("bulks", {"id": bulk_id}, fields, now)
+            ended = counts.pending == 0 and self._end(bulk_id, EventKind.completed, now)
+        return dataclasses.replace(counts, ended_now=ended)
+
+    @_unavailable
+    def _delete(self, kind: str, where: Where) -> int:
+        clause, args = _where(where)
+        with self._tx() as db:
+            return int(db.execute(f"DELETE FROM {TABLES[kind]} WHERE {clause}", args).rowcount)
+
     # -- submit and read -------------------------------------------------------
 
     @_unavailable
@@ -814,7 +652,7 @@ class SqliteStore(Store):
                     (bulk.userId, bulk.idempotency_key),
                 ).fetchone()
                 if row is not None:
-                    return _bulk(row), False
+                    return read("bulks", _decode("bulks", row)), False
             if limits is not None:
                 usage = _usage(db, bulk.userId)
                 refused = rules.over_quota(limits, usage.active_jobs, usage.stored_bytes, bulk.stored_bytes)
@@ -826,59 +664,10 @@ class SqliteStore(Store):
         return bulk, True
 
     @_unavailable
-    def get_bulk(self, bulk_id: str) -> BulkJob | None:
-        row = self.db.execute("SELECT * FROM bulk_jobs WHERE id = ?", (bulk_id,)).fetchone()
-        return None if row is None else _bulk(row)
-
-    @_unavailable
-    def list_bulks(
-        self,
-        user: str | None = None,
-        limit: int = 50,
-        statuses: Iterable[BulkStatus] | None = None,
-        group_id: str | None = None,
-    ) -> list[BulkJob]:
-        where, args = [], []
-        if group_id is not None:
-            where.append("group_id = ?")
-            args.append(group_id)
-        if user is not None:
-            where.append("userId = ?")
-            args.append(user)
-        if statuses is not None:
-            values = [BulkStatus(s).value for s in statuses]
-            where.append(f"status IN {_marks(values)}")
-            args.extend(values)
-        sql = "SELECT * FROM bulk_jobs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY {', '.join(name + ' DESC' for name in rules.NEWEST_FIRST)} LIMIT ?"
-        return [_bulk(r) for r in self.db.execute(sql, (*args, limit))]
-
-    @_unavailable
     def usage(self, user: str) -> Usage:
         return _usage(self.db, user)
 
-    @_unavailable
-    def list_items(self, bulk_id: str) -> list[Item]:
-        rows = self.db.execute(
-            f"SELECT * FROM generation_jobs WHERE bulk_job_id = ? ORDER BY {rules.ITEM_ORDER}",
-            (bulk_id,),
-        )
-        return [_item(r) for r in rows]
-
-    @_unavailable
-    def completed_contents(self, bulk_id: str) -> list[tuple[str, int, Any]]:
-        rows = self.db.execute(COMPLETED_SQL, (bulk_id, ItemStatus.completed.value))
-        return [(r[0], r[1], (json.loads(r[2]) if r[2] else {}).get("content")) for r in rows]
-
     # -- reads of the repair ---------------------------------------------------
-
-    @_unavailable
-    def item_counts(self, bulk_id: str) -> Counts:
-        rows = self.db.execute("SELECT status, count(*) FROM generation_jobs WHERE bulk_job_id = ? GROUP BY status",
-                               (bulk_id,))
-        return rules.tally({status: (n, None) for status, n in rows})[0]
 
     @_unavailable
     def pending_bulk_ids(self) -> list[str]:
@@ -889,24 +678,7 @@ class SqliteStore(Store):
 
     # -- single items ------------------------------------------------------------
 
-    @_unavailable
-    def get_item(self, item_id: str) -> Item | None:
-        row = self.db.execute("SELECT * FROM generation_jobs WHERE id = ?", (item_id,)).fetchone()
-        return None if row is None else _item(row)
-
-    @_unavailable
-    def find_items(self, prefix: str, user: str | None, limit: int) -> list[Item]:
-        low, high = rules.prefix_bounds(prefix)
-        where, args = ["id >= ?"], [low]
-        if high is not None:
-            where.append("id < ?")
-            args.append(high)
-        if user is not None:
-            where.append("userId = ?")
-            args.append(user)
-        sql = f"SELECT * FROM generation_jobs WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
-        return [_item(r) for r in self.db.execute(sql, (*args, limit))]
-
+    # Both neighbours in one statement, where the queue's verb takes two (a test reads its query plan).
     @_unavailable
     def item_neighbours(self, item_ids: list[str]) -> dict[str, tuple[str | None, str | None]]:
         out = {}
@@ -914,33 +686,6 @@ class SqliteStore(Store):
             row = self.db.execute(ITEM_NEIGHBOURS_SQL, (item_id, item_id)).fetchone()
             out[item_id] = (row[0], row[1])
         return out
-
-    @_unavailable
-    def cancel_item(self, item_id: str, from_status: ItemStatus, now: dt.datetime) -> Counts | None:
-        with self._tx() as db:
-            row = db.execute("SELECT bulk_job_id FROM generation_jobs WHERE id = ? AND status = ?",
-                             (item_id, from_status.value)).fetchone()
-            if row is None:
-                return None
-            _update(db, "generation_jobs", rules.item_cancelled(from_status, now), "id = ?", item_id)
-            # The same transaction derives the job: its counters and, when nothing is pending, its end.
-            return self.refresh_counters(row["bulk_job_id"], now)
-
-    @_unavailable
-    def retry_item(self, item_id: str, from_status: ItemStatus, now: dt.datetime) -> Counts | None:
-        with self._tx() as db:
-            row = db.execute(
-                "SELECT i.bulk_job_id, b.status, b.outbox FROM generation_jobs i JOIN bulk_jobs b"
-                " ON b.id = i.bulk_job_id WHERE i.id = ? AND i.status = ?", (item_id, from_status.value),
-            ).fetchone()
-            outbox = None if row is None or row["outbox"] is None else json.loads(row["outbox"])
-            if row is None or not rules.retry_item_allowed(row["status"], outbox):
-                return None
-            if from_status is not ItemStatus.queued:
-                _update(db, "generation_jobs", rules.RETRIED_ITEM, "id = ?", item_id)
-            if row["status"] == rules.RETRY_FROM.value:
-                _update(db, "bulk_jobs", rules.RETRIED_JOB, "id = ?", row["bulk_job_id"])
-            return self.refresh_counters(row["bulk_job_id"], now)
 
     # -- the processor's verbs -------------------------------------------------
 
@@ -994,250 +739,7 @@ class SqliteStore(Store):
                 return bulk
         return None
 
-    @_unavailable
-    def finish_item(self, item_id: str, owner: str, outcome: Outcome, now: dt.datetime,
-                    seconds_between_items: float = 0.0, fence: int | None = None) -> Counts | None:
-        # One transaction: the item's end, the job's counters and, for its last item, the job's end and
-        # outbox (design.md, "Counters"). A crash leaves all of it or none of it.
-        with self._tx():
-            return super().finish_item(item_id, owner, outcome, now, seconds_between_items, fence)
-
-    @_unavailable
-    def _write_where(self, item_id: str, condition: dict[str, Any], change: Change) -> bool:
-        """Write `change` on an item only while it meets `condition`."""
-        where, args = _equal(condition)
-        with self._tx() as db:
-            return _update(db, "generation_jobs", change, f"id = ? AND {where}", item_id, *args) == 1
-
-    @_unavailable
-    def heartbeat(self, item_id: str, owner: str, lease_seconds: float, now: dt.datetime,
-                  sent: bool = False) -> bool:
-        expires = iso(later(now, lease_seconds))
-        where, args = _equal(rules.held(owner))
-        with self._tx() as db:
-            # Both in one transaction; the item's lease is extended only if the slot was.
-            slot = db.execute(
-                "UPDATE leases SET expires_at = ? WHERE owner = ? AND name != ?", (expires, owner, COOLDOWN)
-            )
-            if slot.rowcount == 0:
-                return False
-            return _update(db, "generation_jobs", rules.renewed(later(now, lease_seconds), now, sent),
-                           f"id = ? AND {where}", item_id, *args) == 1
-
-    @_unavailable
-    def is_held(self, item_id: str, owner: str) -> bool:
-        where, args = _equal(rules.held(owner))
-        row = self.db.execute(f"SELECT 1 FROM generation_jobs WHERE id = ? AND {where}", (item_id, *args))
-        return row.fetchone() is not None
-
-    @_unavailable
-    def in_flight(self) -> list[Item]:
-        rows = self.db.execute("SELECT * FROM generation_jobs WHERE status = 'processing'")
-        return [_item(r) for r in rows]
-
-    @_unavailable
-    def cancel_bulk(self, bulk_id: str, now: dt.datetime) -> bool:
-        with self._tx() as db:
-            changed = self._end(db, bulk_id, EventKind.cancelled, now)
-            row = db.execute("SELECT status FROM bulk_jobs WHERE id = ?", (bulk_id,)).fetchone()
-            if row is not None and row["status"] == BulkStatus.cancelled.value:
-                for status, change in rules.cancel_sweeps(now):
-                    _update(db, "generation_jobs", change, "bulk_job_id = ? AND status = ?", bulk_id, status.value)
-        return changed
-
-    @staticmethod
-    def _end(db: sqlite3.Connection, bulk_id: str, kind: EventKind, now: dt.datetime) -> bool:
-        """Record the job's end and its outbox in one statement; True if this call did."""
-        row = db.execute("SELECT notify FROM bulk_jobs WHERE id = ?", (bulk_id,)).fetchone()
-        if row is None:
-            return False
-        ends_from = [s.value for s in rules.ENDS_FROM]
-        fields = rules.end_fields(kind, json.loads(row["notify"]), now)
-        where = f"id = ? AND status IN {_marks(ends_from)}"
-        return _update(db, "bulk_jobs", fields, where, bulk_id, *ends_from) == 1
-
-    def _with_outbox(self, bulk_id: str, event_id: str,
-                     change: Callable[[dict[str, Any]], bool], now: dt.datetime | None = None) -> bool:
-        """Read-modify-write the outbox of this end inside one write transaction."""
-        with self._tx() as db:
-            row = db.execute("SELECT outbox FROM bulk_jobs WHERE id = ?", (bulk_id,)).fetchone()
-            if row is None or row["outbox"] is None:
-                return False
-            outbox = json.loads(row["outbox"])
-            if outbox["event_id"] != event_id or not change(outbox):
-                return False
-            _update(db, "bulk_jobs", {"outbox": outbox, **rules.delivery_flags(outbox, now)}, "id = ?", bulk_id)
-            return True
-
-    @_unavailable
-    def set_event(self, bulk_id: str, event_id: str, event: dict[str, Any]) -> bool:
-        def fill(outbox: dict[str, Any]) -> bool:
-            if outbox["event"] is not None:
-                return False
-            outbox["event"] = event
-            return True
-
-        return self._with_outbox(bulk_id, event_id, fill)
-
-    @_unavailable
-    def claim_step(
-        self, bulk_id: str, event_id: str, index: int, owner: str, now: dt.datetime, lock_seconds: float
-    ) -> bool:
-        def take(outbox: dict[str, Any]) -> bool:
-            step = outbox["steps"][index]
-            if not rules.step_claimable(step, now):
-                return False
-            step.update(rules.step_taken(owner, now, lock_seconds))
-            return True
-
-        return self._with_outbox(bulk_id, event_id, take)
-
-    @_unavailable
-    def finish_step(
-        self,
-        bulk_id: str,
-        event_id: str,
-        index: int,
-        owner: str,
-        now: dt.datetime,
-        error: str | None,
-        retry_at: dt.datetime | None,
-    ) -> bool:
-        def tried(outbox: dict[str, Any]) -> bool:
-            step = outbox["steps"][index]
-            if not rules.matches(step, rules.step_held_conditions(owner)):
-                return False
-            step.update(rules.step_result(step, now, error, retry_at))
-            return True
-
-        return self._with_outbox(bulk_id, event_id, tried, now)
-
-    @_unavailable
-    def open_outboxes(self) -> list[BulkJob]:
-        return [_bulk(r) for r in self.db.execute("SELECT * FROM bulk_jobs WHERE notify_pending = 1")]
-
-    @_unavailable
-    def claim_hook(self, bulk_id: str, event_id: str) -> bool:
-        with self._tx() as db:
-            row = db.execute(
-                "SELECT outbox FROM bulk_jobs WHERE id = ? AND hook_pending = 1", (bulk_id,)
-            ).fetchone()
-            if row is None or row["outbox"] is None or json.loads(row["outbox"])["event_id"] != event_id:
-                return False
-            db.execute("UPDATE bulk_jobs SET hook_pending = 0 WHERE id = ?", (bulk_id,))
-            return True
-
-    @_unavailable
-    def pending_hooks(self, since: dt.datetime) -> list[BulkJob]:
-        rows = self.db.execute(
-            "SELECT * FROM bulk_jobs WHERE hook_pending = 1 AND completed_at >= ?", (iso(since),)
-        )
-        return [_bulk(r) for r in rows]
-
-    @_unavailable
-    def retry_failed(self, bulk_id: str, now: dt.datetime) -> int:
-        with self._tx() as db:
-            row = db.execute("SELECT status, outbox FROM bulk_jobs WHERE id = ?", (bulk_id,)).fetchone()
-            outbox = None if row is None or row["outbox"] is None else json.loads(row["outbox"])
-            if row is None or not rules.retry_failed_allowed(row["status"], outbox):
-                return 0
-            requeued = _update(db, "generation_jobs", rules.RETRIED_ITEM, "bulk_job_id = ? AND status = ?",
-                               bulk_id, rules.RETRIED.value)
-            if requeued:
-                _update(db, "bulk_jobs", rules.RETRIED_JOB, "id = ?", bulk_id)
-        return requeued
-
-    @_unavailable
-    def requeue_expired(self, now: dt.datetime, max_attempts: int) -> list[str]:
-        with self._tx() as db:
-            rows = db.execute(
-                "SELECT i.id, i.bulk_job_id, i.attempts, i.sent_at, b.status AS bulk_status"
-                " FROM generation_jobs i JOIN bulk_jobs b ON b.id = i.bulk_job_id"
-                " WHERE i.status = 'processing' AND i.lease_expires_at < ?",
-                (iso(now),),
-            ).fetchall()
-            for row in rows:
-                change = rules.expired(row["bulk_status"], row["attempts"], max_attempts, now,
-                                       sent=row["sent_at"] is not None)
-                _update(db, "generation_jobs", change, "id = ?", row["id"])
-        return sorted({row["bulk_job_id"] for row in rows})
-
-    @_unavailable
-    def next_start(self, now: dt.datetime) -> dt.datetime | None:
-        row = self.db.execute(
-            "SELECT min(not_before) FROM bulk_jobs WHERE status IN ('queued', 'processing')"
-            " AND not_before > ?",
-            (iso(now),),
-        ).fetchone()
-        return _ts(row[0])
-
-    @_unavailable
-    def next_lease_expiry(self) -> dt.datetime | None:
-        row = self.db.execute(
-            "SELECT min(lease_expires_at) FROM generation_jobs WHERE status = 'processing'"
-        ).fetchone()
-        return _ts(row[0])
-
-    @_unavailable
-    def refresh_counters(
-        self, bulk_id: str, now: dt.datetime, seconds_between_items: float = 0.0
-    ) -> Counts:
-        with self._tx() as db:
-            groups = {status: (n, mean) for status, n, mean in db.execute(
-                "SELECT status, count(*), avg((julianday(completed_at) - julianday(started_at)) * 86400.0)"
-                " FROM generation_jobs WHERE bulk_job_id = ? GROUP BY status",
-                (bulk_id,),
-            )}
-            counts, mean = rules.tally(groups)
-            failed = [] if not counts.failed else [_item(r) for r in db.execute(
-                f"SELECT * FROM generation_jobs WHERE bulk_job_id = ? AND status = ? ORDER BY {rules.ITEM_ORDER}",
-                (bulk_id, ItemStatus.failed.value),
-            )]
-            status, verdict = rules.FLAGGED_ITEM
-            flagged = [] if not counts.completed else [
-                (r[0], json.loads(r[1])) for r in db.execute(FLAGGED_SQL, (bulk_id, status.value, verdict.value))]
-            _update(db, "bulk_jobs", rules.counters(counts, failed, mean, now, seconds_between_items, flagged),
-                    "id = ?", bulk_id)
-            ended = counts.pending == 0 and self._end(db, bulk_id, EventKind.completed, now)
-        return dataclasses.replace(counts, ended_now=ended)
-
-    @_unavailable
-    def set_bulk_state(
-        self,
-        bulk_id: str,
-        allowed_from: Iterable[BulkStatus],
-        to: BulkStatus,
-        now: dt.datetime,
-    ) -> bool:
-        values = [BulkStatus(s).value for s in allowed_from]
-        with self._tx() as db:
-            cursor = db.execute(
-                f"UPDATE bulk_jobs SET status = ? WHERE id = ? AND status IN {_marks(values)}",
-                (BulkStatus(to).value, bulk_id, *values),
-            )
-            return cursor.rowcount == 1
-
     # -- the processor lease ---------------------------------------------------
-
-    @_unavailable
-    def acquire_processor_lease(
-        self, owner: str, seconds: float, now: dt.datetime, host: str, pid: int, slots: int = 1
-    ) -> bool:
-        expires = iso(later(now, seconds))
-        names = slot_names(slots)
-        with self._tx() as db:
-            if db.execute("UPDATE leases SET expires_at = ? WHERE owner = ?", (expires, owner)).rowcount:
-                return True
-            held = {r["name"]: r for r in db.execute(
-                f"SELECT name, expires_at FROM leases WHERE name IN {_marks(names)}", names)}
-            for name in names:
-                row = held.get(name)
-                if row is not None and _ts(row["expires_at"]) >= now:  # type: ignore[operator]
-                    continue
-                _insert(db, "leases", [{"name": name, **rules.new_slot(owner, later(now, seconds), now, host, pid)}],
-                        "INSERT OR REPLACE")
-                return True
-            return False
 
     @_unavailable
     def release_processor_lease(self, owner: str) -> None:
@@ -1253,190 +755,16 @@ class SqliteStore(Store):
                 (COOLDOWN, iso(until), iso(until)),
             )
 
-    @_unavailable
-    def cooldown_until(self) -> dt.datetime | None:
-        row = self.db.execute("SELECT expires_at FROM leases WHERE name = ?", (COOLDOWN,)).fetchone()
-        return None if row is None else _ts(row[0])
-
-    @_unavailable
-    def processor_leases(self) -> list[Lease]:
-        return [_lease(r) for r in self.db.execute("SELECT * FROM leases WHERE name != ?", (COOLDOWN,))]
-
-    @_unavailable
-    def processor_lease(self) -> Lease | None:
-        row = self.db.execute("SELECT * FROM leases WHERE name = ?", (PROCESSOR_LEASE,)).fetchone()
-        return None if row is None else _lease(row)
-
     # -- saved templates ---------------------------------------------------------
-
-    @_unavailable
-    def save_template(self, template: SavedTemplate, replace: bool = False, max_count: int = 0) -> SaveOutcome:
-        with self._tx() as db:
-            # One transaction: the look (and the count) and the write cannot interleave with another save.
-            found = db.execute("SELECT 1 FROM templates WHERE userId = ? AND name = ?",
-                               (template.userId, template.name)).fetchone()
-            if found is None:
-                have = db.execute("SELECT count(*) FROM templates WHERE userId = ?", (template.userId,)).fetchone()[0]
-                refused = rules.over_count("templates", have, max_count)
-                if refused is not None:
-                    raise refused
-                _insert(db, "templates", [rules.template_fields(template)])
-                return SaveOutcome.created
-            if not replace:
-                return SaveOutcome.exists
-            _update(db, "templates", rules.template_replacement(template), "userId = ? AND name = ?",
-                    template.userId, template.name)
-            return SaveOutcome.replaced
-
-    @_unavailable
-    def get_template(self, user: str, name: str) -> SavedTemplate | None:
-        row = self.db.execute("SELECT * FROM templates WHERE userId = ? AND name = ?", (user, name)).fetchone()
-        return None if row is None else _template(row)
-
-    @_unavailable
-    def list_templates(self, user: str) -> list[SavedTemplate]:
-        rows = self.db.execute("SELECT * FROM templates WHERE userId = ? ORDER BY name", (user,))
-        return [_template(r) for r in rows]
-
-    @_unavailable
-    def remove_template(self, user: str, name: str) -> bool:
-        with self._tx() as db:
-            return db.execute("DELETE FROM templates WHERE userId = ? AND name = ?", (user, name)).rowcount == 1
 
     # -- recurring schedules -------------------------------------------------------
 
-    @_unavailable
-    def add_schedule(self, schedule: Schedule, max_count: int = 0) -> bool:
-        try:
-            with self._tx() as db:  # the count and the insert: one transaction
-                have = db.execute("SELECT count(*) FROM schedules WHERE userId = ?", (schedule.userId,)).fetchone()[0]
-                refused = rules.over_count("schedules", have, max_count)
-                if refused is not None:
-                    raise refused
-                _insert(db, "schedules", [rules.new_schedule(schedule)])
-        except sqlite3.IntegrityError:
-            return False  # the user has a schedule of that name (schedules_name)
-        return True
-
-    @_unavailable
-    def get_schedule(self, user: str, name: str) -> Schedule | None:
-        row = self.db.execute("SELECT * FROM schedules WHERE userId = ? AND name = ?", (user, name)).fetchone()
-        return None if row is None else _schedule(row)
-
-    @_unavailable
-    def list_schedules(self, user: str | None = None) -> list[Schedule]:
-        order = ", ".join(rules.SCHEDULE_ORDER)
-        if user is None:
-            rows = self.db.execute(f"SELECT * FROM schedules ORDER BY {order}")
-        else:
-            rows = self.db.execute(f"SELECT * FROM schedules WHERE userId = ? ORDER BY {order}", (user,))
-        return [_schedule(r) for r in rows]
-
-    @_unavailable
-    def set_schedule_state(self, schedule_id: str, allowed_from: ScheduleStatus, to: ScheduleStatus,
-                           fields: dict[str, Any]) -> bool:
-        with self._tx() as db:
-            return _update(db, "schedules", {**fields, "status": to.value}, "id = ? AND status = ?",
-                           schedule_id, allowed_from.value) == 1
-
-    @_unavailable
-    def remove_schedule(self, schedule_id: str) -> bool:
-        with self._tx() as db:
-            db.execute("DELETE FROM schedule_occurrences WHERE schedule_id = ?", (schedule_id,))
-            return db.execute("DELETE FROM schedules WHERE id = ?", (schedule_id,)).rowcount == 1
-
-    @_unavailable
-    def due_schedules(self, now: dt.datetime) -> list[Schedule]:
-        rows = self.db.execute("SELECT * FROM schedules WHERE status = ? AND next_at <= ? ORDER BY next_at",
-                               (ScheduleStatus.active.value, iso(now)))
-        return [_schedule(r) for r in rows]
-
-    @_unavailable
-    def next_schedule_at(self) -> dt.datetime | None:
-        row = self.db.execute("SELECT min(next_at) FROM schedules WHERE status = ?",
-                              (ScheduleStatus.active.value,)).fetchone()
-        return _ts(row[0])
-
-    @_unavailable
-    def claim_occurrence(self, schedule: Schedule, at: dt.datetime, owner: str, now: dt.datetime,
-                         stale_before: dt.datetime, skipped: int = 0) -> tuple[Occurrence, bool]:
-        key = "schedule_id = ? AND at = ?"
-        with self._tx() as db:
-            # The primary key (schedule_id, at) lets one insert win; a stale claim is taken over conditionally.
-            fields = rules.claimed_occurrence(schedule, at, owner, now, skipped)
-            inserted = db.execute(
-                f"INSERT INTO schedule_occurrences ({', '.join(fields)}) VALUES {_marks(fields)}"
-                " ON CONFLICT (schedule_id, at) DO NOTHING", [_sql(v) for v in fields.values()],
-            ).rowcount == 1
-            mine = inserted or _update(
-                db, "schedule_occurrences", rules.taken_over(owner, now), f"{key} AND state = ? AND claimed_at < ?",
-                schedule.id, iso(at), OccurrenceState.claimed.value, iso(stale_before)) == 1
-            row = db.execute(f"SELECT * FROM schedule_occurrences WHERE {key}", (schedule.id, iso(at))).fetchone()
-        return _occurrence(row), mine
-
-    @_unavailable
-    def get_occurrence(self, schedule_id: str, at: dt.datetime) -> Occurrence | None:
-        row = self.db.execute("SELECT * FROM schedule_occurrences WHERE schedule_id = ? AND at = ?",
-                              (schedule_id, iso(at))).fetchone()
-        return None if row is None else _occurrence(row)
-
-    @_unavailable
-    def finish_occurrence(self, held: Occurrence, fields: dict[str, Any]) -> bool:
-        with self._tx() as db:
-            return _update(db, "schedule_occurrences", fields,
-                           "schedule_id = ? AND at = ? AND state = ? AND owner = ? AND claim IS ?",
-                           held.schedule_id, iso(held.at), OccurrenceState.claimed.value, held.owner,
-                           held.claim) == 1
-
-    @_unavailable
-    def drop_undecided(self, schedule_id: str, before: dt.datetime, fields: dict[str, Any]) -> int:
-        with self._tx() as db:
-            return _update(db, "schedule_occurrences", fields, "schedule_id = ? AND at < ? AND state = ?",
-                           schedule_id, iso(before), OccurrenceState.claimed.value)
-
-    @_unavailable
-    def advance_schedule(self, schedule_id: str, expected_next: dt.datetime, expected_last: dt.datetime | None,
-                         fields: dict[str, Any]) -> bool:
-        with self._tx() as db:
-            return _update(db, "schedules", fields, "id = ? AND status = ? AND next_at = ? AND last_at IS ?",
-                           schedule_id, ScheduleStatus.active.value, iso(expected_next), iso(expected_last)) == 1
-
-    @_unavailable
-    def set_last_run(self, schedule_id: str, at: dt.datetime, fields: dict[str, Any]) -> bool:
-        with self._tx() as db:
-            return _update(db, "schedules", fields, "id = ? AND last_at = ?", schedule_id, iso(at)) == 1
-
-    @_unavailable
-    def list_occurrences(self, schedule_id: str, limit: int = 20) -> list[Occurrence]:
-        rows = self.db.execute("SELECT * FROM schedule_occurrences WHERE schedule_id = ? ORDER BY at DESC LIMIT ?",
-                               (schedule_id, limit))
-        return [_occurrence(r) for r in rows]
     # -- the HTTP server: tokens and the change log --------------------------------------------------
 
     @_unavailable
-    def add_token(self, token: ApiToken) -> None:
-        with self._tx() as db:
-            _insert(db, "api_tokens", [{f.name: getattr(token, f.name) for f in TOKEN_FIELDS}])
-
-    @_unavailable
-    def token_by_hash(self, token_hash: str) -> ApiToken | None:
-        row = self.db.execute("SELECT * FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL",
-                              (token_hash,)).fetchone()
-        return None if row is None else _token(row)
-
-    @_unavailable
-    def list_tokens(self, user: str | None = None) -> list[ApiToken]:
-        where, args = ("WHERE userId = ?", (user,)) if user is not None else ("", ())
-        return [_token(r) for r in self.db.execute(f"SELECT * FROM api_tokens {where} ORDER BY created_at, id", args)]
-
-    @_unavailable
-    def revoke_token(self, token_id: str, now: dt.datetime) -> bool:
-        with self._tx() as db:
-            return _update(db, "api_tokens", {"revoked_at": now}, "id = ? AND revoked_at IS NULL", token_id) == 1
-
-    @_unavailable
-    def changes_since(self, after: int, limit: int = 500, user: str | None = None,
-                      bulk_id: str | None = None) -> list[StateChange]:
+    def _changes_since(self, after: int, limit: int, user: str | None, bulk_id: str | None,
+                       now: dt.datetime) -> list[StateChange]:
+        # The log is a table the triggers write in commit order (`change_lag` 0): `now` opens no window.
         where, args = "seq > ?", [after]
         for column, value in (("userId", user), ("bulk_job_id", bulk_id)):
             if value is not None:
@@ -1474,12 +802,6 @@ class SqliteStore(Store):
     def get_setting(self, name: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
         return None if row is None else json.loads(row[0])  # type: ignore[no-any-return]
-
-
-def _token(row: sqlite3.Row) -> ApiToken:
-    values = dict(row)
-    values["admin"] = bool(values["admin"])
-    return record(ApiToken, TOKEN_FIELDS, values, _ts, json.loads)  # type: ignore[no-any-return]
 
 
 def _change(row: sqlite3.Row) -> StateChange:
