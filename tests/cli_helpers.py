@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import sys
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -106,6 +107,29 @@ def submit_file(env: dict[str, str], path: Path, *args: str) -> str:
 def status_of(env: dict[str, str], bulk_id: str, *args: str) -> dict:
     """`bulkgen status ID --json ARGS…` as a subprocess, parsed."""
     return json.loads(run_cli(["status", bulk_id, "--json", *args], env).out)
+
+
+class Reading:
+    """A spawned process whose stderr is read as it comes (a thread), so a test can wait for a line it prints
+    before acting, instead of sleeping and hoping the process got there."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc, self.lines = proc, []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in iter(self.proc.stderr.readline, ""):
+            self.lines.append(line)
+
+    def said(self, text: str) -> bool:
+        return any(text in line for line in list(self.lines))
+
+    def finish(self, timeout: float = 60) -> Result:
+        out = self.proc.stdout.read() if self.proc.stdout else ""
+        self.proc.wait(timeout=timeout)
+        self.reader.join(timeout=10)
+        return Result(self.proc.returncode, out, "".join(self.lines))
 
 
 def finish(proc: subprocess.Popen, timeout: float = 60) -> Result:

@@ -12,7 +12,7 @@ import sqlite3
 import time
 
 from bulkgen_cli.store.sqlite import SqliteStore
-from tests.cli_helpers import env_for, finish, run_cli, status_of, submit_file
+from tests.cli_helpers import Reading, env_for, finish, run_cli, status_of, submit_file
 from tests.conftest import wait_for
 from tests.files import write_articles
 from tests.test_fencing import check_requests
@@ -189,10 +189,10 @@ def test_attached_run_shows_progress_and_takes_over_when_the_processor_dies(tmp_
     a = submit(tmp_path, env, "A", ["A 1 [hang:1]"] + plain("A", 9))
     first = processes.spawn(["run", "--lease", "1"], env)
     wait_for(lambda: svc.stats()["in_flight"] == 1, timeout=20, what="the first processor's request")
-    attached = processes.spawn(["run", "--lease", "1"], env)
-    time.sleep(0.5)
+    attached = Reading(processes.spawn(["run", "--lease", "1"], env))
+    wait_for(lambda: attached.said("attached to it"), timeout=60, what="the second run to attach")
     kill(first)
-    result = finish(attached, timeout=120)
+    result = attached.finish(timeout=120)
     assert result.code == 0, result.err
     assert "attached to it" in result.err and "0 of 10 completed" in result.err
     assert "Processed 10 items" in result.err  # it took over: the killed item and the rest
@@ -202,9 +202,9 @@ def test_attached_run_shows_progress_and_takes_over_when_the_processor_dies(tmp_
 
 def test_attached_run_exits_when_idle_without_processing(tmp_path, svc, processes):
     env = env_for(tmp_path, svc, BULKGEN_DELAY="0.05")
-    submit(tmp_path, env, "A", plain("A", 20))
+    submit(tmp_path, env, "A", ["A 1 [slow:5]"] + plain("A", 19))  # the watcher attaches during the first
     worker = processes.spawn(["run"], env)
-    wait_for(lambda: len(svc.stats()["requests"]) >= 1, timeout=20, what="the worker to start")
+    wait_for(lambda: svc.stats()["in_flight"] == 1, timeout=20, what="the worker's first request")
     watcher = run_cli(["run"], env, timeout=120)
     assert watcher.code == 0
     assert "attached to it" in watcher.err and "Nothing to process" in watcher.err
