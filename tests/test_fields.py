@@ -111,8 +111,8 @@ def test_a_fresh_sqlite_store_has_a_column_for_every_stored_field(tmp_path):
                   for name in ("bulk_jobs", "generation_jobs")}
     finally:
         db.close()
-    assert stored(BulkJob) - tables["bulk_jobs"] == set(), "add the column to store/sqlite.py (schema and a step)"
-    assert stored(Item) - tables["generation_jobs"] == set(), "add the column to store/sqlite.py (schema and a step)"
+    assert stored(BulkJob) - tables["bulk_jobs"] == set(), "add the column to store/sqlite_schema.py (SCHEMA and a MIGRATIONS step)"
+    assert stored(Item) - tables["generation_jobs"] == set(), "add the column to store/sqlite_schema.py (SCHEMA and a MIGRATIONS step)"
 
 
 # -- the job options (ops/options.py): submit, schedule add and the HTTP submit take each ------------------------

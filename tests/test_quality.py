@@ -1,4 +1,4 @@
-"""The quality gate's rules, as pure functions (bulkgen_cli/quality.py): each rule, the policy, word forms, shingles."""
+"""The quality gate's rules, as pure functions (bulkgen_cli/engine/quality.py): each rule, the policy, word forms, shingles."""
 
 from __future__ import annotations
 

@@ -71,3 +71,13 @@ def test_one_version_for_the_data_model(store, backend):
     else:
         stored = store.meta.find_one({"_id": "schema"})["version"]
     assert stored == rules.SCHEMA_VERSION == 11
+
+
+def test_the_last_migration_step_reaches_the_data_model_s_version():
+    """A new step without `rules.SCHEMA_VERSION` one up passed every test and broke existing stores (review of
+    issue 19): a store at the old version is never migrated to the new columns."""
+    from bulkgen_cli.store import rules
+    from bulkgen_cli.store.sqlite_schema import MIGRATIONS
+
+    versions = [version for version, _ in MIGRATIONS]
+    assert versions == list(range(2, rules.SCHEMA_VERSION + 1)), (versions, rules.SCHEMA_VERSION)

@@ -1,4 +1,4 @@
-"""Exceptions raised by the library; the CLI maps each to one exit code (cli.py)."""
+"""Exceptions raised by the library; the CLI maps each to one exit code (cli/main.py); the server to one HTTP problem (server/problems.py)."""
 
 from __future__ import annotations
 

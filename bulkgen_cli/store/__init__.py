@@ -1,5 +1,5 @@
-"""The store: its contract (`base`), its decisions written once (`rules`), the SQLite and MongoDB backends,
-repair. Backend choice happens here and nowhere else; each backend is imported only when chosen (pymongo
+"""The store: its contract (`base`), its decisions written once (`rules`), its verbs written once over each
+backend's primitives (`queue`), the SQLite and MongoDB backends, repair. Backend choice happens here and nowhere else; each backend is imported only when chosen (pymongo
 costs the CLI's cold start, and SQLite's module is not needed with MongoDB).
 
 May import core and input (design.md, "Layers").

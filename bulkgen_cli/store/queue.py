@@ -4,7 +4,8 @@ design.md, "The store contract": rules.py decides what a record becomes; this
 module decides which records, in which order of conditional writes; a backend
 (`sqlite.SqliteStore`, `mongo.MongoStore`) only supplies the primitives below:
 an atomic block, find, insert / insert-if-absent, conditional update (a count,
-or the document), delete, a count. Records are named by their kind ("bulks",
+or the document), delete, a tally of a job's items by status (`_tally`), and a
+user's lock for a count and its insert (`_user_lock`). Records are named by their kind ("bulks",
 "items", "leases", "templates", "schedules", "occurrences", "tokens") and read
 back as plain values (ids as text, times as aware datetimes, JSON decoded).
 
