@@ -496,7 +496,7 @@ def test_bad_input_at_add_stores_nothing(cli, tmp_path):
     assert upper.code == 2 and "use 1 to 64 lowercase letters, digits, '-' and '_'" in upper.err
     assert cli("schedule", "add", "week.ly", "--cron", "0 6 * * MON", articles).code == 2
     template = cli("schedule", "add", "weekly", "--cron", "0 6 * * MON", str(EXAMPLES / "city-guides.yaml"))
-    assert template.code == 2 and "give it with --values ROWS" in template.err and "submit it" not in template.err
+    assert template.code == 2 and "give it with its rows" in template.err and "submit it" not in template.err
     assert cli("schedule", "add", "weekly", "--cron", "0 6 * * MON").code == 2  # no file
     assert cli("schedule", "add", "weekly", articles).code == 2  # no --cron
     listed = cli("schedule", "list")
@@ -652,8 +652,7 @@ def test_a_saved_template_is_read_at_each_run_and_a_removed_one_fails_its_run(st
     templates.remove(store, "alice", "city")
     [third] = schedules.tick(store, "p1", DAY0 + dt.timedelta(days=3))
     assert third.bulk_job_id is None and third.error == (
-        "schedule 'cities' uses template 'city', which is gone: save it again (`bulkgen template save city FILE`) "
-        "or remove the schedule (`bulkgen schedule remove cities`).")
+        "schedule 'cities' uses template 'city', which is gone: save it again or remove the schedule.")
     got = store.get_schedule("alice", "cities")
     assert got.last_error == third.error and got.next_at == daily.next_at + dt.timedelta(days=3)
     assert [o.state for o in store.list_occurrences(daily.id)] == ["failed", "submitted", "submitted"]

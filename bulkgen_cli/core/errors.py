@@ -30,6 +30,10 @@ class BulkgenError(Exception):
     def __str__(self) -> str:
         return super().__str__() + self.cli
 
+    def fact(self) -> str:
+        """The message alone, for a record any front end shows (a schedule's last error): no ending."""
+        return super().__str__()
+
     def for_http(self) -> str:
         """The message as an HTTP answer says it: without the CLI's ending."""
         return super().__str__() + self.http

@@ -439,8 +439,8 @@ def _is_template(top: dict[str, Node], problems: _Problems) -> bool:
     """A template (templates.py) given as an articles file: one sentence rather than a list of unknown keys."""
     if "item" in top and "items" not in top:
         problems.add("is a template (it has 'item:', one article with {placeholders}), not an articles "
-                     "file: give it with --values ROWS (a CSV file or a YAML list of rows), or keep it with `bulkgen template "
-                     "save NAME FILE`.")
+                     "file: give it with its rows (a CSV file or a YAML list of rows: `--values` on the command line, "
+                     "`values` over HTTP), or save it as a template and submit that by name.")
         return True
     return False
 

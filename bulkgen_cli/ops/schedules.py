@@ -229,8 +229,9 @@ def manifest_of(store: Store, schedule: Schedule) -> Manifest:
         found = store.get_template(schedule.userId, name)
         if found is None:
             raise NotFound(f"schedule {quoted(schedule.name)} uses template {quoted(name)}, which is gone: save it "
-                           f"again (`bulkgen template save {name} FILE`) or remove the schedule (`bulkgen schedule "
-                           f"remove {schedule.name}`).")
+                           "again or remove the schedule",
+                           cli=f" (`bulkgen template save {name} FILE`, `bulkgen schedule remove {schedule.name}`).",
+                           http=f" (PUT /api/templates/{name}, DELETE /api/schedules/{schedule.name}).")
         return found
 
     return sources.manifest_of(source, saved, mode=schedule.options.get("mode"))
@@ -520,7 +521,8 @@ def _queue(store: Store, schedule: Schedule, held: Occurrence, now: dt.datetime)
     except QuotaExceeded as exc:  # this time only: the next time runs if the user is under the limit again
         error = f"skipped: {exc.args[0]}."
     except BulkgenError as exc:  # the saved template is gone, or its values no longer make a valid file
-        error = " ".join(str(exc).split())[:500]
+        fact = exc.fact()  # the record is shown by every front end: no command's hint
+        error = " ".join((fact if fact.endswith(".") else fact + ".").split())[:500]
     if not store.finish_occurrence(held, rules.occurrence_end(bulk_id, error, now)):
         return None
     store.set_last_run(schedule.id, held.at, rules.last_run(bulk_id, error))

@@ -246,8 +246,8 @@ class MongoStore(Queue):
             marker = self.meta.find_one({"_id": "schema"})
             if mode != "create" and marker is None and BULK_JOBS not in db.list_collection_names():
                 client.close()
-                raise NoStore(f"no store at {self.display_url}: the database holds no bulk jobs; "
-                              "`bulkgen submit FILE` creates one (or check --store / BULKGEN_STORE).")
+                raise NoStore(f"no store at {self.display_url}: the database holds no bulk jobs",
+                              cli="; `bulkgen submit FILE` creates one (or check --store / BULKGEN_STORE).", http=".")
             if mode != "read":  # a reading command never creates indexes or writes the marker
                 self._ensure_indexes(marker)
         except PyMongoError as exc:
@@ -549,8 +549,6 @@ class MongoStore(Queue):
         pending = [s.value for s in PENDING_ITEM]
         return sorted(str(i) for i in self.items.distinct("bulk_job_id", {"status": {"$in": pending}}))
 
-    # -- single items (design.md, "Item state rules") ---------------------------------
-
     # -- the processor's verbs -------------------------------------------------
 
     @_unavailable
@@ -664,8 +662,6 @@ class MongoStore(Queue):
         doc = self.bulks.find_one({"_id": oid}, {"status": 1, "refresh_seq": 1})
         return doc is not None and doc["status"] in [s.value for s in rules.ENDS_FROM] and doc.get("refresh_seq") != seq
 
-    # -- the notification outbox -------------------------------------------------
-
     # -- the processor lease ---------------------------------------------------
 
     @_unavailable
@@ -682,14 +678,6 @@ class MongoStore(Queue):
     @_unavailable
     def set_cooldown(self, until: dt.datetime) -> None:
         self.leases.update_one({"_id": COOLDOWN}, {"$max": {"expires_at": until}}, upsert=True)
-
-    # -- saved templates ---------------------------------------------------------
-
-    # -- recurring schedules -------------------------------------------------------
-    #
-    # A schedule is one document; an occurrence is one document whose _id is its key
-    # (schedule id, time in UTC): the insert that claims it is the one conditional
-    # write that can succeed once (design.md, "Exactly once per occurrence").
 
     # -- the HTTP server: tokens and the change log (design.md, "Live progress") -------------------------
 

@@ -386,8 +386,8 @@ class SqliteStore(Queue):
         return True
 
     def _no_store(self) -> NoStore:
-        return NoStore(f"no store at {self.path}; `bulkgen submit FILE` creates one "
-                       "(or check --store / BULKGEN_STORE).")
+        return NoStore(f"no store at {self.path}", cli="; `bulkgen submit FILE` creates one "
+                       "(or check --store / BULKGEN_STORE).", http=".")
 
     def _connect(self, mode: str, immutable: bool = False) -> sqlite3.Connection:
         """Connect through a `file:` URI, so that `mode=ro` / `mode=rw` never create the file."""
@@ -438,16 +438,16 @@ class SqliteStore(Queue):
 
     def _check_readable(self, version: int) -> None:
         if version == 0:
-            raise NoStore(f"no store at {self.path}: the SQLite file there holds no bulkgen store; "
-                          "`bulkgen submit FILE` creates one (or check --store / BULKGEN_STORE).")
+            raise NoStore(f"no store at {self.path}: the SQLite file there holds no bulkgen store",
+                          cli="; `bulkgen submit FILE` creates one (or check --store / BULKGEN_STORE).", http=".")
         if version > SCHEMA_VERSION:
             raise self._newer(version)
         if version < SCHEMA_VERSION:
             raise StoreUnavailable(
                 f"the SQLite store {self.path} has schema {version}, older than this bulkgen's "
-                f"{SCHEMA_VERSION}, and a reading command does not upgrade it: run a writing command "
-                "(`bulkgen run`, `submit`, `pause`, …) once as a user who can write it."
-            )
+                f"{SCHEMA_VERSION}, and a reading command does not upgrade it",
+                cli=": run a writing command (`bulkgen run`, `submit`, `pause`, …) once as a user who can write it.",
+                http=": a writing command upgrades it.")
 
     def _newer(self, version: int) -> StoreUnavailable:
         return StoreUnavailable(
@@ -754,10 +754,6 @@ class SqliteStore(Queue):
                 " ON CONFLICT (name) DO UPDATE SET expires_at = max(expires_at, excluded.expires_at)",
                 (COOLDOWN, iso(until), iso(until)),
             )
-
-    # -- saved templates ---------------------------------------------------------
-
-    # -- recurring schedules -------------------------------------------------------
 
     # -- the HTTP server: tokens and the change log --------------------------------------------------
 
