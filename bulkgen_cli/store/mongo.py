@@ -31,13 +31,13 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
-from bulkgen_cli.core.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
+from bulkgen_cli.core.errors import NoStore, QuotaExceeded, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.core.model import (
     ARTICLE_FIELDS, CLAIMABLE_BULK, BulkJob, BulkStatus, ChangeKind, Counts, EventKind, Item, ItemStatus, Outcome,
     PENDING_ITEM, StateChange, later,
 )
 from bulkgen_cli.store import rules
-from bulkgen_cli.store.base import COOLDOWN, OpenMode, Usage
+from bulkgen_cli.store.base import COOLDOWN, OpenMode
 from bulkgen_cli.store.queue import Queue, _same, read
 from bulkgen_cli.store.rules import CHANGE_FIELDS, Change, Cmp, Where, record
 
@@ -438,22 +438,15 @@ class MongoStore(Queue):
             existing = self._claim_idempotency_key(bulk, oid)
             if existing is not None:
                 return existing, False
-        if limits is None:
-            return self._insert_bulk(bulk, articles, oid)
+        # The key reserved first, in its own collection (no transaction to look it up in): a quota refusal or
+        # a lock not taken gives it back, so a retry is not told to wait.
         try:
-            holder = self._lock_quota(bulk.userId, bulk.created_at)
-        except StoreUnavailable:
-            self._undo_submit(oid, bulk)  # gives the idempotency key back: a retry is not told to wait
+            with nullcontext() if limits is None else self._user_lock(bulk.userId, bulk.created_at):
+                self._admit(bulk, limits)
+                return self._insert_bulk(bulk, articles, oid)
+        except (StoreUnavailable, QuotaExceeded):
+            self._undo_submit(oid, bulk)
             raise
-        try:
-            usage = self.usage(bulk.userId)
-            refused = rules.over_quota(limits, usage.active_jobs, usage.stored_bytes, bulk.stored_bytes)
-            if refused is not None:
-                self._undo_submit(oid, bulk)  # gives the idempotency key back
-                raise refused
-            return self._insert_bulk(bulk, articles, oid)
-        finally:
-            self._unlock_quota(bulk.userId, holder)
 
     def _insert_bulk(self, bulk: BulkJob, articles: list[dict[str, Any]], oid: ObjectId) -> tuple[BulkJob, bool]:
         docs = [_doc("items", rules.new_item(bulk, article, n)) for n, article in enumerate(articles, start=1)]
@@ -533,14 +526,6 @@ class MongoStore(Queue):
                 # A submit that died before storing its bulk job: take its key over.
                 self.keys.delete_one({"_id": key_id, "bulk_job_id": claim["bulk_job_id"]})
         raise StoreUnavailable("could not reserve the idempotency key; try again.")
-
-    @_unavailable
-    def usage(self, user: str) -> Usage:
-        active = [s.value for s in rules.ACTIVE_BULK]
-        count = self.bulks.count_documents({"userId": user, "status": {"$in": active}})
-        summed = list(self.bulks.aggregate([{"$match": {"userId": user}},
-                                            {"$group": {"_id": None, "bytes": {"$sum": "$stored_bytes"}}}]))
-        return Usage(count, int(summed[0]["bytes"]) if summed else 0)
 
     # -- reads of the repair (design.md, "Repair") ---------------------------------------
 

@@ -19,7 +19,6 @@ kill the process with SIGBUS (design.md, "The store's files under the processes"
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import datetime as dt
 import errno
 import functools
@@ -34,11 +33,9 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 from urllib.parse import quote
 
 from bulkgen_cli.core.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
-from bulkgen_cli.core.model import (
-    BulkJob, Counts, EventKind, Item, PENDING_ITEM, StateChange, iso, later,
-)
+from bulkgen_cli.core.model import PENDING_ITEM, Item, StateChange, iso, later
 from bulkgen_cli.store import rules
-from bulkgen_cli.store.base import COOLDOWN, OpenMode, Usage
+from bulkgen_cli.store.base import COOLDOWN, OpenMode
 from bulkgen_cli.store.queue import Queue, read
 from bulkgen_cli.store.sqlite_schema import (
     CHANGE_TRIGGERS, CLAIMABLE_SQL, MIGRATIONS, SCHEMA, SCHEMA_BASE,
@@ -308,14 +305,6 @@ def _unavailable(method: Callable[..., T]) -> Callable[..., T]:
             raise store_error(self.path, exc) from exc
 
     return wrapper
-
-
-def _usage(db: sqlite3.Connection, user: str) -> Usage:
-    """The user's active jobs and stored bytes, from the usage index (inside a transaction when checking)."""
-    active = [s.value for s in rules.ACTIVE_BULK]
-    row = db.execute(f"SELECT COALESCE(SUM(status IN {_marks(active)}), 0), COALESCE(SUM(stored_bytes), 0) "
-                     "FROM bulk_jobs INDEXED BY bulk_jobs_usage WHERE userId = ?", (*active, user)).fetchone()
-    return Usage(int(row[0]), int(row[1]))
 
 
 def _create_private(path: Path) -> None:
@@ -626,46 +615,12 @@ class SqliteStore(Queue):
         return nullcontext()  # inside `_atomic`: the transaction makes the count and the insert one step
 
     @_unavailable
-    def refresh_counters(self, bulk_id: str, now: dt.datetime, seconds_between_items: float = 0.0) -> Counts:
-        # One transaction: the count, the counters and the end (design.md, "Counters").
-        with self._atomic():
-            counts, fields = self._derived(bulk_id, now, seconds_between_items)
-            self._update("bulks", {"id": bulk_id}, fields, now)
-            ended = counts.pending == 0 and self._end(bulk_id, EventKind.completed, now)
-        return dataclasses.replace(counts, ended_now=ended)
-
-    @_unavailable
     def _delete(self, kind: str, where: Where) -> int:
         clause, args = _where(where)
         with self._tx() as db:
             return int(db.execute(f"DELETE FROM {TABLES[kind]} WHERE {clause}", args).rowcount)
 
     # -- submit and read -------------------------------------------------------
-
-    @_unavailable
-    def create_bulk(self, bulk: BulkJob, articles: list[dict[str, Any]],
-                    limits: rules.Quota | None = None) -> tuple[BulkJob, bool]:
-        with self._tx() as db:  # BEGIN IMMEDIATE: the usage read and the insert are one step for every writer
-            if bulk.idempotency_key is not None:
-                row = db.execute(
-                    "SELECT * FROM bulk_jobs WHERE userId = ? AND idempotency_key = ?",
-                    (bulk.userId, bulk.idempotency_key),
-                ).fetchone()
-                if row is not None:
-                    return read("bulks", _decode("bulks", row)), False
-            if limits is not None:
-                usage = _usage(db, bulk.userId)
-                refused = rules.over_quota(limits, usage.active_jobs, usage.stored_bytes, bulk.stored_bytes)
-                if refused is not None:
-                    raise refused
-            _insert(db, "bulk_jobs", [rules.new_bulk(bulk)])
-            _insert(db, "generation_jobs",
-                    [rules.new_item(bulk, article, n) for n, article in enumerate(articles, start=1)])
-        return bulk, True
-
-    @_unavailable
-    def usage(self, user: str) -> Usage:
-        return _usage(self.db, user)
 
     # -- reads of the repair ---------------------------------------------------
 
