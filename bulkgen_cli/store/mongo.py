@@ -624,8 +624,7 @@ class MongoStore(Queue):
     def _started(self, doc: dict[str, Any], owner: str, now: dt.datetime) -> Item | None:
         """Mark the claimed item's bulk job started; None (item handed back) if it was paused or cancelled."""
         bulk_id = doc["bulk_job_id"]
-        for condition, fields in rules.job_started(now):
-            self.bulks.update_one({"_id": bulk_id, **condition}, self._stamp({"$set": fields}, now))
+        self._start_job(str(bulk_id), now)
         # A pause or cancel may have committed between choosing the item and the
         # claim: check again, and hand the item back untouched if so.
         current = self.bulks.find_one({"_id": bulk_id}, {"status": 1})

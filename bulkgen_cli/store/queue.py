@@ -261,6 +261,11 @@ class Queue(Store):
         status, change = rules.cancel_sweeps(now)[0]  # the queued sweep; a new claim would carry a new fence
         self._update("items", {"id": doc["id"], "status": status.value, "fence": doc.get("fence")}, change, now)
 
+    def _start_job(self, bulk_id: str, now: dt.datetime) -> None:
+        """A claim starts its job (`rules.job_started`): each step one conditional write."""
+        for condition, fields in rules.job_started(now):
+            self._update("bulks", {"id": bulk_id, **condition}, fields, now)
+
     # -- counters (design.md, "Counters") --------------------------------------------------------------
 
     def _derived(self, bulk_id: str, now: dt.datetime, seconds_between_items: float) -> tuple[Counts, dict[str, Any]]:
@@ -459,6 +464,10 @@ class Queue(Store):
                         self._insert_new("leases", {"name": name, **slot}):
                     return True
             return False
+
+    def release_processor_lease(self, owner: str) -> None:
+        # MongoDB overrides it: a slot whose item is still in flight keeps saying so ("The fenced MongoDB claim").
+        self._delete("leases", {"owner": owner})
 
     def cooldown_until(self) -> dt.datetime | None:
         found = self._first("leases", {"name": COOLDOWN}, fields=["expires_at"])

@@ -36,14 +36,11 @@ from bulkgen_cli.core.errors import NoStore, StoreFull, StoreReadOnly, StoreUnav
 from bulkgen_cli.core.model import PENDING_ITEM, Item, StateChange, iso, later
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import COOLDOWN, OpenMode
-from bulkgen_cli.store.queue import Queue, read
+from bulkgen_cli.store.queue import MODELS, Queue, read
 from bulkgen_cli.store.sqlite_schema import (
     CHANGE_TRIGGERS, CLAIMABLE_SQL, MIGRATIONS, SCHEMA, SCHEMA_BASE,
 )
-from bulkgen_cli.store.rules import (
-    BULK_FIELDS, CHANGE_FIELDS, ITEM_FIELDS, LEASE_FIELDS, OCCURRENCE_FIELDS, SCHEDULE_FIELDS, TEMPLATE_FIELDS,
-    TOKEN_FIELDS, Change, Cmp, Where, record,
-)
+from bulkgen_cli.store.rules import CHANGE_FIELDS, Change, Cmp, Where, record
 
 #: The data model's version (rules.SCHEMA_VERSION): the file's `user_version`, reached through MIGRATIONS.
 SCHEMA_VERSION = rules.SCHEMA_VERSION
@@ -120,10 +117,8 @@ def _sql(value: Any) -> Any:
 #: Each kind of record's table (queue.MODELS).
 TABLES = {"bulks": "bulk_jobs", "items": "generation_jobs", "leases": "leases", "templates": "templates",
           "schedules": "schedules", "occurrences": "schedule_occurrences", "tokens": "api_tokens"}
-_FIELDS = {"bulks": BULK_FIELDS, "items": ITEM_FIELDS, "leases": LEASE_FIELDS, "templates": TEMPLATE_FIELDS,
-           "schedules": SCHEDULE_FIELDS, "occurrences": OCCURRENCE_FIELDS, "tokens": TOKEN_FIELDS}
-#: How each column reads back: times and JSON by their field's kind; these integers as booleans.
-_KINDS = {kind: {f.name: f.kind for f in fields} for kind, fields in _FIELDS.items()}
+#: How each column reads back: times and JSON by their field's kind (the field tables); these integers as booleans.
+_KINDS = {kind: {f.name: f.kind for f in fields} for kind, (_, fields) in MODELS.items()}
 _BOOLEANS = ("admin", "notify_pending", "hook_pending")
 _OPS = {"ne": "IS NOT", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 
@@ -670,9 +665,7 @@ class SqliteStore(Queue):
             fence = db.execute(NEXT_FENCE_SQL).fetchone()[0]
             _update(db, "generation_jobs", rules.claimed(owner, later(now, lease_seconds), now, fence, sent),
                     "id = ?", row["id"])
-            for condition, fields in rules.job_started(now):
-                if all(bulk[k] == v for k, v in condition.items()):
-                    _update(db, "bulk_jobs", fields, "id = ?", row["bulk_job_id"])
+            self._start_job(row["bulk_job_id"], now)
             item = db.execute("SELECT * FROM generation_jobs WHERE id = ?", (row["id"],)).fetchone()
         return _item(item)
 
@@ -695,11 +688,6 @@ class SqliteStore(Queue):
         return None
 
     # -- the processor lease ---------------------------------------------------
-
-    @_unavailable
-    def release_processor_lease(self, owner: str) -> None:
-        with self._tx() as db:
-            db.execute("DELETE FROM leases WHERE owner = ?", (owner,))
 
     @_unavailable
     def set_cooldown(self, until: dt.datetime) -> None:
