@@ -419,10 +419,6 @@ class MongoStore(Queue):
                 return dataclasses.replace(counts, ended_now=ended)
         raise StoreUnavailable(f"the counters of bulk job {bulk_id} kept changing; try again.")
 
-    def _reopen(self, before: dict[str, Any], now: dt.datetime) -> Counts | None:
-        """The queue's, given the item as read (a document as stored, too)."""
-        return super()._reopen(_decode("items", before) if "_id" in before else before, now)
-
     @_unavailable
     def _delete(self, kind: str, where: Where) -> int:
         query = _filter(kind, where)

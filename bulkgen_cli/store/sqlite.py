@@ -36,7 +36,7 @@ from bulkgen_cli.core.errors import NoStore, StoreFull, StoreReadOnly, StoreUnav
 from bulkgen_cli.core.model import PENDING_ITEM, Item, StateChange, iso, later
 from bulkgen_cli.store import rules
 from bulkgen_cli.store.base import COOLDOWN, OpenMode
-from bulkgen_cli.store.queue import MODELS, Queue, read
+from bulkgen_cli.store.queue import MODELS, Queue
 from bulkgen_cli.store.sqlite_schema import (
     CHANGE_TRIGGERS, CLAIMABLE_SQL, MIGRATIONS, SCHEMA, SCHEMA_BASE,
 )
@@ -136,10 +136,6 @@ def _decode(kind: str, row: sqlite3.Row) -> dict[str, Any]:
         elif name in _BOOLEANS:
             values[name] = bool(value)
     return values
-
-
-def _item(row: sqlite3.Row) -> Item:
-    return read("items", _decode("items", row))  # type: ignore[no-any-return]
 
 
 def _path(name: str) -> tuple[str, str | None]:
@@ -666,8 +662,7 @@ class SqliteStore(Queue):
             _update(db, "generation_jobs", rules.claimed(owner, later(now, lease_seconds), now, fence, sent),
                     "id = ?", row["id"])
             self._start_job(row["bulk_job_id"], now)
-            item = db.execute("SELECT * FROM generation_jobs WHERE id = ?", (row["id"],)).fetchone()
-        return _item(item)
+            return self._get("items", {"id": row["id"]})  # type: ignore[no-any-return]
 
     @staticmethod
     def _claim_job(db: sqlite3.Connection, now: dt.datetime) -> sqlite3.Row | None:
