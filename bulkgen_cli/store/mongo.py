@@ -539,10 +539,8 @@ class MongoStore(Queue):
         # A cheap first look (not atomic with the claim): processors started with a
         # smaller --concurrency than others stay within their own limit. The fence
         # is the slot protocol below (design.md, "The fenced MongoDB claim").
-        if self.items.count_documents({"status": ItemStatus.processing.value}, limit=max_in_flight) >= max_in_flight:
+        if self._claim_blocked(owner, max_in_flight):
             return None
-        if self.items.find_one({"status": ItemStatus.processing.value, "lease_owner": owner}, {"_id": 1}):
-            return None  # one item per owner, even one whose slot it gave up (found by the long stateful run)
         for _ in range(CLAIM_TRIES):
             slot = self.leases.find_one({"owner": owner, "_id": {"$ne": COOLDOWN}, "expires_at": {"$gte": now}})
             if slot is None or not self._slot_free(slot):

@@ -261,6 +261,14 @@ class Queue(Store):
         status, change = rules.cancel_sweeps(now)[0]  # the queued sweep; a new claim would carry a new fence
         self._update("items", {"id": doc["id"], "status": status.value, "fence": doc.get("fence")}, change, now)
 
+    def _claim_blocked(self, owner: str, max_in_flight: int) -> bool:
+        """Whether a claim stops before it looks: `owner` holds an item already (one per owner, even one whose
+        slot it gave up), or `max_in_flight` items are in flight."""
+        processing = ItemStatus.processing.value
+        if self._first("items", {"status": processing, "lease_owner": owner}, fields=["id"]) is not None:
+            return True
+        return len(self._find("items", {"status": processing}, limit=max_in_flight, fields=["id"])) >= max_in_flight
+
     def _start_job(self, bulk_id: str, now: dt.datetime) -> None:
         """A claim starts its job (`rules.job_started`): each step one conditional write."""
         for condition, fields in rules.job_started(now):

@@ -78,8 +78,6 @@ TAKE_TURN_SQL = (
 )
 #: Whether `owner` holds a live processor slot.
 SLOT_HELD_SQL = "SELECT 1 FROM leases WHERE owner = ? AND name != ? AND expires_at >= ?"
-#: Whether `owner` holds an item already.
-OWNER_BUSY_SQL = "SELECT 1 FROM generation_jobs WHERE status = 'processing' AND lease_owner = ? LIMIT 1"
 #: The store-wide fencing counter: one atomic increment, only ever grows.
 NEXT_FENCE_SQL = (
     "INSERT INTO counters (name, value) VALUES ('fence', 1)"
@@ -644,12 +642,7 @@ class SqliteStore(Queue):
             # interleave with another process's (design.md, "Fencing").
             if db.execute(SLOT_HELD_SQL, (owner, COOLDOWN, iso(now))).fetchone() is None:
                 return None  # no live slot: its lease passed on (a stall) or was never taken
-            if db.execute(OWNER_BUSY_SQL, (owner,)).fetchone() is not None:
-                return None  # one item per slot
-            in_flight = db.execute(
-                "SELECT count(*) FROM generation_jobs WHERE status = 'processing'"
-            ).fetchone()[0]
-            if in_flight >= max_in_flight:
+            if self._claim_blocked(owner, max_in_flight):
                 return None
             # Whose turn it is, then that job's first queued item: index lookups, where
             # one join would sort every queued item of every active job. The turn is
