@@ -402,20 +402,18 @@ class MongoStore(Queue):
         # Not one transaction: the counters are rewritten under a compare-and-set on `refresh_seq`, so a slow
         # refresh that counted before a later one never leaves stale counts (or an end) behind (design.md,
         # "Every MongoDB decision in one conditional write").
-        oid = _oid(bulk_id)
         for _ in range(50):
-            bulk = None if oid is None else self.bulks.find_one({"_id": oid}, {"refresh_seq": 1})
+            bulk = self._first("bulks", {"id": bulk_id}, fields=["refresh_seq"])
             if bulk is None:
                 return Counts()
-            seq = bulk.get("refresh_seq")
+            seq = bulk.get("refresh_seq")  # None only on a job stored before the field: matches it missing
             counts, fields = self._derived(bulk_id, now, seconds_between_items)
-            written = self.bulks.update_one({"_id": oid, "refresh_seq": seq if seq is not None else {"$exists": False}},
-                                            {"$set": {**fields, "refresh_seq": (seq or 0) + 1}})
-            if not written.matched_count:
+            written = {**fields, "refresh_seq": (seq or 0) + 1}
+            if not self._update("bulks", {"id": bulk_id, "refresh_seq": seq}, written):
                 continue  # someone refreshed meanwhile from a later snapshot: count again
             # The end only under the sequence this count wrote: a later count (an item queued again) decides instead.
             ended = counts.pending == 0 and self._end(bulk_id, EventKind.completed, now, seq=(seq or 0) + 1)
-            if ended or counts.pending or not self._recounted(oid, (seq or 0) + 1):
+            if ended or counts.pending or not self._recounted(bulk_id, (seq or 0) + 1):
                 return dataclasses.replace(counts, ended_now=ended)
         raise StoreUnavailable(f"the counters of bulk job {bulk_id} kept changing; try again.")
 
@@ -635,9 +633,9 @@ class MongoStore(Queue):
         """The queue's end, with `seq`: only under that `refresh_seq` (the count that decided it is the latest)."""
         return super()._end(bulk_id, kind, now, None if seq is None else {"refresh_seq": seq})
 
-    def _recounted(self, oid: ObjectId, seq: int) -> bool:
+    def _recounted(self, bulk_id: str, seq: int) -> bool:
         """Whether a job this refresh could not end is still active and was counted again since (`seq`)."""
-        doc = self.bulks.find_one({"_id": oid}, {"status": 1, "refresh_seq": 1})
+        doc = self._first("bulks", {"id": bulk_id}, fields=["status", "refresh_seq"])
         return doc is not None and doc["status"] in [s.value for s in rules.ENDS_FROM] and doc.get("refresh_seq") != seq
 
     # -- the processor lease ---------------------------------------------------
