@@ -31,13 +31,13 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
-from bulkgen_cli.core.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
+from bulkgen_cli.core.errors import NoStore, QuotaExceeded, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.core.model import (
     ARTICLE_FIELDS, CLAIMABLE_BULK, BulkJob, BulkStatus, ChangeKind, Counts, EventKind, Item, ItemStatus, Outcome,
     PENDING_ITEM, StateChange, later,
 )
 from bulkgen_cli.store import rules
-from bulkgen_cli.store.base import COOLDOWN, OpenMode, Usage
+from bulkgen_cli.store.base import COOLDOWN, OpenMode
 from bulkgen_cli.store.queue import Queue, _same, read
 from bulkgen_cli.store.rules import CHANGE_FIELDS, Change, Cmp, Where, record
 
@@ -402,26 +402,20 @@ class MongoStore(Queue):
         # Not one transaction: the counters are rewritten under a compare-and-set on `refresh_seq`, so a slow
         # refresh that counted before a later one never leaves stale counts (or an end) behind (design.md,
         # "Every MongoDB decision in one conditional write").
-        oid = _oid(bulk_id)
         for _ in range(50):
-            bulk = None if oid is None else self.bulks.find_one({"_id": oid}, {"refresh_seq": 1})
+            bulk = self._first("bulks", {"id": bulk_id}, fields=["refresh_seq"])
             if bulk is None:
                 return Counts()
-            seq = bulk.get("refresh_seq")
+            seq = bulk.get("refresh_seq")  # None only on a job stored before the field: matches it missing
             counts, fields = self._derived(bulk_id, now, seconds_between_items)
-            written = self.bulks.update_one({"_id": oid, "refresh_seq": seq if seq is not None else {"$exists": False}},
-                                            {"$set": {**fields, "refresh_seq": (seq or 0) + 1}})
-            if not written.matched_count:
+            written = {**fields, "refresh_seq": (seq or 0) + 1}
+            if not self._update("bulks", {"id": bulk_id, "refresh_seq": seq}, written):
                 continue  # someone refreshed meanwhile from a later snapshot: count again
             # The end only under the sequence this count wrote: a later count (an item queued again) decides instead.
             ended = counts.pending == 0 and self._end(bulk_id, EventKind.completed, now, seq=(seq or 0) + 1)
-            if ended or counts.pending or not self._recounted(oid, (seq or 0) + 1):
+            if ended or counts.pending or not self._recounted(bulk_id, (seq or 0) + 1):
                 return dataclasses.replace(counts, ended_now=ended)
         raise StoreUnavailable(f"the counters of bulk job {bulk_id} kept changing; try again.")
-
-    def _reopen(self, before: dict[str, Any], now: dt.datetime) -> Counts | None:
-        """The queue's, given the item as read (a document as stored, too)."""
-        return super()._reopen(_decode("items", before) if "_id" in before else before, now)
 
     @_unavailable
     def _delete(self, kind: str, where: Where) -> int:
@@ -438,22 +432,15 @@ class MongoStore(Queue):
             existing = self._claim_idempotency_key(bulk, oid)
             if existing is not None:
                 return existing, False
-        if limits is None:
-            return self._insert_bulk(bulk, articles, oid)
+        # The key reserved first, in its own collection (no transaction to look it up in): a quota refusal or
+        # a lock not taken gives it back, so a retry is not told to wait.
         try:
-            holder = self._lock_quota(bulk.userId, bulk.created_at)
-        except StoreUnavailable:
-            self._undo_submit(oid, bulk)  # gives the idempotency key back: a retry is not told to wait
+            with nullcontext() if limits is None else self._user_lock(bulk.userId, bulk.created_at):
+                self._admit(bulk, limits)
+                return self._insert_bulk(bulk, articles, oid)
+        except (StoreUnavailable, QuotaExceeded):
+            self._undo_submit(oid, bulk)
             raise
-        try:
-            usage = self.usage(bulk.userId)
-            refused = rules.over_quota(limits, usage.active_jobs, usage.stored_bytes, bulk.stored_bytes)
-            if refused is not None:
-                self._undo_submit(oid, bulk)  # gives the idempotency key back
-                raise refused
-            return self._insert_bulk(bulk, articles, oid)
-        finally:
-            self._unlock_quota(bulk.userId, holder)
 
     def _insert_bulk(self, bulk: BulkJob, articles: list[dict[str, Any]], oid: ObjectId) -> tuple[BulkJob, bool]:
         docs = [_doc("items", rules.new_item(bulk, article, n)) for n, article in enumerate(articles, start=1)]
@@ -534,14 +521,6 @@ class MongoStore(Queue):
                 self.keys.delete_one({"_id": key_id, "bulk_job_id": claim["bulk_job_id"]})
         raise StoreUnavailable("could not reserve the idempotency key; try again.")
 
-    @_unavailable
-    def usage(self, user: str) -> Usage:
-        active = [s.value for s in rules.ACTIVE_BULK]
-        count = self.bulks.count_documents({"userId": user, "status": {"$in": active}})
-        summed = list(self.bulks.aggregate([{"$match": {"userId": user}},
-                                            {"$group": {"_id": None, "bytes": {"$sum": "$stored_bytes"}}}]))
-        return Usage(count, int(summed[0]["bytes"]) if summed else 0)
-
     # -- reads of the repair (design.md, "Repair") ---------------------------------------
 
     @_unavailable
@@ -558,10 +537,8 @@ class MongoStore(Queue):
         # A cheap first look (not atomic with the claim): processors started with a
         # smaller --concurrency than others stay within their own limit. The fence
         # is the slot protocol below (design.md, "The fenced MongoDB claim").
-        if self.items.count_documents({"status": ItemStatus.processing.value}, limit=max_in_flight) >= max_in_flight:
+        if self._claim_blocked(owner, max_in_flight):
             return None
-        if self.items.find_one({"status": ItemStatus.processing.value, "lease_owner": owner}, {"_id": 1}):
-            return None  # one item per owner, even one whose slot it gave up (found by the long stateful run)
         for _ in range(CLAIM_TRIES):
             slot = self.leases.find_one({"owner": owner, "_id": {"$ne": COOLDOWN}, "expires_at": {"$gte": now}})
             if slot is None or not self._slot_free(slot):
@@ -639,8 +616,7 @@ class MongoStore(Queue):
     def _started(self, doc: dict[str, Any], owner: str, now: dt.datetime) -> Item | None:
         """Mark the claimed item's bulk job started; None (item handed back) if it was paused or cancelled."""
         bulk_id = doc["bulk_job_id"]
-        for condition, fields in rules.job_started(now):
-            self.bulks.update_one({"_id": bulk_id, **condition}, self._stamp({"$set": fields}, now))
+        self._start_job(str(bulk_id), now)
         # A pause or cancel may have committed between choosing the item and the
         # claim: check again, and hand the item back untouched if so.
         current = self.bulks.find_one({"_id": bulk_id}, {"status": 1})
@@ -657,9 +633,9 @@ class MongoStore(Queue):
         """The queue's end, with `seq`: only under that `refresh_seq` (the count that decided it is the latest)."""
         return super()._end(bulk_id, kind, now, None if seq is None else {"refresh_seq": seq})
 
-    def _recounted(self, oid: ObjectId, seq: int) -> bool:
+    def _recounted(self, bulk_id: str, seq: int) -> bool:
         """Whether a job this refresh could not end is still active and was counted again since (`seq`)."""
-        doc = self.bulks.find_one({"_id": oid}, {"status": 1, "refresh_seq": 1})
+        doc = self._first("bulks", {"id": bulk_id}, fields=["status", "refresh_seq"])
         return doc is not None and doc["status"] in [s.value for s in rules.ENDS_FROM] and doc.get("refresh_seq") != seq
 
     # -- the processor lease ---------------------------------------------------

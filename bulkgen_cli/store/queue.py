@@ -20,6 +20,7 @@ write carries in its own condition what the decision read
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from abc import abstractmethod
 from contextlib import AbstractContextManager, nullcontext
@@ -31,7 +32,7 @@ from bulkgen_cli.core.model import (
     SaveOutcome, Schedule, ScheduleStatus, later, outbox_open, utcnow,
 )
 from bulkgen_cli.store import rules
-from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, Store, slot_names
+from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, Store, Usage, slot_names
 from bulkgen_cli.store.rules import Change, Cmp, Where, record
 
 #: Each kind of record: the model it reads as, and its stored fields.
@@ -118,6 +119,37 @@ class Queue(Store):
 
     def _all(self, kind: str, where: Where, order: Iterable[str] = (), limit: int | None = None) -> list[Any]:
         return [read(kind, r) for r in self._find(kind, where, order, limit)]
+
+    # -- submit (design.md, "Quotas") ----------------------------------------------------------------------
+
+    def create_bulk(self, bulk: BulkJob, articles: list[dict[str, Any]],
+                    limits: rules.Quota | None = None) -> tuple[BulkJob, bool]:
+        # One transaction (SQLite): the key's lookup, the usage read and the insert are one step for every
+        # writer. MongoDB overrides it: no transaction, so it reserves the key and writes items first.
+        with self._atomic():
+            if bulk.idempotency_key is not None:
+                existing = self._get("bulks", {"userId": bulk.userId, "idempotency_key": bulk.idempotency_key})
+                if existing is not None:
+                    return existing, False
+            with nullcontext() if limits is None else self._user_lock(bulk.userId, bulk.created_at):
+                self._admit(bulk, limits)
+                self._insert("bulks", [rules.new_bulk(bulk)])
+                self._insert("items", [rules.new_item(bulk, article, n) for n, article in enumerate(articles, 1)])
+        return bulk, True
+
+    def _admit(self, bulk: BulkJob, limits: rules.Quota | None) -> None:
+        """Raise QuotaExceeded when the user's usage refuses `bulk` (`rules.over_quota`); under `_user_lock`."""
+        if limits is not None:
+            usage = self.usage(bulk.userId)
+            refused = rules.over_quota(limits, usage.active_jobs, usage.stored_bytes, bulk.stored_bytes)
+            if refused is not None:
+                raise refused
+
+    def usage(self, user: str) -> Usage:
+        # The user's jobs' status and stored bytes only: an index holds both (SQLite's `bulk_jobs_usage`).
+        rows = self._find("bulks", {"userId": user}, fields=["status", "stored_bytes"])
+        active = {s.value for s in rules.ACTIVE_BULK}
+        return Usage(sum(r["status"] in active for r in rows), sum(int(r.get("stored_bytes") or 0) for r in rows))
 
     # -- reads ------------------------------------------------------------------------------------------
 
@@ -229,6 +261,19 @@ class Queue(Store):
         status, change = rules.cancel_sweeps(now)[0]  # the queued sweep; a new claim would carry a new fence
         self._update("items", {"id": doc["id"], "status": status.value, "fence": doc.get("fence")}, change, now)
 
+    def _claim_blocked(self, owner: str, max_in_flight: int) -> bool:
+        """Whether a claim stops before it looks: `owner` holds an item already (one per owner, even one whose
+        slot it gave up), or `max_in_flight` items are in flight."""
+        processing = ItemStatus.processing.value
+        if self._first("items", {"status": processing, "lease_owner": owner}, fields=["id"]) is not None:
+            return True
+        return len(self._find("items", {"status": processing}, limit=max_in_flight, fields=["id"])) >= max_in_flight
+
+    def _start_job(self, bulk_id: str, now: dt.datetime) -> None:
+        """A claim starts its job (`rules.job_started`): each step one conditional write."""
+        for condition, fields in rules.job_started(now):
+            self._update("bulks", {"id": bulk_id, **condition}, fields, now)
+
     # -- counters (design.md, "Counters") --------------------------------------------------------------
 
     def _derived(self, bulk_id: str, now: dt.datetime, seconds_between_items: float) -> tuple[Counts, dict[str, Any]]:
@@ -241,6 +286,15 @@ class Queue(Store):
             "items", {"bulk_job_id": bulk_id, "status": status.value, "verdict.status": verdict.value},
             [rules.ITEM_ORDER], fields=["queue_position", "verdict"])]
         return counts, rules.counters(counts, failed, mean, now, seconds_between_items, flagged)
+
+    def refresh_counters(self, bulk_id: str, now: dt.datetime, seconds_between_items: float = 0.0) -> Counts:
+        # One transaction (SQLite): the count, the counters and the end. MongoDB overrides it: without one, its
+        # write is a compare-and-set on `refresh_seq` (design.md, "Counters").
+        with self._atomic():
+            counts, fields = self._derived(bulk_id, now, seconds_between_items)
+            self._update("bulks", {"id": bulk_id}, fields, now)
+            ended = counts.pending == 0 and self._end(bulk_id, EventKind.completed, now)
+        return dataclasses.replace(counts, ended_now=ended)
 
     # -- single items (design.md, "Item state rules") -----------------------------------------------------
 
@@ -418,6 +472,10 @@ class Queue(Store):
                         self._insert_new("leases", {"name": name, **slot}):
                     return True
             return False
+
+    def release_processor_lease(self, owner: str) -> None:
+        # MongoDB overrides it: a slot whose item is still in flight keeps saying so ("The fenced MongoDB claim").
+        self._delete("leases", {"owner": owner})
 
     def cooldown_until(self) -> dt.datetime | None:
         found = self._first("leases", {"name": COOLDOWN}, fields=["expires_at"])

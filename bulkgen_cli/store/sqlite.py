@@ -19,7 +19,6 @@ kill the process with SIGBUS (design.md, "The store's files under the processes"
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import datetime as dt
 import errno
 import functools
@@ -34,19 +33,14 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 from urllib.parse import quote
 
 from bulkgen_cli.core.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
-from bulkgen_cli.core.model import (
-    BulkJob, Counts, EventKind, Item, PENDING_ITEM, StateChange, iso, later,
-)
+from bulkgen_cli.core.model import PENDING_ITEM, Item, StateChange, iso, later
 from bulkgen_cli.store import rules
-from bulkgen_cli.store.base import COOLDOWN, OpenMode, Usage
-from bulkgen_cli.store.queue import Queue, read
+from bulkgen_cli.store.base import COOLDOWN, OpenMode
+from bulkgen_cli.store.queue import MODELS, Queue
 from bulkgen_cli.store.sqlite_schema import (
     CHANGE_TRIGGERS, CLAIMABLE_SQL, MIGRATIONS, SCHEMA, SCHEMA_BASE,
 )
-from bulkgen_cli.store.rules import (
-    BULK_FIELDS, CHANGE_FIELDS, ITEM_FIELDS, LEASE_FIELDS, OCCURRENCE_FIELDS, SCHEDULE_FIELDS, TEMPLATE_FIELDS,
-    TOKEN_FIELDS, Change, Cmp, Where, record,
-)
+from bulkgen_cli.store.rules import CHANGE_FIELDS, Change, Cmp, Where, record
 
 #: The data model's version (rules.SCHEMA_VERSION): the file's `user_version`, reached through MIGRATIONS.
 SCHEMA_VERSION = rules.SCHEMA_VERSION
@@ -84,8 +78,6 @@ TAKE_TURN_SQL = (
 )
 #: Whether `owner` holds a live processor slot.
 SLOT_HELD_SQL = "SELECT 1 FROM leases WHERE owner = ? AND name != ? AND expires_at >= ?"
-#: Whether `owner` holds an item already.
-OWNER_BUSY_SQL = "SELECT 1 FROM generation_jobs WHERE status = 'processing' AND lease_owner = ? LIMIT 1"
 #: The store-wide fencing counter: one atomic increment, only ever grows.
 NEXT_FENCE_SQL = (
     "INSERT INTO counters (name, value) VALUES ('fence', 1)"
@@ -123,10 +115,8 @@ def _sql(value: Any) -> Any:
 #: Each kind of record's table (queue.MODELS).
 TABLES = {"bulks": "bulk_jobs", "items": "generation_jobs", "leases": "leases", "templates": "templates",
           "schedules": "schedules", "occurrences": "schedule_occurrences", "tokens": "api_tokens"}
-_FIELDS = {"bulks": BULK_FIELDS, "items": ITEM_FIELDS, "leases": LEASE_FIELDS, "templates": TEMPLATE_FIELDS,
-           "schedules": SCHEDULE_FIELDS, "occurrences": OCCURRENCE_FIELDS, "tokens": TOKEN_FIELDS}
-#: How each column reads back: times and JSON by their field's kind; these integers as booleans.
-_KINDS = {kind: {f.name: f.kind for f in fields} for kind, fields in _FIELDS.items()}
+#: How each column reads back: times and JSON by their field's kind (the field tables); these integers as booleans.
+_KINDS = {kind: {f.name: f.kind for f in fields} for kind, (_, fields) in MODELS.items()}
 _BOOLEANS = ("admin", "notify_pending", "hook_pending")
 _OPS = {"ne": "IS NOT", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 
@@ -144,10 +134,6 @@ def _decode(kind: str, row: sqlite3.Row) -> dict[str, Any]:
         elif name in _BOOLEANS:
             values[name] = bool(value)
     return values
-
-
-def _item(row: sqlite3.Row) -> Item:
-    return read("items", _decode("items", row))  # type: ignore[no-any-return]
 
 
 def _path(name: str) -> tuple[str, str | None]:
@@ -308,14 +294,6 @@ def _unavailable(method: Callable[..., T]) -> Callable[..., T]:
             raise store_error(self.path, exc) from exc
 
     return wrapper
-
-
-def _usage(db: sqlite3.Connection, user: str) -> Usage:
-    """The user's active jobs and stored bytes, from the usage index (inside a transaction when checking)."""
-    active = [s.value for s in rules.ACTIVE_BULK]
-    row = db.execute(f"SELECT COALESCE(SUM(status IN {_marks(active)}), 0), COALESCE(SUM(stored_bytes), 0) "
-                     "FROM bulk_jobs INDEXED BY bulk_jobs_usage WHERE userId = ?", (*active, user)).fetchone()
-    return Usage(int(row[0]), int(row[1]))
 
 
 def _create_private(path: Path) -> None:
@@ -626,46 +604,12 @@ class SqliteStore(Queue):
         return nullcontext()  # inside `_atomic`: the transaction makes the count and the insert one step
 
     @_unavailable
-    def refresh_counters(self, bulk_id: str, now: dt.datetime, seconds_between_items: float = 0.0) -> Counts:
-        # One transaction: the count, the counters and the end (design.md, "Counters").
-        with self._atomic():
-            counts, fields = self._derived(bulk_id, now, seconds_between_items)
-            self._update("bulks", {"id": bulk_id}, fields, now)
-            ended = counts.pending == 0 and self._end(bulk_id, EventKind.completed, now)
-        return dataclasses.replace(counts, ended_now=ended)
-
-    @_unavailable
     def _delete(self, kind: str, where: Where) -> int:
         clause, args = _where(where)
         with self._tx() as db:
             return int(db.execute(f"DELETE FROM {TABLES[kind]} WHERE {clause}", args).rowcount)
 
     # -- submit and read -------------------------------------------------------
-
-    @_unavailable
-    def create_bulk(self, bulk: BulkJob, articles: list[dict[str, Any]],
-                    limits: rules.Quota | None = None) -> tuple[BulkJob, bool]:
-        with self._tx() as db:  # BEGIN IMMEDIATE: the usage read and the insert are one step for every writer
-            if bulk.idempotency_key is not None:
-                row = db.execute(
-                    "SELECT * FROM bulk_jobs WHERE userId = ? AND idempotency_key = ?",
-                    (bulk.userId, bulk.idempotency_key),
-                ).fetchone()
-                if row is not None:
-                    return read("bulks", _decode("bulks", row)), False
-            if limits is not None:
-                usage = _usage(db, bulk.userId)
-                refused = rules.over_quota(limits, usage.active_jobs, usage.stored_bytes, bulk.stored_bytes)
-                if refused is not None:
-                    raise refused
-            _insert(db, "bulk_jobs", [rules.new_bulk(bulk)])
-            _insert(db, "generation_jobs",
-                    [rules.new_item(bulk, article, n) for n, article in enumerate(articles, start=1)])
-        return bulk, True
-
-    @_unavailable
-    def usage(self, user: str) -> Usage:
-        return _usage(self.db, user)
 
     # -- reads of the repair ---------------------------------------------------
 
@@ -698,12 +642,7 @@ class SqliteStore(Queue):
             # interleave with another process's (design.md, "Fencing").
             if db.execute(SLOT_HELD_SQL, (owner, COOLDOWN, iso(now))).fetchone() is None:
                 return None  # no live slot: its lease passed on (a stall) or was never taken
-            if db.execute(OWNER_BUSY_SQL, (owner,)).fetchone() is not None:
-                return None  # one item per slot
-            in_flight = db.execute(
-                "SELECT count(*) FROM generation_jobs WHERE status = 'processing'"
-            ).fetchone()[0]
-            if in_flight >= max_in_flight:
+            if self._claim_blocked(owner, max_in_flight):
                 return None
             # Whose turn it is, then that job's first queued item: index lookups, where
             # one join would sort every queued item of every active job. The turn is
@@ -715,11 +654,8 @@ class SqliteStore(Queue):
             fence = db.execute(NEXT_FENCE_SQL).fetchone()[0]
             _update(db, "generation_jobs", rules.claimed(owner, later(now, lease_seconds), now, fence, sent),
                     "id = ?", row["id"])
-            for condition, fields in rules.job_started(now):
-                if all(bulk[k] == v for k, v in condition.items()):
-                    _update(db, "bulk_jobs", fields, "id = ?", row["bulk_job_id"])
-            item = db.execute("SELECT * FROM generation_jobs WHERE id = ?", (row["id"],)).fetchone()
-        return _item(item)
+            self._start_job(row["bulk_job_id"], now)
+            return self._get("items", {"id": row["id"]})  # type: ignore[no-any-return]
 
     @staticmethod
     def _claim_job(db: sqlite3.Connection, now: dt.datetime) -> sqlite3.Row | None:
@@ -740,11 +676,6 @@ class SqliteStore(Queue):
         return None
 
     # -- the processor lease ---------------------------------------------------
-
-    @_unavailable
-    def release_processor_lease(self, owner: str) -> None:
-        with self._tx() as db:
-            db.execute("DELETE FROM leases WHERE owner = ?", (owner,))
 
     @_unavailable
     def set_cooldown(self, until: dt.datetime) -> None:
