@@ -201,9 +201,10 @@ def test_mongo_an_end_that_won_is_notified_first_and_the_retry_is_undone(mongo):
     bulk = submit(mongo, 10, notify=["webhook:http://127.0.0.1:9/hook"])
     finish_all(mongo, bulk.id, failing={1})
     first = mongo.list_items(bulk.id)[0]
-    before = mongo.items.find_one({"_id": __import__("bson").ObjectId(first.id)})
+    before = mongo._first("items", {"id": first.id})  # the item as the store reads it, before the retry
     # As if the item were written just after an end that counted before it was recorded.
-    mongo.items.update_one({"_id": before["_id"]}, {"$set": rules.RETRIED_ITEM.set, "$inc": rules.RETRIED_ITEM.add})
+    mongo.items.update_one({"_id": __import__("bson").ObjectId(first.id)},
+                           {"$set": rules.RETRIED_ITEM.set, "$inc": rules.RETRIED_ITEM.add})
     assert mongo._reopen(before, utcnow()) is None
     after = mongo.get_item(first.id)
     assert (after.status, after.error, after.retry_count) == ("failed", "HTTP 400", first.retry_count)
