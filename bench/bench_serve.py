@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -66,34 +66,31 @@ async def hammer(url: str, token: str, clients: int, seconds: float) -> list[flo
     return latencies
 
 
-def slow_heads(port: int, count: int, stop: threading.Event) -> list[int]:
-    """Background load in a thread: `count` connections that send a request head one byte a second and are
-    reopened as soon as the server closes one. Returns [connections the server closed], filled when `stop` is set."""
+def raise_open_files(count: int) -> None:
     import resource
-    import select
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = count + 512
     if soft != resource.RLIM_INFINITY and soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
-    closed = [0]
 
-    def opened() -> socket.socket:
-        sock = socket.create_connection(("127.0.0.1", port))
-        sock.sendall(b"GET /api/me HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
-        return sock
+
+def background(count: int, stop: threading.Event, opened: Callable[[], socket.socket],
+               poke: Callable[[socket.socket], bool]) -> list[int]:
+    """`count` connections in a thread, each poked once a second (`poke`: False when the server closed it) and
+    reopened as soon as the server closes one. Returns [connections the server closed], filled when `stop` is set."""
+    raise_open_files(count)
+    closed = [0]
 
     def work() -> None:
         socks = [opened() for _ in range(count)]
         while not stop.wait(1.0):
             for i, sock in enumerate(socks):
                 try:
-                    gone = bool(select.select([sock], [], [], 0)[0]) and sock.recv(4096) == b""
-                    if not gone:
-                        sock.send(b"X")
+                    alive = poke(sock)
                 except OSError:
-                    gone = True
-                if gone:
+                    alive = False
+                if not alive:
                     closed[0] += 1
                     sock.close()
                     socks[i] = opened()
@@ -104,12 +101,28 @@ def slow_heads(port: int, count: int, stop: threading.Event) -> list[int]:
     return closed
 
 
+def slow_heads(port: int, count: int, stop: threading.Event) -> list[int]:
+    """Connections that send a request head one byte a second."""
+    import select
+
+    def opened() -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"GET /api/me HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        return sock
+
+    def poke(sock: socket.socket) -> bool:
+        if select.select([sock], [], [], 0)[0] and sock.recv(4096) == b"":
+            return False
+        sock.send(b"X")
+        return True
+
+    return background(count, stop, opened, poke)
+
+
 def stuffers(port: int, count: int, stop: threading.Event) -> list[int]:
-    """Background load in a thread: `count` connections that pipeline `GET /openapi.json` requests (about 60 KB
-    of answer each) and never read an answer, with a small receive buffer; one the server resets is reopened. Returns
-    [connections the server reset], filled when `stop` is set."""
+    """Connections that pipeline `GET /openapi.json` requests (about 60 KB of answer each) and never read an
+    answer, with a small receive buffer."""
     request = b"GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 64
-    closed = [0]
 
     def opened() -> socket.socket:
         sock = socket.socket()
@@ -118,23 +131,14 @@ def stuffers(port: int, count: int, stop: threading.Event) -> list[int]:
         sock.setblocking(False)
         return sock
 
-    def work() -> None:
-        socks = [opened() for _ in range(count)]
-        while not stop.wait(1.0):
-            for i, sock in enumerate(socks):
-                try:
-                    sock.send(request)
-                except BlockingIOError:
-                    pass  # the server stopped reading this one: it waits on us, as meant
-                except OSError:
-                    closed[0] += 1
-                    sock.close()
-                    socks[i] = opened()
-        for sock in socks:
-            sock.close()
+    def poke(sock: socket.socket) -> bool:
+        try:
+            sock.send(request)
+        except BlockingIOError:
+            pass  # the server stopped reading this one: it waits on us, as meant
+        return True
 
-    threading.Thread(target=work, daemon=True).start()
-    return closed
+    return background(count, stop, opened, poke)
 
 
 def report(label: str, latencies: list[float], seconds: float) -> None:
