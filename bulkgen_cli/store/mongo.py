@@ -37,7 +37,7 @@ from bulkgen_cli.core.model import (
     PENDING_ITEM, StateChange, later,
 )
 from bulkgen_cli.store import rules
-from bulkgen_cli.store.base import COOLDOWN, OpenMode
+from bulkgen_cli.store.base import COOLDOWN, OpenMode, Usage
 from bulkgen_cli.store.queue import Queue, _same, read
 from bulkgen_cli.store.rules import CHANGE_FIELDS, Change, Cmp, Where, record
 
@@ -520,6 +520,16 @@ class MongoStore(Queue):
                 # A submit that died before storing its bulk job: take its key over.
                 self.keys.delete_one({"_id": key_id, "bulk_job_id": claim["bulk_job_id"]})
         raise StoreUnavailable("could not reserve the idempotency key; try again.")
+
+    @_unavailable
+    def usage(self, user: str) -> Usage:
+        # Counted and summed by the server (an index on userId, status), not per job read back: a limited
+        # submit asks it under the user's quota lock, so its cost must not grow with the user's history.
+        active = [s.value for s in rules.ACTIVE_BULK]
+        count = self.bulks.count_documents({"userId": user, "status": {"$in": active}})
+        summed = list(self.bulks.aggregate([{"$match": {"userId": user}},
+                                            {"$group": {"_id": None, "bytes": {"$sum": "$stored_bytes"}}}]))
+        return Usage(count, int(summed[0]["bytes"]) if summed else 0)
 
     # -- reads of the repair (design.md, "Repair") ---------------------------------------
 

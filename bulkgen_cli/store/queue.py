@@ -32,7 +32,7 @@ from bulkgen_cli.core.model import (
     SaveOutcome, Schedule, ScheduleStatus, later, outbox_open, utcnow,
 )
 from bulkgen_cli.store import rules
-from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, Store, Usage, slot_names
+from bulkgen_cli.store.base import COOLDOWN, PROCESSOR_LEASE, Lease, Store, slot_names
 from bulkgen_cli.store.rules import Change, Cmp, Where, record
 
 #: Each kind of record: the model it reads as, and its stored fields.
@@ -144,12 +144,6 @@ class Queue(Store):
             refused = rules.over_quota(limits, usage.active_jobs, usage.stored_bytes, bulk.stored_bytes)
             if refused is not None:
                 raise refused
-
-    def usage(self, user: str) -> Usage:
-        # The user's jobs' status and stored bytes only: an index holds both (SQLite's `bulk_jobs_usage`).
-        rows = self._find("bulks", {"userId": user}, fields=["status", "stored_bytes"])
-        active = {s.value for s in rules.ACTIVE_BULK}
-        return Usage(sum(r["status"] in active for r in rows), sum(int(r.get("stored_bytes") or 0) for r in rows))
 
     # -- reads ------------------------------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ from urllib.parse import quote
 from bulkgen_cli.core.errors import NoStore, StoreFull, StoreReadOnly, StoreUnavailable
 from bulkgen_cli.core.model import PENDING_ITEM, Item, StateChange, iso, later
 from bulkgen_cli.store import rules
-from bulkgen_cli.store.base import COOLDOWN, OpenMode
+from bulkgen_cli.store.base import COOLDOWN, OpenMode, Usage
 from bulkgen_cli.store.queue import MODELS, Queue
 from bulkgen_cli.store.sqlite_schema import (
     CHANGE_TRIGGERS, CLAIMABLE_SQL, MIGRATIONS, SCHEMA, SCHEMA_BASE,
@@ -610,6 +610,15 @@ class SqliteStore(Queue):
             return int(db.execute(f"DELETE FROM {TABLES[kind]} WHERE {clause}", args).rowcount)
 
     # -- submit and read -------------------------------------------------------
+
+    @_unavailable
+    def usage(self, user: str) -> Usage:
+        # A sum the database makes from its usage index: per user, not per job read back (a limited submit
+        # asks it inside its own transaction, so its cost must not grow with the user's history).
+        active = [s.value for s in rules.ACTIVE_BULK]
+        row = self.db.execute(f"SELECT COALESCE(SUM(status IN {_marks(active)}), 0), COALESCE(SUM(stored_bytes), 0)"
+                              " FROM bulk_jobs INDEXED BY bulk_jobs_usage WHERE userId = ?", (*active, user)).fetchone()
+        return Usage(int(row[0]), int(row[1]))
 
     # -- reads of the repair ---------------------------------------------------
 
