@@ -200,23 +200,20 @@ async def _measure(base: str, token: str, env: dict[str, str], args: argparse.Na
     print(f"{args.clients} clients, {args.seconds:g} s each measure; service latency {args.latency:g} s; SQLite store")
     await hammer(f"{base}/api/bulk-generate/{idle_job}", token, args.clients, 2.0)  # warm up: threads open the store
     report("no job running", await hammer(f"{base}/api/bulk-generate/{idle_job}", token, args.clients, 5.0), 5.0)
-    if args.slow_heads:
+    backgrounds = ((slow_heads, args.slow_heads, "slow-header connections (reopened when closed)",
+                    "slow connections the server closed"),
+                   (stuffers, args.stuffers, "clients pipelining requests and never reading (reopened when reset)",
+                    "never-reading connections the server reset"))
+    for load, count, what, closed_what in backgrounds:
+        if not count:
+            continue
         stop = threading.Event()
-        closed = slow_heads(int(base.rsplit(":", 1)[1]), args.slow_heads, stop)
+        closed = load(int(base.rsplit(":", 1)[1]), count, stop)
         await asyncio.sleep(2.0)
         latencies = await hammer(f"{base}/api/bulk-generate/{idle_job}", token, args.clients, args.seconds)
         stop.set()
-        report(f"beside {args.slow_heads} slow-header connections (reopened when closed)", latencies, args.seconds)
-        print(f"  slow connections the server closed meanwhile: {closed[0]}")
-    if args.stuffers:
-        stop = threading.Event()
-        closed = stuffers(int(base.rsplit(":", 1)[1]), args.stuffers, stop)
-        await asyncio.sleep(2.0)
-        latencies = await hammer(f"{base}/api/bulk-generate/{idle_job}", token, args.clients, args.seconds)
-        stop.set()
-        report(f"beside {args.stuffers} clients pipelining requests and never reading (reopened when reset)",
-               latencies, args.seconds)
-        print(f"  never-reading connections the server reset meanwhile: {closed[0]}")
+        report(f"beside {count} {what}", latencies, args.seconds)
+        print(f"  {closed_what} meanwhile: {closed[0]}")
     job = httpx.post(base + "/api/bulk-generate", headers=headers, json={"bulk_config": {"items": items}}).json()
     worker = None if args.processor else subprocess.Popen([sys.executable, "-m", "bulkgen_cli", "run", "--forever"],
                                                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

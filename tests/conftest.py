@@ -143,6 +143,27 @@ def claim(store: Store, owner: str, lease: float, now: dt.datetime, max_in_fligh
     return store.claim_next(owner, lease, now, max_in_flight)
 
 
+def at_once(workers: list, timeout: float = 60.0) -> list:
+    """Run each worker in its own thread, all acting together: a worker is called with `ready`, which it calls
+    once set up (a client or store opened) and which returns when every worker has called it. Returns what the
+    workers returned (in no particular order), one each."""
+    import threading
+
+    gate, results, lock = threading.Barrier(len(workers)), [], threading.Lock()
+
+    def run(worker) -> None:
+        result = worker(lambda: gate.wait(timeout=timeout / 3))
+        with lock:
+            results.append(result)
+
+    threads = [threading.Thread(target=run, args=(worker,)) for worker in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+    return results
+
+
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
     """Poll until predicate() is truthy; fail the test with `what` after `timeout`."""
     import time

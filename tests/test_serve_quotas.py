@@ -144,25 +144,18 @@ def test_each_per_user_limit_says_which_limit_and_how_to_raise_it(processes, tmp
 def test_fifty_submits_at_once_never_pass_the_active_jobs_limit(processes, tmp_path):
     """The check and the insert are one step in the store: 50 simultaneous submits of one user against a limit
     of 5 leave 5 jobs (the reviewer's run stored 8)."""
-    import threading
+    from tests.conftest import at_once
 
     path, env = store_env(tmp_path)
     alice = make_token(env, "alice")
     server = start_server(processes, env, "--max-active-jobs", "5", "--write-burst", "100")
-    gate, codes, lock = threading.Barrier(50), [], threading.Lock()
 
-    def submit() -> None:
+    def submit(ready) -> int:
         with server.client(alice) as client:
-            gate.wait(timeout=20)
-            code = client.post("/api/bulk-generate", json=articles()).status_code
-        with lock:
-            codes.append(code)
+            ready()
+            return client.post("/api/bulk-generate", json=articles()).status_code
 
-    threads = [threading.Thread(target=submit) for _ in range(50)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    codes = at_once([submit] * 50)
     assert sorted(codes) == [201] * 5 + [429] * 45, codes
     with SqliteStore(path, "read") as store:
         assert store.usage("alice").active_jobs == 5
@@ -214,7 +207,7 @@ def test_re_opening_an_ended_job_at_the_limit_is_refused_as_a_submit_is(processe
 def test_retries_racing_submits_never_pass_the_active_jobs_limit(processes, tmp_path):
     """Item retries of ended jobs and new submits of one user at once: the check and the re-opening are one step
     in the serving process (a per-user lock), so the limit holds exactly."""
-    import threading
+    from tests.conftest import at_once
 
     path, env = store_env(tmp_path)
     alice = make_token(env, "alice")
@@ -224,21 +217,16 @@ def test_retries_racing_submits_never_pass_the_active_jobs_limit(processes, tmp_
         items = [client.get(f"/api/bulk-generate/{b}").json()["jobs"][0]["id"] for b in ended]
         assert client.post("/api/bulk-generate", json={**articles(), "not_before": "+1d"}).status_code == 201
     calls = [f"/api/items/{i}/retry" for i in items] + ["/api/bulk-generate"] * 6
-    gate, codes, lock = threading.Barrier(len(calls)), [], threading.Lock()
 
-    def call(route: str) -> None:
-        body = {"json": {**articles(), "not_before": "+1d"}} if route == "/api/bulk-generate" else {}
-        with server.client(alice) as client:
-            gate.wait(timeout=20)
-            code = client.post(route, **body).status_code
-        with lock:
-            codes.append(code)
+    def call(route: str):
+        def worker(ready) -> int:
+            body = {"json": {**articles(), "not_before": "+1d"}} if route == "/api/bulk-generate" else {}
+            with server.client(alice) as client:
+                ready()
+                return client.post(route, **body).status_code
+        return worker
 
-    threads = [threading.Thread(target=call, args=(route,)) for route in calls]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    codes = at_once([call(route) for route in calls])
     assert len(codes) == len(calls) and set(codes) <= {200, 201, 429}, codes
     assert len([c for c in codes if c in (200, 201)]) == 2, codes  # 1 active + 2 more = the limit of 3
     with SqliteStore(path, "read") as store:

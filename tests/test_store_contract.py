@@ -825,7 +825,7 @@ def test_create_bulk_with_limits_refuses_past_them_and_stores_nothing(store):
 
 def test_many_writers_at_once_never_pass_the_active_jobs_limit(tmp_path):
     """Eight connections to one real SQLite file, started together, each submitting four jobs."""
-    import threading
+    from tests.conftest import at_once
 
     from bulkgen_cli.core.errors import QuotaExceeded
     from bulkgen_cli.store.rules import Quota
@@ -833,25 +833,20 @@ def test_many_writers_at_once_never_pass_the_active_jobs_limit(tmp_path):
 
     path = tmp_path / "quota.db"
     SqliteStore(path).close()
-    gate, outcomes, lock = threading.Barrier(8), [], threading.Lock()
 
-    def writer() -> None:
+    def writer(ready) -> list[str]:
+        outcomes = []
         with SqliteStore(path) as store:
-            gate.wait(timeout=10)
+            ready()
             for _ in range(4):
                 try:
                     store.create_bulk(quota_job(), articles(2), Quota(max_active_jobs=5))
-                    outcome = "stored"
+                    outcomes.append("stored")
                 except QuotaExceeded:
-                    outcome = "refused"
-                with lock:
-                    outcomes.append(outcome)
+                    outcomes.append("refused")
+        return outcomes
 
-    threads = [threading.Thread(target=writer) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    outcomes = [outcome for each in at_once([writer] * 8) for outcome in each]
     assert sorted(outcomes) == ["refused"] * 27 + ["stored"] * 5
     with SqliteStore(path, "read") as store:
         assert store.usage("alice").active_jobs == 5
