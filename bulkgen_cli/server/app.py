@@ -26,6 +26,7 @@ from bulkgen_cli import __version__
 from bulkgen_cli.core import settings
 from bulkgen_cli.delivery.notify import AtOnce
 from bulkgen_cli.ops import control, items, jobs, schedules
+from bulkgen_cli.ops.documents import bulk_dict, progress_dict, status_document
 from bulkgen_cli.ops.tokens import token_hash
 from bulkgen_cli.core.errors import BulkgenError
 from bulkgen_cli.input import templates
@@ -175,7 +176,6 @@ async def on_disconnect(request: Request, exc: Exception) -> Response:
 
 
 def _job_routes(app: FastAPI, access: StoreAccess) -> None:
-    from bulkgen_cli.ops.documents import bulk_dict, status_document
 
     @app.post("/api/bulk-generate", status_code=201, response_model=SubmitOut, tags=["bulk jobs"],
               responses={200: {"model": SubmitOut, "description": "Idempotency-Key used before: the job it made"},
@@ -228,7 +228,6 @@ def _control_routes(app: FastAPI, access: StoreAccess) -> None:
 
 
 def _control_route(app: FastAPI, access: StoreAccess, action: control.Action) -> None:
-    from bulkgen_cli.ops.documents import bulk_dict, progress_dict
 
     def act(bulk_id: BulkId, me: Me, request: Request) -> Any:
         limits = None if me.admin else request.app.state.config.limits
@@ -254,7 +253,6 @@ def _control_route(app: FastAPI, access: StoreAccess, action: control.Action) ->
 
 def _item_routes(app: FastAPI, access: StoreAccess) -> None:
     """One article (docs/commands.md, "Single articles"): the item with its text; retry and cancel one item."""
-    from bulkgen_cli.ops.documents import bulk_dict, progress_dict
 
     @app.get("/api/items/{item_ref}", response_model=ItemRecordOut, tags=["items"],
              response_model_exclude_unset=True, responses=responses(400, 401, 404, 422, 503))

@@ -34,6 +34,7 @@ from starlette.types import Receive, Scope, Send
 
 from bulkgen_cli.core.errors import BulkgenError
 from bulkgen_cli.core.model import ChangeKind, ItemStatus, StateChange, iso, utcnow
+from bulkgen_cli.ops.documents import progress_dict
 from bulkgen_cli.server.access import StoreAccess
 from bulkgen_cli.store.base import Store
 
@@ -89,8 +90,6 @@ class Event:
 
 def to_events(store: Store, changes: list[StateChange]) -> list[Event]:
     """Events for changes, each with its job's progress as read now."""
-    from bulkgen_cli.ops.documents import progress_dict
-
     bulks = {bulk_id: store.get_bulk(bulk_id) for bulk_id in dict.fromkeys(c.bulk_job_id for c in changes)}
     events = []
     for change in changes:
